@@ -1,0 +1,1 @@
+"""Prefect Block types for credentials and connections."""

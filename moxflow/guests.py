@@ -1,0 +1,62 @@
+"""Proxmox guests (VMs and containers) as moxflow sees them: parsed from ``/cluster/resources``."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from moxflow.errors import ParseError
+
+GuestType = Literal["qemu", "lxc"]
+
+
+@dataclass(frozen=True, slots=True)
+class Guest:
+    """One VM or container of the cluster, as listed by ``GET /cluster/resources?type=vm``."""
+
+    vmid: int
+    name: str
+    node: str
+    type: GuestType
+    status: str = "stopped"
+    template: bool = False
+    tags: tuple[str, ...] = ()
+    pool: str | None = None
+    lock: str | None = None
+    maxdisk: int = 0
+
+    @property
+    def label(self) -> str:
+        """Human name used in reports: ``101 (media-vm)``."""
+        return f"{self.vmid} ({self.name})" if self.name else str(self.vmid)
+
+    @property
+    def running(self) -> bool:
+        return self.status == "running"
+
+    @classmethod
+    def from_resource(cls, item: Mapping[str, Any]) -> Guest:
+        """Parse one entry of ``/cluster/resources?type=vm``."""
+        try:
+            gtype = item["type"]
+            if gtype not in ("qemu", "lxc"):
+                raise ParseError(f"unexpected guest type {gtype!r}", source="/cluster/resources")
+            tags_raw = str(item.get("tags") or "")
+            tags = tuple(t for t in tags_raw.replace(",", ";").replace(" ", ";").split(";") if t)
+            return cls(
+                vmid=int(item["vmid"]),
+                name=str(item.get("name") or ""),
+                node=str(item["node"]),
+                type=gtype,
+                status=str(item.get("status") or "unknown"),
+                template=bool(int(item.get("template") or 0)),
+                tags=tags,
+                pool=item.get("pool") or None,
+                lock=item.get("lock") or None,
+                maxdisk=int(item.get("maxdisk") or 0),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ParseError(
+                f"cannot parse guest resource: {exc}", source="/cluster/resources", text=str(item)
+            ) from exc
