@@ -1,1 +1,1 @@
-"""Prefect tasks: one module per external system; each does one action and returns a typed result."""
+"""Prefect tasks: one module per external system; each does its I/O and returns a typed result."""

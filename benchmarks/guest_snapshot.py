@@ -1,0 +1,125 @@
+"""guest_snapshot over a big simulated cluster: wall time against the ideal, and peak memory.
+
+A lab of 20 nodes x 50 guests where every snapshot task takes 0.2 s. For each concurrency it
+runs the guest_snapshot flow in a fresh process against a local Prefect server and prints:
+wall time of the flow, the ideal for that concurrency (ceil(guests / concurrency) x 0.2 s),
+their ratio (goal <= 1.15), the sequential time one guest at a time (how cv4pve-autosnap
+works: guests x 0.2 s, a lower bound), orchestration overhead per guest, and the peak memory
+of the process (goal < 400 MB). Nothing is asserted.
+
+    python benchmarks/guest_snapshot.py [--nodes 20] [--guests-per-node 50] [--concurrency 10,25,50]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from labsim.client import start_lab  # noqa: E402
+from scripts.prefect_server import start_server, stop_server  # noqa: E402
+
+SNAPSHOT_SECONDS = 0.2
+
+CHILD = """
+import json, sys, time
+from flows.guest_snapshot import guest_snapshot
+t0 = time.perf_counter()
+report = guest_snapshot(label="hourly", select="@all", concurrency=int(sys.argv[2]),
+                        inventory=sys.argv[1], lock_timeout=5)
+elapsed = time.perf_counter() - t0
+print(json.dumps({"seconds": elapsed, "rows": len(report.rows),
+                  "ok": sum(1 for r in report.rows if r.outcome.value == "ok")}))
+"""
+
+
+def run_child(
+    inventory: Path, concurrency: int, env: dict[str, str]
+) -> tuple[dict[str, float], int]:
+    """Run the flow in a fresh process; return its JSON line and its peak RSS in KiB."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", CHILD, str(inventory), str(concurrency)],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+    )
+    assert proc.stdout is not None
+    out = proc.stdout.read().decode()
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        raise SystemExit(f"the flow failed with exit status {proc.returncode}:\n{out}")
+    return json.loads(out.strip().splitlines()[-1]), int(usage.ru_maxrss)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--nodes", type=int, default=20)
+    parser.add_argument("--guests-per-node", type=int, default=50)
+    parser.add_argument("--concurrency", default="10,25,50")
+    args = parser.parse_args()
+    levels = [int(c) for c in args.concurrency.split(",")]
+
+    with tempfile.TemporaryDirectory(prefix="moxflow-bench-") as tmp:
+        work = Path(tmp)
+        env = dict(os.environ)
+        env["PREFECT_LOGGING_LEVEL"] = "WARNING"
+        print(
+            "starting a Prefect server and a lab of "
+            f"{args.nodes} nodes x {args.guests_per_node} guests ...",
+            flush=True,
+        )
+        server = start_server(work / "prefect", env)
+        lab = start_lab(
+            work / "lab",
+            nodes=args.nodes,
+            guests_per_node=args.guests_per_node,
+            snapshot_seconds=SNAPSHOT_SECONDS,
+            time_scale=1.0,
+        )
+        try:
+            state = lab.state()
+            guests = sum(1 for g in state["guests"].values() if not g.get("template"))
+            print(
+                f"{guests} guests to snapshot (templates skipped), "
+                f"{SNAPSHOT_SECONDS} s per snapshot\n"
+            )
+            print(
+                f"{'conc':>5} {'wall s':>8} {'ideal s':>8} {'ratio':>6} {'seq s':>7} "
+                f"{'ovh/guest ms':>12} {'peak MB':>8} {'ok':>5}"
+            )
+            for c in levels:
+                lab.reset()
+                t0 = time.perf_counter()
+                result, rss_kib = run_child(work / "lab" / "inventory.toml", c, env)
+                process_s = time.perf_counter() - t0
+                wall = result["seconds"]
+                ideal = math.ceil(guests / c) * SNAPSHOT_SECONDS
+                seq = guests * SNAPSHOT_SECONDS
+                overhead_ms = (wall - ideal) / guests * 1000
+                print(
+                    f"{c:>5} {wall:>8.2f} {ideal:>8.2f} {wall / ideal:>6.2f} {seq:>7.1f} "
+                    f"{overhead_ms:>12.2f} {rss_kib / 1024:>8.0f} {int(result['ok']):>5}"
+                    f"   (whole process {process_s:.1f} s)",
+                    flush=True,
+                )
+            print("\ngoals: ratio <= 1.15, peak memory < 400 MB")
+        finally:
+            lab.stop()
+            stop_server(server)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,192 @@
+"""Snapshot Proxmox VMs and containers through the API, then prune by retention.
+
+Selects guests with the selection language (ids, ranges 100:110, names, @all, @tag-X,
+@pool-X, @node-X, exclusions with a leading -), skips templates (and stopped guests with
+--running-only), and takes moxflow-<label>-<UTC timestamp> on each, marking the snapshot as
+moxflow's in its description. Then removes moxflow's older snapshots *of that label* that
+the keep policy does not keep; snapshots made by hand or by other tools are never touched.
+A locked guest (a backup is running, say) is retried with backoff, then reported as skipped;
+the other guests go on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from flows._cli import EXIT_USAGE, base_parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line; argparse only, so that ``--help`` stays fast."""
+    parser = base_parser("python -m flows.guest_snapshot", __doc__ or "")
+    parser.add_argument(
+        "--label",
+        default="daily",
+        help="snapshot label, e.g. hourly, daily; picks the keep policy from "
+        "[guest_snapshots.policies] (default: daily)",
+    )
+    parser.add_argument(
+        "--select",
+        metavar="EXPR",
+        help="which guests, e.g. '@all,-@tag-nosnap' or '100:110,media-vm' "
+        "(default: [guest_snapshots] select in the inventory)",
+    )
+    parser.add_argument(
+        "--running-only",
+        action="store_true",
+        default=None,
+        help="skip guests that are not running (default: [guest_snapshots] running_only)",
+    )
+    parser.add_argument(
+        "--vmstate",
+        action="store_true",
+        default=None,
+        help="include the RAM of running VMs in the snapshot (slower, bigger)",
+    )
+    parser.add_argument(
+        "--concurrency",
+        type=int,
+        metavar="N",
+        help="guests snapshotted at once (default: [guest_snapshots] concurrency)",
+    )
+    parser.add_argument(
+        "--lock-timeout",
+        type=float,
+        default=120.0,
+        metavar="SECONDS",
+        help="how long to keep retrying a locked guest before skipping it (default: 120)",
+    )
+    return parser
+
+
+if __name__ == "__main__":
+    build_parser().parse_args()  # answers --help and usage errors before Prefect is imported
+
+from zoneinfo import ZoneInfo  # noqa: E402
+
+from prefect import flow  # noqa: E402
+from prefect.futures import PrefectFuture  # noqa: E402
+from prefect.logging import get_run_logger  # noqa: E402
+from prefect.task_runners import ThreadPoolTaskRunner  # noqa: E402
+
+from flows._run import bounded, finish, run_from_cli  # noqa: E402
+from moxflow.errors import ConfigError  # noqa: E402
+from moxflow.guests import Guest  # noqa: E402
+from moxflow.inventory import load_inventory  # noqa: E402
+from moxflow.naming import snapshot_name, validate_label  # noqa: E402
+from moxflow.report import Outcome, ReportRow, RunReport  # noqa: E402
+from moxflow.selection import parse_selection  # noqa: E402
+from moxflow.snapshots import plan_guest_selection, utc_now  # noqa: E402
+from tasks.proxmox import list_guests, snapshot_guest  # noqa: E402
+
+MAX_CONCURRENCY = 64
+
+
+@flow(
+    name="guest-snapshot",
+    description="Snapshot the selected Proxmox guests and prune moxflow's older snapshots.",
+    task_runner=ThreadPoolTaskRunner(max_workers=MAX_CONCURRENCY),  # type: ignore[arg-type]
+)
+def guest_snapshot(
+    label: str = "daily",
+    select: str | None = None,
+    running_only: bool | None = None,
+    vmstate: bool | None = None,
+    concurrency: int | None = None,
+    lock_timeout: float = 120.0,
+    dry_run: bool = False,
+    inventory: str | None = None,
+) -> RunReport:
+    """Snapshot and prune the selected guests.
+
+    Args:
+        label: snapshot label; picks the keep policy (hourly, daily, ...).
+        select: selection expression; default from the inventory's [guest_snapshots].
+        running_only: skip guests that are not running; default from the inventory.
+        vmstate: include RAM state for running VMs; default from the inventory.
+        concurrency: guests at once (1-64); default from the inventory.
+        lock_timeout: seconds to keep retrying a locked guest before skipping it.
+        dry_run: read the current snapshots and show the plan; change nothing.
+        inventory: path of the inventory file (default: $MOXFLOW_INVENTORY, ./inventory.toml).
+    """
+    logger = get_run_logger()
+    inv = load_inventory(inventory)
+    settings = inv.guest_snapshots
+    validate_label(label)
+    policy = inv.guest_policy(label)
+    expr = select if select is not None else settings.select
+    parse_selection(expr)  # a bad expression fails before anything is read or changed
+    running = settings.running_only if running_only is None else running_only
+    with_ram = settings.vmstate if vmstate is None else vmstate
+    limit = min(max(1, concurrency or settings.concurrency), MAX_CONCURRENCY)
+    tz = ZoneInfo(inv.timezone)
+    now = utc_now()
+    snapname = snapshot_name(label, now)
+
+    chosen = plan_guest_selection(list_guests(inv), expr, running_only=running)
+    report = RunReport(job="guest-snapshot", label=label, dry_run=dry_run)
+    for name in chosen.unmatched:
+        report.notes.append(f"selection: {name!r} matches no guest")
+        logger.warning("selection %r matches no guest", name)
+    for guest, why in chosen.skipped:
+        report.add(ReportRow(target=guest.label, outcome=Outcome.SKIPPED, detail=why))
+    total = len(chosen.guests)
+    logger.info(
+        "%s %d guest(s) as %s, %d at a time (%s)",
+        "planning" if dry_run else "snapshotting",
+        total,
+        snapname,
+        limit,
+        expr,
+    )
+
+    def submit(guest: Guest) -> PrefectFuture[ReportRow]:
+        return snapshot_guest.submit(
+            inv,
+            guest,
+            label,
+            snapname,
+            now,
+            policy,
+            tz,
+            dry_run=dry_run,
+            vmstate=with_ram and guest.type == "qemu" and guest.running,
+            lock_timeout=lock_timeout,
+        )
+
+    for i, row in enumerate(bounded(submit, chosen.guests, limit), start=1):
+        logger.info("[%d/%d] %s: %s %s", i, total, row.target, row.outcome, row.detail)
+        report.add(row)
+    return finish(report, artifact_key="guest-snapshot-report")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m flows.guest_snapshot``: validate the input, run the flow, print the report."""
+    args = build_parser().parse_args(argv)
+    try:
+        inv = load_inventory(args.inventory)
+        validate_label(args.label)
+        inv.guest_policy(args.label)
+        parse_selection(args.select if args.select is not None else inv.guest_snapshots.select)
+        if inv.proxmox is None:
+            raise ConfigError("the inventory has no [proxmox] section", setting="proxmox")
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    return run_from_cli(
+        guest_snapshot,
+        label=args.label,
+        select=args.select,
+        running_only=args.running_only,
+        vmstate=args.vmstate,
+        concurrency=args.concurrency,
+        lock_timeout=args.lock_timeout,
+        dry_run=args.dry_run,
+        inventory=args.inventory,
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,159 @@
+"""Run reports: one row per target, rendered as a terminal table and as Markdown for Prefect.
+
+Every job ends with a report: what was taken, kept and removed on each target, and how the
+target ended. The same object feeds the terminal summary, the Prefect table artifact and the
+exit code.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from enum import Enum
+
+
+class Outcome(str, Enum):
+    """How one target ended."""
+
+    OK = "ok"
+    PLANNED = "planned"  # --dry-run: nothing was changed
+    SKIPPED = "skipped"  # deliberately not touched (locked, filtered, ...): not a failure
+    PARTIAL = "partial"  # the change was made but a follow-up step (prune) failed
+    FAILED = "failed"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+FAILING = frozenset({Outcome.FAILED, Outcome.PARTIAL})
+
+
+@dataclass(frozen=True, slots=True)
+class ReportRow:
+    """The result for one target (a dataset or a guest)."""
+
+    target: str
+    outcome: Outcome
+    taken: str | None = None
+    kept: int = 0
+    removed: tuple[str, ...] = ()
+    detail: str = ""
+    seconds: float = 0.0
+
+    @property
+    def failed(self) -> bool:
+        return self.outcome in FAILING
+
+
+@dataclass(slots=True)
+class RunReport:
+    """All rows of one run, with what the run was asked to do."""
+
+    job: str
+    label: str
+    dry_run: bool = False
+    rows: list[ReportRow] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    started: datetime = field(default_factory=lambda: datetime.now(UTC))
+    finished: datetime | None = None
+
+    def add(self, row: ReportRow) -> None:
+        self.rows.append(row)
+
+    def extend(self, rows: Iterable[ReportRow]) -> None:
+        self.rows.extend(rows)
+
+    def finish(self) -> RunReport:
+        self.finished = datetime.now(UTC)
+        self.rows.sort(key=lambda r: r.target)
+        return self
+
+    @property
+    def failed_rows(self) -> list[ReportRow]:
+        return [r for r in self.rows if r.failed]
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed_rows
+
+    def counts(self) -> dict[Outcome, int]:
+        counts = dict.fromkeys(Outcome, 0)
+        for row in self.rows:
+            counts[row.outcome] += 1
+        return counts
+
+    def summary(self) -> str:
+        """One line: what happened overall."""
+        counts = self.counts()
+        parts = [f"{n} {o.value}" for o, n in counts.items() if n]
+        took = sum(1 for r in self.rows if r.taken and r.outcome is not Outcome.PLANNED)
+        removed = sum(len(r.removed) for r in self.rows if r.outcome is not Outcome.PLANNED)
+        mode = " (dry run: nothing changed)" if self.dry_run else ""
+        verdict = "FAILED" if not self.ok else "OK"
+        what = f"{took} snapshots taken, {removed} pruned" if not self.dry_run else "plan only"
+        body = ", ".join(parts) if parts else "no targets"
+        return (
+            f"{self.job} [{self.label}] {verdict}{mode}: {len(self.rows)} targets ({body}); {what}"
+        )
+
+    def table(self) -> list[dict[str, str]]:
+        """Rows as plain dicts, for a Prefect table artifact."""
+        return [
+            {
+                "target": r.target,
+                "taken": r.taken or "-",
+                "kept": str(r.kept),
+                "removed": _removed_text(r.removed),
+                "outcome": r.outcome.value,
+                "detail": r.detail,
+            }
+            for r in self.rows
+        ]
+
+    def to_markdown(self) -> str:
+        head = ["target", "taken", "kept", "removed", "outcome", "detail"]
+        lines = [f"## {self.job}: {self.label}", "", self.summary(), ""]
+        lines.append("| " + " | ".join(head) + " |")
+        lines.append("|" + "---|" * len(head))
+        for row in self.table():
+            cells = [_md_escape(row[h]) for h in head]
+            lines.append("| " + " | ".join(cells) + " |")
+        if self.notes:
+            lines.append("")
+            lines.extend(f"- {_md_escape(n)}" for n in self.notes)
+        return "\n".join(lines) + "\n"
+
+    def to_text(self) -> str:
+        """An aligned table for the terminal, followed by the summary line."""
+        head = ["TARGET", "TAKEN", "KEPT", "REMOVED", "OUTCOME", "DETAIL"]
+        rows = [
+            [r["target"], r["taken"], r["kept"], r["removed"], r["outcome"], r["detail"]]
+            for r in self.table()
+        ]
+        return _aligned(head, rows) + "\n".join(self.notes + [self.summary()]) + "\n"
+
+
+def _removed_text(removed: Sequence[str]) -> str:
+    if not removed:
+        return "-"
+    if len(removed) <= 2:
+        return ", ".join(removed)
+    return f"{removed[0]}, {removed[1]} (+{len(removed) - 2} more)"
+
+
+def _md_escape(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def _aligned(head: list[str], rows: list[list[str]]) -> str:
+    widths = [len(h) for h in head]
+    clipped = [[c.replace("\n", " ") for c in row] for row in rows]
+    for row in clipped:
+        for i, cell in enumerate(row):
+            widths[i] = min(max(widths[i], len(cell)), 72)
+    out = []
+    for row in [head, *clipped]:
+        cells = [c if len(c) <= widths[i] else c[: widths[i] - 1] + "…" for i, c in enumerate(row)]
+        out.append("  ".join(c.ljust(widths[i]) for i, c in enumerate(cells)).rstrip())
+    return "\n".join(out) + "\n"

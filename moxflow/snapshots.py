@@ -1,0 +1,127 @@
+"""Pure planning for the two snapshot jobs: which targets, which names, what to prune.
+
+Nothing here does I/O. The flows call these with the inventory and the facts their tasks read,
+and the tasks carry out the result.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, tzinfo
+
+from moxflow.errors import ConfigError
+from moxflow.guests import Guest
+from moxflow.inventory import Inventory
+from moxflow.naming import is_moxflow_description, parse_snapshot_name, validate_label
+from moxflow.proxmox import GuestSnapshot
+from moxflow.retention import KeepPolicy, PrunePlan, RetentionItem, plan_prune
+from moxflow.selection import parse_selection, select_guests, unmatched
+
+
+@dataclass(frozen=True, slots=True)
+class DatasetJob:
+    """Snapshot one configured dataset (and its children when recursive), then prune."""
+
+    host: str
+    dataset: str
+    recursive: bool
+    policy: KeepPolicy
+
+    @property
+    def target(self) -> str:
+        return f"{self.host}:{self.dataset}"
+
+
+def plan_dataset_jobs(inv: Inventory, label: str, only: Sequence[str] = ()) -> list[DatasetJob]:
+    """The datasets a ZFS snapshot run touches, each with its policy for ``label``.
+
+    ``only`` holds ``HOST`` or ``HOST/DATASET`` filters; a filter that matches nothing is a
+    ``ConfigError`` so that a typo never turns into a silent no-op.
+    """
+    validate_label(label)
+    jobs = [
+        DatasetJob(
+            host=ds.host,
+            dataset=ds.name,
+            recursive=ds.recursive,
+            policy=inv.zfs_policy(ds, label),
+        )
+        for ds in inv.zfs.datasets
+    ]
+    if not only:
+        return jobs
+    chosen: list[DatasetJob] = []
+    for flt in only:
+        host, _, dataset = flt.partition("/")
+        inv.host(host)  # unknown host → ConfigError listing the known ones
+        matches = [j for j in jobs if j.host == host and (not dataset or j.dataset == dataset)]
+        if not matches:
+            known = ", ".join(j.target for j in jobs if j.host == host) or "none"
+            raise ConfigError(
+                f"--only {flt!r} matches no configured dataset (configured on {host}: {known})",
+                setting="zfs.datasets",
+            )
+        chosen.extend(m for m in matches if m not in chosen)
+    return chosen
+
+
+@dataclass(frozen=True, slots=True)
+class GuestSelection:
+    """The guests a guest snapshot run touches, and the ones it leaves out with the reason."""
+
+    guests: tuple[Guest, ...]
+    skipped: tuple[tuple[Guest, str], ...]
+    unmatched: tuple[str, ...]
+
+
+def plan_guest_selection(
+    all_guests: Sequence[Guest], expr: str, *, running_only: bool
+) -> GuestSelection:
+    """Apply the selection language, then drop templates (and stopped guests if asked)."""
+    selection = parse_selection(expr)
+    picked = select_guests(expr, all_guests)
+    guests: list[Guest] = []
+    skipped: list[tuple[Guest, str]] = []
+    for guest in picked:
+        if guest.template:
+            skipped.append((guest, "template"))
+        elif running_only and not guest.running:
+            skipped.append((guest, f"not running ({guest.status})"))
+        else:
+            guests.append(guest)
+    return GuestSelection(
+        guests=tuple(guests),
+        skipped=tuple(skipped),
+        unmatched=tuple(unmatched(selection, all_guests)),
+    )
+
+
+def plan_guest_prune(
+    snapshots: Iterable[GuestSnapshot],
+    label: str,
+    policy: KeepPolicy,
+    tz: tzinfo,
+    just_taken: str | None,
+) -> PrunePlan:
+    """Prune plan over moxflow's own snapshots of ``label`` on one guest.
+
+    A snapshot counts as moxflow's only when its name parses as ours for this label *and*
+    its description carries moxflow's marker; anything else is never considered. The one
+    just taken is protected.
+    """
+    items: list[RetentionItem] = []
+    for snap in snapshots:
+        parsed = parse_snapshot_name(snap.name)
+        if parsed is None or parsed.label != label:
+            continue
+        if not is_moxflow_description(snap.description or ""):
+            continue
+        created = parsed.created
+        items.append(RetentionItem(snap.name, created, protected=snap.name == just_taken))
+    return plan_prune(items, policy, tz)
+
+
+def utc_now() -> datetime:
+    """The run's timestamp (one per run, shared by every target)."""
+    return datetime.now(UTC).replace(microsecond=0)

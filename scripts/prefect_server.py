@@ -1,0 +1,71 @@
+"""Start a throw-away local Prefect server for the demo and the benchmarks."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+
+def free_port() -> int:
+    """A free TCP port on loopback."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def start_server(home: Path, env: dict[str, str], timeout: float = 90.0) -> subprocess.Popen[bytes]:
+    """Start ``prefect server start`` with its database in ``home``; set PREFECT_API_URL in env.
+
+    Returns once ``/api/health`` answers; raises SystemExit with the log's path otherwise.
+    """
+    home.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    env["PREFECT_HOME"] = str(home)
+    env["PREFECT_API_URL"] = f"http://127.0.0.1:{port}/api"
+    env.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    env.setdefault("PREFECT_UI_ENABLED", "false")
+    log_path = home / "server.log"
+    log = log_path.open("wb")
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "prefect",
+            "server",
+            "start",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        cwd=home,
+    )
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"the Prefect server did not start; see {log_path}")
+        try:
+            with urllib.request.urlopen(env["PREFECT_API_URL"] + "/health", timeout=1) as r:  # noqa: S310
+                if r.status == 200:
+                    return proc
+        except OSError:
+            time.sleep(0.2)
+    proc.terminate()
+    raise SystemExit(f"the Prefect server did not answer within {timeout:g} s; see {log_path}")
+
+
+def stop_server(proc: subprocess.Popen[bytes]) -> None:
+    """Stop the server, politely first."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()

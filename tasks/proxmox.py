@@ -1,0 +1,169 @@
+"""Prefect tasks for the Proxmox VE API: list guests, snapshot a guest and prune its snapshots."""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime, tzinfo
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+from prefect.logging import get_run_logger
+from tenacity import (
+    RetryError,
+    Retrying,
+    retry_if_exception,
+    stop_after_delay,
+    wait_exponential,
+)
+
+from moxflow.errors import GuestLockedError, MoxflowError, is_transient
+from moxflow.guests import Guest
+from moxflow.inventory import Inventory
+from moxflow.naming import snapshot_description
+from moxflow.proxmox import GuestSnapshot, ProxmoxClient
+from moxflow.report import Outcome, ReportRow
+from moxflow.retention import KeepPolicy
+from moxflow.snapshots import plan_guest_prune
+from tasks.clients import proxmox_client
+
+
+@task(name="list-guests", cache_policy=NO_CACHE, retries=0)
+def list_guests(inv: Inventory) -> list[Guest]:
+    """Every VM and container of the cluster (``/cluster/resources?type=vm``)."""
+    return proxmox_client(inv).resources()
+
+
+def _create(
+    client: ProxmoxClient,
+    guest: Guest,
+    snapname: str,
+    description: str,
+    *,
+    vmstate: bool,
+    task_timeout: float,
+) -> None:
+    """One idempotent attempt: if a retry finds the snapshot already there, it is done."""
+    if any(s.name == snapname for s in client.list_snapshots(guest)):
+        return
+    upid = client.create_snapshot(guest, snapname, description, vmstate=vmstate)
+    client.wait_task(upid, timeout=task_timeout, node=guest.node)
+
+
+@task(name="guest-snapshot", cache_policy=NO_CACHE, task_run_name="{guest.vmid}-{guest.name}")
+def snapshot_guest(
+    inv: Inventory,
+    guest: Guest,
+    label: str,
+    snapname: str,
+    now: datetime,
+    policy: KeepPolicy,
+    tz: tzinfo,
+    *,
+    dry_run: bool = False,
+    vmstate: bool = False,
+    lock_timeout: float = 120.0,
+    task_timeout: float = 600.0,
+) -> ReportRow:
+    """Snapshot one guest, then prune moxflow's snapshots of ``label`` on it.
+
+    A locked guest (backup running, another snapshot, ...) and API hiccups are retried with
+    backoff for up to ``lock_timeout`` seconds; a guest still locked then is reported as
+    skipped, not failed. Never raises: the row says what happened.
+    """
+    logger = get_run_logger()
+    started = time.monotonic()
+    target = guest.label
+    took = False
+
+    def row(
+        outcome: Outcome, *, kept: int = 0, removed: tuple[str, ...] = (), detail: str = ""
+    ) -> ReportRow:
+        return ReportRow(
+            target=target,
+            outcome=outcome,
+            taken=snapname if took or outcome is Outcome.PLANNED else None,
+            kept=kept,
+            removed=removed,
+            detail=detail,
+            seconds=round(time.monotonic() - started, 3),
+        )
+
+    try:
+        client = proxmox_client(inv)
+        if dry_run:
+            # plan as if the new snapshot were there: it is the newest and always kept
+            would = client.list_snapshots(guest)
+            would.append(
+                GuestSnapshot(
+                    name=snapname,
+                    description=snapshot_description(label, now),
+                    snaptime=now,
+                    vmstate=vmstate,
+                    parent=None,
+                )
+            )
+            plan = plan_guest_prune(would, label, policy, tz, just_taken=snapname)
+            return row(
+                Outcome.PLANNED,
+                kept=len(plan.keep) + len(plan.protected),
+                removed=plan.remove,
+                detail=f"on {guest.node}" + (" with RAM state" if vmstate else ""),
+            )
+
+        wait = wait_exponential(multiplier=max(lock_timeout / 16, 0.05), max=15)
+        try:
+            for attempt in Retrying(
+                retry=retry_if_exception(is_transient),
+                stop=stop_after_delay(lock_timeout),
+                wait=wait,
+                reraise=False,
+            ):
+                with attempt:
+                    _create(
+                        client,
+                        guest,
+                        snapname,
+                        snapshot_description(label, now),
+                        vmstate=vmstate,
+                        task_timeout=task_timeout,
+                    )
+        except RetryError as exc:
+            last = exc.last_attempt.exception()
+            tries = exc.last_attempt.attempt_number
+            if isinstance(last, GuestLockedError):
+                logger.warning("%s: still locked after %d tries, skipped: %s", target, tries, last)
+                return row(
+                    Outcome.SKIPPED, detail=f"guest locked, {tries} tries over {lock_timeout:g}s"
+                )
+            logger.error("%s: snapshot failed after %d tries: %s", target, tries, last)
+            return row(Outcome.FAILED, detail=f"snapshot failed after {tries} tries: {last}")
+        took = True
+        logger.info("%s: took %s", target, snapname)
+
+        plan = plan_guest_prune(client.list_snapshots(guest), label, policy, tz, snapname)
+        removed: list[str] = []
+        failures: list[str] = []
+        for name in plan.remove:
+            try:
+                upid = client.delete_snapshot(guest, name)
+                client.wait_task(upid, timeout=task_timeout, node=guest.node)
+                removed.append(name)
+            except MoxflowError as exc:
+                failures.append(f"{name}: {exc}")
+        kept = len(plan.keep) + len(plan.protected) + len(failures)
+        if removed:
+            logger.info("%s: pruned %d: %s", target, len(removed), ", ".join(removed))
+        if failures:
+            return row(
+                Outcome.PARTIAL,
+                kept=kept,
+                removed=tuple(removed),
+                detail="prune incomplete: " + "; ".join(failures),
+            )
+        return row(Outcome.OK, kept=kept, removed=tuple(removed))
+    except MoxflowError as exc:
+        if took:
+            logger.error("%s: snapshot taken, but pruning failed: %s", target, exc)
+            return row(Outcome.PARTIAL, detail=f"snapshot taken, prune failed: {exc}")
+        logger.error("%s: %s", target, exc)
+        return row(Outcome.FAILED, detail=str(exc))
