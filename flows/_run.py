@@ -21,13 +21,14 @@ def bounded(
     submit: Callable[[T], PrefectFuture[ReportRow]], items: Iterable[T], limit: int
 ) -> Iterator[ReportRow]:
     """Submit one task per item with at most ``limit`` in flight; yield rows as they finish."""
-    pending: set[PrefectFuture[ReportRow]] = set()
+    pending: list[PrefectFuture[ReportRow]] = []
     for item in items:
         while len(pending) >= max(1, limit):
-            done = next(as_completed(pending))
-            pending.discard(done)
+            done: PrefectFuture[ReportRow] = next(as_completed(pending))
+            pending.remove(done)
             yield done.result()
-        pending.add(submit(item))
+        pending.append(submit(item))
+    fut: PrefectFuture[ReportRow]
     for fut in as_completed(pending):
         yield fut.result()
 

@@ -108,7 +108,7 @@ def plan_guest_prune(
 
     A snapshot counts as moxflow's only when its name parses as ours for this label *and*
     its description carries moxflow's marker; anything else is never considered. The one
-    just taken is protected.
+    just taken counts under the policy but is never removed.
     """
     items: list[RetentionItem] = []
     for snap in snapshots:
@@ -117,9 +117,17 @@ def plan_guest_prune(
             continue
         if not is_moxflow_description(snap.description or ""):
             continue
-        created = parsed.created
-        items.append(RetentionItem(snap.name, created, protected=snap.name == just_taken))
-    return plan_prune(items, policy, tz)
+        items.append(RetentionItem(snap.name, parsed.created))
+    plan = plan_prune(items, policy, tz)
+    if just_taken is None or just_taken not in plan.remove:
+        return plan
+    # it counts under the policy like any other, but is never pruned by its own run
+    return PrunePlan(
+        keep=(just_taken, *plan.keep),
+        remove=tuple(n for n in plan.remove if n != just_taken),
+        protected=plan.protected,
+        reasons={**plan.reasons, just_taken: "just taken"},
+    )
 
 
 def utc_now() -> datetime:

@@ -1,0 +1,785 @@
+"""The inventory: one TOML file describing the homelab, with ``MOXFLOW_`` environment overrides.
+
+``load_inventory()`` reads it through pydantic-settings (init kwargs > environment > file),
+validates every name and policy before anything runs, resolves relative paths against the
+file's folder, and turns every problem into one :class:`~moxflow.errors.ConfigError`.
+Secrets are never in the file: settings such as ``proxmox.token_secret`` hold a
+:class:`SecretRef` (``env:NAME``, ``file:PATH``, ``block:NAME``) resolved at the last moment.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import re
+import tomllib
+import types
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    GetCoreSchemaHandler,
+    PrivateAttr,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError, core_schema
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    SettingsError,
+    TomlConfigSettingsSource,
+)
+
+from moxflow.errors import ConfigError, SecretError
+from moxflow.naming import validate_dataset, validate_host_name, validate_label
+from moxflow.retention import KeepPolicy
+from moxflow.selection import parse_selection
+
+__all__ = [
+    "DEFAULT_INVENTORY",
+    "ENV_INVENTORY",
+    "GuestSnapshotSettings",
+    "HostSettings",
+    "Inventory",
+    "ProxmoxSettings",
+    "SecretRef",
+    "SshSettings",
+    "SshTarget",
+    "ZfsDataset",
+    "ZfsSettings",
+    "inventory_path",
+    "load_inventory",
+]
+
+ENV_INVENTORY = "MOXFLOW_INVENTORY"
+"""Environment variable naming the inventory file when no path is passed."""
+
+DEFAULT_INVENTORY = Path("inventory.toml")
+"""The inventory file used when neither a path nor ``MOXFLOW_INVENTORY`` is given."""
+
+# The file the current load reads; a ContextVar so concurrent loads in threads do not mix.
+_INVENTORY_FILE: ContextVar[Path | None] = ContextVar("moxflow_inventory_file", default=None)
+
+
+# --- secret references ---------------------------------------------------------------------
+
+SecretScheme = Literal["env", "file", "block"]
+_ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*", re.ASCII)
+_BLOCK_NAME_RE = re.compile(r"[a-z0-9][a-z0-9-]*", re.ASCII)
+_SECRET_SCHEMES: tuple[SecretScheme, ...] = ("env", "file", "block")
+
+
+class SecretRef(str):
+    """Where a secret lives: ``env:NAME``, ``file:PATH`` or ``block:NAME``; never the secret.
+
+    ``resolve()`` reads the secret at the last moment and returns it as a ``SecretStr``.
+    """
+
+    __slots__ = ()
+
+    @property
+    def scheme(self) -> SecretScheme:
+        """``env``, ``file`` or ``block``."""
+        scheme = self.partition(":")[0]
+        for known in _SECRET_SCHEMES:
+            if scheme == known:
+                return known
+        raise SecretError(f"{self!r} is not a secret reference")  # pragma: no cover
+
+    @property
+    def target(self) -> str:
+        """The variable name, file path or block name after the scheme."""
+        return self.partition(":")[2]
+
+    @classmethod
+    def check(cls, value: str, field: str = "token_secret") -> SecretRef:
+        """Validate a reference without ever echoing it; raises ``ValueError``."""
+        scheme, colon, target = value.partition(":")
+        if not colon or scheme not in _SECRET_SCHEMES:
+            raise ValueError(
+                f"looks like a plain secret; store it in the environment and write "
+                f'{field} = "env:PVE_TOKEN" (or file:PATH, or block:NAME for a Prefect '
+                f"Secret block)"
+            )
+        if scheme == "env" and not _ENV_NAME_RE.fullmatch(target):
+            raise ValueError(
+                "env: needs an environment variable name of A-Z, a-z, 0-9 and '_', "
+                f'e.g. {field} = "env:PVE_TOKEN"'
+            )
+        if scheme == "file" and not target.strip():
+            raise ValueError(f'file: needs a path, e.g. {field} = "file:pve-token"')
+        if scheme == "block" and not _BLOCK_NAME_RE.fullmatch(target):
+            raise ValueError(
+                "block: needs a Prefect block name of a-z, 0-9 and '-', "
+                f'e.g. {field} = "block:pve-token"'
+            )
+        return cls(value)
+
+    @classmethod
+    def __get_pydantic_core_schema__(
+        cls, source: Any, handler: GetCoreSchemaHandler
+    ) -> core_schema.CoreSchema:
+        def validate(value: str, info: ValidationInfo) -> SecretRef:
+            try:
+                return cls.check(value, info.field_name or "secret")
+            except ValueError as exc:
+                raise PydanticCustomError("secret_ref", str(exc)) from None
+
+        return core_schema.with_info_after_validator_function(
+            validate,
+            core_schema.str_schema(strict=True),
+            serialization=core_schema.plain_serializer_function_ser_schema(str),
+        )
+
+    def resolve(self, base_dir: Path | None = None, *, setting: str = "secret") -> SecretStr:
+        """Read the secret now; ``file:`` paths are relative to ``base_dir`` (the inventory's)."""
+        match self.scheme:
+            case "env":
+                return self._from_env(setting)
+            case "file":
+                return self._from_file(base_dir or Path.cwd(), setting)
+            case "block":
+                return self._from_block(setting)
+
+    def _from_env(self, setting: str) -> SecretStr:
+        value = os.environ.get(self.target)
+        if value is None:
+            raise SecretError(
+                f"environment variable {self.target} is not set",
+                setting=setting,
+                hint=f"set {self.target} in the environment of the process running moxflow",
+            )
+        if not value:
+            raise SecretError(f"environment variable {self.target} is empty", setting=setting)
+        return SecretStr(value)
+
+    def _from_file(self, base_dir: Path, setting: str) -> SecretStr:
+        path = _resolve_path(Path(self.target), base_dir)
+        try:
+            raw = path.read_bytes()
+        except FileNotFoundError:
+            raise SecretError(f"secret file {path} not found", setting=setting) from None
+        except OSError as exc:
+            raise SecretError(
+                f"secret file {path} cannot be read: {exc.strerror or type(exc).__name__}",
+                setting=setting,
+            ) from None
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise SecretError(f"secret file {path} is not UTF-8 text", setting=setting) from None
+        value = text.removesuffix("\n").removesuffix("\r")
+        if not value.strip():
+            raise SecretError(f"secret file {path} is empty", setting=setting)
+        return SecretStr(value)
+
+    def _from_block(self, setting: str) -> SecretStr:
+        try:
+            from prefect.blocks.system import Secret
+
+            load: Any = Secret.load  # dispatches to async in a running loop unless _sync=True
+            value: Any = load(self.target, _sync=True).get()
+        except Exception as exc:
+            raise SecretError(
+                f"Prefect Secret block {self.target!r} cannot be loaded: "
+                f"{type(exc).__name__}: {exc}",
+                setting=setting,
+                hint=f"create it with Secret(value=...).save({self.target!r})",
+            ) from None
+        text = value if isinstance(value, str) else json.dumps(value)
+        if not text:
+            raise SecretError(f"Prefect Secret block {self.target!r} is empty", setting=setting)
+        return SecretStr(text)
+
+
+# --- field types ---------------------------------------------------------------------------
+
+_USER_RE = re.compile(r"[a-z_][a-z0-9_.-]{0,31}", re.ASCII)
+_TOKEN_ID_RE = re.compile(r"[A-Za-z0-9_.-]+@[A-Za-z0-9_.-]+![A-Za-z][A-Za-z0-9_.-]+", re.ASCII)
+_HOSTNAME_RE = re.compile(
+    r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*",
+    re.ASCII,
+)
+
+
+def _check_address(value: str) -> str:
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        if len(value) > 253 or not _HOSTNAME_RE.fullmatch(value):
+            raise ValueError(
+                f"{value!r} is neither an IP address nor a DNS name "
+                "(letters, digits, '-' and '.', not starting with '-')"
+            ) from None
+    return value
+
+
+def _check_user(value: str) -> str:
+    if not _USER_RE.fullmatch(value):
+        raise ValueError(
+            f"{value!r} is not a login name (a-z, 0-9, '_', '.', '-', starting with a letter "
+            "or '_', at most 32 characters)"
+        )
+    return value
+
+
+def _check_policy(value: str) -> str:
+    KeepPolicy.parse(value)
+    return value
+
+
+def _check_selection(value: str) -> str:
+    parse_selection(value)
+    return value
+
+
+Address = Annotated[str, AfterValidator(_check_address)]
+Login = Annotated[str, AfterValidator(_check_user)]
+Label = Annotated[str, AfterValidator(validate_label)]
+PolicyText = Annotated[str, AfterValidator(_check_policy)]
+HostName = Annotated[str, AfterValidator(validate_host_name)]
+DatasetName = Annotated[str, AfterValidator(validate_dataset)]
+Port = Annotated[int, Field(ge=1, le=65535)]
+Seconds = Annotated[float, Field(gt=0)]
+Policies = dict[Label, PolicyText]
+
+_POLICIES_HELP = (
+    'Keep policy per snapshot label, e.g. hourly = "keep-hourly=24". Keys are labels '
+    "(lowercase, up to 16 characters); values are comma-separated keep-last, keep-hourly, "
+    "keep-daily, keep-weekly, keep-monthly, keep-yearly counts, or keep-all=1."
+)
+
+
+class _Section(BaseModel):
+    """Base of every inventory section: an unknown key is an error, not silently ignored."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+# --- sections ------------------------------------------------------------------------------
+
+
+class ProxmoxSettings(_Section):
+    """How to reach the Proxmox VE API."""
+
+    host: Address = Field(
+        description="Address of one Proxmox VE node (IP or DNS name); the API is on its port."
+    )
+    port: Port = Field(default=8006, description="HTTPS port of the Proxmox VE API.")
+    token_id: str = Field(
+        description=(
+            "API token id as USER@REALM!TOKENID, e.g. root@pam!moxflow. Create it under "
+            "Datacenter > Permissions > API Tokens."
+        )
+    )
+    token_secret: SecretRef = Field(
+        description=(
+            "Where the API token's secret is: env:NAME (an environment variable), file:PATH "
+            "(a file, relative to the inventory's folder) or block:NAME (a Prefect Secret "
+            "block). Never the secret itself."
+        )
+    )
+    ca_file: Path | None = Field(
+        default=None,
+        description=(
+            "CA certificate to verify the API's TLS certificate against, usually a copy of "
+            "the cluster's /etc/pve/pve-root-ca.pem. Relative to the inventory's folder."
+        ),
+    )
+    verify_tls: bool = Field(
+        default=True,
+        description=(
+            "Verify the API's TLS certificate. Leave on: set ca_file instead of turning this off."
+        ),
+    )
+    timeout: Seconds = Field(
+        default=30.0, description="Seconds to wait for one API request before giving up."
+    )
+
+    @field_validator("token_id")
+    @classmethod
+    def _token_id(cls, value: str) -> str:
+        if not _TOKEN_ID_RE.fullmatch(value):
+            raise ValueError(
+                f"{value!r} is not an API token id; write USER@REALM!TOKENID, e.g. root@pam!moxflow"
+            )
+        return value
+
+
+class SshSettings(_Section):
+    """Defaults for every SSH connection; a host may override user and key_file."""
+
+    user: Login = Field(default="root", description="Login name on the hosts.")
+    key_file: Path | None = Field(
+        default=None,
+        description=(
+            "Private key to log in with (e.g. an ed25519 key), relative to the inventory's "
+            "folder. Only this key is offered; no agent and no key search."
+        ),
+    )
+    known_hosts: Path | None = Field(
+        default=None,
+        description=(
+            "known_hosts file with the hosts' public keys, relative to the inventory's folder."
+        ),
+    )
+    strict_host_keys: bool = Field(
+        default=True,
+        description=(
+            "Refuse hosts whose key is unknown or changed. Turning this off allows "
+            "man-in-the-middle attacks."
+        ),
+    )
+    connect_timeout: Seconds = Field(
+        default=10.0, description="Seconds to wait for an SSH connection to be established."
+    )
+    command_timeout: Seconds = Field(
+        default=300.0, description="Seconds one remote command may run before it is abandoned."
+    )
+
+
+class HostSettings(_Section):
+    """One machine moxflow reaches over SSH (a Proxmox node, a NixOS host, a NAS)."""
+
+    address: Address = Field(description="IP address or DNS name to connect to.")
+    port: Port = Field(default=22, description="Port the host's SSH server listens on.")
+    user: Login | None = Field(default=None, description="Login name; default: ssh.user.")
+    key_file: Path | None = Field(
+        default=None,
+        description="Private key for this host, relative to the inventory's folder; "
+        "default: ssh.key_file.",
+    )
+
+
+class ZfsDataset(_Section):
+    """One ZFS dataset to snapshot and prune."""
+
+    host: HostName = Field(description="Name of the host (a key of [hosts]) that has the pool.")
+    name: DatasetName = Field(description="Dataset name, e.g. rpool/data.")
+    recursive: bool = Field(
+        default=False,
+        description=(
+            "Also snapshot every child dataset (zfs snapshot -r), and prune the children's "
+            "snapshots together with the parent's."
+        ),
+    )
+    policies: Policies = Field(
+        default_factory=dict,
+        description="Keep policies for this dataset that override [zfs.policies], per label.",
+    )
+
+    @property
+    def target(self) -> str:
+        """``host:name``, for logs and reports."""
+        return f"{self.host}:{self.name}"
+
+
+class ZfsSettings(_Section):
+    """ZFS datasets to snapshot, and how long to keep their snapshots."""
+
+    policies: Policies = Field(default_factory=dict, description=_POLICIES_HELP)
+    datasets: list[ZfsDataset] = Field(
+        default_factory=list,
+        description="Datasets to snapshot, each as a [[zfs.datasets]] table.",
+    )
+
+
+class GuestSnapshotSettings(_Section):
+    """Proxmox VM and container snapshots: which guests, and how long to keep them."""
+
+    select: str = Field(
+        default="@all",
+        description=(
+            "Which guests to snapshot: comma-separated ids (100), ranges (100:110), @all, "
+            "@tag-X, @pool-X, @node-X or names; a leading '-' excludes (-@tag-nosnap)."
+        ),
+    )
+    running_only: bool = Field(default=False, description="Skip guests that are not running.")
+    vmstate: bool = Field(
+        default=False,
+        description="Include the RAM of running VMs in their snapshots (slower, larger).",
+    )
+    concurrency: int = Field(
+        default=8, ge=1, le=256, description="How many guests to snapshot at the same time."
+    )
+    policies: Policies = Field(default_factory=dict, description=_POLICIES_HELP)
+
+    @field_validator("select")
+    @classmethod
+    def _select(cls, value: str) -> str:
+        return _check_selection(value)
+
+
+@dataclass(frozen=True, slots=True)
+class SshTarget:
+    """Everything needed to open an SSH connection to one inventory host."""
+
+    name: str
+    address: str
+    port: int
+    user: str
+    key_file: Path | None
+    known_hosts: Path | None
+    strict_host_keys: bool
+    connect_timeout: float
+    command_timeout: float
+
+
+# --- the inventory -------------------------------------------------------------------------
+
+
+def _resolve_path(path: Path, base_dir: Path) -> Path:
+    path = path.expanduser()
+    return path if path.is_absolute() else base_dir / path
+
+
+class Inventory(BaseSettings):
+    """The whole homelab as moxflow sees it, read from the inventory TOML file."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="MOXFLOW_",
+        env_nested_delimiter="__",
+        case_sensitive=False,
+        extra="forbid",
+        validate_default=True,
+    )
+
+    timezone: str = Field(
+        default="UTC",
+        description=(
+            "Time zone (IANA name such as Europe/Berlin) in which retention buckets "
+            "(hours, days, weeks, ...) are counted."
+        ),
+    )
+    proxmox: ProxmoxSettings | None = Field(
+        default=None, description="The Proxmox VE API; leave out if there is no Proxmox."
+    )
+    ssh: SshSettings = Field(
+        default_factory=SshSettings,
+        description="Defaults for every SSH connection (login, key, host keys, timeouts).",
+    )
+    hosts: dict[HostName, HostSettings] = Field(
+        default_factory=dict,
+        description="Every host moxflow reaches over SSH, as [hosts.NAME] tables.",
+    )
+    zfs: ZfsSettings = Field(
+        default_factory=ZfsSettings,
+        description="ZFS datasets to snapshot, and how long to keep their snapshots.",
+    )
+    guest_snapshots: GuestSnapshotSettings = Field(
+        default_factory=GuestSnapshotSettings,
+        description="Proxmox VM and container snapshots: which guests, and how long to keep them.",
+    )
+
+    _base_dir: Path = PrivateAttr(default_factory=Path.cwd)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Init kwargs, then ``MOXFLOW_`` variables, then the TOML file being loaded (if any)."""
+        path = _INVENTORY_FILE.get()
+        if path is None:
+            return init_settings, env_settings
+        return init_settings, env_settings, TomlConfigSettingsSource(settings_cls, path)
+
+    @field_validator("timezone")
+    @classmethod
+    def _timezone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(
+                f"unknown time zone {value!r}; use an IANA name such as UTC or Europe/Berlin"
+            ) from None
+        return value
+
+    @field_validator("zfs")
+    @classmethod
+    def _datasets_on_known_hosts(cls, zfs: ZfsSettings, info: ValidationInfo) -> ZfsSettings:
+        hosts = info.data.get("hosts")
+        problems: list[str] = []
+        known = ", ".join(sorted(hosts or {})) or "none yet"
+        seen: dict[tuple[str, str], int] = {}
+        for i, ds in enumerate(zfs.datasets):
+            if hosts is not None and ds.host not in hosts:
+                problems.append(
+                    f"zfs.datasets[{i}].host: unknown host {ds.host!r}; add a [hosts.{ds.host}] "
+                    f"table or use one of: {known}"
+                )
+            first = seen.setdefault((ds.host, ds.name), i)
+            if first != i:
+                problems.append(
+                    f"zfs.datasets[{i}]: {ds.target} is already listed as zfs.datasets[{first}]"
+                )
+        if problems:
+            raise ValueError("; ".join(problems))
+        return zfs
+
+    @model_validator(mode="after")
+    def _resolve_paths(self) -> Inventory:
+        path = _INVENTORY_FILE.get()
+        self._base_dir = path.parent if path is not None else Path.cwd()
+        base = self._base_dir
+
+        def rebase(p: Path | None) -> Path | None:
+            return None if p is None else _resolve_path(p, base)
+
+        if self.proxmox is not None:
+            self.proxmox = self.proxmox.model_copy(update={"ca_file": rebase(self.proxmox.ca_file)})
+        self.ssh = self.ssh.model_copy(
+            update={
+                "key_file": rebase(self.ssh.key_file),
+                "known_hosts": rebase(self.ssh.known_hosts),
+            }
+        )
+        self.hosts = {
+            name: host.model_copy(update={"key_file": rebase(host.key_file)})
+            for name, host in self.hosts.items()
+        }
+        return self
+
+    @property
+    def base_dir(self) -> Path:
+        """The inventory file's folder; relative paths in the file are resolved against it."""
+        return self._base_dir
+
+    @property
+    def tz(self) -> ZoneInfo:
+        """The configured time zone."""
+        return ZoneInfo(self.timezone)
+
+    def host(self, name: str) -> HostSettings:
+        """The host called ``name``; ``ConfigError`` listing the known hosts if there is none."""
+        try:
+            return self.hosts[name]
+        except KeyError:
+            known = ", ".join(sorted(self.hosts)) or "none"
+            raise ConfigError(
+                f"unknown host {name!r}; known hosts: {known}",
+                setting="hosts",
+                hint=f"add a [hosts.{name}] table with its address to the inventory",
+            ) from None
+
+    def ssh_target(self, name: str) -> SshTarget:
+        """How to connect to host ``name``: its settings with [ssh] filling the gaps."""
+        host = self.host(name)
+        return SshTarget(
+            name=name,
+            address=host.address,
+            port=host.port,
+            user=host.user or self.ssh.user,
+            key_file=host.key_file or self.ssh.key_file,
+            known_hosts=self.ssh.known_hosts,
+            strict_host_keys=self.ssh.strict_host_keys,
+            connect_timeout=self.ssh.connect_timeout,
+            command_timeout=self.ssh.command_timeout,
+        )
+
+    def zfs_policy(self, dataset: ZfsDataset, label: str) -> KeepPolicy:
+        """The keep policy for ``label`` snapshots of ``dataset``: its own, else [zfs.policies]."""
+        validate_label(label)
+        index = next((i for i, d in enumerate(self.zfs.datasets) if d == dataset), None)
+        where = f"zfs.datasets[{index}]" if index is not None else "the dataset's table"
+        if label in dataset.policies:
+            return KeepPolicy.parse(dataset.policies[label], setting=f"{where}.policies.{label}")
+        if label in self.zfs.policies:
+            return KeepPolicy.parse(self.zfs.policies[label], setting=f"zfs.policies.{label}")
+        raise ConfigError(
+            f"no keep policy for {label!r} snapshots of {dataset.target}",
+            setting=f"zfs.policies.{label}",
+            hint=(
+                f'add {label} = "keep-..." to [zfs.policies], or policies = '
+                f'{{ {label} = "keep-..." }} to {where}'
+            ),
+        )
+
+    def guest_policy(self, label: str) -> KeepPolicy:
+        """The keep policy for ``label`` guest snapshots, from [guest_snapshots.policies]."""
+        validate_label(label)
+        if label in self.guest_snapshots.policies:
+            return KeepPolicy.parse(
+                self.guest_snapshots.policies[label],
+                setting=f"guest_snapshots.policies.{label}",
+            )
+        raise ConfigError(
+            f"no keep policy for {label!r} guest snapshots",
+            setting=f"guest_snapshots.policies.{label}",
+            hint=f'add {label} = "keep-..." to [guest_snapshots.policies]',
+        )
+
+    def proxmox_settings(self) -> ProxmoxSettings:
+        """The [proxmox] section; ``ConfigError`` if the inventory has none."""
+        if self.proxmox is None:
+            raise ConfigError(
+                "the inventory has no [proxmox] section",
+                setting="proxmox",
+                hint="add [proxmox] with host, token_id and token_secret",
+            )
+        return self.proxmox
+
+    def proxmox_secret(self) -> SecretStr:
+        """Resolve ``proxmox.token_secret`` now."""
+        return self.proxmox_settings().token_secret.resolve(
+            self.base_dir, setting="proxmox.token_secret"
+        )
+
+
+# --- loading -------------------------------------------------------------------------------
+
+
+def inventory_path(path: Path | str | None = None) -> Path:
+    """The inventory file to read: ``path``, else ``$MOXFLOW_INVENTORY``, else ./inventory.toml."""
+    if path is None or str(path) == "":
+        path = os.environ.get(ENV_INVENTORY) or DEFAULT_INVENTORY
+    return Path(path).expanduser().absolute()
+
+
+@contextmanager
+def _reading(path: Path) -> Iterator[None]:
+    token = _INVENTORY_FILE.set(path)
+    try:
+        yield
+    finally:
+        _INVENTORY_FILE.reset(token)
+
+
+def load_inventory(path: Path | str | None = None, **overrides: Any) -> Inventory:
+    """Read and validate the inventory; every problem becomes one ``ConfigError``.
+
+    ``overrides`` (keyword settings, e.g. ``timezone="UTC"``) beat the environment and file.
+    """
+    file = inventory_path(path)
+    if not file.is_file():
+        raise ConfigError(
+            f"inventory file {file} not found; pass --inventory FILE or set {ENV_INVENTORY}"
+        )
+    try:
+        with file.open("rb"):
+            pass
+    except OSError as exc:
+        raise ConfigError(
+            f"inventory file {file} cannot be read: {exc.strerror or type(exc).__name__}"
+        ) from None
+    try:
+        with _reading(file):
+            return Inventory(**overrides)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"inventory file {file} is not valid TOML: {exc}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"inventory file {file} is not UTF-8 text") from None
+    except SettingsError as exc:
+        raise ConfigError(f"inventory file {file}: {exc}", hint=_env_hint()) from None
+    except ValidationError as exc:
+        errors = exc.errors(include_input=False)
+        problems = [_describe_error(err) for err in errors]
+        if len(problems) == 1:
+            setting = _dotted(tuple(errors[0]["loc"])) or None
+            text = problems[0]
+        else:
+            setting = None
+            text = " ".join(f"({i}) {p}" for i, p in enumerate(problems, 1))
+        raise ConfigError(
+            f"inventory file {file} has {len(problems)} problem"
+            f"{'s' if len(problems) != 1 else ''}: {text}",
+            setting=setting,
+            hint=_env_hint(),
+        ) from None
+
+
+def _env_hint() -> str | None:
+    """Name the ``MOXFLOW_`` variables in effect, since their settings are not in the file."""
+    names = sorted(
+        k for k in os.environ if k.upper().startswith("MOXFLOW_") and k.upper() != ENV_INVENTORY
+    )
+    return f"also read from the environment: {', '.join(names)}" if names else None
+
+
+def _dotted(loc: tuple[int | str, ...]) -> str:
+    text = ""
+    for part in loc:
+        if part == "[key]":
+            continue
+        if isinstance(part, int):
+            text += f"[{part}]"
+        else:
+            text += f".{part}" if text else str(part)
+    return text
+
+
+_PREFIXES = ("Value error, ", "Assertion failed, ")
+
+
+def _describe_error(err: Any) -> str:
+    """``dotted.setting: message`` for one pydantic error, never including the input."""
+    loc: tuple[int | str, ...] = tuple(err["loc"])
+    kind: str = err["type"]
+    message: str = err["msg"]
+    for prefix in _PREFIXES:
+        message = message.removeprefix(prefix)
+    if kind == "extra_forbidden":
+        known = _known_settings(loc[:-1])
+        message = "unknown setting (a typo?)"
+        if known:
+            message += f"; known here: {', '.join(known)}"
+    elif kind == "missing":
+        message = "required setting is missing"
+    where = _dotted(loc)
+    if not where or message.startswith((f"{where}.", f"{where}[")):
+        return message
+    return f"{where}: {message}"
+
+
+def _unwrap(annotation: Any) -> Any:
+    """Drop ``None`` from ``X | None`` and the metadata from ``Annotated[X, ...]``."""
+    while True:
+        origin = get_origin(annotation)
+        if origin is Annotated:
+            annotation = get_args(annotation)[0]
+        elif origin in (Union, types.UnionType):
+            rest = [a for a in get_args(annotation) if a is not type(None)]
+            if len(rest) != 1:
+                return annotation
+            annotation = rest[0]
+        else:
+            return annotation
+
+
+def _known_settings(loc: tuple[int | str, ...]) -> list[str]:
+    """The field names of the section at ``loc`` (for 'unknown setting' errors)."""
+    current: Any = Inventory
+    for part in loc:
+        current = _unwrap(current)
+        if isinstance(current, type) and issubclass(current, BaseModel):
+            field = current.model_fields.get(str(part))
+            if field is None:
+                return []
+            current = field.annotation
+        elif get_origin(current) in (dict, list):
+            current = get_args(current)[-1]
+        else:
+            return []
+    current = _unwrap(current)
+    if isinstance(current, type) and issubclass(current, BaseModel):
+        return list(current.model_fields)
+    return []

@@ -1,0 +1,658 @@
+"""Loading the inventory: sources and their order, validation errors, paths, secret references."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import types
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydantic import BaseModel, SecretStr, ValidationError
+
+from moxflow.errors import ConfigError, SecretError, UnsafeNameError
+from moxflow.inventory import (
+    GuestSnapshotSettings,
+    HostSettings,
+    Inventory,
+    ProxmoxSettings,
+    SecretRef,
+    SshSettings,
+    SshTarget,
+    ZfsDataset,
+    ZfsSettings,
+    load_inventory,
+)
+from moxflow.retention import KeepPolicy
+
+EXAMPLE = """\
+timezone = "Europe/Berlin"
+
+[proxmox]
+host = "127.0.0.1"
+port = 8006
+token_id = "root@pam!moxflow"
+token_secret = "file:pve-token"
+ca_file = "pve-root-ca.pem"
+verify_tls = true
+timeout = 30.0
+
+[ssh]
+user = "root"
+key_file = "id_ed25519"
+known_hosts = "known_hosts"
+strict_host_keys = true
+connect_timeout = 10.0
+command_timeout = 300.0
+
+[hosts.pve1]
+address = "127.0.0.1"
+port = 22001
+
+[hosts.nas]
+address = "nas.lan"
+user = "backup"
+key_file = "/etc/moxflow/nas_key"
+
+[zfs.policies]
+hourly = "keep-hourly=24"
+daily = "keep-daily=7,keep-weekly=4"
+
+[[zfs.datasets]]
+host = "pve1"
+name = "rpool/data"
+recursive = true
+policies = { hourly = "keep-hourly=48" }
+
+[[zfs.datasets]]
+host = "nas"
+name = "tank/backups"
+
+[guest_snapshots]
+select = "@all,-@tag-nosnap"
+running_only = false
+vmstate = false
+concurrency = 8
+[guest_snapshots.policies]
+hourly = "keep-last=3,keep-hourly=24"
+daily = "keep-daily=7"
+"""
+
+MINIMAL = """\
+[hosts.pve1]
+address = "10.0.0.2"
+"""
+
+SECRET = "s3cr3t-Value-9f8e7d"
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in list(os.environ):
+        if name.upper().startswith("MOXFLOW_"):
+            monkeypatch.delenv(name)
+
+
+def write(folder: Path, text: str, name: str = "inventory.toml") -> Path:
+    path = folder / name
+    path.write_text(text)
+    return path
+
+
+def config_error(folder: Path, text: str) -> ConfigError:
+    with pytest.raises(ConfigError) as info:
+        load_inventory(write(folder, text))
+    return info.value
+
+
+# --- loading -------------------------------------------------------------------------------
+
+
+def test_example_loads_and_resolves_paths_against_its_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    lab = tmp_path / "lab"
+    lab.mkdir()
+    path = write(lab, EXAMPLE)
+    monkeypatch.chdir(tmp_path)
+    inv = load_inventory(path)
+    assert inv.base_dir == lab
+    assert inv.timezone == "Europe/Berlin"
+    assert inv.tz.key == "Europe/Berlin"
+    assert inv.proxmox is not None
+    assert inv.proxmox.port == 8006
+    assert inv.proxmox.token_secret == "file:pve-token"
+    assert inv.proxmox.ca_file == lab / "pve-root-ca.pem"
+    assert inv.ssh.key_file == lab / "id_ed25519"
+    assert inv.ssh.known_hosts == lab / "known_hosts"
+    assert inv.hosts["nas"].key_file == Path("/etc/moxflow/nas_key")
+    assert [d.target for d in inv.zfs.datasets] == ["pve1:rpool/data", "nas:tank/backups"]
+    assert inv.guest_snapshots.select == "@all,-@tag-nosnap"
+
+
+def test_minimal_inventory_has_defaults(tmp_path: Path) -> None:
+    inv = load_inventory(write(tmp_path, MINIMAL))
+    assert inv.timezone == "UTC"
+    assert inv.proxmox is None
+    assert inv.ssh == SshSettings()
+    assert inv.zfs == ZfsSettings()
+    assert inv.guest_snapshots == GuestSnapshotSettings()
+    assert inv.hosts == {"pve1": HostSettings(address="10.0.0.2")}
+
+
+def test_environment_beats_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MOXFLOW_PROXMOX__PORT", "8007")
+    monkeypatch.setenv("moxflow_ssh__user", "admin")  # case-insensitive
+    monkeypatch.setenv("MOXFLOW_HOSTS__PVE1__PORT", "2222")
+    monkeypatch.setenv("MOXFLOW_TIMEZONE", "UTC")
+    inv = load_inventory(write(tmp_path, EXAMPLE))
+    assert inv.proxmox is not None
+    assert inv.proxmox.port == 8007
+    assert inv.proxmox.host == "127.0.0.1"  # the rest of [proxmox] still from the file
+    assert inv.ssh.user == "admin"
+    assert inv.hosts["pve1"].port == 2222
+    assert inv.hosts["pve1"].address == "127.0.0.1"
+    assert inv.timezone == "UTC"
+
+
+def test_keyword_overrides_beat_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MOXFLOW_TIMEZONE", "Europe/Paris")
+    inv = load_inventory(write(tmp_path, EXAMPLE), timezone="America/New_York")
+    assert inv.timezone == "America/New_York"
+
+
+def test_path_from_environment_then_working_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    here = tmp_path / "here"
+    there = tmp_path / "there"
+    here.mkdir()
+    there.mkdir()
+    write(here, MINIMAL)
+    write(there, MINIMAL.replace("10.0.0.2", "10.0.0.3"), "lab.toml")
+    monkeypatch.chdir(here)
+    assert load_inventory().hosts["pve1"].address == "10.0.0.2"
+    assert load_inventory().base_dir == here
+    monkeypatch.setenv("MOXFLOW_INVENTORY", str(there / "lab.toml"))
+    assert load_inventory().hosts["pve1"].address == "10.0.0.3"
+    assert load_inventory(here / "inventory.toml").hosts["pve1"].address == "10.0.0.2"
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    missing = tmp_path / "nope.toml"
+    with pytest.raises(ConfigError) as info:
+        load_inventory(missing)
+    assert str(info.value) == (
+        f"inventory file {missing} not found; pass --inventory FILE or set MOXFLOW_INVENTORY"
+    )
+
+
+def test_folder_is_not_a_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="not found"):
+        load_inventory(tmp_path)
+
+
+def test_malformed_toml_names_line_and_column(tmp_path: Path) -> None:
+    err = config_error(tmp_path, '[proxmox]\nhost = "127.0.0.1\nport = 8006\n')
+    assert "is not valid TOML" in str(err)
+    assert "line 2" in str(err)
+    assert "column" in str(err)
+
+
+def test_concurrent_loads_do_not_mix(tmp_path: Path) -> None:
+    paths = []
+    for i in range(8):
+        folder = tmp_path / f"lab{i}"
+        folder.mkdir()
+        paths.append(write(folder, MINIMAL.replace("10.0.0.2", f"10.0.0.{i + 10}")))
+    results: dict[int, tuple[str, Path]] = {}
+
+    def load(i: int) -> None:
+        for _ in range(20):
+            inv = load_inventory(paths[i])
+            results[i] = (inv.hosts["pve1"].address, inv.base_dir)
+
+    threads = [threading.Thread(target=load, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results == {i: (f"10.0.0.{i + 10}", paths[i].parent) for i in range(8)}
+
+
+def test_constructed_without_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    inv = Inventory(
+        hosts={"pve1": HostSettings(address="10.0.0.2", key_file=Path("k"))},
+        zfs=ZfsSettings(datasets=[ZfsDataset(host="pve1", name="rpool")]),
+    )
+    assert inv.base_dir == tmp_path
+    assert inv.hosts["pve1"].key_file == tmp_path / "k"
+
+
+# --- validation errors ---------------------------------------------------------------------
+
+
+def test_every_problem_is_listed_with_its_setting(tmp_path: Path) -> None:
+    err = config_error(
+        tmp_path,
+        """\
+timezone = "Mars/Olympus"
+[proxmox]
+host = "pve.lan"
+token_id = "root"
+token_secret = "env:PVE_TOKEN"
+[hosts.pve1]
+address = "10.0.0.2"
+port = 0
+""",
+    )
+    text = str(err)
+    assert "has 3 problems" in text
+    assert "(1) timezone: unknown time zone 'Mars/Olympus'" in text
+    assert "proxmox.token_id: 'root' is not an API token id" in text
+    assert "USER@REALM!TOKENID" in text
+    assert "hosts.pve1.port: Input should be greater than or equal to 1" in text
+    assert err.setting is None
+
+
+def test_single_problem_sets_the_setting(tmp_path: Path) -> None:
+    err = config_error(tmp_path, MINIMAL + "port = 70000\n")
+    assert err.setting == "hosts.pve1.port"
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("tmezone = 'UTC'\n", "tmezone: unknown setting (a typo?); known here: timezone, proxmox"),
+        (
+            "[proxmox]\nhost='a'\ntoken_id='r@pam!t'\ntoken_secret='env:X'\nprot=1\n",
+            "proxmox.prot: unknown setting (a typo?); known here: host, port, token_id",
+        ),
+        ("[hosts.pve1]\naddress='a'\nkeyfile='k'\n", "hosts.pve1.keyfile: unknown setting"),
+        (
+            "[[zfs.datasets]]\nhost='pve1'\nname='rpool'\nrecursve=true\n",
+            "zfs.datasets[0].recursve: unknown setting (a typo?); known here: host, name",
+        ),
+        ("[zfs]\ndataset=[]\n", "zfs.dataset: unknown setting (a typo?); known here: policies"),
+    ],
+)
+def test_unknown_keys_are_named(tmp_path: Path, text: str, expected: str) -> None:
+    assert expected in str(config_error(tmp_path, text))
+
+
+def test_missing_required_setting(tmp_path: Path) -> None:
+    err = config_error(tmp_path, "[proxmox]\nhost = 'a'\ntoken_secret = 'env:X'\n")
+    assert "proxmox.token_id: required setting is missing" in str(err)
+
+
+@pytest.mark.parametrize(
+    "value",
+    [SECRET, "PVEAPIToken=root@pam!moxflow=" + SECRET, "ENV:" + SECRET, "vault:" + SECRET],
+)
+def test_plain_secret_is_refused_without_echo(tmp_path: Path, value: str) -> None:
+    err = config_error(
+        tmp_path,
+        f"[proxmox]\nhost = 'a'\ntoken_id = 'root@pam!m'\ntoken_secret = '{value}'\n",
+    )
+    text = str(err)
+    assert "proxmox.token_secret: looks like a plain secret; store it in the environment" in text
+    assert 'write token_secret = "env:PVE_TOKEN"' in text
+    assert SECRET not in text
+    assert SECRET not in repr(err)
+    assert err.__cause__ is None
+    assert err.__suppress_context__
+
+
+@pytest.mark.parametrize(
+    ("ref", "message"),
+    [
+        ("env:", "env: needs an environment variable name"),
+        ("env:PVE TOKEN", "env: needs an environment variable name"),
+        ("file:", "file: needs a path"),
+        ("block:Bad_Name", "block: needs a Prefect block name"),
+    ],
+)
+def test_malformed_references(tmp_path: Path, ref: str, message: str) -> None:
+    err = config_error(
+        tmp_path, f"[proxmox]\nhost = 'a'\ntoken_id = 'root@pam!m'\ntoken_secret = '{ref}'\n"
+    )
+    assert f"proxmox.token_secret: {message}" in str(err)
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        ";rm -rf /",
+        "$(reboot)",
+        "rpool/da ta",
+        "rpool/data\\n",
+        "rpool/'x'",
+        "-o",
+        "../etc",
+        "rpool/d\\u0430ta",
+        "rpool/data\\u0000",
+        "rpool@snap",
+    ],
+)
+def test_hostile_dataset_names_fail_at_load(tmp_path: Path, name: str) -> None:
+    text = MINIMAL + '[[zfs.datasets]]\nhost = "pve1"\nname = "rpool"\n'
+    text += f'[[zfs.datasets]]\nhost = "pve1"\nname = "{name}"\n'
+    err = config_error(tmp_path, text)
+    assert "zfs.datasets[1].name: invalid ZFS dataset name" in str(err)
+    assert "[0]" not in str(err)
+
+
+def test_dataset_on_unknown_host(tmp_path: Path) -> None:
+    text = MINIMAL + '[hosts.nas]\naddress = "nas.lan"\n'
+    text += '[[zfs.datasets]]\nhost = "pve1"\nname = "rpool"\n'
+    text += '[[zfs.datasets]]\nhost = "pve9"\nname = "rpool/data"\n'
+    err = config_error(tmp_path, text)
+    assert str(err).endswith(
+        "zfs.datasets[1].host: unknown host 'pve9'; add a [hosts.pve9] table or use one of: "
+        "nas, pve1"
+    )
+
+
+def test_duplicate_dataset(tmp_path: Path) -> None:
+    text = MINIMAL + '[[zfs.datasets]]\nhost = "pve1"\nname = "rpool"\n' * 2
+    err = config_error(tmp_path, text)
+    assert "zfs.datasets[1]: pve1:rpool is already listed as zfs.datasets[0]" in str(err)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ('[zfs.policies]\nhourly = "keep-hourli=24"\n', "zfs.policies.hourly: unknown key"),
+        ('[zfs.policies]\nHourly = "keep-hourly=24"\n', "zfs.policies.Hourly: invalid snapshot"),
+        (
+            '[guest_snapshots.policies]\ndaily = "keep-daily=-1"\n',
+            "guest_snapshots.policies.daily: keep-daily must not be negative",
+        ),
+        (
+            '[[zfs.datasets]]\nhost = "pve1"\nname = "rpool"\npolicies = { hourly = "" }\n',
+            "zfs.datasets[0].policies.hourly: empty keep policy",
+        ),
+        ('[guest_snapshots]\nselect = "@everything"\n', "guest_snapshots.select: unknown keyword"),
+        ("[guest_snapshots]\nconcurrency = 0\n", "guest_snapshots.concurrency: Input should be"),
+        ('[hosts."pve 1"]\naddress = "a"\n', "hosts.pve 1: invalid host name 'pve 1'"),
+        ('[hosts.x]\naddress = "-oProxyCommand=sh"\n', "hosts.x.address: '-oProxyCommand=sh'"),
+        ('[hosts.x]\naddress = "a;b"\n', "hosts.x.address: 'a;b' is neither an IP address"),
+        ('[ssh]\nuser = "root;id"\n', "ssh.user: 'root;id' is not a login name"),
+        ("[ssh]\nconnect_timeout = 0\n", "ssh.connect_timeout: Input should be greater than 0"),
+    ],
+)
+def test_setting_errors(tmp_path: Path, text: str, expected: str) -> None:
+    assert expected in str(config_error(tmp_path, MINIMAL + text))
+
+
+def test_ipv6_address_is_accepted(tmp_path: Path) -> None:
+    inv = load_inventory(write(tmp_path, '[hosts.x]\naddress = "fd00::2"\n'))
+    assert inv.hosts["x"].address == "fd00::2"
+
+
+def test_environment_problems_name_the_variables(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MOXFLOW_SSH__PORTT", "22")
+    err = config_error(tmp_path, MINIMAL)
+    assert "ssh.portt: unknown setting" in str(err)
+    assert "also read from the environment: MOXFLOW_SSH__PORTT" in str(err)
+
+
+def test_environment_value_that_is_not_json(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MOXFLOW_ZFS", "not json")
+    err = config_error(tmp_path, MINIMAL)
+    assert 'field "zfs"' in str(err)
+    assert "MOXFLOW_ZFS" in str(err)
+
+
+# --- lookups -------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def inv(tmp_path: Path) -> Inventory:
+    return load_inventory(write(tmp_path, EXAMPLE))
+
+
+def test_zfs_policy_override_then_default(inv: Inventory) -> None:
+    data, backups = inv.zfs.datasets
+    assert inv.zfs_policy(data, "hourly") == KeepPolicy(hourly=48)
+    assert inv.zfs_policy(backups, "hourly") == KeepPolicy(hourly=24)
+    assert inv.zfs_policy(data, "daily") == KeepPolicy(daily=7, weekly=4)
+
+
+def test_zfs_policy_missing_names_both_places(inv: Inventory) -> None:
+    with pytest.raises(ConfigError) as info:
+        inv.zfs_policy(inv.zfs.datasets[1], "weekly")
+    text = str(info.value)
+    assert "no keep policy for 'weekly' snapshots of nas:tank/backups" in text
+    assert "[zfs.policies]" in text
+    assert "zfs.datasets[1]" in text
+    assert info.value.setting == "zfs.policies.weekly"
+
+
+def test_zfs_policy_refuses_bad_label(inv: Inventory) -> None:
+    with pytest.raises(UnsafeNameError):
+        inv.zfs_policy(inv.zfs.datasets[0], "Hourly")
+
+
+def test_guest_policy(inv: Inventory) -> None:
+    assert inv.guest_policy("hourly") == KeepPolicy(last=3, hourly=24)
+    with pytest.raises(ConfigError, match=r"\[guest_snapshots.policies\]"):
+        inv.guest_policy("weekly")
+
+
+def test_policies_parse_with_the_retention_rules() -> None:
+    with pytest.raises(ValidationError, match="unknown key 'keep-everything'"):
+        ZfsSettings(policies={"hourly": "keep-everything=1"})
+
+
+def test_host_and_ssh_target(inv: Inventory) -> None:
+    assert inv.host("pve1").port == 22001
+    with pytest.raises(ConfigError) as info:
+        inv.host("pve2")
+    assert "unknown host 'pve2'; known hosts: nas, pve1" in str(info.value)
+    base = inv.base_dir
+    assert inv.ssh_target("pve1") == SshTarget(
+        name="pve1",
+        address="127.0.0.1",
+        port=22001,
+        user="root",
+        key_file=base / "id_ed25519",
+        known_hosts=base / "known_hosts",
+        strict_host_keys=True,
+        connect_timeout=10.0,
+        command_timeout=300.0,
+    )
+    nas = inv.ssh_target("nas")
+    assert (nas.user, nas.key_file, nas.port) == ("backup", Path("/etc/moxflow/nas_key"), 22)
+
+
+def test_proxmox_secret_from_file_next_to_inventory(
+    inv: Inventory, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    (inv.base_dir / "pve-token").write_text(SECRET + "\n")
+    monkeypatch.chdir(tmp_path.parent)
+    secret = inv.proxmox_secret()
+    assert isinstance(secret, SecretStr)
+    assert secret.get_secret_value() == SECRET
+    assert SECRET not in repr(secret)
+
+
+def test_proxmox_secret_without_proxmox(tmp_path: Path) -> None:
+    inv = load_inventory(write(tmp_path, MINIMAL))
+    with pytest.raises(ConfigError, match=r"no \[proxmox\] section"):
+        inv.proxmox_secret()
+
+
+# --- secret references ---------------------------------------------------------------------
+
+
+def ref(text: str) -> SecretRef:
+    return SecretRef.check(text)
+
+
+def test_env_reference(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PVE_TOKEN", SECRET)
+    assert ref("env:PVE_TOKEN").resolve().get_secret_value() == SECRET
+    assert (ref("env:PVE_TOKEN").scheme, ref("env:PVE_TOKEN").target) == ("env", "PVE_TOKEN")
+
+
+@pytest.mark.parametrize("value", [None, ""])
+def test_env_reference_unset_or_empty(monkeypatch: pytest.MonkeyPatch, value: str | None) -> None:
+    if value is None:
+        monkeypatch.delenv("PVE_TOKEN", raising=False)
+    else:
+        monkeypatch.setenv("PVE_TOKEN", value)
+    with pytest.raises(SecretError) as info:
+        ref("env:PVE_TOKEN").resolve(setting="proxmox.token_secret")
+    assert "environment variable PVE_TOKEN is" in str(info.value)
+    assert info.value.setting == "proxmox.token_secret"
+    assert str(info.value).startswith("proxmox.token_secret: ")
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        (SECRET + "\n", SECRET),
+        (SECRET + "\r\n", SECRET),
+        (SECRET, SECRET),
+        (SECRET + "\n\n", SECRET + "\n"),
+        ("  " + SECRET, "  " + SECRET),
+    ],
+)
+def test_file_reference(tmp_path: Path, content: str, expected: str) -> None:
+    (tmp_path / "token").write_bytes(content.encode())
+    assert ref("file:token").resolve(tmp_path).get_secret_value() == expected
+
+
+def test_file_reference_absolute_and_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "token").write_text(SECRET)
+    assert ref(f"file:{tmp_path / 'token'}").resolve(Path("/nowhere")).get_secret_value() == SECRET
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert ref("file:~/token").resolve(Path("/nowhere")).get_secret_value() == SECRET
+
+
+@pytest.mark.parametrize(
+    ("setup", "message"),
+    [
+        (lambda d: None, "not found"),
+        (lambda d: (d / "token").write_text("\n"), "is empty"),
+        (lambda d: (d / "token").write_text(""), "is empty"),
+        (lambda d: (d / "token").mkdir(), "cannot be read"),
+        (lambda d: (d / "token").write_bytes(b"\xff\xfe" + SECRET.encode()), "not UTF-8"),
+    ],
+)
+def test_file_reference_problems(tmp_path: Path, setup: Any, message: str) -> None:
+    setup(tmp_path)
+    with pytest.raises(SecretError) as info:
+        ref("file:token").resolve(tmp_path, setting="proxmox.token_secret")
+    assert message in str(info.value)
+    assert str(tmp_path / "token") in str(info.value)
+    assert info.value.setting == "proxmox.token_secret"
+    assert SECRET not in str(info.value)
+
+
+@pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0, reason="root reads anything")
+def test_file_reference_unreadable(tmp_path: Path) -> None:
+    path = tmp_path / "token"
+    path.write_text(SECRET)
+    path.chmod(0)
+    with pytest.raises(SecretError, match="cannot be read"):
+        ref("file:token").resolve(tmp_path)
+
+
+class FakeSecretBlock:
+    """Stands in for ``prefect.blocks.system.Secret`` (same load/get surface)."""
+
+    stored: dict[str, Any] = {"pve-token": SECRET, "json-token": {"a": 1}}  # noqa: RUF012
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+    @classmethod
+    def load(cls, name: str, *, _sync: bool | None = None) -> FakeSecretBlock:
+        assert _sync is True
+        if name not in cls.stored:
+            raise ValueError(f"Unable to find block document named {name}")
+        return cls(cls.stored[name])
+
+    def get(self) -> Any:
+        return self.value
+
+
+@pytest.fixture
+def fake_prefect(monkeypatch: pytest.MonkeyPatch) -> None:
+    module = types.ModuleType("prefect.blocks.system")
+    module.Secret = FakeSecretBlock  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "prefect.blocks.system", module)
+
+
+@pytest.mark.usefixtures("fake_prefect")
+def test_block_reference() -> None:
+    assert ref("block:pve-token").resolve().get_secret_value() == SECRET
+    assert ref("block:json-token").resolve().get_secret_value() == '{"a": 1}'
+
+
+@pytest.mark.usefixtures("fake_prefect")
+def test_block_reference_missing() -> None:
+    with pytest.raises(SecretError) as info:
+        ref("block:nope").resolve(setting="proxmox.token_secret")
+    text = str(info.value)
+    assert "Prefect Secret block 'nope' cannot be loaded" in text
+    assert "Unable to find block document named nope" in text
+    assert info.value.setting == "proxmox.token_secret"
+
+
+def test_secret_ref_rejects_plain_values() -> None:
+    with pytest.raises(ValueError, match="plain secret") as info:
+        SecretRef.check(SECRET)
+    assert SECRET not in str(info.value)
+
+
+# --- the models themselves -----------------------------------------------------------------
+
+
+def all_models() -> list[type[BaseModel]]:
+    return [
+        Inventory,
+        ProxmoxSettings,
+        SshSettings,
+        HostSettings,
+        ZfsSettings,
+        ZfsDataset,
+        GuestSnapshotSettings,
+    ]
+
+
+@pytest.mark.parametrize("model", all_models(), ids=lambda m: m.__name__)
+def test_every_setting_is_described(model: type[BaseModel]) -> None:
+    for name, field in model.model_fields.items():
+        assert field.description, f"{model.__name__}.{name} has no description"
+        assert len(field.description) > 15
+    assert model.__doc__
+
+
+def test_json_schema_renders_secret_refs_as_strings() -> None:
+    schema = ProxmoxSettings.model_json_schema()
+    assert schema["properties"]["token_secret"]["type"] == "string"
+    assert "env:NAME" in schema["properties"]["token_secret"]["description"]
+
+
+def test_importing_the_core_does_not_import_prefect() -> None:
+    code = (
+        "import sys, moxflow.inventory, moxflow.naming, moxflow.selection, moxflow.zfs; "
+        "print('prefect' in sys.modules)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout
+    assert out.strip() == "False"
