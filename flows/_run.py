@@ -42,8 +42,7 @@ def finish(report: RunReport, artifact_key: str) -> RunReport:
         table=report.table(),
         description=report.summary(),
     )
-    for line in report.to_text().splitlines():
-        logger.info(line)
+    logger.info(report.summary())
     if not report.ok:
         failed = ", ".join(r.target for r in report.failed_rows)
         raise RunFailed(f"{len(report.failed_rows)} target(s) failed: {failed}", report=report)

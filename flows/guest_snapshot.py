@@ -15,7 +15,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from flows._cli import EXIT_USAGE, base_parser
+from flows._cli import EXIT_FAILED, EXIT_USAGE, base_parser
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -72,13 +72,19 @@ from prefect.logging import get_run_logger  # noqa: E402
 from prefect.task_runners import ThreadPoolTaskRunner  # noqa: E402
 
 from flows._run import bounded, finish, run_from_cli  # noqa: E402
-from moxflow.errors import ConfigError  # noqa: E402
+from moxflow.errors import (  # noqa: E402
+    ConfigError,
+    MoxflowError,
+    ProxmoxAuthError,
+    ProxmoxPermissionError,
+)
 from moxflow.guests import Guest  # noqa: E402
 from moxflow.inventory import load_inventory  # noqa: E402
 from moxflow.naming import snapshot_name, validate_label  # noqa: E402
 from moxflow.report import Outcome, ReportRow, RunReport  # noqa: E402
 from moxflow.selection import parse_selection  # noqa: E402
 from moxflow.snapshots import plan_guest_selection, utc_now  # noqa: E402
+from tasks.clients import proxmox_client  # noqa: E402
 from tasks.proxmox import list_guests, snapshot_guest  # noqa: E402
 
 MAX_CONCURRENCY = 64
@@ -170,11 +176,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         validate_label(args.label)
         inv.guest_policy(args.label)
         parse_selection(args.select if args.select is not None else inv.guest_snapshots.select)
-        if inv.proxmox is None:
-            raise ConfigError("the inventory has no [proxmox] section", setting="proxmox")
-    except ConfigError as exc:
+        # a wrong token or CA fails here, clearly, before the flow starts
+        proxmox_client(inv).get("/version")
+    except (ConfigError, ProxmoxAuthError, ProxmoxPermissionError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except MoxflowError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
     return run_from_cli(
         guest_snapshot,
         label=args.label,

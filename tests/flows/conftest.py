@@ -1,0 +1,50 @@
+"""Flow tests: a Prefect test server for the session, and views of the lab's state."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from prefect.testing.utilities import prefect_test_harness
+
+
+@pytest.fixture(autouse=True, scope="session")
+def prefect_server() -> Iterator[None]:
+    """One temporary Prefect server (SQLite) for every flow test."""
+    with prefect_test_harness(server_startup_timeout=60):
+        yield
+
+
+def zfs_snapshots(state: dict[str, Any], host: str) -> dict[str, dict[str, Any]]:
+    """Every ZFS snapshot on a lab host, by full name ``dataset@snap``."""
+    datasets = state["hosts"][host]["zfs"]["datasets"]
+    return {f"{ds}@{s['name']}": s for ds, d in datasets.items() for s in d["snapshots"]}
+
+
+def all_zfs_snapshots(state: dict[str, Any]) -> set[str]:
+    """``host:dataset@snap`` for every host."""
+    return {
+        f"{host}:{name}"
+        for host, h in state["hosts"].items()
+        if h.get("zfs")
+        for name in zfs_snapshots(state, host)
+    }
+
+
+def guest_snapshots(state: dict[str, Any], vmid: int) -> dict[str, dict[str, Any]]:
+    """The snapshots of one lab guest by name."""
+    return dict(state["guests"][str(vmid)]["snapshots"])
+
+
+def edit_inventory(src: Path, dst_dir: Path, replace: dict[str, str]) -> Path:
+    """A copy of the lab's inventory with text replaced, next to the original's files."""
+    text = src.read_text()
+    for old, new in replace.items():
+        assert old in text, f"{old!r} not in the inventory"
+        text = text.replace(old, new)
+    # keep relative paths working: write beside the original
+    dst = src.parent / f"{dst_dir.name}-inventory.toml"
+    dst.write_text(text)
+    return dst

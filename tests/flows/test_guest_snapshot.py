@@ -1,0 +1,228 @@
+"""End to end: flows.guest_snapshot against the lab's Proxmox API, asserting the lab's state."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from flows.guest_snapshot import guest_snapshot, main
+from labsim.client import LabClient, wait_until
+from moxflow.errors import RunFailed
+from moxflow.report import Outcome, RunReport
+from tests.flows.conftest import edit_inventory, guest_snapshots
+
+MOX = re.compile(r"^moxflow-daily-\d{8}-\d{6}$")
+# default topology: 103 is tagged nosnap, 9000 is a template
+SELECTED = {100, 101, 102, 104, 105}
+
+
+def moxflow_snaps(state: dict[str, object], vmid: int) -> set[str]:
+    return {n for n in guest_snapshots(state, vmid) if MOX.match(n)}  # type: ignore[arg-type]
+
+
+def by_vmid(report: RunReport) -> dict[int, Outcome]:
+    return {int(r.target.split()[0]): r.outcome for r in report.rows}
+
+
+def test_snapshots_the_selection_and_marks_ownership(
+    fresh_lab: LabClient, lab_inventory: Path
+) -> None:
+    report = guest_snapshot(label="daily", inventory=str(lab_inventory))
+    state = fresh_lab.state()
+    outcomes = by_vmid(report)
+    assert {v for v, o in outcomes.items() if o is Outcome.OK} == SELECTED
+    assert outcomes[9000] is Outcome.SKIPPED  # template
+    assert 103 not in outcomes  # excluded by -@tag-nosnap
+    for vmid in SELECTED:
+        (name,) = moxflow_snaps(state, vmid)
+        assert guest_snapshots(state, vmid)[name]["description"].startswith("moxflow:")
+    assert moxflow_snaps(state, 103) == set() and moxflow_snaps(state, 9000) == set()
+    # the hand-made snapshot of 101 is untouched
+    assert "before-upgrade" in guest_snapshots(state, 101)
+
+
+@pytest.mark.parametrize(
+    ("expr", "expected"),
+    [
+        ("@tag-media", {101}),
+        ("@pool-apps", {101, 104}),
+        ("@node-pve1", {100, 101}),
+        ("100:102", {100, 101, 102}),
+        ("homeassistant,dns", {100, 104}),
+        ("@all,-@node-pve2,-dns", {101}),
+    ],
+)
+def test_selection_language_picks_exactly_those_guests(
+    fresh_lab: LabClient, lab_inventory: Path, expr: str, expected: set[int]
+) -> None:
+    guest_snapshot(label="daily", select=expr, inventory=str(lab_inventory))
+    state = fresh_lab.state()
+    touched = {int(v) for v in state["guests"] if moxflow_snaps(state, int(v))}
+    assert touched == expected
+
+
+def test_running_only_skips_stopped_guests(fresh_lab: LabClient, lab_inventory: Path) -> None:
+    report = guest_snapshot(
+        label="daily", select="100:105", running_only=True, inventory=str(lab_inventory)
+    )
+    outcomes = by_vmid(report)
+    assert outcomes[105] is Outcome.SKIPPED and outcomes[103] is Outcome.SKIPPED
+    assert outcomes[101] is Outcome.OK
+
+
+def test_prunes_only_its_own_snapshots_of_the_label(
+    fresh_lab: LabClient, lab_inventory: Path, tmp_path: Path
+) -> None:
+    import requests
+
+    base = f"{fresh_lab.api_url}/nodes/pve1/qemu/101/snapshot"
+    headers = fresh_lab.auth_header
+
+    def make(name: str, description: str) -> None:
+        r = requests.post(
+            base,
+            data={"snapname": name, "description": description},
+            headers=headers,
+            verify=str(fresh_lab.ca_file),
+            timeout=10,
+        )
+        assert r.status_code == 200, r.reason
+        wait_until(lambda: all(t["status"] == "stopped" for t in fresh_lab.state()["tasks"]))
+
+    olds = ["moxflow-daily-20261120-000000", "moxflow-daily-20261121-000000"]
+    for name in olds:
+        make(name, "moxflow: daily snapshot taken earlier")
+    make("moxflow-daily-20261119-000000", "made by hand, named like moxflow's")
+    make("moxflow-hourly-20261121-000000", "moxflow: hourly snapshot")
+    inv = edit_inventory(
+        lab_inventory, tmp_path, {'daily = "keep-daily=7"': 'daily = "keep-last=2"'}
+    )
+
+    report = guest_snapshot(label="daily", select="101", inventory=str(inv))
+
+    (row,) = report.rows
+    assert row.outcome is Outcome.OK
+    snaps = set(guest_snapshots(fresh_lab.state(), 101))
+    assert row.taken in snaps
+    assert olds[1] in snaps and olds[0] not in snaps
+    assert row.removed == (olds[0],)
+    # not ours (no marker), another label, made by hand: all still there
+    assert {"moxflow-daily-20261119-000000", "moxflow-hourly-20261121-000000"} <= snaps
+    assert "before-upgrade" in snaps
+
+
+def test_dry_run_changes_nothing(fresh_lab: LabClient, lab_inventory: Path) -> None:
+    before = fresh_lab.state()["guests"]
+    report = guest_snapshot(label="daily", dry_run=True, inventory=str(lab_inventory))
+    after = fresh_lab.state()["guests"]
+    assert {v: g["snapshots"] for v, g in before.items()} == {
+        v: g["snapshots"] for v, g in after.items()
+    }
+    assert {r.outcome for r in report.rows} <= {Outcome.PLANNED, Outcome.SKIPPED}
+    assert all(r["method"] == "GET" for r in fresh_lab.api_requests())
+
+
+def test_locked_guest_is_retried_then_skipped_while_others_go_on(
+    fresh_lab: LabClient, lab_inventory: Path
+) -> None:
+    fresh_lab.set_guest(101, lock="backup")
+    report = guest_snapshot(
+        label="daily", select="100,101", lock_timeout=1.0, inventory=str(lab_inventory)
+    )
+    outcomes = by_vmid(report)
+    assert outcomes == {100: Outcome.OK, 101: Outcome.SKIPPED}
+    assert report.ok  # a skipped guest does not fail the run
+    row = next(r for r in report.rows if r.target.startswith("101"))
+    assert "locked" in row.detail
+    tries = [r for r in fresh_lab.api_requests() if r["method"] == "POST" and "/101/" in r["path"]]
+    assert len(tries) >= 2
+    assert moxflow_snaps(fresh_lab.state(), 101) == set()
+
+
+def test_lock_that_clears_is_retried_to_success(fresh_lab: LabClient, lab_inventory: Path) -> None:
+    fresh_lab.fault(
+        target="task",
+        type="qmsnapshot",
+        id="101",
+        action="error",
+        exitstatus="VM is locked (backup)",
+        times=2,
+    )
+    report = guest_snapshot(
+        label="daily", select="101", lock_timeout=10.0, inventory=str(lab_inventory)
+    )
+    assert by_vmid(report) == {101: Outcome.OK}
+    assert len(moxflow_snaps(fresh_lab.state(), 101)) == 1
+
+
+def test_api_5xx_is_retried(fresh_lab: LabClient, lab_inventory: Path) -> None:
+    fresh_lab.fault(
+        target="api",
+        method="POST",
+        path="^/nodes/pve1/qemu/101/snapshot$",
+        action="error",
+        status=500,
+        message="proxy loop detected",
+        times=2,
+    )
+    fresh_lab.fault(
+        target="api",
+        method="GET",
+        path="^/cluster/resources$",
+        action="error",
+        status=503,
+        message="service unavailable",
+        times=1,
+    )
+    report = guest_snapshot(
+        label="daily", select="101", lock_timeout=10.0, inventory=str(lab_inventory)
+    )
+    assert by_vmid(report) == {101: Outcome.OK}
+    assert len(moxflow_snaps(fresh_lab.state(), 101)) == 1
+
+
+def test_failed_snapshot_task_fails_the_run_and_names_the_guest(
+    fresh_lab: LabClient, lab_inventory: Path
+) -> None:
+    fresh_lab.fault(
+        target="task",
+        type="qmsnapshot",
+        id="104",
+        action="error",
+        exitstatus="snapshot feature is not available",
+    )
+    with pytest.raises(RunFailed) as info:
+        guest_snapshot(label="daily", select="101,104", inventory=str(lab_inventory))
+    report = info.value.report
+    assert by_vmid(report) == {101: Outcome.OK, 104: Outcome.FAILED}
+    row = next(r for r in report.rows if r.target.startswith("104"))
+    assert "snapshot feature is not available" in row.detail
+    assert "104" in str(info.value)
+
+
+def test_wrong_token_gives_a_clear_error_naming_the_setting(
+    fresh_lab: LabClient, lab_inventory: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    wrong = tmp_path / "wrong-token"
+    wrong.write_text("00000000-0000-0000-0000-000000000000\n")
+    inv = edit_inventory(
+        lab_inventory,
+        tmp_path,
+        {'token_secret = "file:pve-token"': f'token_secret = "file:{wrong}"'},
+    )
+    code = main(["--inventory", str(inv), "--label", "daily"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "proxmox.token_secret" in err and "401" in err
+    assert fresh_lab.token_secret() not in err
+    assert all(r["method"] == "GET" for r in fresh_lab.api_requests())
+
+
+def test_cli_bad_selection_is_a_usage_error(
+    fresh_lab: LabClient, lab_inventory: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["--inventory", str(lab_inventory), "--select", "@bogus-x"]) == 2
+    assert "@bogus-x" in capsys.readouterr().err
+    assert fresh_lab.api_requests() == []

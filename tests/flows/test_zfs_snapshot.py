@@ -1,0 +1,218 @@
+"""End to end: flows.zfs_snapshot against the lab's SSH hosts, asserting the lab's ZFS state."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from flows.zfs_snapshot import main, zfs_snapshot
+from labsim.client import LabClient
+from moxflow.errors import RunFailed
+from moxflow.report import Outcome, RunReport
+from tests.flows.conftest import all_zfs_snapshots, edit_inventory, zfs_snapshots
+
+MOX = re.compile(r"^moxflow-(?P<label>[a-z0-9_-]+)-\d{8}-\d{6}$")
+
+# the lab's foreign, held and other-label snapshots (docs/internals.md, default topology)
+FOREIGN = "tank/media@autosnap_2026-11-01_00:00:00_daily"
+HELD = "rpool/data@manual-keep"
+OLD_DAILY = "tank/media@moxflow-daily-20261101-000000"
+
+
+def new_snapshots(before: set[str], after: set[str]) -> set[str]:
+    return after - before
+
+
+def run_failed(**params: object) -> RunReport:
+    with pytest.raises(RunFailed) as info:
+        zfs_snapshot(**params)  # type: ignore[arg-type]
+    report = info.value.report
+    assert isinstance(report, RunReport)
+    return report
+
+
+def rows_by_target(report: RunReport) -> dict[str, Outcome]:
+    return {r.target: r.outcome for r in report.rows}
+
+
+def test_snapshots_every_dataset_and_leaves_foreign_held_and_other_label_alone(
+    fresh_lab: LabClient, lab_inventory: Path
+) -> None:
+    before = all_zfs_snapshots(fresh_lab.state())
+    report = zfs_snapshot(label="hourly", inventory=str(lab_inventory))
+    after_state = fresh_lab.state()
+    after = all_zfs_snapshots(after_state)
+
+    assert report.ok
+    assert {r.outcome for r in report.rows} == {Outcome.OK}
+    assert before <= after, f"something was removed: {before - after}"
+    added = new_snapshots(before, after)
+    assert len(report.rows) == 4
+    assert all(r.taken for r in report.rows)
+    assert {f"{r.target.split(':')[0]}:{r.taken}" for r in report.rows} <= added
+    # every configured dataset got exactly one new snapshot with the same moxflow name
+    names = {a.split("@", 1)[1] for a in added}
+    assert len(names) == 1 and MOX.match(names.pop())
+    # recursive datasets snapshot their children too
+    assert any(a.startswith("pve1:rpool/data/vm-101-disk-0@") for a in added)
+    assert not any(a.startswith("pve1:tank/media/") for a in added)
+    pve1 = zfs_snapshots(after_state, "pve1")
+    assert FOREIGN in pve1 and HELD in pve1 and OLD_DAILY in pve1
+
+
+def test_prunes_only_moxflow_snapshots_of_the_label_by_policy(
+    fresh_lab: LabClient, lab_inventory: Path, tmp_path: Path
+) -> None:
+    # three older hourly snapshots of tank/media, one of them held
+    olds = [f"moxflow-hourly-202611{d:02d}-000000" for d in (20, 21, 22)]
+    for name in olds:
+        rc, _, err = fresh_lab.exec("pve1", ["zfs", "snapshot", f"tank/media@{name}"])
+        assert rc == 0, err
+    rc, _, err = fresh_lab.exec("pve1", ["zfs", "hold", "mine", f"tank/media@{olds[0]}"])
+    assert rc == 0, err
+    inv = edit_inventory(
+        lab_inventory, tmp_path, {'hourly = "keep-hourly=24"': 'hourly = "keep-last=2"'}
+    )
+
+    report = zfs_snapshot(label="hourly", only=["pve1/tank/media"], inventory=str(inv))
+
+    snaps = zfs_snapshots(fresh_lab.state(), "pve1")
+    media = {n for n in snaps if n.startswith("tank/media@")}
+    (row,) = report.rows
+    assert row.outcome is Outcome.OK
+    assert row.taken in media
+    # keep-last=2 keeps the new one and the newest old one; the held one stays, never counted
+    assert f"tank/media@{olds[2]}" in media
+    assert f"tank/media@{olds[1]}" not in media
+    assert f"tank/media@{olds[0]}" in media
+    assert set(row.removed) == {f"tank/media@{olds[1]}"}
+    assert FOREIGN in media and OLD_DAILY in media
+
+
+def test_dry_run_changes_nothing_and_shows_the_plan(
+    fresh_lab: LabClient, lab_inventory: Path
+) -> None:
+    before = fresh_lab.state()
+    report = zfs_snapshot(label="daily", dry_run=True, inventory=str(lab_inventory))
+    after = fresh_lab.state()
+    assert all_zfs_snapshots(before) == all_zfs_snapshots(after)
+    assert {r.outcome for r in report.rows} == {Outcome.PLANNED}
+    media = next(r for r in report.rows if r.target == "pve1:tank/media")
+    assert media.taken and media.taken.startswith("tank/media@moxflow-daily-")
+    assert "dry run" in report.summary()
+
+
+def test_failed_snapshot_prunes_nothing_there_and_the_run_fails(
+    fresh_lab: LabClient, lab_inventory: Path, tmp_path: Path
+) -> None:
+    # a policy that would prune the old daily snapshot of tank/media if the run went on
+    inv = edit_inventory(
+        lab_inventory, tmp_path, {'daily = "keep-daily=7,keep-weekly=4"': 'daily = "keep-last=1"'}
+    )
+    fresh_lab.fault(
+        target="command",
+        host="pve1",
+        command="zfs snapshot.*tank/media",
+        action="error",
+        exit=1,
+        stderr="cannot create snapshot 'tank/media@x': out of space",
+    )
+    report = run_failed(label="daily", inventory=str(inv))
+    outcomes = rows_by_target(report)
+    assert outcomes["pve1:tank/media"] is Outcome.FAILED
+    assert outcomes["pve1:rpool/data"] is Outcome.OK
+    assert outcomes["nas:tank/backups"] is Outcome.OK
+    assert OLD_DAILY in zfs_snapshots(fresh_lab.state(), "pve1")
+    failed = next(r for r in report.rows if r.target == "pve1:tank/media")
+    assert "out of space" in failed.detail and failed.removed == ()
+
+
+def test_dropped_connection_fails_that_host_and_the_others_complete(
+    fresh_lab: LabClient, lab_inventory: Path
+) -> None:
+    fresh_lab.fault(target="connect", host="nas", action="drop")
+    report = run_failed(label="hourly", inventory=str(lab_inventory))
+    outcomes = rows_by_target(report)
+    assert outcomes.pop("nas:tank/backups") is Outcome.FAILED
+    assert set(outcomes.values()) == {Outcome.OK}
+    nas = zfs_snapshots(fresh_lab.state(), "nas")
+    assert not any(MOX.match(n.split("@")[1]) for n in nas)
+
+
+def test_changed_host_key_stops_that_host_with_a_clear_error(
+    fresh_lab: LabClient, lab_inventory: Path, tmp_path: Path
+) -> None:
+    known = lab_inventory.parent / "known_hosts"
+    port = fresh_lab.info["hosts"]["pve2"]["port"]
+    other = next(
+        line.split(" ", 1)[1]
+        for line in known.read_text().splitlines()
+        if not line.startswith(f"[127.0.0.1]:{port} ")
+    )
+    forged = tmp_path / "known_hosts"
+    forged.write_text(
+        "\n".join(
+            f"[127.0.0.1]:{port} {other}" if line.startswith(f"[127.0.0.1]:{port} ") else line
+            for line in known.read_text().splitlines()
+        )
+        + "\n"
+    )
+    inv = edit_inventory(
+        lab_inventory, tmp_path, {'known_hosts = "known_hosts"': f'known_hosts = "{forged}"'}
+    )
+    before = zfs_snapshots(fresh_lab.state(), "pve2")
+
+    report = run_failed(label="hourly", inventory=str(inv))
+
+    row = next(r for r in report.rows if r.target == "pve2:rpool/data")
+    assert row.outcome is Outcome.FAILED
+    assert "host key" in row.detail and "known_hosts" in row.detail
+    assert zfs_snapshots(fresh_lab.state(), "pve2") == before
+    assert rows_by_target(report)["pve1:rpool/data"] is Outcome.OK
+
+
+@pytest.mark.parametrize(
+    "hostile",
+    ["tank/media; reboot", "tank/$(reboot)", "-o/tank", "tank/../etc", "tank/a b", "tank\nreboot"],
+)
+def test_hostile_dataset_name_is_refused_before_any_command(
+    fresh_lab: LabClient,
+    lab_inventory: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    hostile: str,
+) -> None:
+    inv = edit_inventory(
+        lab_inventory, tmp_path, {'name = "tank/backups"': f"name = {hostile!r}".replace("'", '"')}
+    )
+    before = fresh_lab.state()
+    code = main(["--inventory", str(inv), "--label", "hourly"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "zfs.datasets" in err
+    assert all_zfs_snapshots(fresh_lab.state()) == all_zfs_snapshots(before)
+    assert fresh_lab.commands() == []
+
+
+def test_cli_bad_label_and_unknown_only_are_usage_errors(
+    fresh_lab: LabClient, lab_inventory: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["--inventory", str(lab_inventory), "--label", "Bad Label!"]) == 2
+    assert "label" in capsys.readouterr().err
+    assert main(["--inventory", str(lab_inventory), "--only", "nosuchhost"]) == 2
+    assert "nosuchhost" in capsys.readouterr().err
+    assert main(["--inventory", str(lab_inventory), "--label", "weekly"]) == 2
+    assert "weekly" in capsys.readouterr().err
+    assert fresh_lab.commands() == []
+
+
+def test_cli_runs_and_prints_the_report(
+    fresh_lab: LabClient, lab_inventory: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = main(["--inventory", str(lab_inventory), "--label", "hourly", "--only", "nas"])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "nas:tank/backups" in out and "TARGET" in out
+    assert "zfs-snapshot [hourly] OK" in out
