@@ -1,0 +1,561 @@
+"""The lab daemon: one process per lab folder serving the API, the SSH hosts and the control
+socket, until SIGTERM or a ``stop`` on the control socket.
+
+Files it writes into the lab folder (``DIR``): ``pve-root-ca.pem`` (the CA to verify the API
+against), ``pve-ssl.pem``/``pve-ssl.key`` (the API's certificate), ``pve-token`` (the token
+secret), ``id_ed25519``/``.pub`` (the client key every SSH host accepts), ``known_hosts``,
+``hostkeys/``, ``bin/`` (tool shims), ``inventory.toml``, ``labsim.sock``, ``labsim.log`` and,
+once everything answers, ``lab.json``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import ipaddress
+import json
+import logging
+import os
+import signal
+import socket
+import socketserver
+import ssl
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import asyncssh
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from labsim import pve, shim, sshd
+from labsim.state import TOKEN_ID, Lab, LabOptions
+
+log = logging.getLogger("labsim")
+
+SIMULATED_COMMANDS = ["zfs"]
+SOCKET_NAME = "labsim.sock"
+LAB_JSON = "lab.json"
+LOG_NAME = "labsim.log"
+
+
+@dataclass
+class DaemonConfig:
+    """What ``python -m labsim daemon`` was asked for."""
+
+    dir: Path
+    options: LabOptions = field(default_factory=LabOptions)
+    api_port: int = 0
+
+
+# --- key material ----------------------------------------------------------------------------
+
+
+def write_private(path: Path, data: bytes) -> None:
+    """Write a secret file readable by the owner only."""
+    path.unlink(missing_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(data)
+
+
+def make_tls(cert_dir: Path) -> tuple[Path, Path, Path]:
+    """A CA (``pve-root-ca.pem``) and a server certificate for 127.0.0.1/localhost (P-256)."""
+    now = dt.datetime.now(dt.UTC)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name(
+        [
+            x509.NameAttribute(NameOID.COMMON_NAME, "labsim Proxmox Virtual Environment"),
+            x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, str(uuid.uuid4())),
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "PVE Cluster Manager CA"),
+        ]
+    )
+    ca_ski = x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key())
+    ca_cert = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(days=1))
+        .not_valid_after(now + dt.timedelta(days=3650))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(ca_ski, critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(
+            x509.Name(
+                [
+                    x509.NameAttribute(NameOID.COMMON_NAME, "localhost"),
+                    x509.NameAttribute(NameOID.ORGANIZATION_NAME, "PVE Cluster Node"),
+                ]
+            )
+        )
+        .issuer_name(ca_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(days=1))
+        .not_valid_after(now + dt.timedelta(days=730))
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [
+                    x509.DNSName("localhost"),
+                    x509.IPAddress(ipaddress.IPv4Address("127.0.0.1")),
+                ]
+            ),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=True,
+                key_cert_sign=False,
+                crl_sign=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ca_ski),
+            critical=False,
+        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    ca_file = cert_dir / "pve-root-ca.pem"
+    cert_file = cert_dir / "pve-ssl.pem"
+    key_file = cert_dir / "pve-ssl.key"
+    ca_file.write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    write_private(
+        key_file,
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        ),
+    )
+    return ca_file, cert_file, key_file
+
+
+def make_ssh_key(path: Path, comment: str) -> str:
+    """Write an ed25519 private key (OpenSSH format) and ``path.pub``; the public key line."""
+    key = asyncssh.generate_private_key("ssh-ed25519", comment=comment)
+    path.unlink(missing_ok=True)
+    key.write_private_key(str(path))
+    os.chmod(path, 0o600)
+    pub = key.export_public_key().decode("ascii").strip()
+    path.with_name(path.name + ".pub").write_text(pub + "\n", encoding="ascii")
+    return " ".join(pub.split()[:2])
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nobody listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+# --- the inventory -------------------------------------------------------------------------
+
+
+def _q(value: str) -> str:
+    return json.dumps(value)
+
+
+def render_inventory(api_port: int, hosts: dict[str, int]) -> str:
+    """A working ``inventory.toml`` for this lab (the shape of docs/internals.md)."""
+    lines = [
+        "# Written by labsim for this lab; paths are relative to this file.",
+        'timezone = "UTC"',
+        "",
+        "[proxmox]",
+        'host = "127.0.0.1"',
+        f"port = {api_port}",
+        f"token_id = {_q(TOKEN_ID)}",
+        'token_secret = "file:pve-token"',
+        'ca_file = "pve-root-ca.pem"',
+        "verify_tls = true",
+        "timeout = 30.0",
+        "",
+        "[ssh]",
+        'user = "root"',
+        'key_file = "id_ed25519"',
+        'known_hosts = "known_hosts"',
+        "strict_host_keys = true",
+        "connect_timeout = 10.0",
+        "command_timeout = 300.0",
+        "",
+    ]
+    for name, port in hosts.items():
+        lines += [f"[hosts.{name}]", 'address = "127.0.0.1"', f"port = {port}", ""]
+    lines += [
+        "[zfs.policies]",
+        'hourly = "keep-hourly=24"',
+        'daily = "keep-daily=7,keep-weekly=4"',
+        "",
+    ]
+    datasets = [
+        ("pve1", "rpool/data", True),
+        ("pve1", "tank/media", False),
+        ("pve2", "rpool/data", True),
+        ("nas", "tank/backups", False),
+    ]
+    for host, name, recursive in datasets:
+        if host not in hosts:
+            continue
+        lines += [
+            "[[zfs.datasets]]",
+            f"host = {_q(host)}",
+            f"name = {_q(name)}",
+            f"recursive = {'true' if recursive else 'false'}",
+            "",
+        ]
+    lines += [
+        "[guest_snapshots]",
+        'select = "@all,-@tag-nosnap"',
+        "running_only = false",
+        "vmstate = false",
+        "concurrency = 8",
+        "",
+        "[guest_snapshots.policies]",
+        'hourly = "keep-last=3,keep-hourly=24"',
+        'daily = "keep-daily=7"',
+    ]
+    return "\n".join(lines) + "\n"
+
+
+# --- the control socket ----------------------------------------------------------------------
+
+
+class ControlServer(socketserver.ThreadingUnixStreamServer):
+    """One JSON object per line in each direction; see ``Daemon.control``."""
+
+    daemon_threads = True
+
+    def __init__(self, path: Path, dispatch: Callable[[dict[str, Any]], dict[str, Any]]):
+        self.dispatch = dispatch
+        super().__init__(str(path), ControlHandler)
+
+
+class ControlHandler(socketserver.StreamRequestHandler):
+    server: ControlServer
+
+    def handle(self) -> None:
+        try:
+            for raw in self.rfile:
+                if not raw.strip():
+                    continue
+                try:
+                    msg = json.loads(raw)
+                    if not isinstance(msg, dict):
+                        raise ValueError("a request is a JSON object")
+                    reply = self.server.dispatch(msg)
+                except Exception as exc:
+                    reply = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+                self.wfile.write(json.dumps(reply).encode("utf-8") + b"\n")
+                self.wfile.flush()
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+
+
+# --- the daemon ------------------------------------------------------------------------------
+
+
+class Daemon:
+    """Owns the lab state and every server of one lab folder."""
+
+    def __init__(self, config: DaemonConfig) -> None:
+        self.config = config
+        self.dir = config.dir.resolve()
+        self.lab = Lab(config.options)
+        self.stop_event = threading.Event()
+        self.api: pve.ApiServer | None = None
+        self.control_server: ControlServer | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.acceptors: list[asyncssh.SSHAcceptor] = []
+        self.info: dict[str, Any] = {}
+        self.socket_path = self.dir / SOCKET_NAME
+        self.owns_files = False  # lab.json and the socket are ours to remove
+
+    # -- start ---------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        d = self.dir
+        d.mkdir(parents=True, exist_ok=True)
+        if len(str(self.socket_path)) > 100:
+            raise RuntimeError(f"lab folder path too long for a unix socket: {self.socket_path}")
+        if _socket_answers(self.socket_path):
+            raise RuntimeError(f"a lab is already running in {d}")
+        self.owns_files = True
+        (d / LAB_JSON).unlink(missing_ok=True)
+        t0 = time.monotonic()
+
+        token_secret = str(uuid.uuid4())
+        write_private(d / "pve-token", (token_secret + "\n").encode())
+        ca_file, cert_file, key_file = make_tls(d)
+        client_pub = make_ssh_key(d / "id_ed25519", "labsim-client")
+        (d / "authorized_keys").write_text(client_pub + " labsim-client\n", encoding="ascii")
+        keys_dir = d / "hostkeys"
+        keys_dir.mkdir(exist_ok=True)
+        host_pubs = {
+            name: make_ssh_key(keys_dir / f"ssh_host_{name}_ed25519_key", f"root@{name}")
+            for name in self.lab.hosts
+        }
+        bin_dir = d / "bin"
+        bin_dir.mkdir(exist_ok=True)
+        shim.write_shims(bin_dir, SIMULATED_COMMANDS, python=sys.executable)
+
+        # control socket
+        self.socket_path.unlink(missing_ok=True)
+        self.control_server = ControlServer(self.socket_path, self.control)
+        threading.Thread(
+            target=self.control_server.serve_forever, args=(0.1,), name="control", daemon=True
+        ).start()
+
+        # the API
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        ctx.load_cert_chain(cert_file, key_file)
+        self.api = pve.ApiServer(
+            ("127.0.0.1", self.config.api_port), self.lab, ctx, TOKEN_ID, token_secret
+        )
+        api_port = self.api.server_address[1]
+        threading.Thread(
+            target=self.api.serve_forever, args=(0.1,), name="api", daemon=True
+        ).start()
+
+        # the SSH hosts
+        self.loop = asyncio.new_event_loop()
+        threading.Thread(target=self._run_loop, name="ssh", daemon=True).start()
+        ports: dict[str, int] = {}
+        for name in self.lab.hosts:
+            ports[name] = self._start_ssh(name, keys_dir / f"ssh_host_{name}_ed25519_key", bin_dir)
+            self.lab.hosts[name].port = ports[name]
+        (d / "known_hosts").write_text(
+            "".join(f"[127.0.0.1]:{ports[n]} {host_pubs[n]}\n" for n in ports), encoding="ascii"
+        )
+        (d / "inventory.toml").write_text(render_inventory(api_port, ports), encoding="utf-8")
+
+        self.info = {
+            "pid": os.getpid(),
+            "dir": str(d),
+            "started": time.time(),
+            "python": sys.executable,
+            "cluster": self.lab.cluster,
+            "nodes": list(self.lab.nodes),
+            "options": self.config.options.to_json(),
+            "api": {
+                "host": "127.0.0.1",
+                "port": api_port,
+                "url": f"https://127.0.0.1:{api_port}/api2/json",
+                "token_id": TOKEN_ID,
+                "token_file": str(d / "pve-token"),
+                "ca_file": str(ca_file),
+            },
+            "ssh": {
+                "user": "root",
+                "key_file": str(d / "id_ed25519"),
+                "known_hosts": str(d / "known_hosts"),
+            },
+            "hosts": {n: {"address": "127.0.0.1", "port": p} for n, p in ports.items()},
+            "socket": str(self.socket_path),
+            "inventory": str(d / "inventory.toml"),
+            "bin_dir": str(bin_dir),
+            "log": str(d / LOG_NAME),
+        }
+        tmp = d / (LAB_JSON + ".tmp")
+        tmp.write_text(json.dumps(self.info, indent=2) + "\n", encoding="utf-8")
+        tmp.replace(d / LAB_JSON)
+        log.info(
+            "lab ready in %.2fs: API on %d, SSH %s",
+            time.monotonic() - t0,
+            api_port,
+            ", ".join(f"{n}:{p}" for n, p in ports.items()),
+        )
+
+    def _run_loop(self) -> None:
+        assert self.loop is not None
+        asyncio.set_event_loop(self.loop)
+        self.loop.run_forever()
+
+    def _start_ssh(self, name: str, host_key: Path, bin_dir: Path) -> int:
+        assert self.loop is not None
+        last: Exception | None = None
+        for _ in range(5):
+            port = free_port()
+            coro = sshd.start_ssh_host(
+                name=name,
+                port=port,
+                host_key=host_key,
+                authorized_keys=self.dir / "authorized_keys",
+                bin_dir=bin_dir,
+                socket_path=self.socket_path,
+                fault_hook=self.fault_hook,
+            )
+            try:
+                acceptor = asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout=30)
+            except OSError as exc:  # somebody took the port in between: try another
+                last = exc
+                continue
+            self.acceptors.append(acceptor)
+            return port
+        raise RuntimeError(f"cannot start the SSH server of {name}: {last}")
+
+    def fault_hook(self, host: str, command: str | None) -> dict[str, Any] | None:
+        """Called by the SSH servers: on connect (command None) and on each exec."""
+        if command is None:
+            return self.lab.take_fault("connect", host=host)
+        return self.lab.take_fault("command", host=host, command=command)
+
+    # -- control -------------------------------------------------------------------------------
+
+    def control(self, msg: dict[str, Any]) -> dict[str, Any]:
+        """Answer one control request; ``{"ok": true, "result": ...}`` or an error."""
+        op = msg.get("op")
+        lab = self.lab
+        if op == "exec":
+            argv = msg.get("argv")
+            if not isinstance(argv, list) or not all(isinstance(a, str) for a in argv):
+                raise ValueError("exec needs argv, a list of strings")
+            rc, out, err = lab.exec(str(msg.get("host", "")), argv, msg.get("stdin"))
+            return {"ok": True, "rc": rc, "stdout": out, "stderr": err}
+        result: Any = None
+        if op == "ping":
+            result = {"pid": os.getpid()}
+        elif op == "info":
+            result = self.info
+        elif op == "state":
+            result = lab.to_json()
+        elif op == "fault":
+            spec = msg.get("spec")
+            if not isinstance(spec, dict):
+                raise ValueError("fault needs spec, an object")
+            result = lab.add_fault(spec)
+        elif op == "clear_faults":
+            lab.clear_faults()
+        elif op == "reset":
+            lab.reset()
+            if self.api is not None:
+                self.api.clear_request_log()
+        elif op == "time_scale":
+            lab.set_time_scale(float(msg["value"]))
+        elif op == "set_guest":
+            fields = msg.get("fields") or {}
+            with lab.lock:
+                result = lab.set_guest(int(msg["vmid"]), dict(fields)).to_json(time.time())
+        elif op == "api_requests":
+            assert self.api is not None
+            result = self.api.request_log(int(msg.get("since") or 0))
+        elif op == "clear_api_requests":
+            assert self.api is not None
+            self.api.clear_request_log()
+        elif op == "stop":
+            self.stop_event.set()
+        else:
+            raise ValueError(f"unknown op {op!r}")
+        return {"ok": True, "result": result}
+
+    # -- run and stop --------------------------------------------------------------------------
+
+    def wait(self) -> None:
+        while not self.stop_event.wait(0.5):
+            pass
+
+    def shutdown(self) -> None:
+        log.info("shutting down")
+        self.lab.release_waiters()
+        if self.owns_files:
+            (self.dir / LAB_JSON).unlink(missing_ok=True)
+        if self.api is not None:
+            self.api.shutdown()
+            self.api.server_close()
+        if self.loop is not None:
+            loop = self.loop
+
+            async def close_all() -> None:
+                for acc in self.acceptors:
+                    acc.close()
+                for acc in self.acceptors:
+                    await acc.wait_closed()
+
+            try:
+                asyncio.run_coroutine_threadsafe(close_all(), loop).result(timeout=5)
+            except Exception:
+                log.warning("SSH servers did not close cleanly", exc_info=True)
+            loop.call_soon_threadsafe(loop.stop)
+        if self.control_server is not None:
+            self.control_server.shutdown()
+            self.control_server.server_close()
+        if self.owns_files:
+            self.socket_path.unlink(missing_ok=True)
+        log.info("stopped")
+
+
+def _socket_answers(path: Path) -> bool:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(1.0)
+        try:
+            s.connect(str(path))
+        except OSError:
+            return False
+        return True
+
+
+def run(config: DaemonConfig) -> int:
+    """Run a lab daemon in this process until SIGTERM/SIGINT or a ``stop`` request."""
+    config.dir.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(config.dir / LOG_NAME, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    logging.getLogger("asyncssh").setLevel(logging.WARNING)
+
+    daemon = Daemon(config)
+
+    def on_signal(signum: int, frame: Any) -> None:
+        daemon.stop_event.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    try:
+        daemon.start()
+    except Exception:
+        log.exception("the lab failed to start")
+        daemon.shutdown()
+        return 1
+    daemon.wait()
+    daemon.shutdown()
+    return 0

@@ -1,0 +1,992 @@
+"""The whole simulated homelab in memory: cluster, nodes, guests, storages, tasks, SSH hosts.
+
+Everything is mutated under ``Lab.lock``. Proxmox tasks finish lazily: ``Lab.tick()`` (called
+by every entry point before it reads or writes state) completes each task whose end time has
+passed on the monotonic clock and applies its effect, so no task needs a thread of its own.
+Durations are ``durations[kind] * time_scale`` seconds; wall-clock time is used only for what
+PVE reports (``starttime``, ``snaptime``, ``uptime``).
+
+Room for what comes next is marked ``Later:`` (vzdump archives on storages, apt packages and
+reboots on nodes, the guest agent on guests).
+"""
+
+from __future__ import annotations
+
+import copy
+import heapq
+import itertools
+import math
+import re
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from labsim.zfs import ZfsState, default_zfs_state, run_zfs
+
+GuestType = Literal["qemu", "lxc"]
+
+GiB = 1024**3
+MiB = 1024**2
+
+CLUSTER_NAME = "labsim"
+TOKEN_USER = "root@pam"  # noqa: S105
+TOKEN_NAME = "moxflow"  # noqa: S105
+TOKEN_ID = f"{TOKEN_USER}!{TOKEN_NAME}"
+PVE_VERSION = "9.1.2"
+PVE_RELEASE = "9.1"
+PVE_REPOID = "d6b9a6f1ac4b8e3a"
+KERNEL = "6.14.11-4-pve"
+
+# Snapshot names PVE refuses before it starts a task.
+RESERVED_SNAPNAMES = ("current", "pending", "vzdump")
+
+DEFAULT_DURATIONS: dict[str, float] = {
+    "snapshot": 2.0,  # qmsnapshot / vzsnapshot
+    "delsnapshot": 2.0,  # qmdelsnapshot / vzdelsnapshot
+    "rollback": 2.0,  # qmrollback / vzrollback
+    # Later: "vzdump", "aptupdate", "reboot", "restore", ...
+}
+
+FAULT_TARGETS = ("api", "command", "connect", "task")
+FAULT_ACTIONS = ("error", "hang", "slow", "drop")
+
+
+class PveError(Exception):
+    """An API failure: HTTP ``status`` and PVE's message (sent as the reason phrase)."""
+
+    def __init__(self, status: int, message: str, errors: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.errors = errors
+
+
+# --- the model --------------------------------------------------------------------------------
+
+
+@dataclass
+class Snapshot:
+    """One guest snapshot as PVE keeps it in the guest config's ``[snapname]`` section."""
+
+    name: str
+    description: str = ""
+    snaptime: int = 0
+    vmstate: bool = False
+    parent: str | None = None
+    snapstate: str | None = None  # "prepare" while being made, "delete" while being removed
+    config: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "description": self.description,
+            "snaptime": self.snaptime,
+            "vmstate": self.vmstate,
+            "parent": self.parent,
+            "snapstate": self.snapstate,
+            "config": self.config,
+        }
+
+
+@dataclass
+class Guest:
+    """A VM (``qemu``) or container (``lxc``) and its snapshots."""
+
+    vmid: int
+    type: GuestType
+    name: str
+    node: str
+    status: str = "running"  # running | stopped
+    template: bool = False
+    tags: list[str] = field(default_factory=list)
+    pool: str | None = None
+    lock: str | None = None
+    maxdisk: int = 32 * GiB
+    maxmem: int = 2 * GiB
+    cpus: int = 2
+    agent: bool = False
+    hastate: str | None = None
+    ostype: str = "l26"
+    storage: str = "local-zfs"
+    parent: str | None = None  # the newest snapshot the current state descends from
+    snapshots: dict[str, Snapshot] = field(default_factory=dict)
+    config: dict[str, Any] = field(default_factory=dict)  # extra config keys, verbatim
+    started_at: float | None = None  # wall clock, for uptime
+    # Later: agent_state (guest agent processes, OS info) for the Windows and restore flows.
+
+    @property
+    def kind(self) -> str:
+        """``VM`` or ``CT``, as PVE words its messages."""
+        return "VM" if self.type == "qemu" else "CT"
+
+    @property
+    def config_dir(self) -> str:
+        return "qemu-server" if self.type == "qemu" else "lxc"
+
+    @property
+    def volume(self) -> str:
+        """The root disk's volume name on its storage."""
+        if self.type == "qemu":
+            return f"vm-{self.vmid}-disk-0"
+        return f"subvol-{self.vmid}-disk-0"
+
+    @property
+    def volid(self) -> str:
+        return f"{self.storage}:{self.volume}"
+
+    def uptime(self, now: float) -> int:
+        if self.status != "running" or self.started_at is None:
+            return 0
+        return max(0, int(now - self.started_at))
+
+    def render_config(self) -> dict[str, Any]:
+        """The guest's current configuration as ``GET .../config`` returns it."""
+        size = f"{self.maxdisk // GiB}G"
+        conf: dict[str, Any]
+        if self.type == "qemu":
+            conf = {
+                "name": self.name,
+                "memory": str(self.maxmem // MiB),
+                "cores": self.cpus,
+                "sockets": 1,
+                "ostype": self.ostype,
+                "scsihw": "virtio-scsi-single",
+                "scsi0": f"{self.volid},iothread=1,size={size}",
+                "net0": f"virtio=BC:24:11:00:{self.vmid // 256 % 256:02X}:{self.vmid % 256:02X}"
+                ",bridge=vmbr0",
+                "boot": "order=scsi0;net0",
+                "vmgenid": f"00000000-0000-4000-8000-{self.vmid:012d}",
+                "smbios1": f"uuid=00000000-0000-4000-9000-{self.vmid:012d}",
+            }
+            if self.agent:
+                conf["agent"] = "1"
+        else:
+            conf = {
+                "hostname": self.name,
+                "memory": self.maxmem // MiB,
+                "swap": 512,
+                "cores": self.cpus,
+                "ostype": self.ostype,
+                "arch": "amd64",
+                "rootfs": f"{self.volid},size={size}",
+                "net0": "name=eth0,bridge=vmbr0,ip=dhcp,type=veth",
+                "unprivileged": 1,
+            }
+        if self.tags:
+            conf["tags"] = ";".join(self.tags)
+        if self.template:
+            conf["template"] = 1
+        conf.update(self.config)
+        return conf
+
+    def to_json(self, now: float) -> dict[str, Any]:
+        return {
+            "vmid": self.vmid,
+            "type": self.type,
+            "name": self.name,
+            "node": self.node,
+            "status": self.status,
+            "template": self.template,
+            "tags": list(self.tags),
+            "pool": self.pool,
+            "lock": self.lock,
+            "maxdisk": self.maxdisk,
+            "maxmem": self.maxmem,
+            "cpus": self.cpus,
+            "agent": self.agent,
+            "hastate": self.hastate,
+            "storage": self.storage,
+            "parent": self.parent,
+            "uptime": self.uptime(now),
+            "snapshots": {n: s.to_json() for n, s in self.snapshots.items()},
+            "config": self.render_config(),
+        }
+
+
+@dataclass
+class Node:
+    """A cluster node. Later: apt packages (installed/upgradable), kernel upgrades, reboots."""
+
+    name: str
+    nodeid: int
+    ip: str
+    status: str = "online"  # online | offline (an offline node answers 595)
+    maxcpu: int = 16
+    maxmem: int = 64 * GiB
+    mem: int = 12 * GiB
+    rootfs_total: int = 100 * GiB
+    rootfs_used: int = 12 * GiB
+    kernel_running: str = KERNEL
+    kernel_installed: str = KERNEL
+    boot_time: float = 0.0  # wall clock
+    # Later: packages: dict[str, PackageState]; reboot_until: float | None (monotonic)
+
+    def uptime(self, now: float) -> int:
+        return 0 if self.status != "online" else max(0, int(now - self.boot_time))
+
+    def to_json(self, now: float) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "nodeid": self.nodeid,
+            "ip": self.ip,
+            "status": self.status,
+            "maxcpu": self.maxcpu,
+            "maxmem": self.maxmem,
+            "mem": self.mem,
+            "kernel_running": self.kernel_running,
+            "kernel_installed": self.kernel_installed,
+            "uptime": self.uptime(now),
+        }
+
+
+@dataclass
+class Storage:
+    """A storage definition. Later: ``volumes`` (vzdump archives with notes and protection)."""
+
+    name: str
+    type: str  # dir | zfspool | nfs | ...
+    content: list[str]
+    shared: bool = False
+    nodes: list[str] | None = None  # None: every node
+    total: int = 500 * GiB
+    used: int = 50 * GiB
+    # Later: volumes: list[Volume]
+
+    def on_node(self, node: str) -> bool:
+        return self.nodes is None or node in self.nodes
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "type": self.type,
+            "content": list(self.content),
+            "shared": self.shared,
+            "nodes": self.nodes,
+            "total": self.total,
+            "used": self.used,
+        }
+
+
+@dataclass
+class Task:
+    """A PVE worker task. ``end_at`` is on the monotonic clock (``inf``: never finishes)."""
+
+    upid: str
+    node: str
+    pid: int
+    pstart: int
+    starttime: int
+    type: str
+    id: str
+    user: str
+    started: float
+    end_at: float
+    kind: str  # the effect applied when it ends (see Lab._effects)
+    args: dict[str, Any] = field(default_factory=dict)
+    fail_with: str | None = None  # the planned exit status when it is not OK
+    status: str = "running"  # running | stopped
+    exitstatus: str | None = None
+    endtime: int | None = None
+    log: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "upid": self.upid,
+            "node": self.node,
+            "pid": self.pid,
+            "pstart": self.pstart,
+            "starttime": self.starttime,
+            "type": self.type,
+            "id": self.id,
+            "user": self.user,
+            "status": self.status,
+            "exitstatus": self.exitstatus,
+            "endtime": self.endtime,
+            "log": list(self.log),
+        }
+
+
+@dataclass
+class SshHost:
+    """A machine reachable over SSH and the state its simulated tools act on."""
+
+    name: str
+    port: int = 0
+    zfs: ZfsState | None = None
+    # Later: nix (generations, flake.lock), systemd units, apt packages for the node hosts.
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "port": self.port,
+            "zfs": self.zfs.to_json() if self.zfs is not None else None,
+        }
+
+
+@dataclass
+class Fault:
+    """An injected failure; ``remaining`` counts down (None: until cleared)."""
+
+    fault_id: int
+    spec: dict[str, Any]
+    remaining: int | None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"fault_id": self.fault_id, **self.spec, "remaining": self.remaining}
+
+
+@dataclass
+class LabOptions:
+    """How a lab is built: the default topology, or a generated one for benchmarks."""
+
+    nodes: int | None = None  # None: the default topology
+    guests_per_node: int = 10
+    time_scale: float = 1.0
+    snapshot_seconds: float = DEFAULT_DURATIONS["snapshot"]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "nodes": self.nodes,
+            "guests_per_node": self.guests_per_node,
+            "time_scale": self.time_scale,
+            "snapshot_seconds": self.snapshot_seconds,
+        }
+
+
+@dataclass
+class Topology:
+    cluster: str
+    nodes: dict[str, Node]
+    guests: dict[int, Guest]
+    storages: dict[str, Storage]
+    hosts: list[str]
+
+
+# --- topologies -------------------------------------------------------------------------------
+
+
+def _storages(node_names: list[str]) -> dict[str, Storage]:
+    return {
+        "local": Storage("local", "dir", ["iso", "vztmpl", "backup"], total=100 * GiB),
+        "local-zfs": Storage("local-zfs", "zfspool", ["images", "rootdir"], total=900 * GiB),
+        "nas-backup": Storage(
+            "nas-backup", "nfs", ["backup"], shared=True, total=4096 * GiB, used=800 * GiB
+        ),
+    }
+
+
+def default_topology(now: float) -> Topology:
+    """The documented lab: ``pve1``, ``pve2``, seven guests, SSH hosts pve1, pve2 and nas."""
+    boot = now - 12 * 86400
+    nodes = {
+        "pve1": Node("pve1", 1, "192.168.100.11", boot_time=boot),
+        "pve2": Node("pve2", 2, "192.168.100.12", boot_time=boot),
+    }
+    up = now - 3 * 86400
+    guests = [
+        Guest(100, "lxc", "dns", "pve1", tags=["infra", "dns"], maxdisk=8 * GiB,
+              maxmem=512 * MiB, cpus=1, ostype="debian", started_at=up),
+        Guest(101, "qemu", "media-vm", "pve1", tags=["media"], pool="apps", maxdisk=64 * GiB,
+              maxmem=8 * GiB, cpus=4, agent=True, started_at=up),
+        Guest(102, "qemu", "nixos-builder", "pve2", tags=["nixos"], maxdisk=128 * GiB,
+              maxmem=16 * GiB, cpus=8, agent=True, started_at=up),
+        Guest(103, "qemu", "win11-gaming", "pve2", status="stopped",
+              tags=["windows", "gaming", "nosnap"], maxdisk=256 * GiB, maxmem=32 * GiB,
+              cpus=8, agent=True, ostype="win11"),
+        Guest(104, "qemu", "homeassistant", "pve2", pool="apps", maxdisk=32 * GiB,
+              maxmem=4 * GiB, cpus=2, agent=True, started_at=up),
+        Guest(105, "lxc", "backup-ct", "pve2", status="stopped", maxdisk=16 * GiB,
+              maxmem=1 * GiB, cpus=1, ostype="debian"),
+        Guest(9000, "qemu", "debian-12-template", "pve1", status="stopped", template=True,
+              maxdisk=16 * GiB, maxmem=2 * GiB, cpus=2, agent=True),
+    ]  # fmt: skip
+    media = guests[1]
+    snaptime = int(now - 30 * 86400)
+    media.snapshots["before-upgrade"] = Snapshot(
+        "before-upgrade",
+        description="by hand, before the Jellyfin upgrade",
+        snaptime=snaptime,
+        config=media.render_config(),
+    )
+    media.parent = "before-upgrade"
+    return Topology(
+        CLUSTER_NAME,
+        nodes,
+        {g.vmid: g for g in guests},
+        _storages(list(nodes)),
+        ["pve1", "pve2", "nas"],
+    )
+
+
+_TAG_SETS: tuple[list[str], ...] = (
+    ["prod"],
+    ["dev"],
+    ["nixos"],
+    ["infra", "dns"],
+    [],
+    ["prod", "nosnap"],
+    ["media"],
+)
+_POOLS = ("apps", None, "infra", None)
+
+
+def generated_topology(now: float, nodes: int, guests_per_node: int) -> Topology:
+    """``nodes`` nodes × ``guests_per_node`` guests (mixed qemu/lxc, varied tags and pools,
+    every seventh stopped) plus one template per node, for benchmarks."""
+    boot = now - 12 * 86400
+    up = now - 86400
+    node_map = {
+        f"pve{i}": Node(f"pve{i}", i, f"192.168.100.{10 + i}", boot_time=boot)
+        for i in range(1, nodes + 1)
+    }
+    guests: dict[int, Guest] = {}
+    vmid = 100
+    for i, name in enumerate(node_map, start=1):
+        for j in range(guests_per_node):
+            gtype: GuestType = "lxc" if j % 3 == 2 else "qemu"
+            stopped = (vmid % 7) == 3
+            guests[vmid] = Guest(
+                vmid,
+                gtype,
+                f"{'ct' if gtype == 'lxc' else 'vm'}-{vmid}",
+                name,
+                status="stopped" if stopped else "running",
+                tags=list(_TAG_SETS[vmid % len(_TAG_SETS)]),
+                pool=_POOLS[vmid % len(_POOLS)],
+                maxdisk=(8 + (vmid % 4) * 8) * GiB,
+                maxmem=(1 + vmid % 4) * GiB,
+                cpus=1 + vmid % 4,
+                agent=gtype == "qemu",
+                ostype="l26" if gtype == "qemu" else "debian",
+                started_at=None if stopped else up,
+            )
+            vmid += 1
+        tid = 9000 + i - 1
+        guests[tid] = Guest(
+            tid, "qemu", f"template-{name}", name, status="stopped", template=True,
+            maxdisk=16 * GiB, agent=True,
+        )  # fmt: skip
+    return Topology(CLUSTER_NAME, node_map, guests, _storages(list(node_map)), [*node_map, "nas"])
+
+
+# --- the lab ----------------------------------------------------------------------------------
+
+Effect = Callable[[Task, bool], None]
+CommandImpl = Callable[[SshHost, list[str], str | None, float], tuple[int, str, str]]
+
+
+def _run_zfs(host: SshHost, argv: list[str], stdin: str | None, now: float) -> tuple[int, str, str]:
+    if host.zfs is None:
+        return 127, "", "sh: 1: zfs: not found\n"
+    return run_zfs(host.zfs, argv, now)
+
+
+# Simulated commands by argv[0]. Later: nix, nixos-rebuild, systemctl, apt-get, ha-manager.
+COMMANDS: dict[str, CommandImpl] = {"zfs": _run_zfs}
+
+
+class Lab:
+    """All lab state plus the operations the API, the SSH hosts and the control socket use."""
+
+    def __init__(self, options: LabOptions | None = None) -> None:
+        self.options = options or LabOptions()
+        self.lock = threading.RLock()
+        self.release = threading.Event()  # set to let hanging requests go (reset, shutdown)
+        self._fault_ids = itertools.count(1)
+        self._order = itertools.count()
+        self._pids = itertools.count(2_000_000 + int(time.time()) % 1_000_000)
+        self.hosts: dict[str, SshHost] = {}
+        self._effects: dict[str, Effect] = {
+            "snapshot": self._finish_snapshot,
+            "delsnapshot": self._finish_delsnapshot,
+            "rollback": self._finish_rollback,
+            "fail": lambda task, ok: None,
+        }
+        self._build()
+
+    # -- building and resetting ---------------------------------------------------------------
+
+    def _build(self) -> None:
+        now = time.time()
+        opts = self.options
+        if opts.nodes is None:
+            topo = default_topology(now)
+        else:
+            topo = generated_topology(now, opts.nodes, opts.guests_per_node)
+        self.cluster = topo.cluster
+        self.nodes = topo.nodes
+        self.guests = topo.guests
+        self.storages = topo.storages
+        self.tasks: dict[str, Task] = {}
+        self._due: list[tuple[float, int, str]] = []  # (end_at, order, upid) of running tasks
+        self.faults: list[Fault] = []
+        self.time_scale = opts.time_scale
+        self.durations = dict(DEFAULT_DURATIONS)
+        self.durations["snapshot"] = opts.snapshot_seconds
+        self.durations["delsnapshot"] = opts.snapshot_seconds
+        self.durations["rollback"] = opts.snapshot_seconds
+        ports = {name: h.port for name, h in self.hosts.items()}
+        self.hosts = {
+            name: SshHost(name, ports.get(name, 0), default_zfs_state(name, now))
+            for name in topo.hosts
+        }
+
+    def reset(self) -> None:
+        """Back to the initial state (same ports and keys); faults and tasks cleared."""
+        with self.lock:
+            self.release_waiters()
+            self._build()
+
+    def release_waiters(self) -> None:
+        """Wake every request held by a ``hang`` or ``slow`` fault."""
+        with self.lock:
+            self.release.set()
+            self.release = threading.Event()
+
+    def set_time_scale(self, scale: float) -> None:
+        if not (scale > 0 and math.isfinite(scale)):
+            raise ValueError(f"time scale must be a positive number, not {scale!r}")
+        with self.lock:
+            self.tick()
+            self.time_scale = scale
+
+    def duration(self, kind: str) -> float:
+        return self.durations.get(kind, 1.0) * self.time_scale
+
+    # -- faults --------------------------------------------------------------------------------
+
+    def add_fault(self, spec: dict[str, Any]) -> int:
+        """Validate and register a fault spec; returns its id."""
+        spec = {k: v for k, v in spec.items() if v is not None}
+        target = spec.get("target")
+        action = spec.get("action")
+        if target not in FAULT_TARGETS:
+            raise ValueError(f"fault target must be one of {', '.join(FAULT_TARGETS)}")
+        if action not in FAULT_ACTIONS:
+            raise ValueError(f"fault action must be one of {', '.join(FAULT_ACTIONS)}")
+        for key in ("path", "command", "type", "id"):
+            if key in spec:
+                spec[key] = str(spec[key])
+                try:
+                    re.compile(spec[key])
+                except re.error as exc:
+                    raise ValueError(f"fault {key} is not a valid regex: {exc}") from exc
+        times = spec.pop("times", None)
+        if times is not None:
+            times = int(times)
+            if times < 1:
+                raise ValueError("fault times must be at least 1")
+        if "delay" in spec:
+            spec["delay"] = float(spec["delay"])
+        if action == "slow" and "delay" not in spec:
+            raise ValueError("a slow fault needs a delay (seconds)")
+        with self.lock:
+            fault = Fault(next(self._fault_ids), spec, times)
+            self.faults.append(fault)
+            return fault.fault_id
+
+    def clear_faults(self) -> None:
+        with self.lock:
+            self.faults.clear()
+            self.release_waiters()
+
+    def take_fault(self, target: str, **attrs: str | None) -> dict[str, Any] | None:
+        """The first fault matching an event (counted down), or None.
+
+        api: ``method``, ``path``; command: ``host``, ``command``; connect: ``host``;
+        task: ``type``, ``id``, ``node``.
+        """
+        with self.lock:
+            for fault in self.faults:
+                if fault.spec["target"] != target or not _fault_matches(fault.spec, attrs):
+                    continue
+                if fault.remaining is not None:
+                    fault.remaining -= 1
+                    if fault.remaining <= 0:
+                        self.faults.remove(fault)
+                return dict(fault.spec, fault_id=fault.fault_id)
+            return None
+
+    # -- tasks ---------------------------------------------------------------------------------
+
+    def tick(self) -> None:
+        """Finish every task whose time has come, earliest end first."""
+        now = time.monotonic()
+        with self.lock:
+            heap = self._due
+            while heap and heap[0][0] <= now:
+                _, _, upid = heapq.heappop(heap)
+                task = self.tasks.get(upid)
+                if task is not None and task.status == "running":
+                    self._complete(task)
+
+    def _complete(self, task: Task) -> None:
+        ok = task.fail_with is None
+        task.status = "stopped"
+        task.exitstatus = "OK" if ok else task.fail_with
+        task.endtime = max(task.starttime, int(time.time()))
+        if not ok and task.fail_with and (not task.log or task.log[-1] != task.fail_with):
+            task.log.append(str(task.fail_with))
+        task.log.append("TASK OK" if ok else f"TASK ERROR: {task.fail_with}")
+        self._effects[task.kind](task, ok)
+
+    def new_task(
+        self,
+        node: str,
+        ttype: str,
+        tid: str,
+        user: str,
+        *,
+        kind: str,
+        duration: float,
+        args: dict[str, Any] | None = None,
+        log: Iterable[str] = (),
+        fail_now: str | None = None,
+    ) -> Task:
+        """Start a worker task; ``fail_now`` makes it fail at once with that exit status."""
+        mono = time.monotonic()
+        wall = time.time()
+        n = self.nodes[node]
+        pid = next(self._pids) % 0x400000 + 1000
+        pstart = int((wall - n.boot_time) * 100) & 0xFFFFFFFF
+        starttime = int(wall)
+        upid = f"UPID:{node}:{pid:08X}:{pstart:08X}:{starttime:08X}:{ttype}:{tid}:{user}:"
+        task = Task(upid, node, pid, pstart, starttime, ttype, tid, user, mono, mono, kind)
+        task.args = dict(args or {})
+        task.log.extend(log)
+        if fail_now is not None:
+            task.kind = "fail"
+            task.fail_with = fail_now
+            task.log.append(fail_now)
+        else:
+            task.end_at = mono + duration
+            fault = self.take_fault("task", type=ttype, id=tid, node=node)
+            if fault is not None:
+                self._apply_task_fault(task, fault)
+        self.tasks[upid] = task
+        if task.end_at <= mono:
+            self._complete(task)
+        elif math.isfinite(task.end_at):
+            heapq.heappush(self._due, (task.end_at, next(self._order), upid))
+        return task
+
+    def _apply_task_fault(self, task: Task, fault: dict[str, Any]) -> None:
+        action = fault["action"]
+        if action == "error":
+            task.fail_with = str(fault.get("exitstatus") or fault.get("message") or "failed")
+        elif action == "hang":
+            task.end_at = math.inf
+        elif action == "slow":
+            task.end_at += float(fault.get("delay", 0.0))
+        elif action == "drop":  # the worker dies without a proper status
+            task.fail_with = "unexpected status"
+
+    def task(self, upid: str) -> Task | None:
+        return self.tasks.get(upid)
+
+    # -- guests --------------------------------------------------------------------------------
+
+    def require_node(self, node: str) -> Node:
+        """The node, or the error pveproxy gives when it cannot proxy to it."""
+        n = self.nodes.get(node)
+        if n is None:
+            raise PveError(
+                500,
+                f"hostname lookup '{node}' failed - failed to get address info for: "
+                f"{node}: Name or service not known",
+            )
+        if n.status != "online":
+            raise PveError(595, "No route to host")
+        return n
+
+    def guest_on(self, node: str, gtype: str, vmid: int) -> Guest | None:
+        g = self.guests.get(vmid)
+        if g is None or g.node != node or g.type != gtype:
+            return None
+        return g
+
+    @staticmethod
+    def missing_config(node: str, gtype: str, vmid: int) -> str:
+        conf_dir = "qemu-server" if gtype == "qemu" else "lxc"
+        return f"Configuration file 'nodes/{node}/{conf_dir}/{vmid}.conf' does not exist"
+
+    def load_guest(self, node: str, gtype: str, vmid: int) -> Guest:
+        """The guest owned by ``node``, or PVE's 500 for a config file it does not have."""
+        g = self.guest_on(node, gtype, vmid)
+        if g is None:
+            raise PveError(500, self.missing_config(node, gtype, vmid))
+        return g
+
+    def set_guest(self, vmid: int, fields: dict[str, Any]) -> Guest:
+        """Change guest fields directly (tests): lock, status, node, tags, pool, ..."""
+        allowed = {
+            "name", "node", "status", "lock", "tags", "pool", "template", "agent",
+            "hastate", "maxdisk", "maxmem", "cpus",
+        }  # fmt: skip
+        unknown = set(fields) - allowed
+        if unknown:
+            raise ValueError(f"cannot set {', '.join(sorted(unknown))} on a guest")
+        with self.lock:
+            self.tick()
+            g = self.guests.get(int(vmid))
+            if g is None:
+                raise ValueError(f"no guest {vmid}")
+            for key, value in fields.items():
+                if key == "tags" and isinstance(value, str):
+                    value = [t for t in re.split(r"[;,\s]+", value) if t]
+                if key == "node" and value not in self.nodes:
+                    raise ValueError(f"no node {value}")
+                if key == "status":
+                    if value not in ("running", "stopped"):
+                        raise ValueError("status must be running or stopped")
+                    if value == "running" and g.status != "running":
+                        g.started_at = time.time()
+                if key == "lock" and value == "":
+                    value = None
+                setattr(g, key, value)
+            return g
+
+    def _guest_word(self, gtype: str) -> str:
+        return "VM" if gtype == "qemu" else "CT"
+
+    def _snap_task_type(self, gtype: str, op: str) -> str:
+        prefix = "qm" if gtype == "qemu" else "vz"
+        return f"{prefix}{op}"
+
+    def snapshot_create(
+        self,
+        node: str,
+        gtype: str,
+        vmid: int,
+        snapname: str,
+        *,
+        description: str | None,
+        vmstate: bool,
+        user: str,
+    ) -> Task:
+        """``POST .../snapshot``: reserved names fail at once, the rest inside the task."""
+        if snapname in RESERVED_SNAPNAMES or snapname.lower() == "pending":
+            raise PveError(500, f"unable to use snapshot name '{snapname}' (reserved name)")
+        ttype = self._snap_task_type(gtype, "snapshot")
+        g = self.guest_on(node, gtype, vmid)
+        fail = self._snapshot_precondition(g, node, gtype, vmid, snapname)
+        if g is None or fail is not None:
+            return self.new_task(
+                node, ttype, str(vmid), user, kind="fail", duration=0, fail_now=fail
+            )
+        g.lock = "snapshot"
+        keep_ram = bool(vmstate and gtype == "qemu" and g.status == "running")
+        g.snapshots[snapname] = Snapshot(
+            snapname,
+            description=description or "",
+            snaptime=int(time.time()),
+            vmstate=keep_ram,
+            parent=g.parent,
+            snapstate="prepare",
+            config=copy.deepcopy(g.render_config()),
+        )
+        if gtype == "qemu":
+            log = [f"snapshotting 'drive-scsi0' ({g.volid})"]
+            if keep_ram:
+                log.insert(0, "saving VM state and RAM using storage 'local-zfs'")
+        else:
+            log = [f"create storage snapshot '{snapname}'"]
+        return self.new_task(
+            node,
+            ttype,
+            str(vmid),
+            user,
+            kind="snapshot",
+            duration=self.duration("snapshot"),
+            args={"vmid": vmid, "snapname": snapname},
+            log=log,
+        )
+
+    def _snapshot_precondition(
+        self, g: Guest | None, node: str, gtype: str, vmid: int, snapname: str
+    ) -> str | None:
+        if g is None:
+            return self.missing_config(node, gtype, vmid)
+        if g.template:
+            return "you can't take a snapshot if it's a template"
+        if g.lock:
+            return f"{g.kind} is locked ({g.lock})"
+        if snapname in g.snapshots:
+            return f"snapshot name '{snapname}' already used"
+        return None
+
+    def _finish_snapshot(self, task: Task, ok: bool) -> None:
+        g = self.guests.get(task.args["vmid"])
+        if g is None:
+            return
+        name = task.args["snapname"]
+        snap = g.snapshots.get(name)
+        if ok and snap is not None:
+            snap.snapstate = None
+            g.parent = name
+        elif snap is not None:  # PVE cleans up a failed snapshot
+            del g.snapshots[name]
+        if g.lock == "snapshot":
+            g.lock = None
+
+    def snapshot_delete(
+        self, node: str, gtype: str, vmid: int, snapname: str, *, force: bool, user: str
+    ) -> Task:
+        """``DELETE .../snapshot/{snapname}``: every check happens inside the task."""
+        ttype = self._snap_task_type(gtype, "delsnapshot")
+        g = self.guest_on(node, gtype, vmid)
+        fail: str | None = None
+        if g is None:
+            fail = self.missing_config(node, gtype, vmid)
+        elif snapname not in g.snapshots:
+            fail = f"snapshot '{snapname}' does not exist"
+        elif g.template:
+            fail = "you can't delete a snapshot if vm is a template"
+        elif g.lock and not (force and g.lock == "snapshot-delete"):
+            fail = f"{g.kind} is locked ({g.lock})"
+        if g is None or fail is not None:
+            return self.new_task(
+                node, ttype, str(vmid), user, kind="fail", duration=0, fail_now=fail
+            )
+        g.lock = "snapshot-delete"
+        g.snapshots[snapname].snapstate = "delete"
+        return self.new_task(
+            node,
+            ttype,
+            str(vmid),
+            user,
+            kind="delsnapshot",
+            duration=self.duration("delsnapshot"),
+            args={"vmid": vmid, "snapname": snapname, "force": force},
+        )
+
+    def _finish_delsnapshot(self, task: Task, ok: bool) -> None:
+        g = self.guests.get(task.args["vmid"])
+        if g is None:
+            return
+        name = task.args["snapname"]
+        snap = g.snapshots.get(name)
+        if not ok and not task.args.get("force"):
+            return  # like PVE: the snapshot stays in state 'delete', the guest stays locked
+        if snap is not None:
+            for other in g.snapshots.values():
+                if other.parent == name:
+                    other.parent = snap.parent
+            if g.parent == name:
+                g.parent = snap.parent
+            del g.snapshots[name]
+        if g.lock == "snapshot-delete":
+            g.lock = None
+
+    def snapshot_rollback(
+        self, node: str, gtype: str, vmid: int, snapname: str, *, start: bool, user: str
+    ) -> Task:
+        """``POST .../snapshot/{snapname}/rollback``; on ZFS only to the newest snapshot."""
+        ttype = self._snap_task_type(gtype, "rollback")
+        g = self.guest_on(node, gtype, vmid)
+        fail: str | None = None
+        if g is None:
+            fail = self.missing_config(node, gtype, vmid)
+        else:
+            snap = g.snapshots.get(snapname)
+            if snap is None:
+                fail = f"snapshot '{snapname}' does not exist"
+            elif self._zfs_backed(g) and any(
+                s.snaptime > snap.snaptime for s in g.snapshots.values() if s is not snap
+            ):
+                fail = f"can't rollback, '{snapname}' is not most recent snapshot on '{g.volid}'"
+            elif snap.snapstate:
+                fail = f"unable to rollback to incomplete snapshot (snapstate = {snap.snapstate})"
+            elif g.lock:
+                fail = f"{g.kind} is locked ({g.lock})"
+        if g is None or fail is not None:
+            return self.new_task(
+                node, ttype, str(vmid), user, kind="fail", duration=0, fail_now=fail
+            )
+        g.lock = "rollback"
+        g.status = "stopped"
+        g.started_at = None
+        return self.new_task(
+            node,
+            ttype,
+            str(vmid),
+            user,
+            kind="rollback",
+            duration=self.duration("rollback"),
+            args={"vmid": vmid, "snapname": snapname, "start": start},
+        )
+
+    def _zfs_backed(self, g: Guest) -> bool:
+        st = self.storages.get(g.storage)
+        return st is not None and st.type == "zfspool"
+
+    def _finish_rollback(self, task: Task, ok: bool) -> None:
+        g = self.guests.get(task.args["vmid"])
+        if g is None or not ok:
+            return  # like PVE: a failed rollback leaves the guest locked ('rollback')
+        snap = g.snapshots.get(task.args["snapname"])
+        if snap is not None:
+            g.parent = snap.name
+            if task.args.get("start") or snap.vmstate:
+                g.status = "running"
+                g.started_at = time.time()
+        if g.lock == "rollback":
+            g.lock = None
+
+    # -- SSH hosts -----------------------------------------------------------------------------
+
+    def exec(self, host: str, argv: list[str], stdin: str | None = None) -> tuple[int, str, str]:
+        """Run one simulated command on a host; (exit code, stdout, stderr)."""
+        if not argv:
+            return 2, "", "labsim: empty command\n"
+        with self.lock:
+            self.tick()
+            h = self.hosts.get(host)
+            if h is None:
+                return 255, "", f"labsim: no such host {host!r}\n"
+            prog = argv[0].rsplit("/", 1)[-1]
+            impl = COMMANDS.get(prog)
+            if impl is None:
+                return 127, "", f"sh: 1: {prog}: not found\n"
+            return impl(h, [prog, *argv[1:]], stdin, time.time())
+
+    # -- views ---------------------------------------------------------------------------------
+
+    def to_json(self) -> dict[str, Any]:
+        """The whole state, for ``python -m labsim state`` and ``LabClient.state()``."""
+        with self.lock:
+            self.tick()
+            now = time.time()
+            return {
+                "cluster": self.cluster,
+                "options": self.options.to_json(),
+                "time_scale": self.time_scale,
+                "durations": dict(self.durations),
+                "nodes": {n: node.to_json(now) for n, node in self.nodes.items()},
+                "guests": {str(v): g.to_json(now) for v, g in sorted(self.guests.items())},
+                "storages": {s: st.to_json() for s, st in self.storages.items()},
+                "tasks": [t.to_json() for t in self.tasks.values()],
+                "hosts": {h: host.to_json() for h, host in self.hosts.items()},
+                "faults": [f.to_json() for f in self.faults],
+            }
+
+
+def _fault_matches(spec: dict[str, Any], attrs: dict[str, str | None]) -> bool:
+    target = spec["target"]
+    if target == "api":
+        if "method" in spec and str(spec["method"]).upper() != (attrs.get("method") or ""):
+            return False
+        return "path" not in spec or re.search(spec["path"], attrs.get("path") or "") is not None
+    if target in ("command", "connect"):
+        if "host" in spec and spec["host"] != attrs.get("host"):
+            return False
+        if target == "command" and "command" in spec:
+            return re.search(spec["command"], attrs.get("command") or "") is not None
+        return True
+    # task
+    for key in ("type", "id"):
+        if key in spec and re.fullmatch(spec[key], attrs.get(key) or "") is None:
+            return False
+    return "node" not in spec or spec["node"] == attrs.get("node")
