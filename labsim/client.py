@@ -205,6 +205,11 @@ class LabClient:
         result: list[dict[str, Any]] = self.call("api_requests", since=since)
         return result
 
+    def commands(self) -> list[dict[str, Any]]:
+        """Every command the SSH hosts were asked to run since the last reset (host, command)."""
+        result: list[dict[str, Any]] = self.call("commands")
+        return result
+
     def clear_api_requests(self) -> None:
         self.call("clear_api_requests")
 

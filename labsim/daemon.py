@@ -437,6 +437,7 @@ class Daemon:
         """Called by the SSH servers: on connect (command None) and on each exec."""
         if command is None:
             return self.lab.take_fault("connect", host=host)
+        self.lab.record_command(host, command)
         return self.lab.take_fault("command", host=host, command=command)
 
     # -- control -------------------------------------------------------------------------------
@@ -478,6 +479,9 @@ class Daemon:
         elif op == "api_requests":
             assert self.api is not None
             result = self.api.request_log(int(msg.get("since") or 0))
+        elif op == "commands":
+            with lab.lock:
+                result = list(lab.commands)
         elif op == "clear_api_requests":
             assert self.api is not None
             self.api.clear_request_log()

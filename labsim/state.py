@@ -522,6 +522,7 @@ class Lab:
         self.tasks: dict[str, Task] = {}
         self._due: list[tuple[float, int, str]] = []  # (end_at, order, upid) of running tasks
         self.faults: list[Fault] = []
+        self.commands: list[dict[str, Any]] = []  # every command the SSH hosts were asked to run
         self.time_scale = opts.time_scale
         self.durations = dict(DEFAULT_DURATIONS)
         self.durations["snapshot"] = opts.snapshot_seconds
@@ -532,6 +533,11 @@ class Lab:
             name: SshHost(name, ports.get(name, 0), default_zfs_state(name, now))
             for name in topo.hosts
         }
+
+    def record_command(self, host: str, command: str) -> None:
+        """Remember a command an SSH host was asked to run (for tests: what ran, in order)."""
+        with self.lock:
+            self.commands.append({"host": host, "command": command, "time": time.time()})
 
     def reset(self) -> None:
         """Back to the initial state (same ports and keys); faults and tasks cleared."""
