@@ -1,0 +1,69 @@
+"""Conformance: every request moxflow sends names a real PVE path and method, with valid params.
+
+The jobs run against the lab (dry run, real run with pruning, a locked guest, a failing
+task), then each request the lab received is checked against the schema subset committed in
+``labsim/pve-api-subset.json`` (extracted from the real PVE 9.1 API schema).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from flows.guest_snapshot import guest_snapshot
+from labsim import schema
+from labsim.client import LabClient
+from tests.flows.conftest import edit_inventory
+
+
+def test_every_request_the_jobs_send_conforms_to_the_pve_schema(
+    fresh_lab: LabClient, lab_inventory: Path, tmp_path: Path
+) -> None:
+    inv = str(
+        edit_inventory(lab_inventory, tmp_path, {'daily = "keep-daily=7"': 'daily = "keep-last=1"'})
+    )
+    guest_snapshot(label="daily", dry_run=True, inventory=inv)
+    guest_snapshot(label="daily", inventory=inv)
+    fresh_lab.set_guest(104, lock="backup")
+    guest_snapshot(label="daily", lock_timeout=0.5, vmstate=True, inventory=inv)  # prunes too
+    fresh_lab.set_guest(104, lock=None)
+
+    requests = fresh_lab.api_requests()
+    seen = {(r["method"], r["template"]) for r in requests}
+    # the run exercised listing, creating, deleting and waiting
+    assert {
+        ("GET", "/cluster/resources"),
+        ("GET", "/nodes/{node}/qemu/{vmid}/snapshot"),
+        ("GET", "/nodes/{node}/lxc/{vmid}/snapshot"),
+        ("POST", "/nodes/{node}/qemu/{vmid}/snapshot"),
+        ("POST", "/nodes/{node}/lxc/{vmid}/snapshot"),
+        ("DELETE", "/nodes/{node}/qemu/{vmid}/snapshot/{snapname}"),
+        ("GET", "/nodes/{node}/tasks/{upid}/status"),
+    } <= seen
+    problems = []
+    for r in requests:
+        route = schema.match_path(r["path"])
+        if route is None:
+            problems.append(f"{r['method']} {r['path']}: no such path in the PVE schema")
+            continue
+        if r["method"] not in schema.methods(route.template):
+            problems.append(f"{r['method']} {route.template}: no such method")
+            continue
+        params = {**r["params"], **route.path_params}
+        errors = schema.validate(r["method"], route.template, params)
+        if errors:
+            problems.append(f"{r['method']} {r['path']}: {errors}")
+        if r["status"] in (400, 501):
+            problems.append(f"{r['method']} {r['path']}: the lab answered {r['status']}")
+    assert problems == []
+
+
+def test_the_lab_rejects_what_pve_rejects() -> None:
+    """The same validator catches a wrong parameter, type, pattern and an unknown path."""
+    snap = "/nodes/{node}/qemu/{vmid}/snapshot"
+    ok = {"node": "pve1", "vmid": "101", "snapname": "moxflow-daily-20261126-010203"}
+    assert schema.validate("POST", snap, ok) == {}
+    assert "snapname" in schema.validate("POST", snap, {**ok, "snapname": "Bad Name"})
+    assert "vmid" in schema.validate("POST", snap, {**ok, "vmid": "12"})
+    assert "bogus" in schema.validate("POST", snap, {**ok, "bogus": "1"})
+    assert "vmstate" in schema.validate("POST", snap, {**ok, "vmstate": "yes"})
+    assert schema.match_path("/nodes/pve1/qemu/101/snapshotz") is None
