@@ -131,7 +131,8 @@ def guest_snapshot(
     now = utc_now()
     snapname = snapshot_name(label, now)
 
-    chosen = plan_guest_selection(list_guests(inv), expr, running_only=running)
+    client = proxmox_client(inv, max_connections=limit + 2)
+    chosen = plan_guest_selection(list_guests(client), expr, running_only=running)
     report = RunReport(job="guest-snapshot", label=label, dry_run=dry_run)
     for name in chosen.unmatched:
         report.notes.append(f"selection: {name!r} matches no guest")
@@ -150,7 +151,7 @@ def guest_snapshot(
 
     def submit(guest: Guest) -> PrefectFuture[ReportRow]:
         return snapshot_guest.submit(
-            inv,
+            client,
             guest,
             label,
             snapname,

@@ -21,6 +21,7 @@ import requests
 from proxmoxer import ProxmoxAPI
 from proxmoxer.core import ResourceException
 from pydantic import SecretStr
+from requests.adapters import HTTPAdapter
 from tenacity import (
     RetryCallState,
     RetryError,
@@ -216,6 +217,7 @@ class ProxmoxClient:
         get_retries: int = 4,
         retry_backoff: float = 0.5,
         retry_backoff_max: float = 8.0,
+        max_connections: int = 10,
     ) -> None:
         m = _TOKEN_ID_RE.match(token_id)
         if not m:
@@ -246,6 +248,7 @@ class ProxmoxClient:
         self.get_retries = get_retries
         self.retry_backoff = retry_backoff
         self.retry_backoff_max = retry_backoff_max
+        self.max_connections = max(1, max_connections)
         self._api: Any = None
         self._lock = threading.Lock()
         if self.ca_file is None and not verify_tls:
@@ -277,6 +280,10 @@ class ProxmoxClient:
                     timeout=self.timeout,
                     service="PVE",
                 )
+                # one client is shared by the threads of a run: keep a kept-alive TLS
+                # connection per thread instead of a new handshake per request
+                adapter = HTTPAdapter(pool_connections=1, pool_maxsize=self.max_connections)
+                self._api._store["session"].mount("https://", adapter)
             return self._api
 
     def close(self) -> None:

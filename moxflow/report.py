@@ -10,10 +10,10 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from enum import Enum
+from enum import StrEnum
 
 
-class Outcome(str, Enum):
+class Outcome(StrEnum):
     """How one target ended."""
 
     OK = "ok"
@@ -21,9 +21,6 @@ class Outcome(str, Enum):
     SKIPPED = "skipped"  # deliberately not touched (locked, filtered, ...): not a failure
     PARTIAL = "partial"  # the change was made but a follow-up step (prune) failed
     FAILED = "failed"
-
-    def __str__(self) -> str:
-        return self.value
 
 
 FAILING = frozenset({Outcome.FAILED, Outcome.PARTIAL})
@@ -131,7 +128,7 @@ class RunReport:
             [r["target"], r["taken"], r["kept"], r["removed"], r["outcome"], r["detail"]]
             for r in self.table()
         ]
-        return _aligned(head, rows) + "\n".join(self.notes + [self.summary()]) + "\n"
+        return _aligned(head, rows) + "\n".join([*self.notes, self.summary()]) + "\n"
 
 
 def _removed_text(removed: Sequence[str]) -> str:

@@ -8,8 +8,8 @@ from moxflow.proxmox import ProxmoxClient
 from moxflow.ssh import SshRunner
 
 
-def proxmox_client(inv: Inventory) -> ProxmoxClient:
-    """A Proxmox API client for the inventory's cluster."""
+def proxmox_client(inv: Inventory, *, max_connections: int = 10) -> ProxmoxClient:
+    """A Proxmox API client for the inventory's cluster (safe to share between threads)."""
     pve = inv.proxmox
     if pve is None:
         raise ConfigError(
@@ -24,6 +24,7 @@ def proxmox_client(inv: Inventory) -> ProxmoxClient:
         ca_file=pve.ca_file,
         verify_tls=pve.verify_tls,
         timeout=pve.timeout,
+        max_connections=max_connections,
     )
 
 

@@ -18,19 +18,17 @@ from tenacity import (
 
 from moxflow.errors import GuestLockedError, MoxflowError, is_transient
 from moxflow.guests import Guest
-from moxflow.inventory import Inventory
 from moxflow.naming import snapshot_description
 from moxflow.proxmox import GuestSnapshot, ProxmoxClient
 from moxflow.report import Outcome, ReportRow
 from moxflow.retention import KeepPolicy
 from moxflow.snapshots import plan_guest_prune
-from tasks.clients import proxmox_client
 
 
-@task(name="list-guests", cache_policy=NO_CACHE, retries=0)
-def list_guests(inv: Inventory) -> list[Guest]:
+@task(name="list-guests", cache_policy=NO_CACHE)
+def list_guests(client: ProxmoxClient) -> list[Guest]:
     """Every VM and container of the cluster (``/cluster/resources?type=vm``)."""
-    return proxmox_client(inv).resources()
+    return client.resources()
 
 
 def _create(
@@ -41,9 +39,10 @@ def _create(
     *,
     vmstate: bool,
     task_timeout: float,
+    retry: bool,
 ) -> None:
     """One idempotent attempt: if a retry finds the snapshot already there, it is done."""
-    if any(s.name == snapname for s in client.list_snapshots(guest)):
+    if retry and any(s.name == snapname for s in client.list_snapshots(guest)):
         return
     upid = client.create_snapshot(guest, snapname, description, vmstate=vmstate)
     client.wait_task(upid, timeout=task_timeout, node=guest.node)
@@ -51,7 +50,7 @@ def _create(
 
 @task(name="guest-snapshot", cache_policy=NO_CACHE, task_run_name="{guest.vmid}-{guest.name}")
 def snapshot_guest(
-    inv: Inventory,
+    client: ProxmoxClient,
     guest: Guest,
     label: str,
     snapname: str,
@@ -89,7 +88,6 @@ def snapshot_guest(
         )
 
     try:
-        client = proxmox_client(inv)
         if dry_run:
             # plan as if the new snapshot were there: it is the newest and always kept
             would = client.list_snapshots(guest)
@@ -119,6 +117,7 @@ def snapshot_guest(
                 reraise=False,
             ):
                 with attempt:
+                    again = attempt.retry_state.attempt_number > 1
                     _create(
                         client,
                         guest,
@@ -126,6 +125,7 @@ def snapshot_guest(
                         snapshot_description(label, now),
                         vmstate=vmstate,
                         task_timeout=task_timeout,
+                        retry=again,
                     )
         except RetryError as exc:
             last = exc.last_attempt.exception()
