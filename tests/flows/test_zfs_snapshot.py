@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -219,3 +220,22 @@ def test_cli_runs_and_prints_the_report(
     # the lab records what ran, so the "no command ran" checks above can fail
     ran = [c["command"] for c in fresh_lab.commands() if c["host"] == "nas"]
     assert any(c.startswith("zfs snapshot tank/backups@moxflow-hourly-") for c in ran)
+
+
+def test_the_report_is_a_table_artifact_in_prefect(
+    fresh_lab: LabClient, lab_inventory: Path
+) -> None:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    report = zfs_snapshot(label="hourly", only=["nas"], inventory=str(lab_inventory))
+    with get_client(sync_client=True) as client:
+        artifacts = client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["zfs-snapshot-report"])),
+        )
+    newest = max(artifacts, key=lambda a: a.created or 0)
+    assert newest.type == "table"
+    assert newest.description == report.summary()
+    rows = newest.data if isinstance(newest.data, list) else json.loads(str(newest.data))
+    assert [r["target"] for r in rows] == ["nas:tank/backups"]
+    assert set(rows[0]) == {"target", "taken", "kept", "removed", "outcome", "detail"}
