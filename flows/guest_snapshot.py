@@ -164,7 +164,7 @@ def guest_snapshot(
         )
 
     for i, row in enumerate(bounded(submit, chosen.guests, limit), start=1):
-        logger.info("[%d/%d] %s: %s %s", i, total, row.target, row.outcome, row.detail)
+        logger.info("[%d/%d] %s: %s", i, total, row.target, row.line())
         report.add(row)
     return finish(report, artifact_key="guest-snapshot-report")
 

@@ -88,7 +88,7 @@ def zfs_snapshot(
         return snapshot_dataset.submit(inv, job, label, snapname, now, tz, dry_run)
 
     for i, row in enumerate(bounded(submit, jobs, limit=16), start=1):
-        logger.info("[%d/%d] %s: %s %s", i, len(jobs), row.target, row.outcome, row.detail)
+        logger.info("[%d/%d] %s: %s", i, len(jobs), row.target, row.line())
         report.add(row)
     return finish(report, artifact_key="zfs-snapshot-report")
 

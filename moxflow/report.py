@@ -42,6 +42,10 @@ class ReportRow:
     def failed(self) -> bool:
         return self.outcome in FAILING
 
+    def line(self) -> str:
+        """Outcome and detail in a few words, for progress logs."""
+        return f"{self.outcome}: {self.detail}" if self.detail else str(self.outcome)
+
 
 @dataclass(slots=True)
 class RunReport:

@@ -37,16 +37,35 @@ def lab_state() -> dict[str, Any]:
     return dict(json.loads(out))
 
 
-def show_snapshots(state: dict[str, Any]) -> None:
-    print("ZFS snapshots:")
-    for host, hs in sorted(state.get("hosts", {}).items()):
-        snaps = sorted(hs.get("zfs", {}).get("snapshots", {}))
-        for name in snaps:
-            print(f"  {host}:{name}")
-    print("Guest snapshots:")
-    for vmid, g in sorted(state.get("guests", {}).items(), key=lambda kv: int(kv[0])):
-        names = sorted(g.get("snapshots", {}))
-        print(f"  {vmid:>5} {g.get('name', ''):<20} {', '.join(names) or '-'}")
+def show_snapshots(state: dict[str, Any], before: dict[str, Any] | None = None) -> None:
+    """Print every ZFS and guest snapshot; with ``before``, mark the new ones with +."""
+
+    def zfs(st: dict[str, Any]) -> list[str]:
+        return sorted(
+            f"{host}:{ds}@{snap['name']}"
+            for host, hs in st.get("hosts", {}).items()
+            for ds, d in ((hs.get("zfs") or {}).get("datasets") or {}).items()
+            for snap in d.get("snapshots", [])
+        )
+
+    def guests(st: dict[str, Any]) -> list[str]:
+        return sorted(
+            (
+                f"{vmid} ({g.get('name', '')}) {name}"
+                for vmid, g in st.get("guests", {}).items()
+                for name in g.get("snapshots", {})
+            ),
+            key=lambda s: (int(s.split()[0]), s),
+        )
+
+    for title, now, old in (
+        ("ZFS snapshots", zfs(state), zfs(before) if before else None),
+        ("Guest snapshots", guests(state), guests(before) if before else None),
+    ):
+        print(f"{title}:")
+        for item in now:
+            mark = "+" if old is not None and item not in old else " "
+            print(f"  {mark} {item}")
 
 
 def run(cmd: list[str], env: dict[str, str]) -> int:
@@ -85,7 +104,7 @@ def main() -> int:
                 print(f"(exit status {rc})")
                 status = status or rc
         say("the lab after")
-        show_snapshots(lab_state())
+        show_snapshots(lab_state(), before)
         say(
             "done: every run is recorded in the Prefect server; "
             "`python -m flows.zfs_snapshot --help` shows the options"
