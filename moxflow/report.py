@@ -21,9 +21,13 @@ class Outcome(StrEnum):
     SKIPPED = "skipped"  # deliberately not touched (locked, filtered, ...): not a failure
     PARTIAL = "partial"  # the change was made but a follow-up step (prune) failed
     FAILED = "failed"
+    ROLLED_BACK = "rolled back"  # a change failed verification and was undone
+    NEEDS_ATTENTION = "needs attention"  # a change failed and could not be undone
 
 
-FAILING = frozenset({Outcome.FAILED, Outcome.PARTIAL})
+FAILING = frozenset(
+    {Outcome.FAILED, Outcome.PARTIAL, Outcome.ROLLED_BACK, Outcome.NEEDS_ATTENTION}
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +60,7 @@ class RunReport:
     dry_run: bool = False
     rows: list[ReportRow] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    counts_snapshots: bool = True
     started: datetime = field(default_factory=lambda: datetime.now(UTC))
     finished: datetime | None = None
 
