@@ -21,6 +21,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
+from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import (
@@ -36,7 +37,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from pydantic_core import PydanticCustomError, core_schema
+from pydantic_core import InitErrorDetails, PydanticCustomError, core_schema
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -47,6 +48,7 @@ from pydantic_settings import (
 
 from moxflow.errors import ConfigError, SecretError
 from moxflow.naming import validate_dataset, validate_host_name, validate_label
+from moxflow.nixos import find_cycle, validate_attr, validate_remote_path
 from moxflow.retention import KeepPolicy
 from moxflow.selection import parse_selection
 
@@ -54,14 +56,21 @@ __all__ = [
     "DEFAULT_INVENTORY",
     "ENV_INVENTORY",
     "GuestSnapshotSettings",
+    "HealthCheck",
     "HostSettings",
     "Inventory",
+    "NixosHost",
+    "NixosSettings",
+    "NoSnapshotMethod",
     "ProxmoxSettings",
+    "ProxmoxSnapshotMethod",
     "SecretRef",
+    "SnapshotMethod",
     "SshSettings",
     "SshTarget",
     "ZfsDataset",
     "ZfsSettings",
+    "ZfsSnapshotMethod",
     "inventory_path",
     "load_inventory",
 ]
@@ -425,6 +434,351 @@ class GuestSnapshotSettings(_Section):
         return _check_selection(value)
 
 
+# --- NixOS updates -------------------------------------------------------------------------
+
+
+def _check_attr(value: str) -> str:
+    return validate_attr(value)
+
+
+RemotePath = Annotated[str, AfterValidator(validate_remote_path)]
+NixAttr = Annotated[str, AfterValidator(_check_attr)]
+NonNegativeSeconds = Annotated[float, Field(ge=0)]
+
+_SNAPSHOT_HELP = (
+    "How to snapshot the host before updating it, so a failed update can be rolled back: "
+    '{ method = "proxmox", vmid = N } for a VM or container, '
+    '{ method = "zfs", host = "pve1", dataset = "rpool/..." } for a ZFS dataset, '
+    'or { method = "none" } to update without a snapshot.'
+)
+
+
+class ProxmoxSnapshotMethod(_Section):
+    """snapshot = { method = "proxmox", vmid = N }: a Proxmox snapshot of the host's guest."""
+
+    method: Literal["proxmox"] = Field(
+        description='"proxmox": snapshot the VM or container the host runs in.'
+    )
+    vmid: int = Field(
+        ge=100,
+        le=999_999_999,
+        description="Id of the Proxmox VM or container the NixOS host runs in (100 or more).",
+    )
+
+    def describe(self) -> str:
+        """One line for plans and reports."""
+        return f"Proxmox snapshot of guest {self.vmid}"
+
+
+class ZfsSnapshotMethod(_Section):
+    """snapshot = { method = "zfs", host, dataset }: a ZFS snapshot of the host's storage."""
+
+    method: Literal["zfs"] = Field(description='"zfs": snapshot a ZFS dataset.')
+    host: HostName = Field(
+        description="Name of the host (a key of [hosts]) whose pool holds the dataset."
+    )
+    dataset: DatasetName = Field(
+        description=(
+            "Dataset holding the NixOS host's root file system, e.g. rpool/data/subvol-100-disk-0."
+        )
+    )
+
+    def describe(self) -> str:
+        """One line for plans and reports."""
+        return f"ZFS snapshot of {self.host}:{self.dataset}"
+
+
+class NoSnapshotMethod(_Section):
+    """snapshot = { method = "none" }: update without a snapshot (the dead-man timer remains)."""
+
+    method: Literal["none"] = Field(
+        description='"none": take no snapshot; only the previous generation is there to go back to.'
+    )
+
+    def describe(self) -> str:
+        """One line for plans and reports."""
+        return "none (opted out)"
+
+
+SnapshotMethod = ProxmoxSnapshotMethod | ZfsSnapshotMethod | NoSnapshotMethod
+
+
+def _check_tcp(value: str) -> str:
+    _check_address(_split_host_port(value)[0])
+    return value
+
+
+def _split_host_port(value: str) -> tuple[str, int]:
+    if value.startswith("["):
+        host, close, rest = value[1:].partition("]")
+        port_text = rest[1:] if close and rest.startswith(":") else ""
+    else:
+        host, _, port_text = value.rpartition(":")
+        if ":" in host:
+            host = ""  # an IPv6 address needs brackets: [fd00::5]:22
+    if not host or not port_text.isascii() or not port_text.isdigit():
+        raise ValueError(
+            f'{value!r} is not "host:port"; write e.g. "10.0.0.5:8096" or "[fd00::5]:22"'
+        )
+    port = int(port_text)
+    if not 1 <= port <= 65535:
+        raise ValueError(f"{value!r}: port {port} is not between 1 and 65535")
+    return host, port
+
+
+class HealthCheck(_Section):
+    """One health check after a switch: exactly one of http, tcp or command."""
+
+    http: str | None = Field(
+        default=None,
+        description=(
+            "URL moxflow fetches from where it runs (http:// or https://); healthy when the "
+            "answer has status expect_status and its body contains expect_text."
+        ),
+    )
+    tcp: str | None = Field(
+        default=None,
+        description=(
+            'Address as "host:port" that must accept a TCP connection from where moxflow '
+            'runs, e.g. "10.0.0.5:8096" or "[fd00::5]:22".'
+        ),
+    )
+    command: list[str] | None = Field(
+        default=None,
+        description=(
+            "Command run on the NixOS host over SSH, as a list of arguments, e.g. "
+            '["systemctl", "is-active", "jellyfin"]; healthy when it exits 0.'
+        ),
+    )
+    expect_status: int = Field(
+        default=200, ge=100, le=599, description="HTTP status an http check must answer with."
+    )
+    expect_text: str | None = Field(
+        default=None,
+        description=(
+            "Text the body of an http check must contain; leave out to check the status only."
+        ),
+    )
+    timeout: Seconds = Field(
+        default=5.0, description="Seconds one attempt of this check may take before it fails."
+    )
+
+    @field_validator("http")
+    @classmethod
+    def _http(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        if any(c.isspace() or not c.isprintable() for c in value):
+            raise ValueError("a URL must not contain spaces or control characters")
+        try:
+            url = urlsplit(value)
+            url.port  # noqa: B018 - raises ValueError for a port out of range
+        except ValueError as exc:
+            raise ValueError(f"{value!r} is not a URL: {exc}") from None
+        if url.scheme not in ("http", "https") or not url.hostname:
+            raise ValueError(
+                f"{value!r} is not an http:// or https:// URL, e.g. http://10.0.0.5:8080/health"
+            )
+        if url.username is not None or url.password is not None:
+            raise ValueError("a health URL must not carry a user or password")
+        return value
+
+    @field_validator("tcp")
+    @classmethod
+    def _tcp(cls, value: str | None) -> str | None:
+        return None if value is None else _check_tcp(value)
+
+    @field_validator("command")
+    @classmethod
+    def _command(cls, value: list[str] | None) -> list[str] | None:
+        if value is None:
+            return None
+        if not value or not value[0].strip():
+            raise ValueError(
+                'a command is a non-empty list of arguments, e.g. ["systemctl", "is-active", "x"]'
+            )
+        if any("\x00" in arg for arg in value):
+            raise ValueError("a command argument must not contain NUL characters")
+        return value
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> HealthCheck:
+        given = [k for k in ("http", "tcp", "command") if getattr(self, k) is not None]
+        if len(given) != 1:
+            what = " and ".join(given) if given else "none"
+            raise ValueError(f"give exactly one of http, tcp or command (got {what})")
+        if given != ["http"]:
+            extra = sorted({"expect_status", "expect_text"} & self.model_fields_set)
+            if extra:
+                verb = "applies" if len(extra) == 1 else "apply"
+                raise ValueError(f"{' and '.join(extra)} only {verb} to http checks")
+        return self
+
+    @property
+    def kind(self) -> Literal["http", "tcp", "command"]:
+        """Which kind of check this is."""
+        if self.http is not None:
+            return "http"
+        return "tcp" if self.tcp is not None else "command"
+
+    @property
+    def tcp_target(self) -> tuple[str, int]:
+        """``(host, port)`` of a tcp check (IPv6 without brackets)."""
+        if self.tcp is None:
+            raise ConfigError("not a tcp health check")
+        return _split_host_port(self.tcp)
+
+
+class NixosHost(_Section):
+    """One NixOS host to update, as a [nixos.hosts.NAME] table (NAME is a [hosts] name)."""
+
+    flake: RemotePath = Field(
+        default="/etc/nixos",
+        description="Folder on the host holding the system's flake.nix and flake.lock.",
+    )
+    attr: NixAttr | None = Field(
+        default=None,
+        description="Name of the host's entry in nixosConfigurations; default: the host's name.",
+    )
+    canary: bool = Field(
+        default=False,
+        description=(
+            "Update this host first, in a wave of its own; the others wait until it is "
+            "updated and healthy. Without any canary the first host goes first alone."
+        ),
+    )
+    after: list[HostName] = Field(
+        default_factory=list,
+        description=(
+            "NixOS hosts that must be updated successfully before this one, e.g. the DNS "
+            'server: after = ["dns"].'
+        ),
+    )
+    commit_lock_file: bool = Field(
+        default=False,
+        description=(
+            "Commit the updated flake.lock in the flake's git repository "
+            "(nix flake update --commit-lock-file)."
+        ),
+    )
+    profile: RemotePath | None = Field(
+        default=None, description="The system profile on this host; default: nixos.profile."
+    )
+    state_dir: RemotePath | None = Field(
+        default=None,
+        description="Folder for moxflow's lock and journal on this host; default: nixos.state_dir.",
+    )
+    snapshot: SnapshotMethod = Field(discriminator="method", description=_SNAPSHOT_HELP)
+    health: list[HealthCheck] = Field(
+        default_factory=list,
+        description=(
+            "Checks that must pass after the switch, each a [[nixos.hosts.NAME.health]] "
+            "table; the system state and failed units are always checked."
+        ),
+    )
+
+
+class NixosSettings(_Section):
+    """NixOS updates with automatic rollback: timings, where things are, and the hosts."""
+
+    confirm_timeout: Seconds = Field(
+        default=120.0,
+        description=(
+            "Seconds after a switch until the host switches back to its previous generation by "
+            "itself, unless moxflow confirms the update (a dead-man timer on the host). "
+            "Must be longer than health_grace."
+        ),
+    )
+    health_grace: Seconds = Field(
+        default=60.0,
+        description="Seconds the health checks get to pass after a switch before it is undone.",
+    )
+    max_parallel: int = Field(
+        default=2,
+        ge=1,
+        le=256,
+        description="How many hosts are updated at the same time after the canary wave.",
+    )
+    lock_wait: NonNegativeSeconds = Field(
+        default=0.0,
+        description=(
+            "Seconds a run waits for another run's lock on a host before skipping the host; "
+            "0 skips at once."
+        ),
+    )
+    profile: RemotePath = Field(
+        default="/nix/var/nix/profiles/system",
+        description="The system profile on the hosts (its generations are what a switch adds).",
+    )
+    state_dir: RemotePath = Field(
+        default="/var/lib/moxflow",
+        description="Folder on each host where moxflow keeps its update lock and journal.",
+    )
+    hosts: dict[HostName, NixosHost] = Field(
+        default_factory=dict,
+        description="The NixOS hosts to update, as [nixos.hosts.NAME] tables, in update order.",
+    )
+
+    @model_validator(mode="after")
+    def _dependencies(self) -> NixosSettings:
+        problems: list[tuple[tuple[int | str, ...], str]] = []
+        if self.confirm_timeout <= self.health_grace:
+            problems.append(
+                (
+                    ("confirm_timeout",),
+                    f"{self.confirm_timeout:g} s is not longer than health_grace "
+                    f"({self.health_grace:g} s): the host would switch back while its health "
+                    "is still being checked",
+                )
+            )
+        known = ", ".join(self.hosts) or "none"
+        for name, host in self.hosts.items():
+            for i, other in enumerate(host.after):
+                if other not in self.hosts:
+                    problems.append(
+                        (
+                            ("hosts", name, "after", i),
+                            f"{other!r} is not a NixOS host; after names [nixos.hosts] "
+                            f"tables: {known}",
+                        )
+                    )
+                elif host.canary and not self.hosts[other].canary:
+                    problems.append(
+                        (
+                            ("hosts", name, "after", i),
+                            f"canary {name} waits for {other}, which is not a canary; canaries "
+                            "go first, so make it a canary too or drop it from after",
+                        )
+                    )
+        cycle = find_cycle({n: h.after for n, h in self.hosts.items()})
+        if cycle:
+            problems.append(
+                (
+                    ("hosts", cycle[0], "after"),
+                    f"dependency cycle {' → '.join(cycle)}; remove one of these names from an "
+                    "after list",
+                )
+            )
+        if problems:
+            raise _problems("NixosSettings", problems)
+        return self
+
+
+def _problems(title: str, problems: list[tuple[tuple[int | str, ...], str]]) -> ValidationError:
+    """One validation error per problem, each at its own setting (relative to the model)."""
+    return ValidationError.from_exception_data(
+        title,
+        [
+            InitErrorDetails(
+                type=PydanticCustomError("inventory", "{problem}", {"problem": text}),
+                loc=loc,
+                input=None,
+            )
+            for loc, text in problems
+        ],
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class SshTarget:
     """Everything needed to open an SSH connection to one inventory host."""
@@ -485,6 +839,10 @@ class Inventory(BaseSettings):
         default_factory=GuestSnapshotSettings,
         description="Proxmox VM and container snapshots: which guests, and how long to keep them.",
     )
+    nixos: NixosSettings = Field(
+        default_factory=NixosSettings,
+        description="NixOS hosts to update with automatic rollback, and how.",
+    )
 
     _base_dir: Path = PrivateAttr(default_factory=Path.cwd)
 
@@ -535,6 +893,36 @@ class Inventory(BaseSettings):
         if problems:
             raise ValueError("; ".join(problems))
         return zfs
+
+    @field_validator("nixos")
+    @classmethod
+    def _nixos_on_known_hosts(cls, nixos: NixosSettings, info: ValidationInfo) -> NixosSettings:
+        hosts = info.data.get("hosts")
+        if hosts is None:
+            return nixos  # [hosts] itself is invalid; that error is reported already
+        known = ", ".join(sorted(hosts)) or "none yet"
+        problems: list[tuple[tuple[int | str, ...], str]] = []
+        for name, host in nixos.hosts.items():
+            if name not in hosts:
+                problems.append(
+                    (
+                        ("hosts", name),
+                        f"{name!r} is not a [hosts] name; add a [hosts.{name}] table with its "
+                        f"address or use one of: {known}",
+                    )
+                )
+            snap = host.snapshot
+            if isinstance(snap, ZfsSnapshotMethod) and snap.host not in hosts:
+                problems.append(
+                    (
+                        ("hosts", name, "snapshot", "host"),
+                        f"unknown host {snap.host!r}; add a [hosts.{snap.host}] table or use "
+                        f"one of: {known}",
+                    )
+                )
+        if problems:
+            raise _problems("NixosSettings", problems)
+        return nixos
 
     @model_validator(mode="after")
     def _resolve_paths(self) -> Inventory:
@@ -628,6 +1016,30 @@ class Inventory(BaseSettings):
             hint=f'add {label} = "keep-..." to [guest_snapshots.policies]',
         )
 
+    def nixos_host(self, name: str) -> NixosHost:
+        """The NixOS host ``name``; ``ConfigError`` listing the known ones if there is none."""
+        try:
+            return self.nixos.hosts[name]
+        except KeyError:
+            known = ", ".join(self.nixos.hosts) or "none"
+            raise ConfigError(
+                f"{name!r} is not a NixOS host; known NixOS hosts: {known}",
+                setting="nixos.hosts",
+                hint=f"add a [nixos.hosts.{name}] table to the inventory",
+            ) from None
+
+    def nixos_profile(self, name: str) -> str:
+        """The system profile of NixOS host ``name``: its own, else [nixos] profile."""
+        return self.nixos_host(name).profile or self.nixos.profile
+
+    def nixos_state_dir(self, name: str) -> str:
+        """Where moxflow keeps lock and journal on NixOS host ``name``."""
+        return self.nixos_host(name).state_dir or self.nixos.state_dir
+
+    def nixos_attr(self, name: str) -> str:
+        """The nixosConfigurations attribute of NixOS host ``name``: its attr, else its name."""
+        return self.nixos_host(name).attr or validate_attr(name)
+
     def proxmox_settings(self) -> ProxmoxSettings:
         """The [proxmox] section; ``ConfigError`` if the inventory has none."""
         if self.proxmox is None:
@@ -694,7 +1106,7 @@ def load_inventory(path: Path | str | None = None, **overrides: Any) -> Inventor
         errors = exc.errors(include_input=False)
         problems = [_describe_error(err) for err in errors]
         if len(problems) == 1:
-            setting = _dotted(tuple(errors[0]["loc"])) or None
+            setting = _dotted(_walk(tuple(errors[0]["loc"]))[0]) or None
             text = problems[0]
         else:
             setting = None
@@ -729,21 +1141,40 @@ def _dotted(loc: tuple[int | str, ...]) -> str:
 
 _PREFIXES = ("Value error, ", "Assertion failed, ")
 
+# What to write when a required setting is missing, by the setting's name.
+_MISSING_HELP = {
+    "snapshot": (
+        'say how to snapshot the host before an update: snapshot = { method = "proxmox", '
+        'vmid = N }, { method = "zfs", host = "...", dataset = "..." } or { method = "none" }'
+    )
+}
+
 
 def _describe_error(err: Any) -> str:
     """``dotted.setting: message`` for one pydantic error, never including the input."""
-    loc: tuple[int | str, ...] = tuple(err["loc"])
+    raw: tuple[int | str, ...] = tuple(err["loc"])
+    loc, at = _walk(raw)
     kind: str = err["type"]
     message: str = err["msg"]
     for prefix in _PREFIXES:
         message = message.removeprefix(prefix)
     if kind == "extra_forbidden":
-        known = _known_settings(loc[:-1])
+        known = _known_settings(raw[:-1])
         message = "unknown setting (a typo?)"
         if known:
             message += f"; known here: {', '.join(known)}"
     elif kind == "missing":
         message = "required setting is missing"
+        if loc and str(loc[-1]) in _MISSING_HELP:
+            message += f"; {_MISSING_HELP[str(loc[-1])]}"
+    elif kind in ("union_tag_not_found", "union_tag_invalid"):
+        key = str(err.get("ctx", {}).get("discriminator", "")).strip("'") or "method"
+        names = [f'"{t}"' for t in _union_tags(at)]
+        tags = ", ".join(names[:-1]) + f" or {names[-1]}" if len(names) > 1 else "".join(names)
+        if kind == "union_tag_invalid":
+            message = f"unknown {key} {err['ctx']['tag']!r}; use {tags}"
+        elif tags:
+            message = f"needs a {key}: {tags}"
     where = _dotted(loc)
     if not where or message.startswith((f"{where}.", f"{where}[")):
         return message
@@ -765,21 +1196,47 @@ def _unwrap(annotation: Any) -> Any:
             return annotation
 
 
-def _known_settings(loc: tuple[int | str, ...]) -> list[str]:
-    """The field names of the section at ``loc`` (for 'unknown setting' errors)."""
+def _union_tags(annotation: Any) -> dict[str, type[BaseModel]]:
+    """For a union of sections told apart by a ``method`` literal: each tag and its section."""
+    tags: dict[str, type[BaseModel]] = {}
+    if get_origin(annotation) not in (Union, types.UnionType):
+        return tags
+    for member in get_args(annotation):
+        field = member.model_fields.get("method") if _is_model(member) else None
+        if field is not None and get_origin(field.annotation) is Literal:
+            tags.update(dict.fromkeys(map(str, get_args(field.annotation)), member))
+    return tags
+
+
+def _is_model(annotation: Any) -> bool:
+    return isinstance(annotation, type) and issubclass(annotation, BaseModel)
+
+
+def _walk(loc: tuple[int | str, ...]) -> tuple[tuple[int | str, ...], Any]:
+    """``loc`` without the tags pydantic inserts for tagged unions, and the type found there.
+
+    The type is ``None`` when ``loc`` leads outside the models (e.g. into a dict key).
+    """
     current: Any = Inventory
+    clean: list[int | str] = []
     for part in loc:
         current = _unwrap(current)
-        if isinstance(current, type) and issubclass(current, BaseModel):
+        tags = _union_tags(current)
+        if str(part) in tags:
+            current = tags[str(part)]
+            continue
+        clean.append(part)
+        if _is_model(current):
             field = current.model_fields.get(str(part))
-            if field is None:
-                return []
-            current = field.annotation
+            current = None if field is None else field.annotation
         elif get_origin(current) in (dict, list):
             current = get_args(current)[-1]
         else:
-            return []
-    current = _unwrap(current)
-    if isinstance(current, type) and issubclass(current, BaseModel):
-        return list(current.model_fields)
-    return []
+            current = None
+    return tuple(clean), None if current is None else _unwrap(current)
+
+
+def _known_settings(loc: tuple[int | str, ...]) -> list[str]:
+    """The field names of the section at ``loc`` (for 'unknown setting' errors)."""
+    current = _walk(loc)[1]
+    return list(current.model_fields) if _is_model(current) else []

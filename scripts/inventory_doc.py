@@ -1,7 +1,7 @@
 """Generate docs/inventory.md from the inventory models, so the reference never drifts.
 
-    python -m scripts.inventory_doc          # rewrite docs/inventory.md
-    python -m scripts.inventory_doc --check  # exit 1 if docs/inventory.md is out of date
+python -m scripts.inventory_doc          # rewrite docs/inventory.md
+python -m scripts.inventory_doc --check  # exit 1 if docs/inventory.md is out of date
 """
 
 from __future__ import annotations
@@ -16,12 +16,18 @@ from pydantic_core import PydanticUndefined
 
 from moxflow.inventory import (
     GuestSnapshotSettings,
+    HealthCheck,
     HostSettings,
     Inventory,
+    NixosHost,
+    NixosSettings,
+    NoSnapshotMethod,
     ProxmoxSettings,
+    ProxmoxSnapshotMethod,
     SshSettings,
     ZfsDataset,
     ZfsSettings,
+    ZfsSnapshotMethod,
 )
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "inventory.md"
@@ -34,6 +40,12 @@ SECTIONS: list[tuple[str, type[BaseModel]]] = [
     ("[zfs]", ZfsSettings),
     ("[[zfs.datasets]]", ZfsDataset),
     ("[guest_snapshots]", GuestSnapshotSettings),
+    ("[nixos]", NixosSettings),
+    ("[nixos.hosts.NAME]", NixosHost),
+    ('snapshot = { method = "proxmox", ... }', ProxmoxSnapshotMethod),
+    ('snapshot = { method = "zfs", ... }', ZfsSnapshotMethod),
+    ('snapshot = { method = "none" }', NoSnapshotMethod),
+    ("[[nixos.hosts.NAME.health]]", HealthCheck),
 ]
 
 INTRO = """\

@@ -16,14 +16,20 @@ from pydantic import BaseModel, SecretStr, ValidationError
 from moxflow.errors import ConfigError, SecretError, UnsafeNameError
 from moxflow.inventory import (
     GuestSnapshotSettings,
+    HealthCheck,
     HostSettings,
     Inventory,
+    NixosHost,
+    NixosSettings,
+    NoSnapshotMethod,
     ProxmoxSettings,
+    ProxmoxSnapshotMethod,
     SecretRef,
     SshSettings,
     SshTarget,
     ZfsDataset,
     ZfsSettings,
+    ZfsSnapshotMethod,
     load_inventory,
 )
 from moxflow.retention import KeepPolicy
@@ -630,6 +636,12 @@ def all_models() -> list[type[BaseModel]]:
         ZfsSettings,
         ZfsDataset,
         GuestSnapshotSettings,
+        NixosSettings,
+        NixosHost,
+        ProxmoxSnapshotMethod,
+        ZfsSnapshotMethod,
+        NoSnapshotMethod,
+        HealthCheck,
     ]
 
 
@@ -649,10 +661,378 @@ def test_json_schema_renders_secret_refs_as_strings() -> None:
 
 def test_importing_the_core_does_not_import_prefect() -> None:
     code = (
-        "import sys, moxflow.inventory, moxflow.naming, moxflow.selection, moxflow.zfs; "
+        "import sys, moxflow.inventory, moxflow.naming, moxflow.selection, moxflow.zfs, "
+        "moxflow.nixos, moxflow.health; "
         "print('prefect' in sys.modules)"
     )
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     ).stdout
     assert out.strip() == "False"
+
+
+# --- NixOS updates -------------------------------------------------------------------------
+
+NIXOS = """\
+[hosts.pve1]
+address = "10.0.0.2"
+[hosts.dns]
+address = "10.0.0.53"
+[hosts.media]
+address = "10.0.0.10"
+[hosts.builder]
+address = "10.0.0.11"
+
+[nixos]
+confirm_timeout = 180.0
+health_grace = 90.0
+max_parallel = 3
+lock_wait = 30.0
+state_dir = "/var/lib/moxflow"
+
+[nixos.hosts.dns]
+canary = true
+snapshot = { method = "proxmox", vmid = 100 }
+[[nixos.hosts.dns.health]]
+tcp = "10.0.0.53:53"
+
+[nixos.hosts.media]
+flake = "/srv/nixos-config"
+attr = "media-server"
+after = ["dns"]
+commit_lock_file = true
+profile = "/nix/var/nix/profiles/system-media"
+state_dir = "/persist/moxflow"
+snapshot = { method = "zfs", host = "pve1", dataset = "rpool/data/subvol-101-disk-0" }
+[[nixos.hosts.media.health]]
+http = "http://10.0.0.10:8096/health"
+expect_text = "Healthy"
+timeout = 10.0
+[[nixos.hosts.media.health]]
+command = ["systemctl", "is-active", "jellyfin"]
+
+[nixos.hosts.builder]
+snapshot = { method = "none" }
+"""
+
+
+def test_nixos_section_loads_with_defaults_and_overrides(tmp_path: Path) -> None:
+    inv = load_inventory(write(tmp_path, NIXOS))
+    nixos = inv.nixos
+    assert (nixos.confirm_timeout, nixos.health_grace, nixos.max_parallel, nixos.lock_wait) == (
+        180.0,
+        90.0,
+        3,
+        30.0,
+    )
+    assert list(nixos.hosts) == ["dns", "media", "builder"]  # inventory order is kept
+    dns, media, builder = nixos.hosts.values()
+    assert dns.canary and not media.canary
+    assert dns.flake == "/etc/nixos"
+    assert media.after == ["dns"]
+    assert media.commit_lock_file
+    assert dns.snapshot == ProxmoxSnapshotMethod(method="proxmox", vmid=100)
+    assert media.snapshot == ZfsSnapshotMethod(
+        method="zfs", host="pve1", dataset="rpool/data/subvol-101-disk-0"
+    )
+    assert builder.snapshot == NoSnapshotMethod(method="none")
+    assert dns.health == [HealthCheck(tcp="10.0.0.53:53")]
+    http, command = media.health
+    assert (http.kind, http.expect_status, http.expect_text, http.timeout) == (
+        "http",
+        200,
+        "Healthy",
+        10.0,
+    )
+    assert command.command == ["systemctl", "is-active", "jellyfin"]
+    assert command.timeout == 5.0
+
+
+def test_nixos_accessors(tmp_path: Path) -> None:
+    inv = load_inventory(write(tmp_path, NIXOS))
+    assert inv.nixos_host("media").flake == "/srv/nixos-config"
+    assert inv.nixos_attr("media") == "media-server"
+    assert inv.nixos_attr("dns") == "dns"
+    assert inv.nixos_profile("media") == "/nix/var/nix/profiles/system-media"
+    assert inv.nixos_profile("dns") == "/nix/var/nix/profiles/system"
+    assert inv.nixos_state_dir("media") == "/persist/moxflow"
+    assert inv.nixos_state_dir("builder") == "/var/lib/moxflow"
+    with pytest.raises(ConfigError) as info:
+        inv.nixos_host("pve1")
+    assert "'pve1' is not a NixOS host; known NixOS hosts: dns, media, builder" in str(info.value)
+    assert info.value.setting == "nixos.hosts"
+    assert "[nixos.hosts.pve1]" in str(info.value)
+
+
+def test_nixos_defaults_without_a_section(tmp_path: Path) -> None:
+    inv = load_inventory(write(tmp_path, MINIMAL))
+    assert inv.nixos == NixosSettings()
+    assert inv.nixos.profile == "/nix/var/nix/profiles/system"
+    assert inv.nixos.state_dir == "/var/lib/moxflow"
+    assert (inv.nixos.confirm_timeout, inv.nixos.health_grace) == (120.0, 60.0)
+    assert (inv.nixos.max_parallel, inv.nixos.lock_wait) == (2, 0.0)
+
+
+def test_nixos_environment_overrides(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MOXFLOW_NIXOS__MAX_PARALLEL", "1")
+    monkeypatch.setenv("MOXFLOW_NIXOS__HOSTS__BUILDER__CANARY", "true")
+    inv = load_inventory(write(tmp_path, NIXOS))
+    assert inv.nixos.max_parallel == 1
+    assert inv.nixos.hosts["builder"].canary
+    assert inv.nixos.hosts["builder"].snapshot == NoSnapshotMethod(method="none")  # from the file
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "setting", "message"),
+    [
+        (
+            "[nixos.hosts.builder]",
+            "[nixos.hosts.nas]",
+            "nixos.hosts.nas",
+            "'nas' is not a [hosts] name; add a [hosts.nas] table with its address or use one "
+            "of: builder, dns, media, pve1",
+        ),
+        (
+            'after = ["dns"]',
+            'after = ["dsn"]',
+            "nixos.hosts.media.after[0]",
+            "'dsn' is not a NixOS host; after names [nixos.hosts] tables: dns, media, builder",
+        ),
+        (
+            'after = ["dns"]',
+            'after = ["dns", "pve1"]',
+            "nixos.hosts.media.after[1]",
+            "'pve1' is not a NixOS host",
+        ),
+        (
+            "canary = true",
+            'after = ["media"]',
+            "nixos.hosts.dns.after",
+            "dependency cycle dns → media → dns; remove one of these names from an after list",
+        ),
+        (
+            "[nixos.hosts.builder]",
+            '[nixos.hosts.builder]\nafter = ["builder"]',
+            "nixos.hosts.builder.after",
+            "dependency cycle builder → builder",
+        ),
+        (
+            "canary = true",
+            'canary = true\nafter = ["builder"]',
+            "nixos.hosts.dns.after[0]",
+            "canary dns waits for builder, which is not a canary",
+        ),
+        (
+            'flake = "/srv/nixos-config"',
+            'flake = "/srv/nixos-config; reboot"',
+            "nixos.hosts.media.flake",
+            "invalid path '/srv/nixos-config; reboot'",
+        ),
+        (
+            'flake = "/srv/nixos-config"',
+            'flake = "srv/nixos-config"',
+            "nixos.hosts.media.flake",
+            "a path on the host is absolute",
+        ),
+        (
+            'flake = "/srv/nixos-config"',
+            'flake = "/srv/$(id)"',
+            "nixos.hosts.media.flake",
+            "no spaces, quotes or shell metacharacters",
+        ),
+        (
+            'state_dir = "/var/lib/moxflow"',
+            'state_dir = "/var/lib/mox flow"',
+            "nixos.state_dir",
+            "invalid path '/var/lib/mox flow'",
+        ),
+        (
+            'profile = "/nix/var/nix/profiles/system-media"',
+            'profile = "/nix/var/nix/profiles/`id`"',
+            "nixos.hosts.media.profile",
+            "invalid path",
+        ),
+        (
+            'attr = "media-server"',
+            'attr = "media server"',
+            "nixos.hosts.media.attr",
+            "invalid nixosConfigurations attribute 'media server'",
+        ),
+        (
+            "vmid = 100",
+            "vmid = 99",
+            "nixos.hosts.dns.snapshot.vmid",
+            "Input should be greater than or equal to 100",
+        ),
+        (
+            'method = "proxmox", vmid = 100',
+            'method = "pve", vmid = 100',
+            "nixos.hosts.dns.snapshot",
+            'unknown method \'pve\'; use "proxmox", "zfs" or "none"',
+        ),
+        (
+            'method = "proxmox", vmid = 100',
+            "vmid = 100",
+            "nixos.hosts.dns.snapshot",
+            'needs a method: "proxmox", "zfs" or "none"',
+        ),
+        (
+            'method = "proxmox", vmid = 100',
+            'method = "proxmox", vmid = 100, vmstate = true',
+            "nixos.hosts.dns.snapshot.vmstate",
+            "unknown setting (a typo?); known here: method, vmid",
+        ),
+        (
+            'snapshot = { method = "none" }',
+            "",
+            "nixos.hosts.builder.snapshot",
+            "required setting is missing; say how to snapshot the host before an update: "
+            'snapshot = { method = "proxmox", vmid = N }',
+        ),
+        (
+            'host = "pve1", dataset',
+            'host = "pve9", dataset',
+            "nixos.hosts.media.snapshot.host",
+            "unknown host 'pve9'; add a [hosts.pve9] table or use one of: builder, dns, media",
+        ),
+        (
+            'dataset = "rpool/data/subvol-101-disk-0"',
+            'dataset = "rpool/data;reboot"',
+            "nixos.hosts.media.snapshot.dataset",
+            "invalid ZFS dataset name 'rpool/data;reboot'",
+        ),
+        (
+            'http = "http://10.0.0.10:8096/health"',
+            'http = "ftp://10.0.0.10/health"',
+            "nixos.hosts.media.health[0].http",
+            "is not an http:// or https:// URL",
+        ),
+        (
+            'http = "http://10.0.0.10:8096/health"',
+            'http = "http://admin:hunter2@10.0.0.10/health"',
+            "nixos.hosts.media.health[0].http",
+            "a health URL must not carry a user or password",
+        ),
+        (
+            'http = "http://10.0.0.10:8096/health"',
+            'http = "http://10.0.0.10:99999/health"',
+            "nixos.hosts.media.health[0].http",
+            "is not a URL",
+        ),
+        (
+            'http = "http://10.0.0.10:8096/health"',
+            'http = "http://10.0.0.10/health"\ntcp = "10.0.0.10:8096"',
+            "nixos.hosts.media.health[0]",
+            "give exactly one of http, tcp or command (got http and tcp)",
+        ),
+        (
+            'http = "http://10.0.0.10:8096/health"\nexpect_text = "Healthy"',
+            "",
+            "nixos.hosts.media.health[0]",
+            "give exactly one of http, tcp or command (got none)",
+        ),
+        (
+            'tcp = "10.0.0.53:53"',
+            'tcp = "10.0.0.53:53"\nexpect_status = 200',
+            "nixos.hosts.dns.health[0]",
+            "expect_status only applies to http checks",
+        ),
+        (
+            'tcp = "10.0.0.53:53"',
+            'tcp = "10.0.0.53"',
+            "nixos.hosts.dns.health[0].tcp",
+            "'10.0.0.53' is not \"host:port\"",
+        ),
+        (
+            'tcp = "10.0.0.53:53"',
+            'tcp = "fd00::53:53"',
+            "nixos.hosts.dns.health[0].tcp",
+            '"[fd00::5]:22"',
+        ),
+        (
+            'tcp = "10.0.0.53:53"',
+            'tcp = "10.0.0.53:0"',
+            "nixos.hosts.dns.health[0].tcp",
+            "port 0 is not between 1 and 65535",
+        ),
+        (
+            'tcp = "10.0.0.53:53"',
+            'tcp = "-oProxyCommand=x:22"',
+            "nixos.hosts.dns.health[0].tcp",
+            "is neither an IP address nor a DNS name",
+        ),
+        (
+            'command = ["systemctl", "is-active", "jellyfin"]',
+            "command = []",
+            "nixos.hosts.media.health[1].command",
+            "a command is a non-empty list of arguments",
+        ),
+        (
+            'command = ["systemctl", "is-active", "jellyfin"]',
+            'command = ["", "x"]',
+            "nixos.hosts.media.health[1].command",
+            "a command is a non-empty list of arguments",
+        ),
+        (
+            'command = ["systemctl", "is-active", "jellyfin"]',
+            'command = "systemctl is-active jellyfin"',
+            "nixos.hosts.media.health[1].command",
+            "Input should be a valid list",
+        ),
+        (
+            "max_parallel = 3",
+            "max_parallel = 0",
+            "nixos.max_parallel",
+            "Input should be greater than or equal to 1",
+        ),
+        (
+            "lock_wait = 30.0",
+            "lock_wait = -1",
+            "nixos.lock_wait",
+            "Input should be greater than or equal to 0",
+        ),
+        (
+            "health_grace = 90.0",
+            "health_grace = 180.0",
+            "nixos.confirm_timeout",
+            "180 s is not longer than health_grace (180 s): the host would switch back",
+        ),
+        (
+            "canary = true",
+            "canary = true\nflakes = '/etc/nixos'",
+            "nixos.hosts.dns.flakes",
+            "unknown setting (a typo?); known here: flake, attr, canary",
+        ),
+    ],
+)
+def test_nixos_errors_name_the_setting(
+    tmp_path: Path, old: str, new: str, setting: str, message: str
+) -> None:
+    assert old in NIXOS
+    err = config_error(tmp_path, NIXOS.replace(old, new, 1))
+    assert err.setting == setting, str(err)
+    assert f"has 1 problem: {setting}: " in str(err)
+    assert message in str(err)
+
+
+def test_nixos_problems_are_all_listed(tmp_path: Path) -> None:
+    text = NIXOS.replace("[nixos.hosts.builder]", "[nixos.hosts.nas]").replace(
+        'host = "pve1", dataset', 'host = "pve9", dataset'
+    )
+    err = config_error(tmp_path, text)
+    assert "has 2 problems" in str(err)
+    assert "(1) nixos.hosts.media.snapshot.host: unknown host 'pve9'" in str(err)
+    assert "(2) nixos.hosts.nas: 'nas' is not a [hosts] name" in str(err)
+    assert err.setting is None
+
+
+def test_nixos_models_validate_without_a_file() -> None:
+    with pytest.raises(ValidationError, match="dependency cycle a → b → a"):
+        NixosSettings(
+            hosts={
+                "a": NixosHost(after=["b"], snapshot=NoSnapshotMethod(method="none")),
+                "b": NixosHost(after=["a"], snapshot=NoSnapshotMethod(method="none")),
+            }
+        )
+    with pytest.raises(ValidationError, match="give exactly one of http, tcp or command"):
+        HealthCheck(tcp="a:1", command=["true"])
