@@ -1,0 +1,201 @@
+"""Update NixOS hosts safely: snapshot, flake update, build, switch, verify, or roll back.
+
+For each NixOS host in the inventory's [nixos.hosts]: read its state (pre-flight), take a
+snapshot (Proxmox guest or ZFS dataset, as the inventory says), run `nix flake update`,
+build, arm a dead-man timer that reverts the host by itself unless confirmed, switch, then
+verify over a new SSH connection (the generation, no newly failed units, the health checks).
+A host that fails verification is switched back; if it does not answer, the dead-man timer
+reverts it; if that fails too, the snapshot is rolled back; if even that fails, the host is
+reported "needs attention" with its snapshot kept. Canary hosts go first, then waves of at
+most --max-parallel hosts, respecting `after`; the first failure stops the roll.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from flows._cli import EXIT_USAGE, base_parser, split_csv
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line; argparse only, so that ``--help`` stays fast."""
+    parser = base_parser("python -m flows.nixos_update", __doc__ or "")
+    parser.add_argument(
+        "--only",
+        action="append",
+        metavar="HOST",
+        help="update only these hosts (repeat or comma-separate)",
+    )
+    parser.add_argument(
+        "--max-parallel",
+        type=int,
+        metavar="N",
+        help="hosts updated at once after the canaries (default: [nixos] max_parallel)",
+    )
+    parser.add_argument(
+        "--continue-on-failure",
+        action="store_true",
+        help="go on with the next waves when a host fails (hosts that depend on it "
+        "through `after` are still skipped)",
+    )
+    parser.add_argument(
+        "--no-snapshot",
+        action="store_true",
+        help="do not take a pre-update snapshot (the last line of recovery is then gone)",
+    )
+    parser.add_argument(
+        "--force",
+        action="store_true",
+        help="rebuild and switch even when `nix flake update` changed nothing",
+    )
+    return parser
+
+
+if __name__ == "__main__":
+    build_parser().parse_args()  # answers --help and usage errors before Prefect is imported
+
+from zoneinfo import ZoneInfo  # noqa: E402
+
+from prefect import flow  # noqa: E402
+from prefect.context import get_run_context  # noqa: E402
+from prefect.logging import get_run_logger  # noqa: E402
+from prefect.task_runners import ThreadPoolTaskRunner  # noqa: E402
+
+from flows._run import finish, run_from_cli  # noqa: E402
+from moxflow.errors import ConfigError  # noqa: E402
+from moxflow.inventory import load_inventory  # noqa: E402
+from moxflow.nixos import plan_update  # noqa: E402
+from moxflow.report import Outcome, ReportRow, RunReport  # noqa: E402
+from moxflow.snapshots import utc_now  # noqa: E402
+from tasks.nixos import Preflight, preflight, update_host  # noqa: E402
+
+
+def _flow_run_id() -> str | None:
+    try:
+        ctx = get_run_context()
+    except RuntimeError:
+        return None
+    run = getattr(ctx, "flow_run", None)
+    return str(run.id) if run is not None else None
+
+
+@flow(
+    name="nixos-update",
+    description="Update NixOS hosts with snapshot, verification and automatic rollback.",
+    task_runner=ThreadPoolTaskRunner(max_workers=16),  # type: ignore[arg-type]
+)
+def nixos_update(
+    only: list[str] | None = None,
+    dry_run: bool = False,
+    max_parallel: int | None = None,
+    continue_on_failure: bool = False,
+    no_snapshot: bool = False,
+    force: bool = False,
+    inventory: str | None = None,
+) -> RunReport:
+    """Update the NixOS hosts in waves.
+
+    Args:
+        only: update only these hosts.
+        dry_run: read every host's state and show the plan (waves, snapshots, commands).
+        max_parallel: hosts at once after the canaries; default from the inventory.
+        continue_on_failure: go on with later waves after a failure.
+        no_snapshot: skip the pre-update snapshot.
+        force: rebuild and switch even when the flake inputs did not change.
+        inventory: path of the inventory file (default: $MOXFLOW_INVENTORY, ./inventory.toml).
+    """
+    logger = get_run_logger()
+    inv = load_inventory(inventory)
+    plan = plan_update(inv, only or (), max_parallel=max_parallel)
+    tz = ZoneInfo(inv.timezone)
+    now = utc_now()
+    report = RunReport(job="nixos-update", label="update", dry_run=dry_run, counts_snapshots=False)
+    hosts = [h for wave in plan.waves for h in wave]
+    logger.info("plan: %s", " → ".join("[" + ", ".join(w) + "]" for w in plan.waves))
+
+    facts: dict[str, Preflight] = {
+        f.host: f for f in (fut.result() for fut in [preflight.submit(inv, h) for h in hosts])
+    }
+    if dry_run:
+        for wave_no, wave in enumerate(plan.waves, start=1):
+            for host in wave:
+                hp = plan.hosts[host]
+                report.add(
+                    ReportRow(
+                        target=host,
+                        outcome=Outcome.PLANNED,
+                        detail=f"wave {wave_no}; {facts[host].summary()}; {hp.describe()}",
+                    )
+                )
+        report.notes.extend(plan.describe())
+        return finish(report, artifact_key="nixos-update-report")
+
+    run_id = _flow_run_id()
+    stopped: str | None = None
+    failed: set[str] = set()
+    for wave_no, wave in enumerate(plan.waves, start=1):
+        runnable: list[str] = []
+        for host in wave:
+            f = facts[host]
+            blockers = [a for a in inv.nixos_host(host).after if a in failed]
+            if stopped is not None:
+                report.add(ReportRow(host, Outcome.SKIPPED, detail=f"not started: {stopped}"))
+            elif blockers:
+                failed.add(host)
+                report.add(
+                    ReportRow(
+                        host, Outcome.SKIPPED, detail="not started: after " + ", ".join(blockers)
+                    )
+                )
+            elif not f.reachable:
+                failed.add(host)
+                report.add(ReportRow(host, Outcome.FAILED, detail=f"pre-flight: {f.summary()}"))
+            elif not f.flake_ok:
+                failed.add(host)
+                report.add(ReportRow(host, Outcome.FAILED, detail="pre-flight: no flake.nix"))
+            else:
+                runnable.append(host)
+        logger.info("wave %d/%d: %s", wave_no, len(plan.waves), ", ".join(runnable) or "-")
+        futures = [
+            update_host.submit(
+                inv, h, facts[h], now, tz, run_id, no_snapshot=no_snapshot, force=force
+            )
+            for h in runnable
+        ]
+        for fut in futures:
+            row = fut.result()
+            report.add(row)
+            logger.info("%s: %s", row.target, row.line())
+            if row.failed:
+                failed.add(row.target)
+        if failed and stopped is None and not continue_on_failure:
+            stopped = f"{', '.join(sorted(failed))} failed in wave {wave_no}"
+    return finish(report, artifact_key="nixos-update-report")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m flows.nixos_update``: validate the input, run the flow, print the report."""
+    args = build_parser().parse_args(argv)
+    only = split_csv(args.only)
+    try:
+        inv = load_inventory(args.inventory)
+        plan_update(inv, only, max_parallel=args.max_parallel)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    return run_from_cli(
+        nixos_update,
+        only=only or None,
+        dry_run=args.dry_run,
+        max_parallel=args.max_parallel,
+        continue_on_failure=args.continue_on_failure,
+        no_snapshot=args.no_snapshot,
+        force=args.force,
+        inventory=args.inventory,
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

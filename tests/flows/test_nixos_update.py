@@ -1,0 +1,301 @@
+"""End to end: flows.nixos_update against the lab's simulated NixOS hosts.
+
+Each test asserts the hosts' state afterwards (generation, failed units, snapshots, timers,
+lock), not just the report.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from flows.nixos_update import main, nixos_update
+from labsim.client import LabClient
+from moxflow.errors import RunFailed
+from moxflow.report import Outcome, RunReport
+from tests.flows.conftest import guest_snapshots
+
+GUEST = {"dns": 100, "media": 101, "builder": 102}
+NEW_REV = "0123456789abcdef0123456789abcdef01234567"
+
+
+def inventory_with(lab: LabClient, name: str, confirm_timeout: float) -> Path:
+    """The lab's inventory with other timeouts.
+
+    The lab runs its clock fast (its timers fire after confirm_timeout x its time scale)
+    while moxflow waits in real seconds: 200 s here is 5 s of the lab's dead-man timer.
+    """
+    text = (lab.dir / "inventory.toml").read_text()
+    text = re.sub(r"(?m)^confirm_timeout = .*$", f"confirm_timeout = {confirm_timeout}", text)
+    text = re.sub(r"(?m)^health_grace = .*$", "health_grace = 2.0", text)
+    dst = lab.dir / f"{name}-nixos.toml"
+    dst.write_text(text)
+    return dst
+
+
+@pytest.fixture
+def inv(fresh_lab: LabClient, tmp_path: Path) -> Path:
+    return inventory_with(fresh_lab, tmp_path.name, confirm_timeout=200.0)
+
+
+@pytest.fixture
+def inv_quick_timer(fresh_lab: LabClient, tmp_path: Path) -> Path:
+    """A dead-man timer that fires at once (for the cases where it is broken anyway)."""
+    return inventory_with(fresh_lab, tmp_path.name, confirm_timeout=8.0)
+
+
+def nixos(state: dict[str, Any], host: str) -> dict[str, Any]:
+    return dict(state["hosts"][host]["nixos"])
+
+
+def current(state: dict[str, Any], host: str) -> int:
+    return int(nixos(state, host)["current"])
+
+
+def pre_update_snaps(state: dict[str, Any], host: str) -> set[str]:
+    return {n for n in guest_snapshots(state, GUEST[host]) if n.startswith("moxflow-pre-update-")}
+
+
+def lock_dir(lab: LabClient, host: str) -> Path:
+    return lab.dir / "hosts" / host / "var" / "lib" / "moxflow" / "update.lock"
+
+
+def run(inv: Path, **params: Any) -> RunReport:
+    return nixos_update(inventory=str(inv), **params)
+
+
+def run_failing(inv: Path, **params: Any) -> RunReport:
+    with pytest.raises(RunFailed) as info:
+        nixos_update(inventory=str(inv), **params)
+    report = info.value.report
+    assert isinstance(report, RunReport)
+    return report
+
+
+def outcome(report: RunReport, host: str) -> Outcome:
+    return next(r.outcome for r in report.rows if r.target == host)
+
+
+def detail(report: RunReport, host: str) -> str:
+    return next(r.detail for r in report.rows if r.target == host)
+
+
+def assert_settled(lab: LabClient, host: str, generation: int) -> None:
+    """The host runs ``generation``, nothing failed, no timer, no lock left behind."""
+    st = nixos(lab.state(), host)
+    assert st["current"] == generation
+    assert st["failed_units"] == []
+    assert st["timers"] == []
+    assert st["up"] is True
+    assert st["network_cut"] is False
+    assert not lock_dir(lab, host).exists()
+
+
+def test_nothing_to_update(fresh_lab: LabClient, inv: Path) -> None:
+    before = current(fresh_lab.state(), "media")
+    report = run(inv, only=["media"])
+    assert outcome(report, "media") is Outcome.OK
+    assert "up to date" in detail(report, "media")
+    assert_settled(fresh_lab, "media", before)
+    assert pre_update_snaps(fresh_lab.state(), "media") == set()  # released
+
+
+def test_success_updates_and_keeps_the_snapshot(fresh_lab: LabClient, inv: Path) -> None:
+    before = current(fresh_lab.state(), "media")
+    fresh_lab.nixos("media", upstream=NEW_REV)
+    report = run(inv, only=["media"])
+    assert outcome(report, "media") is Outcome.OK
+    assert_settled(fresh_lab, "media", before + 1)
+    state = fresh_lab.state()
+    assert nixos(state, "media")["flake_rev"] == NEW_REV
+    assert len(pre_update_snaps(state, "media")) == 1
+    assert f"gen {before} → {before + 1}" in detail(report, "media")
+
+
+def test_build_failure_activates_nothing(fresh_lab: LabClient, inv: Path) -> None:
+    st0 = nixos(fresh_lab.state(), "media")
+    fresh_lab.nixos("media", upstream=NEW_REV, build_fails=True)
+    report = run_failing(inv, only=["media"])
+    assert outcome(report, "media") is Outcome.FAILED
+    assert "build failed" in detail(report, "media")
+    assert_settled(fresh_lab, "media", st0["current"])
+    assert nixos(fresh_lab.state(), "media")["flake_rev"] == st0["flake_rev"]  # lock restored
+
+
+def test_failed_units_roll_back_the_generation(fresh_lab: LabClient, inv: Path) -> None:
+    before = current(fresh_lab.state(), "media")
+    fresh_lab.nixos("media", upstream=NEW_REV, failed_units=["jellyfin.service"])
+    report = run_failing(inv, only=["media"])
+    assert outcome(report, "media") is Outcome.ROLLED_BACK
+    assert "jellyfin.service" in detail(report, "media")
+    assert "generation rollback" in detail(report, "media")
+    assert_settled(fresh_lab, "media", before)
+
+
+def test_failing_health_check_rolls_back(fresh_lab: LabClient, inv: Path) -> None:
+    before = current(fresh_lab.state(), "media")
+    fresh_lab.nixos("media", upstream=NEW_REV, health_broken=True)
+    report = run_failing(inv, only=["media"])
+    assert outcome(report, "media") is Outcome.ROLLED_BACK
+    assert "health check failed" in detail(report, "media")
+    assert_settled(fresh_lab, "media", before)
+
+
+def test_network_cut_is_reverted_by_the_dead_man_timer(fresh_lab: LabClient, inv: Path) -> None:
+    before = current(fresh_lab.state(), "media")
+    fresh_lab.nixos("media", upstream=NEW_REV, cut_network=True)
+    report = run_failing(inv, only=["media"])
+    assert outcome(report, "media") is Outcome.ROLLED_BACK
+    assert "dead-man timer" in detail(report, "media")
+    assert_settled(fresh_lab, "media", before)
+
+
+def test_dead_man_failing_too_rolls_back_the_snapshot(
+    fresh_lab: LabClient, inv_quick_timer: Path
+) -> None:
+    before = current(fresh_lab.state(), "media")
+    fresh_lab.nixos("media", upstream=NEW_REV, cut_network=True, deadman_broken=True)
+    report = run_failing(inv_quick_timer, only=["media"])
+    assert outcome(report, "media") is Outcome.ROLLED_BACK
+    assert "snapshot rollback" in detail(report, "media")
+    state = fresh_lab.state()
+    assert current(state, "media") == before
+    assert state["guests"]["101"]["status"] == "running"
+    assert nixos(state, "media")["network_cut"] is False
+
+
+def test_snapshot_rollback_failing_needs_attention_and_keeps_the_snapshot(
+    fresh_lab: LabClient, inv_quick_timer: Path
+) -> None:
+    fresh_lab.nixos("media", upstream=NEW_REV, cut_network=True, deadman_broken=True)
+    fresh_lab.fault(
+        target="task",
+        type="qmrollback",
+        id="101",
+        action="error",
+        exitstatus="rollback failed: storage is unavailable",
+    )
+    report = run_failing(inv_quick_timer, only=["media"])
+    assert outcome(report, "media") is Outcome.NEEDS_ATTENTION
+    snaps = pre_update_snaps(fresh_lab.state(), "media")
+    assert len(snaps) == 1
+    assert snaps.pop() in detail(report, "media")
+
+
+def test_failing_canary_leaves_every_other_host_untouched(fresh_lab: LabClient, inv: Path) -> None:
+    state0 = fresh_lab.state()
+    for host in GUEST:
+        fresh_lab.nixos(host, upstream=NEW_REV)
+    fresh_lab.nixos("dns", upstream=NEW_REV, build_fails=True)
+    report = run_failing(inv)
+    assert outcome(report, "dns") is Outcome.FAILED
+    state = fresh_lab.state()
+    for host in ("media", "builder"):
+        assert outcome(report, host) is Outcome.SKIPPED
+        assert current(state, host) == current(state0, host)
+        assert nixos(state, host)["flake_rev"] == nixos(state0, host)["flake_rev"]
+        assert pre_update_snaps(state, host) == set()
+
+
+def test_dry_run_changes_nothing(fresh_lab: LabClient, inv: Path) -> None:
+    for host in GUEST:
+        fresh_lab.nixos(host, upstream=NEW_REV)
+    before = fresh_lab.state()
+    report = run(inv, dry_run=True)
+    after = fresh_lab.state()
+    assert {r.outcome for r in report.rows} == {Outcome.PLANNED}
+    for host in GUEST:
+        assert nixos(after, host) == nixos(before, host)
+        assert guest_snapshots(after, GUEST[host]) == guest_snapshots(before, GUEST[host])
+    assert "wave 1" in detail(report, "dns")
+    assert all(r["method"] == "GET" for r in fresh_lab.api_requests())
+
+
+def test_a_second_run_skips_a_host_being_updated(fresh_lab: LabClient, inv: Path) -> None:
+    from prefect import flow
+    from prefect.client.orchestration import get_client
+    from prefect.states import Running
+
+    @flow(name="someone-else")
+    def other() -> None:
+        return None
+
+    with get_client(sync_client=True) as client:
+        run_ = client.create_flow_run(other, state=Running())
+    journal = {
+        "run_id": uuid.uuid4().hex,
+        "flow_run_id": str(run_.id),
+        "host": "media",
+        "phase": "built",
+        "old_generation": 1,
+        "new_generation": None,
+        "snapshot": None,
+        "started": "2026-11-26T01:00:00+00:00",
+    }
+    lock_dir(fresh_lab, "media").mkdir(parents=True)
+    (lock_dir(fresh_lab, "media").parent / "journal.json").write_text(json.dumps(journal))
+    fresh_lab.nixos("media", upstream=NEW_REV)
+    before = current(fresh_lab.state(), "media")
+    report = run(inv, only=["media"])
+    assert outcome(report, "media") is Outcome.SKIPPED
+    assert str(run_.id) in detail(report, "media")
+    assert current(fresh_lab.state(), "media") == before
+    assert lock_dir(fresh_lab, "media").exists()  # the other run's lock is not broken
+
+
+def test_a_run_killed_after_the_switch_is_recognised_and_cleaned_up(
+    fresh_lab: LabClient, inv: Path
+) -> None:
+    """A dead run left: its lock, journal (phase switched), an armed timer, a new generation."""
+    from moxflow.nixos import arm_deadman_argv
+
+    before = current(fresh_lab.state(), "media")
+    fresh_lab.nixos("media", upstream=NEW_REV)
+    flake = fresh_lab.dir / "hosts" / "media" / "etc" / "nixos"
+    profile = str(fresh_lab.dir / "hosts" / "media" / "nix" / "var" / "nix" / "profiles" / "system")
+    state_dir = fresh_lab.dir / "hosts" / "media" / "var" / "lib" / "moxflow"
+    state_dir.mkdir(parents=True, exist_ok=True)
+    shutil.copy(flake / "flake.lock", state_dir / "flake.lock.before")  # as a run does first
+    assert fresh_lab.exec("media", ["nix", "flake", "update", "--flake", str(flake)])[0] == 0
+    argv = arm_deadman_argv(profile, before, 3600)
+    rc, _, err = fresh_lab.exec("media", argv)
+    assert rc == 0, err
+    rc, _, err = fresh_lab.exec("media", ["nixos-rebuild", "switch", "--flake", f"{flake}#media"])
+    assert rc == 0, err
+    journal = {
+        "run_id": uuid.uuid4().hex,
+        "flow_run_id": str(uuid.uuid4()),
+        "host": "media",
+        "phase": "switched",
+        "old_generation": before,
+        "new_generation": before + 1,
+        "snapshot": None,
+        "started": "2026-11-26T01:00:00+00:00",
+    }
+    lock_dir(fresh_lab, "media").mkdir(parents=True)
+    (lock_dir(fresh_lab, "media").parent / "journal.json").write_text(json.dumps(journal))
+    assert nixos(fresh_lab.state(), "media")["timers"] != []
+
+    report = run(inv, only=["media"])
+
+    text = detail(report, "media")
+    assert "interrupted run" in text
+    assert "disarmed" in text
+    assert f"reverted its unverified generation {before + 1} to {before}" in text
+    # then this run did its own update properly
+    assert outcome(report, "media") is Outcome.OK
+    assert_settled(fresh_lab, "media", before + 2)
+
+
+def test_cli_help_and_bad_host(
+    fresh_lab: LabClient, inv: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["--inventory", str(inv), "--only", "nosuchhost"]) == 2
+    assert "nosuchhost" in capsys.readouterr().err
+    assert fresh_lab.commands() == []
