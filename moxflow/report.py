@@ -25,9 +25,7 @@ class Outcome(StrEnum):
     NEEDS_ATTENTION = "needs attention"  # a change failed and could not be undone
 
 
-FAILING = frozenset(
-    {Outcome.FAILED, Outcome.PARTIAL, Outcome.ROLLED_BACK, Outcome.NEEDS_ATTENTION}
-)
+FAILING = frozenset({Outcome.FAILED, Outcome.PARTIAL, Outcome.ROLLED_BACK, Outcome.NEEDS_ATTENTION})
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,13 +110,14 @@ class RunReport:
                 "kept": str(r.kept),
                 "removed": _removed_text(r.removed),
                 "outcome": r.outcome.value,
+                "seconds": f"{r.seconds:.1f}",
                 "detail": r.detail,
             }
             for r in self.rows
         ]
 
     def to_markdown(self) -> str:
-        head = ["target", "taken", "kept", "removed", "outcome", "detail"]
+        head = ["target", "taken", "kept", "removed", "outcome", "seconds", "detail"]
         lines = [f"## {self.job}: {self.label}", "", self.summary(), ""]
         lines.append("| " + " | ".join(head) + " |")
         lines.append("|" + "---|" * len(head))
@@ -132,11 +131,9 @@ class RunReport:
 
     def to_text(self) -> str:
         """An aligned table for the terminal, followed by the summary line."""
-        head = ["TARGET", "TAKEN", "KEPT", "REMOVED", "OUTCOME", "DETAIL"]
-        rows = [
-            [r["target"], r["taken"], r["kept"], r["removed"], r["outcome"], r["detail"]]
-            for r in self.table()
-        ]
+        head = ["TARGET", "TAKEN", "KEPT", "REMOVED", "OUTCOME", "SECONDS", "DETAIL"]
+        keys = ["target", "taken", "kept", "removed", "outcome", "seconds", "detail"]
+        rows = [[r[k] for k in keys] for r in self.table()]
         return _aligned(head, rows) + "\n".join([*self.notes, self.summary()]) + "\n"
 
 

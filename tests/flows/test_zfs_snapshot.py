@@ -238,4 +238,4 @@ def test_the_report_is_a_table_artifact_in_prefect(
     assert newest.description == report.summary()
     rows = newest.data if isinstance(newest.data, list) else json.loads(str(newest.data))
     assert [r["target"] for r in rows] == ["nas:tank/backups"]
-    assert set(rows[0]) == {"target", "taken", "kept", "removed", "outcome", "detail"}
+    assert set(rows[0]) == {"target", "taken", "kept", "removed", "outcome", "seconds", "detail"}
