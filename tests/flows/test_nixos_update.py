@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from flows.nixos_update import main, nixos_update
-from labsim.client import LabClient
+from labsim.client import LabClient, wait_until
 from moxflow.errors import RunFailed
 from moxflow.report import Outcome, RunReport
 from tests.flows.conftest import guest_snapshots
@@ -136,6 +136,29 @@ def test_failed_units_roll_back_the_generation(fresh_lab: LabClient, inv: Path) 
     assert "jellyfin.service" in detail(report, "media")
     assert "generation rollback" in detail(report, "media")
     assert_settled(fresh_lab, "media", before)
+
+
+def rollback_events(host: str) -> list[Any]:
+    """``moxflow.rollback`` events about ``host`` the Prefect server has recorded."""
+    from prefect.client.orchestration import get_client
+    from prefect.events.filters import EventFilter, EventNameFilter
+
+    with get_client(sync_client=True) as client:
+        page = client.read_events(
+            filter=EventFilter(event=EventNameFilter(name=["moxflow.rollback"])), limit=50
+        )
+    return [e for e in page.events if e.resource.id == f"moxflow.host.{host}"]  # newest first
+
+
+def test_a_rollback_emits_an_event(fresh_lab: LabClient, inv: Path) -> None:
+    seen = len(rollback_events("media"))
+    fresh_lab.nixos("media", upstream=NEW_REV, failed_units=["jellyfin.service"])
+    run_failing(inv, only=["media"])
+    events = wait_until(
+        lambda: (found := rollback_events("media")) and len(found) > seen and found, timeout=20
+    )
+    assert events[0].payload["how"] == "generation rollback"
+    assert any("jellyfin.service" in step for step in events[0].payload["steps"])
 
 
 def test_failing_health_check_rolls_back(fresh_lab: LabClient, inv: Path) -> None:
