@@ -479,18 +479,21 @@ class HostUpdate:
         ok, why = self.verify(expected=new, grace=self.settings.health_grace)
         if ok:
             with self.connect() as r:
-                disarmed = r.run(disarm_deadman_argv(), check=False).exit_code == 0
-            if not disarmed and self.generation_now() != new:
-                # verified, but the timer fired first: the host is back on the old generation
+                late = False
+                if r.run(disarm_deadman_argv(), check=False).exit_code != 0:
+                    # no timer to stop: did it fire and revert the host before we confirmed?
+                    gens = parse_generations(r.run(generations_argv()).stdout)
+                    late = current_generation(gens).number != new
+                if not late:
+                    self.note("confirmed")
+                    self.write_journal(r, "confirmed")
+                    try:
+                        self.prune_snapshots()
+                    except MoxflowError as exc:
+                        self.note(f"pruning old snapshots failed: {exc}")
+                    self.release(r)
+            if late:
                 return self.recover(old, "the dead-man timer fired before the confirmation")
-            with self.connect() as r:
-                self.note("confirmed")
-                self.write_journal(r, "confirmed")
-                try:
-                    self.prune_snapshots()
-                except MoxflowError as exc:
-                    self.note(f"pruning old snapshots failed: {exc}")
-                self.release(r)
             done = "updated" + (f" ({switch_note})" if switch_note else "")
             return self.row(Outcome.OK, done, new=new)
         return self.recover(old, why)

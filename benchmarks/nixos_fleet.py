@@ -1,0 +1,82 @@
+"""nixos_update over a fleet: makespan against the ideal of the plan's waves.
+
+A lab with 12 simulated NixOS hosts whose builds take 1-4 s (real seconds, time scale 1),
+every host with an upstream change, updated with --max-parallel 4. Prints the makespan of
+the flow, the ideal for the plan's waves (the sum over waves of the slowest build in the
+wave), their ratio (goal <= 1.10), and the sequential makespan one host at a time (how
+deploy-rs works: the sum of all builds). Nothing is asserted.
+
+    python benchmarks/nixos_fleet.py [--hosts 12] [--max-parallel 4]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from labsim.client import start_lab  # noqa: E402
+from scripts.prefect_server import start_server, stop_server  # noqa: E402
+
+REV = "0badc0de0badc0de0badc0de0badc0de0badc0de"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--hosts", type=int, default=12)
+    parser.add_argument("--max-parallel", type=int, default=4)
+    args = parser.parse_args()
+    hosts = [f"nixos-{i:02d}" for i in range(1, args.hosts + 1)]
+
+    with tempfile.TemporaryDirectory(prefix="moxflow-fleet-") as tmp:
+        work = Path(tmp)
+        env = dict(os.environ)
+        env["PREFECT_LOGGING_LEVEL"] = "WARNING"
+        os.environ.update({k: v for k, v in env.items() if k.startswith("PREFECT_")})
+        print(f"starting a Prefect server and a lab of {args.hosts} NixOS hosts ...", flush=True)
+        server = start_server(work / "prefect", env)
+        os.environ["PREFECT_API_URL"] = env["PREFECT_API_URL"]
+        lab = start_lab(work / "lab", nixos_hosts=args.hosts, time_scale=1.0)
+        try:
+            from flows.nixos_update import nixos_update
+            from moxflow.inventory import load_inventory
+            from moxflow.nixos import plan_update
+
+            inv_path = work / "lab" / "inventory.toml"
+            plan = plan_update(load_inventory(inv_path), hosts, max_parallel=args.max_parallel)
+            state = lab.state()["hosts"]
+            build = {h: float(state[h]["nixos"]["build_seconds"]) for h in hosts}
+            for h in hosts:
+                lab.nixos(h, upstream=REV)
+            ideal = sum(max(build[h] for h in wave) for wave in plan.waves)
+            sequential = sum(build.values())
+
+            t0 = time.perf_counter()
+            report = nixos_update(
+                only=hosts, max_parallel=args.max_parallel, inventory=str(inv_path)
+            )
+            makespan = time.perf_counter() - t0
+
+            ok = sum(1 for r in report.rows if r.outcome.value == "ok")
+            waves = " ".join(f"[{len(w)}]" for w in plan.waves)
+            print(f"hosts {len(hosts)}, max-parallel {args.max_parallel}, waves {waves}, ok {ok}")
+            print(f"builds: {', '.join(f'{build[h]:g}' for h in hosts)} s")
+            print(f"makespan   {makespan:7.2f} s")
+            print(f"ideal      {ideal:7.2f} s  (sum over waves of the slowest build)")
+            print(f"ratio      {makespan / ideal:7.2f}     (goal <= 1.10)")
+            print(f"sequential {sequential:7.2f} s  (one host at a time, like deploy-rs)")
+        finally:
+            lab.stop()
+            stop_server(server)
+
+
+if __name__ == "__main__":
+    main()

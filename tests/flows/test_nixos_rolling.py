@@ -1,0 +1,90 @@
+"""Rolling NixOS updates: waves of --max-parallel hosts, canaries first, `after` respected.
+
+The order is read from the lab's log of the commands each host ran.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from flows.nixos_update import nixos_update
+from labsim.client import LabClient, start_lab
+from moxflow.inventory import load_inventory
+from moxflow.nixos import plan_update
+from moxflow.report import Outcome
+
+NEW_REV = "fedcba9876543210fedcba9876543210fedcba98"
+FLEET = [f"nixos-{i:02d}" for i in range(1, 11)]
+
+
+@pytest.fixture(scope="module")
+def fleet_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabClient]:
+    lab = start_lab(tmp_path_factory.mktemp("fleet"), nixos_hosts=10, time_scale=0.025)
+    try:
+        yield lab
+    finally:
+        lab.stop()
+
+
+def spans(lab: LabClient, hosts: list[str]) -> dict[str, tuple[float, float]]:
+    """When each host's update began (it took its lock) and its last command.
+
+    Pre-flight reads every host first, before the waves: those commands do not count.
+    """
+    times: dict[str, list[float]] = {h: [] for h in hosts}
+    for c in lab.commands():
+        took_lock = c["command"].startswith("mkdir") and "update.lock" in c["command"]
+        if c["host"] in times and (times[c["host"]] or took_lock):
+            times[c["host"]].append(c["time"])
+    assert all(times.values()), f"some hosts ran nothing: {times}"
+    return {h: (min(t), max(t)) for h, t in times.items()}
+
+
+def assert_in_order(waves: list[list[str]], span: dict[str, tuple[float, float]]) -> None:
+    for earlier, later in itertools.pairwise(waves):
+        done = max(span[h][1] for h in earlier)
+        begun = min(span[h][0] for h in later)
+        assert done < begun, f"wave {later} started before {earlier} finished"
+
+
+def test_ten_hosts_run_in_the_planned_waves(fleet_lab: LabClient) -> None:
+    fleet_lab.reset()
+    inv_path = fleet_lab.dir / "inventory.toml"
+    plan = plan_update(load_inventory(inv_path), FLEET, max_parallel=4)
+    assert [len(w) for w in plan.waves] == [1, 4, 4, 1]
+    for host in FLEET:
+        fleet_lab.nixos(host, upstream=NEW_REV)
+    before: dict[str, Any] = fleet_lab.state()["hosts"]
+
+    report = nixos_update(only=FLEET, max_parallel=4, inventory=str(inv_path))
+
+    assert {r.target: r.outcome for r in report.rows} == dict.fromkeys(FLEET, Outcome.OK)
+    after = fleet_lab.state()["hosts"]
+    for host in FLEET:
+        assert after[host]["nixos"]["current"] == before[host]["nixos"]["current"] + 1
+    assert_in_order(plan.waves, spans(fleet_lab, FLEET))
+    # within a wave the hosts really ran side by side
+    span = spans(fleet_lab, FLEET)
+    second = plan.waves[1]
+    assert max(span[h][0] for h in second) < min(span[h][1] for h in second)
+
+
+def test_after_dependencies_and_canary_go_first(fleet_lab: LabClient) -> None:
+    fleet_lab.reset()
+    inv_path: Path = fleet_lab.dir / "inventory.toml"
+    hosts = ["dns", "media", "builder"]
+    plan = plan_update(load_inventory(inv_path), hosts, max_parallel=4)
+    assert plan.waves[0] == ["dns"]
+    for host in hosts:
+        fleet_lab.nixos(host, upstream=NEW_REV)
+
+    report = nixos_update(only=hosts, max_parallel=4, inventory=str(inv_path))
+
+    assert {r.outcome for r in report.rows} == {Outcome.OK}
+    span = spans(fleet_lab, hosts)
+    assert span["dns"][1] < min(span["media"][0], span["builder"][0])
