@@ -5,6 +5,7 @@ python -m labsim state --dir .lab         the whole state as JSON
 python -m labsim fault --dir .lab ...     inject a fault (or --clear them)
 python -m labsim reset --dir .lab         back to the initial state
 python -m labsim time-scale --dir .lab F  change the time scale live
+python -m labsim nixos --dir .lab --host H ...  what a NixOS host's next generation does
 python -m labsim down --dir .lab          stop it
 """
 
@@ -77,6 +78,15 @@ def _add_topology(p: argparse.ArgumentParser) -> None:
         f"the time scale (default: {DEFAULT_DURATIONS['snapshot']:g})",
     )
     p.add_argument(
+        "--nixos-hosts",
+        metavar="N",
+        type=int,
+        default=0,
+        help="add N generated NixOS hosts nixos-01..nixos-N (machines of their own, builds "
+        "of 1 to 4 s before the time scale) besides the topology's own: dns, media and "
+        "builder in the default topology, none with --nodes (default: 0)",
+    )
+    p.add_argument(
         "--api-port",
         metavar="P",
         type=int,
@@ -122,8 +132,9 @@ def build_parser() -> argparse.ArgumentParser:
         "state",
         help="print the whole state as JSON",
         description="Print the whole lab state as JSON: nodes, guests with snapshots and "
-        "locks, storages, tasks, SSH hosts with their ZFS datasets, snapshots and holds, "
-        "and the active faults.",
+        "locks, storages, tasks, SSH hosts with their ZFS datasets, snapshots and holds "
+        "and NixOS state (generations, units, timers, network, flake revisions), and the "
+        "active faults.",
     )
     _add_dir(state)
 
@@ -173,7 +184,8 @@ def build_parser() -> argparse.ArgumentParser:
         "reset",
         help="back to the initial state",
         description="Put the lab back to its initial state (same ports and keys): guests, "
-        "snapshots and ZFS datasets rebuilt, tasks, faults and the API request log cleared.",
+        "snapshots, ZFS datasets and NixOS hosts (their folders rewritten) rebuilt, tasks, "
+        "faults and the API request log cleared.",
     )
     _add_dir(reset)
 
@@ -184,6 +196,59 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_dir(scale)
     scale.add_argument("factor", type=_positive_float, metavar="F", help="the new time scale")
+
+    nix = sub.add_parser(
+        "nixos",
+        help="set what a NixOS host's next generation does",
+        description="Change a NixOS host: its upstream nixpkgs revision (what 'nix flake "
+        "update' locks next), its build time, and how the next generation it builds behaves. "
+        "Flags not given keep their value; --healthy resets the behaviour first. Prints the "
+        "host's NixOS state as JSON.",
+    )
+    _add_dir(nix)
+    nix.add_argument("--host", required=True, help="the NixOS host (dns, media, ...; * = all)")
+    nix.add_argument(
+        "--upstream",
+        metavar="REV",
+        help="the new upstream nixpkgs revision (40 hex digits; any other text is turned into one)",
+    )
+    nix.add_argument(
+        "--healthy", action="store_true", help="reset the next generation's behaviour first"
+    )
+    nix.add_argument(
+        "--build-fails", action="store_true", default=None, help="its build fails (exit 1)"
+    )
+    nix.add_argument(
+        "--failed-units",
+        metavar="A,B",
+        help="units that fail once it is active (switch exits 4, the system is degraded)",
+    )
+    nix.add_argument(
+        "--health-broken",
+        action="store_true",
+        default=None,
+        help="the health endpoint answers 503 while it runs",
+    )
+    nix.add_argument(
+        "--cut-network",
+        action="store_true",
+        default=None,
+        help="once active, the host drops SSH connections and its health endpoint answers "
+        "nothing, until another generation runs or a snapshot is rolled back",
+    )
+    nix.add_argument(
+        "--deadman-broken",
+        action="store_true",
+        default=None,
+        help="while it runs, reverting fails (the dead-man timer fires but cannot restore "
+        "the host; only a snapshot rollback helps)",
+    )
+    nix.add_argument(
+        "--build-seconds",
+        metavar="S",
+        type=float,
+        help="how long a build takes on this host, before the time scale",
+    )
 
     down = sub.add_parser(
         "down",
@@ -207,6 +272,8 @@ def _summary(client: LabClient) -> str:
             f"               CA {info['api']['ca_file']}",
             f"  SSH hosts    {hosts} on 127.0.0.1 as root, key {info['ssh']['key_file']}",
             f"               known_hosts {info['ssh']['known_hosts']}",
+            f"  NixOS        {', '.join(info.get('nixos', {})) or 'none'}; health at "
+            f"{info.get('health_url', '?')}<host>, folders in {d}/hosts/",
             f"  inventory    {info['inventory']}",
             f"  log          {info['log']}",
             f"  stop it with python -m labsim down --dir {d}",
@@ -248,6 +315,7 @@ def _dispatch(args: argparse.Namespace) -> int:
             guests_per_node=args.guests_per_node,
             time_scale=args.time_scale,
             snapshot_seconds=args.snapshot_seconds,
+            nixos_hosts=args.nixos_hosts,
         )
         return daemon.run(daemon.DaemonConfig(lab_dir, opts, args.api_port))
     if args.cmd == "up":
@@ -262,6 +330,7 @@ def _dispatch(args: argparse.Namespace) -> int:
             guests_per_node=args.guests_per_node,
             time_scale=args.time_scale,
             snapshot_seconds=args.snapshot_seconds,
+            nixos_hosts=args.nixos_hosts,
             api_port=args.api_port,
             timeout=args.timeout,
             detach=True,
@@ -285,6 +354,20 @@ def _dispatch(args: argparse.Namespace) -> int:
     elif args.cmd == "reset":
         client.reset()
         print("lab reset to its initial state")
+    elif args.cmd == "nixos":
+        fields = {
+            "upstream": args.upstream,
+            "healthy": args.healthy or None,
+            "build_fails": args.build_fails,
+            "failed_units": args.failed_units,
+            "health_broken": args.health_broken,
+            "cut_network": args.cut_network,
+            "deadman_broken": args.deadman_broken,
+            "build_seconds": args.build_seconds,
+        }
+        result = client.nixos(args.host, **{k: v for k, v in fields.items() if v is not None})
+        json.dump(result, sys.stdout, indent=2, sort_keys=True)
+        sys.stdout.write("\n")
     elif args.cmd == "time-scale":
         client.set_time_scale(args.factor)
         print(f"time scale is now {args.factor:g}")

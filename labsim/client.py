@@ -213,10 +213,46 @@ class LabClient:
     def clear_api_requests(self) -> None:
         self.call("clear_api_requests")
 
-    def exec(self, host: str, argv: list[str], stdin: str | None = None) -> tuple[int, str, str]:
-        """Run a simulated command on a host directly (no SSH): (rc, stdout, stderr)."""
-        reply = self._request({"op": "exec", "host": host, "argv": argv, "stdin": stdin})
+    def exec(
+        self, host: str, argv: list[str], stdin: str | None = None, cwd: str | None = None
+    ) -> tuple[int, str, str]:
+        """Run a simulated command on a host directly (no SSH, like its console):
+        (rc, stdout, stderr)."""
+        msg: dict[str, Any] = {"op": "exec", "host": host, "argv": argv, "stdin": stdin}
+        if cwd is not None:
+            msg["cwd"] = cwd
+        reply = self._request(msg, timeout=max(self.timeout, 600.0))
         return int(reply["rc"]), str(reply["stdout"]), str(reply["stderr"])
+
+    # -- NixOS hosts ---------------------------------------------------------------------------
+
+    def nixos(self, host: str, **fields: Any) -> dict[str, Any]:
+        """Set what a NixOS host's next generation does, its upstream revision or build time;
+        its ``nixos`` state. Fields: ``upstream`` (a revision; anything but 40 hex digits is
+        turned into one), ``build_fails``, ``failed_units`` (list or "a,b"),
+        ``health_broken``, ``cut_network``, ``deadman_broken``, ``build_seconds`` (before the
+        time scale), ``healthy`` (reset the behaviour first). Unset fields keep their value.
+        ``host="*"``: every NixOS host (then a dict by host name)."""
+        result: dict[str, Any] = self.call("nixos", host=host, fields=fields)
+        return result
+
+    def nixos_upstream(self, host: str, rev: str) -> dict[str, Any]:
+        """Move a host's upstream nixpkgs (what ``nix flake update`` locks next)."""
+        result: dict[str, Any] = self.call("nixos_upstream", host=host, rev=rev)
+        return result
+
+    def nixos_state(self, host: str) -> dict[str, Any]:
+        """The ``nixos`` part of one host's state."""
+        result: dict[str, Any] = self.state()["hosts"][host]["nixos"]
+        return result
+
+    @property
+    def health_port(self) -> int:
+        return int(self.info["health_port"])
+
+    def health_url(self, host: str) -> str:
+        """The lab's health endpoint of a NixOS host (what the inventory checks)."""
+        return f"http://127.0.0.1:{self.health_port}/health/{host}"
 
     def stop(self, timeout: float = 10.0) -> None:
         """Stop the daemon and wait until its process has exited."""
@@ -300,6 +336,7 @@ def start_lab(
     guests_per_node: int = 10,
     time_scale: float = 1.0,
     snapshot_seconds: float | None = None,
+    nixos_hosts: int = 0,
     api_port: int = 0,
     timeout: float = 20.0,
     detach: bool = False,
@@ -320,6 +357,8 @@ def start_lab(
         cmd += ["--nodes", str(nodes), "--guests-per-node", str(guests_per_node)]
     if snapshot_seconds is not None:
         cmd += ["--snapshot-seconds", repr(snapshot_seconds)]
+    if nixos_hosts:
+        cmd += ["--nixos-hosts", str(nixos_hosts)]
     if api_port:
         cmd += ["--api-port", str(api_port)]
     with open(d / LOG_NAME, "ab") as logf:

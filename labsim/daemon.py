@@ -1,16 +1,21 @@
-"""The lab daemon: one process per lab folder serving the API, the SSH hosts and the control
-socket, until SIGTERM or a ``stop`` on the control socket.
+"""The lab daemon: one process per lab folder serving the API, the SSH hosts, the NixOS hosts'
+health endpoint and the control socket, until SIGTERM or a ``stop`` on the control socket.
 
 Files it writes into the lab folder (``DIR``): ``pve-root-ca.pem`` (the CA to verify the API
 against), ``pve-ssl.pem``/``pve-ssl.key`` (the API's certificate), ``pve-token`` (the token
 secret), ``id_ed25519``/``.pub`` (the client key every SSH host accepts), ``known_hosts``,
-``hostkeys/``, ``bin/`` (tool shims), ``inventory.toml``, ``labsim.sock``, ``labsim.log`` and,
-once everything answers, ``lab.json``.
+``hostkeys/``, ``bin/`` (tool shims), ``hosts/<name>/`` (each NixOS host's folder: flake,
+profile, state dir), ``inventory.toml``, ``labsim.sock``, ``labsim.log`` and, once everything
+answers, ``lab.json``.
+
+A ticker thread calls ``Lab.tick()`` every ``TICK_SECONDS``: tasks end and NixOS dead-man
+timers fire on time even when nobody talks to the lab (and while a host's network is cut).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import ipaddress
 import json
@@ -26,6 +31,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -35,12 +41,14 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from labsim import pve, shim, sshd
-from labsim.state import TOKEN_ID, Lab, LabOptions
+from labsim import nixos, pve, shim, sshd
+from labsim.nixos import NixosSpec
+from labsim.state import NIXOS_FIELDS, TOKEN_ID, Lab, LabOptions
 
 log = logging.getLogger("labsim")
 
-SIMULATED_COMMANDS = ["zfs"]
+SIMULATED_COMMANDS = ["zfs", *nixos.SHIM_NAMES]
+TICK_SECONDS = 0.05  # how often the ticker fires due timers and finishes tasks
 SOCKET_NAME = "labsim.sock"
 LAB_JSON = "lab.json"
 LOG_NAME = "labsim.log"
@@ -194,8 +202,14 @@ def _q(value: str) -> str:
     return json.dumps(value)
 
 
-def render_inventory(api_port: int, hosts: dict[str, int]) -> str:
-    """A working ``inventory.toml`` for this lab (the shape of docs/internals.md)."""
+def render_inventory(
+    api_port: int,
+    hosts: dict[str, int],
+    nixos_hosts: list[tuple[NixosSpec, Path]] | None = None,
+    health_port: int = 0,
+) -> str:
+    """A working ``inventory.toml`` for this lab (the shape of docs/internals.md and, for
+    the NixOS hosts, docs/internals-nixos.md). ``nixos_hosts``: (spec, host folder)."""
     lines = [
         "# Written by labsim for this lab; paths are relative to this file.",
         'timezone = "UTC"',
@@ -253,7 +267,97 @@ def render_inventory(api_port: int, hosts: dict[str, int]) -> str:
         'hourly = "keep-last=3,keep-hourly=24"',
         'daily = "keep-daily=7"',
     ]
+    if nixos_hosts:
+        lines += ["", *_render_nixos(nixos_hosts, health_port)]
     return "\n".join(lines) + "\n"
+
+
+def _render_nixos(nixos_hosts: list[tuple[NixosSpec, Path]], health_port: int) -> list[str]:
+    # confirm_timeout and health_grace are real numbers: the lab runs a dead-man timer for
+    # on-active × time_scale seconds, so 120 s take 3 s at the tests' time scale of 0.025.
+    lines = [
+        "[nixos]",
+        "confirm_timeout = 120.0",
+        "health_grace = 30.0",
+        "max_parallel = 2",
+        "lock_wait = 0.0",
+        f"profile = {_q(nixos.CANONICAL_PROFILE)}",
+        'state_dir = "/var/lib/moxflow"',
+    ]
+    for spec, root in nixos_hosts:
+        snapshot = (
+            f'{{ method = "proxmox", vmid = {spec.vmid} }}'
+            if spec.vmid is not None
+            else '{ method = "none" }'
+        )
+        lines += [
+            "",
+            f"[nixos.hosts.{spec.name}]",
+            f"flake = {_q(str(root / nixos.FLAKE_REL))}",
+            f"attr = {_q(spec.name)}",
+            f"canary = {'true' if spec.canary else 'false'}",
+            f"after = [{', '.join(_q(a) for a in spec.after)}]",
+            "commit_lock_file = false",
+            f"profile = {_q(str(root / nixos.PROFILE_REL))}",
+            f"state_dir = {_q(str(root / nixos.STATE_REL))}",
+            f"snapshot = {snapshot}",
+            "",
+            f"[[nixos.hosts.{spec.name}.health]]",
+            f"http = {_q(f'http://127.0.0.1:{health_port}/health/{spec.name}')}",
+            "expect_status = 200",
+            'expect_text = "ok"',
+        ]
+    return lines
+
+
+# --- the health endpoint -----------------------------------------------------------------------
+
+
+class HealthServer(ThreadingHTTPServer):
+    """``GET /health/<host>``: 200 ``ok``, 503 ``unhealthy: ...``, or no answer at all while
+    the host is off or its network is cut. Plain HTTP on 127.0.0.1."""
+
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self, address: tuple[str, int], lab: Lab) -> None:
+        super().__init__(address, HealthHandler)
+        self.lab = lab
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        log.debug("health connection error from %s", client_address, exc_info=True)
+
+
+class HealthHandler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.0"
+    server_version = "labsim-health/1.0"
+    sys_version = ""
+    server: HealthServer
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        path = self.path.split("?", 1)[0]
+        parts = path.strip("/").split("/")
+        if len(parts) != 2 or parts[0] != "health":
+            self._answer(404, "not found: use /health/<host>\n")
+            return
+        answer = self.server.lab.health(parts[1])
+        if answer is None:  # off, or the network is cut: the client gets nothing
+            self.close_connection = True
+            with contextlib.suppress(OSError):
+                self.connection.shutdown(socket.SHUT_RDWR)
+            return
+        self._answer(*answer)
+
+    def _answer(self, status: int, body: str) -> None:
+        data = body.encode("utf-8")
+        self.send_response(status)
+        self.send_header("Content-Type", "text/plain; charset=utf-8")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
 
 
 # --- the control socket ----------------------------------------------------------------------
@@ -299,7 +403,9 @@ class Daemon:
     def __init__(self, config: DaemonConfig) -> None:
         self.config = config
         self.dir = config.dir.resolve()
-        self.lab = Lab(config.options)
+        self.lab = Lab(config.options)  # its host folders are written by start()
+        self.health: HealthServer | None = None
+        self.droppers: dict[str, Callable[[], None]] = {}
         self.stop_event = threading.Event()
         self.api: pve.ApiServer | None = None
         self.control_server: ControlServer | None = None
@@ -321,6 +427,9 @@ class Daemon:
         self.owns_files = True
         (d / LAB_JSON).unlink(missing_ok=True)
         t0 = time.monotonic()
+        self.lab.root = d
+        self.lab.reset()  # now with the NixOS host folders in DIR/hosts/
+        self.lab.on_unreachable = self._drop_connections
 
         token_secret = str(uuid.uuid4())
         write_private(d / "pve-token", (token_secret + "\n").encode())
@@ -356,6 +465,16 @@ class Daemon:
             target=self.api.serve_forever, args=(0.1,), name="api", daemon=True
         ).start()
 
+        # the health endpoint of the NixOS hosts
+        self.health = HealthServer(("127.0.0.1", 0), self.lab)
+        health_port = self.health.server_address[1]
+        threading.Thread(
+            target=self.health.serve_forever, args=(0.1,), name="health", daemon=True
+        ).start()
+
+        # the ticker: timers fire even when nobody talks to the lab
+        threading.Thread(target=self._tick_loop, name="ticker", daemon=True).start()
+
         # the SSH hosts
         self.loop = asyncio.new_event_loop()
         threading.Thread(target=self._run_loop, name="ssh", daemon=True).start()
@@ -366,7 +485,10 @@ class Daemon:
         (d / "known_hosts").write_text(
             "".join(f"[127.0.0.1]:{ports[n]} {host_pubs[n]}\n" for n in ports), encoding="ascii"
         )
-        (d / "inventory.toml").write_text(render_inventory(api_port, ports), encoding="utf-8")
+        nixos_hosts = [(spec, d / "hosts" / spec.name) for spec in self.lab.nixos_specs()]
+        (d / "inventory.toml").write_text(
+            render_inventory(api_port, ports, nixos_hosts, health_port), encoding="utf-8"
+        )
 
         self.info = {
             "pid": os.getpid(),
@@ -390,6 +512,18 @@ class Daemon:
                 "known_hosts": str(d / "known_hosts"),
             },
             "hosts": {n: {"address": "127.0.0.1", "port": p} for n, p in ports.items()},
+            "health_port": health_port,
+            "health_url": f"http://127.0.0.1:{health_port}/health/",
+            "nixos": {
+                spec.name: {
+                    "root": str(root),
+                    "flake": str(root / nixos.FLAKE_REL),
+                    "profile": str(root / nixos.PROFILE_REL),
+                    "state_dir": str(root / nixos.STATE_REL),
+                    "vmid": spec.vmid,
+                }
+                for spec, root in nixos_hosts
+            },
             "socket": str(self.socket_path),
             "inventory": str(d / "inventory.toml"),
             "bin_dir": str(bin_dir),
@@ -423,6 +557,7 @@ class Daemon:
                 bin_dir=bin_dir,
                 socket_path=self.socket_path,
                 fault_hook=self.fault_hook,
+                droppers=self.droppers,
             )
             try:
                 acceptor = asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout=30)
@@ -433,8 +568,23 @@ class Daemon:
             return port
         raise RuntimeError(f"cannot start the SSH server of {name}: {last}")
 
+    def _tick_loop(self) -> None:
+        while not self.stop_event.wait(TICK_SECONDS):
+            try:
+                self.lab.tick()
+            except Exception:
+                log.exception("tick failed")
+
+    def _drop_connections(self, host: str) -> None:
+        """Drop every SSH connection of ``host`` (called under the lab's lock)."""
+        drop = self.droppers.get(host)
+        if drop is not None and self.loop is not None and not self.loop.is_closed():
+            self.loop.call_soon_threadsafe(drop)
+
     def fault_hook(self, host: str, command: str | None) -> dict[str, Any] | None:
         """Called by the SSH servers: on connect (command None) and on each exec."""
+        if self.lab.ssh_refused(host):  # a NixOS host that is off or has no network
+            return {"action": "drop"}
         if command is None:
             return self.lab.take_fault("connect", host=host)
         self.lab.record_command(host, command)
@@ -450,7 +600,13 @@ class Daemon:
             argv = msg.get("argv")
             if not isinstance(argv, list) or not all(isinstance(a, str) for a in argv):
                 raise ValueError("exec needs argv, a list of strings")
-            rc, out, err = lab.exec(str(msg.get("host", "")), argv, msg.get("stdin"))
+            cwd = msg.get("cwd")
+            rc, out, err = lab.exec(
+                str(msg.get("host", "")),
+                argv,
+                msg.get("stdin"),
+                cwd if isinstance(cwd, str) else None,
+            )
             return {"ok": True, "rc": rc, "stdout": out, "stderr": err}
         result: Any = None
         if op == "ping":
@@ -476,6 +632,15 @@ class Daemon:
             fields = msg.get("fields") or {}
             with lab.lock:
                 result = lab.set_guest(int(msg["vmid"]), dict(fields)).to_json(time.time())
+        elif op == "nixos":
+            fields = msg.get("fields") or {}
+            if not isinstance(fields, dict):
+                raise ValueError("nixos needs fields, an object")
+            result = lab.nixos_configure(str(msg.get("host", "")), dict(fields))
+        elif op == "nixos_upstream":
+            result = lab.nixos_configure(str(msg.get("host", "")), {"upstream": msg["rev"]})
+        elif op == "nixos_fields":
+            result = list(NIXOS_FIELDS)
         elif op == "api_requests":
             assert self.api is not None
             result = self.api.request_log(int(msg.get("since") or 0))
@@ -500,6 +665,11 @@ class Daemon:
     def shutdown(self) -> None:
         log.info("shutting down")
         self.lab.release_waiters()
+        self.lab.interrupt_waits()
+        self.stop_event.set()
+        if self.health is not None:
+            self.health.shutdown()
+            self.health.server_close()
         if self.owns_files:
             (self.dir / LAB_JSON).unlink(missing_ok=True)
         if self.api is not None:

@@ -508,6 +508,18 @@ def rollback_snapshot(req: Request) -> Any:
     return task.upid
 
 
+@route("POST", *_both("/{vmid}/status/start"))
+def start_guest(req: Request) -> Any:
+    req.lab.require_node(req.node)
+    return req.lab.guest_power(req.node, req.gtype, req.vmid, "start", user=req.user).upid
+
+
+@route("POST", *_both("/{vmid}/status/stop"))
+def stop_guest(req: Request) -> Any:
+    req.lab.require_node(req.node)
+    return req.lab.guest_power(req.node, req.gtype, req.vmid, "stop", user=req.user).upid
+
+
 # --- tasks ------------------------------------------------------------------------------------
 
 

@@ -22,6 +22,7 @@ _TEMPLATE = """#!{python} -IS
 import json, os, select, socket, sys
 
 NAME = {name!r}
+SEND_CWD = {send_cwd!r}
 
 
 def main():
@@ -47,6 +48,11 @@ def main():
         "argv": [NAME, *sys.argv[1:]],
         "stdin": data,
     }}
+    if SEND_CWD:
+        try:
+            request["cwd"] = os.getcwd()
+        except OSError:
+            pass
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
             sock.connect(path)
@@ -81,9 +87,18 @@ if __name__ == "__main__":
 """
 
 
-def shim_source(name: str, python: str = sys.executable) -> str:
-    """The text of the shim for command ``name`` run by interpreter ``python``."""
-    return _TEMPLATE.format(python=python, name=name, unreachable=UNREACHABLE_EXIT)
+# Commands whose answer depends on the working directory (relative flake paths): their shims
+# also send ``cwd``.
+SENDS_CWD = frozenset({"nix", "nixos-rebuild", "nix-env", "systemd-run"})
+
+
+def shim_source(name: str, python: str = sys.executable, *, send_cwd: bool | None = None) -> str:
+    """The text of the shim for command ``name`` (sent as argv[0]) run by ``python``."""
+    if send_cwd is None:
+        send_cwd = name in SENDS_CWD
+    return _TEMPLATE.format(
+        python=python, name=name, unreachable=UNREACHABLE_EXIT, send_cwd=send_cwd
+    )
 
 
 def write_shims(bin_dir: Path, commands: Iterable[str], python: str = sys.executable) -> None:
@@ -92,12 +107,23 @@ def write_shims(bin_dir: Path, commands: Iterable[str], python: str = sys.execut
     for name in commands:
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._+-]*", name):
             raise ValueError(f"not a command name: {name!r}")
-        fd, tmp = tempfile.mkstemp(dir=bin_dir, prefix=f".{name}.")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                f.write(shim_source(name, python))
-            os.chmod(tmp, 0o755)  # noqa: S103 - the shims must be executable by the shell
-            os.replace(tmp, bin_dir / name)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        _write_atomic(bin_dir / name, shim_source(name, python))
+
+
+def write_shim(path: Path, name: str, python: str = sys.executable) -> None:
+    """Write one executable shim at ``path`` that sends ``name`` as argv[0] (e.g. its own
+    path, for ``system-N-link/bin/switch-to-configuration``)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _write_atomic(path, shim_source(name, python, send_cwd=False))
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.chmod(tmp, 0o755)  # noqa: S103 - the shims must be executable by the shell
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

@@ -56,13 +56,18 @@ async def start_ssh_host(
     bin_dir: Path,
     socket_path: Path,
     fault_hook: FaultHook,
+    droppers: dict[str, Callable[[], None]] | None = None,
 ) -> asyncssh.SSHAcceptor:
     """Serve host ``name`` on 127.0.0.1:``port`` (0 picks a free port: see ``get_port()``).
 
     Closing the returned acceptor also drops this host's connections and kills the commands
-    still running; ``wait_closed()`` then waits until they are reaped.
+    still running; ``wait_closed()`` then waits until they are reaped. With ``droppers``,
+    ``droppers[name]`` is set to a function that drops every connection of the host (and
+    kills their commands) without closing the listener; call it in the event loop's thread.
     """
     host = _SimHost(name, bin_dir, socket_path, authorized_keys, fault_hook)
+    if droppers is not None:
+        droppers[name] = host.drop_connections
     return await asyncssh.listen(
         "127.0.0.1",
         port,
@@ -114,6 +119,11 @@ class _SimHost:
 
     def server(self) -> asyncssh.SSHServer:
         return _Server(self)
+
+    def drop_connections(self) -> None:
+        """Abort every connection of this host, as if its network went away."""
+        for gate in list(self.gates):
+            gate.abort()
 
     async def handle(self, process: asyncssh.SSHServerProcess[bytes]) -> None:
         """Run one session: an exec request, or a refused shell/subsystem."""

@@ -21,8 +21,11 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
+from labsim import nixos
+from labsim.nixos import HostImage, NixosHost, NixosSpec
 from labsim.zfs import ZfsState, default_zfs_state, run_zfs
 
 GuestType = Literal["qemu", "lxc"]
@@ -46,6 +49,9 @@ DEFAULT_DURATIONS: dict[str, float] = {
     "snapshot": 2.0,  # qmsnapshot / vzsnapshot
     "delsnapshot": 2.0,  # qmdelsnapshot / vzdelsnapshot
     "rollback": 2.0,  # qmrollback / vzrollback
+    "start": 1.0,  # qmstart / vzstart
+    "stop": 1.0,  # qmstop / vzstop
+    "boot": 10.0,  # a NixOS host from power-on (or reboot) until it answers
     # Later: "vzdump", "aptupdate", "reboot", "restore", ...
 }
 
@@ -77,9 +83,10 @@ class Snapshot:
     parent: str | None = None
     snapstate: str | None = None  # "prepare" while being made, "delete" while being removed
     config: dict[str, Any] = field(default_factory=dict)
+    nixos: HostImage | None = None  # the NixOS host living in the guest, as it was
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        out = {
             "name": self.name,
             "description": self.description,
             "snaptime": self.snaptime,
@@ -88,6 +95,9 @@ class Snapshot:
             "snapstate": self.snapstate,
             "config": self.config,
         }
+        if self.nixos is not None:
+            out["nixos"] = self.nixos.summary()
+        return out
 
 
 @dataclass
@@ -315,13 +325,17 @@ class SshHost:
     name: str
     port: int = 0
     zfs: ZfsState | None = None
-    # Later: nix (generations, flake.lock), systemd units, apt packages for the node hosts.
+    nixos: NixosHost | None = None
+    # Later: apt packages for the node hosts.
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self, mono: float | None = None) -> dict[str, Any]:
         return {
             "name": self.name,
             "port": self.port,
             "zfs": self.zfs.to_json() if self.zfs is not None else None,
+            "nixos": self.nixos.to_json(time.monotonic() if mono is None else mono)
+            if self.nixos is not None
+            else None,
         }
 
 
@@ -345,6 +359,7 @@ class LabOptions:
     guests_per_node: int = 10
     time_scale: float = 1.0
     snapshot_seconds: float = DEFAULT_DURATIONS["snapshot"]
+    nixos_hosts: int = 0  # generated NixOS hosts (nixos-01, ...) besides the topology's own
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -352,6 +367,7 @@ class LabOptions:
             "guests_per_node": self.guests_per_node,
             "time_scale": self.time_scale,
             "snapshot_seconds": self.snapshot_seconds,
+            "nixos_hosts": self.nixos_hosts,
         }
 
 
@@ -420,6 +436,13 @@ def default_topology(now: float) -> Topology:
     )
 
 
+def nixos_specs(options: LabOptions) -> list[NixosSpec]:
+    """The NixOS hosts of a lab: dns, media and builder in the default topology, plus
+    ``options.nixos_hosts`` generated ones (``nixos-01``, ...) in either topology."""
+    specs = nixos.default_specs() if options.nodes is None else []
+    return specs + nixos.generated_specs(options.nixos_hosts or 0)
+
+
 _TAG_SETS: tuple[list[str], ...] = (
     ["prod"],
     ["dev"],
@@ -483,17 +506,32 @@ def _run_zfs(host: SshHost, argv: list[str], stdin: str | None, now: float) -> t
     return run_zfs(host.zfs, argv, now)
 
 
-# Simulated commands by argv[0]. Later: nix, nixos-rebuild, systemctl, apt-get, ha-manager.
+# Simulated commands by argv[0] (NixOS hosts also have ``nixos.COMMANDS``).
+# Later: apt-get, ha-manager.
 COMMANDS: dict[str, CommandImpl] = {"zfs": _run_zfs}
+
+# What the next build of a NixOS host does, set by the control op ``nixos``.
+NIXOS_FIELDS = (
+    "upstream", "build_fails", "failed_units", "health_broken", "cut_network",
+    "deadman_broken", "build_seconds", "healthy",
+)  # fmt: skip
 
 
 class Lab:
-    """All lab state plus the operations the API, the SSH hosts and the control socket use."""
+    """All lab state plus the operations the API, the SSH hosts and the control socket use.
 
-    def __init__(self, options: LabOptions | None = None) -> None:
+    ``root`` is the lab folder: NixOS hosts get their files in ``root/hosts/<name>/``.
+    """
+
+    def __init__(self, options: LabOptions | None = None, root: Path | None = None) -> None:
         self.options = options or LabOptions()
+        self.root = root
         self.lock = threading.RLock()
         self.release = threading.Event()  # set to let hanging requests go (reset, shutdown)
+        self.interrupt = threading.Event()  # set to end sleeping commands (reset, shutdown)
+        self.epoch = 0  # counts resets: a command that slept across one is void
+        # Called (under the lock) with a host name when its SSH connections must go.
+        self.on_unreachable: Callable[[str], None] | None = None
         self._fault_ids = itertools.count(1)
         self._order = itertools.count()
         self._pids = itertools.count(2_000_000 + int(time.time()) % 1_000_000)
@@ -502,6 +540,8 @@ class Lab:
             "snapshot": self._finish_snapshot,
             "delsnapshot": self._finish_delsnapshot,
             "rollback": self._finish_rollback,
+            "start": self._finish_power,
+            "stop": self._finish_power,
             "fail": lambda task, ok: None,
         }
         self._build()
@@ -523,6 +563,8 @@ class Lab:
         self._due: list[tuple[float, int, str]] = []  # (end_at, order, upid) of running tasks
         self.faults: list[Fault] = []
         self.commands: list[dict[str, Any]] = []  # every command the SSH hosts were asked to run
+        # NixOS disk states kept by `zfs snapshot` of a guest disk: (ssh host, ds@snap) -> image
+        self.zfs_images: dict[tuple[str, str], HostImage] = {}
         self.time_scale = opts.time_scale
         self.durations = dict(DEFAULT_DURATIONS)
         self.durations["snapshot"] = opts.snapshot_seconds
@@ -533,6 +575,26 @@ class Lab:
             name: SshHost(name, ports.get(name, 0), default_zfs_state(name, now))
             for name in topo.hosts
         }
+        mono = time.monotonic()
+        for spec in nixos_specs(opts):
+            root = self.root / "hosts" / spec.name if self.root is not None else None
+            host = NixosHost(spec, root, now, mono)
+            host.write_all()
+            self.hosts[spec.name] = SshHost(spec.name, ports.get(spec.name, 0), None, host)
+            g = self.guests.get(spec.vmid) if spec.vmid is not None else None
+            if g is not None:
+                for snap in g.snapshots.values():  # snapshots made before the lab started
+                    snap.nixos = nixos.old_image(host)
+                if g.status != "running":
+                    host.power_off()
+
+    def nixos_hosts(self) -> dict[str, NixosHost]:
+        """The NixOS hosts by name."""
+        return {n: h.nixos for n, h in self.hosts.items() if h.nixos is not None}
+
+    def nixos_specs(self) -> list[NixosSpec]:
+        """The NixOS hosts of this lab (what the inventory lists)."""
+        return [h.spec for h in self.nixos_hosts().values()]
 
     def record_command(self, host: str, command: str) -> None:
         """Remember a command an SSH host was asked to run (for tests: what ran, in order)."""
@@ -543,7 +605,16 @@ class Lab:
         """Back to the initial state (same ports and keys); faults and tasks cleared."""
         with self.lock:
             self.release_waiters()
+            self.interrupt_waits()
+            self.epoch += 1
             self._build()
+            self._settle()
+
+    def interrupt_waits(self) -> None:
+        """End every command sleeping outside the lock (a build): reset, shutdown."""
+        with self.lock:
+            self.interrupt.set()
+            self.interrupt = threading.Event()
 
     def release_waiters(self) -> None:
         """Wake every request held by a ``hang`` or ``slow`` fault."""
@@ -618,7 +689,7 @@ class Lab:
     # -- tasks ---------------------------------------------------------------------------------
 
     def tick(self) -> None:
-        """Finish every task whose time has come, earliest end first."""
+        """Finish every task whose time has come, earliest end first; fire NixOS timers."""
         now = time.monotonic()
         with self.lock:
             heap = self._due
@@ -627,6 +698,33 @@ class Lab:
                 task = self.tasks.get(upid)
                 if task is not None and task.status == "running":
                     self._complete(task)
+            ctx = self.nixos_ctx()
+            for host in self.nixos_hosts().values():
+                host.tick(ctx)
+            self._settle()
+
+    def nixos_ctx(self, cwd: str | None = None) -> nixos.Ctx:
+        return nixos.Ctx(
+            time.time(), time.monotonic(), self.time_scale, self.durations["boot"], cwd
+        )
+
+    def _settle(self) -> None:
+        """Power NixOS hosts on or off as their guests are, and drop the SSH connections of
+        hosts that went away (network cut, powered off, rebooting)."""
+        ctx: nixos.Ctx | None = None
+        for name, host in self.nixos_hosts().items():
+            g = self.guests.get(host.vmid) if host.vmid is not None else None
+            if g is not None:
+                running = g.status == "running"
+                if running and not host.powered:
+                    ctx = ctx or self.nixos_ctx()
+                    host.boot(ctx)
+                elif not running and host.powered:
+                    host.power_off()
+            if host.drop_now:
+                host.drop_now = False
+                if self.on_unreachable is not None:
+                    self.on_unreachable(name)
 
     def _complete(self, task: Task) -> None:
         ok = task.fail_with is None
@@ -752,6 +850,7 @@ class Lab:
                 if key == "lock" and value == "":
                     value = None
                 setattr(g, key, value)
+            self._settle()
             return g
 
     def _guest_word(self, gtype: str) -> str:
@@ -793,6 +892,9 @@ class Lab:
             snapstate="prepare",
             config=copy.deepcopy(g.render_config()),
         )
+        host = self._nixos_in(vmid)
+        if host is not None:
+            g.snapshots[snapname].nixos = host.capture()
         if gtype == "qemu":
             log = [f"snapshotting 'drive-scsi0' ({g.volid})"]
             if keep_ram:
@@ -914,6 +1016,7 @@ class Lab:
         g.lock = "rollback"
         g.status = "stopped"
         g.started_at = None
+        self._settle()
         return self.new_task(
             node,
             ttype,
@@ -935,16 +1038,189 @@ class Lab:
         snap = g.snapshots.get(task.args["snapname"])
         if snap is not None:
             g.parent = snap.name
+            host = self._nixos_in(g.vmid)
+            if host is not None and snap.nixos is not None:
+                host.restore(snap.nixos, with_ram=snap.vmstate)
             if task.args.get("start") or snap.vmstate:
                 g.status = "running"
                 g.started_at = time.time()
         if g.lock == "rollback":
             g.lock = None
+        self._settle()
+
+    # -- ZFS snapshots of the disks NixOS hosts live on ------------------------------------------
+
+    def _nixos_disks(self, ssh_host: str) -> dict[str, NixosHost]:
+        """The ZFS datasets on ``ssh_host`` (a node) that hold a NixOS host's guest disk."""
+        out: dict[str, NixosHost] = {}
+        for host in self.nixos_hosts().values():
+            g = self.guests.get(host.vmid) if host.vmid is not None else None
+            if g is not None and g.node == ssh_host and self._zfs_backed(g):
+                out[f"rpool/data/{g.volume}"] = host
+        return out
+
+    def _disk_snapshots(self, h: SshHost, disks: dict[str, NixosHost]) -> set[str]:
+        if h.zfs is None:
+            return set()
+        found: set[str] = set()
+        for name in disks:
+            ds = h.zfs.datasets.get(name)
+            if ds is not None:
+                found |= {f"{name}@{snap.name}" for snap in ds.snapshots}
+        return found
+
+    def _follow_zfs(
+        self, h: SshHost, disks: dict[str, NixosHost], before: set[str], argv: list[str]
+    ) -> None:
+        """``zfs snapshot`` of a NixOS guest's disk keeps the host's disk state;
+        ``zfs rollback`` to it restores that state and reboots the host (its disk changed
+        under it)."""
+        for full in self._disk_snapshots(h, disks) - before:
+            self.zfs_images[(h.name, full)] = disks[full.split("@", 1)[0]].capture()
+        if len(argv) >= 3 and argv[1] == "rollback":
+            target = argv[-1]
+            image = self.zfs_images.get((h.name, target))
+            host = disks.get(target.split("@", 1)[0])
+            if image is not None and host is not None:
+                powered = host.powered
+                host.restore(image, with_ram=False)
+                if powered:
+                    host.boot(self.nixos_ctx())
+                self._settle()
+
+    def _nixos_in(self, vmid: int) -> NixosHost | None:
+        """The NixOS host living in guest ``vmid``, if any."""
+        for host in self.nixos_hosts().values():
+            if host.vmid == vmid:
+                return host
+        return None
+
+    # -- guest power ---------------------------------------------------------------------------
+
+    def guest_power(self, node: str, gtype: str, vmid: int, action: str, *, user: str) -> Task:
+        """``POST .../status/start`` or ``.../status/stop``: a qmstart/qmstop (vz...) task."""
+        prefix = "qm" if gtype == "qemu" else "vz"
+        ttype = f"{prefix}{action}"
+        g = self.guest_on(node, gtype, vmid)
+        if g is None:
+            raise PveError(500, self.missing_config(node, gtype, vmid))
+        fail: str | None = None
+        if g.template:
+            fail = f"you can't {action} a {'vm' if gtype == 'qemu' else 'ct'} if it's a template"
+        elif g.lock:
+            fail = f"{g.kind} is locked ({g.lock})"
+        elif action == "start" and g.status == "running":
+            fail = f"{g.kind} {vmid} already running"
+        if fail is not None:
+            return self.new_task(
+                node, ttype, str(vmid), user, kind="fail", duration=0, fail_now=fail
+            )
+        log = [] if action == "start" or g.status == "running" else [f"{g.kind} {vmid} not running"]
+        return self.new_task(
+            node,
+            ttype,
+            str(vmid),
+            user,
+            kind=action,
+            duration=self.duration(action),
+            args={"vmid": vmid},
+            log=log,
+        )
+
+    def _finish_power(self, task: Task, ok: bool) -> None:
+        g = self.guests.get(task.args["vmid"])
+        if g is None or not ok:
+            return
+        if task.kind == "start":
+            g.status = "running"
+            g.started_at = time.time()
+        else:
+            g.status = "stopped"
+            g.started_at = None
+        self._settle()
+
+    # -- NixOS hosts ---------------------------------------------------------------------------
+
+    def nixos_configure(self, host: str, fields: dict[str, Any]) -> Any:
+        """Control op ``nixos``: set a host's upstream revision, build time and what its next
+        generation does. ``host`` ``*`` means every NixOS host. Fields: ``upstream`` (a
+        revision; not 40 hex digits: one is derived from it), ``build_fails``,
+        ``failed_units`` (list or comma-separated), ``health_broken``, ``cut_network``,
+        ``deadman_broken``, ``build_seconds``, ``healthy`` (first reset the behaviour).
+        Returns the host's ``nixos`` state (a dict by host name for ``*``)."""
+        unknown = set(fields) - set(NIXOS_FIELDS)
+        if unknown:
+            raise ValueError(
+                f"unknown nixos field(s) {', '.join(sorted(unknown))}; known: "
+                + ", ".join(NIXOS_FIELDS)
+            )
+        with self.lock:
+            self.tick()
+            hosts = self.nixos_hosts()
+            names = list(hosts) if host == "*" else [host]
+            for name in names:
+                if name not in hosts:
+                    raise ValueError(f"no NixOS host {name!r}; known: {', '.join(hosts) or 'none'}")
+            for name in names:
+                self._configure_one(hosts[name], fields)
+            mono = time.monotonic()
+            if host == "*":
+                return {n: hosts[n].to_json(mono) for n in names}
+            return hosts[host].to_json(mono)
+
+    def _configure_one(self, h: NixosHost, fields: dict[str, Any]) -> None:
+        behaviour = nixos.Behaviour() if fields.get("healthy") else h.next
+        changes: dict[str, Any] = {}
+        for key in ("build_fails", "health_broken", "cut_network", "deadman_broken"):
+            if fields.get(key) is not None:
+                changes[key] = bool(fields[key])
+        units = fields.get("failed_units")
+        if units is not None:
+            if isinstance(units, str):
+                units = [u for u in re.split(r"[,\s]+", units) if u]
+            changes["failed_units"] = tuple(nixos.unit_name(str(u)) for u in units)
+        if changes:
+            behaviour = nixos.Behaviour(**{**behaviour.__dict__, **changes})
+        h.next = behaviour
+        if fields.get("build_seconds") is not None:
+            seconds = float(fields["build_seconds"])
+            if not (seconds >= 0 and math.isfinite(seconds)):
+                raise ValueError("build_seconds must be a number >= 0")
+            h.build_seconds = seconds
+        upstream = fields.get("upstream")
+        if upstream:
+            rev = nixos.revision(str(upstream))
+            if rev != h.upstream_rev:
+                h.upstream_rev = rev
+                h.upstream_modified = max(int(time.time()), h.upstream_modified + 1)
+
+    def health(self, host: str) -> tuple[int, str] | None:
+        """The lab's health endpoint for a host: (status, body), or None to answer nothing."""
+        with self.lock:
+            self.tick()
+            h = self.nixos_hosts().get(host)
+            if h is None:
+                return 404, f"no NixOS host {host!r}\n"
+            return h.health(time.monotonic())
+
+    def ssh_refused(self, host: str) -> bool:
+        """A NixOS host that is off, booting or has its network cut drops SSH connections."""
+        with self.lock:
+            h = self.hosts.get(host)
+            if h is None or h.nixos is None:
+                return False
+            self.tick()
+            return not h.nixos.reachable(time.monotonic())
 
     # -- SSH hosts -----------------------------------------------------------------------------
 
-    def exec(self, host: str, argv: list[str], stdin: str | None = None) -> tuple[int, str, str]:
-        """Run one simulated command on a host; (exit code, stdout, stderr)."""
+    def exec(
+        self, host: str, argv: list[str], stdin: str | None = None, cwd: str | None = None
+    ) -> tuple[int, str, str]:
+        """Run one simulated command on a host; (exit code, stdout, stderr).
+
+        A NixOS command that takes time (a build) sleeps here without the lab's lock, so
+        that commands on other hosts (and other builds) go on meanwhile."""
         if not argv:
             return 2, "", "labsim: empty command\n"
         with self.lock:
@@ -953,10 +1229,33 @@ class Lab:
             if h is None:
                 return 255, "", f"labsim: no such host {host!r}\n"
             prog = argv[0].rsplit("/", 1)[-1]
-            impl = COMMANDS.get(prog)
-            if impl is None:
-                return 127, "", f"sh: 1: {prog}: not found\n"
-            return impl(h, [prog, *argv[1:]], stdin, time.time())
+            if h.nixos is not None and prog in nixos.COMMANDS:
+                if not h.nixos.up(time.monotonic()):
+                    return 255, "", f"Connection to {host} closed by remote host.\n"
+                result = nixos.run(h.nixos, argv, self.nixos_ctx(cwd))
+                self._settle()
+                epoch, interrupt = self.epoch, self.interrupt
+            else:
+                impl = COMMANDS.get(prog)
+                if impl is None:
+                    return 127, "", f"sh: 1: {prog}: not found\n"
+                disks = self._nixos_disks(host) if prog == "zfs" and h.zfs is not None else {}
+                before = self._disk_snapshots(h, disks)
+                rc, out, err = impl(h, [prog, *argv[1:]], stdin, time.time())
+                if disks and rc == 0:
+                    self._follow_zfs(h, disks, before, argv)
+                return rc, out, err
+        while isinstance(result, nixos.Deferred):
+            interrupted = interrupt.wait(result.delay)
+            with self.lock:
+                self.tick()
+                if interrupted or epoch != self.epoch:
+                    return 130, "", "error: interrupted by the user\n"
+                if h.nixos is None or not h.nixos.up(time.monotonic()):
+                    return 255, "", f"Connection to {host} closed by remote host.\n"
+                result = result.finish()
+                self._settle()
+        return result
 
     # -- views ---------------------------------------------------------------------------------
 
@@ -965,6 +1264,7 @@ class Lab:
         with self.lock:
             self.tick()
             now = time.time()
+            mono = time.monotonic()
             return {
                 "cluster": self.cluster,
                 "options": self.options.to_json(),
@@ -974,7 +1274,7 @@ class Lab:
                 "guests": {str(v): g.to_json(now) for v, g in sorted(self.guests.items())},
                 "storages": {s: st.to_json() for s, st in self.storages.items()},
                 "tasks": [t.to_json() for t in self.tasks.values()],
-                "hosts": {h: host.to_json() for h, host in self.hosts.items()},
+                "hosts": {h: host.to_json(mono) for h, host in self.hosts.items()},
                 "faults": [f.to_json() for f in self.faults],
             }
 
