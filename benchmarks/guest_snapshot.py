@@ -66,11 +66,11 @@ print(json.dumps({"seconds": elapsed, "rows": len(report.rows),
 
 
 def run_child(
-    inventory: Path, concurrency: int, env: dict[str, str]
+    inventory: Path, concurrency: int, env: dict[str, str], code: str = CHILD
 ) -> tuple[dict[str, float], int]:
-    """Run the flow in a fresh process; return its JSON line and its peak RSS in KiB."""
+    """Run ``code`` in a fresh process; return its JSON line and its peak RSS in KiB."""
     proc = subprocess.Popen(
-        [sys.executable, "-c", CHILD, str(inventory), str(concurrency)],
+        [sys.executable, "-c", code, str(inventory), str(concurrency)],
         cwd=ROOT,
         env=env,
         stdout=subprocess.PIPE,

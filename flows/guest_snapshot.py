@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import argparse
 import sys
+import threading
+from collections import defaultdict
 from collections.abc import Sequence
 
 from flows._cli import EXIT_FAILED, EXIT_USAGE, base_parser
@@ -67,11 +69,11 @@ if __name__ == "__main__":
 from zoneinfo import ZoneInfo  # noqa: E402
 
 from prefect import flow  # noqa: E402
-from prefect.futures import PrefectFuture  # noqa: E402
+from prefect.futures import as_completed  # noqa: E402
 from prefect.logging import get_run_logger  # noqa: E402
 from prefect.task_runners import ThreadPoolTaskRunner  # noqa: E402
 
-from flows._run import bounded, finish, run_from_cli  # noqa: E402
+from flows._run import finish, run_from_cli  # noqa: E402
 from moxflow.errors import (  # noqa: E402
     ConfigError,
     MoxflowError,
@@ -85,7 +87,7 @@ from moxflow.report import Outcome, ReportRow, RunReport  # noqa: E402
 from moxflow.selection import parse_selection  # noqa: E402
 from moxflow.snapshots import plan_guest_selection, utc_now  # noqa: E402
 from tasks.clients import proxmox_client  # noqa: E402
-from tasks.proxmox import list_guests, snapshot_guest  # noqa: E402
+from tasks.proxmox import GuestJob, list_guests, snapshot_node  # noqa: E402
 
 MAX_CONCURRENCY = 64
 
@@ -149,23 +151,26 @@ def guest_snapshot(
         expr,
     )
 
-    def submit(guest: Guest) -> PrefectFuture[ReportRow]:
-        return snapshot_guest.submit(
-            client,
-            guest,
-            label,
-            snapname,
-            now,
-            policy,
-            tz,
-            dry_run=dry_run,
-            vmstate=with_ram and guest.type == "qemu" and guest.running,
-            lock_timeout=lock_timeout,
-        )
-
-    for i, row in enumerate(bounded(submit, chosen.guests, limit), start=1):
-        logger.info("[%d/%d] %s: %s", i, total, row.target, row.line())
-        report.add(row)
+    job = GuestJob(
+        label=label,
+        snapname=snapname,
+        now=now,
+        policy=policy,
+        tz=tz,
+        dry_run=dry_run,
+        vmstate=with_ram,
+        lock_timeout=lock_timeout,
+    )
+    gate = threading.Semaphore(limit)  # at most `limit` guests at once, across all nodes
+    by_node: dict[str, list[Guest]] = defaultdict(list)
+    for guest in chosen.guests:
+        by_node[guest.node].append(guest)
+    futures = [
+        snapshot_node.submit(client, node, len(guests), guests, job, gate, limit)
+        for node, guests in sorted(by_node.items())
+    ]
+    for fut in as_completed(futures):
+        report.extend(fut.result())
     return finish(report, artifact_key="guest-snapshot-report")
 
 

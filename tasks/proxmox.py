@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from datetime import datetime, tzinfo
+from typing import Any, Protocol
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
@@ -23,6 +27,14 @@ from moxflow.proxmox import GuestSnapshot, ProxmoxClient
 from moxflow.report import Outcome, ReportRow
 from moxflow.retention import KeepPolicy
 from moxflow.snapshots import plan_guest_prune
+
+
+class LoggerLike(Protocol):
+    """What the per-guest code needs of a logger (Prefect's run logger is one)."""
+
+    def info(self, msg: str, *args: Any) -> None: ...
+    def warning(self, msg: str, *args: Any) -> None: ...
+    def error(self, msg: str, *args: Any) -> None: ...
 
 
 @task(name="list-guests", cache_policy=NO_CACHE)
@@ -48,28 +60,66 @@ def _create(
     client.wait_task(upid, timeout=task_timeout, node=guest.node)
 
 
-@task(name="guest-snapshot", cache_policy=NO_CACHE, task_run_name="{guest.vmid}-{guest.name}")
-def snapshot_guest(
-    client: ProxmoxClient,
-    guest: Guest,
-    label: str,
-    snapname: str,
-    now: datetime,
-    policy: KeepPolicy,
-    tz: tzinfo,
-    *,
-    dry_run: bool = False,
-    vmstate: bool = False,
-    lock_timeout: float = 120.0,
-    task_timeout: float = 600.0,
-) -> ReportRow:
-    """Snapshot one guest, then prune moxflow's snapshots of ``label`` on it.
+@dataclass(frozen=True, slots=True)
+class GuestJob:
+    """What every guest of a run gets: the same name, policy and limits."""
 
-    A locked guest (backup running, another snapshot, ...) and API hiccups are retried with
-    backoff for up to ``lock_timeout`` seconds; a guest still locked then is reported as
-    skipped, not failed. Never raises: the row says what happened.
+    label: str
+    snapname: str
+    now: datetime
+    policy: KeepPolicy
+    tz: tzinfo
+    dry_run: bool = False
+    vmstate: bool = False
+    lock_timeout: float = 120.0
+    task_timeout: float = 600.0
+
+
+@task(name="guest-snapshot", cache_policy=NO_CACHE, task_run_name="{node}: {count} guests")
+def snapshot_node(
+    client: ProxmoxClient,
+    node: str,
+    count: int,
+    guests: list[Guest],
+    job: GuestJob,
+    gate: threading.Semaphore,
+    limit: int,
+) -> list[ReportRow]:
+    """Snapshot and prune the guests of one node, as many at once as ``gate`` lets through.
+
+    One Prefect task per node (not per guest) keeps the orchestration overhead small on
+    large clusters; the report still has a row per guest, and the log a line per guest.
     """
     logger = get_run_logger()
+    done = 0
+    lock = threading.Lock()
+
+    def one(guest: Guest) -> ReportRow:
+        nonlocal done
+        with gate:
+            row = snapshot_guest(client, guest, job, logger)
+        with lock:
+            done += 1
+            logger.info("[%s %d/%d] %s: %s", node, done, count, row.target, row.line())
+        return row
+
+    with ThreadPoolExecutor(max_workers=max(1, min(len(guests), limit))) as pool:
+        return list(pool.map(one, guests))
+
+
+def snapshot_guest(
+    client: ProxmoxClient, guest: Guest, job: GuestJob, logger: LoggerLike
+) -> ReportRow:
+    """Snapshot one guest, then prune moxflow's snapshots of the job's label on it.
+
+    A locked guest (backup running, another snapshot, ...) and API hiccups are retried with
+    backoff for up to ``job.lock_timeout`` seconds; a guest still locked then is reported as
+    skipped, not failed. Never raises: the row says what happened.
+    """
+    label, snapname, now, policy, tz = job.label, job.snapname, job.now, job.policy, job.tz
+    dry_run = job.dry_run
+    vmstate = job.vmstate and guest.type == "qemu" and guest.running  # RAM only of running VMs
+    lock_timeout, task_timeout = job.lock_timeout, job.task_timeout
     started = time.monotonic()
     target = guest.label
     took = False
