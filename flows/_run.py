@@ -2,19 +2,39 @@
 
 from __future__ import annotations
 
+import os
+import socket
+import subprocess
 import sys
+import time
+import urllib.request
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
 from typing import Any, TypeVar
 
 from prefect.artifacts import create_table_artifact
 from prefect.futures import PrefectFuture, as_completed
 from prefect.logging import get_run_logger
+from prefect.settings import (
+    PREFECT_API_URL,
+    PREFECT_FLOWS_HEARTBEAT_FREQUENCY,
+    get_current_settings,
+    temporary_settings,
+)
+from prefect.settings.legacy import Setting
 
 from flows._cli import EXIT_FAILED, EXIT_OK
 from moxflow.errors import MoxflowError, RunFailed
 from moxflow.report import ReportRow, RunReport
 
 T = TypeVar("T")
+
+LOCAL_API_URL = "http://127.0.0.1:4200/api"
+"""Where ``prefect server start`` listens by default."""
+ENV_PREFECT_URL = "MOXFLOW_PREFECT_URL"
+"""Where else to look for a running server ("off": never look, always start a temporary one)."""
+_HEARTBEAT_ENV = ("PREFECT_FLOWS_HEARTBEAT_FREQUENCY", "PREFECT_RUNNER_HEARTBEAT_FREQUENCY")
 
 
 def bounded(
@@ -49,10 +69,126 @@ def finish(report: RunReport, artifact_key: str) -> RunReport:
     return report
 
 
+def server_answers(api_url: str, timeout: float = 0.5) -> bool:
+    """Whether a Prefect server answers ``GET {api_url}/health`` with ``true``."""
+    if not api_url.startswith(("http://", "https://")):
+        return False
+    try:
+        with urllib.request.urlopen(api_url.rstrip("/") + "/health", timeout=timeout) as r:  # noqa: S310
+            return bool(r.status == 200 and r.read(16).strip() == b"true")
+    except (OSError, ValueError):
+        return False
+
+
+def find_local_server() -> str | None:
+    """The API URL of a running Prefect server to use: $MOXFLOW_PREFECT_URL, else 127.0.0.1:4200."""
+    wanted = os.environ.get(ENV_PREFECT_URL, "").strip()
+    if wanted.lower() == "off":
+        return None
+    url = wanted or LOCAL_API_URL
+    return url if server_answers(url) else None
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextmanager
+def temporary_server() -> Iterator[str]:
+    """Prefect's temporary server (SQLite in PREFECT_HOME) for one run; yields its API URL.
+
+    The same server Prefect starts by itself without PREFECT_API_URL, but started without
+    importing the server into this process (about 2 s), with its output (the SQLite
+    "database is locked" tracebacks among it) in PREFECT_HOME/moxflow-temporary-server.log.
+    """
+    settings = get_current_settings()
+    home = Path(settings.home).expanduser()
+    home.mkdir(parents=True, exist_ok=True)
+    log_path = home / "moxflow-temporary-server.log"
+    env = {
+        **os.environ,
+        "PREFECT_UI_ENABLED": "0",
+        "PREFECT__SERVER_EPHEMERAL": "1",
+        "PREFECT__SERVER_FINAL": "1",
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        **settings.to_environment_variables(exclude_unset=True),
+    }
+    timeout = settings.server.ephemeral.startup_timeout_seconds
+    with log_path.open("wb") as log:
+        for _attempt in range(3):  # another process may take the free port first
+            port = _free_port()
+            url = f"http://127.0.0.1:{port}/api"
+            argv = [
+                *(sys.executable, "-m", "uvicorn", "--factory"),
+                "prefect.server.api.server:create_app",
+                *("--host", "127.0.0.1", "--port", str(port)),
+                *("--log-level", "error", "--lifespan", "on"),
+            ]
+            proc = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT)
+            try:
+                deadline = time.monotonic() + timeout
+                while proc.poll() is None and time.monotonic() < deadline:
+                    if server_answers(url, timeout=1.0):
+                        yield url
+                        return
+                    time.sleep(0.05)
+            finally:
+                proc.terminate()
+                try:
+                    proc.wait(timeout=5)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+            if proc.returncode != 3:  # uvicorn's "address already in use"
+                break
+    raise RuntimeError(f"the temporary Prefect server did not start; see {log_path}")
+
+
+@contextmanager
+def adhoc_settings() -> Iterator[None]:
+    """Prefect settings that make a run from the shell fast and quiet.
+
+    Without PREFECT_API_URL (environment or Prefect profile), a server already running on
+    this machine is used when one answers ($MOXFLOW_PREFECT_URL, else 127.0.0.1:4200);
+    otherwise a temporary one is started for this run. Ad-hoc runs send no heartbeats
+    (joining the heartbeat thread costs about a second) unless a frequency is set
+    explicitly.
+    """
+    updates: dict[Setting, Any] = {}
+    if not any(os.environ.get(name) for name in _HEARTBEAT_ENV):
+        updates[PREFECT_FLOWS_HEARTBEAT_FREQUENCY] = None
+    with ExitStack() as stack:
+        if get_current_settings().api.url is None:
+            url = find_local_server()
+            if url is None:
+                print(
+                    "note: no Prefect server found, starting a temporary one (slow); "
+                    "`prefect server start` or PREFECT_API_URL makes runs fast",
+                    file=sys.stderr,
+                )
+                url = stack.enter_context(temporary_server())
+                stack.callback(_drain)  # before the server stops
+            updates[PREFECT_API_URL] = url
+        stack.enter_context(temporary_settings(updates=updates))
+        yield
+
+
+def _drain() -> None:
+    """Send the logs and events still queued to the API."""
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+
+    APILogWorker.drain_all(timeout=5)
+    EventsWorker.drain_all(timeout=5)
+
+
 def run_from_cli(flow_call: Callable[..., Any], **params: Any) -> int:
     """Run a flow, print its report on the terminal, and return the exit status."""
-    state = flow_call(**params, return_state=True)
-    result = state.result(raise_on_failure=False)
+    with adhoc_settings():
+        state = flow_call(**params, return_state=True)
+        result = state.result(raise_on_failure=False)
     report = result.report if isinstance(result, RunFailed) else result
     if isinstance(report, RunReport):
         print()

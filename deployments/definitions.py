@@ -1,0 +1,219 @@
+"""Every moxflow deployment, defined once: name, flow, default parameters, schedule.
+
+The same list is used two ways:
+
+- ``python -m deployments.serve`` serves every schedule from one process (no worker);
+- ``prefect.yaml`` (written by ``python -m deployments.render > prefect.yaml``) lets
+  ``prefect deploy --all`` register them on the process work pool ``moxflow``.
+
+Schedules are cron expressions in the inventory's time zone (``timezone = ...``, UTC when
+there is no inventory yet). Every deployment runs at most once at a time: a run that would
+overlap a running one is cancelled by the server with "Deployment concurrency limit reached."
+
+This module imports Prefect only inside the functions that need it, so ``--help`` and
+``render`` stay fast.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from prefect import Flow
+    from prefect.client.schemas.objects import ConcurrencyLimitConfig
+    from prefect.deployments.runner import RunnerDeployment
+
+WORK_POOL = "moxflow"
+"""The process work pool that ``prefect.yaml`` deploys onto."""
+
+TAGS = ("moxflow",)
+DEFAULT_TIMEZONE = "UTC"
+INTERVAL_LEAD_SECONDS = 10
+"""With ``every``: seconds from now to the first run (the server plans runs every ~5 s)."""
+
+
+@dataclass(frozen=True)
+class Definition:
+    """One deployment: which flow, with which defaults, when."""
+
+    flow_name: str
+    """The flow's Prefect name (``@flow(name=...)``); a test checks it against the flow."""
+    name: str
+    """The deployment's name, unique per flow; the UI shows ``flow_name/name``."""
+    entrypoint: str
+    """``path/to/file.py:function``, relative to the repository root."""
+    cron: str
+    """When it runs, in the inventory's time zone."""
+    description: str
+    parameters: Mapping[str, Any] = field(default_factory=dict)
+    """Default parameters; everything else is the flow's own default."""
+
+    @property
+    def full_name(self) -> str:
+        """``flow-name/deployment-name``, as Prefect's CLI and UI name it."""
+        return f"{self.flow_name}/{self.name}"
+
+    @property
+    def module(self) -> str:
+        """The flow's module, e.g. ``flows.zfs_snapshot``."""
+        path = self.entrypoint.split(":", 1)[0]
+        return path.removesuffix(".py").replace("/", ".")
+
+    @property
+    def function(self) -> str:
+        """The flow function's name in its module."""
+        return self.entrypoint.split(":", 1)[1]
+
+    def load_flow(self) -> Flow[..., Any]:
+        """Import the flow object."""
+        flow_obj: Flow[..., Any] = getattr(importlib.import_module(self.module), self.function)
+        return flow_obj
+
+
+# Times are local to the inventory's time zone; they are spread out so that jobs do not
+# start in the same minute.
+DEFINITIONS: tuple[Definition, ...] = (
+    Definition(
+        flow_name="zfs-snapshot",
+        name="hourly",
+        entrypoint="flows/zfs_snapshot.py:zfs_snapshot",
+        cron="0 * * * *",
+        description="Every hour: snapshot the ZFS datasets (label hourly) and prune by policy.",
+        parameters={"label": "hourly"},
+    ),
+    Definition(
+        flow_name="zfs-snapshot",
+        name="daily",
+        entrypoint="flows/zfs_snapshot.py:zfs_snapshot",
+        cron="5 0 * * *",
+        description="Every day at 00:05: snapshot the ZFS datasets (label daily) and prune.",
+        parameters={"label": "daily"},
+    ),
+    Definition(
+        flow_name="guest-snapshot",
+        name="daily",
+        entrypoint="flows/guest_snapshot.py:guest_snapshot",
+        cron="30 0 * * *",
+        description="Every day at 00:30: snapshot the selected Proxmox guests and prune.",
+        parameters={"label": "daily"},
+    ),
+    # NixOS updates: weekly, Saturday 03:00, so that a host that needs attention is seen
+    # over the weekend.
+    Definition(
+        flow_name="nixos-update",
+        name="weekly",
+        entrypoint="flows/nixos_update.py:nixos_update",
+        cron="0 3 * * 6",
+        description="Every Saturday at 03:00: update the NixOS hosts, canary first, "
+        "with snapshot, verification and automatic rollback.",
+    ),
+    # Later jobs plug in here, one Definition each (then `python -m deployments.render >
+    # prefect.yaml`). The defaults issue 5 asks for:
+    #   vzdump-backup/nightly    "0 1 * * *"    backups with offsite copy
+    #   restore-test/weekly      "0 5 * * 0"    restore the newest backups, Sunday 05:00
+    #   proxmox-update/weekly    "0 5 * * 6"    after the NixOS updates
+    #   windows-update/monthly   "0 4 9-15 * 3" with day_or=False: the day after Patch Tuesday
+    #   health-report/daily      "0 7 * * *"
+)
+
+
+def select(
+    names: Iterable[str], definitions: Sequence[Definition] = DEFINITIONS
+) -> list[Definition]:
+    """The definitions named (``flow/name``); ``ValueError`` naming an unknown one."""
+    wanted = list(names)
+    if not wanted:
+        return list(definitions)
+    known = {d.full_name: d for d in definitions}
+    unknown = [n for n in wanted if n not in known]
+    if unknown:
+        raise ValueError(
+            f"unknown deployment {', '.join(map(repr, unknown))}; known: {', '.join(known)}"
+        )
+    return [known[n] for n in dict.fromkeys(wanted)]
+
+
+def inventory_timezone(inventory: str | Path | None = None) -> str:
+    """The inventory's time zone, or UTC when there is no inventory file (yet).
+
+    The inventory is ``inventory``, else ``$MOXFLOW_INVENTORY``, else ``./inventory.toml``.
+    A file that exists but is broken raises ``ConfigError``: schedules must not silently
+    move to another time zone.
+    """
+    from moxflow.inventory import inventory_path, load_inventory
+
+    if not inventory_path(inventory).is_file():
+        return DEFAULT_TIMEZONE
+    return load_inventory(inventory).timezone
+
+
+def concurrency_limit() -> ConcurrencyLimitConfig:
+    """One run at a time per deployment; an overlapping run is cancelled, saying why."""
+    from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
+
+    return ConcurrencyLimitConfig(limit=1, collision_strategy=ConcurrencyLimitStrategy.CANCEL_NEW)
+
+
+def runner_deployments(
+    definitions: Sequence[Definition],
+    *,
+    timezone: str,
+    inventory: str | None = None,
+    every: float | None = None,
+) -> list[RunnerDeployment]:
+    """Prefect deployments for ``serve``: cron schedules in ``timezone``.
+
+    ``inventory`` becomes every run's ``inventory`` parameter; ``every`` (seconds) replaces
+    each schedule by an interval whose first run is about ten seconds from now, for trying
+    the schedules out against the simulated lab.
+    """
+    from prefect.deployments.runner import RunnerDeployment
+    from prefect.schedules import Cron, Interval, Schedule
+    from prefect.types.entrypoint import EntrypointType
+
+    # the server plans runs from the anchor on, a few seconds after a deployment changes
+    first_run = datetime.now(UTC) + timedelta(seconds=INTERVAL_LEAD_SECONDS)
+    out: list[RunnerDeployment] = []
+    for d in definitions:
+        flow_obj = d.load_flow()
+        if flow_obj.name != d.flow_name:
+            raise ValueError(f"{d.entrypoint} is flow {flow_obj.name!r}, not {d.flow_name!r}")
+        schedule: Schedule = (
+            Interval(every, anchor_date=first_run, timezone=timezone)
+            if every
+            else Cron(d.cron, timezone=timezone)
+        )
+        parameters = dict(d.parameters)
+        if inventory is not None:
+            parameters["inventory"] = inventory
+        out.append(
+            RunnerDeployment.from_flow(
+                flow_obj,
+                name=d.name,
+                schedules=[schedule],
+                parameters=parameters,
+                description=d.description,
+                tags=list(TAGS),
+                concurrency_limit=concurrency_limit(),
+                # the flows are installed packages: runs import them from any directory
+                entrypoint_type=EntrypointType.MODULE_PATH,
+            )
+        )
+    return out
+
+
+def deploy_settings(inventory: str | None = None) -> dict[str, str]:
+    """A ``prefect.yaml`` build step: what ``prefect deploy`` needs from this checkout.
+
+    ``timezone``: the inventory's (see :func:`inventory_timezone`); ``directory``: this
+    checkout, where the worker runs the flows' entrypoints from.
+    """
+    tz = inventory_timezone(inventory)
+    print(f"moxflow: schedules in time zone {tz}", file=sys.stderr)
+    return {"timezone": tz, "directory": str(Path.cwd().resolve())}
