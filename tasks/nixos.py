@@ -472,10 +472,16 @@ class HostUpdate:
                 switch_note = "" if switched.exit_code == 0 else f"switch exit {switched.exit_code}"
             except SshError as exc:
                 switch_note = f"switch interrupted: {exc}"
-            with suppress(SshError):  # the switch may have cut us off: the timer has it
-                self.write_journal(r, "switched", new_generation=old + 1)
+            # the generation the switch made (the same one when the configuration did not
+            # change); if the switch cut us off, the next one, and the timer has it
+            new = old + 1
+            with suppress(SshError):
+                gens = parse_generations(r.run(generations_argv()).stdout)
+                new = current_generation(gens).number
+                self.write_journal(r, "switched", new_generation=new)
+            if new == old:
+                self.note("the configuration did not change: no new generation")
 
-        new = old + 1
         ok, why = self.verify(expected=new, grace=self.settings.health_grace)
         if ok:
             with self.connect() as r:

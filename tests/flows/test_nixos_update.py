@@ -18,7 +18,9 @@ import pytest
 from flows.nixos_update import main, nixos_update
 from labsim.client import LabClient, wait_until
 from moxflow.errors import RunFailed
+from moxflow.naming import snapshot_name
 from moxflow.report import Outcome, RunReport
+from moxflow.snapshots import utc_now
 from tests.flows.conftest import guest_snapshots
 
 GUEST = {"dns": 100, "media": 101, "builder": 102}
@@ -322,3 +324,67 @@ def test_cli_help_and_bad_host(
     assert main(["--inventory", str(inv), "--only", "nosuchhost"]) == 2
     assert "nosuchhost" in capsys.readouterr().err
     assert fresh_lab.commands() == []
+
+
+def test_a_failed_snapshot_stops_the_host_before_any_change(
+    fresh_lab: LabClient, inv: Path
+) -> None:
+    st0 = nixos(fresh_lab.state(), "media")
+    fresh_lab.nixos("media", upstream=NEW_REV)
+    fresh_lab.fault(
+        target="task",
+        type="qmsnapshot",
+        id="101",
+        action="error",
+        exitstatus="snapshot failed: out of space",
+    )
+    report = run_failing(inv, only=["media"])
+    assert outcome(report, "media") is Outcome.FAILED
+    assert "snapshot failed" in detail(report, "media")
+    assert_settled(fresh_lab, "media", st0["current"])
+    assert nixos(fresh_lab.state(), "media")["flake_rev"] == st0["flake_rev"]
+    ran = [c["command"] for c in fresh_lab.commands() if c["host"] == "media"]
+    assert not any(
+        c.startswith(("nix flake", "nixos-rebuild build", "nixos-rebuild switch")) for c in ran
+    )
+
+
+def test_force_rebuilds_without_input_changes(fresh_lab: LabClient, inv: Path) -> None:
+    before = current(fresh_lab.state(), "media")
+    report = run(inv, only=["media"], force=True)
+    assert outcome(report, "media") is Outcome.OK
+    assert "up to date" not in detail(report, "media")
+    ran = [c["command"] for c in fresh_lab.commands() if c["host"] == "media"]
+    assert any(c.startswith("nixos-rebuild switch") for c in ran)
+    assert_settled(fresh_lab, "media", nixos(fresh_lab.state(), "media")["current"])
+    assert nixos(fresh_lab.state(), "media")["current"] >= before
+
+
+def test_continue_on_failure_goes_on_but_not_past_after(fresh_lab: LabClient, inv: Path) -> None:
+    """media fails; builder (after dns only) still runs with --continue-on-failure."""
+    for host in GUEST:
+        fresh_lab.nixos(host, upstream=NEW_REV)
+    fresh_lab.nixos("media", upstream=NEW_REV, build_fails=True)
+    report = run_failing(inv, continue_on_failure=True, max_parallel=1)
+    assert outcome(report, "dns") is Outcome.OK
+    assert outcome(report, "media") is Outcome.FAILED
+    assert outcome(report, "builder") is Outcome.OK
+
+
+def test_older_pre_update_snapshots_are_pruned_by_retention(
+    fresh_lab: LabClient, inv: Path
+) -> None:
+    text = inv.read_text().replace(
+        "[guest_snapshots.policies]", '[guest_snapshots.policies]\n"pre-update" = "keep-last=1"'
+    )
+    inv.write_text(text)
+    fresh_lab.nixos("media", upstream=NEW_REV)
+    run(inv, only=["media"])
+    (first,) = pre_update_snaps(fresh_lab.state(), "media")
+    fresh_lab.nixos("media", upstream="1" * 40)
+    # names have one-second resolution: let the clock reach a new second first
+    wait_until(lambda: snapshot_name("pre-update", utc_now()) != first, timeout=5)
+    report = run(inv, only=["media"])
+    (second,) = pre_update_snaps(fresh_lab.state(), "media")
+    assert second != first
+    assert f"pruned older snapshots {first}" in detail(report, "media")
