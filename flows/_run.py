@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from prefect.artifacts import create_table_artifact
+from prefect.client.schemas.objects import State
 from prefect.futures import PrefectFuture, as_completed
 from prefect.logging import get_run_logger
 from prefect.settings import (
@@ -23,6 +24,7 @@ from prefect.settings import (
     temporary_settings,
 )
 from prefect.settings.legacy import Setting
+from prefect.states import Failed
 
 from flows._cli import EXIT_FAILED, EXIT_OK
 from moxflow.errors import MoxflowError, RunFailed
@@ -53,8 +55,13 @@ def bounded(
         yield fut.result()
 
 
-def finish(report: RunReport, artifact_key: str) -> RunReport:
-    """Publish the report as a Prefect table artifact; fail the run if any target failed."""
+def finish(report: RunReport, artifact_key: str) -> RunReport | State[Any]:
+    """Publish the report as a Prefect table artifact; fail the run if any target failed.
+
+    A failed run ends in a Failed state carrying ``RunFailed`` (with the report) rather than
+    raising it, so that an expected outcome is not logged as a crash with a traceback;
+    calling the flow still raises ``RunFailed``.
+    """
     report.finish()
     logger = get_run_logger()
     create_table_artifact(
@@ -65,7 +72,8 @@ def finish(report: RunReport, artifact_key: str) -> RunReport:
     logger.info(report.summary())
     if not report.ok:
         failed = ", ".join(r.target for r in report.failed_rows)
-        raise RunFailed(f"{len(report.failed_rows)} target(s) failed: {failed}", report=report)
+        message = f"{len(report.failed_rows)} target(s) failed: {failed}"
+        return Failed(message=message, data=RunFailed(message, report=report))
     return report
 
 

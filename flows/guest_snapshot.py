@@ -16,6 +16,7 @@ import sys
 import threading
 from collections import defaultdict
 from collections.abc import Sequence
+from typing import Any
 
 from flows._cli import EXIT_FAILED, EXIT_USAGE, base_parser
 
@@ -69,6 +70,7 @@ if __name__ == "__main__":
 from zoneinfo import ZoneInfo  # noqa: E402
 
 from prefect import flow  # noqa: E402
+from prefect.client.schemas.objects import State  # noqa: E402
 from prefect.futures import as_completed  # noqa: E402
 from prefect.logging import get_run_logger  # noqa: E402
 from prefect.task_runners import ThreadPoolTaskRunner  # noqa: E402
@@ -106,7 +108,7 @@ def guest_snapshot(
     lock_timeout: float = 120.0,
     dry_run: bool = False,
     inventory: str | None = None,
-) -> RunReport:
+) -> RunReport | State[Any]:
     """Snapshot and prune the selected guests.
 
     Args:

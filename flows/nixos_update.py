@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from flows._cli import EXIT_USAGE, base_parser, split_csv
 
@@ -59,6 +60,7 @@ if __name__ == "__main__":
 from zoneinfo import ZoneInfo  # noqa: E402
 
 from prefect import flow  # noqa: E402
+from prefect.client.schemas.objects import State  # noqa: E402
 from prefect.context import get_run_context  # noqa: E402
 from prefect.logging import get_run_logger  # noqa: E402
 from prefect.task_runners import ThreadPoolTaskRunner  # noqa: E402
@@ -94,7 +96,7 @@ def nixos_update(
     no_snapshot: bool = False,
     force: bool = False,
     inventory: str | None = None,
-) -> RunReport:
+) -> RunReport | State[Any]:
     """Update the NixOS hosts in waves.
 
     Args:

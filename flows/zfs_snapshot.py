@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from flows._cli import EXIT_USAGE, base_parser, split_csv
 
@@ -41,6 +42,7 @@ if __name__ == "__main__":
 from zoneinfo import ZoneInfo  # noqa: E402
 
 from prefect import flow  # noqa: E402
+from prefect.client.schemas.objects import State  # noqa: E402
 from prefect.futures import PrefectFuture  # noqa: E402
 from prefect.logging import get_run_logger  # noqa: E402
 from prefect.task_runners import ThreadPoolTaskRunner  # noqa: E402
@@ -65,7 +67,7 @@ def zfs_snapshot(
     only: list[str] | None = None,
     dry_run: bool = False,
     inventory: str | None = None,
-) -> RunReport:
+) -> RunReport | State[Any]:
     """Snapshot and prune every configured dataset (or those named in ``only``).
 
     Args:

@@ -97,9 +97,8 @@ class RunReport:
         verdict = "FAILED" if not self.ok else "OK"
         what = f"{took} snapshots taken, {removed} pruned" if not self.dry_run else "plan only"
         body = ", ".join(parts) if parts else "no targets"
-        return (
-            f"{self.job} [{self.label}] {verdict}{mode}: {len(self.rows)} targets ({body}); {what}"
-        )
+        head = f"{self.job} [{self.label}] {verdict}{mode}: {len(self.rows)} targets ({body})"
+        return f"{head}; {what}" if self.counts_snapshots or self.dry_run else head
 
     def table(self) -> list[dict[str, str]]:
         """Rows as plain dicts, for a Prefect table artifact."""
@@ -157,6 +156,10 @@ def _aligned(head: list[str], rows: list[list[str]]) -> str:
             widths[i] = min(max(widths[i], len(cell)), 72)
     out = []
     for row in [head, *clipped]:
-        cells = [c if len(c) <= widths[i] else c[: widths[i] - 1] + "…" for i, c in enumerate(row)]
+        last = len(row) - 1  # the last column (detail) is never cut: nothing follows it
+        cells = [
+            c if len(c) <= widths[i] or i == last else c[: widths[i] - 1] + "…"
+            for i, c in enumerate(row)
+        ]
         out.append("  ".join(c.ljust(widths[i]) for i, c in enumerate(cells)).rstrip())
     return "\n".join(out) + "\n"

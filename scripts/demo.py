@@ -68,6 +68,22 @@ def show_snapshots(state: dict[str, Any], before: dict[str, Any] | None = None) 
             print(f"  {mark} {item}")
 
 
+def lab(*args: str) -> None:
+    """``python -m labsim ARGS --dir LAB``, quietly."""
+    subprocess.run([PY, "-m", "labsim", *args, "--dir", str(LAB)], check=True, capture_output=True)
+
+
+def show_generations(state: dict[str, Any]) -> None:
+    """One line per NixOS host: the active generation and the locked nixpkgs revision."""
+    for host, hs in sorted(state.get("hosts", {}).items()):
+        nx = hs.get("nixos")
+        if nx:
+            print(
+                f"  {host:<8} generation {nx['current']}, nixpkgs {str(nx['flake_rev'])[:12]}, "
+                f"failed units: {', '.join(nx['failed_units']) or 'none'}"
+            )
+
+
 def run(cmd: list[str], env: dict[str, str]) -> int:
     print("$ " + " ".join(cmd[1:] if cmd[0] == PY else cmd), flush=True)
     return subprocess.run([PY if c == "python" else c for c in cmd], env=env, cwd=ROOT).returncode
@@ -105,9 +121,38 @@ def main() -> int:
                 status = status or rc
         say("the lab after")
         show_snapshots(lab_state(), before)
+
+        say("NixOS: new upstream for dns, media and builder")
+        for host in ("dns", "media", "builder"):
+            lab("nixos", "--host", host, "--upstream", "ab" * 20)
+        show_generations(lab_state())
+        for extra in (["--dry-run"], []):
+            step = ["python", "-m", "flows.nixos_update", "--inventory", inv, *extra]
+            say("flows.nixos_update" + (" (dry run)" if extra else ""))
+            rc = run(step, env)
+            if rc != 0:
+                print(f"(exit status {rc})")
+                status = status or rc
+        show_generations(lab_state())
+
+        say("NixOS: media's next generation breaks a service; moxflow rolls it back")
+        lab(
+            "nixos",
+            "--host",
+            "media",
+            "--upstream",
+            "cd" * 20,
+            "--failed-units",
+            "jellyfin.service",
+        )
+        rc = run(["python", "-m", "flows.nixos_update", "--inventory", inv, "--only", "media"], env)
+        print(f"(exit status {rc}: a rolled-back host fails the run, as it should)")
+        if rc != 1:
+            status = status or 1
+        show_generations(lab_state())
         say(
             "done: every run is recorded in the Prefect server; "
-            "`python -m flows.zfs_snapshot --help` shows the options"
+            "`python -m flows.<job> --help` shows the options"
         )
     finally:
         subprocess.run([PY, "-m", "labsim", "down", "--dir", str(LAB)], capture_output=True)
