@@ -552,9 +552,14 @@ class HostUpdate:
         return self.row(Outcome.NEEDS_ATTENTION, f"needs attention: {kept}")
 
     def _rolled_back(self, old: int, how: str) -> ReportRow:
+        """Back on the old generation: put flake.lock back too, so the next run retries."""
         try:
             with self.connect() as r:
                 r.run(disarm_deadman_argv(), check=False)
+                backup = f"{self.state_dir}/flake.lock.before"
+                if r.run(["test", "-f", backup], check=False).exit_code == 0:
+                    r.run(["cp", backup, f"{self.spec.flake}/flake.lock"])
+                    self.note("flake.lock restored")
                 self.release(r)
         except SshError as exc:
             self.note(f"could not clear the lock: {exc}")

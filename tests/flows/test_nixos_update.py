@@ -132,12 +132,15 @@ def test_build_failure_activates_nothing(fresh_lab: LabClient, inv: Path) -> Non
 
 def test_failed_units_roll_back_the_generation(fresh_lab: LabClient, inv: Path) -> None:
     before = current(fresh_lab.state(), "media")
+    rev = nixos(fresh_lab.state(), "media")["flake_rev"]
     fresh_lab.nixos("media", upstream=NEW_REV, failed_units=["jellyfin.service"])
     report = run_failing(inv, only=["media"])
     assert outcome(report, "media") is Outcome.ROLLED_BACK
     assert "jellyfin.service" in detail(report, "media")
     assert "generation rollback" in detail(report, "media")
     assert_settled(fresh_lab, "media", before)
+    # flake.lock is back too, so the next run sees the update again and retries it
+    assert nixos(fresh_lab.state(), "media")["flake_rev"] == rev
 
 
 def rollback_events(host: str) -> list[Any]:
