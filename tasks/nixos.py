@@ -43,6 +43,7 @@ from moxflow.nixos import (
     generations_argv,
     lock_argv,
     lock_changes,
+    lock_path,
     new_failures,
     parse_failed_units,
     parse_flake_lock,
@@ -95,13 +96,15 @@ class Preflight:
             bits.append("already failed: " + ", ".join(sorted(self.failed_units)))
         if not self.flake_ok:
             bits.append("flake missing")
+        if self.free_kib is not None:
+            bits.append(f"{self.free_kib / 1024 / 1024:.1f} GiB free")
         if self.locked_by:
             bits.append(f"locked by {self.locked_by}")
         return "; ".join(bits)
 
 
 def _lock_path(inv: Inventory, host: str) -> str:
-    return f"{inv.nixos_state_dir(host)}/update.lock"
+    return lock_path(inv.nixos_state_dir(host))
 
 
 @task(name="nixos-preflight", cache_policy=NO_CACHE, task_run_name="preflight-{host}")
@@ -117,7 +120,8 @@ def preflight(inv: Inventory, host: str) -> Preflight:
             df = r.run(["df", "-Pk", spec.flake], check=False).stdout.splitlines()
             free = int(df[-1].split()[3]) if len(df) >= 2 else None
             journal = _read_journal(r, inv, host)
-            lock = r.run(["test", "-d", _lock_path(inv, host)], check=False).exit_code == 0
+            locked = r.run(["test", "-d", _lock_path(inv, host)], check=False).exit_code == 0
+            owner = (journal.flow_run_id if journal else None) or "an unknown run"
             return Preflight(
                 host=host,
                 reachable=True,
@@ -126,9 +130,7 @@ def preflight(inv: Inventory, host: str) -> Preflight:
                 failed_units=failed,
                 flake_ok=flake_ok,
                 free_kib=free,
-                locked_by=(journal.flow_run_id or "unknown run")
-                if lock and journal
-                else ("unknown run" if lock else None),
+                locked_by=owner if locked else None,
             )
     except (MoxflowError, ValueError, IndexError) as exc:
         return Preflight(host=host, reachable=False, error=str(exc))
