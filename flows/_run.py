@@ -28,7 +28,9 @@ from prefect.states import Failed
 
 from flows._cli import EXIT_FAILED, EXIT_OK
 from moxflow.errors import MoxflowError, RunFailed
+from moxflow.inventory import Inventory, load_inventory
 from moxflow.report import ReportRow, RunReport
+from tasks.notify import notify_run
 
 T = TypeVar("T")
 
@@ -55,12 +57,17 @@ def bounded(
         yield fut.result()
 
 
-def finish(report: RunReport, artifact_key: str) -> RunReport | State[Any]:
+def finish(
+    report: RunReport, artifact_key: str, inv: Inventory | None = None
+) -> RunReport | State[Any]:
     """Publish the report as a Prefect table artifact; fail the run if any target failed.
 
     A failed run ends in a Failed state carrying ``RunFailed`` (with the report) rather than
     raising it, so that an expected outcome is not logged as a crash with a traceback;
-    calling the flow still raises ``RunFailed``.
+    calling the flow still raises ``RunFailed``. Before that, a failed run is sent to the
+    inventory's direct webhook when ``notifications.webhook`` is set (``inv``, else the
+    inventory named by the flow's ``inventory`` parameter); a notification that cannot be
+    sent is logged and changes nothing.
     """
     report.finish()
     logger = get_run_logger()
@@ -73,8 +80,32 @@ def finish(report: RunReport, artifact_key: str) -> RunReport | State[Any]:
     if not report.ok:
         failed = ", ".join(r.target for r in report.failed_rows)
         message = f"{len(report.failed_rows)} target(s) failed: {failed}"
+        _notify(report, inv)
         return Failed(message=message, data=RunFailed(message, report=report))
     return report
+
+
+def _notify(report: RunReport, inv: Inventory | None) -> None:
+    """Send a failed run to the direct webhook, if one is configured; never raises."""
+    from prefect.context import FlowRunContext
+    from prefect.runtime import flow_run
+    from prefect.utilities.urls import url_for
+
+    logger = get_run_logger()
+    if inv is None:
+        params = flow_run.parameters
+        if "inventory" not in params:
+            return
+        try:
+            inv = load_inventory(params["inventory"])
+        except MoxflowError as exc:
+            logger.warning("notification not sent: %s", exc)
+            return
+    if inv.notifications.webhook is None:
+        return
+    ctx = FlowRunContext.get()
+    url = url_for(ctx.flow_run) if ctx is not None and ctx.flow_run is not None else None
+    notify_run(report, inv.notifications, inv.base_dir, run_url=url)
 
 
 def server_answers(api_url: str, timeout: float = 0.5) -> bool:

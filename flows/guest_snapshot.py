@@ -173,7 +173,7 @@ def guest_snapshot(
     ]
     for fut in as_completed(futures):
         report.extend(fut.result())
-    return finish(report, artifact_key="guest-snapshot-report")
+    return finish(report, artifact_key="guest-snapshot-report", inv=inv)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

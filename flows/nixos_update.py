@@ -132,7 +132,7 @@ def nixos_update(
                     )
                 )
         report.notes.extend(plan.describe())
-        return finish(report, artifact_key="nixos-update-report")
+        return finish(report, artifact_key="nixos-update-report", inv=inv)
 
     run_id = _flow_run_id()
     stopped: str | None = None
@@ -174,7 +174,7 @@ def nixos_update(
                 failed.add(row.target)
         if failed and stopped is None and not continue_on_failure:
             stopped = f"{', '.join(sorted(failed))} failed in wave {wave_no}"
-    return finish(report, artifact_key="nixos-update-report")
+    return finish(report, artifact_key="nixos-update-report", inv=inv)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

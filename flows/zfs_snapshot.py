@@ -92,7 +92,7 @@ def zfs_snapshot(
     for i, row in enumerate(bounded(submit, jobs, limit=16), start=1):
         logger.info("[%d/%d] %s: %s", i, len(jobs), row.target, row.line())
         report.add(row)
-    return finish(report, artifact_key="zfs-snapshot-report")
+    return finish(report, artifact_key="zfs-snapshot-report", inv=inv)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

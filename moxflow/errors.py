@@ -22,6 +22,7 @@ The tree (``transient`` errors are the ones worth retrying with backoff)::
     │   ├── SshAuthError             the key was not accepted
     │   ├── SshCommandError          the command exited non-zero
     │   └── SshTimeout               the command did not finish in time
+    ├── WebhookError                 a notification webhook failed (5xx, 408, 429: transient)
     └── RunFailed                    a flow finished with failed targets; carries the report
 
 Every error carries what a person needs to act: the host, command or endpoint, the exit code
@@ -226,6 +227,26 @@ class SshCommandError(SshError):
 
 class SshTimeout(SshError):
     """The command did not finish in time (it may still be running on the host)."""
+
+
+# --- notifications -------------------------------------------------------------------------
+
+
+class WebhookError(MoxflowError):
+    """The notification webhook answered with an error or could not be reached.
+
+    Carries the endpoint's host (never the URL: it may hold a token) and the HTTP status.
+    """
+
+    def __init__(self, message: str, *, host: str, status: int | None = None) -> None:
+        super().__init__(f"webhook at {host}: {message}")
+        self.host = host
+        self.status = status
+
+    @property
+    def retryable(self) -> bool:
+        """A connection problem, 408, 429 or 5xx: worth another attempt."""
+        return self.status is None or self.status in (408, 429) or self.status >= 500
 
 
 # --- runs ----------------------------------------------------------------------------------

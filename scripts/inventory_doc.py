@@ -22,6 +22,7 @@ from moxflow.inventory import (
     NixosHost,
     NixosSettings,
     NoSnapshotMethod,
+    NotificationSettings,
     ProxmoxSettings,
     ProxmoxSnapshotMethod,
     SshSettings,
@@ -46,6 +47,7 @@ SECTIONS: list[tuple[str, type[BaseModel]]] = [
     ('snapshot = { method = "zfs", ... }', ZfsSnapshotMethod),
     ('snapshot = { method = "none" }', NoSnapshotMethod),
     ("[[nixos.hosts.NAME.health]]", HealthCheck),
+    ("[notifications]", NotificationSettings),
 ]
 
 INTRO = """\
