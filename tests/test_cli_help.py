@@ -22,6 +22,15 @@ OPTIONS = {
         "--concurrency",
         "--lock-timeout",
     ],
+    "flows.nixos_update": [
+        "--inventory",
+        "--dry-run",
+        "--only",
+        "--max-parallel",
+        "--continue-on-failure",
+        "--no-snapshot",
+        "--force",
+    ],
 }
 
 
