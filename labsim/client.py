@@ -195,6 +195,12 @@ class LabClient:
         result: dict[str, Any] = self.call("set_guest", vmid=vmid, fields=fields)
         return result
 
+    def set_storage(self, storage: str, **fields: Any) -> dict[str, Any]:
+        """Change a storage directly: ``total``, ``used`` (other data), ``bandwidth``
+        (bytes per second before the time scale); its new state."""
+        result: dict[str, Any] = self.call("set_storage", storage=storage, fields=fields)
+        return result
+
     def guest(self, vmid: int) -> dict[str, Any]:
         """One guest of ``state()``."""
         result: dict[str, Any] = self.state()["guests"][str(vmid)]

@@ -43,7 +43,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from labsim import nixos, pve, shim, sshd
 from labsim.nixos import NixosSpec
-from labsim.state import NIXOS_FIELDS, TOKEN_ID, Lab, LabOptions
+from labsim.state import NIXOS_FIELDS, OFFSITE_HOST, TOKEN_ID, Lab, LabOptions
 
 log = logging.getLogger("labsim")
 
@@ -524,6 +524,8 @@ class Daemon:
                 }
                 for spec, root in nixos_hosts
             },
+            "storages": self._storage_info(),
+            "offsite": {"host": OFFSITE_HOST, "path": str(self.lab.offsite_dir())},
             "socket": str(self.socket_path),
             "inventory": str(d / "inventory.toml"),
             "bin_dir": str(bin_dir),
@@ -538,6 +540,24 @@ class Daemon:
             api_port,
             ", ".join(f"{n}:{p}" for n, p in ports.items()),
         )
+
+    def _storage_info(self) -> dict[str, Any]:
+        """Where each backup storage keeps its archives (per node when not shared)."""
+        out: dict[str, Any] = {}
+        for st in self.lab.storages.values():
+            item: dict[str, Any] = {
+                "type": st.type,
+                "shared": st.shared,
+                "content": list(st.content),
+                "bandwidth": st.bandwidth,
+            }
+            if "backup" in st.content:
+                if st.shared:
+                    item["path"] = str(self.lab.dump_dir(st, None))
+                else:
+                    item["paths"] = {n: str(self.lab.dump_dir(st, n)) for n in self.lab.nodes}
+            out[st.name] = item
+        return out
 
     def _run_loop(self) -> None:
         assert self.loop is not None
@@ -632,6 +652,12 @@ class Daemon:
             fields = msg.get("fields") or {}
             with lab.lock:
                 result = lab.set_guest(int(msg["vmid"]), dict(fields)).to_json(time.time())
+        elif op == "set_storage":
+            fields = msg.get("fields") or {}
+            if not isinstance(fields, dict):
+                raise ValueError("set_storage needs fields, an object")
+            with lab.lock:
+                result = lab.set_storage(str(msg.get("storage", "")), dict(fields)).to_json()
         elif op == "nixos":
             fields = msg.get("fields") or {}
             if not isinstance(fields, dict):

@@ -218,9 +218,9 @@ def _storage_entries(lab: Lab, node: str) -> list[dict[str, Any]]:
                 "active": 1,
                 "enabled": 1,
                 "total": st.total,
-                "used": st.used,
-                "avail": st.total - st.used,
-                "used_fraction": st.used / st.total if st.total else 0,
+                "used": st.used_for(st.pool(node)),
+                "avail": max(0, st.total - st.used_for(st.pool(node))),
+                "used_fraction": st.used_for(st.pool(node)) / st.total if st.total else 0,
             }
         )
     return out
@@ -520,6 +520,116 @@ def stop_guest(req: Request) -> Any:
     return req.lab.guest_power(req.node, req.gtype, req.vmid, "stop", user=req.user).upid
 
 
+@route("POST", "/nodes/{node}/qemu", "/nodes/{node}/lxc")
+def create_guest(req: Request) -> Any:
+    """Only restores are simulated: ``archive`` (qemu) or ``ostemplate`` + ``restore=1``."""
+    req.lab.require_node(req.node)
+    gtype = req.template.rsplit("/", 1)[-1]
+    archive = req.get_str("archive") if gtype == "qemu" else req.get_str("ostemplate")
+    if archive is None or (gtype == "lxc" and not req.get_bool("restore")):
+        raise PveError(501, "labsim: creating a guest other than by restoring is not simulated")
+    return req.lab.restore(
+        req.node,
+        gtype,
+        req.vmid,
+        archive,
+        storage=req.get_str("storage"),
+        force=req.get_bool("force"),
+        start=req.get_bool("start"),
+        unique=req.get_bool("unique"),
+        user=req.user,
+    ).upid
+
+
+@route("DELETE", *_both("/{vmid}"))
+def destroy_guest(req: Request) -> Any:
+    req.lab.require_node(req.node)
+    return req.lab.destroy(req.node, req.gtype, req.vmid, user=req.user).upid
+
+
+@route("POST", "/nodes/{node}/qemu/{vmid}/agent/ping")
+def agent_ping(req: Request) -> Any:
+    req.lab.require_node(req.node)
+    return req.lab.agent_ping(req.node, req.vmid)
+
+
+# --- backups ----------------------------------------------------------------------------------
+
+
+def _plain(params: dict[str, schema.ParamValue]) -> dict[str, str]:
+    return {k: v if isinstance(v, str) else ",".join(v) for k, v in params.items()}
+
+
+@route("POST", "/nodes/{node}/vzdump")
+def vzdump(req: Request) -> Any:
+    req.lab.require_node(req.node)
+    return req.lab.vzdump(req.node, _plain(req.params), user=req.user)
+
+
+@route("GET", "/nodes/{node}/storage/{storage}/content")
+def storage_content(req: Request) -> Any:
+    req.lab.require_node(req.node)
+    st = req.lab.require_storage(req.node, req.req_str("storage"))
+    content = req.get_str("content")
+    if content is not None and "backup" not in content.split(","):
+        return []
+    vmid = req.get_int("vmid")
+    items = sorted(st.archives_for(req.node), key=lambda a: a.volid)
+    return [a.content_entry() for a in items if vmid is None or a.vmid == vmid]
+
+
+@route("GET", "/nodes/{node}/storage/{storage}/content/{volume}")
+def storage_volume(req: Request) -> Any:
+    req.lab.require_node(req.node)
+    st = req.lab.require_storage(req.node, req.req_str("storage"))
+    a = req.lab.find_archive(req.node, req.req_str("volume"), st)
+    out: dict[str, Any] = {"path": str(a.path), "size": a.size, "used": a.size, "format": a.format}
+    if a.notes:
+        out["notes"] = a.notes
+    if a.protected:
+        out["protected"] = 1
+    return out
+
+
+@route("DELETE", "/nodes/{node}/storage/{storage}/content/{volume}")
+def delete_volume(req: Request) -> Any:
+    req.lab.require_node(req.node)
+    task = req.lab.delete_archive(
+        req.node, req.req_str("storage"), req.req_str("volume"), user=req.user
+    )
+    return task.upid
+
+
+@route("GET", "/nodes/{node}/storage/{storage}/prunebackups")
+def prune_dry_run(req: Request) -> Any:
+    req.lab.require_node(req.node)
+    marks = req.lab.prune(
+        req.node,
+        req.req_str("storage"),
+        req.get_str("prune-backups"),
+        req.get_str("type"),
+        req.get_int("vmid"),
+    )
+    return [
+        {"volid": a.volid, "ctime": a.ctime, "mark": mark, "type": a.subtype, "vmid": a.vmid}
+        for a, mark in marks
+    ]
+
+
+@route("DELETE", "/nodes/{node}/storage/{storage}/prunebackups")
+def prune_backups(req: Request) -> Any:
+    req.lab.require_node(req.node)
+    task = req.lab.prune_apply(
+        req.node,
+        req.req_str("storage"),
+        req.get_str("prune-backups"),
+        req.get_str("type"),
+        req.get_int("vmid"),
+        user=req.user,
+    )
+    return task.upid
+
+
 # --- tasks ------------------------------------------------------------------------------------
 
 
@@ -563,6 +673,13 @@ def _task_status(task: Task) -> dict[str, Any]:
 @route("GET", "/nodes/{node}/tasks/{upid}/status")
 def get_task_status(req: Request) -> Any:
     return _task_status(_find_task(req))
+
+
+@route("DELETE", "/nodes/{node}/tasks/{upid}")
+def stop_task(req: Request) -> Any:
+    task = _find_task(req)
+    req.lab.stop_task(req.node, task.upid)
+    return None
 
 
 @route("GET", "/nodes/{node}/tasks/{upid}")
@@ -839,7 +956,16 @@ class ApiHandler(BaseHTTPRequestHandler):
                 raise PveError(401, "No ticket")
             if auth.strip() != self.server.auth_value:
                 raise PveError(401, "authentication failure")
-            found = schema.match_path(rel) if full_path.startswith(API_BASE) else None
+            found = None
+            if full_path.startswith(API_BASE):
+                found = schema.match_path(rel)
+                if found is None and "%2f" in self.path.lower():  # a volume ID in the path
+                    raw = urlsplit(self.path).path[len(API_BASE) :]
+                    found = schema.match_path(raw)
+                    if found is not None:
+                        found = schema.Route(
+                            found.template, {k: unquote(v) for k, v in found.path_params.items()}
+                        )
             handler = ROUTES.get((method, found.template)) if found else None
             if found is None or handler is None:
                 raise PveError(501, f"Method '{method} {rel}' not implemented")

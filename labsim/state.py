@@ -6,8 +6,13 @@ passed on the monotonic clock and applies its effect, so no task needs a thread 
 Durations are ``durations[kind] * time_scale`` seconds; wall-clock time is used only for what
 PVE reports (``starttime``, ``snaptime``, ``uptime``).
 
-Room for what comes next is marked ``Later:`` (vzdump archives on storages, apt packages and
-reboots on nodes, the guest agent on guests).
+Backups (``vzdump`` tasks) are driven by ``Lab.advance_backups`` instead: each writes its
+archive at a share of its storage's bandwidth (shared with the other backups to that storage,
+recomputed whenever one starts or ends), one vzdump at a time per node; archives are real
+files (see ``labsim.backups``). The offsite host ``offsite`` has a real folder,
+``DIR/hosts/offsite/backups/``.
+
+Room for what comes next is marked ``Later:`` (apt packages and reboots on nodes).
 """
 
 from __future__ import annotations
@@ -17,6 +22,8 @@ import heapq
 import itertools
 import math
 import re
+import shlex
+import shutil
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -24,7 +31,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from labsim import nixos
+from labsim import backups, nixos
+from labsim.backups import Archive, BackupJob
 from labsim.nixos import HostImage, NixosHost, NixosSpec
 from labsim.zfs import ZfsState, default_zfs_state, run_zfs
 
@@ -52,7 +60,10 @@ DEFAULT_DURATIONS: dict[str, float] = {
     "start": 1.0,  # qmstart / vzstart
     "stop": 1.0,  # qmstop / vzstop
     "boot": 10.0,  # a NixOS host from power-on (or reboot) until it answers
-    # Later: "vzdump", "aptupdate", "reboot", "restore", ...
+    "agent": 3.0,  # a started VM's guest agent answers after this
+    "restore": 2.0,  # qmrestore / vzrestore: this plus the archive size over the bandwidth
+    "destroy": 1.0,  # qmdestroy / vzdestroy
+    # Later: "aptupdate", "reboot", ...
 }
 
 FAULT_TARGETS = ("api", "command", "connect", "task")
@@ -124,7 +135,8 @@ class Guest:
     snapshots: dict[str, Snapshot] = field(default_factory=dict)
     config: dict[str, Any] = field(default_factory=dict)  # extra config keys, verbatim
     started_at: float | None = None  # wall clock, for uptime
-    # Later: agent_state (guest agent processes, OS info) for the Windows and restore flows.
+    agent_ready_at: float = 0.0  # monotonic: the guest agent answers from then on (if running)
+    # Later: agent_state (guest agent processes, OS info) for the Windows flows.
 
     @property
     def kind(self) -> str:
@@ -253,7 +265,11 @@ class Node:
 
 @dataclass
 class Storage:
-    """A storage definition. Later: ``volumes`` (vzdump archives with notes and protection)."""
+    """A storage definition with its backup archives.
+
+    ``used`` is what other data takes; archives add to it (per node on a node-local
+    storage). ``bandwidth``: write bytes per second (before the time scale), shared by the
+    backups running to it (per node on a node-local storage)."""
 
     name: str
     type: str  # dir | zfspool | nfs | ...
@@ -262,12 +278,27 @@ class Storage:
     nodes: list[str] | None = None  # None: every node
     total: int = 500 * GiB
     used: int = 50 * GiB
-    # Later: volumes: list[Volume]
+    bandwidth: float = 500 * MiB
+    archives: list[Archive] = field(default_factory=list)
 
     def on_node(self, node: str) -> bool:
         return self.nodes is None or node in self.nodes
 
+    def pool(self, node: str) -> str | None:
+        """Which copy of the storage ``node`` sees: None for a shared one."""
+        return None if self.shared else node
+
+    def archives_for(self, node: str) -> list[Archive]:
+        pool = self.pool(node)
+        return [a for a in self.archives if a.node == pool]
+
+    def used_for(self, node: str | None) -> int:
+        return self.used + sum(a.size for a in self.archives if a.node == node)
+
     def to_json(self) -> dict[str, Any]:
+        pools: list[str | None] = [None]
+        if not self.shared:
+            pools = [*sorted({a.node for a in self.archives if a.node})]
         return {
             "name": self.name,
             "type": self.type,
@@ -275,7 +306,12 @@ class Storage:
             "shared": self.shared,
             "nodes": self.nodes,
             "total": self.total,
-            "used": self.used,
+            "used": self.used_for(None) if self.shared else self.used,
+            "used_by_node": {p: self.used_for(p) for p in pools if p is not None},
+            "bandwidth": self.bandwidth,
+            "archives": [
+                a.to_json() for a in sorted(self.archives, key=lambda a: (a.vmid, a.ctime))
+            ],
         }
 
 
@@ -326,6 +362,7 @@ class SshHost:
     port: int = 0
     zfs: ZfsState | None = None
     nixos: NixosHost | None = None
+    files: Path | None = None  # a real folder of the host (the offsite host's backups)
     # Later: apt packages for the node hosts.
 
     def to_json(self, mono: float | None = None) -> dict[str, Any]:
@@ -333,6 +370,7 @@ class SshHost:
             "name": self.name,
             "port": self.port,
             "zfs": self.zfs.to_json() if self.zfs is not None else None,
+            "files": str(self.files) if self.files is not None else None,
             "nixos": self.nixos.to_json(time.monotonic() if mono is None else mono)
             if self.nixos is not None
             else None,
@@ -385,12 +423,40 @@ class Topology:
 
 def _storages(node_names: list[str]) -> dict[str, Storage]:
     return {
-        "local": Storage("local", "dir", ["iso", "vztmpl", "backup"], total=100 * GiB),
-        "local-zfs": Storage("local-zfs", "zfspool", ["images", "rootdir"], total=900 * GiB),
+        "local": Storage(
+            "local", "dir", ["iso", "vztmpl", "backup"], total=100 * GiB, bandwidth=400 * MiB
+        ),
+        "local-zfs": Storage(
+            "local-zfs", "zfspool", ["images", "rootdir"], total=900 * GiB, bandwidth=1000 * MiB
+        ),
         "nas-backup": Storage(
-            "nas-backup", "nfs", ["backup"], shared=True, total=4096 * GiB, used=800 * GiB
+            "nas-backup",
+            "nfs",
+            ["backup"],
+            shared=True,
+            total=4096 * GiB,
+            used=800 * GiB,
+            bandwidth=200 * MiB,
         ),
     }
+
+
+OFFSITE_HOST = "offsite"
+
+
+def backup_size(g: Guest) -> int:
+    """The (deterministic) size of a zstd archive of guest ``g``."""
+    fraction = 0.15 + (g.vmid % 5) * 0.05
+    return int(g.maxdisk * fraction) + g.vmid * 4096
+
+
+# Backups that exist when the lab starts: (vmid, days ago, protected, notes)
+DEFAULT_BACKUPS = (
+    (101, 9, True, "media-vm before the Jellyfin upgrade"),
+    (101, 2, False, "media-vm"),
+    (104, 8, False, "homeassistant"),
+    (104, 1, False, "homeassistant"),
+)
 
 
 def default_topology(now: float) -> Topology:
@@ -432,7 +498,7 @@ def default_topology(now: float) -> Topology:
         nodes,
         {g.vmid: g for g in guests},
         _storages(list(nodes)),
-        ["pve1", "pve2", "nas"],
+        ["pve1", "pve2", "nas", OFFSITE_HOST],
     )
 
 
@@ -491,7 +557,9 @@ def generated_topology(now: float, nodes: int, guests_per_node: int) -> Topology
             tid, "qemu", f"template-{name}", name, status="stopped", template=True,
             maxdisk=16 * GiB, agent=True,
         )  # fmt: skip
-    return Topology(CLUSTER_NAME, node_map, guests, _storages(list(node_map)), [*node_map, "nas"])
+    return Topology(
+        CLUSTER_NAME, node_map, guests, _storages(list(node_map)), [*node_map, "nas", OFFSITE_HOST]
+    )
 
 
 # --- the lab ----------------------------------------------------------------------------------
@@ -543,6 +611,9 @@ class Lab:
             "start": self._finish_power,
             "stop": self._finish_power,
             "fail": lambda task, ok: None,
+            "vzdump": lambda task, ok: None,  # the backup engine does the work
+            "restore": self._finish_restore,
+            "destroy": self._finish_destroy,
         }
         self._build()
 
@@ -587,6 +658,9 @@ class Lab:
                     snap.nixos = nixos.old_image(host)
                 if g.status != "running":
                     host.power_off()
+        self.backup_jobs: dict[str, BackupJob] = {}
+        self.vzdump_locks: dict[str, str] = {}  # node -> upid of the vzdump holding its lock
+        self._build_backups(now)
 
     def nixos_hosts(self) -> dict[str, NixosHost]:
         """The NixOS hosts by name."""
@@ -627,7 +701,10 @@ class Lab:
             raise ValueError(f"time scale must be a positive number, not {scale!r}")
         with self.lock:
             self.tick()
+            now = time.monotonic()
+            self._progress_to(now)
             self.time_scale = scale
+            self._rebalance(now)
 
     def duration(self, kind: str) -> float:
         return self.durations.get(kind, 1.0) * self.time_scale
@@ -693,10 +770,11 @@ class Lab:
         now = time.monotonic()
         with self.lock:
             heap = self._due
+            self.advance_backups(now)
             while heap and heap[0][0] <= now:
                 _, _, upid = heapq.heappop(heap)
                 task = self.tasks.get(upid)
-                if task is not None and task.status == "running":
+                if task is not None and task.status == "running" and task.end_at <= now:
                     self._complete(task)
             ctx = self.nixos_ctx()
             for host in self.nixos_hosts().values():
@@ -748,6 +826,7 @@ class Lab:
         args: dict[str, Any] | None = None,
         log: Iterable[str] = (),
         fail_now: str | None = None,
+        faults: bool = True,
     ) -> Task:
         """Start a worker task; ``fail_now`` makes it fail at once with that exit status."""
         mono = time.monotonic()
@@ -766,7 +845,7 @@ class Lab:
             task.log.append(fail_now)
         else:
             task.end_at = mono + duration
-            fault = self.take_fault("task", type=ttype, id=tid, node=node)
+            fault = self.take_fault("task", type=ttype, id=tid, node=node) if faults else None
             if fault is not None:
                 self._apply_task_fault(task, fault)
         self.tasks[upid] = task
@@ -847,6 +926,7 @@ class Lab:
                         raise ValueError("status must be running or stopped")
                     if value == "running" and g.status != "running":
                         g.started_at = time.time()
+                        g.agent_ready_at = time.monotonic() + self.duration("agent")
                 if key == "lock" and value == "":
                     value = None
                 setattr(g, key, value)
@@ -1134,6 +1214,7 @@ class Lab:
         if task.kind == "start":
             g.status = "running"
             g.started_at = time.time()
+            g.agent_ready_at = time.monotonic() + self.duration("agent")
         else:
             g.status = "stopped"
             g.started_at = None
@@ -1257,6 +1338,655 @@ class Lab:
                 self._settle()
         return result
 
+    # -- storages and backup archives ----------------------------------------------------------
+
+    def storage_dir(self) -> Path | None:
+        return self.root / "storage" if self.root is not None else None
+
+    def dump_dir(self, st: Storage, pool: str | None) -> Path | None:
+        """The real folder of a storage's archives (per node on a node-local storage)."""
+        base = self.storage_dir()
+        if base is None:
+            return None
+        return base / st.name / "dump" if pool is None else base / st.name / pool / "dump"
+
+    def offsite_dir(self) -> Path | None:
+        return self.root / "hosts" / OFFSITE_HOST / "backups" if self.root is not None else None
+
+    def _build_backups(self, now: float) -> None:
+        """Recreate the storage folders and the offsite folder, with the initial archives."""
+        base = self.storage_dir()
+        if base is not None:
+            shutil.rmtree(base, ignore_errors=True)
+            for st in self.storages.values():
+                if "backup" not in st.content:
+                    continue
+                pools: list[str | None] = [None] if st.shared else list(self.nodes)
+                for pool in pools:
+                    d = self.dump_dir(st, pool)
+                    assert d is not None
+                    d.mkdir(parents=True, exist_ok=True)
+        off = self.offsite_dir()
+        if off is not None:
+            shutil.rmtree(off, ignore_errors=True)
+            off.mkdir(parents=True, exist_ok=True)
+        h = self.hosts.get(OFFSITE_HOST)
+        if h is not None:
+            h.files = off
+        nas = self.storages.get("nas-backup")
+        if nas is None or self.options.nodes is not None:
+            return
+        for vmid, days, protected, notes in DEFAULT_BACKUPS:
+            g = self.guests.get(vmid)
+            if g is None:
+                continue
+            ctime = int(now - days * 86400) // 3600 * 3600
+            self._add_archive(nas, None, g, ctime, backup_size(g), notes, protected)
+
+    def _add_archive(
+        self,
+        st: Storage,
+        pool: str | None,
+        g: Guest,
+        ctime: int,
+        size: int,
+        notes: str,
+        protected: bool,
+        log: list[str] | None = None,
+    ) -> Archive:
+        name = backups.archive_name(g.type, g.vmid, ctime)
+        d = self.dump_dir(st, pool)
+        a = Archive(
+            st.name,
+            pool,
+            name,
+            g.vmid,
+            g.type,
+            ctime,
+            size,
+            path=d / name if d is not None else None,
+            notes=notes,
+            protected=protected,
+            guest={
+                "name": g.name,
+                "maxdisk": g.maxdisk,
+                "maxmem": g.maxmem,
+                "cpus": g.cpus,
+                "tags": list(g.tags),
+                "agent": g.agent,
+                "ostype": g.ostype,
+            },
+        )
+        a.write()
+        lp = a.log_path()
+        if log is not None and lp is not None:
+            lp.write_text("".join(line + "\n" for line in log), encoding="utf-8")
+        st.archives.append(a)
+        return a
+
+    def set_storage(self, name: str, fields: dict[str, Any]) -> Storage:
+        """Change a storage directly (tests): ``total``, ``used`` (other data), ``bandwidth``."""
+        allowed = {"total", "used", "bandwidth"}
+        unknown = set(fields) - allowed
+        if unknown:
+            raise ValueError(f"cannot set {', '.join(sorted(unknown))} on a storage")
+        with self.lock:
+            self.tick()
+            st = self.storages.get(name)
+            if st is None:
+                raise ValueError(f"no storage {name}")
+            now = time.monotonic()
+            self._progress_to(now)
+            for key, value in fields.items():
+                number = float(value)
+                if not (number >= 0 and math.isfinite(number)):
+                    raise ValueError(f"{key} must be a number >= 0")
+                if key == "bandwidth" and number <= 0:
+                    raise ValueError("bandwidth must be positive")
+                setattr(st, key, number if key == "bandwidth" else int(number))
+            self._rebalance(now)
+            return st
+
+    def require_storage(self, node: str, name: str) -> Storage:
+        st = self.storages.get(name)
+        if st is None or not st.on_node(node):
+            raise PveError(500, f"storage '{name}' does not exist")
+        return st
+
+    def find_archive(self, node: str, volid: str, st: Storage | None = None) -> Archive:
+        """The archive ``volid`` (``storage:backup/name``; or ``backup/name`` on ``st``)."""
+        storage_name, sep, rest = volid.partition(":")
+        if not sep:
+            if st is None:
+                raise PveError(500, f"unable to parse volume ID '{volid}'")
+            storage_name, rest = st.name, volid
+        st = self.require_storage(node, storage_name)
+        filename = rest.removeprefix("backup/")
+        for a in st.archives_for(node):
+            if a.filename == filename:
+                return a
+        raise PveError(500, f"volume '{storage_name}:{rest}' does not exist")
+
+    def delete_archive(self, node: str, storage: str, volume: str, *, user: str) -> Task:
+        """``DELETE .../storage/{storage}/content/{volume}``: an ``imgdel`` task (its UPID
+        id is the volume ID with ``:`` and ``/`` escaped as ``\\x3a`` and ``\\x2f``)."""
+        st = self.require_storage(node, storage)
+        a = self.find_archive(node, volume, st)
+        tid = a.volid.replace(":", "\\x3a").replace("/", "\\x2f")
+        if a.protected:
+            where = a.path or f"/mnt/pve/{st.name}/dump/{a.filename}"
+            return self.new_task(
+                node,
+                "imgdel",
+                tid,
+                user,
+                kind="fail",
+                duration=0,
+                fail_now=f"cannot remove protected archive '{where}'",
+            )
+        a.remove()
+        st.archives.remove(a)
+        return self.new_task(
+            node,
+            "imgdel",
+            tid,
+            user,
+            kind="fail",
+            duration=0,
+            log=[f"Removed volume '{a.volid}'"],
+        )
+
+    def prune(
+        self,
+        node: str,
+        storage: str,
+        options: str | None,
+        gtype: str | None,
+        vmid: int | None,
+    ) -> list[tuple[Archive, str]]:
+        """The marks of ``prunebackups`` on the archives a node sees on a storage."""
+        st = self.require_storage(node, storage)
+        try:
+            opts = backups.parse_prune(options or "")
+        except ValueError as exc:
+            raise PveError(
+                400, "Parameter verification failed.", {"prune-backups": str(exc)}
+            ) from exc
+        items = [
+            a
+            for a in st.archives_for(node)
+            if (gtype is None or a.subtype == gtype) and (vmid is None or a.vmid == vmid)
+        ]
+        return backups.prune_marks(items, opts)
+
+    def prune_apply(
+        self,
+        node: str,
+        storage: str,
+        options: str | None,
+        gtype: str | None,
+        vmid: int | None,
+        *,
+        user: str,
+    ) -> Task:
+        marks = self.prune(node, storage, options, gtype, vmid)
+        st = self.storages[storage]
+        log = []
+        for a, mark in marks:
+            if mark == "remove":
+                a.remove()
+                st.archives.remove(a)
+                log.append(f"removed '{a.volid}'")
+        return self.new_task(node, "prunebackups", storage, user, kind="fail", duration=0, log=log)
+
+    # -- vzdump ----------------------------------------------------------------------------------
+
+    def vzdump(self, node: str, params: dict[str, str], *, user: str) -> str:
+        """``POST /nodes/{node}/vzdump``: a UPID, or ``OK`` when no listed guest is local."""
+        vmids: list[int] = []
+        if params.get("all") == "1":
+            vmids = sorted(v for v, g in self.guests.items() if g.node == node)
+        else:
+            for part in re.split(r"[,;\s]+", params.get("vmid", "")):
+                if part:
+                    vmids.append(int(part))
+            vmids = [v for v in vmids if v in self.guests and self.guests[v].node == node]
+        if not vmids:
+            return "OK"
+        storage = params.get("storage", "local")
+        st = self.require_storage(node, storage)
+        if "backup" not in st.content:
+            raise PveError(500, f"storage '{storage}' does not support backups")
+        prune: dict[str, int] | None = None
+        if params.get("prune-backups") is not None:
+            try:
+                prune = backups.parse_prune(params["prune-backups"])
+            except ValueError as exc:
+                raise PveError(
+                    400, "Parameter verification failed.", {"prune-backups": str(exc)}
+                ) from exc
+        if params.get("remove") == "0":
+            prune = None
+        bwlimit = int(params.get("bwlimit") or 0) * 1024
+        lockwait = int(params.get("lockwait") or 180)
+        shown = [f"vzdump {' '.join(str(v) for v in vmids)}"]
+        for key in ("all", "storage", "mode", "compress", "notes-template", "protected",
+                    "prune-backups", "bwlimit", "lockwait", "remove"):  # fmt: skip
+            if key in params and key != "all":
+                value = params[key]
+                shown.append(f"--{key} {shlex.quote(value)}")
+        shown.append(f"--node {node}")
+        tid = str(vmids[0]) if len(vmids) == 1 else ""
+        task = self.new_task(
+            node, "vzdump", tid, user, kind="vzdump", duration=math.inf, faults=False
+        )
+        task.log.append(f"INFO: starting new backup job: {' '.join(shown)}")
+        job = BackupJob(
+            task.upid,
+            node,
+            st.name,
+            st.pool(node),
+            vmids,
+            " ".join(shown),
+            mode=params.get("mode", "snapshot"),
+            notes_template=params.get("notes-template"),
+            protected=params.get("protected") == "1",
+            prune=prune,
+            bwlimit=float(bwlimit) if bwlimit > 0 else None,
+        )
+        self.backup_jobs[task.upid] = job
+        now = time.monotonic()
+        self._progress_to(now)
+        if node in self.vzdump_locks:
+            task.log.append("INFO: trying to get global lock - waiting...")
+            job.deadline = now + lockwait * 60 * self.time_scale
+        else:
+            self._acquire(job, now)
+        self._rebalance(now)
+        return task.upid
+
+    @staticmethod
+    def _wall(t: float) -> float:
+        return time.time() - (time.monotonic() - t)
+
+    def advance_backups(self, now: float) -> None:
+        """Process every backup event up to ``now``, in time order."""
+        while self.backup_jobs:
+            job = min(self.backup_jobs.values(), key=lambda j: j.next_event())
+            t = job.next_event()
+            if t > now:
+                break
+            self._progress_to(t)
+            if job.state == "waiting":
+                self._end_job(
+                    job, t, "can't acquire lock '/var/run/vzdump.lock' - got timeout", log=True
+                )
+            else:
+                self._finish_guest(job, t)
+            self._rebalance(t)
+
+    def _progress_to(self, t: float) -> None:
+        for job in self.backup_jobs.values():
+            if job.state == "running" and t > job.last:
+                job.done = min(job.target, job.done + job.rate * (t - job.last))
+                job.last = t
+
+    def _rebalance(self, t: float) -> None:
+        """Share each storage's bandwidth among the backups writing to it."""
+        pools: dict[tuple[str, str | None], list[BackupJob]] = {}
+        for job in self.backup_jobs.values():
+            if job.state == "running":
+                pools.setdefault((job.storage, job.pool), []).append(job)
+        for (storage, _), jobs in pools.items():
+            st = self.storages[storage]
+            shares = backups.fair_shares(st.bandwidth, [j.bwlimit for j in jobs])
+            for job, share in zip(jobs, shares, strict=True):
+                job.rate = share / self.time_scale
+                job.last = max(job.last, t)
+
+    def _acquire(self, job: BackupJob, t: float) -> None:
+        task = self.tasks[job.upid]
+        if job.deadline != math.inf:
+            task.log.append("INFO: got global lock")
+        self.vzdump_locks[job.node] = job.upid
+        job.deadline = math.inf
+        self._start_guest(job, t)
+
+    def _start_guest(self, job: BackupJob, t: float) -> None:
+        task = self.tasks[job.upid]
+        while job.queue:
+            vmid = job.queue.pop(0)
+            g = self.guests.get(vmid)
+            kind = "VM" if g is None or g.type == "qemu" else "CT"
+            if g is None or g.node != job.node:
+                task.log.append(f"ERROR: Backup of VM {vmid} failed - unable to find VM {vmid}")
+                job.errors += 1
+                continue
+            wall = self._wall(t)
+            task.log.append(f"INFO: Starting Backup of VM {vmid} ({g.type})")
+            task.log.append(
+                "INFO: Backup started at "
+                + time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(wall))
+            )
+            task.log.append(f"INFO: status = {g.status}")
+            if g.lock:
+                task.log.append(f"ERROR: Backup of VM {vmid} failed - {kind} is locked ({g.lock})")
+                job.errors += 1
+                continue
+            st = self.storages[job.storage]
+            ctime = int(wall)
+            taken = {a.filename for a in st.archives if a.node == job.pool}
+            while backups.archive_name(g.type, vmid, ctime) in taken:
+                ctime += 1
+            job.filename = backups.archive_name(g.type, vmid, ctime)
+            job.ctime = ctime
+            job.vmid = vmid
+            job.size = backup_size(g)
+            job.done = 0.0
+            job.last = t
+            job.phase_start = t
+            job.fail = None
+            job.nospace = False
+            reserved = sum(
+                j.target - j.done
+                for j in self.backup_jobs.values()
+                if j is not job
+                and j.state in ("running", "hung")
+                and (j.storage, j.pool) == (st.name, job.pool)
+            )
+            free = max(0.0, st.total - st.used_for(job.pool) - reserved)
+            job.target = float(job.size)
+            if job.size > free:
+                job.target = free
+                job.nospace = True
+            g.lock = "backup"
+            if g.type == "qemu":
+                task.log.append(f"INFO: VM Name: {g.name}")
+                task.log.append(f"INFO: include disk 'scsi0' '{g.volid}' {g.maxdisk // GiB}G")
+            else:
+                task.log.append(f"INFO: CT Name: {g.name}")
+                task.log.append("INFO: including mount point rootfs ('/') in backup")
+            task.log.append(f"INFO: backup mode: {job.mode}")
+            task.log.append("INFO: ionice priority: 7")
+            where = self.dump_dir(st, job.pool)
+            task.log.append(f"INFO: creating vzdump archive '{where}/{job.filename}'")
+            job.state = "running"
+            fault = self.take_fault("task", type="vzdump", id=str(vmid), node=job.node)
+            if fault is not None:
+                action = fault["action"]
+                if action == "hang":
+                    job.state = "hung"
+                elif action in ("error", "drop"):
+                    msg = str(fault.get("message") or fault.get("exitstatus") or "job failed")
+                    job.fail = msg
+                    if fault.get("exitstatus"):
+                        job.exitstatus = str(fault["exitstatus"])
+                    job.target = job.target / 2  # it fails half way
+                elif action == "slow":
+                    job.last = t + float(fault.get("delay", 0.0))
+            return
+        self._end_job(job, t, None)
+
+    def _finish_guest(self, job: BackupJob, t: float) -> None:
+        task = self.tasks[job.upid]
+        vmid = job.vmid
+        assert vmid is not None
+        g = self.guests.get(vmid)
+        if g is not None and g.lock == "backup":
+            g.lock = None
+        st = self.storages[job.storage]
+        seconds = max(0.0, (t - job.phase_start) / self.time_scale)
+        elapsed = time.strftime("%H:%M:%S", time.gmtime(seconds))
+        if job.nospace or job.fail is not None or g is None:
+            if job.nospace:
+                task.log.append(
+                    "INFO: zstd: error 70 : Write error : cannot write block : "
+                    "No space left on device"
+                )
+                msg = "vma_queue_write: write error - No space left on device"
+                if g is not None and g.type == "lxc":
+                    msg = "command 'tar ... | zstd' failed: No space left on device"
+            else:
+                msg = job.fail or f"unable to find VM {vmid}"
+            task.log.append(f"ERROR: Backup of VM {vmid} failed - {msg}")
+            failed_at = time.localtime(self._wall(t))
+            task.log.append(f"INFO: Failed at {time.strftime('%Y-%m-%d %H:%M:%S', failed_at)}")
+            job.errors += 1
+        else:
+            log_start = len(task.log)
+            rate = job.size / seconds / MiB if seconds > 0 else 0.0
+            task.log.append(
+                f"INFO: transferred {g.maxdisk / GiB:.2f} GiB in {int(seconds)} seconds "
+                f"({rate:.1f} MiB/s)"
+            )
+            task.log.append(f"INFO: archive file size: {backups.format_size(job.size)}")
+            notes = ""
+            if job.notes_template:
+                notes = (
+                    job.notes_template.replace("{{guestname}}", g.name)
+                    .replace("{{vmid}}", str(g.vmid))
+                    .replace("{{node}}", job.node)
+                    .replace("{{cluster}}", self.cluster)
+                    .replace("\\n", "\n")
+                )
+                task.log.append("INFO: adding notes to backup")
+            if job.protected:
+                task.log.append("INFO: marking backup as protected")
+            ctime = job.ctime
+            self._add_archive(
+                st, job.pool, g, ctime, job.size, notes, job.protected, log=task.log[log_start:]
+            )
+            if job.prune is not None:
+                marks = backups.prune_marks(
+                    [
+                        a
+                        for a in st.archives
+                        if a.node == job.pool and a.vmid == vmid and a.subtype == g.type
+                    ],
+                    job.prune,
+                )
+                opts = ",".join(f"{k}={v}" for k, v in job.prune.items())
+                task.log.append(f"INFO: prune older backups with retention: {opts}")
+                removed = 0
+                for a, mark in marks:
+                    if mark == "remove":
+                        task.log.append(f"INFO: removing backup '{a.volid}'")
+                        a.remove()
+                        st.archives.remove(a)
+                        removed += 1
+                task.log.append(f"INFO: pruned {removed} backup(s)")
+            task.log.append(f"INFO: Finished Backup of VM {vmid} ({elapsed})")
+            task.log.append(
+                "INFO: Backup finished at "
+                + time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(self._wall(t)))
+            )
+        job.vmid = None
+        job.state = "running"
+        job.target = job.done = 0.0
+        job.rate = 0.0
+        self._start_guest(job, t)
+
+    def _end_job(self, job: BackupJob, t: float, fail: str | None, log: bool = False) -> None:
+        """The vzdump task ends at ``t``: release the node's lock to the next job waiting."""
+        task = self.tasks[job.upid]
+        job.state = "done"
+        self.backup_jobs.pop(job.upid, None)
+        if job.vmid is not None:
+            g = self.guests.get(job.vmid)
+            if g is not None and g.lock == "backup":
+                g.lock = None
+        if fail is None and job.errors:
+            fail = job.exitstatus or "job errors"
+            task.log.append("INFO: Backup job finished with errors")
+        elif fail is None:
+            task.log.append("INFO: Backup job finished successfully")
+        elif log:
+            task.log.append(f"ERROR: {fail}")
+        task.fail_with = fail
+        task.status = "stopped"
+        task.exitstatus = fail or "OK"
+        task.endtime = max(task.starttime, int(self._wall(t)))
+        task.log.append("TASK OK" if fail is None else f"TASK ERROR: {fail}")
+        if self.vzdump_locks.get(job.node) == job.upid:
+            del self.vzdump_locks[job.node]
+            waiting = [
+                j for j in self.backup_jobs.values() if j.node == job.node and j.state == "waiting"
+            ]
+            if waiting:
+                self._acquire(waiting[0], t)
+
+    def stop_task(self, node: str, upid: str) -> None:
+        """``DELETE /nodes/{node}/tasks/{upid}``: a running task ends 'interrupted by signal'."""
+        task = self.tasks.get(upid)
+        if task is None or task.node != node or task.status != "running":
+            return
+        now = time.monotonic()
+        self._progress_to(now)
+        job = self.backup_jobs.get(upid)
+        if job is not None:
+            if job.vmid is not None:
+                task.log.append(f"ERROR: Backup of VM {job.vmid} failed - interrupted by signal")
+            self._end_job(job, now, "interrupted by signal", log=False)
+            self._rebalance(now)
+            return
+        task.fail_with = "interrupted by signal"
+        self._complete(task)
+
+    # -- restore, destroy, guest agent -----------------------------------------------------------
+
+    def restore(
+        self,
+        node: str,
+        gtype: str,
+        vmid: int,
+        archive: str,
+        *,
+        storage: str | None,
+        force: bool,
+        start: bool,
+        unique: bool,
+        user: str,
+    ) -> Task:
+        """``POST /nodes/{node}/qemu`` with ``archive`` (lxc: ``ostemplate`` + ``restore``)."""
+        kind = "VM" if gtype == "qemu" else "CT"
+        emsg = f"unable to restore {kind} {vmid} -"
+        existing = self.guests.get(vmid)
+        if existing is not None:
+            if not force or existing.node != node or existing.type != gtype:
+                raise PveError(
+                    500, f"{emsg} {kind} {vmid} already exists on node '{existing.node}'"
+                )
+            if existing.status == "running":
+                raise PveError(500, f"{emsg} {kind} is running")
+            if existing.lock:
+                raise PveError(500, f"{emsg} {kind} is locked ({existing.lock})")
+        a = self.find_archive(node, archive)
+        if a.subtype != gtype:
+            raise PveError(500, f"{emsg} archive '{a.volid}' is not a {gtype} backup")
+        target = storage or "local-zfs"
+        tst = self.require_storage(node, target)
+        if not {"images", "rootdir"} & set(tst.content):
+            raise PveError(500, f"storage '{target}' does not support vm images")
+        info = a.guest
+        g = Guest(
+            vmid,
+            "qemu" if gtype == "qemu" else "lxc",
+            str(info.get("name") or f"restored-{vmid}"),
+            node,
+            status="stopped",
+            lock="create",
+            tags=list(info.get("tags") or []),
+            maxdisk=int(info.get("maxdisk") or 8 * GiB),
+            maxmem=int(info.get("maxmem") or 2 * GiB),
+            cpus=int(info.get("cpus") or 1),
+            agent=bool(info.get("agent")),
+            ostype=str(info.get("ostype") or "l26"),
+            storage=target,
+        )
+        self.guests[vmid] = g
+        st = self.storages[a.storage]
+        prefix = "qm" if gtype == "qemu" else "vz"
+        duration = self.duration("restore") + a.size / st.bandwidth * self.time_scale
+        log = [
+            f"restore vma archive: zstd -q -d -c {a.path} | vma extract -v -r "
+            "/var/tmp/vzdumptmp.fifo - /var/tmp/vzdumptmp"
+            if gtype == "qemu"
+            else f"recovering backed-up configuration from '{a.volid}'",
+            f"new volume ID is '{g.volid}'",
+        ]
+        return self.new_task(
+            node,
+            f"{prefix}restore",
+            str(vmid),
+            user,
+            kind="restore",
+            duration=duration,
+            args={"vmid": vmid, "start": start, "unique": unique, "volid": a.volid},
+            log=log,
+        )
+
+    def _finish_restore(self, task: Task, ok: bool) -> None:
+        g = self.guests.get(task.args["vmid"])
+        if g is None:
+            return
+        if not ok:  # PVE removes what it created
+            del self.guests[g.vmid]
+            return
+        g.lock = None
+        if task.args.get("start"):
+            g.status = "running"
+            g.started_at = time.time()
+            g.agent_ready_at = time.monotonic() + self.duration("agent")
+        self._settle()
+
+    def destroy(self, node: str, gtype: str, vmid: int, *, user: str) -> Task:
+        """``DELETE /nodes/{node}/{qemu|lxc}/{vmid}``: a running guest must be stopped first."""
+        g = self.load_guest(node, gtype, vmid)
+        if g.status == "running":
+            if gtype == "qemu":
+                raise PveError(500, f"VM {vmid} is running - destroy failed")
+            raise PveError(500, f"unable to destroy CT {vmid} - container is running")
+        prefix = "qm" if gtype == "qemu" else "vz"
+        ttype = f"{prefix}destroy"
+        if g.lock:
+            return self.new_task(
+                node, ttype, str(vmid), user, kind="fail", duration=0,
+                fail_now=f"{g.kind} is locked ({g.lock})",
+            )  # fmt: skip
+        g.lock = "destroyed"
+        return self.new_task(
+            node,
+            ttype,
+            str(vmid),
+            user,
+            kind="destroy",
+            duration=self.duration("destroy"),
+            args={"vmid": vmid},
+            log=[
+                "Removing image: 100% complete...done.",
+                f"purging {g.kind} {vmid} configuration",
+            ],
+        )
+
+    def _finish_destroy(self, task: Task, ok: bool) -> None:
+        g = self.guests.get(task.args["vmid"])
+        if g is None:
+            return
+        if ok:
+            del self.guests[g.vmid]
+        elif g.lock == "destroyed":
+            g.lock = None
+
+    def agent_ping(self, node: str, vmid: int) -> dict[str, Any]:
+        g = self.load_guest(node, "qemu", vmid)
+        if g.status != "running":
+            raise PveError(500, f"VM {vmid} is not running")
+        if not g.agent:
+            raise PveError(500, "No QEMU guest agent configured")
+        if time.monotonic() < g.agent_ready_at:
+            raise PveError(500, "QEMU guest agent is not running")
+        return {"result": {}}
+
     # -- views ---------------------------------------------------------------------------------
 
     def to_json(self) -> dict[str, Any]:
@@ -1273,6 +2003,8 @@ class Lab:
                 "nodes": {n: node.to_json(now) for n, node in self.nodes.items()},
                 "guests": {str(v): g.to_json(now) for v, g in sorted(self.guests.items())},
                 "storages": {s: st.to_json() for s, st in self.storages.items()},
+                "vzdump_locks": dict(self.vzdump_locks),
+                "backup_jobs": [j.to_json() for j in self.backup_jobs.values()],
                 "tasks": [t.to_json() for t in self.tasks.values()],
                 "hosts": {h: host.to_json(mono) for h, host in self.hosts.items()},
                 "faults": [f.to_json() for f in self.faults],

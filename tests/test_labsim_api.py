@@ -426,7 +426,7 @@ def test_reset_restores_the_initial_state(fresh_lab: LabClient, api: Api) -> Non
 def test_state_has_everything(fresh_lab: LabClient) -> None:
     state = fresh_lab.state()
     assert set(state) >= {"cluster", "nodes", "guests", "storages", "tasks", "hosts", "faults"}
-    assert set(state["hosts"]) == {"pve1", "pve2", "nas", "dns", "media", "builder"}
+    assert set(state["hosts"]) == {"pve1", "pve2", "nas", "offsite", "dns", "media", "builder"}
     assert state["hosts"]["pve1"]["port"] == fresh_lab.info["hosts"]["pve1"]["port"]
     assert state["guests"]["101"]["snapshots"]["before-upgrade"]["snaptime"] > 0
 
@@ -467,7 +467,7 @@ def test_lab_files(fresh_lab: LabClient) -> None:
         assert (d / name).is_file(), name
     assert (d / "pve-token").stat().st_mode & 0o077 == 0
     lines = (d / "known_hosts").read_text().splitlines()
-    assert len(lines) == 6
+    assert len(lines) == 7  # pve1, pve2, nas, offsite, dns, media, builder
     assert all(line.startswith("[127.0.0.1]:") and " ssh-ed25519 AAAA" in line for line in lines)
     inventory = (d / "inventory.toml").read_text()
     assert 'token_secret = "file:pve-token"' in inventory
@@ -486,7 +486,7 @@ def test_generated_topology() -> None:
         assert {g.type for g in guests} == {"qemu", "lxc"}
     assert any(g.status == "stopped" and not g.template for g in lab.guests.values())
     assert len({tuple(g.tags) for g in lab.guests.values()}) > 3
-    assert set(lab.hosts) == {"pve1", "pve2", "pve3", "nas"}
+    assert set(lab.hosts) == {"pve1", "pve2", "pve3", "nas", "offsite"}
 
 
 # --- the command line -------------------------------------------------------------------------

@@ -173,7 +173,7 @@ def test_generated_topology_with_nixos_hosts() -> None:
     assert {s.build_seconds for s in specs} == {1.0, 2.0, 3.0, 4.0}
     assert [s.canary for s in specs].count(True) == 1 and specs[0].canary
     assert all(s.vmid is None for s in specs)
-    assert set(lab.hosts) == {"pve1", "pve2", "nas", *(s.name for s in specs)}
+    assert set(lab.hosts) == {"pve1", "pve2", "nas", "offsite", *(s.name for s in specs)}
     text = render_inventory(
         8006, {h: 22 for h in lab.hosts}, [(s, Path("/lab/hosts") / s.name) for s in specs], 9
     )
