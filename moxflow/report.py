@@ -105,7 +105,7 @@ class RunReport:
         return [
             {
                 "target": r.target,
-                "taken": r.taken or "-",
+                "taken": r.taken or "—",
                 "kept": str(r.kept),
                 "removed": _removed_text(r.removed),
                 "outcome": r.outcome.value,
@@ -138,7 +138,7 @@ class RunReport:
 
 def _removed_text(removed: Sequence[str]) -> str:
     if not removed:
-        return "-"
+        return "—"
     if len(removed) <= 2:
         return ", ".join(removed)
     return f"{removed[0]}, {removed[1]} (+{len(removed) - 2} more)"

@@ -1,0 +1,280 @@
+"""Screenshots of the Prefect UI for the docs: ``python -m scripts.screenshots``.
+
+Starts a simulated lab and a throw-away local Prefect server with its UI, registers every
+moxflow deployment by serving them (``python -m deployments.serve``), runs zfs-snapshot/daily and
+guest-snapshot/daily against the lab, then photographs the UI with headless Chromium
+(Debian's ``chromium`` package):
+
+- ``docs/img/prefect-deployments.png``: the Deployments page;
+- ``docs/img/prefect-run-report.png``: the zfs-snapshot run's report artifact;
+- ``docs/img/prefect-flow-runs.png``: the flow runs page.
+
+Beside each PNG, ``<name>.txt`` holds the page's visible text (from Chromium's DOM dump), so
+that a test can check what the picture shows. Everything listens on loopback, lives in a
+temporary folder, and is stopped at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import contextlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+from uuid import UUID
+
+from websockets.sync.client import connect
+
+from scripts.prefect_server import start_server, stop_server
+
+ROOT = Path(__file__).resolve().parent.parent
+OUT = ROOT / "docs" / "img"
+PY = sys.executable
+WINDOW = (1600, 900)
+CHROMIUM_FLAGS = (
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--hide-scrollbars",
+)
+RUNS = ("zfs-snapshot/daily", "guest-snapshot/daily")
+"""The deployments run against the lab, in this order; the first one's report is shown."""
+
+
+def say(text: str) -> None:
+    print(f"== {text}", flush=True)
+
+
+def find_chromium() -> str:
+    for name in ("chromium", "chromium-browser", "google-chrome"):
+        path = shutil.which(name)
+        if path:
+            return path
+    raise SystemExit("chromium not found: `apt-get install chromium` (Debian's package)")
+
+
+class Chromium:
+    """Headless Chromium driven over the DevTools protocol, one page at a time.
+
+    A page is photographed once it has rendered what it is expected to show and its text
+    has stopped changing (the UI fetches its data after loading, then fades it in).
+    """
+
+    def __init__(self, exe: str, profile: Path, log: Path) -> None:
+        profile.mkdir(parents=True)
+        with log.open("wb") as out:
+            self.proc = subprocess.Popen(
+                [
+                    exe,
+                    *CHROMIUM_FLAGS,
+                    f"--user-data-dir={profile}",
+                    f"--window-size={WINDOW[0]},{WINDOW[1]}",
+                    "--remote-debugging-address=127.0.0.1",
+                    "--remote-debugging-port=0",
+                    "about:blank",
+                ],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+        port_file = profile / "DevToolsActivePort"
+        deadline = time.monotonic() + 60
+        while not (port_file.is_file() and port_file.read_text().strip()):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.close()
+                raise SystemExit(f"chromium did not start; see {log}")
+            time.sleep(0.1)
+        port = int(port_file.read_text().split()[0])
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list", timeout=10) as r:
+            pages = [t for t in json.load(r) if t["type"] == "page"]
+        self.ws = connect(pages[0]["webSocketDebuggerUrl"], max_size=None, open_timeout=10)
+        self._id = 0
+        self.call(
+            "Emulation.setDeviceMetricsOverride",
+            width=WINDOW[0],
+            height=WINDOW[1],
+            deviceScaleFactor=1,
+            mobile=False,
+        )
+
+    def call(self, method: str, **params: Any) -> dict[str, Any]:
+        self._id += 1
+        self.ws.send(json.dumps({"id": self._id, "method": method, "params": params}))
+        while True:
+            msg = json.loads(self.ws.recv(timeout=60))
+            if msg.get("id") == self._id:
+                if "error" in msg:
+                    raise SystemExit(f"chromium: {method}: {msg['error']}")
+                return dict(msg.get("result", {}))
+
+    def text(self) -> str:
+        result = self.call(
+            "Runtime.evaluate",
+            expression="document.body ? document.body.innerText : ''",
+            returnByValue=True,
+        )
+        return str(result["result"].get("value") or "")
+
+    def shoot(self, url: str, name: str, expect: Sequence[str], timeout: float = 90) -> None:
+        """``docs/img/<name>.png`` and ``<name>.txt`` (the visible text) of ``url``."""
+        self.call("Page.navigate", url=url)
+        deadline = time.monotonic() + timeout
+        last, stable = "", 0
+        while stable < 3:
+            if time.monotonic() > deadline:
+                missing = [e for e in expect if e not in last]
+                raise SystemExit(f"{url} did not show {missing} within {timeout:g} s")
+            time.sleep(0.5)
+            now = self.text()
+            stable = stable + 1 if now == last and all(e in now for e in expect) else 0
+            last = now
+        time.sleep(1.5)  # let the fade-in transitions end
+        png = base64.b64decode(self.call("Page.captureScreenshot", format="png")["data"])
+        (OUT / f"{name}.png").write_bytes(png)
+        lines = (re.sub(r"\s+", " ", t).strip() for t in re.split(r"[\n\t]", self.text()))
+        (OUT / f"{name}.txt").write_text("\n".join(t for t in lines if t) + "\n", "utf-8")
+        print(f"   docs/img/{name}.png: {len(png) // 1024} KiB  <- {url}", flush=True)
+
+    def close(self) -> None:
+        with contextlib.suppress(AttributeError, OSError):
+            self.ws.close()
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def serve_and_run(inventory: Path, env: dict[str, str], log: Path) -> dict[str, tuple[UUID, str]]:
+    """Serve every deployment, as ``python -m deployments.serve`` does, and run RUNS.
+
+    Returns each run's flow run id and name. The serving process is stopped before returning; the
+    deployments stay registered (and show as "Ready" since it served them).
+    """
+    from prefect.client.orchestration import get_client
+    from prefect.deployments import run_deployment
+
+    from deployments.definitions import DEFINITIONS
+
+    with log.open("wb") as out:
+        serve = subprocess.Popen(
+            [PY, "-m", "deployments.serve", "--inventory", str(inventory)],
+            env={**env, "PREFECT_RUNNER_POLL_FREQUENCY": "2"},
+            cwd=ROOT,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        deadline = time.monotonic() + 120
+        with get_client(sync_client=True) as client:
+            while len(client.read_deployments()) < len(DEFINITIONS):
+                if serve.poll() is not None or time.monotonic() > deadline:
+                    raise SystemExit(f"the deployments were not served; see {log}")
+                time.sleep(0.5)
+        runs: dict[str, tuple[UUID, str]] = {}
+        for name in RUNS:
+            say(f"running {name}")
+            flow_run = run_deployment(name, timeout=180)
+            state = flow_run.state.name if flow_run.state else "without a state"
+            say(f"   flow run {flow_run.name} ({flow_run.id}): {state}")
+            runs[name] = (flow_run.id, flow_run.name)
+        return runs
+    finally:
+        serve.terminate()
+        try:
+            serve.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            serve.kill()
+            serve.wait()
+
+
+def report_artifact(flow_run_id: UUID) -> UUID:
+    """The table artifact that the run published."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    with get_client(sync_client=True) as client:
+        artifacts = client.read_artifacts(
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]))
+        )
+    for art in artifacts:
+        if art.type == "table":
+            return art.id
+    raise SystemExit(f"flow run {flow_run_id} published no report artifact")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m scripts.screenshots", description=__doc__)
+    parser.parse_args(argv)
+    exe = find_chromium()
+    OUT.mkdir(parents=True, exist_ok=True)
+
+    from labsim.client import start_lab
+
+    with tempfile.TemporaryDirectory(prefix="moxflow-screenshots-") as tmp:
+        work = Path(tmp)
+        env = dict(os.environ)
+        env["PREFECT_UI_ENABLED"] = "true"
+        env["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+        env["PREFECT_LOGGING_LEVEL"] = "WARNING"
+        # the UI then finds its API at PREFECT_API_URL, which start_server sets (loopback)
+        for key in ("PREFECT_UI_API_URL", "PREFECT_SERVER_UI_API_URL", "PREFECT_UI_URL"):
+            env.pop(key, None)
+        say("starting the simulated lab and a local Prefect server with its UI")
+        lab = start_lab(work / "lab", time_scale=0.2)
+        server = None
+        try:
+            server = start_server(work / "prefect", env)
+            api = env["PREFECT_API_URL"]
+            ui = api.removesuffix("/api")
+            os.environ.update(
+                {k: env[k] for k in ("PREFECT_API_URL", "PREFECT_HOME", "PREFECT_LOGGING_LEVEL")}
+            )
+            say(f"serving the deployments at {api}")
+            runs = serve_and_run(lab.inventory, env, work / "serve.log")
+            artifact = report_artifact(runs[RUNS[0]][0])
+            say("taking screenshots")
+            browser = Chromium(exe, work / "chromium", work / "chromium.log")
+            try:
+                browser.shoot(
+                    f"{ui}/deployments",
+                    "prefect-deployments",
+                    ["zfs-snapshot", "guest-snapshot", "nixos-update", "Ready"],
+                )
+                browser.shoot(
+                    f"{ui}/artifacts/artifact/{artifact}",
+                    "prefect-run-report",
+                    ["zfs-snapshot-report", "target", "outcome", "pve2:rpool/data"],
+                )
+                browser.shoot(
+                    f"{ui}/runs",
+                    "prefect-flow-runs",
+                    ["Completed", *(flow_run_name for _, flow_run_name in runs.values())],
+                )
+            finally:
+                browser.close()
+        finally:
+            if server is not None:
+                stop_server(server)
+            lab.stop()
+    say(f"done: {OUT.relative_to(ROOT)}/")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
