@@ -207,9 +207,13 @@ def render_inventory(
     hosts: dict[str, int],
     nixos_hosts: list[tuple[NixosSpec, Path]] | None = None,
     health_port: int = 0,
+    storage_paths: dict[str, str] | None = None,
+    offsite_path: str | None = None,
 ) -> str:
     """A working ``inventory.toml`` for this lab (the shape of docs/internals.md and, for
-    the NixOS hosts, docs/internals-nixos.md). ``nixos_hosts``: (spec, host folder)."""
+    the NixOS hosts, docs/internals-nixos.md). ``nixos_hosts``: (spec, host folder);
+    ``storage_paths``: each backup storage's real folder ({node} for a node-local one);
+    ``offsite_path``: the offsite host's real folder."""
     lines = [
         "# Written by labsim for this lab; paths are relative to this file.",
         'timezone = "UTC"',
@@ -267,6 +271,29 @@ def render_inventory(
         'hourly = "keep-last=3,keep-hourly=24"',
         'daily = "keep-daily=7"',
     ]
+    if storage_paths is not None:
+        lines += [
+            "",
+            "[backups]",
+            'select = "@all"',
+            'storage = "nas-backup"',
+            'mode = "snapshot"',
+            'compress = "zstd"',
+            'policy = "keep-last=3,keep-daily=7"',
+            "max_age_hours = 26.0",
+            "size_drop_ratio = 0.5",
+            "",
+            "[backups.storage_paths]",
+            *(f"{_q(name)} = {_q(path)}" for name, path in sorted(storage_paths.items())),
+        ]
+    if offsite_path is not None and OFFSITE_HOST in hosts:
+        lines += [
+            "",
+            "[offsite]",
+            f"host = {_q(OFFSITE_HOST)}",
+            f"path = {_q(offsite_path)}",
+            'policy = "keep-last=2,keep-daily=7"',
+        ]
     if nixos_hosts:
         lines += ["", *_render_nixos(nixos_hosts, health_port)]
     return "\n".join(lines) + "\n"
@@ -486,8 +513,17 @@ class Daemon:
             "".join(f"[127.0.0.1]:{ports[n]} {host_pubs[n]}\n" for n in ports), encoding="ascii"
         )
         nixos_hosts = [(spec, d / "hosts" / spec.name) for spec in self.lab.nixos_specs()]
+        offsite = self.lab.offsite_dir()
         (d / "inventory.toml").write_text(
-            render_inventory(api_port, ports, nixos_hosts, health_port), encoding="utf-8"
+            render_inventory(
+                api_port,
+                ports,
+                nixos_hosts,
+                health_port,
+                storage_paths=self._storage_paths(),
+                offsite_path=str(offsite) if offsite is not None else None,
+            ),
+            encoding="utf-8",
         )
 
         self.info = {
@@ -540,6 +576,19 @@ class Daemon:
             api_port,
             ", ".join(f"{n}:{p}" for n, p in ports.items()),
         )
+
+    def _storage_paths(self) -> dict[str, str]:
+        """Each backup storage's folder for the inventory ({node}: a node-local one's node)."""
+        out: dict[str, str] = {}
+        for st in self.lab.storages.values():
+            if "backup" not in st.content:
+                continue
+            shared = self.lab.dump_dir(st, None)
+            local = self.lab.dump_dir(st, "NODE")
+            if shared is None or local is None:
+                continue
+            out[st.name] = str(shared) if st.shared else str(local).replace("/NODE/", "/{node}/")
+        return out
 
     def _storage_info(self) -> dict[str, Any]:
         """Where each backup storage keeps its archives (per node when not shared)."""

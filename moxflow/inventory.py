@@ -55,6 +55,7 @@ from moxflow.selection import parse_selection
 __all__ = [
     "DEFAULT_INVENTORY",
     "ENV_INVENTORY",
+    "BackupSettings",
     "GuestSnapshotSettings",
     "HealthCheck",
     "HostSettings",
@@ -63,6 +64,7 @@ __all__ = [
     "NixosSettings",
     "NoSnapshotMethod",
     "NotificationSettings",
+    "OffsiteSettings",
     "ProxmoxSettings",
     "ProxmoxSnapshotMethod",
     "SecretRef",
@@ -435,6 +437,123 @@ class GuestSnapshotSettings(_Section):
         return _check_selection(value)
 
 
+# --- backups -------------------------------------------------------------------------------
+
+DEFAULT_NOTES_TEMPLATE = "{{guestname}} {{vmid}} {{node}} moxflow"
+"""The notes of a backup moxflow made: it marks the archive as moxflow's."""
+
+
+def _check_storage_path(value: str) -> str:
+    # ``{node}`` stands for the node's name on a node-local storage
+    validate_remote_path(value.replace("{node}", "node"))
+    return value
+
+
+StoragePath = Annotated[str, AfterValidator(_check_storage_path)]
+RemotePath = Annotated[str, AfterValidator(validate_remote_path)]
+StorageName = Annotated[str, Field(pattern=r"^[A-Za-z][A-Za-z0-9_.-]{0,63}$")]
+
+
+class BackupSettings(_Section):
+    """Proxmox vzdump backups: where, how, how long to keep them, and when they are stale."""
+
+    select: str = Field(
+        default="@all",
+        description="Which guests to back up, in the selection language (templates are skipped).",
+    )
+    storage: StorageName = Field(
+        default="local", description="The Proxmox storage the archives are written to."
+    )
+    mode: Literal["snapshot", "suspend", "stop"] = Field(
+        default="snapshot", description="vzdump mode: snapshot (no downtime), suspend or stop."
+    )
+    compress: Literal["zstd", "gzip", "lzo", "0"] = Field(
+        default="zstd", description="vzdump compression (0: none)."
+    )
+    notes_template: str = Field(
+        default=DEFAULT_NOTES_TEMPLATE,
+        min_length=1,
+        max_length=1024,
+        description=(
+            "Notes of each archive ({{guestname}}, {{vmid}}, {{node}}, {{cluster}}); "
+            "keep the word moxflow in it so that a person can tell moxflow's backups apart."
+        ),
+    )
+    protected: bool = Field(
+        default=False, description="Mark new archives protected (prune never removes them)."
+    )
+    bwlimit: int | None = Field(
+        default=None, ge=1, description="vzdump bandwidth limit in KiB/s; default: none."
+    )
+    policy: PolicyText | None = Field(
+        default=None,
+        description=(
+            'Keep policy per guest on the storage, e.g. "keep-last=3,keep-daily=7", applied '
+            "through Proxmox's prune endpoint after each backup; default: do not prune."
+        ),
+    )
+    max_per_storage: int = Field(
+        default=0,
+        ge=0,
+        description=(
+            "At most this many backups writing to one storage at once (0: one per node, "
+            "all nodes in parallel)."
+        ),
+    )
+    max_age_hours: float = Field(
+        default=26.0,
+        gt=0,
+        description="A guest whose newest backup is older than this makes the run fail.",
+    )
+    size_drop_ratio: float = Field(
+        default=0.5,
+        ge=0,
+        le=1,
+        description=(
+            "A new archive smaller than this fraction of the guest's previous one fails "
+            "verification (0: only an empty archive fails)."
+        ),
+    )
+    task_timeout: Seconds = Field(
+        default=4 * 3600.0, description="Seconds one vzdump task may run before it is given up."
+    )
+    storage_paths: dict[StorageName, StoragePath] = Field(
+        default_factory=dict,
+        description=(
+            "Folder of each storage's archives as seen on a node, for the offsite copy; "
+            "{node} stands for the node's name. Default: /var/lib/vz/dump for local, "
+            "/mnt/pve/STORAGE/dump for any other."
+        ),
+    )
+
+    @field_validator("select")
+    @classmethod
+    def _select(cls, value: str) -> str:
+        return _check_selection(value)
+
+    def storage_path(self, storage: str, node: str) -> str:
+        """Where the archives of ``storage`` are, as seen on ``node``."""
+        if storage in self.storage_paths:
+            return self.storage_paths[storage].replace("{node}", node)
+        if storage == "local":
+            return "/var/lib/vz/dump"
+        return f"/mnt/pve/{storage}/dump"
+
+
+class OffsiteSettings(_Section):
+    """Where copies of new backup archives go, over SSH, and how long they stay."""
+
+    host: HostName = Field(description="The host (a key of [hosts]) that keeps the copies.")
+    path: RemotePath = Field(description="Absolute folder on that host for the copies.")
+    policy: PolicyText | None = Field(
+        default=None,
+        description=(
+            'Keep policy per guest on the offsite folder, e.g. "keep-daily=7,keep-weekly=8"; '
+            "archives it would not keep are not copied; default: keep everything."
+        ),
+    )
+
+
 # --- NixOS updates -------------------------------------------------------------------------
 
 
@@ -442,7 +561,6 @@ def _check_attr(value: str) -> str:
     return validate_attr(value)
 
 
-RemotePath = Annotated[str, AfterValidator(validate_remote_path)]
 NixAttr = Annotated[str, AfterValidator(_check_attr)]
 NonNegativeSeconds = Annotated[float, Field(ge=0)]
 
@@ -933,6 +1051,13 @@ class Inventory(BaseSettings):
         default_factory=NotificationSettings,
         description="Notifications on failed runs, rollbacks and hosts that need attention.",
     )
+    backups: BackupSettings = Field(
+        default_factory=BackupSettings,
+        description="Proxmox vzdump backups: storage, mode, retention, freshness.",
+    )
+    offsite: OffsiteSettings | None = Field(
+        default=None, description="Offsite copies of backup archives; leave out for none."
+    )
 
     _base_dir: Path = PrivateAttr(default_factory=Path.cwd)
 
@@ -983,6 +1108,20 @@ class Inventory(BaseSettings):
         if problems:
             raise ValueError("; ".join(problems))
         return zfs
+
+    @field_validator("offsite")
+    @classmethod
+    def _offsite_on_known_host(
+        cls, offsite: OffsiteSettings | None, info: ValidationInfo
+    ) -> OffsiteSettings | None:
+        hosts = info.data.get("hosts")
+        if offsite is not None and hosts is not None and offsite.host not in hosts:
+            known = ", ".join(sorted(hosts)) or "none yet"
+            raise ValueError(
+                f"offsite.host: unknown host {offsite.host!r}; add a [hosts.{offsite.host}] "
+                f"table or use one of: {known}"
+            )
+        return offsite
 
     @field_validator("nixos")
     @classmethod

@@ -15,6 +15,7 @@ from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
 from moxflow.inventory import (
+    BackupSettings,
     GuestSnapshotSettings,
     HealthCheck,
     HostSettings,
@@ -23,6 +24,7 @@ from moxflow.inventory import (
     NixosSettings,
     NoSnapshotMethod,
     NotificationSettings,
+    OffsiteSettings,
     ProxmoxSettings,
     ProxmoxSnapshotMethod,
     SshSettings,
@@ -48,6 +50,8 @@ SECTIONS: list[tuple[str, type[BaseModel]]] = [
     ('snapshot = { method = "none" }', NoSnapshotMethod),
     ("[[nixos.hosts.NAME.health]]", HealthCheck),
     ("[notifications]", NotificationSettings),
+    ("[backups]", BackupSettings),
+    ("[offsite]", OffsiteSettings),
 ]
 
 INTRO = """\

@@ -1,0 +1,379 @@
+"""Pure planning for vzdump backups: archives, verdicts, prune marks, offsite plans, coverage.
+
+Nothing here does I/O. ``tasks/backups.py`` reads the facts (the storage's content listing,
+the prune endpoint's marks, the offsite folder's listing, ``sha256sum`` output) and hands them
+to these functions; the flows show and carry out what they return.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta, tzinfo
+from typing import Any, Literal
+
+from moxflow.errors import ParseError
+from moxflow.guests import Guest
+from moxflow.retention import KeepPolicy, RetentionItem, plan_prune
+
+__all__ = [
+    "Archive",
+    "CoverageRow",
+    "OffsitePlan",
+    "PruneMark",
+    "Volid",
+    "archive_problem",
+    "coverage_rows",
+    "coverage_text",
+    "find_new_archive",
+    "parse_archive_name",
+    "parse_content",
+    "parse_offsite_listing",
+    "parse_prune_marks",
+    "parse_sha256sum",
+    "parse_volid",
+    "plan_offsite",
+    "split_by_node",
+]
+
+# vzdump-qemu-100-2026_11_26-02_00_05.vma.zst (the timestamp is the node's local time)
+_ARCHIVE_RE = re.compile(
+    r"^vzdump-(?P<type>qemu|lxc)-(?P<vmid>[1-9][0-9]{2,8})-"
+    r"(?P<stamp>[0-9]{4}_[0-9]{2}_[0-9]{2}-[0-9]{2}_[0-9]{2}_[0-9]{2})"
+    r"\.(?P<ext>(?:vma|tar)(?:\.(?:zst|gz|lzo))?)$"
+)
+_VOLID_RE = re.compile(r"^(?P<storage>[A-Za-z][A-Za-z0-9_.-]*):backup/(?P<file>[^/\s]+)$")
+_SHA256_RE = re.compile(r"^(?P<sum>[0-9a-f]{64}) [ *](?P<file>.+)$")
+
+GuestType = Literal["qemu", "lxc"]
+
+
+@dataclass(frozen=True, slots=True)
+class Volid:
+    """A backup volume id ``storage:backup/FILE``, with what its standard name says."""
+
+    storage: str
+    filename: str
+    vmid: int | None
+    subtype: GuestType | None
+    stamp: datetime | None  # naive: the node's local time of the backup
+
+
+def parse_archive_name(filename: str) -> tuple[GuestType, int, datetime] | None:
+    """(type, vmid, naive local time) of a standard vzdump file name; None for any other."""
+    m = _ARCHIVE_RE.match(filename)
+    if m is None:
+        return None
+    subtype: GuestType = "qemu" if m["type"] == "qemu" else "lxc"
+    try:
+        stamp = datetime.strptime(m["stamp"], "%Y_%m_%d-%H_%M_%S")
+    except ValueError:
+        return None
+    return subtype, int(m["vmid"]), stamp
+
+
+def parse_volid(volid: str) -> Volid:
+    """Split a backup volid; ``ParseError`` for anything that is not ``storage:backup/FILE``."""
+    m = _VOLID_RE.match(volid)
+    if m is None:
+        raise ParseError(f"not a backup volume id: {volid!r}", source="volid", text=volid)
+    parsed = parse_archive_name(m["file"])
+    return Volid(
+        storage=m["storage"],
+        filename=m["file"],
+        vmid=parsed[1] if parsed else None,
+        subtype=parsed[0] if parsed else None,
+        stamp=parsed[2] if parsed else None,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Archive:
+    """One backup archive from ``GET /nodes/{node}/storage/{storage}/content?content=backup``."""
+
+    volid: str
+    storage: str
+    filename: str
+    vmid: int
+    subtype: str
+    size: int
+    created: datetime
+    notes: str = ""
+    protected: bool = False
+
+    @classmethod
+    def from_api(cls, item: Mapping[str, Any]) -> Archive:
+        """Parse one content entry; ``ParseError`` when a field is missing or malformed."""
+        try:
+            vol = parse_volid(str(item["volid"]))
+            return cls(
+                volid=str(item["volid"]),
+                storage=vol.storage,
+                filename=vol.filename,
+                vmid=int(item["vmid"]),
+                subtype=str(item.get("subtype") or vol.subtype or ""),
+                size=int(item.get("size") or 0),
+                created=datetime.fromtimestamp(int(item["ctime"]), tz=UTC),
+                notes=str(item.get("notes") or ""),
+                protected=bool(int(item.get("protected") or 0)),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ParseError(
+                f"cannot parse backup content entry: {exc}",
+                source="storage content",
+                text=str(item),
+            ) from exc
+
+
+def parse_content(items: Iterable[Mapping[str, Any]]) -> list[Archive]:
+    """The backup archives of a content listing, oldest first (other content is ignored)."""
+    out = [Archive.from_api(i) for i in items if i.get("content", "backup") == "backup"]
+    return sorted(out, key=lambda a: (a.created, a.volid))
+
+
+def find_new_archive(
+    listing: Sequence[Archive], vmid: int, before: Iterable[str], started: datetime
+) -> Archive | None:
+    """The archive of ``vmid`` a backup started at ``started`` made: not listed before it
+    ran, created at or after it started (with a second of slack for rounding); the newest."""
+    known = set(before)
+    since = started - timedelta(seconds=1)
+    new = [a for a in listing if a.vmid == vmid and a.volid not in known and a.created >= since]
+    return max(new, key=lambda a: (a.created, a.volid)) if new else None
+
+
+def archive_problem(
+    archive: Archive | None, previous: Archive | None, size_drop_ratio: float
+) -> str | None:
+    """Why a new archive is not trustworthy, or None when it looks sane.
+
+    Not listed, empty, or smaller than ``size_drop_ratio`` × the guest's previous archive.
+    """
+    if archive is None:
+        return "no new archive is listed on the storage"
+    if archive.size <= 0:
+        return f"{archive.filename} is empty"
+    if previous is not None and previous.size > 0 and size_drop_ratio > 0:
+        floor = previous.size * size_drop_ratio
+        if archive.size < floor:
+            return (
+                f"{archive.filename} is {_size(archive.size)}, below {size_drop_ratio:g} × the "
+                f"previous backup's {_size(previous.size)}"
+            )
+    return None
+
+
+# --- prune ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class PruneMark:
+    """One mark of ``GET .../prunebackups``: keep, remove, protected or renamed."""
+
+    volid: str
+    vmid: int
+    mark: str
+    created: datetime
+
+
+def parse_prune_marks(items: Iterable[Mapping[str, Any]]) -> list[PruneMark]:
+    """The prune endpoint's dry run, newest first."""
+    try:
+        marks = [
+            PruneMark(
+                volid=str(i["volid"]),
+                vmid=int(i["vmid"]),
+                mark=str(i["mark"]),
+                created=datetime.fromtimestamp(int(i["ctime"]), tz=UTC),
+            )
+            for i in items
+        ]
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ParseError(f"cannot parse prune marks: {exc}", source="prunebackups") from exc
+    return sorted(marks, key=lambda m: (m.created, m.volid), reverse=True)
+
+
+# --- per-node plans ------------------------------------------------------------------------
+
+
+def split_by_node(guests: Iterable[Guest]) -> dict[str, list[Guest]]:
+    """Guests grouped by the node that owns them, by vmid: each node's list runs in series
+    (vzdump holds a node-wide lock), the nodes run in parallel."""
+    out: dict[str, list[Guest]] = {}
+    for guest in sorted(guests, key=lambda g: g.vmid):
+        out.setdefault(guest.node, []).append(guest)
+    return dict(sorted(out.items()))
+
+
+# --- offsite -------------------------------------------------------------------------------
+
+
+def parse_sha256sum(stdout: str) -> str:
+    """The checksum of ``sha256sum FILE`` output; ``ParseError`` for anything else."""
+    line = stdout.strip().splitlines()[0] if stdout.strip() else ""
+    m = _SHA256_RE.match(line)
+    if m is None:
+        raise ParseError("not sha256sum output", source="sha256sum", text=stdout[:200])
+    return m["sum"]
+
+
+def parse_offsite_listing(stdout: str) -> list[str]:
+    """The archive names in ``ls -1 -- DIR`` output; partial copies (``.part``) and other
+    files never count as copies."""
+    return sorted(
+        name for name in (line.strip() for line in stdout.splitlines()) if parse_archive_name(name)
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class OffsitePlan:
+    """What the offsite step does: archives to copy, copies to remove, copies that stay."""
+
+    copy: tuple[Archive, ...]
+    remove: tuple[str, ...]
+    keep: tuple[str, ...]
+    reasons: Mapping[str, str] = field(default_factory=dict, hash=False)
+
+
+def plan_offsite(
+    archives: Sequence[Archive],
+    offsite: Sequence[str],
+    vmids: Iterable[int],
+    policy: KeepPolicy,
+    tz: tzinfo,
+) -> OffsitePlan:
+    """Plan the offsite side for the guests ``vmids``, one retention group per guest.
+
+    The keep policy runs over the union of the offsite copies and the storage's archives
+    (times from the archive names, read in ``tz``, the nodes' zone): an archive it keeps and
+    the offsite folder lacks is copied (so a run after an outage copies what is missing),
+    an offsite copy it does not keep is removed. Copies of other guests are left alone.
+    """
+    wanted = set(vmids)
+    by_name: dict[str, Archive] = {a.filename: a for a in archives if a.vmid in wanted}
+    present = set(offsite)
+    groups: dict[int, list[RetentionItem]] = {}
+    for name in sorted(set(by_name) | present):
+        parsed = parse_archive_name(name)
+        if parsed is None or parsed[1] not in wanted:
+            continue
+        created = parsed[2].replace(tzinfo=tz)
+        groups.setdefault(parsed[1], []).append(RetentionItem(name, created))
+    copy: list[Archive] = []
+    remove: list[str] = []
+    keep: list[str] = []
+    reasons: dict[str, str] = {}
+    for vmid in sorted(groups):
+        plan = plan_prune(groups[vmid], policy, tz)
+        reasons.update(plan.reasons)
+        for name in plan.keep:
+            if name in present:
+                keep.append(name)
+            else:
+                copy.append(by_name[name])
+        remove.extend(n for n in plan.remove if n in present)
+    return OffsitePlan(tuple(copy), tuple(remove), tuple(keep), reasons)
+
+
+# --- coverage ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class CoverageRow:
+    """One guest's backup coverage at the end of a run."""
+
+    guest: str
+    vmid: int
+    last_backup: datetime | None
+    size: int
+    verified: bool | None  # None: not checked in this run
+    last_offsite: datetime | None
+    offsite_ok: bool | None  # checksum verified in this run; None: not copied in this run
+    stale: bool
+
+    def cells(self, now: datetime) -> dict[str, str]:
+        """The row as text, for the terminal and the Prefect table artifact."""
+        return {
+            "guest": self.guest,
+            "last backup": _age(now, self.last_backup),
+            "size": _size(self.size) if self.last_backup else "-",
+            "verified": _yes_no(self.verified),
+            "last offsite": _age(now, self.last_offsite),
+            "checksum": _yes_no(self.offsite_ok),
+            "fresh": "NO" if self.stale else "yes",
+        }
+
+
+def coverage_rows(
+    guests: Sequence[Guest],
+    archives: Mapping[int, Sequence[Archive]],
+    offsite: Sequence[str] | None,
+    *,
+    now: datetime,
+    max_age: timedelta,
+    tz: tzinfo,
+    verified: Mapping[int, bool] | None = None,
+    copied: Mapping[int, bool] | None = None,
+) -> list[CoverageRow]:
+    """Per guest: the newest backup (age, size, verified in this run), the newest offsite
+    copy (age, checksum verified in this run), and whether the newest backup is stale."""
+    verified = verified or {}
+    copied = copied or {}
+    rows: list[CoverageRow] = []
+    for guest in sorted(guests, key=lambda g: g.vmid):
+        mine = sorted(archives.get(guest.vmid, ()), key=lambda a: a.created)
+        last = mine[-1] if mine else None
+        stamps = [
+            p[2].replace(tzinfo=tz)
+            for p in (parse_archive_name(n) for n in offsite or ())
+            if p is not None and p[1] == guest.vmid
+        ]
+        rows.append(
+            CoverageRow(
+                guest=guest.label,
+                vmid=guest.vmid,
+                last_backup=last.created if last else None,
+                size=last.size if last else 0,
+                verified=verified.get(guest.vmid),
+                last_offsite=max(stamps) if stamps else None,
+                offsite_ok=copied.get(guest.vmid),
+                stale=last is None or now - last.created > max_age,
+            )
+        )
+    return rows
+
+
+def coverage_text(rows: Sequence[CoverageRow], now: datetime) -> list[str]:
+    """The coverage table as aligned lines for the terminal."""
+    if not rows:
+        return []
+    cells = [r.cells(now) for r in rows]
+    head = list(cells[0])
+    widths = {h: max(len(h), *(len(c[h]) for c in cells)) for h in head}
+    lines = ["  ".join(h.upper().ljust(widths[h]) for h in head).rstrip()]
+    lines += ["  ".join(c[h].ljust(widths[h]) for h in head).rstrip() for c in cells]
+    return ["backup coverage:", *lines]
+
+
+def _age(now: datetime, when: datetime | None) -> str:
+    if when is None:
+        return "never"
+    seconds = max(0, int((now - when).total_seconds()))
+    if seconds < 3600:
+        return f"{seconds // 60}m ago"
+    if seconds < 2 * 86400:
+        return f"{seconds // 3600}h ago"
+    return f"{seconds // 86400}d ago"
+
+
+def _yes_no(value: bool | None) -> str:
+    return "-" if value is None else ("yes" if value else "NO")
+
+
+def _size(size: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024:
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size:.1f} TiB"

@@ -1,0 +1,478 @@
+"""Prefect tasks for vzdump backups: back up, verify and prune over the API; copy offsite over SSH.
+
+Every API request about a guest goes to the node that owns it. The offsite copy reads the
+archive on the node and writes it on the offsite host through the controller (see
+``copy_archive``), verifying SHA-256 on both sides before the copy gets its real name.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from contextlib import AbstractContextManager, ExitStack, nullcontext, suppress
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, tzinfo
+from typing import Any
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+from prefect.logging import get_run_logger
+
+from moxflow.backups import (
+    Archive,
+    OffsitePlan,
+    PruneMark,
+    archive_problem,
+    find_new_archive,
+    parse_archive_name,
+    parse_content,
+    parse_offsite_listing,
+    parse_prune_marks,
+    parse_sha256sum,
+    plan_offsite,
+)
+from moxflow.errors import (
+    MoxflowError,
+    ProxmoxError,
+    ProxmoxTaskError,
+    ProxmoxTaskTimeout,
+    SshError,
+    is_transient,
+)
+from moxflow.guests import Guest
+from moxflow.inventory import Inventory
+from moxflow.proxmox import ProxmoxClient
+from moxflow.report import Outcome, ReportRow
+from moxflow.retention import KeepPolicy
+from moxflow.ssh import SshRunner
+from tasks.clients import ssh_runner
+from tasks.proxmox import LoggerLike
+
+BACKOFF_START = 0.5
+BACKOFF_MAX = 15.0
+
+
+@dataclass(frozen=True, slots=True)
+class BackupJob:
+    """What every guest of a backup run gets: where, how, and the limits."""
+
+    storage: str
+    mode: str = "snapshot"
+    compress: str = "zstd"
+    notes_template: str = "{{guestname}} {{vmid}} {{node}} moxflow"
+    protected: bool = False
+    bwlimit: int | None = None
+    policy: KeepPolicy | None = None
+    size_drop_ratio: float = 0.5
+    task_timeout: float = 4 * 3600.0
+    retry_timeout: float = 120.0  # how long transient errors (locked guest, 5xx) are retried
+    dry_run: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class GuestBackup:
+    """How one guest's backup went: its report row, the verified new archive (if any) and
+    the guest's archives on the storage at the end."""
+
+    guest: Guest
+    row: ReportRow
+    archive: Archive | None = None
+    verified: bool | None = None
+    archives: tuple[Archive, ...] = ()
+
+
+def list_archives(client: ProxmoxClient, node: str, storage: str, vmid: int) -> list[Archive]:
+    """The backups of guest ``vmid`` on ``storage`` as ``node`` (its owner) sees them."""
+    data = client.get(f"/nodes/{node}/storage/{storage}/content", content="backup", vmid=vmid)
+    return parse_content(data or [])
+
+
+def prune_marks(
+    client: ProxmoxClient, guest: Guest, storage: str, policy: KeepPolicy
+) -> list[PruneMark]:
+    """Proxmox's prune dry run for one guest (``GET .../prunebackups``): changes nothing."""
+    data = client.get(
+        f"/nodes/{guest.node}/storage/{storage}/prunebackups",
+        **{"prune-backups": str(policy), "type": guest.type, "vmid": guest.vmid},
+    )
+    return parse_prune_marks(data or [])
+
+
+def _prune(
+    client: ProxmoxClient, guest: Guest, storage: str, policy: KeepPolicy, timeout: float
+) -> None:
+    """Prune one guest's backups through Proxmox (protected archives are never removed)."""
+    upid = client.delete(
+        f"/nodes/{guest.node}/storage/{storage}/prunebackups",
+        **{"prune-backups": str(policy), "type": guest.type, "vmid": guest.vmid},
+    )
+    if isinstance(upid, str) and upid.startswith("UPID:"):
+        client.wait_task(upid, timeout=timeout, node=guest.node)
+
+
+def _start_vzdump(client: ProxmoxClient, guest: Guest, job: BackupJob) -> str:
+    """POST vzdump to the guest's node; its UPID. ``OK`` means the guest is not there."""
+    path = f"/nodes/{guest.node}/vzdump"
+    answer = client.post(
+        path,
+        vmid=guest.vmid,
+        storage=job.storage,
+        mode=job.mode,
+        compress=job.compress,
+        protected=True if job.protected else None,
+        bwlimit=job.bwlimit,
+        remove=False,  # moxflow prunes itself, after verifying the new archive
+        **{"notes-template": job.notes_template},
+    )
+    if not isinstance(answer, str) or not answer.startswith("UPID:"):
+        raise ProxmoxError(
+            f"{guest.node} answered {answer!r} instead of a task: guest {guest.vmid} is not "
+            f"on {guest.node} (migrated during the run?)",
+            endpoint=path,
+            method="POST",
+        )
+    return answer
+
+
+def _stop_task(client: ProxmoxClient, node: str, upid: str | None) -> None:
+    """Stop a task that ran out of time so that it frees the node's vzdump lock."""
+    if upid is None:
+        return
+    with suppress(MoxflowError):
+        client.delete(f"/nodes/{node}/tasks/{upid}")
+
+
+def backup_guest(
+    client: ProxmoxClient, guest: Guest, job: BackupJob, logger: LoggerLike
+) -> GuestBackup:
+    """Back up one guest on its node, verify the new archive, then prune its backups.
+
+    Transient errors (guest locked, API 5xx, connection) are retried with backoff for
+    ``job.retry_timeout`` seconds; a dump that fails is retried once; a hanging task is
+    stopped at ``job.task_timeout``. Before any retry the storage is checked for an archive
+    the previous attempt made, so a retry never makes a second backup. Never raises.
+    """
+    t0 = time.monotonic()
+    target = guest.label
+    node, storage = guest.node, job.storage
+
+    def done(outcome: Outcome, detail: str, **kw: Any) -> GuestBackup:
+        row = ReportRow(
+            target=target,
+            outcome=outcome,
+            taken=kw.pop("taken", None),
+            kept=kw.pop("kept", 0),
+            removed=kw.pop("removed", ()),
+            detail=detail,
+            seconds=round(time.monotonic() - t0, 3),
+        )
+        return GuestBackup(guest=guest, row=row, **kw)
+
+    try:
+        before = list_archives(client, node, storage, guest.vmid)
+        if job.dry_run:
+            marks = prune_marks(client, guest, storage, job.policy) if job.policy else []
+            removed = tuple(m.volid.rpartition("/")[2] for m in marks if m.mark == "remove")
+            how = f"vzdump on {node} to {storage} ({job.mode}, {job.compress})"
+            prune = f"; prune {job.policy} now would remove {len(removed)}" if job.policy else ""
+            return done(
+                Outcome.PLANNED,
+                how + prune,
+                kept=len(before) - len(removed),
+                removed=removed,
+                archives=tuple(before),
+            )
+        started = datetime.now(UTC)
+        known = [a.volid for a in before]
+        previous = before[-1] if before else None
+        upid: str | None = None
+        failed_dumps = 0
+        tries = 0
+        delay = BACKOFF_START
+        deadline = t0 + job.retry_timeout
+        while True:
+            tries += 1
+            try:
+                if tries > 1:
+                    listing = list_archives(client, node, storage, guest.vmid)
+                    if find_new_archive(listing, guest.vmid, known, started) is not None:
+                        break  # an earlier attempt made it after all
+                upid = _start_vzdump(client, guest, job)
+                client.wait_task(upid, timeout=job.task_timeout, node=node)
+                break
+            except ProxmoxTaskTimeout as exc:
+                _stop_task(client, node, upid)
+                logger.error("%s: vzdump timed out, stopped: %s", target, exc)
+                return done(Outcome.FAILED, f"vzdump timed out and was stopped: {exc}")
+            except ProxmoxTaskError as exc:
+                failed_dumps += 1
+                if failed_dumps > 1:
+                    logger.error("%s: vzdump failed twice: %s", target, exc)
+                    return done(Outcome.FAILED, f"vzdump failed twice: {exc}")
+                logger.warning("%s: vzdump failed, retrying once: %s", target, exc)
+            except MoxflowError as exc:
+                if not is_transient(exc) or time.monotonic() + delay > deadline:
+                    logger.error("%s: vzdump failed after %d tries: %s", target, tries, exc)
+                    return done(Outcome.FAILED, f"vzdump failed after {tries} tries: {exc}")
+                logger.warning("%s: %s; retrying in %.1fs", target, exc, delay)
+                time.sleep(delay)
+                delay = min(delay * 2, BACKOFF_MAX)
+
+        listing = list_archives(client, node, storage, guest.vmid)
+        new = find_new_archive(listing, guest.vmid, known, started)
+        problem = archive_problem(new, previous, job.size_drop_ratio)
+        if problem is not None or new is None:
+            logger.error("%s: backup not verified: %s", target, problem)
+            return done(
+                Outcome.FAILED,
+                f"backup not verified: {problem}",
+                taken=new.filename if new else None,
+                archive=new,
+                verified=False,
+                archives=tuple(listing),
+            )
+        logger.info("%s: %s verified (%d bytes)", target, new.filename, new.size)
+        if job.policy is None:
+            return done(
+                Outcome.OK,
+                f"verified, on {node}",
+                taken=new.filename,
+                kept=len(listing),
+                archive=new,
+                verified=True,
+                archives=tuple(listing),
+            )
+        try:
+            marks = prune_marks(client, guest, storage, job.policy)
+            removing = [m for m in marks if m.mark == "remove" and m.volid != new.volid]
+            if removing:
+                _prune(client, guest, storage, job.policy, job.task_timeout)
+            after = list_archives(client, node, storage, guest.vmid)
+        except MoxflowError as exc:
+            logger.error("%s: backup verified, prune failed: %s", target, exc)
+            return done(
+                Outcome.PARTIAL,
+                f"backup verified, prune failed: {exc}",
+                taken=new.filename,
+                archive=new,
+                verified=True,
+                archives=tuple(listing),
+            )
+        left = {a.volid for a in after}
+        removed = tuple(m.volid.rpartition("/")[2] for m in removing if m.volid not in left)
+        if removed:
+            logger.info("%s: pruned %d: %s", target, len(removed), ", ".join(removed))
+        return done(
+            Outcome.OK,
+            f"verified, on {node}",
+            taken=new.filename,
+            kept=len(after),
+            removed=removed,
+            archive=new,
+            verified=True,
+            archives=tuple(after),
+        )
+    except MoxflowError as exc:
+        logger.error("%s: %s", target, exc)
+        return done(Outcome.FAILED, str(exc))
+
+
+@task(name="vzdump-backup", cache_policy=NO_CACHE, task_run_name="{node}: {count} guests")
+def backup_node(
+    client: ProxmoxClient,
+    node: str,
+    count: int,
+    guests: list[Guest],
+    job: BackupJob,
+    storage_gate: threading.Semaphore | None,
+) -> list[GuestBackup]:
+    """Back up the guests of one node one after the other (vzdump holds a node-wide lock);
+    ``storage_gate`` caps how many nodes write to the storage at once."""
+    logger = get_run_logger()
+    out: list[GuestBackup] = []
+    for i, guest in enumerate(guests, 1):
+        gate: AbstractContextManager[Any] = (
+            storage_gate if storage_gate is not None and not job.dry_run else nullcontext()
+        )
+        with gate:
+            result = backup_guest(client, guest, job, logger)
+        logger.info("[%s %d/%d] %s: %s", node, i, count, guest.label, result.row.line())
+        out.append(result)
+    return out
+
+
+@task(name="list-backups", cache_policy=NO_CACHE)
+def list_guest_archives(
+    client: ProxmoxClient, guests: list[Guest], storage: str
+) -> dict[int, list[Archive]]:
+    """Each guest's backups on ``storage``, each asked of the node that owns the guest."""
+    return {g.vmid: list_archives(client, g.node, storage, g.vmid) for g in guests}
+
+
+# --- offsite -------------------------------------------------------------------------------
+
+
+def sha256_of(runner: SshRunner, path: str) -> str:
+    """SHA-256 of a file on a host (``sha256sum``)."""
+    return parse_sha256sum(runner.run(["sha256sum", "--", path]).stdout)
+
+
+def list_offsite(runner: SshRunner, folder: str) -> list[str]:
+    """The complete archive copies in the offsite folder (created if missing)."""
+    runner.run(["mkdir", "-p", "--", folder])
+    return parse_offsite_listing(runner.run(["ls", "-1", "--", folder]).stdout)
+
+
+def copy_archive(
+    source: SshRunner, src_path: str, dest: SshRunner, folder: str, logger: LoggerLike
+) -> str:
+    """Copy one archive from a node to the offsite folder; returns its SHA-256.
+
+    The bytes travel through the controller: ``base64 FILE`` on the node, ``base64 -d >
+    NAME.part`` on the offsite host (the runner's stdin is text, and the node holds no key
+    to reach the offsite host itself). That holds a whole archive in memory, fine for the
+    lab's small archives; real multi-GB archives want the node to push with rsync/ssh. The
+    copy is written to ``NAME.part``, its SHA-256 compared with the source's, and only then
+    renamed; a mismatch removes the partial file and is redone once, then raises.
+    """
+    name = src_path.rpartition("/")[2]
+    part = f"{folder}/{name}.part"
+    final = f"{folder}/{name}"
+    expected = sha256_of(source, src_path)
+    for attempt in (1, 2):
+        encoded = source.run(["base64", "--", src_path]).stdout
+        dest.run(["sh", "-c", 'base64 -d > "$1"', "sh", part], stdin=encoded)
+        got = sha256_of(dest, part)
+        if got == expected:
+            dest.run(["mv", "-f", "--", part, final])
+            return expected
+        dest.run(["rm", "-f", "--", part])
+        logger.warning(
+            "offsite copy of %s arrived corrupted (sha256 %s, expected %s)%s",
+            name,
+            got[:12],
+            expected[:12],
+            ", copying again" if attempt == 1 else "",
+        )
+    raise SshError(
+        f"copy of {name} arrived corrupted twice (sha256 mismatch)",
+        host=dest.name,
+        command=["sha256sum", "--", part],
+    )
+
+
+@dataclass(slots=True)
+class OffsiteResult:
+    """What the offsite step did: rows per guest, the folder's listing at the end, and per
+    guest whether every copy of this run checked out (absent: nothing copied)."""
+
+    rows: list[ReportRow] = field(default_factory=list)
+    listing: list[str] | None = None
+    copied: dict[int, bool] = field(default_factory=dict)
+
+
+@task(name="offsite-copy", cache_policy=NO_CACHE)
+def offsite_copy(
+    inv: Inventory,
+    guests: list[Guest],
+    archives: dict[int, list[Archive]],
+    storage: str,
+    tz: tzinfo,
+    dry_run: bool = False,
+) -> OffsiteResult:
+    """Copy the archives the offsite policy keeps and the offsite folder lacks, then remove
+    the copies it does not keep. Unreachable hosts fail the guests' offsite rows; the
+    backups on the storage are never touched."""
+    logger = get_run_logger()
+    out = OffsiteResult()
+    off = inv.offsite
+    if off is None:
+        return out
+    policy = KeepPolicy.parse(off.policy, setting="offsite.policy") if off.policy else KeepPolicy()
+    all_archives = [a for g in guests for a in archives.get(g.vmid, [])]
+    with ExitStack() as stack:
+        dest = stack.enter_context(ssh_runner(inv, off.host))
+        try:
+            present = list_offsite(dest, off.path)
+        except MoxflowError as exc:
+            logger.error("offsite host %s: %s", off.host, exc)
+            for g in guests:
+                out.rows.append(_offsite_row(g, Outcome.FAILED, f"offsite: {exc}"))
+            return out
+        plan = plan_offsite(all_archives, present, [g.vmid for g in guests], policy, tz)
+        if dry_run:
+            for g in guests:
+                out.rows.append(_planned_row(g, plan))
+            out.listing = present
+            return out
+        runners: dict[str, SshRunner] = {}
+        for g in guests:
+            t0 = time.monotonic()
+            mine = [a for a in plan.copy if a.vmid == g.vmid]
+            copied: list[str] = []
+            problems: list[str] = []
+            for a in mine:
+                try:
+                    if g.node not in runners:
+                        runners[g.node] = stack.enter_context(ssh_runner(inv, g.node))
+                    src = f"{inv.backups.storage_path(a.storage, g.node)}/{a.filename}"
+                    copy_archive(runners[g.node], src, dest, off.path, logger)
+                    copied.append(a.filename)
+                    logger.info("%s: copied %s to %s", g.label, a.filename, off.host)
+                except MoxflowError as exc:
+                    problems.append(f"{a.filename}: {exc}")
+                    logger.error("%s: offsite copy of %s failed: %s", g.label, a.filename, exc)
+            removed: list[str] = []
+            for name in plan.remove:
+                parsed_vmid = _vmid_of(name)
+                if parsed_vmid != g.vmid:
+                    continue
+                try:
+                    dest.run(["rm", "-f", "--", f"{off.path}/{name}"])
+                    removed.append(name)
+                except MoxflowError as exc:
+                    problems.append(f"removing {name}: {exc}")
+            if mine:
+                out.copied[g.vmid] = not problems and len(copied) == len(mine)
+            kept = sum(1 for n in plan.keep if _vmid_of(n) == g.vmid) + len(copied)
+            outcome = Outcome.FAILED if problems else Outcome.OK
+            detail = "; ".join(problems) if problems else f"{len(copied)} copied, sha256 ok"
+            out.rows.append(
+                ReportRow(
+                    target=f"{g.label} offsite",
+                    outcome=outcome,
+                    taken=copied[0] if copied else None,
+                    kept=kept,
+                    removed=tuple(removed),
+                    detail=detail,
+                    seconds=round(time.monotonic() - t0, 3),
+                )
+            )
+        try:
+            out.listing = list_offsite(dest, off.path)
+        except MoxflowError as exc:
+            logger.warning("offsite host %s: cannot list the copies: %s", off.host, exc)
+    return out
+
+
+def _vmid_of(name: str) -> int | None:
+    parsed = parse_archive_name(name)
+    return parsed[1] if parsed else None
+
+
+def _offsite_row(guest: Guest, outcome: Outcome, detail: str) -> ReportRow:
+    return ReportRow(target=f"{guest.label} offsite", outcome=outcome, detail=detail)
+
+
+def _planned_row(guest: Guest, plan: OffsitePlan) -> ReportRow:
+    copy = [a.filename for a in plan.copy if a.vmid == guest.vmid]
+    remove = tuple(n for n in plan.remove if _vmid_of(n) == guest.vmid)
+    keep = sum(1 for n in plan.keep if _vmid_of(n) == guest.vmid)
+    return ReportRow(
+        target=f"{guest.label} offsite",
+        outcome=Outcome.PLANNED,
+        taken=copy[0] if copy else None,
+        kept=keep + len(copy),
+        removed=remove,
+        detail=f"would copy {len(copy)}" + (f": {', '.join(copy)}" if copy else ""),
+    )

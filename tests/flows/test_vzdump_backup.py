@@ -1,0 +1,254 @@
+"""End to end: flows.vzdump_backup and flows.offsite_copy against the lab, asserting its state."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from flows.offsite_copy import offsite_copy_flow
+from flows.vzdump_backup import vzdump_backup
+from labsim.client import LabClient
+from moxflow.errors import RunFailed
+from moxflow.report import Outcome, RunReport
+from tests.flows.conftest import edit_inventory
+
+# default topology: 9000 is a template; 100, 101 on pve1; 102-105 on pve2
+GUESTS = {100, 101, 102, 103, 104, 105}
+OWNER = {100: "pve1", 101: "pve1", 9000: "pve1", 102: "pve2", 103: "pve2", 104: "pve2", 105: "pve2"}
+
+
+@pytest.fixture
+def fast_lab(fresh_lab: LabClient) -> LabClient:
+    """The fresh lab with a backup storage fast enough that a dump takes milliseconds."""
+    fresh_lab.set_storage("nas-backup", bandwidth=10**13)
+    return fresh_lab
+
+
+def archives(lab: LabClient) -> dict[str, dict[str, Any]]:
+    """Every archive on nas-backup by file name."""
+    return {a["filename"]: a for a in lab.state()["storages"]["nas-backup"]["archives"]}
+
+
+def offsite_files(lab: LabClient) -> dict[str, str]:
+    """The offsite folder: file name → sha256 of its content."""
+    folder = Path(lab.info["offsite"]["path"])
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in folder.iterdir()}
+
+
+def outcomes(report: RunReport) -> dict[str, Outcome]:
+    return {r.target: r.outcome for r in report.rows}
+
+
+def failed_report(**kwargs: Any) -> RunReport:
+    with pytest.raises(RunFailed) as info:
+        vzdump_backup(**kwargs)
+    report = info.value.report
+    assert isinstance(report, RunReport)
+    return report
+
+
+def guest_requests(lab: LabClient) -> list[tuple[str, int]]:
+    """(node, vmid) of every API request that names a guest."""
+    out = []
+    for r in lab.api_requests():
+        m = re.match(r"^/nodes/([^/]+)/(?:qemu|lxc)/(\d+)", r["path"])
+        vmid = int(m.group(2)) if m else r.get("params", {}).get("vmid")
+        node = r["path"].split("/")[2] if r["path"].startswith("/nodes/") else None
+        if vmid is not None and node is not None:
+            out.append((node, int(vmid)))
+    return out
+
+
+def test_backs_up_verifies_and_copies_every_guest(fast_lab: LabClient, lab_inventory: Path) -> None:
+    lab = fast_lab
+    before = set(archives(lab))
+    report = vzdump_backup(inventory=str(lab_inventory))
+    got = outcomes(report)
+    assert got["9000 (debian-12-template)"] is Outcome.SKIPPED
+    ok = {int(t.split()[0]) for t, o in got.items() if o is Outcome.OK and "offsite" not in t}
+    assert ok == GUESTS
+    assert all(o is Outcome.OK for t, o in got.items() if t.endswith("offsite"))
+    now = archives(lab)
+    new = {n: a for n, a in now.items() if n not in before}
+    assert sorted(a["vmid"] for a in new.values()) == sorted(GUESTS)
+    assert all("moxflow" in a["notes"] for a in new.values())
+    # every row names its new archive
+    taken = {r.taken for r in report.rows if r.taken and not r.target.endswith("offsite")}
+    assert taken == set(new)
+    # the offsite copies are complete and identical; no partial file is left
+    files = offsite_files(lab)
+    assert not [n for n in files if n.endswith(".part")]
+    assert set(new) <= set(files)
+    for name, sha in files.items():
+        assert now[name]["sha256"] == sha
+    # every request about a guest went to the node that owns it
+    pairs = guest_requests(lab)
+    assert pairs and all(OWNER[vmid] == node for node, vmid in pairs)
+    assert "backup coverage:" in report.notes
+    coverage = report.notes[report.notes.index("backup coverage:") + 1 :]
+    assert len(coverage) == 1 + len(GUESTS) and not any(" NO" in line for line in coverage[1:])
+
+
+def test_a_failing_dump_is_retried_once_and_named(fast_lab: LabClient, lab_inventory: Path) -> None:
+    lab = fast_lab
+    lab.fault(target="task", type="vzdump", id="101", action="error", times=2,
+              message="vma_queue_write: write error - Broken pipe")  # fmt: skip
+    report = failed_report(select="100,101,104", inventory=str(lab_inventory), offsite=False)
+    got = outcomes(report)
+    assert got["101 (media-vm)"] is Outcome.FAILED
+    assert got["100 (dns)"] is Outcome.OK and got["104 (homeassistant)"] is Outcome.OK
+    row = next(r for r in report.rows if r.target == "101 (media-vm)")
+    assert "failed twice" in row.detail and "Broken pipe" in row.detail
+    posts = [
+        r for r in lab.api_requests() if r["method"] == "POST" and r["path"].endswith("/vzdump")
+    ]
+    assert sorted(int(r["params"]["vmid"]) for r in posts) == [100, 101, 101, 104]
+
+
+def test_storage_full_fails_the_run(fast_lab: LabClient, lab_inventory: Path) -> None:
+    lab = fast_lab
+    st = lab.state()["storages"]["nas-backup"]
+    lab.set_storage("nas-backup", used=st["total"] - sum(a["size"] for a in st["archives"]) - 2**20)
+    before = set(archives(lab))
+    report = failed_report(select="100", inventory=str(lab_inventory), offsite=False)
+    row = next(r for r in report.rows if r.target == "100 (dns)")
+    assert row.outcome is Outcome.FAILED and "job errors" in row.detail
+    assert set(archives(lab)) == before
+    assert outcomes(report)["100 (dns) coverage"] is Outcome.FAILED  # no backup at all
+
+
+def test_offsite_down_keeps_backups_and_the_next_run_copies(
+    fast_lab: LabClient, lab_inventory: Path
+) -> None:
+    lab = fast_lab
+    lab.fault(target="connect", host="offsite", action="drop")
+    report = failed_report(select="100,104", inventory=str(lab_inventory))
+    got = outcomes(report)
+    assert got["100 (dns)"] is Outcome.OK and got["104 (homeassistant)"] is Outcome.OK
+    assert got["100 (dns) offsite"] is Outcome.FAILED
+    assert offsite_files(lab) == {}
+    made = {r.taken for r in report.rows if r.outcome is Outcome.OK}
+    assert made <= set(archives(lab))  # the backups are kept
+    lab.clear_faults()
+    again = offsite_copy_flow(select="100,104", inventory=str(lab_inventory))
+    assert all(r.outcome is Outcome.OK for r in again.rows)
+    files = offsite_files(lab)
+    assert made <= set(files)
+    now = archives(lab)
+    assert all(now[n]["sha256"] == sha for n, sha in files.items())
+
+
+def test_a_corrupted_copy_is_detected_and_redone(fast_lab: LabClient, lab_inventory: Path) -> None:
+    lab = fast_lab
+    # the first checksum on the offsite host disagrees, as for a copy damaged on the way
+    lab.fault(target="command", host="offsite", command="^sha256sum", action="error",
+              exit=0, stdout="0" * 64 + "  x.part\n", times=1)  # fmt: skip
+    report = vzdump_backup(select="100", inventory=str(lab_inventory))
+    assert outcomes(report)["100 (dns) offsite"] is Outcome.OK
+    writes = [c for c in lab.commands() if c["host"] == "offsite" and "base64 -d" in c["command"]]
+    assert len(writes) == 2
+    files = offsite_files(lab)
+    assert len(files) == 1 and not any(n.endswith(".part") for n in files)
+    [(name, sha)] = files.items()
+    assert archives(lab)[name]["sha256"] == sha
+
+
+def test_prune_keeps_protected_and_exactly_what_the_policy_keeps(
+    fast_lab: LabClient, lab_inventory: Path, tmp_path: Path
+) -> None:
+    lab = fast_lab
+    inv = edit_inventory(
+        lab_inventory, tmp_path, {'policy = "keep-last=3,keep-daily=7"': 'policy = "keep-last=1"'}
+    )
+    before = archives(lab)
+    report = vzdump_backup(select="101,104", inventory=str(inv), offsite=False)
+    now = archives(lab)
+    protected = {n for n, a in before.items() if a["protected"]}
+    assert len(protected) == 1 and protected <= set(now)
+    for vmid in (101, 104):
+        left = [n for n, a in now.items() if a["vmid"] == vmid and not a["protected"]]
+        row = next(r for r in report.rows if r.target.startswith(f"{vmid} "))
+        assert left == [row.taken]  # only the new one
+        gone = {n for n, a in before.items() if a["vmid"] == vmid and not a["protected"]}
+        assert set(row.removed) == gone
+
+
+def test_dry_run_changes_nothing(fast_lab: LabClient, lab_inventory: Path) -> None:
+    lab = fast_lab
+    before = lab.state()["storages"]["nas-backup"]["archives"]
+    report = vzdump_backup(dry_run=True, inventory=str(lab_inventory))
+    assert report.dry_run
+    assert {r.outcome for r in report.rows} == {Outcome.PLANNED, Outcome.SKIPPED}
+    assert lab.state()["storages"]["nas-backup"]["archives"] == before
+    assert offsite_files(lab) == {}
+    assert all(r["method"] == "GET" for r in lab.api_requests())
+    plan = {r.target: r for r in report.rows}
+    assert plan["101 (media-vm) offsite"].detail.startswith("would copy 2")
+
+
+def test_a_hanging_dump_is_timed_out_stopped_and_the_node_goes_on(
+    fast_lab: LabClient, lab_inventory: Path, tmp_path: Path
+) -> None:
+    lab = fast_lab
+    inv = edit_inventory(
+        lab_inventory,
+        tmp_path,
+        {"max_age_hours = 26.0": "max_age_hours = 26.0\ntask_timeout = 1.0"},
+    )
+    lab.fault(target="task", type="vzdump", id="100", action="hang", times=1)
+    report = failed_report(select="100,101", inventory=str(inv), offsite=False)
+    got = {r.target: r for r in report.rows}
+    assert got["100 (dns)"].outcome is Outcome.FAILED
+    assert "timed out and was stopped" in got["100 (dns)"].detail
+    assert got["101 (media-vm)"].outcome is Outcome.OK  # the node's vzdump lock was freed
+    assert lab.guest(100)["lock"] is None and lab.state()["vzdump_locks"] == {}
+
+
+def test_ok_instead_of_a_upid_is_a_failure_not_a_success(
+    fast_lab: LabClient, lab_inventory: Path
+) -> None:
+    import logging
+
+    from moxflow.guests import Guest
+    from moxflow.inventory import load_inventory
+    from tasks.backups import BackupJob, backup_guest
+    from tasks.clients import proxmox_client
+
+    client = proxmox_client(load_inventory(lab_inventory))
+    stale = Guest(100, "dns", "pve2", "lxc")  # a listing from before a migration
+    result = backup_guest(client, stale, BackupJob(storage="nas-backup"), logging.getLogger("test"))
+    assert result.row.outcome is Outcome.FAILED
+    assert "answered 'OK' instead of a task" in result.row.detail
+    assert fast_lab.state()["backup_jobs"] == []
+
+
+@pytest.mark.parametrize("module", ["flows.vzdump_backup", "flows.offsite_copy"])
+def test_help_answers_before_prefect_is_imported(module: str) -> None:
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", module, "--help"],
+        cwd=Path(__file__).resolve().parents[2],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert "--select" in out.stdout and "--dry-run" in out.stdout and "exit status" in out.stdout
+    assert " prefect" not in out.stderr
+
+
+def test_cli_dry_run_and_bad_selection(
+    fast_lab: LabClient, lab_inventory: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from flows.vzdump_backup import main
+
+    assert main(["--inventory", str(lab_inventory), "--select", "@bogus"]) == 2
+    assert main(["--inventory", str(lab_inventory), "--select", "100", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "100 (dns)" in out and "backup coverage:" in out and "planned" in out
+    assert all(r["method"] == "GET" for r in fast_lab.api_requests())

@@ -1,0 +1,205 @@
+"""The pure backup core: volids, listings, verdicts, prune marks, offsite plans, coverage."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from moxflow.backups import (
+    Archive,
+    archive_problem,
+    coverage_rows,
+    coverage_text,
+    find_new_archive,
+    parse_content,
+    parse_offsite_listing,
+    parse_prune_marks,
+    parse_sha256sum,
+    parse_volid,
+    plan_offsite,
+    split_by_node,
+)
+from moxflow.errors import ConfigError, ParseError
+from moxflow.guests import Guest
+from moxflow.inventory import load_inventory
+from moxflow.retention import KeepPolicy
+
+NOW = datetime(2026, 11, 26, 2, 0, 5, tzinfo=UTC)
+GiB = 1024**3
+
+
+def entry(vmid: int, when: datetime, size: int = GiB, **extra: Any) -> dict[str, Any]:
+    kind = "lxc" if vmid == 100 else "qemu"
+    ext = "tar.zst" if kind == "lxc" else "vma.zst"
+    stamp = when.strftime("%Y_%m_%d-%H_%M_%S")
+    return {
+        "volid": f"nas:backup/vzdump-{kind}-{vmid}-{stamp}.{ext}",
+        "content": "backup",
+        "format": ext,
+        "size": size,
+        "ctime": int(when.timestamp()),
+        "vmid": vmid,
+        "subtype": kind,
+        **extra,
+    }
+
+
+def test_volid_and_content_parse() -> None:
+    v = parse_volid("local:backup/vzdump-qemu-101-2026_11_26-02_00_05.vma.zst")
+    assert (v.storage, v.vmid, v.subtype) == ("local", 101, "qemu")
+    assert v.stamp == datetime(2026, 11, 26, 2, 0, 5)
+    other = parse_volid("nas:backup/my-own-copy.vma.zst")
+    assert other.vmid is None and other.filename == "my-own-copy.vma.zst"
+    for bad in ("nas:images/x.raw", "vzdump-qemu-1.vma", "nas:backup/a/b"):
+        with pytest.raises(ParseError):
+            parse_volid(bad)
+    items = [
+        entry(104, NOW, notes="moxflow"),
+        entry(101, NOW - timedelta(days=2), protected=1),
+        {"volid": "nas:iso/x.iso", "content": "iso"},
+    ]
+    archives = parse_content(items)
+    assert [a.vmid for a in archives] == [101, 104]  # oldest first; iso ignored
+    assert archives[0].protected and not archives[1].protected
+    assert archives[1].notes == "moxflow" and archives[1].created == NOW
+    with pytest.raises(ParseError):
+        parse_content([{"volid": "nas:backup/x", "content": "backup"}])
+
+
+def test_the_new_archive_is_the_one_this_run_made() -> None:
+    old, new = parse_content([entry(101, NOW - timedelta(days=1)), entry(101, NOW)])
+    started = NOW - timedelta(seconds=30)
+    assert find_new_archive([old, new], 101, [old.volid], started) == new
+    assert find_new_archive([old, new], 101, [old.volid, new.volid], started) is None
+    assert find_new_archive([old, new], 104, [], started) is None
+    # listed, but older than the run: not this run's
+    assert find_new_archive([old], 101, [], started) is None
+
+
+@pytest.mark.parametrize(
+    ("size", "previous", "ratio", "problem"),
+    [
+        (GiB, None, 0.5, None),
+        (GiB, 2 * GiB, 0.5, None),
+        (GiB - 1, 2 * GiB, 0.5, "below 0.5"),
+        (GiB // 10, 2 * GiB, 0.0, None),  # 0: only an empty archive fails
+        (0, None, 0.5, "is empty"),
+    ],
+)
+def test_archive_sanity(size: int, previous: int | None, ratio: float, problem: str | None) -> None:
+    new = Archive.from_api(entry(101, NOW, size=size))
+    prev = Archive.from_api(entry(101, NOW - timedelta(days=1), size=previous or 1))
+    got = archive_problem(new, prev if previous else None, ratio)
+    assert (got is None) if problem is None else (got is not None and problem in got)
+    assert archive_problem(None, prev, ratio) == "no new archive is listed on the storage"
+
+
+def test_prune_marks_parse_newest_first() -> None:
+    marks = parse_prune_marks(
+        [
+            {"volid": "a", "vmid": 1, "mark": "remove", "ctime": 10, "type": "qemu"},
+            {"volid": "b", "vmid": 1, "mark": "protected", "ctime": 20, "type": "qemu"},
+        ]
+    )
+    assert [(m.volid, m.mark) for m in marks] == [("b", "protected"), ("a", "remove")]
+    with pytest.raises(ParseError):
+        parse_prune_marks([{"volid": "a"}])
+
+
+def test_nodes_run_in_parallel_guests_of_a_node_in_series() -> None:
+    guests = [
+        Guest(104, "ha", "pve2", "qemu"),
+        Guest(100, "dns", "pve1", "lxc"),
+        Guest(102, "b", "pve2", "qemu"),
+    ]
+    plan = split_by_node(guests)
+    assert {n: [g.vmid for g in gs] for n, gs in plan.items()} == {
+        "pve1": [100],
+        "pve2": [102, 104],
+    }
+
+
+def test_sha256sum_and_offsite_listing() -> None:
+    digest = "ab" * 32
+    assert parse_sha256sum(f"{digest}  /srv/x.vma.zst\n") == digest
+    with pytest.raises(ParseError):
+        parse_sha256sum("sha256sum: /srv/x: No such file or directory\n")
+    listing = (
+        "vzdump-qemu-101-2026_11_26-02_00_05.vma.zst\n"
+        "vzdump-qemu-104-2026_11_26-02_00_05.vma.zst.part\n"  # a half-written copy
+        "notes.txt\n"
+    )
+    assert parse_offsite_listing(listing) == ["vzdump-qemu-101-2026_11_26-02_00_05.vma.zst"]
+
+
+def test_offsite_plan_copies_what_the_policy_keeps_and_lacks() -> None:
+    days = [NOW - timedelta(days=d) for d in (0, 1, 2, 3)]
+    archives = parse_content([entry(101, d) for d in days] + [entry(104, NOW)])
+    names = {a.created: a.filename for a in archives if a.vmid == 101}
+    # offsite has day 1 and day 3 (copied by earlier runs) and a copy of a guest not selected
+    present = [names[days[1]], names[days[3]], "vzdump-qemu-999-2026_11_20-02_00_05.vma.zst"]
+    plan = plan_offsite(archives, present, [101], KeepPolicy(last=2), UTC)
+    assert [a.filename for a in plan.copy] == [names[days[0]]]  # the newest, missing
+    assert plan.keep == (names[days[1]],)
+    assert plan.remove == (names[days[3]],)  # beyond keep-last=2; 999's copy is not ours
+    everything = plan_offsite(archives, [], [101, 104], KeepPolicy(), UTC)
+    assert len(everything.copy) == 5 and everything.remove == ()
+
+
+def test_coverage_marks_stale_guests() -> None:
+    guests = [Guest(101, "media-vm", "pve1", "qemu"), Guest(104, "ha", "pve2", "qemu")]
+    archives = {a.vmid: [a] for a in parse_content([entry(101, NOW - timedelta(hours=30))])}
+    off = ["vzdump-qemu-101-2026_11_24-02_00_05.vma.zst"]
+    rows = coverage_rows(
+        guests,
+        archives,
+        off,
+        now=NOW,
+        max_age=timedelta(hours=26),
+        tz=UTC,
+        verified={101: True},
+        copied={101: True},
+    )
+    assert [(r.vmid, r.stale) for r in rows] == [(101, True), (104, True)]
+    cells = rows[0].cells(NOW)
+    assert cells["last backup"] == "30h ago" and cells["last offsite"] == "2d ago"
+    assert (cells["verified"], cells["checksum"], cells["fresh"]) == ("yes", "yes", "NO")
+    assert rows[1].cells(NOW)["last backup"] == "never"
+    fresh = coverage_rows(guests[:1], archives, None, now=NOW, max_age=timedelta(days=2), tz=UTC)
+    assert not fresh[0].stale and fresh[0].cells(NOW)["checksum"] == "-"
+    text = coverage_text(rows, NOW)
+    assert text[0] == "backup coverage:" and text[1].startswith("GUEST")
+
+
+def test_inventory_backup_sections(tmp_path: Path) -> None:
+    base = '[hosts.nas]\naddress = "10.0.0.5"\n'
+    path = tmp_path / "inventory.toml"
+    path.write_text(base)
+    inv = load_inventory(path)
+    assert inv.offsite is None and inv.backups.max_age_hours == 26
+    assert inv.backups.size_drop_ratio == 0.5 and inv.backups.mode == "snapshot"
+    assert inv.backups.storage_path("local", "pve1") == "/var/lib/vz/dump"
+    assert inv.backups.storage_path("nas", "pve1") == "/mnt/pve/nas/dump"
+    path.write_text(
+        base + '[backups]\nstorage = "nas"\npolicy = "keep-last=3"\n'
+        '[backups.storage_paths]\nlocal = "/data/{node}/dump"\n'
+        '[offsite]\nhost = "nas"\npath = "/tank/offsite"\n'
+    )
+    inv = load_inventory(path)
+    assert inv.backups.storage_path("local", "pve2") == "/data/pve2/dump"
+    assert inv.offsite is not None and inv.offsite.host == "nas"
+    for bad, setting in [
+        ('[offsite]\nhost = "elsewhere"\npath = "/x"\n', "offsite"),
+        ('[offsite]\nhost = "nas"\npath = "relative; rm -rf /"\n', "offsite.path"),
+        ('[backups]\npolicy = "keep-often=1"\n', "backups.policy"),
+        ("[backups]\nsize_drop_ratio = 2\n", "backups.size_drop_ratio"),
+        ('[backups]\nstorage_paths = { local = "/a b" }\n', "backups.storage_paths"),
+        ('[backups]\nretention = "x"\n', "backups.retention"),
+    ]:
+        path.write_text(base + bad)
+        with pytest.raises(ConfigError) as info:
+            load_inventory(path)
+        assert setting in str(info.value), bad
