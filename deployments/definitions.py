@@ -113,9 +113,16 @@ DEFINITIONS: tuple[Definition, ...] = (
         description="Every Saturday at 03:00: update the NixOS hosts, canary first, "
         "with snapshot, verification and automatic rollback.",
     ),
+    Definition(
+        flow_name="vzdump-backup",
+        name="nightly",
+        entrypoint="flows/vzdump_backup.py:vzdump_backup",
+        cron="0 1 * * *",
+        description="Every night at 01:00: back up the selected guests, verify the archives, "
+        "prune, copy offsite, and report coverage.",
+    ),
     # Later jobs plug in here, one Definition each (then `python -m deployments.render >
     # prefect.yaml`). The defaults issue 5 asks for:
-    #   vzdump-backup/nightly    "0 1 * * *"    backups with offsite copy
     #   restore-test/weekly      "0 5 * * 0"    restore the newest backups, Sunday 05:00
     #   proxmox-update/weekly    "0 5 * * 6"    after the NixOS updates
     #   windows-update/monthly   "0 4 9-15 * 3" with day_or=False: the day after Patch Tuesday

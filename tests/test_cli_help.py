@@ -31,6 +31,7 @@ OPTIONS = {
         "--no-snapshot",
         "--force",
     ],
+    "flows.vzdump_backup": ["--inventory", "--dry-run", "--select", "--storage", "--no-offsite"],
 }
 
 
