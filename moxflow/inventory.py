@@ -554,6 +554,55 @@ class OffsiteSettings(_Section):
     )
 
 
+class RestoreTestSettings(_Section):
+    """Restore tests: which guests' newest backups are restored, booted and destroyed, where."""
+
+    select: str = Field(
+        default="@all",
+        description="Which guests to restore-test, in the selection language (templates skipped).",
+    )
+    scratch_vmids: str = Field(
+        default="9900:9999",
+        pattern=r"^\s*[0-9]+\s*(:\s*[0-9]+\s*)?$",
+        description=(
+            "VMIDs the test restores to, FIRST:LAST (inclusive) or one VMID; a VMID in use is "
+            "never taken, and is checked again right before each restore."
+        ),
+    )
+    scratch_storage: StorageName = Field(
+        default="local-zfs", description="The storage the scratch guests' disks are written to."
+    )
+    boot_timeout: Seconds = Field(
+        default=300.0,
+        description=(
+            "Seconds a restored guest has to answer: the guest agent's ping for a VM, the "
+            "running state for a container."
+        ),
+    )
+    task_timeout: Seconds = Field(
+        default=4 * 3600.0, description="Seconds one restore task may run before it is given up."
+    )
+
+    @field_validator("select")
+    @classmethod
+    def _select(cls, value: str) -> str:
+        return _check_selection(value)
+
+    @field_validator("scratch_vmids")
+    @classmethod
+    def _scratch_vmids(cls, value: str) -> str:
+        first, _, last = value.partition(":")
+        lo, hi = int(first), int(last or first)
+        if not 100 <= lo <= hi <= 999_999_999:
+            raise ValueError(f"{value!r}: need 100 <= FIRST <= LAST <= 999999999")
+        return value.strip()
+
+    def vmid_range(self) -> range:
+        """The scratch VMIDs as a range."""
+        first, _, last = self.scratch_vmids.partition(":")
+        return range(int(first), int(last or first) + 1)
+
+
 # --- NixOS updates -------------------------------------------------------------------------
 
 
@@ -1057,6 +1106,10 @@ class Inventory(BaseSettings):
     )
     offsite: OffsiteSettings | None = Field(
         default=None, description="Offsite copies of backup archives; leave out for none."
+    )
+    restore_test: RestoreTestSettings = Field(
+        default_factory=RestoreTestSettings,
+        description="Restore tests of the newest backups on scratch guests.",
     )
 
     _base_dir: Path = PrivateAttr(default_factory=Path.cwd)

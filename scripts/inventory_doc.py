@@ -27,6 +27,7 @@ from moxflow.inventory import (
     OffsiteSettings,
     ProxmoxSettings,
     ProxmoxSnapshotMethod,
+    RestoreTestSettings,
     SshSettings,
     ZfsDataset,
     ZfsSettings,
@@ -52,6 +53,7 @@ SECTIONS: list[tuple[str, type[BaseModel]]] = [
     ("[notifications]", NotificationSettings),
     ("[backups]", BackupSettings),
     ("[offsite]", OffsiteSettings),
+    ("[restore_test]", RestoreTestSettings),
 ]
 
 INTRO = """\
