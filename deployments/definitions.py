@@ -121,9 +121,16 @@ DEFINITIONS: tuple[Definition, ...] = (
         description="Every night at 01:00: back up the selected guests, verify the archives, "
         "prune, copy offsite, and report coverage.",
     ),
+    Definition(
+        flow_name="restore-test",
+        name="weekly",
+        entrypoint="flows/restore_test.py:restore_test",
+        cron="0 5 * * 0",
+        description="Every Sunday at 05:00: restore the newest backup of each selected guest "
+        "to a scratch VMID, boot it, check it, destroy it.",
+    ),
     # Later jobs plug in here, one Definition each (then `python -m deployments.render >
     # prefect.yaml`). The defaults issue 5 asks for:
-    #   restore-test/weekly      "0 5 * * 0"    restore the newest backups, Sunday 05:00
     #   proxmox-update/weekly    "0 5 * * 6"    after the NixOS updates
     #   windows-update/monthly   "0 4 9-15 * 3" with day_or=False: the day after Patch Tuesday
     #   health-report/daily      "0 7 * * *"

@@ -32,6 +32,8 @@ OPTIONS = {
         "--force",
     ],
     "flows.vzdump_backup": ["--inventory", "--dry-run", "--select", "--storage", "--no-offsite"],
+    "flows.restore_test": ["--inventory", "--dry-run", "--select", "--scratch-vmid", "--storage"],
+    "flows.restore": ["--vmid", "--backup", "--target-vmid", "--force", "--storage", "--node"],
 }
 
 
