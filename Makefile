@@ -54,6 +54,8 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/prune.py
 	$(BIN)/python benchmarks/help_time.py
 	$(BIN)/python benchmarks/guest_snapshot.py
+	$(BIN)/python benchmarks/nixos_fleet.py
+	$(BIN)/python benchmarks/backup_window.py
 	$(BIN)/python benchmarks/adhoc.py
 
 clean:
