@@ -1,15 +1,18 @@
 """Conformance: every request moxflow sends names a real PVE path and method, with valid params.
 
-The jobs run against the lab (dry run, real run with pruning, a locked guest, a failing
-task), then each request the lab received is checked against the schema subset committed in
+The jobs run against the lab (snapshots with pruning and a locked guest; backups, prune and a
+restore test), then each request the lab received is checked against the schema subset in
 ``labsim/pve-api-subset.json`` (extracted from the real PVE 9.1 API schema).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from flows.guest_snapshot import guest_snapshot
+from flows.restore_test import restore_test
+from flows.vzdump_backup import vzdump_backup
 from labsim import schema
 from labsim.client import LabClient
 from tests.flows.conftest import edit_inventory
@@ -39,6 +42,11 @@ def test_every_request_the_jobs_send_conforms_to_the_pve_schema(
         ("DELETE", "/nodes/{node}/qemu/{vmid}/snapshot/{snapname}"),
         ("GET", "/nodes/{node}/tasks/{upid}/status"),
     } <= seen
+    assert check_requests(requests) == []
+
+
+def check_requests(requests: list[dict[str, Any]]) -> list[str]:
+    """Every request names a real path and method, with valid parameters; the problems."""
     problems = []
     for r in requests:
         route = schema.match_path(r["path"])
@@ -48,13 +56,31 @@ def test_every_request_the_jobs_send_conforms_to_the_pve_schema(
         if r["method"] not in schema.methods(route.template):
             problems.append(f"{r['method']} {route.template}: no such method")
             continue
-        params = {**r["params"], **route.path_params}
-        errors = schema.validate(r["method"], route.template, params)
+        errors = schema.validate(r["method"], route.template, {**r["params"], **route.path_params})
         if errors:
             problems.append(f"{r['method']} {r['path']}: {errors}")
         if r["status"] in (400, 501):
             problems.append(f"{r['method']} {r['path']}: the lab answered {r['status']}")
-    assert problems == []
+    return problems
+
+
+def test_backup_and_restore_requests_conform(fresh_lab: LabClient, lab_inventory: Path) -> None:
+    """vzdump, content listing, prune, restore, start, agent ping, stop, destroy."""
+    fresh_lab.set_storage("nas-backup", bandwidth=10**13)
+    inv = str(lab_inventory)
+    vzdump_backup(select="101,100", offsite=False, dry_run=True, inventory=inv)
+    vzdump_backup(select="101,100", offsite=False, inventory=inv)
+    restore_test(select="101", inventory=inv)
+    requests = fresh_lab.api_requests()
+    seen = {(r["method"], r["template"]) for r in requests}
+    assert {
+        ("POST", "/nodes/{node}/vzdump"),
+        ("GET", "/nodes/{node}/storage/{storage}/content"),
+        ("GET", "/nodes/{node}/storage/{storage}/prunebackups"),
+        ("POST", "/nodes/{node}/qemu"),
+        ("DELETE", "/nodes/{node}/qemu/{vmid}"),
+    } <= seen
+    assert check_requests(requests) == []
 
 
 def test_the_lab_rejects_what_pve_rejects() -> None:
