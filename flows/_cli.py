@@ -39,6 +39,17 @@ def base_parser(prog: str, description: str) -> argparse.ArgumentParser:
     return parser
 
 
+def add_lock_timeout(parser: argparse.ArgumentParser, what: str) -> None:
+    """``--lock-timeout SECONDS``: how long to retry a locked guest (and ``what``) first."""
+    parser.add_argument(
+        "--lock-timeout",
+        type=float,
+        default=120.0,
+        metavar="SECONDS",
+        help=f"how long to keep retrying a locked guest {what} (default: 120)",
+    )
+
+
 def split_csv(values: Sequence[str] | None) -> list[str]:
     """Accept both ``--only a,b`` and ``--only a --only b``."""
     out: list[str] = []

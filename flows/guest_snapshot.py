@@ -18,7 +18,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any
 
-from flows._cli import EXIT_FAILED, EXIT_USAGE, base_parser
+from flows._cli import EXIT_FAILED, EXIT_USAGE, add_lock_timeout, base_parser
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -54,13 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="guests snapshotted at once (default: [guest_snapshots] concurrency)",
     )
-    parser.add_argument(
-        "--lock-timeout",
-        type=float,
-        default=120.0,
-        metavar="SECONDS",
-        help="how long to keep retrying a locked guest before skipping it (default: 120)",
-    )
+    add_lock_timeout(parser, "before skipping it")
     return parser
 
 

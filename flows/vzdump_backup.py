@@ -18,7 +18,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from flows._cli import EXIT_FAILED, EXIT_USAGE, base_parser
+from flows._cli import EXIT_FAILED, EXIT_USAGE, add_lock_timeout, base_parser
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -40,13 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="skip the offsite copy even when [offsite] is configured",
     )
-    parser.add_argument(
-        "--lock-timeout",
-        type=float,
-        default=120.0,
-        metavar="SECONDS",
-        help="how long to keep retrying a locked guest or a failing API (default: 120)",
-    )
+    add_lock_timeout(parser, "or a failing API")
     return parser
 
 
