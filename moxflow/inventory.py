@@ -552,6 +552,14 @@ class OffsiteSettings(_Section):
             "archives it would not keep are not copied; default: keep everything."
         ),
     )
+    bwlimit: int | None = Field(
+        default=None,
+        ge=1,
+        description=(
+            "Bandwidth limit of the offsite copies in KiB/s, averaged over each archive; "
+            "default: none."
+        ),
+    )
 
 
 class RestoreTestSettings(_Section):
