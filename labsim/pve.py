@@ -591,6 +591,20 @@ def storage_volume(req: Request) -> Any:
     return out
 
 
+@route("PUT", "/nodes/{node}/storage/{storage}/content/{volume}")
+def update_volume(req: Request) -> Any:
+    req.lab.require_node(req.node)
+    st = req.lab.require_storage(req.node, req.req_str("storage"))
+    a = req.lab.find_archive(req.node, req.req_str("volume"), st)
+    notes = req.get_str("notes")
+    if notes is not None:
+        a.notes = notes.rstrip("\n")
+    if "protected" in req.params:
+        a.protected = req.get_bool("protected")
+    a.write_sidecars()
+    return None
+
+
 @route("DELETE", "/nodes/{node}/storage/{storage}/content/{volume}")
 def delete_volume(req: Request) -> Any:
     req.lab.require_node(req.node)
@@ -912,10 +926,14 @@ class ApiHandler(BaseHTTPRequestHandler):
         full_path = unquote(url.path)
         rel = full_path[len(API_BASE) :] if full_path.startswith(API_BASE) else full_path
         rel = rel or "/"
+        # the log keeps an escaped "/" inside a segment (a volume ID) escaped, so that the
+        # logged path still splits into the segments the client sent
+        logged = unquote(url.path.replace("%2F", "%252F").replace("%2f", "%252F"))
+        logged = logged[len(API_BASE) :] if logged.startswith(API_BASE) else logged
         entry: dict[str, Any] = {
             "time": time.time(),
             "method": method,
-            "path": rel,
+            "path": logged or "/",
             "template": None,
             "params": {},
             "status": None,

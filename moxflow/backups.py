@@ -27,6 +27,7 @@ __all__ = [
     "coverage_rows",
     "coverage_text",
     "find_new_archive",
+    "mark_restore_tested",
     "parse_archive_name",
     "parse_content",
     "parse_offsite_listing",
@@ -34,6 +35,7 @@ __all__ = [
     "parse_sha256sum",
     "parse_volid",
     "plan_offsite",
+    "restore_tested_at",
     "split_by_node",
 ]
 
@@ -88,6 +90,34 @@ def parse_volid(volid: str) -> Volid:
     )
 
 
+RESTORE_TEST_MARK = "moxflow restore test ok:"
+"""The line a passed restore test adds to the archive's notes, followed by an ISO time (UTC).
+
+The result lives with the backup itself (visible in the Proxmox UI as the backup's notes),
+so the coverage table and the health report read it from the storage listing, from any
+machine, and it goes away with the archive when the archive is pruned."""
+
+
+def restore_tested_at(notes: str) -> datetime | None:
+    """When the archive with these notes last passed a restore test; None if never."""
+    for line in notes.splitlines():
+        text = line.strip()
+        if text.startswith(RESTORE_TEST_MARK):
+            try:
+                when = datetime.fromisoformat(text.removeprefix(RESTORE_TEST_MARK).strip())
+            except ValueError:
+                return None
+            return when if when.tzinfo else when.replace(tzinfo=UTC)
+    return None
+
+
+def mark_restore_tested(notes: str, when: datetime) -> str:
+    """The notes with the restore-test line set to ``when`` (any older one replaced)."""
+    kept = [ln for ln in notes.splitlines() if not ln.strip().startswith(RESTORE_TEST_MARK)]
+    stamp = when.astimezone(UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+    return "\n".join([*(ln for ln in kept if ln.strip()), f"{RESTORE_TEST_MARK} {stamp}"])
+
+
 @dataclass(frozen=True, slots=True)
 class Archive:
     """One backup archive from ``GET /nodes/{node}/storage/{storage}/content?content=backup``."""
@@ -101,6 +131,11 @@ class Archive:
     created: datetime
     notes: str = ""
     protected: bool = False
+
+    @property
+    def restore_tested(self) -> datetime | None:
+        """When this archive last passed a restore test (from its notes); None if never."""
+        return restore_tested_at(self.notes)
 
     @classmethod
     def from_api(cls, item: Mapping[str, Any]) -> Archive:
@@ -291,6 +326,7 @@ class CoverageRow:
     last_offsite: datetime | None
     offsite_ok: bool | None  # checksum verified in this run; None: not copied in this run
     stale: bool
+    last_restore_test: datetime | None = None
 
     def cells(self, now: datetime) -> dict[str, str]:
         """The row as text, for the terminal and the Prefect table artifact."""
@@ -301,6 +337,7 @@ class CoverageRow:
             "verified": _yes_no(self.verified),
             "last offsite": _age(now, self.last_offsite),
             "checksum": _yes_no(self.offsite_ok),
+            "last restore test": _age(now, self.last_restore_test),
             "fresh": "NO" if self.stale else "yes",
         }
 
@@ -317,7 +354,8 @@ def coverage_rows(
     copied: Mapping[int, bool] | None = None,
 ) -> list[CoverageRow]:
     """Per guest: the newest backup (age, size, verified in this run), the newest offsite
-    copy (age, checksum verified in this run), and whether the newest backup is stale."""
+    copy (age, checksum verified in this run), the last passed restore test of any archive
+    still listed, and whether the newest backup is stale."""
     verified = verified or {}
     copied = copied or {}
     rows: list[CoverageRow] = []
@@ -329,6 +367,7 @@ def coverage_rows(
             for p in (parse_archive_name(n) for n in offsite or ())
             if p is not None and p[1] == guest.vmid
         ]
+        tested = [t for t in (a.restore_tested for a in mine) if t is not None]
         rows.append(
             CoverageRow(
                 guest=guest.label,
@@ -339,6 +378,7 @@ def coverage_rows(
                 last_offsite=max(stamps) if stamps else None,
                 offsite_ok=copied.get(guest.vmid),
                 stale=last is None or now - last.created > max_age,
+                last_restore_test=max(tested) if tested else None,
             )
         )
     return rows

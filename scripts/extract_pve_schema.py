@@ -33,7 +33,7 @@ SUBSET: dict[str, tuple[str, ...]] = {
     "/nodes/{node}/tasks/{upid}/log": ("GET",),
     "/nodes/{node}/storage": ("GET",),
     "/nodes/{node}/storage/{storage}/content": ("GET",),
-    "/nodes/{node}/storage/{storage}/content/{volume}": ("DELETE", "GET"),
+    "/nodes/{node}/storage/{storage}/content/{volume}": ("DELETE", "GET", "PUT"),
     "/nodes/{node}/storage/{storage}/prunebackups": ("DELETE", "GET"),
     "/nodes/{node}/vzdump": ("POST",),
     "/nodes/{node}/apt/update": ("GET", "POST"),

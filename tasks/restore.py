@@ -13,12 +13,13 @@ from contextlib import suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import quote
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 from prefect.logging import get_run_logger
 
-from moxflow.backups import Archive
+from moxflow.backups import Archive, mark_restore_tested
 from moxflow.errors import MoxflowError, ProxmoxError
 from moxflow.guests import Guest
 from moxflow.naming import snapshot_description, snapshot_name
@@ -32,6 +33,16 @@ PRE_RESTORE_LABEL = "pre-restore"
 POLL_START = 0.05
 POLL_MAX = 2.0
 POWER_TIMEOUT = 300.0
+
+
+def record_restore_test(client: ProxmoxClient, node: str, archive: Archive, when: datetime) -> None:
+    """Note a passed restore test in the archive's notes (``PUT .../content/{volume}``),
+    where the backup coverage table and the health report find it."""
+    # the volume ID holds a "/": escaped, it stays one path segment
+    client.put(
+        f"/nodes/{node}/storage/{archive.storage}/content/{quote(archive.volid, safe='')}",
+        notes=mark_restore_tested(archive.notes, when),
+    )
 
 
 def guest_path(node: str, gtype: str, vmid: int) -> str:
@@ -247,6 +258,12 @@ def restore_test_guest(
                 detail += f"; scratch guest {scratch} NOT cleaned up, remove it by hand: {exc}"
     if created and not cleanup.startswith("FAILED"):
         detail += f"; {cleanup}"
+    if outcome is Outcome.OK and archive is not None:
+        try:
+            record_restore_test(client, guest.node, archive, datetime.now(UTC))
+        except MoxflowError as exc:
+            logger.warning("%s: cannot note the passed test on %s: %s", guest.label, archive, exc)
+            detail += f"; not noted on the backup ({exc})"
     log = logger.info if outcome is Outcome.OK else logger.error
     log("%s: %s", guest.label, detail)
     return done(outcome, detail)

@@ -14,12 +14,14 @@ from moxflow.backups import (
     coverage_rows,
     coverage_text,
     find_new_archive,
+    mark_restore_tested,
     parse_content,
     parse_offsite_listing,
     parse_prune_marks,
     parse_sha256sum,
     parse_volid,
     plan_offsite,
+    restore_tested_at,
     split_by_node,
 )
 from moxflow.errors import ConfigError, ParseError
@@ -172,6 +174,30 @@ def test_coverage_marks_stale_guests() -> None:
     assert not fresh[0].stale and fresh[0].cells(NOW)["checksum"] == "-"
     text = coverage_text(rows, NOW)
     assert text[0] == "backup coverage:" and text[1].startswith("GUEST")
+
+
+def test_restore_test_mark_in_the_notes() -> None:
+    assert restore_tested_at("") is None and restore_tested_at("media-vm 101 pve1") is None
+    once = mark_restore_tested("media-vm 101 pve1 moxflow", NOW - timedelta(days=3))
+    assert once == "media-vm 101 pve1 moxflow\nmoxflow restore test ok: 2026-11-23T02:00:05Z"
+    assert restore_tested_at(once) == NOW - timedelta(days=3)
+    twice = mark_restore_tested(once, NOW)  # the older mark is replaced, not stacked
+    assert twice.count("restore test") == 1 and restore_tested_at(twice) == NOW
+    assert restore_tested_at("moxflow restore test ok: yesterday") is None
+
+
+def test_coverage_shows_the_last_passed_restore_test_of_any_listed_archive() -> None:
+    guests = [Guest(101, "media-vm", "pve1", "qemu"), Guest(104, "ha", "pve2", "qemu")]
+    old = entry(
+        101, NOW - timedelta(days=2), notes=mark_restore_tested("x", NOW - timedelta(days=1))
+    )
+    new = entry(101, NOW - timedelta(hours=1))
+    by_vmid: dict[int, list[Archive]] = {}
+    for a in parse_content([old, new, entry(104, NOW - timedelta(hours=2))]):
+        by_vmid.setdefault(a.vmid, []).append(a)
+    rows = coverage_rows(guests, by_vmid, None, now=NOW, max_age=timedelta(hours=26), tz=UTC)
+    assert [r.last_restore_test for r in rows] == [NOW - timedelta(days=1), None]
+    assert [r.cells(NOW)["last restore test"] for r in rows] == ["24h ago", "never"]
 
 
 def test_inventory_backup_sections(tmp_path: Path) -> None:

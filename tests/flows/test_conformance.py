@@ -79,6 +79,7 @@ def test_backup_and_restore_requests_conform(fresh_lab: LabClient, lab_inventory
         ("GET", "/nodes/{node}/storage/{storage}/prunebackups"),
         ("POST", "/nodes/{node}/qemu"),
         ("DELETE", "/nodes/{node}/qemu/{vmid}"),
+        ("PUT", "/nodes/{node}/storage/{storage}/content/{volume}"),  # the restore-test note
     } <= seen
     assert check_requests(requests) == []
 

@@ -56,6 +56,9 @@ def test_restore_test_restores_boots_and_destroys(fast_lab: LabClient, lab_inven
     lab = fast_lab
     vzdump_backup(select="100", offsite=False, inventory=str(lab_inventory))  # a container backup
     before = {v: stable(lab.guest(v)) for v in (100, 101, 104)}
+    notes_before = {
+        a["filename"]: a["notes"] for a in lab.state()["storages"]["nas-backup"]["archives"]
+    }
     start = len(lab.api_requests())
     report = restore_test(select="100,101,104", inventory=str(lab_inventory))
     assert isinstance(report, RunReport)
@@ -86,6 +89,22 @@ def test_restore_test_restores_boots_and_destroys(fast_lab: LabClient, lab_inven
     assert all(r["params"].get("storage") == "local-zfs" for r in restores)
     touched = mutating_vmids(lab, since=start)
     assert touched and all(v >= 9900 for v in touched)
+    # each passed test is noted on the archive it restored; the backup's own notes stay
+    archives = {a["filename"]: a for a in lab.state()["storages"]["nas-backup"]["archives"]}
+    for row in rows.values():
+        *notes, mark = archives[row.taken]["notes"].splitlines()
+        assert notes == notes_before[row.taken].splitlines() and notes
+        assert mark.startswith("moxflow restore test ok: ")
+    untested = [
+        a for a in archives.values() if a["filename"] not in {r.taken for r in rows.values()}
+    ]
+    assert untested and not any("restore test" in a["notes"] for a in untested)
+    # where the backup coverage table finds it, also after the next backup of the guest
+    report = vzdump_backup(select="100,101,103", offsite=False, inventory=str(lab_inventory))
+    header, *lines = report.notes[report.notes.index("backup coverage:") + 1 :]
+    column = header.index("LAST RESTORE TEST")
+    tested = {line.split()[0]: line[column:].split()[0:2] for line in lines}
+    assert tested == {"100": ["0m", "ago"], "101": ["0m", "ago"], "103": ["never", "yes"]}
 
 
 def test_restore_test_refuses_a_scratch_vmid_in_use(
