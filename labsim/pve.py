@@ -271,6 +271,11 @@ def get_nodes(req: Request) -> Any:
     return out
 
 
+@route("GET", "/nodes/{node}/apt/update")
+def apt_pending(req: Request) -> Any:
+    return req.lab.require_node(req.node).pending_updates()
+
+
 @route("GET", "/nodes/{node}/status")
 def get_node_status(req: Request) -> Any:
     n = req.lab.require_node(req.node)

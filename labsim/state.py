@@ -49,6 +49,20 @@ PVE_VERSION = "9.1.2"
 PVE_RELEASE = "9.1"
 PVE_REPOID = "d6b9a6f1ac4b8e3a"
 KERNEL = "6.14.11-4-pve"
+# installed versions of the packages the lab's nodes can have updates for
+PACKAGE_VERSIONS = {
+    "pve-manager": "9.1.1",
+    "proxmox-kernel-6.14": "6.14.11-4",
+    "libpve-common-perl": "9.0.9",
+    "openssl": "3.5.1-1",
+    "tzdata": "2025b-4",
+}
+DEBIAN_PACKAGES = frozenset({"openssl", "tzdata"})
+# what each default node has pending: pve1 is behind, pve2 is up to date
+DEFAULT_PENDING = {
+    "pve1": {"pve-manager": "9.1.2", "openssl": "3.5.1-1+deb13u1"},
+    "pve2": {},
+}
 
 # Snapshot names PVE refuses before it starts a task.
 RESERVED_SNAPNAMES = ("current", "pending", "vzdump")
@@ -229,7 +243,7 @@ class Guest:
 
 @dataclass
 class Node:
-    """A cluster node. Later: apt packages (installed/upgradable), kernel upgrades, reboots."""
+    """A cluster node, with its pending package updates. Later: kernel upgrades, reboots."""
 
     name: str
     nodeid: int
@@ -243,7 +257,30 @@ class Node:
     kernel_running: str = KERNEL
     kernel_installed: str = KERNEL
     boot_time: float = 0.0  # wall clock
-    # Later: packages: dict[str, PackageState]; reboot_until: float | None (monotonic)
+    # upgradable packages, as ``GET /nodes/{node}/apt/update`` lists them (name -> new version)
+    pending: dict[str, str] = field(default_factory=dict)
+    # Later: reboot_until: float | None (monotonic)
+
+    def pending_updates(self) -> list[dict[str, Any]]:
+        """``GET /nodes/{node}/apt/update``: one entry per upgradable package."""
+        out = []
+        for package, version in sorted(self.pending.items()):
+            old = PACKAGE_VERSIONS.get(package, "0")
+            origin = "Debian" if package in DEBIAN_PACKAGES else "Proxmox"
+            out.append(
+                {
+                    "Package": package,
+                    "Title": f"{package} (simulated)",
+                    "Description": f"{package} (simulated by labsim)",
+                    "Version": version,
+                    "OldVersion": old,
+                    "Origin": origin,
+                    "Priority": "optional",
+                    "Section": "admin",
+                    "Arch": "amd64",
+                }
+            )
+        return out
 
     def uptime(self, now: float) -> int:
         return 0 if self.status != "online" else max(0, int(now - self.boot_time))
@@ -259,6 +296,7 @@ class Node:
             "mem": self.mem,
             "kernel_running": self.kernel_running,
             "kernel_installed": self.kernel_installed,
+            "pending": dict(self.pending),
             "uptime": self.uptime(now),
         }
 
@@ -463,8 +501,12 @@ def default_topology(now: float) -> Topology:
     """The documented lab: ``pve1``, ``pve2``, seven guests, SSH hosts pve1, pve2 and nas."""
     boot = now - 12 * 86400
     nodes = {
-        "pve1": Node("pve1", 1, "192.168.100.11", boot_time=boot),
-        "pve2": Node("pve2", 2, "192.168.100.12", boot_time=boot),
+        "pve1": Node(
+            "pve1", 1, "192.168.100.11", boot_time=boot, pending=dict(DEFAULT_PENDING["pve1"])
+        ),
+        "pve2": Node(
+            "pve2", 2, "192.168.100.12", boot_time=boot, pending=dict(DEFAULT_PENDING["pve2"])
+        ),
     }
     up = now - 3 * 86400
     guests = [

@@ -1025,6 +1025,105 @@ def _check_resolved_webhook(url: SecretStr, ref: SecretRef) -> None:
         ) from None
 
 
+# --- the health report and the schedules ----------------------------------------------------
+
+LABEL_PERIOD_HOURS: dict[str, float] = {
+    "frequently": 0.25,
+    "hourly": 1.0,
+    "daily": 24.0,
+    "weekly": 7 * 24.0,
+    "monthly": 31 * 24.0,
+    "yearly": 366 * 24.0,
+}
+"""How often a snapshot of each well-known label is taken, in hours (as sanoid's labels)."""
+
+PositiveNumber = Annotated[float, Field(gt=0)]
+
+
+class HealthSettings(_Section):
+    """What the daily health report checks, and when it calls something too old."""
+
+    backup_max_age_hours: PositiveNumber | None = Field(
+        default=None,
+        description=(
+            "A guest's newest backup older than this fails the report; "
+            "default: [backups] max_age_hours."
+        ),
+    )
+    offsite_max_age_hours: PositiveNumber = Field(
+        default=48.0,
+        description="A guest's newest offsite copy older than this fails (with [offsite] set).",
+    )
+    restore_test_max_age_days: PositiveNumber = Field(
+        default=8.0,
+        description=(
+            "Days since a guest's last passed restore test (of a backup still listed) after "
+            "which the report fails; guests outside [restore_test] select are not checked."
+        ),
+    )
+    snapshot_grace: float = Field(
+        default=1.5,
+        ge=1.0,
+        description=(
+            "The newest snapshot of a label may be this many of the label's periods old, "
+            "e.g. 1.5: an hourly snapshot 90 minutes old is still fine, a daily one 36 hours."
+        ),
+    )
+    label_hours: dict[Label, PositiveNumber] = Field(
+        default_factory=dict,
+        description=(
+            "Period in hours of labels other than frequently, hourly, daily, weekly, monthly "
+            "and yearly (or to override them), e.g. { twice-daily = 12 }. Every label with a "
+            "keep policy in [zfs] or [guest_snapshots] is checked."
+        ),
+    )
+    nixos_max_age_days: PositiveNumber = Field(
+        default=14.0,
+        description="A NixOS host whose current generation is older than this fails.",
+    )
+    node_max_pending_updates: int | None = Field(
+        default=None,
+        ge=0,
+        description=(
+            "A Proxmox node with more pending package updates than this fails; default: "
+            "pending updates are shown, not judged."
+        ),
+    )
+
+    def period(self, label: str) -> float | None:
+        """The label's period in hours, None when unknown."""
+        return self.label_hours.get(label, LABEL_PERIOD_HOURS.get(label))
+
+
+_CRON_FIELD_RE = re.compile(r"^[0-9A-Za-z*,/\-]+$")
+_DEPLOYMENT_RE = re.compile(r"^[a-z0-9][a-z0-9-]*/[a-z0-9][a-z0-9-]*$")
+
+
+def _check_schedule(value: str) -> str:
+    text = " ".join(value.split())
+    if text == "off":
+        return text
+    fields = text.split(" ")
+    if len(fields) != 5 or not all(_CRON_FIELD_RE.fullmatch(f) for f in fields):
+        raise ValueError(
+            f"{value!r} is not a cron schedule: write five fields, minute hour day month "
+            'weekday, e.g. "0 1 * * *" (01:00 every day), or "off"'
+        )
+    return text
+
+
+def _check_deployment_name(value: str) -> str:
+    if not _DEPLOYMENT_RE.fullmatch(value):
+        raise ValueError(
+            f"{value!r} is not a deployment name: write flow/name, e.g. \"vzdump-backup/nightly\""
+        )
+    return value
+
+
+Schedule = Annotated[str, AfterValidator(_check_schedule)]
+DeploymentName = Annotated[str, AfterValidator(_check_deployment_name)]
+
+
 def _problems(title: str, problems: list[tuple[tuple[int | str, ...], str]]) -> ValidationError:
     """One validation error per problem, each at its own setting (relative to the model)."""
     return ValidationError.from_exception_data(
@@ -1118,6 +1217,19 @@ class Inventory(BaseSettings):
     restore_test: RestoreTestSettings = Field(
         default_factory=RestoreTestSettings,
         description="Restore tests of the newest backups on scratch guests.",
+    )
+    health: HealthSettings = Field(
+        default_factory=HealthSettings,
+        description="The daily health report's thresholds.",
+    )
+    schedules: dict[DeploymentName, Schedule] = Field(
+        default_factory=dict,
+        description=(
+            "When each deployment runs, replacing its default: "
+            '{ "vzdump-backup/nightly" = "30 2 * * *" } (cron, in timezone), or "off" for '
+            "no schedule (runs from the UI only). python -m deployments.serve --list shows "
+            "the names and defaults."
+        ),
     )
 
     _base_dir: Path = PrivateAttr(default_factory=Path.cwd)

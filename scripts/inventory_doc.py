@@ -18,6 +18,7 @@ from moxflow.inventory import (
     BackupSettings,
     GuestSnapshotSettings,
     HealthCheck,
+    HealthSettings,
     HostSettings,
     Inventory,
     NixosHost,
@@ -54,6 +55,7 @@ SECTIONS: list[tuple[str, type[BaseModel]]] = [
     ("[backups]", BackupSettings),
     ("[offsite]", OffsiteSettings),
     ("[restore_test]", RestoreTestSettings),
+    ("[health]", HealthSettings),
 ]
 
 INTRO = """\

@@ -34,6 +34,7 @@ OPTIONS = {
     "flows.vzdump_backup": ["--inventory", "--dry-run", "--select", "--storage", "--no-offsite"],
     "flows.restore_test": ["--inventory", "--dry-run", "--select", "--scratch-vmid", "--storage"],
     "flows.restore": ["--vmid", "--backup", "--target-vmid", "--force", "--storage", "--node"],
+    "flows.health_report": ["--inventory", "--dry-run", "--only"],
 }
 
 

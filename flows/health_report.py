@@ -1,0 +1,211 @@
+"""The fleet at a glance: is every guest backed up, copied offsite and restore-tested, are
+the snapshots within policy, are the NixOS hosts and Proxmox nodes up to date?
+
+Checks, each against a limit from the inventory's [health] (defaults in brackets):
+
+  backups     per guest of [backups] select: the newest backup's age
+              [backups max_age_hours]; the newest offsite copy's age [48 h] when
+              [offsite] is set; for the guests of [restore_test] select, the last
+              passed restore test of a backup still listed [8 days]
+  snapshots   per ZFS dataset and per guest of [guest_snapshots] select, for every label
+              with a keep policy: the newest moxflow snapshot's age [1.5 x the label's
+              period: 90 minutes for hourly, 36 hours for daily]
+  nixos       per NixOS host: the current generation's age [14 days], with the age of
+              the nixpkgs its flake.lock pins
+  nodes       per Proxmox node: pending package updates (Proxmox's cached list; shown,
+              and judged only when [health] node_max_pending_updates is set)
+
+The run only reads. It ends with a table (also a Prefect artifact) and is Failed when any
+check is over its limit or could not be read.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from flows._cli import EXIT_FAILED, EXIT_USAGE, base_parser, split_csv
+
+KINDS = ("backups", "snapshots", "nixos", "nodes")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line; argparse only, so that ``--help`` stays fast."""
+    parser = base_parser("python -m flows.health_report", __doc__ or "")
+    parser.add_argument(
+        "--only",
+        action="append",
+        metavar="KIND",
+        help=f"check only these kinds ({', '.join(KINDS)}); repeat or comma-separate "
+        "(default: all)",
+    )
+    return parser
+
+
+if __name__ == "__main__":
+    build_parser().parse_args()  # answers --help and usage errors before Prefect is imported
+
+from datetime import UTC, datetime  # noqa: E402
+
+from prefect import flow  # noqa: E402
+from prefect.artifacts import create_table_artifact  # noqa: E402
+from prefect.client.schemas.objects import State  # noqa: E402
+from prefect.logging import get_run_logger  # noqa: E402
+
+from flows._run import finish, run_from_cli  # noqa: E402
+from moxflow.errors import (  # noqa: E402
+    ConfigError,
+    MoxflowError,
+    ProxmoxAuthError,
+    ProxmoxPermissionError,
+)
+from moxflow.fleet import Check, checks_table  # noqa: E402
+from moxflow.guests import Guest  # noqa: E402
+from moxflow.inventory import Inventory, load_inventory  # noqa: E402
+from moxflow.report import Outcome, ReportRow, RunReport  # noqa: E402
+from moxflow.selection import parse_selection  # noqa: E402
+from moxflow.snapshots import plan_guest_selection  # noqa: E402
+from tasks.clients import proxmox_client  # noqa: E402
+from tasks.health import (  # noqa: E402
+    GuestSets,
+    check_backups,
+    check_guest_snapshots,
+    check_nixos,
+    check_nodes,
+    check_zfs_snapshots,
+)
+from tasks.proxmox import list_guests  # noqa: E402
+
+
+def check_kinds(only: Sequence[str] | None) -> list[str]:
+    """The kinds to check; ``ConfigError`` naming an unknown one."""
+    kinds = list(dict.fromkeys(only or KINDS))
+    unknown = [k for k in kinds if k not in KINDS]
+    if unknown:
+        raise ConfigError(
+            f"unknown check kind {', '.join(map(repr, unknown))}; known: {', '.join(KINDS)}"
+        )
+    return kinds
+
+
+def guest_sets(inv: Inventory, guests: Sequence[Guest]) -> GuestSets:
+    """The guests each job is configured for (templates left out, as the jobs do)."""
+
+    def chosen(expr: str, running_only: bool = False) -> tuple[Guest, ...]:
+        return plan_guest_selection(guests, expr, running_only=running_only).guests
+
+    gs = inv.guest_snapshots
+    return GuestSets(
+        backups=chosen(inv.backups.select),
+        restore_tested=chosen(inv.restore_test.select),
+        snapshotted=chosen(gs.select, gs.running_only),
+    )
+
+
+def _row(check: Check, now: datetime) -> ReportRow:
+    cells = check.cells(now)
+    when = f"last {cells['last']}" if cells["last"] != "—" else ""
+    limit = f"limit {cells['limit']}" if cells["limit"] != "—" else ""
+    facts = ", ".join(x for x in (when, limit) if x)
+    status = "" if check.ok else f"{check.status}: "
+    return ReportRow(
+        target=f"{check.target} {check.kind}",
+        outcome=Outcome.OK if check.ok else Outcome.FAILED,
+        detail=f"{status}{facts}{'; ' if facts else ''}{check.detail}",
+    )
+
+
+@flow(
+    name="health-report",
+    description="The fleet at a glance: backup, offsite and restore-test ages, snapshots "
+    "within policy, NixOS and Proxmox updates; Failed when a limit is crossed.",
+)
+def health_report(
+    only: list[str] | None = None,
+    dry_run: bool = False,
+    inventory: str | None = None,
+) -> RunReport | State[Any]:
+    """Check the fleet against the [health] limits and report.
+
+    Args:
+        only: check only these kinds: backups, snapshots, nixos, nodes (default: all).
+        dry_run: list what would be checked, reading only the guest list.
+        inventory: path of the inventory file (default: $MOXFLOW_INVENTORY, ./inventory.toml).
+    """
+    logger = get_run_logger()
+    inv = load_inventory(inventory)
+    kinds = check_kinds(only)
+    report = RunReport(job="health-report", label=",".join(kinds), dry_run=dry_run)
+    report.counts_snapshots = False
+    client = proxmox_client(inv) if inv.proxmox is not None else None
+    guests = list_guests(client) if client is not None else []
+    sets = guest_sets(inv, guests)
+    now = datetime.now(UTC)
+    if dry_run:
+        plan = {
+            "backups": f"{len(sets.backups)} guest(s) backed up, "
+            f"{len(sets.restore_tested)} restore-tested"
+            + (f", offsite on {inv.offsite.host}" if inv.offsite else ""),
+            "snapshots": f"{len(inv.zfs.datasets)} dataset(s), {len(sets.snapshotted)} guest(s)",
+            "nixos": f"{len(inv.nixos.hosts)} NixOS host(s)",
+            "nodes": "every Proxmox node's pending updates" if client else "no [proxmox]",
+        }
+        for kind in kinds:
+            report.add(ReportRow(target=kind, outcome=Outcome.PLANNED, detail=plan[kind]))
+        return finish(report, artifact_key="health-report", inv=inv)
+
+    futures = []
+    if "backups" in kinds and client is not None:
+        futures.append(check_backups.submit(inv, client, sets, now))
+    if "snapshots" in kinds:
+        futures.append(check_zfs_snapshots.submit(inv, now))
+        if client is not None:
+            futures.append(check_guest_snapshots.submit(inv, client, sets.snapshotted, now))
+    if "nixos" in kinds and inv.nixos.hosts:
+        futures.append(check_nixos.submit(inv, now))
+    if "nodes" in kinds and client is not None:
+        nodes = sorted(str(n["node"]) for n in client.get("/nodes") if isinstance(n, dict))
+        futures.append(check_nodes.submit(inv, client, nodes))
+    checks: list[Check] = [c for fut in futures for c in fut.result()]
+    bad = [c for c in checks if not c.ok]
+    logger.info(
+        "%d check(s), %d over the limit or unreadable%s",
+        len(checks),
+        len(bad),
+        "".join(f"; {c.target} {c.kind}: {c.status}" for c in bad[:10]),
+    )
+    report.extend(_row(c, now) for c in checks)
+    report.notes.extend(["fleet health:", *checks_table(checks, now)])
+    if checks:
+        create_table_artifact(
+            key="health-report-checks",
+            table=[c.cells(now) for c in checks],
+            description=f"fleet health: {len(checks) - len(bad)} ok, {len(bad)} not",
+        )
+    return finish(report, artifact_key="health-report", inv=inv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m flows.health_report``: validate the input, run the flow, print the report."""
+    args = build_parser().parse_args(argv)
+    only = split_csv(args.only) or None
+    try:
+        inv = load_inventory(args.inventory)
+        check_kinds(only)
+        for expr in (inv.backups.select, inv.restore_test.select, inv.guest_snapshots.select):
+            parse_selection(expr)
+        if inv.proxmox is not None:
+            proxmox_client(inv).get("/version")
+    except (ConfigError, ProxmoxAuthError, ProxmoxPermissionError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except MoxflowError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    return run_from_cli(health_report, only=only, dry_run=args.dry_run, inventory=args.inventory)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

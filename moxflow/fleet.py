@@ -1,0 +1,191 @@
+"""The fleet at a glance: pure checks behind the daily health report.
+
+``tasks/health.py`` reads the facts (storage listings, the offsite folder, snapshot lists,
+NixOS generations, pending node updates) and hands them to these functions; each returns
+``Check`` rows that say what was looked at, how old it is, what the limit is, and whether it
+passed. Nothing here does I/O.
+
+Like sanoid's ``--monitor-snapshots``, a snapshot label is judged by its newest snapshot:
+it passes while that snapshot is younger than ``grace`` × the label's period.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta, tzinfo
+from typing import Any
+
+from moxflow.backups import Archive, parse_archive_name
+from moxflow.errors import ParseError
+from moxflow.guests import Guest
+
+__all__ = [
+    "Check",
+    "backup_checks",
+    "checks_table",
+    "format_age",
+    "locked_nixpkgs_time",
+    "nixos_check",
+    "node_check",
+    "snapshot_check",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class Check:
+    """One line of the health report."""
+
+    kind: str  # backup | offsite | restore test | LABEL snapshots | nixos | node updates
+    target: str  # a guest, dataset, NixOS host or node
+    last: datetime | None  # when it last happened; None: never (or not applicable)
+    limit: timedelta | None  # how old ``last`` may be; None: shown, not judged
+    ok: bool
+    detail: str = ""
+    status: str = "ok"  # ok | TOO OLD | MISSING | TOO MANY
+
+    def cells(self, now: datetime) -> dict[str, str]:
+        """The row as text, for the terminal and the Prefect table artifact."""
+        return {
+            "check": self.kind,
+            "target": self.target,
+            "last": format_age(now, self.last) if self.last or self.limit else "—",
+            "limit": _span(self.limit) if self.limit else "—",
+            "status": self.status,
+            "detail": self.detail or "—",
+        }
+
+
+def _judge(
+    kind: str,
+    target: str,
+    last: datetime | None,
+    limit: timedelta | None,
+    now: datetime,
+    detail: str = "",
+) -> Check:
+    ok = limit is None or (last is not None and now - last <= limit)
+    status = "ok" if ok else "TOO OLD" if last is not None else "MISSING"
+    return Check(kind, target, last, limit, ok, detail, status)
+
+
+def backup_checks(
+    guests: Sequence[Guest],
+    archives: Mapping[int, Sequence[Archive]],
+    *,
+    now: datetime,
+    tz: tzinfo,
+    backup_limit: timedelta,
+    offsite: Sequence[str] | None = None,
+    offsite_limit: timedelta | None = None,
+    restore_tested: Iterable[int] = (),
+    restore_limit: timedelta | None = None,
+) -> list[Check]:
+    """Per guest: its newest backup; its newest offsite copy (when ``offsite`` is a
+    listing); its last passed restore test (for the guests in ``restore_tested``)."""
+    tested = set(restore_tested)
+    out: list[Check] = []
+    for guest in sorted(guests, key=lambda g: g.vmid):
+        mine = sorted(archives.get(guest.vmid, ()), key=lambda a: a.created)
+        newest = mine[-1] if mine else None
+        detail = newest.filename if newest else "no backup listed"
+        out.append(
+            _judge(
+                "backup",
+                guest.label,
+                newest.created if newest else None,
+                backup_limit,
+                now,
+                detail,
+            )
+        )
+        if offsite is not None:
+            stamps = sorted(
+                (p[2].replace(tzinfo=tz), name)
+                for name, p in ((n, parse_archive_name(n)) for n in offsite)
+                if p is not None and p[1] == guest.vmid
+            )
+            last, name = stamps[-1] if stamps else (None, "no copy offsite")
+            out.append(_judge("offsite", guest.label, last, offsite_limit, now, name))
+        if guest.vmid in tested:
+            passed = [(a.restore_tested, a.filename) for a in mine if a.restore_tested]
+            when, name = max(passed) if passed else (None, "no passed test on a listed backup")
+            out.append(_judge("restore test", guest.label, when, restore_limit, now, name))
+    return out
+
+
+def snapshot_check(
+    target: str, label: str, taken: Iterable[datetime], *, now: datetime, limit: timedelta
+) -> Check:
+    """A dataset's or guest's newest moxflow snapshot of ``label`` against the limit."""
+    times = list(taken)
+    newest = max(times) if times else None
+    return _judge(f"{label} snapshots", target, newest, limit, now, f"{len(times)} snapshot(s)")
+
+
+def locked_nixpkgs_time(flake_lock: str) -> datetime | None:
+    """When the nixpkgs a ``flake.lock`` pins was published (``lastModified``, UTC)."""
+    try:
+        data: Any = json.loads(flake_lock)
+        modified = data["nodes"]["nixpkgs"]["locked"]["lastModified"]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ParseError(
+            f"flake.lock: no nixpkgs lastModified ({exc})", source="flake.lock"
+        ) from exc
+    if isinstance(modified, bool) or not isinstance(modified, int):
+        raise ParseError("flake.lock: nixpkgs lastModified is not a number", source="flake.lock")
+    return datetime.fromtimestamp(modified, tz=UTC)
+
+
+def nixos_check(
+    host: str,
+    switched: datetime | None,
+    nixpkgs: datetime | None,
+    *,
+    now: datetime,
+    limit: timedelta,
+) -> Check:
+    """A NixOS host's current generation (its last update) against the limit; the age of
+    the nixpkgs its flake.lock pins says how far behind it may be."""
+    detail = f"nixpkgs pinned {format_age(now, nixpkgs)}" if nixpkgs else "nixpkgs pin unknown"
+    return _judge("nixos", host, switched, limit, now, detail)
+
+
+def node_check(node: str, pending: Sequence[Mapping[str, Any]], max_pending: int | None) -> Check:
+    """A Proxmox node's pending package updates (``GET /nodes/{node}/apt/update``)."""
+    names = sorted(str(p.get("Package", "?")) for p in pending)
+    shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+    detail = f"{len(names)} pending" + (f": {shown}" if names else "")
+    ok = max_pending is None or len(names) <= max_pending
+    if max_pending is not None:
+        detail += f" (limit {max_pending})"
+    return Check("node updates", node, None, None, ok, detail, "ok" if ok else "TOO MANY")
+
+
+def checks_table(checks: Sequence[Check], now: datetime) -> list[str]:
+    """The checks as aligned lines for the terminal."""
+    if not checks:
+        return []
+    cells = [c.cells(now) for c in checks]
+    head = list(cells[0])
+    widths = {h: max(len(h), *(len(c[h]) for c in cells)) for h in head}
+    lines = ["  ".join(h.upper().ljust(widths[h]) for h in head).rstrip()]
+    lines += ["  ".join(c[h].ljust(widths[h]) for h in head).rstrip() for c in cells]
+    return lines
+
+
+def format_age(now: datetime, when: datetime | None) -> str:
+    """``"5m ago"``, ``"3h ago"``, ``"2d ago"`` or ``"never"``."""
+    if when is None:
+        return "never"
+    return _span(max(timedelta(0), now - when)) + " ago"
+
+
+def _span(delta: timedelta) -> str:
+    seconds = int(delta.total_seconds())
+    if seconds < 3600:
+        return f"{seconds // 60}m"
+    if seconds < 2 * 86400:
+        return f"{seconds // 3600}h"
+    return f"{seconds // 86400}d"

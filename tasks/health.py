@@ -1,0 +1,250 @@
+"""Prefect tasks of the health report: read the fleet's facts and judge them.
+
+Every task here only reads: storage listings, ``ls`` of the offsite folder, ``zfs list``,
+guest snapshot lists, ``nixos-rebuild list-generations``, ``flake.lock`` and
+``GET /nodes/{node}/apt/update`` (the cached list Proxmox refreshes daily; it does not run
+``apt update``). A fact that cannot be read becomes a failed check naming the error; the
+other checks go on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+from prefect.logging import get_run_logger
+
+from moxflow.backups import Archive, parse_offsite_listing
+from moxflow.errors import MoxflowError
+from moxflow.fleet import (
+    Check,
+    backup_checks,
+    locked_nixpkgs_time,
+    nixos_check,
+    node_check,
+    snapshot_check,
+)
+from moxflow.guests import Guest
+from moxflow.inventory import Inventory
+from moxflow.naming import is_moxflow_description, parse_snapshot_name
+from moxflow.nixos import current_generation, generations_argv, parse_generations
+from moxflow.proxmox import ProxmoxClient
+from moxflow.ssh import SshRunner
+from moxflow.zfs import list_snapshots_argv, parse_snapshot_list
+from tasks.backups import list_archives
+from tasks.clients import ssh_runner
+
+
+@dataclass(frozen=True, slots=True)
+class GuestSets:
+    """The guests each job is configured for (templates already left out)."""
+
+    backups: tuple[Guest, ...]
+    restore_tested: tuple[Guest, ...]
+    snapshotted: tuple[Guest, ...]
+
+
+def _error(kind: str, target: str, exc: Exception) -> Check:
+    return Check(kind, target, None, None, False, f"cannot read: {exc}", "ERROR")
+
+
+def _hours(value: float) -> timedelta:
+    return timedelta(hours=value)
+
+
+@task(name="health-backups", cache_policy=NO_CACHE)
+def check_backups(
+    inv: Inventory, client: ProxmoxClient, sets: GuestSets, now: datetime
+) -> list[Check]:
+    """Per guest: newest backup, newest offsite copy, last passed restore test."""
+    logger = get_run_logger()
+    h = inv.health
+    storage = inv.backups.storage
+    guests = {g.vmid: g for g in (*sets.backups, *sets.restore_tested)}
+    archives: dict[int, list[Archive]] = {}
+    out: list[Check] = []
+    for guest in sorted(guests.values(), key=lambda g: g.vmid):
+        try:
+            archives[guest.vmid] = list_archives(client, guest.node, storage, guest.vmid)
+        except MoxflowError as exc:
+            logger.error("%s: cannot list its backups on %s: %s", guest.label, storage, exc)
+            out.append(_error("backup", guest.label, exc))
+    listing: list[str] | None = None
+    if inv.offsite is not None:
+        try:
+            with ssh_runner(inv, inv.offsite.host) as runner:
+                listing = parse_offsite_listing(
+                    runner.run(["ls", "-1", "--", inv.offsite.path]).stdout
+                )
+        except MoxflowError as exc:
+            logger.error("offsite host %s: %s", inv.offsite.host, exc)
+            out.append(_error("offsite", inv.offsite.host, exc))
+    readable = [g for g in sets.backups if g.vmid in archives]
+    out += backup_checks(
+        readable,
+        archives,
+        now=now,
+        tz=inv.tz,
+        backup_limit=_hours(h.backup_max_age_hours or inv.backups.max_age_hours),
+        offsite=listing,
+        offsite_limit=_hours(h.offsite_max_age_hours),
+        restore_tested=[g.vmid for g in sets.restore_tested],
+        restore_limit=timedelta(days=h.restore_test_max_age_days),
+    )
+    # restore-tested guests outside the backup selection get their restore-test line too
+    extra = [g for g in sets.restore_tested if g not in sets.backups and g.vmid in archives]
+    out += [
+        c
+        for c in backup_checks(
+            extra,
+            archives,
+            now=now,
+            tz=inv.tz,
+            backup_limit=timedelta.max,
+            restore_tested=[g.vmid for g in extra],
+            restore_limit=timedelta(days=h.restore_test_max_age_days),
+        )
+        if c.kind == "restore test"
+    ]
+    return out
+
+
+def _label_limits(inv: Inventory, labels: Sequence[str]) -> tuple[dict[str, timedelta], list[str]]:
+    """The age limit per label (grace × period), and the labels with no known period."""
+    limits: dict[str, timedelta] = {}
+    unknown: list[str] = []
+    for label in labels:
+        period = inv.health.period(label)
+        if period is None:
+            unknown.append(label)
+        else:
+            limits[label] = timedelta(hours=period * inv.health.snapshot_grace)
+    return limits, unknown
+
+
+def _unknown_label(target: str, label: str) -> Check:
+    return Check(
+        f"{label} snapshots",
+        target,
+        None,
+        None,
+        False,
+        f"no period known for this label; set [health] label_hours.{label}",
+        "UNKNOWN",
+    )
+
+
+@task(name="health-zfs-snapshots", cache_policy=NO_CACHE)
+def check_zfs_snapshots(inv: Inventory, now: datetime) -> list[Check]:
+    """Per configured dataset and label with a keep policy: the newest snapshot's age."""
+    logger = get_run_logger()
+    out: list[Check] = []
+    by_host: dict[str, list[int]] = {}
+    for i, ds in enumerate(inv.zfs.datasets):
+        by_host.setdefault(ds.host, []).append(i)
+    for host, indexes in by_host.items():
+        try:
+            with ssh_runner(inv, host) as runner:
+                for i in indexes:
+                    out += _dataset_checks(inv, runner, i, now)
+        except MoxflowError as exc:  # the host cannot be reached at all
+            logger.error("%s: %s", host, exc)
+            done = {c.target for c in out}
+            out += [
+                _error("snapshots", t, exc)
+                for t in (f"{host}:{inv.zfs.datasets[i].name}" for i in indexes)
+                if t not in done
+            ]
+    return out
+
+
+def _dataset_checks(inv: Inventory, runner: SshRunner, index: int, now: datetime) -> list[Check]:
+    ds = inv.zfs.datasets[index]
+    target = f"{ds.host}:{ds.name}"
+    limits, unknown = _label_limits(inv, sorted(set(inv.zfs.policies) | set(ds.policies)))
+    out = [_unknown_label(target, label) for label in unknown]
+    listed = parse_snapshot_list(runner.run(list_snapshots_argv(ds.name, recursive=False)).stdout)
+    names = [p for p in (parse_snapshot_name(s.name) for s in listed if s.dataset == ds.name) if p]
+    for label, limit in limits.items():
+        taken = [p.created for p in names if p.label == label]
+        out.append(snapshot_check(target, label, taken, now=now, limit=limit))
+    return out
+
+
+@task(name="health-guest-snapshots", cache_policy=NO_CACHE)
+def check_guest_snapshots(
+    inv: Inventory, client: ProxmoxClient, guests: Sequence[Guest], now: datetime
+) -> list[Check]:
+    """Per selected guest and label with a keep policy: the newest moxflow snapshot's age."""
+    logger = get_run_logger()
+    labels = sorted(inv.guest_snapshots.policies)
+    limits, unknown = _label_limits(inv, labels)
+    out: list[Check] = []
+    for guest in sorted(guests, key=lambda g: g.vmid):
+        out += [_unknown_label(guest.label, label) for label in unknown]
+        if not limits:
+            continue
+        try:
+            snaps = client.list_snapshots(guest)
+        except MoxflowError as exc:
+            logger.error("%s: cannot list its snapshots: %s", guest.label, exc)
+            out.append(_error("snapshots", guest.label, exc))
+            continue
+        for label, limit in limits.items():
+            taken = [
+                p.created
+                for s in snaps
+                if is_moxflow_description(s.description)
+                for p in (parse_snapshot_name(s.name),)
+                if p is not None and p.label == label
+            ]
+            out.append(snapshot_check(guest.label, label, taken, now=now, limit=limit))
+    return out
+
+
+@task(name="health-nixos", cache_policy=NO_CACHE)
+def check_nixos(inv: Inventory, now: datetime) -> list[Check]:
+    """Per NixOS host: the current generation's age and the age of its pinned nixpkgs."""
+    logger = get_run_logger()
+    limit = timedelta(days=inv.health.nixos_max_age_days)
+    out: list[Check] = []
+    for name, host in inv.nixos.hosts.items():
+        try:
+            with ssh_runner(inv, name) as runner:
+                current = current_generation(
+                    parse_generations(runner.run(generations_argv()).stdout)
+                )
+                lock = runner.run(["cat", "--", f"{host.flake}/flake.lock"]).stdout
+        except MoxflowError as exc:
+            logger.error("%s: %s", name, exc)
+            out.append(_error("nixos", name, exc))
+            continue
+        switched = current.date.replace(tzinfo=inv.tz) if current.date else None
+        pinned: datetime | None
+        try:
+            pinned = locked_nixpkgs_time(lock)
+        except MoxflowError:
+            pinned = None
+        check = nixos_check(name, switched, pinned, now=now, limit=limit)
+        out.append(check)
+    return out
+
+
+@task(name="health-node-updates", cache_policy=NO_CACHE)
+def check_nodes(inv: Inventory, client: ProxmoxClient, nodes: Sequence[str]) -> list[Check]:
+    """Per Proxmox node: its pending package updates (Proxmox's cached list)."""
+    logger = get_run_logger()
+    out: list[Check] = []
+    for node in nodes:
+        try:
+            pending = client.get(f"/nodes/{node}/apt/update")
+        except MoxflowError as exc:
+            logger.error("%s: cannot read pending updates: %s", node, exc)
+            out.append(_error("node updates", node, exc))
+            continue
+        items = [p for p in pending if isinstance(p, dict)] if isinstance(pending, list) else []
+        out.append(node_check(node, items, inv.health.node_max_pending_updates))
+    return out

@@ -1,0 +1,158 @@
+"""End to end: flows.health_report against the lab, after the jobs ran (or did not)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from flows.guest_snapshot import guest_snapshot
+from flows.health_report import health_report
+from flows.health_report import main as health_main
+from flows.restore_test import restore_test
+from flows.vzdump_backup import vzdump_backup
+from flows.zfs_snapshot import zfs_snapshot
+from labsim.client import LabClient
+from moxflow.errors import RunFailed
+from moxflow.report import Outcome, RunReport
+from tests.flows.conftest import all_zfs_snapshots, edit_inventory
+
+GUESTS = ("100 (dns)", "101 (media-vm)", "102 (nixos-builder)", "103 (win11-gaming)",
+          "104 (homeassistant)", "105 (backup-ct)")  # fmt: skip
+
+
+@pytest.fixture
+def fast_lab(fresh_lab: LabClient) -> LabClient:
+    """The fresh lab with a backup storage fast enough that dumps and restores take ms."""
+    fresh_lab.set_storage("nas-backup", bandwidth=10**13)
+    return fresh_lab
+
+
+def run_every_job(inv: str, backup_select: str = "@all") -> None:
+    """What the schedules do in a day: snapshots of each label, backups, restore tests."""
+    for label in ("hourly", "daily"):
+        zfs_snapshot(label=label, inventory=inv)
+        guest_snapshot(label=label, inventory=inv)
+    vzdump_backup(select=backup_select, inventory=inv)
+    restore_test(inventory=inv)
+
+
+def lasting(state: dict[str, Any]) -> dict[str, Any]:
+    """What a run could change: archives with their notes, guests' snapshots, ZFS snapshots."""
+    return {
+        "archives": {
+            a["volid"]: (a["notes"], a["protected"])
+            for st in state["storages"].values()
+            for a in st["archives"]
+        },
+        "snapshots": {v: sorted(g["snapshots"]) for v, g in state["guests"].items()},
+        "zfs": all_zfs_snapshots(state),
+    }
+
+
+def outcomes(report: RunReport) -> dict[str, Outcome]:
+    return {r.target: r.outcome for r in report.rows}
+
+
+def test_passes_on_a_lab_whose_jobs_ran(fast_lab: LabClient, lab_inventory: Path) -> None:
+    run_every_job(str(lab_inventory))
+    before = fast_lab.state()
+    requests = len(fast_lab.api_requests())
+    report = health_report(inventory=str(lab_inventory))
+    assert isinstance(report, RunReport) and report.ok
+    got = outcomes(report)
+    for guest in GUESTS:
+        for kind in ("backup", "offsite", "restore test"):
+            assert got[f"{guest} {kind}"] is Outcome.OK, (guest, kind)
+        # 103 is tagged nosnap: [guest_snapshots] select leaves it out, and so does the report
+        for label in ("hourly", "daily"):
+            assert (f"{guest} {label} snapshots" in got) is ("103" not in guest)
+    assert "9000 (debian-template) backup" not in got  # templates are not judged
+    for ds in ("pve1:rpool/data", "pve1:tank/media", "pve2:rpool/data", "nas:tank/backups"):
+        assert got[f"{ds} hourly snapshots"] is got[f"{ds} daily snapshots"] is Outcome.OK
+    assert {t for t in got if t.endswith(" nixos")} == {"builder nixos", "dns nixos", "media nixos"}
+    assert got["pve1 node updates"] is Outcome.OK and got["pve2 node updates"] is Outcome.OK
+    rows = {r.target: r for r in report.rows}
+    assert "2 pending: openssl, pve-manager" in rows["pve1 node updates"].detail
+    assert "0 pending" in rows["pve2 node updates"].detail
+    assert "nixpkgs pinned 10d ago" in rows["builder nixos"].detail
+    assert len({r.target for r in report.rows}) == len(report.rows)
+    assert report.notes[0] == "fleet health:" and report.notes[1].startswith("CHECK")
+    # it only read
+    assert all(r["method"] == "GET" for r in fast_lab.api_requests()[requests:])
+    assert lasting(fast_lab.state()) == lasting(before)
+
+
+def test_fails_when_one_guests_backup_is_too_old(
+    fast_lab: LabClient, lab_inventory: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # the nightly backup left 101 out: its newest backup is the lab's two-day-old one
+    run_every_job(str(lab_inventory), backup_select="@all,-101")
+    with pytest.raises(RunFailed) as info:
+        health_report(only=["backups"], inventory=str(lab_inventory))
+    report = info.value.report
+    assert isinstance(report, RunReport)
+    failed = {r.target: r.detail for r in report.failed_rows}
+    assert set(failed) == {"101 (media-vm) backup", "101 (media-vm) offsite"}
+    assert failed["101 (media-vm) backup"].startswith("TOO OLD: last 2d ago, limit 26h")
+    assert "no copy offsite" in failed["101 (media-vm) offsite"]
+    assert all(outcomes(report)[f"{g} backup"] is Outcome.OK for g in GUESTS if "101" not in g)
+    # the command line says the same, with exit status 1
+    assert health_main(["--only", "backups", "--inventory", str(lab_inventory)]) == 1
+    out = capsys.readouterr().out
+    assert "101 (media-vm) backup" in out and "TOO OLD" in out
+
+
+def test_thresholds_come_from_the_inventory(
+    fast_lab: LabClient, lab_inventory: Path, tmp_path: Path
+) -> None:
+    inv = edit_inventory(
+        lab_inventory,
+        tmp_path,
+        {"[backups]\n": "[health]\nnixos_max_age_days = 7\nnode_max_pending_updates = 1\n"
+                        "label_hours = { hourly = 0.0001 }\n\n[backups]\n"},
+    )  # fmt: skip
+    zfs_snapshot(label="hourly", only=["nas"], inventory=str(inv))
+    with pytest.raises(RunFailed) as info:
+        health_report(only=["nixos", "nodes", "snapshots"], inventory=str(inv))
+    report = info.value.report
+    assert isinstance(report, RunReport)
+    failed = {r.target: r.detail for r in report.failed_rows}
+    assert failed["builder nixos"].startswith("TOO OLD: last 9d ago, limit 7d")
+    assert (
+        failed["pve1 node updates"].startswith("TOO MANY: ")
+        and "(limit 1)" in failed["pve1 node updates"]
+    )
+    assert "pve2 node updates" not in failed
+    # an hourly snapshot just taken, against a limit of a fraction of a second
+    assert failed["nas:tank/backups hourly snapshots"].startswith("TOO OLD")
+    # no daily snapshot was ever taken: missing
+    assert failed["nas:tank/backups daily snapshots"].startswith("MISSING: last never, limit 36h")
+    assert failed["101 (media-vm) daily snapshots"].startswith("MISSING")
+
+
+def test_an_unreachable_host_is_a_failed_check_not_a_crash(
+    fast_lab: LabClient, lab_inventory: Path
+) -> None:
+    fast_lab.fault(target="connect", host="nas", action="drop")
+    with pytest.raises(RunFailed) as info:
+        health_report(only=["snapshots"], inventory=str(lab_inventory))
+    report = info.value.report
+    assert isinstance(report, RunReport)
+    failed = {r.target: r.detail for r in report.failed_rows}
+    assert failed["nas:tank/backups snapshots"].startswith("ERROR: cannot read")
+    assert "pve1:rpool/data hourly snapshots" in failed  # never snapshotted, still checked
+
+
+def test_dry_run_lists_the_checks_and_reads_only_the_guests(
+    fast_lab: LabClient, lab_inventory: Path
+) -> None:
+    start = len(fast_lab.api_requests())
+    report = health_report(dry_run=True, inventory=str(lab_inventory))
+    assert isinstance(report, RunReport)
+    assert {r.target: r.outcome for r in report.rows} == {
+        k: Outcome.PLANNED for k in ("backups", "snapshots", "nixos", "nodes")
+    }
+    paths = {r["path"] for r in fast_lab.api_requests()[start:]}
+    assert paths == {"/cluster/resources"}
