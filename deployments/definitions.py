@@ -129,12 +129,25 @@ DEFINITIONS: tuple[Definition, ...] = (
         description="Every Sunday at 05:00: restore the newest backup of each selected guest "
         "to a scratch VMID, boot it, check it, destroy it.",
     ),
+    Definition(
+        flow_name="health-report",
+        name="daily",
+        entrypoint="flows/health_report.py:health_report",
+        cron="0 7 * * *",
+        description="Every day at 07:00: check every guest's backup, offsite copy and restore "
+        "test, the snapshots, NixOS and Proxmox updates against the [health] limits.",
+    ),
     # Later jobs plug in here, one Definition each (then `python -m deployments.render >
     # prefect.yaml`). The defaults issue 5 asks for:
     #   proxmox-update/weekly    "0 5 * * 6"    after the NixOS updates
     #   windows-update/monthly   "0 4 9-15 * 3" with day_or=False: the day after Patch Tuesday
-    #   health-report/daily      "0 7 * * *"
 )
+
+OFF = "off"
+"""An inventory schedule that turns a deployment's schedule off (it still runs from the UI)."""
+
+
+DEFINITION_BY_NAME: dict[str, Definition] = {d.full_name: d for d in DEFINITIONS}
 
 
 def select(
@@ -167,6 +180,36 @@ def inventory_timezone(inventory: str | Path | None = None) -> str:
     return load_inventory(inventory).timezone
 
 
+def inventory_schedules(
+    inventory: str | Path | None = None, definitions: Sequence[Definition] = DEFINITIONS
+) -> dict[str, str]:
+    """Each deployment's cron (or ``"off"``): its default, or the inventory's [schedules].
+
+    A name in [schedules] that is no deployment is a ``ConfigError`` listing the known ones,
+    so that a typo never leaves a job on its default time unnoticed.
+    """
+    from moxflow.errors import ConfigError
+    from moxflow.inventory import inventory_path, load_inventory
+
+    out = {d.full_name: d.cron for d in definitions}
+    if not inventory_path(inventory).is_file():
+        return out
+    overrides = load_inventory(inventory).schedules
+    unknown = sorted(set(overrides) - set(out))
+    if unknown:
+        raise ConfigError(
+            f"[schedules] names no deployment {', '.join(map(repr, unknown))}; "
+            f"known: {', '.join(out)}",
+            setting="schedules",
+        )
+    return out | overrides
+
+
+def template_key(full_name: str) -> str:
+    """``zfs-snapshot/hourly`` -> ``zfs_snapshot_hourly``: a name Prefect's templates take."""
+    return "".join(c if c.isalnum() else "_" for c in full_name)
+
+
 def concurrency_limit() -> ConcurrencyLimitConfig:
     """One run at a time per deployment; an overlapping run is cancelled, saying why."""
     from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
@@ -180,12 +223,14 @@ def runner_deployments(
     timezone: str,
     inventory: str | None = None,
     every: float | None = None,
+    crons: Mapping[str, str] | None = None,
 ) -> list[RunnerDeployment]:
     """Prefect deployments for ``serve``: cron schedules in ``timezone``.
 
-    ``inventory`` becomes every run's ``inventory`` parameter; ``every`` (seconds) replaces
-    each schedule by an interval whose first run is about ten seconds from now, for trying
-    the schedules out against the simulated lab.
+    ``crons`` (from :func:`inventory_schedules`) replaces a deployment's default cron, and
+    ``"off"`` leaves it without a schedule. ``inventory`` becomes every run's ``inventory``
+    parameter; ``every`` (seconds) replaces each schedule by an interval whose first run is
+    about ten seconds from now, for trying the schedules out against the simulated lab.
     """
     from prefect.deployments.runner import RunnerDeployment
     from prefect.schedules import Cron, Interval, Schedule
@@ -198,10 +243,13 @@ def runner_deployments(
         flow_obj = d.load_flow()
         if flow_obj.name != d.flow_name:
             raise ValueError(f"{d.entrypoint} is flow {flow_obj.name!r}, not {d.flow_name!r}")
-        schedule: Schedule = (
-            Interval(every, anchor_date=first_run, timezone=timezone)
+        cron = (crons or {}).get(d.full_name, d.cron)
+        schedules: list[Schedule] = (
+            [Interval(every, anchor_date=first_run, timezone=timezone)]
             if every
-            else Cron(d.cron, timezone=timezone)
+            else []
+            if cron == OFF
+            else [Cron(cron, timezone=timezone)]
         )
         parameters = dict(d.parameters)
         if inventory is not None:
@@ -210,7 +258,7 @@ def runner_deployments(
             RunnerDeployment.from_flow(
                 flow_obj,
                 name=d.name,
-                schedules=[schedule],
+                schedules=schedules,
                 parameters=parameters,
                 description=d.description,
                 tags=list(TAGS),
@@ -222,12 +270,21 @@ def runner_deployments(
     return out
 
 
-def deploy_settings(inventory: str | None = None) -> dict[str, str]:
+def deploy_settings(inventory: str | None = None) -> dict[str, Any]:
     """A ``prefect.yaml`` build step: what ``prefect deploy`` needs from this checkout.
 
     ``timezone``: the inventory's (see :func:`inventory_timezone`); ``directory``: this
-    checkout, where the worker runs the flows' entrypoints from.
+    checkout, where the worker runs the flows' entrypoints from; ``cron_KEY`` and
+    ``active_KEY`` per deployment (see :func:`template_key`): its schedule from the
+    inventory's [schedules], and whether it is on.
     """
     tz = inventory_timezone(inventory)
     print(f"moxflow: schedules in time zone {tz}", file=sys.stderr)
-    return {"timezone": tz, "directory": str(Path.cwd().resolve())}
+    out: dict[str, Any] = {"timezone": tz, "directory": str(Path.cwd().resolve())}
+    for name, cron in inventory_schedules(inventory).items():
+        key = template_key(name)
+        out[f"cron_{key}"] = DEFINITION_BY_NAME[name].cron if cron == OFF else cron
+        out[f"active_{key}"] = cron != OFF
+        if cron == OFF:
+            print(f"moxflow: {name}: schedule off ([schedules])", file=sys.stderr)
+    return out

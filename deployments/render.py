@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml  # type: ignore[import-untyped, unused-ignore]
 
-from deployments.definitions import DEFINITIONS, TAGS, WORK_POOL, Definition
+from deployments.definitions import DEFINITIONS, TAGS, WORK_POOL, Definition, template_key
 
 STEP_ID = "moxflow"
 
@@ -30,9 +30,11 @@ HEADER = f"""\
 #   prefect --no-prompt deploy --all
 #   prefect worker start --pool {WORK_POOL}
 #
-# The schedules are in the inventory's time zone: the build step reads the inventory
-# ($MOXFLOW_INVENTORY, else ./inventory.toml; UTC when there is none). Runs read the
-# inventory the same way on the worker, so set MOXFLOW_INVENTORY where the worker runs.
+# The schedules are the inventory's: the build step reads the inventory ($MOXFLOW_INVENTORY,
+# else ./inventory.toml) for the time zone (UTC when there is none) and for each
+# deployment's cron ([schedules], else the default in its description; "off" registers it
+# with its schedule inactive). Runs read the inventory the same way on the worker, so set
+# MOXFLOW_INVENTORY where the worker runs.
 """
 
 
@@ -44,7 +46,13 @@ def deployment(d: Definition) -> dict[str, Any]:
         "description": d.description,
         "tags": list(TAGS),
         "parameters": dict(d.parameters),
-        "schedules": [{"cron": d.cron, "timezone": f"{{{{ {STEP_ID}.timezone }}}}"}],
+        "schedules": [
+            {
+                "cron": f"{{{{ {STEP_ID}.cron_{template_key(d.full_name)} }}}}",
+                "timezone": f"{{{{ {STEP_ID}.timezone }}}}",
+                "active": f"{{{{ {STEP_ID}.active_{template_key(d.full_name)} }}}}",
+            }
+        ],
         "concurrency_limit": {"limit": 1, "collision_strategy": "CANCEL_NEW"},
         "work_pool": {"name": WORK_POOL},
     }

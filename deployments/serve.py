@@ -71,13 +71,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("error: --every must be a positive number of seconds", file=sys.stderr)
         return 2
 
-    from deployments.definitions import inventory_timezone
+    from deployments.definitions import OFF, inventory_schedules, inventory_timezone
     from moxflow.errors import ConfigError
     from moxflow.inventory import inventory_path
 
     inventory = inventory_path(args.inventory)
     try:
         tz = inventory_timezone(inventory)
+        crons = inventory_schedules(inventory)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -89,7 +90,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     if args.list:
         for d in chosen:
-            when = f"every {args.every:g} s" if args.every else f"{d.cron} ({tz})"
+            cron = crons[d.full_name]
+            when = (
+                f"every {args.every:g} s"
+                if args.every
+                else "off (runs from the UI only)"
+                if cron == OFF
+                else f"{cron} ({tz})"
+            )
             print(f"{d.full_name:24} {when:28} {d.description}")
         return 0
 
@@ -98,7 +106,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from deployments.definitions import runner_deployments
 
     deployments = runner_deployments(
-        chosen, timezone=tz, inventory=str(inventory), every=args.every
+        chosen, timezone=tz, inventory=str(inventory), every=args.every, crons=crons
     )
     serve(*deployments, pause_on_shutdown=False)
     return 0

@@ -32,6 +32,7 @@ from deployments.definitions import (
     DEFINITIONS,
     WORK_POOL,
     deploy_settings,
+    inventory_schedules,
     inventory_timezone,
     runner_deployments,
     select,
@@ -54,6 +55,7 @@ def test_names_are_unique_and_the_issue_defaults_are_there() -> None:
     assert by_name["zfs-snapshot/daily"].parameters == {"label": "daily"}
     assert by_name["guest-snapshot/daily"].parameters == {"label": "daily"}
     assert by_name["nixos-update/weekly"].cron.split()[2:4] == ["*", "*"]  # weekly
+    assert by_name["health-report/daily"].cron == "0 7 * * *"
 
 
 @pytest.mark.parametrize("d", DEFINITIONS, ids=lambda d: d.full_name)
@@ -109,9 +111,37 @@ def test_deploy_step_reads_moxflow_inventory(
 ) -> None:
     berlin = lab_inventory.parent / "inventory-tz-step.toml"
     berlin.write_text(lab_inventory.read_text().replace('"UTC"', '"Europe/Berlin"', 1))
+    berlin.write_text(
+        berlin.read_text()
+        + '\n[schedules]\n"vzdump-backup/nightly" = "30 2 * * *"\n"restore-test/weekly" = "off"\n'
+    )
     monkeypatch.setenv("MOXFLOW_INVENTORY", str(berlin))
     monkeypatch.chdir(tmp_path)
-    assert deploy_settings() == {"timezone": "Europe/Berlin", "directory": str(tmp_path)}
+    settings = deploy_settings()
+    assert (settings["timezone"], settings["directory"]) == ("Europe/Berlin", str(tmp_path))
+    assert settings["cron_vzdump_backup_nightly"] == "30 2 * * *"
+    assert settings["cron_zfs_snapshot_hourly"] == "0 * * * *"  # the default
+    assert settings["active_restore_test_weekly"] is False  # "off": registered, inactive
+    assert settings["cron_restore_test_weekly"] == "0 5 * * 0"
+    assert sum(k.startswith("cron_") for k in settings) == len(DEFINITIONS)
+    assert sum(v is True for k, v in settings.items() if k.startswith("active_")) == (
+        len(DEFINITIONS) - 1
+    )
+
+
+def test_schedules_from_the_inventory_are_checked(lab_inventory: Path) -> None:
+    inv = lab_inventory.parent / "inventory-schedules.toml"
+    inv.write_text(
+        lab_inventory.read_text() + '\n[schedules]\n"vzdump-backup/hourly" = "0 * * * *"\n'
+    )
+    with pytest.raises(ConfigError, match="names no deployment 'vzdump-backup/hourly'; known: "):
+        inventory_schedules(inv)
+    inv.write_text(lab_inventory.read_text() + '\n[schedules]\n"vzdump-backup/nightly" = "1am"\n')
+    with pytest.raises(ConfigError, match="not a cron schedule"):
+        inventory_schedules(inv)
+    assert inventory_schedules(inv.parent / "missing.toml") == {
+        d.full_name: d.cron for d in DEFINITIONS
+    }
 
 
 # -- prefect.yaml -------------------------------------------------------------------------
@@ -137,7 +167,14 @@ def test_prefect_reads_prefect_yaml_as_intended() -> None:
         assert dep.parameters == dict(d.parameters)
         assert dep.work_pool is not None and dep.work_pool.name == WORK_POOL
         raw = data["deployments"][model.deployments.index(dep)]
-        assert raw["schedules"] == [{"cron": d.cron, "timezone": "{{ moxflow.timezone }}"}]
+        key = d.full_name.replace("-", "_").replace("/", "_")
+        assert raw["schedules"] == [
+            {
+                "cron": f"{{{{ moxflow.cron_{key} }}}}",
+                "timezone": "{{ moxflow.timezone }}",
+                "active": f"{{{{ moxflow.active_{key} }}}}",
+            }
+        ]
         assert raw["concurrency_limit"] == {"limit": 1, "collision_strategy": "CANCEL_NEW"}
     # the build step that fills the templates exists and is importable
     [step] = data["build"]
@@ -175,6 +212,29 @@ def test_served_deployments_carry_schedule_timezone_and_limit() -> None:
         assert dep.entrypoint == f"{spec.module}.{spec.function}"  # runs from any folder
         assert dep.tags == ["moxflow"]
         assert dep.description == spec.description
+
+
+def test_inventory_schedules_replace_the_defaults_or_turn_them_off() -> None:
+    crons = {"zfs-snapshot/hourly": "15 * * * *", "zfs-snapshot/daily": "off"}
+    hourly, daily = runner_deployments(DEFINITIONS[:2], timezone="UTC", crons=crons)
+    [schedule] = hourly.schedules or []
+    assert isinstance(schedule.schedule, CronSchedule) and schedule.schedule.cron == "15 * * * *"
+    assert daily.schedules == []  # still a deployment: it runs from the UI
+
+
+def test_serve_list_shows_the_inventory_schedules(
+    lab_inventory: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    inv = lab_inventory.parent / "inventory-list-schedules.toml"
+    inv.write_text(
+        lab_inventory.read_text()
+        + '\n[schedules]\n"health-report/daily" = "30 6 * * *"\n"zfs-snapshot/daily" = "off"\n'
+    )
+    assert serve.main(["--list", "--inventory", str(inv)]) == 0
+    lines = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()}
+    assert "30 6 * * * (UTC)" in lines["health-report/daily"]
+    assert "off (runs from the UI only)" in lines["zfs-snapshot/daily"]
+    assert "0 * * * * (UTC)" in lines["zfs-snapshot/hourly"]
 
 
 def test_every_replaces_the_schedules_by_an_interval() -> None:

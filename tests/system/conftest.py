@@ -174,9 +174,18 @@ def prefect_stack(
 
 @pytest.fixture(scope="session")
 def berlin_inventory(lab: LabClient) -> Path:
-    """A copy of the lab's inventory in time zone Europe/Berlin, next to the original."""
+    """A copy of the lab's inventory in time zone Europe/Berlin, next to the original, with
+    the schedules of :data:`SCHEDULES`."""
     text = (lab.dir / "inventory.toml").read_text()
     assert 'timezone = "UTC"' in text
     dst = lab.dir / "inventory-berlin.toml"
-    dst.write_text(text.replace('timezone = "UTC"', 'timezone = "Europe/Berlin"'))
+    schedules = "".join(f'"{name}" = "{cron}"\n' for name, cron in SCHEDULES.items())
+    dst.write_text(
+        text.replace('timezone = "UTC"', 'timezone = "Europe/Berlin"')
+        + f"\n[schedules]\n{schedules}"
+    )
     return dst
+
+
+SCHEDULES = {"health-report/daily": "30 6 * * *", "restore-test/weekly": "off"}
+"""The Berlin inventory's [schedules]: one time changed, one schedule turned off."""

@@ -32,6 +32,7 @@ from prefect.client.schemas.schedules import CronSchedule
 from deployments.definitions import DEFINITIONS, WORK_POOL
 from labsim.client import LabClient
 from moxflow.inventory import load_inventory
+from tests.system.conftest import SCHEDULES
 from tests.system.stack import (
     ROOT,
     PrefectStack,
@@ -124,9 +125,11 @@ def test_deploy_all_registers_every_deployment_with_its_schedule(
         assert dep.parameters == dict(d.parameters)
         assert dep.tags == ["moxflow"]
         [schedule] = dep.schedules
-        assert schedule.active
+        # the inventory's [schedules]: a changed time, one turned off, the rest the defaults
+        cron = SCHEDULES.get(d.full_name, d.cron)
+        assert schedule.active is (cron != "off"), d.full_name
         assert isinstance(schedule.schedule, CronSchedule)
-        assert schedule.schedule.cron == d.cron
+        assert schedule.schedule.cron == (d.cron if cron == "off" else cron)
         assert schedule.schedule.timezone == "Europe/Berlin"  # the inventory's
         # one run at a time; an overlapping one is cancelled
         assert dep.global_concurrency_limit is not None
