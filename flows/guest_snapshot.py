@@ -18,44 +18,14 @@ from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any
 
-from flows._cli import EXIT_FAILED, EXIT_USAGE, add_lock_timeout, base_parser
+from flows._cli import EXIT_FAILED, EXIT_USAGE
+from flows.params import GuestSnapshotParams, flow_parameters, params_from_args
+from flows.params import build_parser as params_parser
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The command line; argparse only, so that ``--help`` stays fast."""
-    parser = base_parser("python -m flows.guest_snapshot", __doc__ or "")
-    parser.add_argument(
-        "--label",
-        default="daily",
-        help="snapshot label, e.g. hourly, daily; picks the keep policy from "
-        "[guest_snapshots.policies] (default: daily)",
-    )
-    parser.add_argument(
-        "--select",
-        metavar="EXPR",
-        help="which guests, e.g. '@all,-@tag-nosnap' or '100:110,media-vm' "
-        "(default: [guest_snapshots] select in the inventory)",
-    )
-    parser.add_argument(
-        "--running-only",
-        action="store_true",
-        default=None,
-        help="skip guests that are not running (default: [guest_snapshots] running_only)",
-    )
-    parser.add_argument(
-        "--vmstate",
-        action="store_true",
-        default=None,
-        help="include the RAM of running VMs in the snapshot (slower, bigger)",
-    )
-    parser.add_argument(
-        "--concurrency",
-        type=int,
-        metavar="N",
-        help="guests snapshotted at once (default: [guest_snapshots] concurrency)",
-    )
-    add_lock_timeout(parser, "before skipping it")
-    return parser
+    """The command line, from :class:`GuestSnapshotParams`; fast, so is ``--help``."""
+    return params_parser("python -m flows.guest_snapshot", __doc__ or "", GuestSnapshotParams)
 
 
 if __name__ == "__main__":
@@ -93,28 +63,20 @@ MAX_CONCURRENCY = 64
     description="Snapshot the selected Proxmox guests and prune moxflow's older snapshots.",
     task_runner=ThreadPoolTaskRunner(max_workers=MAX_CONCURRENCY),  # type: ignore[arg-type]
 )
-def guest_snapshot(
-    label: str = "daily",
-    select: str | None = None,
-    running_only: bool | None = None,
-    vmstate: bool | None = None,
-    concurrency: int | None = None,
-    lock_timeout: float = 120.0,
-    dry_run: bool = False,
-    inventory: str | None = None,
-) -> RunReport | State[Any]:
-    """Snapshot and prune the selected guests.
-
-    Args:
-        label: snapshot label; picks the keep policy (hourly, daily, ...).
-        select: selection expression; default from the inventory's [guest_snapshots].
-        running_only: skip guests that are not running; default from the inventory.
-        vmstate: include RAM state for running VMs; default from the inventory.
-        concurrency: guests at once (1-64); default from the inventory.
-        lock_timeout: seconds to keep retrying a locked guest before skipping it.
-        dry_run: read the current snapshots and show the plan; change nothing.
-        inventory: path of the inventory file (default: $MOXFLOW_INVENTORY, ./inventory.toml).
-    """
+@flow_parameters(GuestSnapshotParams)
+def guest_snapshot(**kwargs: Any) -> RunReport | State[Any]:
+    """Snapshot and prune the selected guests."""
+    p = GuestSnapshotParams(**kwargs)
+    label, select, running_only, vmstate, concurrency, lock_timeout, dry_run, inventory = (
+        p.label,
+        p.select,
+        p.running_only,
+        p.vmstate,
+        p.concurrency,
+        p.lock_timeout,
+        p.dry_run,
+        p.inventory,
+    )
     logger = get_run_logger()
     inv = load_inventory(inventory)
     settings = inv.guest_snapshots
@@ -174,10 +136,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     """``python -m flows.guest_snapshot``: validate the input, run the flow, print the report."""
     args = build_parser().parse_args(argv)
     try:
-        inv = load_inventory(args.inventory)
-        validate_label(args.label)
-        inv.guest_policy(args.label)
-        parse_selection(args.select if args.select is not None else inv.guest_snapshots.select)
+        a = params_from_args(GuestSnapshotParams, args)
+        inv = load_inventory(a.inventory)
+        validate_label(a.label)
+        inv.guest_policy(a.label)
+        parse_selection(a.select if a.select is not None else inv.guest_snapshots.select)
         # a wrong token or CA fails here, clearly, before the flow starts
         proxmox_client(inv).get("/version")
     except (ConfigError, ProxmoxAuthError, ProxmoxPermissionError) as exc:
@@ -186,17 +149,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except MoxflowError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_FAILED
-    return run_from_cli(
-        guest_snapshot,
-        label=args.label,
-        select=args.select,
-        running_only=args.running_only,
-        vmstate=args.vmstate,
-        concurrency=args.concurrency,
-        lock_timeout=args.lock_timeout,
-        dry_run=args.dry_run,
-        inventory=args.inventory,
-    )
+    return run_from_cli(guest_snapshot, **a.model_dump())
 
 
 if __name__ == "__main__":

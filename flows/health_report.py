@@ -26,22 +26,16 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from flows._cli import EXIT_FAILED, EXIT_USAGE, base_parser, split_csv
+from flows._cli import EXIT_FAILED, EXIT_USAGE
+from flows.params import HEALTH_KINDS, HealthReportParams, flow_parameters, params_from_args
+from flows.params import build_parser as params_parser
 
-KINDS = ("backups", "snapshots", "nixos", "nodes")
+KINDS = HEALTH_KINDS
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The command line; argparse only, so that ``--help`` stays fast."""
-    parser = base_parser("python -m flows.health_report", __doc__ or "")
-    parser.add_argument(
-        "--only",
-        action="append",
-        metavar="KIND",
-        help=f"check only these kinds ({', '.join(KINDS)}); repeat or comma-separate "
-        "(default: all)",
-    )
-    return parser
+    """The command line, from :class:`HealthReportParams`; fast, so is ``--help``."""
+    return params_parser("python -m flows.health_report", __doc__ or "", HealthReportParams)
 
 
 if __name__ == "__main__":
@@ -122,18 +116,11 @@ def _row(check: Check, now: datetime) -> ReportRow:
     description="The fleet at a glance: backup, offsite and restore-test ages, snapshots "
     "within policy, NixOS and Proxmox updates; Failed when a limit is crossed.",
 )
-def health_report(
-    only: list[str] | None = None,
-    dry_run: bool = False,
-    inventory: str | None = None,
-) -> RunReport | State[Any]:
-    """Check the fleet against the [health] limits and report.
-
-    Args:
-        only: check only these kinds: backups, snapshots, nixos, nodes (default: all).
-        dry_run: list what would be checked, reading only the guest list.
-        inventory: path of the inventory file (default: $MOXFLOW_INVENTORY, ./inventory.toml).
-    """
+@flow_parameters(HealthReportParams)
+def health_report(**kwargs: Any) -> RunReport | State[Any]:
+    """Check the fleet against the [health] limits and report."""
+    p = HealthReportParams(**kwargs)
+    only, dry_run, inventory = p.only, p.dry_run, p.inventory
     logger = get_run_logger()
     inv = load_inventory(inventory)
     kinds = check_kinds(only)
@@ -190,10 +177,10 @@ def health_report(
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m flows.health_report``: validate the input, run the flow, print the report."""
     args = build_parser().parse_args(argv)
-    only = split_csv(args.only) or None
     try:
-        inv = load_inventory(args.inventory)
-        check_kinds(only)
+        a = params_from_args(HealthReportParams, args)
+        inv = load_inventory(a.inventory)
+        check_kinds(a.only)
         for expr in (inv.backups.select, inv.restore_test.select, inv.guest_snapshots.select):
             parse_selection(expr)
         if inv.proxmox is not None:
@@ -204,7 +191,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except MoxflowError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_FAILED
-    return run_from_cli(health_report, only=only, dry_run=args.dry_run, inventory=args.inventory)
+    return run_from_cli(health_report, **a.model_dump())
 
 
 if __name__ == "__main__":

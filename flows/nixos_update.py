@@ -17,41 +17,14 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from flows._cli import EXIT_USAGE, base_parser, split_csv
+from flows._cli import EXIT_USAGE
+from flows.params import NixosUpdateParams, flow_parameters, params_from_args
+from flows.params import build_parser as params_parser
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The command line; argparse only, so that ``--help`` stays fast."""
-    parser = base_parser("python -m flows.nixos_update", __doc__ or "")
-    parser.add_argument(
-        "--only",
-        action="append",
-        metavar="HOST",
-        help="update only these hosts (repeat or comma-separate)",
-    )
-    parser.add_argument(
-        "--max-parallel",
-        type=int,
-        metavar="N",
-        help="hosts updated at once after the canaries (default: [nixos] max_parallel)",
-    )
-    parser.add_argument(
-        "--continue-on-failure",
-        action="store_true",
-        help="go on with the next waves when a host fails (hosts that depend on it "
-        "through `after` are still skipped)",
-    )
-    parser.add_argument(
-        "--no-snapshot",
-        action="store_true",
-        help="do not take a pre-update snapshot (the last line of recovery is then gone)",
-    )
-    parser.add_argument(
-        "--force",
-        action="store_true",
-        help="rebuild and switch even when `nix flake update` changed nothing",
-    )
-    return parser
+    """The command line, from :class:`NixosUpdateParams`; fast, so is ``--help``."""
+    return params_parser("python -m flows.nixos_update", __doc__ or "", NixosUpdateParams)
 
 
 if __name__ == "__main__":
@@ -88,26 +61,19 @@ def _flow_run_id() -> str | None:
     description="Update NixOS hosts with snapshot, verification and automatic rollback.",
     task_runner=ThreadPoolTaskRunner(max_workers=16),  # type: ignore[arg-type]
 )
-def nixos_update(
-    only: list[str] | None = None,
-    dry_run: bool = False,
-    max_parallel: int | None = None,
-    continue_on_failure: bool = False,
-    no_snapshot: bool = False,
-    force: bool = False,
-    inventory: str | None = None,
-) -> RunReport | State[Any]:
-    """Update the NixOS hosts in waves.
-
-    Args:
-        only: update only these hosts.
-        dry_run: read every host's state and show the plan (waves, snapshots, commands).
-        max_parallel: hosts at once after the canaries; default from the inventory.
-        continue_on_failure: go on with later waves after a failure.
-        no_snapshot: skip the pre-update snapshot.
-        force: rebuild and switch even when the flake inputs did not change.
-        inventory: path of the inventory file (default: $MOXFLOW_INVENTORY, ./inventory.toml).
-    """
+@flow_parameters(NixosUpdateParams)
+def nixos_update(**kwargs: Any) -> RunReport | State[Any]:
+    """Update the NixOS hosts in waves."""
+    p = NixosUpdateParams(**kwargs)
+    only, max_parallel, continue_on_failure, no_snapshot, force, dry_run, inventory = (
+        p.only,
+        p.max_parallel,
+        p.continue_on_failure,
+        p.no_snapshot,
+        p.force,
+        p.dry_run,
+        p.inventory,
+    )
     logger = get_run_logger()
     inv = load_inventory(inventory)
     plan = plan_update(inv, only or (), max_parallel=max_parallel)
@@ -180,23 +146,14 @@ def nixos_update(
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m flows.nixos_update``: validate the input, run the flow, print the report."""
     args = build_parser().parse_args(argv)
-    only = split_csv(args.only)
     try:
-        inv = load_inventory(args.inventory)
-        plan_update(inv, only, max_parallel=args.max_parallel)
+        a = params_from_args(NixosUpdateParams, args)
+        inv = load_inventory(a.inventory)
+        plan_update(inv, a.only or [], max_parallel=a.max_parallel)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    return run_from_cli(
-        nixos_update,
-        only=only or None,
-        dry_run=args.dry_run,
-        max_parallel=args.max_parallel,
-        continue_on_failure=args.continue_on_failure,
-        no_snapshot=args.no_snapshot,
-        force=args.force,
-        inventory=args.inventory,
-    )
+    return run_from_cli(nixos_update, **a.model_dump())
 
 
 if __name__ == "__main__":

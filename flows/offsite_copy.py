@@ -13,23 +13,14 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from flows._cli import EXIT_FAILED, EXIT_USAGE, base_parser
+from flows._cli import EXIT_FAILED, EXIT_USAGE
+from flows.params import OffsiteCopyParams, flow_parameters, params_from_args
+from flows.params import build_parser as params_parser
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The command line; argparse only, so that ``--help`` stays fast."""
-    parser = base_parser("python -m flows.offsite_copy", __doc__ or "")
-    parser.add_argument(
-        "--select",
-        metavar="EXPR",
-        help="which guests' archives (default: [backups] select in the inventory)",
-    )
-    parser.add_argument(
-        "--storage",
-        metavar="S",
-        help="the Proxmox storage the archives are on (default: [backups] storage)",
-    )
-    return parser
+    """The command line, from :class:`OffsiteCopyParams`; fast, so is ``--help``."""
+    return params_parser("python -m flows.offsite_copy", __doc__ or "", OffsiteCopyParams)
 
 
 if __name__ == "__main__":
@@ -64,20 +55,11 @@ def _need_offsite(inv_offsite: object) -> None:
 
 
 @flow(name="offsite-copy", description="Copy backup archives offsite and prune the copies.")
-def offsite_copy_flow(
-    select: str | None = None,
-    storage: str | None = None,
-    dry_run: bool = False,
-    inventory: str | None = None,
-) -> RunReport | State[Any]:
-    """Copy the selected guests' archives to the [offsite] host and prune the copies there.
-
-    Args:
-        select: selection expression; default from the inventory's [backups].
-        storage: the Proxmox storage the archives are on; default [backups] storage.
-        dry_run: list both sides and show what would be copied and removed; change nothing.
-        inventory: path of the inventory file (default: $MOXFLOW_INVENTORY, ./inventory.toml).
-    """
+@flow_parameters(OffsiteCopyParams)
+def offsite_copy_flow(**kwargs: Any) -> RunReport | State[Any]:
+    """Copy the selected guests' archives to the [offsite] host and prune the copies there."""
+    p = OffsiteCopyParams(**kwargs)
+    select, storage, dry_run, inventory = p.select, p.storage, p.dry_run, p.inventory
     inv = load_inventory(inventory)
     _need_offsite(inv.offsite)
     expr = select if select is not None else inv.backups.select
@@ -99,9 +81,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     """``python -m flows.offsite_copy``: validate the input, run the flow, print the report."""
     args = build_parser().parse_args(argv)
     try:
-        inv = load_inventory(args.inventory)
+        a = params_from_args(OffsiteCopyParams, args)
+        inv = load_inventory(a.inventory)
         _need_offsite(inv.offsite)
-        parse_selection(args.select if args.select is not None else inv.backups.select)
+        parse_selection(a.select if a.select is not None else inv.backups.select)
         proxmox_client(inv).get("/version")
     except (ConfigError, ProxmoxAuthError, ProxmoxPermissionError) as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -109,13 +92,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except MoxflowError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_FAILED
-    return run_from_cli(
-        offsite_copy_flow,
-        select=args.select,
-        storage=args.storage,
-        dry_run=args.dry_run,
-        inventory=args.inventory,
-    )
+    return run_from_cli(offsite_copy_flow, **a.model_dump())
 
 
 if __name__ == "__main__":

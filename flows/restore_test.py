@@ -17,31 +17,14 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from flows._cli import EXIT_FAILED, EXIT_USAGE, base_parser
+from flows._cli import EXIT_FAILED, EXIT_USAGE
+from flows.params import RestoreTestParams, flow_parameters, params_from_args
+from flows.params import build_parser as params_parser
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The command line; argparse only, so that ``--help`` stays fast."""
-    parser = base_parser("python -m flows.restore_test", __doc__ or "")
-    parser.add_argument(
-        "--select",
-        metavar="EXPR",
-        help="which guests, e.g. '@all,-@tag-norestore' or '101,104' "
-        "(default: [restore_test] select in the inventory)",
-    )
-    parser.add_argument(
-        "--scratch-vmid",
-        type=int,
-        metavar="N",
-        help="restore to this VMID instead of one from [restore_test] scratch_vmids; "
-        "refused when a guest uses it",
-    )
-    parser.add_argument(
-        "--storage",
-        metavar="S",
-        help="the backup storage to take the newest archives from (default: [backups] storage)",
-    )
-    return parser
+    """The command line, from :class:`RestoreTestParams`; fast, so is ``--help``."""
+    return params_parser("python -m flows.restore_test", __doc__ or "", RestoreTestParams)
 
 
 if __name__ == "__main__":
@@ -90,22 +73,17 @@ def restore_test_job(
     description="Restore the newest backup of each selected guest to a scratch VMID, boot, "
     "check and destroy it; the original is never touched.",
 )
-def restore_test(
-    select: str | None = None,
-    storage: str | None = None,
-    scratch_vmid: int | None = None,
-    dry_run: bool = False,
-    inventory: str | None = None,
-) -> RunReport | State[Any]:
-    """Restore-test the selected guests' newest backups.
-
-    Args:
-        select: selection expression; default from the inventory's [restore_test].
-        storage: the backup storage; default [backups] storage.
-        scratch_vmid: restore to this VMID (refused when in use) instead of the range.
-        dry_run: read the backups and guests, show which archive goes to which VMID.
-        inventory: path of the inventory file (default: $MOXFLOW_INVENTORY, ./inventory.toml).
-    """
+@flow_parameters(RestoreTestParams)
+def restore_test(**kwargs: Any) -> RunReport | State[Any]:
+    """Restore-test the selected guests' newest backups."""
+    p = RestoreTestParams(**kwargs)
+    select, storage, scratch_vmid, dry_run, inventory = (
+        p.select,
+        p.storage,
+        p.scratch_vmid,
+        p.dry_run,
+        p.inventory,
+    )
     logger = get_run_logger()
     inv = load_inventory(inventory)
     expr = select if select is not None else inv.restore_test.select
@@ -146,26 +124,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     """``python -m flows.restore_test``: validate the input, run the flow, print the report."""
     args = build_parser().parse_args(argv)
     try:
-        inv = load_inventory(args.inventory)
-        parse_selection(args.select if args.select is not None else inv.restore_test.select)
+        a = params_from_args(RestoreTestParams, args)
+        inv = load_inventory(a.inventory)
+        parse_selection(a.select if a.select is not None else inv.restore_test.select)
         client = proxmox_client(inv)
         client.get("/version")
-        if args.scratch_vmid is not None:
-            check_scratch_vmid(args.scratch_vmid, client.resources())
+        if a.scratch_vmid is not None:
+            check_scratch_vmid(a.scratch_vmid, client.resources())
     except (ConfigError, ProxmoxAuthError, ProxmoxPermissionError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except MoxflowError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_FAILED
-    return run_from_cli(
-        restore_test,
-        select=args.select,
-        storage=args.storage,
-        scratch_vmid=args.scratch_vmid,
-        dry_run=args.dry_run,
-        inventory=args.inventory,
-    )
+    return run_from_cli(restore_test, **a.model_dump())
 
 
 if __name__ == "__main__":

@@ -18,30 +18,14 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from flows._cli import EXIT_FAILED, EXIT_USAGE, add_lock_timeout, base_parser
+from flows._cli import EXIT_FAILED, EXIT_USAGE
+from flows.params import VzdumpBackupParams, flow_parameters, params_from_args
+from flows.params import build_parser as params_parser
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The command line; argparse only, so that ``--help`` stays fast."""
-    parser = base_parser("python -m flows.vzdump_backup", __doc__ or "")
-    parser.add_argument(
-        "--select",
-        metavar="EXPR",
-        help="which guests, e.g. '@all,-@tag-nobackup' or '100:110' "
-        "(default: [backups] select in the inventory)",
-    )
-    parser.add_argument(
-        "--storage",
-        metavar="S",
-        help="the Proxmox storage to back up to (default: [backups] storage)",
-    )
-    parser.add_argument(
-        "--no-offsite",
-        action="store_true",
-        help="skip the offsite copy even when [offsite] is configured",
-    )
-    add_lock_timeout(parser, "or a failing API")
-    return parser
+    """The command line, from :class:`VzdumpBackupParams`; fast, so is ``--help``."""
+    return params_parser("python -m flows.vzdump_backup", __doc__ or "", VzdumpBackupParams)
 
 
 if __name__ == "__main__":
@@ -107,24 +91,18 @@ def backup_job(
     description="Back up the selected guests with vzdump; verify, prune, copy offsite, report.",
     task_runner=ThreadPoolTaskRunner(max_workers=MAX_NODES + 2),  # type: ignore[arg-type]
 )
-def vzdump_backup(
-    select: str | None = None,
-    storage: str | None = None,
-    offsite: bool = True,
-    lock_timeout: float = 120.0,
-    dry_run: bool = False,
-    inventory: str | None = None,
-) -> RunReport | State[Any]:
-    """Back up, verify, prune and copy the selected guests; end with a coverage table.
-
-    Args:
-        select: selection expression; default from the inventory's [backups].
-        storage: the Proxmox storage to back up to; default [backups] storage.
-        offsite: copy to the [offsite] host (when configured).
-        lock_timeout: seconds to keep retrying a locked guest or a failing API.
-        dry_run: read the backups and Proxmox's prune dry run, show the plan; change nothing.
-        inventory: path of the inventory file (default: $MOXFLOW_INVENTORY, ./inventory.toml).
-    """
+@flow_parameters(VzdumpBackupParams)
+def vzdump_backup(**kwargs: Any) -> RunReport | State[Any]:
+    """Back up, verify, prune and copy the selected guests; end with a coverage table."""
+    p = VzdumpBackupParams(**kwargs)
+    select, storage, offsite, lock_timeout, dry_run, inventory = (
+        p.select,
+        p.storage,
+        p.offsite,
+        p.lock_timeout,
+        p.dry_run,
+        p.inventory,
+    )
     logger = get_run_logger()
     inv = load_inventory(inventory)
     expr = select if select is not None else inv.backups.select
@@ -206,9 +184,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     """``python -m flows.vzdump_backup``: validate the input, run the flow, print the report."""
     args = build_parser().parse_args(argv)
     try:
-        inv = load_inventory(args.inventory)
-        parse_selection(args.select if args.select is not None else inv.backups.select)
-        backup_job(inv, args.storage, args.lock_timeout, args.dry_run)
+        a = params_from_args(VzdumpBackupParams, args)
+        inv = load_inventory(a.inventory)
+        parse_selection(a.select if a.select is not None else inv.backups.select)
+        backup_job(inv, a.storage, a.lock_timeout, a.dry_run)
         proxmox_client(inv).get("/version")
     except (ConfigError, ProxmoxAuthError, ProxmoxPermissionError) as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -216,15 +195,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except MoxflowError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_FAILED
-    return run_from_cli(
-        vzdump_backup,
-        select=args.select,
-        storage=args.storage,
-        offsite=not args.no_offsite,
-        lock_timeout=args.lock_timeout,
-        dry_run=args.dry_run,
-        inventory=args.inventory,
-    )
+    return run_from_cli(vzdump_backup, **a.model_dump())
 
 
 if __name__ == "__main__":

@@ -15,25 +15,14 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from flows._cli import EXIT_USAGE, base_parser, split_csv
+from flows._cli import EXIT_USAGE
+from flows.params import ZfsSnapshotParams, flow_parameters, params_from_args
+from flows.params import build_parser as params_parser
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The command line; argparse only, so that ``--help`` stays fast."""
-    parser = base_parser("python -m flows.zfs_snapshot", __doc__ or "")
-    parser.add_argument(
-        "--label",
-        default="hourly",
-        help="snapshot label, e.g. hourly, daily, pre-update; picks the keep policy "
-        "from [zfs.policies] or the dataset's own policies (default: hourly)",
-    )
-    parser.add_argument(
-        "--only",
-        action="append",
-        metavar="HOST[/DATASET]",
-        help="limit the run to these hosts or datasets (repeat or comma-separate)",
-    )
-    return parser
+    """The command line, from :class:`ZfsSnapshotParams`; fast, so is ``--help``."""
+    return params_parser("python -m flows.zfs_snapshot", __doc__ or "", ZfsSnapshotParams)
 
 
 if __name__ == "__main__":
@@ -62,20 +51,11 @@ from tasks.zfs import snapshot_dataset  # noqa: E402
     task_runner=ThreadPoolTaskRunner(max_workers=16),  # type: ignore[arg-type]
     log_prints=True,
 )
-def zfs_snapshot(
-    label: str = "hourly",
-    only: list[str] | None = None,
-    dry_run: bool = False,
-    inventory: str | None = None,
-) -> RunReport | State[Any]:
-    """Snapshot and prune every configured dataset (or those named in ``only``).
-
-    Args:
-        label: snapshot label; picks the keep policy (hourly, daily, pre-update, ...).
-        only: limit to these ``HOST`` or ``HOST/DATASET`` entries.
-        dry_run: read the current snapshots and show the plan; change nothing.
-        inventory: path of the inventory file (default: $MOXFLOW_INVENTORY, ./inventory.toml).
-    """
+@flow_parameters(ZfsSnapshotParams)
+def zfs_snapshot(**kwargs: Any) -> RunReport | State[Any]:
+    """Snapshot and prune every configured dataset (or those named in ``only``)."""
+    p = ZfsSnapshotParams(**kwargs)
+    label, only, dry_run, inventory = p.label, p.only, p.dry_run, p.inventory
     logger = get_run_logger()
     inv = load_inventory(inventory)
     jobs = plan_dataset_jobs(inv, label, only or ())
@@ -98,20 +78,14 @@ def zfs_snapshot(
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m flows.zfs_snapshot``: validate the input, run the flow, print the report."""
     args = build_parser().parse_args(argv)
-    only = split_csv(args.only)
     try:
-        inv = load_inventory(args.inventory)
-        plan_dataset_jobs(inv, args.label, only)  # bad input fails here, before any change
+        a = params_from_args(ZfsSnapshotParams, args)
+        inv = load_inventory(a.inventory)
+        plan_dataset_jobs(inv, a.label, a.only or ())  # bad input fails here
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    return run_from_cli(
-        zfs_snapshot,
-        label=args.label,
-        only=only or None,
-        dry_run=args.dry_run,
-        inventory=args.inventory,
-    )
+    return run_from_cli(zfs_snapshot, **a.model_dump())
 
 
 if __name__ == "__main__":
