@@ -1115,7 +1115,7 @@ def _check_schedule(value: str) -> str:
 def _check_deployment_name(value: str) -> str:
     if not _DEPLOYMENT_RE.fullmatch(value):
         raise ValueError(
-            f"{value!r} is not a deployment name: write flow/name, e.g. \"vzdump-backup/nightly\""
+            f'{value!r} is not a deployment name: write flow/name, e.g. "vzdump-backup/nightly"'
         )
     return value
 

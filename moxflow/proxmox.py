@@ -46,6 +46,7 @@ from moxflow.errors import (
     is_transient,
 )
 from moxflow.guests import Guest, GuestType
+from moxflow.pacing import POLL_CAP, POLL_FLOOR, poll_delay
 
 __all__ = [
     "GuestSnapshot",
@@ -86,9 +87,6 @@ HOSTNAME_HINT = (
     "certificate was issued for"
 )
 
-# Poll interval of wait_task: about a tenth of the time already waited, within these bounds.
-POLL_FLOOR = 0.02
-POLL_CAP = 2.0
 TASK_LOG_TAIL = 10
 
 
@@ -504,10 +502,13 @@ class ProxmoxClient:
         *,
         timeout: float,
         node: str | None = None,
+        expect: float | None = None,
     ) -> TaskResult:
         """Wait for a task to stop; the one waiter every Proxmox task goes through.
 
-        Polls the task status at about a tenth of the time already waited (20 ms to 2 s),
+        Polls the task status at about a tenth of the time already waited (20 ms to 2 s), or,
+        given ``expect`` (the expected duration in seconds), on the schedule of
+        ``moxflow.pacing.poll_delay``: sparse early, every 5 % around the expected end,
         tolerating transient API errors until ``timeout`` seconds have passed. Returns a
         ``TaskResult`` for ``OK``/``WARNINGS: n``; raises ``GuestLockedError`` when the task
         failed on a lock, ``ProxmoxTaskError`` (with the tail of the task log) for any other
@@ -528,7 +529,7 @@ class ProxmoxClient:
 
         def poll_wait(state: RetryCallState) -> float:
             now = time.monotonic()
-            interval = min(POLL_CAP, max(POLL_FLOOR, (now - started) / 10))
+            interval = poll_delay(now - started, expect, floor=POLL_FLOOR, cap=POLL_CAP)
             return max(0.0, min(interval, deadline - now))
 
         def past_deadline(state: RetryCallState) -> bool:
@@ -542,6 +543,8 @@ class ProxmoxClient:
             wait=poll_wait,
             stop=past_deadline,
         )
+        if expect is not None:  # with a hint the first poll waits too (none at 0 s)
+            time.sleep(max(0.0, min(poll_delay(0.0, expect), deadline - time.monotonic())))
         try:
             status = retrying(poll)
         except RetryError as exc:

@@ -2,11 +2,13 @@
 
 Every API request about a guest goes to the node that owns it. The offsite copy reads the
 archive on the node and writes it on the offsite host through the controller (see
-``copy_archive``), verifying SHA-256 on both sides before the copy gets its real name.
+``copy_archive``) in bounded chunks, paced to ``offsite.bwlimit``, verifying SHA-256 on both
+sides before the copy gets its real name.
 """
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from contextlib import AbstractContextManager, ExitStack, nullcontext, suppress
@@ -41,6 +43,7 @@ from moxflow.errors import (
 )
 from moxflow.guests import Guest
 from moxflow.inventory import Inventory
+from moxflow.pacing import DumpEstimator, Pacer
 from moxflow.proxmox import ProxmoxClient
 from moxflow.report import Outcome, ReportRow
 from moxflow.retention import KeepPolicy
@@ -50,6 +53,7 @@ from tasks.proxmox import LoggerLike
 
 BACKOFF_START = 0.5
 BACKOFF_MAX = 15.0
+OFFSITE_CHUNK = 4 * 1024 * 1024  # bytes of archive per offsite copy command
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +71,8 @@ class BackupJob:
     task_timeout: float = 4 * 3600.0
     retry_timeout: float = 120.0  # how long transient errors (locked guest, 5xx) are retried
     dry_run: bool = False
+    # learnt during the run, shared by its node workers: hints for waiting on each dump
+    durations: DumpEstimator = field(default_factory=DumpEstimator, compare=False, repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,6 +192,8 @@ def backup_guest(
         known = [a.volid for a in before]
         previous = before[-1] if before else None
         upid: str | None = None
+        dumped: float | None = None  # seconds the dump took, when this run saw it end
+        expect = job.durations.expect(storage, guest.maxdisk, previous.size if previous else None)
         failed_dumps = 0
         tries = 0
         delay = BACKOFF_START
@@ -198,7 +206,8 @@ def backup_guest(
                     if find_new_archive(listing, guest.vmid, known, started) is not None:
                         break  # an earlier attempt made it after all
                 upid = _start_vzdump(client, guest, job)
-                client.wait_task(upid, timeout=job.task_timeout, node=node)
+                result = client.wait_task(upid, timeout=job.task_timeout, node=node, expect=expect)
+                dumped = result.duration
                 break
             except ProxmoxTaskTimeout as exc:
                 _stop_task(client, node, upid)
@@ -232,6 +241,8 @@ def backup_guest(
                 archives=tuple(listing),
             )
         logger.info("%s: %s verified (%d bytes)", target, new.filename, new.size)
+        if dumped is not None:
+            job.durations.observe(storage, dumped, guest.maxdisk, new.size)
         if job.policy is None:
             return done(
                 Outcome.OK,
@@ -323,28 +334,86 @@ def list_offsite(runner: SshRunner, folder: str) -> list[str]:
     return parse_offsite_listing(runner.run(["ls", "-1", "--", folder]).stdout)
 
 
+# Positional parameters, so that the shell string stays constant (style rule 6).
+_READ_CHUNK = 'dd if="$1" bs="$2" skip="$3" count=1 status=none | base64'
+_WRITE_FIRST = 'base64 -d > "$1"'
+_APPEND = 'base64 -d >> "$1"'
+
+
+def file_size(runner: SshRunner, path: str) -> int:
+    """Size in bytes of a file on a host (``stat -c %s``)."""
+    out = runner.run(["stat", "-c", "%s", "--", path]).stdout.strip()
+    if not out.isdigit():
+        raise SshError(
+            f"stat answered {out[:80]!r} instead of a size",
+            host=runner.name,
+            command=["stat", "-c", "%s", "--", path],
+        )
+    return int(out)
+
+
 def copy_archive(
-    source: SshRunner, src_path: str, dest: SshRunner, folder: str, logger: LoggerLike
+    source: SshRunner,
+    src_path: str,
+    dest: SshRunner,
+    folder: str,
+    logger: LoggerLike,
+    *,
+    bwlimit: int | None = None,
+    chunk: int = OFFSITE_CHUNK,
 ) -> str:
     """Copy one archive from a node to the offsite folder; returns its SHA-256.
 
-    The bytes travel through the controller: ``base64 FILE`` on the node, ``base64 -d >
-    NAME.part`` on the offsite host (the runner's stdin is text, and the node holds no key
-    to reach the offsite host itself). That holds a whole archive in memory, fine for the
-    lab's small archives; real multi-GB archives want the node to push with rsync/ssh. The
-    copy is written to ``NAME.part``, its SHA-256 compared with the source's, and only then
-    renamed; a mismatch removes the partial file and is redone once, then raises.
+    The bytes travel through the controller (the runner's stdin is text, and the node holds
+    no key to reach the offsite host itself), ``chunk`` bytes at a time so that memory stays
+    bounded: ``dd ... | base64`` on the node, ``base64 -d >> NAME.part`` on the offsite host
+    (the first chunk truncates). With ``bwlimit`` (KiB/s) the chunks are paced so that the
+    copy of each archive averages at most that. The copy's SHA-256 is compared with the
+    source's, and only then is it renamed; a mismatch removes the partial file and is
+    redone once, then raises.
     """
+    if chunk < 1:
+        raise ValueError(f"chunk must be at least 1 byte, not {chunk}")
     name = src_path.rpartition("/")[2]
     part = f"{folder}/{name}.part"
     final = f"{folder}/{name}"
+    size = file_size(source, src_path)
     expected = sha256_of(source, src_path)
+    count = max(1, math.ceil(size / chunk))
     for attempt in (1, 2):
-        encoded = source.run(["base64", "--", src_path]).stdout
-        dest.run(["sh", "-c", 'base64 -d > "$1"', "sh", part], stdin=encoded)
+        pacer = Pacer(bwlimit * 1024 if bwlimit else None)
+        try:
+            for i in range(count):
+                want = min(chunk, size - i * chunk)
+                read = ["sh", "-c", _READ_CHUNK, "sh", src_path, str(chunk), str(i)]
+                encoded = source.run(read).stdout
+                if len(encoded.replace("\n", "")) != 4 * math.ceil(want / 3):
+                    raise SshError(
+                        f"{name} changed while being copied: chunk {i + 1}/{count} is not "
+                        f"{want} bytes",
+                        host=source.name,
+                        command=read,
+                    )
+                script = _WRITE_FIRST if i == 0 else _APPEND
+                dest.run(["sh", "-c", script, "sh", part], stdin=encoded)
+                del encoded
+                pacer.pace(want)
+        except MoxflowError:
+            with suppress(MoxflowError):
+                dest.run(["rm", "-f", "--", part])
+            raise
         got = sha256_of(dest, part)
         if got == expected:
             dest.run(["mv", "-f", "--", part, final])
+            if pacer.slept:
+                logger.info(
+                    "%s: %d bytes in %d chunk(s), %.1fs paused for the %d KiB/s limit",
+                    name,
+                    size,
+                    count,
+                    pacer.slept,
+                    bwlimit or 0,
+                )
             return expected
         dest.run(["rm", "-f", "--", part])
         logger.warning(
@@ -416,7 +485,7 @@ def offsite_copy(
                     if g.node not in runners:
                         runners[g.node] = stack.enter_context(ssh_runner(inv, g.node))
                     src = f"{inv.backups.storage_path(a.storage, g.node)}/{a.filename}"
-                    copy_archive(runners[g.node], src, dest, off.path, logger)
+                    copy_archive(runners[g.node], src, dest, off.path, logger, bwlimit=off.bwlimit)
                     copied.append(a.filename)
                     logger.info("%s: copied %s to %s", g.label, a.filename, off.host)
                 except MoxflowError as exc:

@@ -252,3 +252,51 @@ def test_cli_dry_run_and_bad_selection(
     out = capsys.readouterr().out
     assert "100 (dns)" in out and "backup coverage:" in out and "planned" in out
     assert all(r["method"] == "GET" for r in fast_lab.api_requests())
+
+
+def test_a_multi_chunk_copy_is_identical_and_leaves_no_part(
+    fast_lab: LabClient, lab_inventory: Path
+) -> None:
+    import logging
+
+    from moxflow.inventory import load_inventory
+    from tasks.backups import copy_archive
+    from tasks.clients import ssh_runner
+
+    lab = fast_lab
+    inv = load_inventory(lab_inventory)
+    archive = max((a for a in archives(lab).values() if a["vmid"] == 104), key=lambda a: a["ctime"])
+    src = f"{inv.backups.storage_path('nas-backup', 'pve2')}/{archive['filename']}"
+    size = Path(src).stat().st_size
+    chunk = 1000  # not a multiple of 3: every chunk's base64 ends in padding
+    assert size > 5 * chunk and size % chunk
+    folder = lab.info["offsite"]["path"]
+    with ssh_runner(inv, "pve2") as source, ssh_runner(inv, "offsite") as dest:
+        sha = copy_archive(source, src, dest, folder, logging.getLogger("test"), chunk=chunk)
+    assert sha == archive["sha256"]
+    assert offsite_files(lab) == {archive["filename"]: archive["sha256"]}  # no .part left
+    assert (Path(folder) / archive["filename"]).read_bytes() == Path(src).read_bytes()
+    writes = [c for c in lab.commands() if c["host"] == "offsite" and "base64 -d" in c["command"]]
+    assert len(writes) == -(-size // chunk)
+    assert sum(">>" in c["command"] for c in writes) == len(writes) - 1  # the first truncates
+
+
+def test_offsite_bwlimit_paces_the_copies(
+    fast_lab: LabClient, lab_inventory: Path, tmp_path: Path
+) -> None:
+    lab = fast_lab
+    limit = 8  # KiB/s: the two archives of 104 (~22 KiB) need some 3 s
+    inv = edit_inventory(
+        lab_inventory,
+        tmp_path,
+        {'[offsite]\nhost = "offsite"': f'[offsite]\nbwlimit = {limit}\nhost = "offsite"'},
+    )
+    report = offsite_copy_flow(select="104", inventory=str(inv))
+    [row] = [r for r in report.rows if r.target.endswith("offsite")]
+    assert row.outcome is Outcome.OK
+    folder = Path(lab.info["offsite"]["path"])
+    copied = [p for p in folder.iterdir() if p.name.startswith("vzdump-") and "-104-" in p.name]
+    assert copied and not any(p.name.endswith(".part") for p in copied)
+    total = sum(p.stat().st_size for p in copied)
+    # each archive averages at most the limit, so the copies took at least this long
+    assert row.seconds >= total / (limit * 1024) - 0.001  # (rounded to ms)
