@@ -373,6 +373,7 @@ class Task:
     status: str = "running"  # running | stopped
     exitstatus: str | None = None
     endtime: int | None = None
+    ended: float | None = None  # wall clock, to the microsecond (endtime is whole seconds)
     log: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
@@ -388,6 +389,7 @@ class Task:
             "status": self.status,
             "exitstatus": self.exitstatus,
             "endtime": self.endtime,
+            "ended": self.ended,
             "log": list(self.log),
         }
 
@@ -850,7 +852,9 @@ class Lab:
         ok = task.fail_with is None
         task.status = "stopped"
         task.exitstatus = "OK" if ok else task.fail_with
-        task.endtime = max(task.starttime, int(time.time()))
+        now = time.time()
+        task.ended = min(now, self._wall(task.end_at)) if math.isfinite(task.end_at) else now
+        task.endtime = max(task.starttime, int(task.ended))
         if not ok and task.fail_with and (not task.log or task.log[-1] != task.fail_with):
             task.log.append(str(task.fail_with))
         task.log.append("TASK OK" if ok else f"TASK ERROR: {task.fail_with}")
@@ -1867,7 +1871,8 @@ class Lab:
         task.fail_with = fail
         task.status = "stopped"
         task.exitstatus = fail or "OK"
-        task.endtime = max(task.starttime, int(self._wall(t)))
+        task.ended = self._wall(t)
+        task.endtime = max(task.starttime, int(task.ended))
         task.log.append("TASK OK" if fail is None else f"TASK ERROR: {fail}")
         if self.vzdump_locks.get(job.node) == job.upid:
             del self.vzdump_locks[job.node]
