@@ -1,5 +1,5 @@
 # moxflow: two commands do all the set-up.
-#   make demo   runs both snapshot jobs against a simulated homelab and shows what they did
+#   make demo   runs moxflow's jobs against a simulated homelab and shows what they did
 #   make test   runs the test suite
 # Each creates .venv and installs moxflow into it when needed.
 

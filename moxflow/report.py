@@ -100,23 +100,37 @@ class RunReport:
         head = f"{self.job} [{self.label}] {verdict}{mode}: {len(self.rows)} targets ({body})"
         return f"{head}; {what}" if self.counts_snapshots or self.dry_run else head
 
+    def columns(self) -> list[str]:
+        """The report's columns: the snapshot columns (taken, kept, removed) unless no row
+        has anything in any of them, and seconds unless every row took none (a health
+        report has neither)."""
+        things = any(r.taken or r.removed or r.kept for r in self.rows)
+        seconds = any(r.seconds for r in self.rows)
+        shown = {"taken": things, "kept": things, "removed": things, "seconds": seconds}
+        return [c for c in COLUMNS if shown.get(c, True) or not self.rows]
+
     def table(self) -> list[dict[str, str]]:
         """Rows as plain dicts, for a Prefect table artifact."""
+        keys = self.columns()
         return [
             {
-                "target": r.target,
-                "taken": r.taken or "—",
-                "kept": str(r.kept),
-                "removed": _removed_text(r.removed),
-                "outcome": r.outcome.value,
-                "seconds": f"{r.seconds:.1f}",
-                "detail": r.detail,
+                k: v
+                for k, v in {
+                    "target": r.target,
+                    "taken": r.taken or "—",
+                    "kept": str(r.kept),
+                    "removed": _removed_text(r.removed),
+                    "outcome": r.outcome.value,
+                    "seconds": f"{r.seconds:.1f}",
+                    "detail": r.detail,
+                }.items()
+                if k in keys
             }
             for r in self.rows
         ]
 
     def to_markdown(self) -> str:
-        head = ["target", "taken", "kept", "removed", "outcome", "seconds", "detail"]
+        head = self.columns()
         lines = [f"## {self.job}: {self.label}", "", self.summary(), ""]
         lines.append("| " + " | ".join(head) + " |")
         lines.append("|" + "---|" * len(head))
@@ -130,10 +144,13 @@ class RunReport:
 
     def to_text(self) -> str:
         """An aligned table for the terminal, followed by the summary line."""
-        head = ["TARGET", "TAKEN", "KEPT", "REMOVED", "OUTCOME", "SECONDS", "DETAIL"]
-        keys = ["target", "taken", "kept", "removed", "outcome", "seconds", "detail"]
+        keys = self.columns()
+        head = [k.upper() for k in keys]
         rows = [[r[k] for k in keys] for r in self.table()]
         return _aligned(head, rows) + "\n".join([*self.notes, self.summary()]) + "\n"
+
+
+COLUMNS = ("target", "taken", "kept", "removed", "outcome", "seconds", "detail")
 
 
 def _removed_text(removed: Sequence[str]) -> str:

@@ -1,8 +1,10 @@
-"""`make demo`: both snapshot jobs against a simulated homelab, start to finish.
+"""`make demo`: moxflow's jobs against a simulated homelab, start to finish.
 
-Starts a local Prefect server and a simulated lab (Proxmox API + SSH hosts with ZFS), shows
-the lab's snapshots, runs a dry run and a real run of each job, shows the snapshots again,
-then stops everything. Everything lives under .demo/ in the repository.
+Starts a local Prefect server and a simulated lab (Proxmox API + SSH hosts with ZFS and
+NixOS), then: both snapshot jobs (a dry run and a real run each), a NixOS rolling update and
+a rollback, backups of two guests with offsite copies, a restore test, and the health
+report, which fails on the guests left without a fresh backup. Then it stops everything.
+Everything lives under .demo/ in the repository.
 """
 
 from __future__ import annotations
@@ -150,6 +152,25 @@ def main() -> int:
         if rc != 1:
             status = status or 1
         show_generations(lab_state())
+
+        say("backups: dns and homeassistant, verified, pruned and copied offsite")
+        for extra in (["--dry-run"], []):
+            rc = run(["python", "-m", "flows.vzdump_backup", "--inventory", inv,
+                      "--select", "100,104", *extra], env)  # fmt: skip
+            if rc != 0:
+                print(f"(exit status {rc})")
+                status = status or rc
+        say("restore test: dns's newest backup on a scratch VMID, booted and destroyed")
+        rc = run(["python", "-m", "flows.restore_test", "--inventory", inv, "--select", "100"], env)
+        if rc != 0:
+            print(f"(exit status {rc})")
+            status = status or rc
+        say("health report: the guests left out above have no fresh backup, and it says so")
+        rc = run(["python", "-m", "flows.health_report", "--inventory", inv, "--only", "backups"],
+                 env)  # fmt: skip
+        print(f"(exit status {rc}: a guest without a fresh backup fails the report, as it should)")
+        if rc != 1:
+            status = status or 1
         say(
             "done: every run is recorded in the Prefect server; "
             "`python -m flows.<job> --help` shows the options"

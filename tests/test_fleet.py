@@ -99,3 +99,16 @@ def test_node_updates_are_judged_only_with_a_limit() -> None:
     judged = node_check("pve1", pending, 5)
     assert not judged.ok and judged.status == "TOO MANY" and judged.detail.endswith("(limit 5)")
     assert node_check("pve2", [], 0).ok
+
+
+def test_a_report_without_snapshots_drops_their_columns() -> None:
+    from moxflow.report import Outcome, ReportRow, RunReport
+
+    health = RunReport(job="health-report", label="backups")
+    health.add(ReportRow(target="101 (media) backup", outcome=Outcome.OK, detail="last 1h ago"))
+    assert health.columns() == ["target", "outcome", "detail"]
+    assert health.to_text().splitlines()[0].split() == ["TARGET", "OUTCOME", "DETAIL"]
+    assert set(health.table()[0]) == {"target", "outcome", "detail"}
+    snap = RunReport(job="zfs-snapshot", label="hourly")
+    snap.add(ReportRow(target="pve1:rpool", outcome=Outcome.OK, taken="moxflow-hourly-x"))
+    assert snap.columns() == ["target", "taken", "kept", "removed", "outcome", "detail"]
