@@ -120,7 +120,7 @@ class GuestSnapshotParams(FlowParams):
     concurrency: Annotated[int | None, Cli(metavar="N")] = Field(
         default=None,
         ge=1,
-        le=256,
+        le=64,
         description="guests snapshotted at once (default: [guest_snapshots] concurrency)",
     )
     lock_timeout: LockTimeout = 120.0
@@ -285,7 +285,8 @@ def flow_parameters(model: type[FlowParams]) -> Callable[[F], F]:
                 name,
                 inspect.Parameter.KEYWORD_ONLY,
                 default=inspect.Parameter.empty if f.is_required() else f.default,
-                annotation=f.annotation,
+                # with the field's limits (ge, le, ...): Prefect checks them too
+                annotation=f.rebuild_annotation(),
             )
             for name, f in model.model_fields.items()
         ]
@@ -340,10 +341,13 @@ def build_parser(prog: str, description: str, model: type[FlowParams]) -> argpar
         if kind is bool:
             if default is True:
                 parser.add_argument(flag, dest=name, action="store_false", help=text)
-            else:
+            elif default is None:  # unset: the inventory decides; --X / --no-X override it
                 parser.add_argument(
-                    flag, dest=name, action="store_true", default=default, help=text
-                )
+                    flag, dest=name, action=argparse.BooleanOptionalAction, default=None,
+                    help=text,
+                )  # fmt: skip
+            else:
+                parser.add_argument(flag, dest=name, action="store_true", help=text)
             continue
         kwargs: dict[str, Any] = {"dest": name, "help": text, "metavar": cli.metavar}
         if get_origin(kind) is list:

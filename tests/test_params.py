@@ -55,6 +55,17 @@ def test_the_ui_form_is_the_model(spec: str, model: type[FlowParams]) -> None:
         flow.validate_parameters({"bogus": 1, **_required(model)})
 
 
+def test_limits_of_the_model_are_checked_by_prefect_too() -> None:
+    _, flow = load("flows.guest_snapshot:guest_snapshot")
+    concurrency = flow.parameters.model_dump()["properties"]["concurrency"]
+    assert {"minimum": 1, "maximum": 64, "type": "integer"} in concurrency["anyOf"]
+    with pytest.raises(Exception, match="greater than or equal to 1"):
+        flow.validate_parameters({"concurrency": 0})
+    _, restore = load("flows.restore:restore")
+    with pytest.raises(Exception, match="greater than or equal to 100"):
+        restore.validate_parameters({"vmid": 12})
+
+
 def _required(model: type[FlowParams]) -> dict[str, Any]:
     return {n: 101 for n, i in model.model_fields.items() if i.is_required()}
 
@@ -70,6 +81,8 @@ def test_the_command_line_is_the_model(spec: str, model: type[FlowParams]) -> No
         assert action.help and (info.description or "") in action.help
         assert action.required is info.is_required()
         assert action.option_strings[0] in (option(name), "--no-" + name.replace("_", "-"))
+        if info.default is None and info.annotation == (bool | None):  # the inventory decides
+            assert action.option_strings == [option(name), "--no-" + name.replace("_", "-")]
     # the options, parsed, give the model's defaults
     argv = [x for n in _required(model) for x in (option(n), "101")]
     parsed = fp.params_from_args(model, parser.parse_args(argv))
@@ -89,6 +102,15 @@ def test_options_parse_into_the_model() -> None:
         fp.VzdumpBackupParams, backup_parser().parse_args(["--no-offsite"])
     )
     assert backup.offsite is False and backup.lock_timeout == 120.0
+
+    from flows.guest_snapshot import build_parser as guest_parser
+
+    def guests(*argv: str) -> tuple[bool | None, bool | None]:
+        got = fp.params_from_args(fp.GuestSnapshotParams, guest_parser().parse_args(argv))
+        return got.running_only, got.vmstate
+
+    assert guests() == (None, None)  # the inventory decides
+    assert guests("--running-only", "--no-vmstate") == (True, False)
 
 
 @pytest.mark.parametrize(
