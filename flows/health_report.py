@@ -9,7 +9,8 @@ Checks, each against a limit from the inventory's [health] (defaults in brackets
               passed restore test of a backup still listed [8 days]
   snapshots   per ZFS dataset and per guest of [guest_snapshots] select, for every label
               with a keep policy: the newest moxflow snapshot's age [1.5 x the label's
-              period: 90 minutes for hourly, 36 hours for daily]
+              period: 90 minutes for hourly, 36 hours for daily]; labels taken on events
+              (pre-update) or of no known period are listed, not judged
   nixos       per NixOS host: the current generation's age [14 days], with the age of
               the nixpkgs its flake.lock pins
   nodes       per Proxmox node: pending package updates (Proxmox's cached list; shown,
@@ -127,9 +128,24 @@ def health_report(**kwargs: Any) -> RunReport | State[Any]:
     report = RunReport(job="health-report", label=",".join(kinds), dry_run=dry_run)
     report.counts_snapshots = False
     client = proxmox_client(inv) if inv.proxmox is not None else None
-    guests = list_guests(client) if client is not None else []
-    sets = guest_sets(inv, guests)
     now = datetime.now(UTC)
+    guests: list[Guest] = []
+    if client is not None:
+        try:
+            guests = list_guests(client)
+        except MoxflowError as exc:  # the API is down: the checks over SSH still run
+            logger.error("Proxmox API: %s", exc)
+            report.add(_row(Check("api", "proxmox", None, None, False, str(exc), "ERROR"), now))
+            client = None
+    sets = guest_sets(inv, guests)
+    labels = {*inv.zfs.policies, *inv.guest_snapshots.policies}
+    labels |= {label for ds in inv.zfs.datasets for label in ds.policies}
+    unjudged = sorted(label for label in labels if inv.health.period(label) is None)
+    if unjudged and "snapshots" in kinds:
+        report.notes.append(
+            f"snapshot labels not judged (taken on events, or no period known: set [health] "
+            f"label_hours to judge them): {', '.join(unjudged)}"
+        )
     if dry_run:
         plan = {
             "backups": f"{len(sets.backups)} guest(s) backed up, "
@@ -153,8 +169,7 @@ def health_report(**kwargs: Any) -> RunReport | State[Any]:
     if "nixos" in kinds and inv.nixos.hosts:
         futures.append(check_nixos.submit(inv, now))
     if "nodes" in kinds and client is not None:
-        nodes = sorted(str(n["node"]) for n in client.get("/nodes") if isinstance(n, dict))
-        futures.append(check_nodes.submit(inv, client, nodes))
+        futures.append(check_nodes.submit(inv, client))
     checks: list[Check] = [c for fut in futures for c in fut.result()]
     bad = [c for c in checks if not c.ok]
     logger.info(

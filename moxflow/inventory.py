@@ -1074,7 +1074,8 @@ class HealthSettings(_Section):
         description=(
             "Period in hours of labels other than frequently, hourly, daily, weekly, monthly "
             "and yearly (or to override them), e.g. { twice-daily = 12 }. Every label with a "
-            "keep policy in [zfs] or [guest_snapshots] is checked."
+            "keep policy in [zfs] or [guest_snapshots] and a period is checked; the others "
+            "(pre-update: taken on events) are listed as not judged."
         ),
     )
     nixos_max_age_days: PositiveNumber = Field(

@@ -18,7 +18,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.logging import get_run_logger
 
 from moxflow.backups import Archive, parse_offsite_listing
-from moxflow.errors import MoxflowError
+from moxflow.errors import MoxflowError, SshCommandError
 from moxflow.fleet import (
     Check,
     backup_checks,
@@ -112,29 +112,15 @@ def check_backups(
     return out
 
 
-def _label_limits(inv: Inventory, labels: Sequence[str]) -> tuple[dict[str, timedelta], list[str]]:
-    """The age limit per label (grace × period), and the labels with no known period."""
+def _label_limits(inv: Inventory, labels: Sequence[str]) -> dict[str, timedelta]:
+    """The age limit (grace × period) of each label that has a known period; the others
+    (pre-update, pre-restore: taken on events, not on a schedule) are not judged."""
     limits: dict[str, timedelta] = {}
-    unknown: list[str] = []
     for label in labels:
         period = inv.health.period(label)
-        if period is None:
-            unknown.append(label)
-        else:
+        if period is not None:
             limits[label] = timedelta(hours=period * inv.health.snapshot_grace)
-    return limits, unknown
-
-
-def _unknown_label(target: str, label: str) -> Check:
-    return Check(
-        f"{label} snapshots",
-        target,
-        None,
-        None,
-        False,
-        f"no period known for this label; set [health] label_hours.{label}",
-        "UNKNOWN",
-    )
+    return limits
 
 
 @task(name="health-zfs-snapshots", cache_policy=NO_CACHE)
@@ -146,17 +132,23 @@ def check_zfs_snapshots(inv: Inventory, now: datetime) -> list[Check]:
     for i, ds in enumerate(inv.zfs.datasets):
         by_host.setdefault(ds.host, []).append(i)
     for host, indexes in by_host.items():
+        done: set[int] = set()
         try:
             with ssh_runner(inv, host) as runner:
                 for i in indexes:
-                    out += _dataset_checks(inv, runner, i, now)
-        except MoxflowError as exc:  # the host cannot be reached at all
+                    target = f"{host}:{inv.zfs.datasets[i].name}"
+                    try:
+                        out += _dataset_checks(inv, runner, i, now)
+                    except SshCommandError as exc:  # this dataset; the host answers
+                        logger.error("%s: %s", target, exc)
+                        out.append(_error("snapshots", target, exc))
+                    done.add(i)
+        except MoxflowError as exc:  # the host cannot be reached (any more)
             logger.error("%s: %s", host, exc)
-            done = {c.target for c in out}
             out += [
-                _error("snapshots", t, exc)
-                for t in (f"{host}:{inv.zfs.datasets[i].name}" for i in indexes)
-                if t not in done
+                _error("snapshots", f"{host}:{inv.zfs.datasets[i].name}", exc)
+                for i in indexes
+                if i not in done
             ]
     return out
 
@@ -164,8 +156,10 @@ def check_zfs_snapshots(inv: Inventory, now: datetime) -> list[Check]:
 def _dataset_checks(inv: Inventory, runner: SshRunner, index: int, now: datetime) -> list[Check]:
     ds = inv.zfs.datasets[index]
     target = f"{ds.host}:{ds.name}"
-    limits, unknown = _label_limits(inv, sorted(set(inv.zfs.policies) | set(ds.policies)))
-    out = [_unknown_label(target, label) for label in unknown]
+    limits = _label_limits(inv, sorted(set(inv.zfs.policies) | set(ds.policies)))
+    out: list[Check] = []
+    if not limits:
+        return out
     listed = parse_snapshot_list(runner.run(list_snapshots_argv(ds.name, recursive=False)).stdout)
     names = [p for p in (parse_snapshot_name(s.name) for s in listed if s.dataset == ds.name) if p]
     for label, limit in limits.items():
@@ -180,13 +174,11 @@ def check_guest_snapshots(
 ) -> list[Check]:
     """Per selected guest and label with a keep policy: the newest moxflow snapshot's age."""
     logger = get_run_logger()
-    labels = sorted(inv.guest_snapshots.policies)
-    limits, unknown = _label_limits(inv, labels)
+    limits = _label_limits(inv, sorted(inv.guest_snapshots.policies))
     out: list[Check] = []
+    if not limits:
+        return out
     for guest in sorted(guests, key=lambda g: g.vmid):
-        out += [_unknown_label(guest.label, label) for label in unknown]
-        if not limits:
-            continue
         try:
             snaps = client.list_snapshots(guest)
         except MoxflowError as exc:
@@ -212,32 +204,38 @@ def check_nixos(inv: Inventory, now: datetime) -> list[Check]:
     limit = timedelta(days=inv.health.nixos_max_age_days)
     out: list[Check] = []
     for name, host in inv.nixos.hosts.items():
+        pinned: datetime | None = None
         try:
             with ssh_runner(inv, name) as runner:
-                current = current_generation(
-                    parse_generations(runner.run(generations_argv()).stdout)
-                )
-                lock = runner.run(["cat", "--", f"{host.flake}/flake.lock"]).stdout
+                listed = runner.run(generations_argv()).stdout
+                current = current_generation(parse_generations(listed))
+                try:  # only shown: without it the generation is still judged
+                    lock = runner.run(["cat", "--", f"{host.flake}/flake.lock"]).stdout
+                    pinned = locked_nixpkgs_time(lock)
+                except MoxflowError as exc:
+                    logger.warning("%s: cannot read the nixpkgs pin: %s", name, exc)
         except MoxflowError as exc:
             logger.error("%s: %s", name, exc)
             out.append(_error("nixos", name, exc))
             continue
-        switched = current.date.replace(tzinfo=inv.tz) if current.date else None
-        pinned: datetime | None
-        try:
-            pinned = locked_nixpkgs_time(lock)
-        except MoxflowError:
-            pinned = None
-        check = nixos_check(name, switched, pinned, now=now, limit=limit)
-        out.append(check)
+        switched = current.date
+        if switched is not None and switched.tzinfo is None:  # the host's local time
+            switched = switched.replace(tzinfo=inv.tz)
+        out.append(nixos_check(name, switched, pinned, now=now, limit=limit))
     return out
 
 
 @task(name="health-node-updates", cache_policy=NO_CACHE)
-def check_nodes(inv: Inventory, client: ProxmoxClient, nodes: Sequence[str]) -> list[Check]:
+def check_nodes(inv: Inventory, client: ProxmoxClient) -> list[Check]:
     """Per Proxmox node: its pending package updates (Proxmox's cached list)."""
     logger = get_run_logger()
     out: list[Check] = []
+    try:
+        listed = client.get("/nodes")
+    except MoxflowError as exc:
+        logger.error("cannot list the Proxmox nodes: %s", exc)
+        return [_error("node updates", "proxmox", exc)]
+    nodes = sorted(str(n["node"]) for n in listed if isinstance(n, dict) and "node" in n)
     for node in nodes:
         try:
             pending = client.get(f"/nodes/{node}/apt/update")

@@ -112,3 +112,15 @@ def test_a_report_without_snapshots_drops_their_columns() -> None:
     snap = RunReport(job="zfs-snapshot", label="hourly")
     snap.add(ReportRow(target="pve1:rpool", outcome=Outcome.OK, taken="moxflow-hourly-x"))
     assert snap.columns() == ["target", "taken", "kept", "removed", "outcome", "detail"]
+
+
+def test_offsite_names_are_read_in_the_nodes_time_zone() -> None:
+    from zoneinfo import ZoneInfo
+
+    berlin = ZoneInfo("Europe/Berlin")  # UTC+1 in November
+    guests = [Guest(101, "media", "pve1", "qemu")]
+    archives = {101: parse_content([entry(101, NOW - 3 * H)])}
+    offsite = ["vzdump-qemu-101-2026_11_26-05_00_00.vma.zst"]  # 05:00 in Berlin = 04:00 UTC
+    _, copy = backup_checks(guests, archives, now=NOW, tz=berlin, backup_limit=26 * H,
+                            offsite=offsite, offsite_limit=2 * H)  # fmt: skip
+    assert copy.last == NOW - 3 * H and not copy.ok  # 3 h old, not 2 h as UTC would say

@@ -156,3 +156,61 @@ def test_dry_run_lists_the_checks_and_reads_only_the_guests(
     }
     paths = {r["path"] for r in fast_lab.api_requests()[start:]}
     assert paths == {"/cluster/resources"}
+
+
+def test_a_proxmox_outage_fails_the_api_check_and_the_ssh_checks_still_run(
+    fast_lab: LabClient, lab_inventory: Path
+) -> None:
+    zfs_snapshot(label="hourly", inventory=str(lab_inventory))
+    zfs_snapshot(label="daily", inventory=str(lab_inventory))
+    fast_lab.fault(target="api", path="^/cluster/resources", action="error", status=503)
+    with pytest.raises(RunFailed) as info:
+        health_report(inventory=str(lab_inventory))
+    report = info.value.report
+    assert isinstance(report, RunReport)
+    got = outcomes(report)
+    assert got["proxmox api"] is Outcome.FAILED
+    assert "503" in next(r.detail for r in report.rows if r.target == "proxmox api")
+    # ZFS and NixOS are read over SSH: still judged, and fine
+    assert got["pve1:rpool/data hourly snapshots"] is Outcome.OK
+    assert got["builder nixos"] is Outcome.OK
+    assert not any(t.endswith((" backup", " node updates")) for t in got)
+
+
+def test_one_unreadable_dataset_does_not_hide_the_others_on_its_host(
+    fast_lab: LabClient, lab_inventory: Path, tmp_path: Path
+) -> None:
+    inv = edit_inventory(
+        lab_inventory,
+        tmp_path,
+        {"[guest_snapshots]\n": '[[zfs.datasets]]\nhost = "nas"\nname = "tank/gone"\n\n'
+                                "[guest_snapshots]\n"},
+    )  # fmt: skip
+    zfs_snapshot(label="hourly", only=["nas/tank/backups"], inventory=str(inv))
+    zfs_snapshot(label="daily", only=["nas/tank/backups"], inventory=str(inv))
+    with pytest.raises(RunFailed) as info:
+        health_report(only=["snapshots"], inventory=str(inv))
+    report = info.value.report
+    assert isinstance(report, RunReport)
+    rows = {r.target: r for r in report.rows}
+    assert rows["nas:tank/gone snapshots"].detail.startswith("ERROR: cannot read")
+    assert "tank/gone" in rows["nas:tank/gone snapshots"].detail
+    assert rows["nas:tank/backups hourly snapshots"].outcome is Outcome.OK
+    assert rows["nas:tank/backups daily snapshots"].outcome is Outcome.OK
+
+
+def test_event_labels_are_listed_not_judged(
+    fast_lab: LabClient, lab_inventory: Path, tmp_path: Path
+) -> None:
+    inv = edit_inventory(
+        lab_inventory,
+        tmp_path,
+        {'daily = "keep-daily=7"\n': 'daily = "keep-daily=7"\npre-update = "keep-last=2"\n'},
+    )
+    for label in ("hourly", "daily"):
+        zfs_snapshot(label=label, inventory=str(inv))
+        guest_snapshot(label=label, inventory=str(inv))
+    report = health_report(only=["snapshots"], inventory=str(inv))
+    assert isinstance(report, RunReport) and report.ok, [r.line() for r in report.failed_rows]
+    assert not any("pre-update" in r.target for r in report.rows)
+    assert any("not judged" in n and n.endswith(": pre-update") for n in report.notes)
