@@ -1096,20 +1096,52 @@ class HealthSettings(_Section):
         return self.label_hours.get(label, LABEL_PERIOD_HOURS.get(label))
 
 
-_CRON_FIELD_RE = re.compile(r"^[0-9A-Za-z*,/\-]+$")
 _DEPLOYMENT_RE = re.compile(r"^[a-z0-9][a-z0-9-]*/[a-z0-9][a-z0-9-]*$")
+# cron: minute hour day-of-month month day-of-week, each a list of *, N, N-M, with /STEP
+_CRON_ITEM_RE = re.compile(
+    r"^(?:\*|(?P<lo>[0-9a-z]+)(?:-(?P<hi>[0-9a-z]+))?)(?:/(?P<step>[0-9]+))?$"
+)
+_CRON_FIELDS = (
+    ("minute", 0, 59, ()),
+    ("hour", 0, 23, ()),
+    ("day of month", 1, 31, ()),
+    ("month", 1, 12, ("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct",
+                      "nov", "dec")),
+    ("day of week", 0, 7, ("sun", "mon", "tue", "wed", "thu", "fri", "sat")),
+)  # fmt: skip
+
+
+def _cron_value(text: str, lo: int, hi: int, names: tuple[str, ...], what: str) -> int:
+    if text in names:
+        return names.index(text) + lo
+    if not text.isdigit() or not lo <= int(text) <= hi:
+        raise ValueError(f"{text!r} is not a valid {what} ({lo}-{hi})")
+    return int(text)
 
 
 def _check_schedule(value: str) -> str:
-    text = " ".join(value.split())
+    text = " ".join(value.lower().split())
     if text == "off":
         return text
+    usage = (
+        f"{value!r} is not a cron schedule: write five fields, minute hour day month "
+        'weekday, e.g. "0 1 * * *" (01:00 every day), or "off"'
+    )
     fields = text.split(" ")
-    if len(fields) != 5 or not all(_CRON_FIELD_RE.fullmatch(f) for f in fields):
-        raise ValueError(
-            f"{value!r} is not a cron schedule: write five fields, minute hour day month "
-            'weekday, e.g. "0 1 * * *" (01:00 every day), or "off"'
-        )
+    if len(fields) != 5:
+        raise ValueError(usage)
+    for field, (what, lo, hi, names) in zip(fields, _CRON_FIELDS, strict=True):
+        for item in field.split(","):
+            m = _CRON_ITEM_RE.fullmatch(item)
+            if m is None or m["step"] == "0":
+                raise ValueError(f"{usage}; {item!r} is not a {what}")
+            try:
+                first = _cron_value(m["lo"], lo, hi, names, what) if m["lo"] else lo
+                last = _cron_value(m["hi"], lo, hi, names, what) if m["hi"] else first
+            except ValueError as exc:
+                raise ValueError(f"{usage}; {exc}") from None
+            if last < first:
+                raise ValueError(f"{usage}; {item!r} runs backwards")
     return text
 
 

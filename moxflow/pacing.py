@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 __all__ = [
     "POLL_CAP",
+    "POLL_EARLY_GAP",
     "POLL_FLOOR",
     "POLL_HINT_CAP",
     "DumpEstimator",
@@ -32,10 +33,13 @@ __all__ = [
 POLL_FLOOR = 0.02
 POLL_CAP = 2.0
 # With a hint E: the first poll after min(POLL_EARLY, 5 % of E) (failures at the start), then
-# gaps of at most a quarter of E up to POLL_DENSE_FROM * E, then every POLL_SHARE of the elapsed
-# time (at least the slack: min(POLL_SLACK, POLL_SHARE * E)) until POLL_DENSE_TO * E; after
-# that a tenth of the elapsed time. No gap is longer than POLL_HINT_CAP, whatever the hint.
+# gaps of at most a quarter of E and at most max(POLL_EARLY_GAP, half the elapsed time) up to
+# POLL_DENSE_FROM * E (a failure at t is seen by 1.5 t, or a minute after it), then every
+# POLL_SHARE of the elapsed time (at least the slack: min(POLL_SLACK, POLL_SHARE * E)) until
+# POLL_DENSE_TO * E; after that the hint was wrong: a tenth of the elapsed time, at most
+# POLL_EARLY_GAP. No gap is longer than POLL_HINT_CAP, whatever the hint.
 POLL_EARLY = 5.0
+POLL_EARLY_GAP = 60.0
 POLL_SHARE = 0.05
 POLL_SLACK = 1.0
 POLL_DENSE_FROM = 0.5
@@ -56,22 +60,26 @@ def poll_delay(
     ``expect`` is the task's expected duration in seconds (None: unknown). With it, a task
     ending between half and twice ``expect`` is noticed within max(slack, 5 % of its
     duration), the slack being 1 s, or 5 % of ``expect`` for tasks shorter than 20 s (so a
-    time-scaled lab keeps its proportions), with about 18 polls for a task that takes
-    ``expect``, 25 for 1.4 times ``expect`` and 32 for twice (ln 4 / ln 1.05 = 28.4 polls are
-    needed for 5 % across that whole range, so no schedule does it in 25). ``elapsed=0``
-    gives the delay of the first poll.
+    time-scaled lab keeps its proportions), with about 18-24 polls for a task that takes
+    ``expect`` (more for long hints: early polls stay at most a minute or half the elapsed
+    time apart, so an early failure is not missed for long), 25-31 for 1.4 times ``expect``
+    and 32-38 for twice (ln 4 / ln 1.05 = 28.4 polls are needed for 5 % across that whole
+    range, so no schedule does it in 25). A task running past twice the hint is polled at a
+    tenth of the elapsed time, at least once a minute. ``elapsed=0`` gives the delay of the
+    first poll.
     """
     if expect is None or not expect > 0:
         return min(cap, max(floor, elapsed / 10))
     if elapsed >= POLL_DENSE_TO * expect:  # well past the expectation: the hint was wrong
-        return min(hint_cap, max(floor, elapsed / 10))
+        return min(hint_cap, POLL_EARLY_GAP, max(floor, elapsed / 10))
     dense_from = POLL_DENSE_FROM * expect
     if elapsed < dense_from:
         first = max(floor, min(POLL_EARLY, POLL_SHARE * expect))
         if elapsed < first:
             return max(floor, first - elapsed)
+        longest = min(hint_cap, expect / 4, max(POLL_EARLY_GAP, elapsed / 2))
         gap = dense_from - elapsed
-        steps = math.ceil(gap / min(hint_cap, expect / 4) - 1e-9)
+        steps = math.ceil(gap / longest - 1e-9)
         return max(floor, gap / max(1, steps))
     slack = min(POLL_SLACK, POLL_SHARE * expect)
     return min(hint_cap, max(floor, slack, POLL_SHARE * elapsed))

@@ -335,7 +335,7 @@ def list_offsite(runner: SshRunner, folder: str) -> list[str]:
 
 
 # Positional parameters, so that the shell string stays constant (style rule 6).
-_READ_CHUNK = 'dd if="$1" bs="$2" skip="$3" count=1 status=none | base64'
+_READ_CHUNK = 'dd if="$1" bs="$2" skip="$3" count=1 iflag=fullblock status=none | base64'
 _WRITE_FIRST = 'base64 -d > "$1"'
 _APPEND = 'base64 -d >> "$1"'
 
@@ -397,12 +397,14 @@ def copy_archive(
                 script = _WRITE_FIRST if i == 0 else _APPEND
                 dest.run(["sh", "-c", script, "sh", part], stdin=encoded)
                 del encoded
+                # also after the last chunk: the next archive's copy follows at once, and
+                # the link should see the limit across archives too
                 pacer.pace(want)
+            got = sha256_of(dest, part)
         except MoxflowError:
-            with suppress(MoxflowError):
+            with suppress(MoxflowError):  # a half-written copy never stays behind
                 dest.run(["rm", "-f", "--", part])
             raise
-        got = sha256_of(dest, part)
         if got == expected:
             dest.run(["mv", "-f", "--", part, final])
             if pacer.slept:

@@ -424,3 +424,35 @@ def test_docker_compose_config_validates_the_file() -> None:
     out = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, check=False)
     assert out.returncode != 0
     assert "POSTGRES_PASSWORD" in out.stderr
+
+
+@pytest.mark.parametrize(
+    ("cron", "problem"),
+    [
+        ("60 * * * *", "'60' is not a valid minute (0-59)"),
+        ("0 24 * * *", "'24' is not a valid hour (0-23)"),
+        ("0 1 0 * *", "'0' is not a valid day of month (1-31)"),
+        ("0 1 * 13 *", "'13' is not a valid month (1-12)"),
+        ("0 1 * * fri-mon", "'fri-mon' runs backwards"),
+        ("*/0 * * * *", "'*/0' is not a minute"),
+        ("0 1 * *", "write five fields"),
+    ],
+)
+def test_a_schedule_that_cron_would_refuse_is_refused_early(
+    lab_inventory: Path, cron: str, problem: str
+) -> None:
+    inv = lab_inventory.parent / "inventory-bad-cron.toml"
+    inv.write_text(lab_inventory.read_text() + f'\n[schedules]\n"zfs-snapshot/daily" = "{cron}"\n')
+    with pytest.raises(ConfigError, match=re.escape(problem)):
+        inventory_schedules(inv)
+
+
+def test_schedules_cron_accepts_what_prefect_accepts(lab_inventory: Path) -> None:
+    good = ["*/15 * * * *", "30 2 1,15 jan-jun mon-fri", "0 4 9-15 * 3", "0 0 * * 7"]
+    inv = lab_inventory.parent / "inventory-good-cron.toml"
+    lines = "".join(f'"{d.full_name}" = "{c}"\n' for d, c in zip(DEFINITIONS, good, strict=False))
+    inv.write_text(lab_inventory.read_text() + f"\n[schedules]\n{lines}")
+    crons = inventory_schedules(inv)
+    for d, c in zip(DEFINITIONS, good, strict=False):
+        assert crons[d.full_name] == c
+        assert CronSchedule(cron=c, timezone="UTC").cron == c  # Prefect takes it too

@@ -281,6 +281,35 @@ def test_a_multi_chunk_copy_is_identical_and_leaves_no_part(
     assert sum(">>" in c["command"] for c in writes) == len(writes) - 1  # the first truncates
 
 
+def test_a_copy_failing_half_way_leaves_no_part_file(
+    fast_lab: LabClient, lab_inventory: Path
+) -> None:
+    import logging
+
+    from moxflow.errors import SshError
+    from moxflow.inventory import load_inventory
+    from tasks.backups import copy_archive
+    from tasks.clients import ssh_runner
+
+    lab = fast_lab
+    inv = load_inventory(lab_inventory)
+    archive = max((a for a in archives(lab).values() if a["vmid"] == 104), key=lambda a: a["ctime"])
+    src = f"{inv.backups.storage_path('nas-backup', 'pve2')}/{archive['filename']}"
+    # reading the third chunk (skip=2) fails, after two chunks were written to NAME.part
+    lab.fault(target="command", host="pve2", command=r"^sh -c .*dd if=.* 1000 2$",
+              action="error", stderr="dd: error reading: Input/output error")  # fmt: skip
+    folder = lab.info["offsite"]["path"]
+    with (
+        ssh_runner(inv, "pve2") as source,
+        ssh_runner(inv, "offsite") as dest,
+        pytest.raises(SshError, match="Input/output error"),
+    ):
+        copy_archive(source, src, dest, folder, logging.getLogger("test"), chunk=1000)
+    writes = [c for c in lab.commands() if c["host"] == "offsite" and "base64 -d" in c["command"]]
+    assert len(writes) == 2  # it got half way
+    assert offsite_files(lab) == {}  # and the partial copy is gone
+
+
 def test_offsite_bwlimit_paces_the_copies(
     fast_lab: LabClient, lab_inventory: Path, tmp_path: Path
 ) -> None:
