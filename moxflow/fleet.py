@@ -145,11 +145,21 @@ def nixos_check(
     *,
     now: datetime,
     limit: timedelta,
+    checked: datetime | None = None,
 ) -> Check:
-    """A NixOS host's current generation (its last update) against the limit; the age of
-    the nixpkgs its flake.lock pins says how far behind it may be."""
+    """A NixOS host's last update against the limit: its current generation, or the last
+    update run that found nothing new (``checked``), whichever is later. The age of the
+    nixpkgs its flake.lock pins says how far behind it may be."""
     detail = f"nixpkgs pinned {format_age(now, nixpkgs)}" if nixpkgs else "nixpkgs pin unknown"
-    return _judge("nixos", host, switched, limit, now, detail)
+    last = switched
+    if checked is not None and (switched is None or checked > switched):
+        last = checked
+        detail = (
+            f"up to date as of {format_age(now, checked)}, "
+            + (f"generation from {format_age(now, switched)}; " if switched else "")
+            + detail
+        )
+    return _judge("nixos", host, last, limit, now, detail)
 
 
 def node_check(node: str, pending: Sequence[Mapping[str, Any]], max_pending: int | None) -> Check:

@@ -15,7 +15,7 @@ import re
 import shlex
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Literal, get_args
 
 from moxflow.errors import ConfigError, ParseError, UnsafeNameError
@@ -42,6 +42,7 @@ __all__ = [
     "Verdict",
     "arm_deadman_argv",
     "build_argv",
+    "checked_path",
     "clear_journal_argv",
     "current_generation",
     "deadman_armed_argv",
@@ -56,6 +57,7 @@ __all__ = [
     "lock_changes",
     "lock_path",
     "new_failures",
+    "parse_checked",
     "parse_failed_units",
     "parse_flake_lock",
     "parse_generations",
@@ -63,6 +65,7 @@ __all__ = [
     "plan_update",
     "plan_waves",
     "prepare_state_dir_argv",
+    "read_checked_argv",
     "read_journal_argv",
     "reboot_argv",
     "revert_argvs",
@@ -72,6 +75,7 @@ __all__ = [
     "unlock_argv",
     "validate_attr",
     "validate_remote_path",
+    "write_checked_argv",
     "write_journal_argv",
 ]
 
@@ -286,6 +290,30 @@ def read_journal_argv(state_dir: str) -> list[str]:
 def clear_journal_argv(state_dir: str) -> list[str]:
     """``rm -f STATE_DIR/journal.json``: the update finished, one way or the other."""
     return ["rm", "-f", journal_path(state_dir)]
+
+
+def checked_path(state_dir: str) -> str:
+    """When an update run last found the host up to date (or updated it): ISO time, UTC."""
+    return f"{validate_remote_path(state_dir)}/last-check"
+
+
+def write_checked_argv(state_dir: str) -> list[str]:
+    """Write the time on stdin to ``STATE_DIR/last-check``."""
+    return ["sh", "-c", 'cat > "$1"', "sh", checked_path(state_dir)]
+
+
+def read_checked_argv(state_dir: str) -> list[str]:
+    """``cat STATE_DIR/last-check`` (fails when no run has finished on the host yet)."""
+    return ["cat", checked_path(state_dir)]
+
+
+def parse_checked(text: str) -> datetime | None:
+    """The time in ``last-check``; None when it is missing or not a time."""
+    try:
+        when = datetime.fromisoformat(text.strip())
+    except ValueError:
+        return None
+    return when if when.tzinfo else when.replace(tzinfo=UTC)
 
 
 JournalPhase = Literal["started", "snapshotted", "built", "armed", "switched", "confirmed"]

@@ -30,7 +30,13 @@ from moxflow.fleet import (
 from moxflow.guests import Guest
 from moxflow.inventory import Inventory
 from moxflow.naming import is_moxflow_description, parse_snapshot_name
-from moxflow.nixos import current_generation, generations_argv, parse_generations
+from moxflow.nixos import (
+    current_generation,
+    generations_argv,
+    parse_checked,
+    parse_generations,
+    read_checked_argv,
+)
 from moxflow.proxmox import ProxmoxClient
 from moxflow.ssh import SshRunner
 from moxflow.zfs import list_snapshots_argv, parse_snapshot_list
@@ -205,6 +211,7 @@ def check_nixos(inv: Inventory, now: datetime) -> list[Check]:
     out: list[Check] = []
     for name, host in inv.nixos.hosts.items():
         pinned: datetime | None = None
+        checked: datetime | None = None
         try:
             with ssh_runner(inv, name) as runner:
                 listed = runner.run(generations_argv()).stdout
@@ -214,6 +221,8 @@ def check_nixos(inv: Inventory, now: datetime) -> list[Check]:
                     pinned = locked_nixpkgs_time(lock)
                 except MoxflowError as exc:
                     logger.warning("%s: cannot read the nixpkgs pin: %s", name, exc)
+                mark = runner.run(read_checked_argv(inv.nixos_state_dir(name)), check=False)
+                checked = parse_checked(mark.stdout) if mark.exit_code == 0 else None
         except MoxflowError as exc:
             logger.error("%s: %s", name, exc)
             out.append(_error("nixos", name, exc))
@@ -221,7 +230,7 @@ def check_nixos(inv: Inventory, now: datetime) -> list[Check]:
         switched = current.date
         if switched is not None and switched.tzinfo is None:  # the host's local time
             switched = switched.replace(tzinfo=inv.tz)
-        out.append(nixos_check(name, switched, pinned, now=now, limit=limit))
+        out.append(nixos_check(name, switched, pinned, now=now, limit=limit, checked=checked))
     return out
 
 

@@ -15,7 +15,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
-from datetime import datetime, tzinfo
+from datetime import UTC, datetime, tzinfo
 from typing import Any
 
 from prefect import task
@@ -54,6 +54,7 @@ from moxflow.nixos import (
     switch_argv,
     system_state_argv,
     unlock_argv,
+    write_checked_argv,
     write_journal_argv,
 )
 from moxflow.report import Outcome, ReportRow
@@ -280,6 +281,13 @@ class HostUpdate:
         r.run(clear_journal_argv(self.state_dir), check=False)
         r.run(unlock_argv(self.state_dir), check=False)
 
+    def mark_checked(self, r: SshRunner) -> None:
+        """Note on the host that it is up to date as of now (the health report reads it:
+        a host with nothing new to install is not out of date)."""
+        stamp = datetime.now(UTC).replace(microsecond=0).isoformat()
+        with suppress(MoxflowError):
+            r.run(write_checked_argv(self.state_dir), stdin=stamp + "\n")
+
     def release(self, r: SshRunner) -> None:
         r.run(["rm", "-f", f"{self.state_dir}/flake.lock.before"], check=False)
         r.run(clear_journal_argv(self.state_dir), check=False)
@@ -446,6 +454,7 @@ class HostUpdate:
                 changes = lock_changes(parse_flake_lock(before), parse_flake_lock(after))
                 if not changes and not self.force:
                     self.drop_snapshot()
+                    self.mark_checked(r)
                     self.release(r)
                     return self.row(Outcome.OK, "up to date")
                 for change in changes:
@@ -495,6 +504,7 @@ class HostUpdate:
                 if not late:
                     self.note("confirmed")
                     self.write_journal(r, "confirmed")
+                    self.mark_checked(r)
                     try:
                         self.prune_snapshots()
                     except MoxflowError as exc:

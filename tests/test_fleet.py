@@ -124,3 +124,17 @@ def test_offsite_names_are_read_in_the_nodes_time_zone() -> None:
     _, copy = backup_checks(guests, archives, now=NOW, tz=berlin, backup_limit=26 * H,
                             offsite=offsite, offsite_limit=2 * H)  # fmt: skip
     assert copy.last == NOW - 3 * H and not copy.ok  # 3 h old, not 2 h as UTC would say
+
+
+def test_a_nixos_host_found_up_to_date_is_not_out_of_date() -> None:
+    old_generation = NOW - 20 * 24 * H
+    stale = nixos_check("dns", old_generation, None, now=NOW, limit=timedelta(days=14))
+    assert not stale.ok and stale.last == old_generation
+    fresh = nixos_check("dns", old_generation, None, now=NOW, limit=timedelta(days=14),
+                        checked=NOW - 24 * H)  # fmt: skip
+    assert fresh.ok and fresh.last == NOW - 24 * H
+    assert fresh.detail.startswith("up to date as of 24h ago, generation from 20d ago")
+    # an older mark than the generation changes nothing
+    newer = nixos_check("dns", NOW - H, None, now=NOW, limit=timedelta(days=14),
+                        checked=NOW - 24 * H)  # fmt: skip
+    assert newer.last == NOW - H and "up to date as of" not in newer.detail

@@ -10,6 +10,7 @@ import pytest
 from flows.guest_snapshot import guest_snapshot
 from flows.health_report import health_report
 from flows.health_report import main as health_main
+from flows.nixos_update import nixos_update
 from flows.restore_test import restore_test
 from flows.vzdump_backup import vzdump_backup
 from flows.zfs_snapshot import zfs_snapshot
@@ -214,3 +215,27 @@ def test_event_labels_are_listed_not_judged(
     assert isinstance(report, RunReport) and report.ok, [r.line() for r in report.failed_rows]
     assert not any("pre-update" in r.target for r in report.rows)
     assert any("not judged" in n and n.endswith(": pre-update") for n in report.notes)
+
+
+def test_a_nixos_host_with_nothing_new_is_up_to_date_not_stale(
+    fast_lab: LabClient, lab_inventory: Path, tmp_path: Path
+) -> None:
+    inv = edit_inventory(
+        lab_inventory, tmp_path, {"[backups]\n": "[health]\nnixos_max_age_days = 7\n\n[backups]\n"}
+    )
+    with pytest.raises(RunFailed) as info:  # generations from 9-10 days ago
+        health_report(only=["nixos"], inventory=str(inv))
+    assert info.value.report is not None
+    assert {r.target for r in info.value.report.failed_rows} == {
+        "builder nixos",
+        "dns nixos",
+        "media nixos",
+    }
+    report = nixos_update(only=["dns"], inventory=str(inv))  # nothing new upstream
+    assert isinstance(report, RunReport) and "; up to date;" in report.rows[0].detail
+    with pytest.raises(RunFailed) as info:
+        health_report(only=["nixos"], inventory=str(inv))
+    rows = {r.target: r for r in info.value.report.rows} if info.value.report else {}
+    assert rows["dns nixos"].outcome is Outcome.OK
+    assert "up to date as of 0m ago, generation from 9d ago" in rows["dns nixos"].detail
+    assert rows["media nixos"].outcome is Outcome.FAILED  # not checked: still stale
