@@ -11,7 +11,8 @@ Checks, each against a limit from the inventory's [health] (defaults in brackets
               with a keep policy: the newest moxflow snapshot's age [1.5 x the label's
               period: 90 minutes for hourly, 36 hours for daily]; labels taken on events
               (pre-update) or of no known period are listed, not judged
-  nixos       per NixOS host: the current generation's age [14 days], with the age of
+  nixos       per NixOS host: the age of its last update [14 days]: its current
+              generation, or the last update run that found nothing new; with the age of
               the nixpkgs its flake.lock pins
   nodes       per Proxmox node: pending package updates (Proxmox's cached list; shown,
               and judged only when [health] node_max_pending_updates is set)

@@ -842,7 +842,10 @@ class NixosHost(_Section):
     )
     state_dir: RemotePath | None = Field(
         default=None,
-        description="Folder for moxflow's lock and journal on this host; default: nixos.state_dir.",
+        description=(
+            "Folder for moxflow's lock, journal and last-check on this host; "
+            "default: nixos.state_dir."
+        ),
     )
     snapshot: SnapshotMethod = Field(discriminator="method", description=_SNAPSHOT_HELP)
     health: list[HealthCheck] = Field(
@@ -888,7 +891,10 @@ class NixosSettings(_Section):
     )
     state_dir: RemotePath = Field(
         default="/var/lib/moxflow",
-        description="Folder on each host where moxflow keeps its update lock and journal.",
+        description=(
+            "Folder on each host where moxflow keeps its update lock, journal and last-check "
+            "(when a run last found the host up to date)."
+        ),
     )
     hosts: dict[HostName, NixosHost] = Field(
         default_factory=dict,
