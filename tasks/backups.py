@@ -53,7 +53,7 @@ from tasks.proxmox import LoggerLike
 
 BACKOFF_START = 0.5
 BACKOFF_MAX = 15.0
-OFFSITE_CHUNK = 4 * 1024 * 1024  # bytes of archive per offsite copy command
+OFFSITE_CHUNK = 16 * 1024 * 1024  # bytes of archive per offsite copy command (two SSH trips)
 
 
 @dataclass(frozen=True, slots=True)
