@@ -114,8 +114,10 @@ def restore_tested_at(notes: str) -> datetime | None:
 def mark_restore_tested(notes: str, when: datetime) -> str:
     """The notes with the restore-test line set to ``when`` (any older one replaced)."""
     kept = [ln for ln in notes.splitlines() if not ln.strip().startswith(RESTORE_TEST_MARK)]
+    while kept and not kept[-1].strip():  # no blank lines before the mark
+        kept.pop()
     stamp = when.astimezone(UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
-    return "\n".join([*(ln for ln in kept if ln.strip()), f"{RESTORE_TEST_MARK} {stamp}"])
+    return "\n".join([*kept, f"{RESTORE_TEST_MARK} {stamp}"])
 
 
 @dataclass(frozen=True, slots=True)

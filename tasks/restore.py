@@ -39,10 +39,10 @@ def record_restore_test(client: ProxmoxClient, node: str, archive: Archive, when
     """Note a passed restore test in the archive's notes (``PUT .../content/{volume}``),
     where the backup coverage table and the health report find it."""
     # the volume ID holds a "/": escaped, it stays one path segment
-    client.put(
-        f"/nodes/{node}/storage/{archive.storage}/content/{quote(archive.volid, safe='')}",
-        notes=mark_restore_tested(archive.notes, when),
-    )
+    path = f"/nodes/{node}/storage/{archive.storage}/content/{quote(archive.volid, safe='')}"
+    current = client.get(path)  # the notes as they are now, not as listed before the test
+    notes = str(current.get("notes") or "") if isinstance(current, dict) else archive.notes
+    client.put(path, notes=mark_restore_tested(notes, when))
 
 
 def guest_path(node: str, gtype: str, vmid: int) -> str:

@@ -184,6 +184,10 @@ def test_restore_test_mark_in_the_notes() -> None:
     twice = mark_restore_tested(once, NOW)  # the older mark is replaced, not stacked
     assert twice.count("restore test") == 1 and restore_tested_at(twice) == NOW
     assert restore_tested_at("moxflow restore test ok: yesterday") is None
+    # the owner's own lines stay as written, blank lines inside them too
+    mine = mark_restore_tested("media\n\nbefore the upgrade\n\n", NOW)
+    assert mine.splitlines()[:3] == ["media", "", "before the upgrade"]
+    assert mine.splitlines()[3].startswith("moxflow restore test ok: ")
 
 
 def test_coverage_shows_the_last_passed_restore_test_of_any_listed_archive() -> None:
