@@ -15,6 +15,7 @@ from typing import Any, Literal
 
 from moxflow.errors import ParseError
 from moxflow.guests import Guest
+from moxflow.report import cell_lines, format_age
 from moxflow.retention import KeepPolicy, RetentionItem, plan_prune
 
 __all__ = [
@@ -334,12 +335,12 @@ class CoverageRow:
         """The row as text, for the terminal and the Prefect table artifact."""
         return {
             "guest": self.guest,
-            "last backup": _age(now, self.last_backup),
+            "last backup": format_age(now, self.last_backup),
             "size": _size(self.size) if self.last_backup else "-",
             "verified": _yes_no(self.verified),
-            "last offsite": _age(now, self.last_offsite),
+            "last offsite": format_age(now, self.last_offsite),
             "checksum": _yes_no(self.offsite_ok),
-            "last restore test": _age(now, self.last_restore_test),
+            "last restore test": format_age(now, self.last_restore_test),
             "fresh": "NO" if self.stale else "yes",
         }
 
@@ -390,23 +391,7 @@ def coverage_text(rows: Sequence[CoverageRow], now: datetime) -> list[str]:
     """The coverage table as aligned lines for the terminal."""
     if not rows:
         return []
-    cells = [r.cells(now) for r in rows]
-    head = list(cells[0])
-    widths = {h: max(len(h), *(len(c[h]) for c in cells)) for h in head}
-    lines = ["  ".join(h.upper().ljust(widths[h]) for h in head).rstrip()]
-    lines += ["  ".join(c[h].ljust(widths[h]) for h in head).rstrip() for c in cells]
-    return ["backup coverage:", *lines]
-
-
-def _age(now: datetime, when: datetime | None) -> str:
-    if when is None:
-        return "never"
-    seconds = max(0, int((now - when).total_seconds()))
-    if seconds < 3600:
-        return f"{seconds // 60}m ago"
-    if seconds < 2 * 86400:
-        return f"{seconds // 3600}h ago"
-    return f"{seconds // 86400}d ago"
+    return ["backup coverage:", *cell_lines([r.cells(now) for r in rows])]
 
 
 def _yes_no(value: bool | None) -> str:

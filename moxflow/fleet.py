@@ -20,12 +20,12 @@ from typing import Any
 from moxflow.backups import Archive, parse_archive_name
 from moxflow.errors import ParseError
 from moxflow.guests import Guest
+from moxflow.report import cell_lines, format_age, format_span
 
 __all__ = [
     "Check",
     "backup_checks",
     "checks_table",
-    "format_age",
     "locked_nixpkgs_time",
     "nixos_check",
     "node_check",
@@ -51,7 +51,7 @@ class Check:
             "check": self.kind,
             "target": self.target,
             "last": format_age(now, self.last) if self.last or self.limit else "—",
-            "limit": _span(self.limit) if self.limit else "—",
+            "limit": format_span(self.limit) if self.limit else "—",
             "status": self.status,
             "detail": self.detail or "—",
         }
@@ -77,30 +77,26 @@ def backup_checks(
     now: datetime,
     tz: tzinfo,
     backup_limit: timedelta,
+    backed_up: Iterable[int] | None = None,
     offsite: Sequence[str] | None = None,
     offsite_limit: timedelta | None = None,
     restore_tested: Iterable[int] = (),
     restore_limit: timedelta | None = None,
 ) -> list[Check]:
-    """Per guest: its newest backup; its newest offsite copy (when ``offsite`` is a
-    listing); its last passed restore test (for the guests in ``restore_tested``)."""
+    """Per guest of ``backed_up`` (default: all): its newest backup and its newest offsite
+    copy (when ``offsite`` is a listing); per guest of ``restore_tested``: its last passed
+    restore test."""
     tested = set(restore_tested)
+    judged = {g.vmid for g in guests} if backed_up is None else set(backed_up)
     out: list[Check] = []
     for guest in sorted(guests, key=lambda g: g.vmid):
         mine = sorted(archives.get(guest.vmid, ()), key=lambda a: a.created)
-        newest = mine[-1] if mine else None
-        detail = newest.filename if newest else "no backup listed"
-        out.append(
-            _judge(
-                "backup",
-                guest.label,
-                newest.created if newest else None,
-                backup_limit,
-                now,
-                detail,
-            )
-        )
-        if offsite is not None:
+        if guest.vmid in judged:
+            newest = mine[-1] if mine else None
+            detail = newest.filename if newest else "no backup listed"
+            last = newest.created if newest else None
+            out.append(_judge("backup", guest.label, last, backup_limit, now, detail))
+        if guest.vmid in judged and offsite is not None:
             stamps = sorted(
                 (p[2].replace(tzinfo=tz), name)
                 for name, p in ((n, parse_archive_name(n)) for n in offsite)
@@ -175,27 +171,4 @@ def node_check(node: str, pending: Sequence[Mapping[str, Any]], max_pending: int
 
 def checks_table(checks: Sequence[Check], now: datetime) -> list[str]:
     """The checks as aligned lines for the terminal."""
-    if not checks:
-        return []
-    cells = [c.cells(now) for c in checks]
-    head = list(cells[0])
-    widths = {h: max(len(h), *(len(c[h]) for c in cells)) for h in head}
-    lines = ["  ".join(h.upper().ljust(widths[h]) for h in head).rstrip()]
-    lines += ["  ".join(c[h].ljust(widths[h]) for h in head).rstrip() for c in cells]
-    return lines
-
-
-def format_age(now: datetime, when: datetime | None) -> str:
-    """``"5m ago"``, ``"3h ago"``, ``"2d ago"`` or ``"never"``."""
-    if when is None:
-        return "never"
-    return _span(max(timedelta(0), now - when)) + " ago"
-
-
-def _span(delta: timedelta) -> str:
-    seconds = int(delta.total_seconds())
-    if seconds < 3600:
-        return f"{seconds // 60}m"
-    if seconds < 2 * 86400:
-        return f"{seconds // 3600}h"
-    return f"{seconds // 86400}d"
+    return cell_lines([c.cells(now) for c in checks])

@@ -7,9 +7,9 @@ exit code.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 
 
@@ -180,3 +180,29 @@ def _aligned(head: list[str], rows: list[list[str]]) -> str:
         ]
         out.append("  ".join(c.ljust(widths[i]) for i, c in enumerate(cells)).rstrip())
     return "\n".join(out) + "\n"
+
+
+def format_span(delta: timedelta) -> str:
+    """``"5m"``, ``"3h"`` (under two days) or ``"2d"``."""
+    seconds = max(0, int(delta.total_seconds()))
+    if seconds < 3600:
+        return f"{seconds // 60}m"
+    if seconds < 2 * 86400:
+        return f"{seconds // 3600}h"
+    return f"{seconds // 86400}d"
+
+
+def format_age(now: datetime, when: datetime | None) -> str:
+    """``"5m ago"``, ``"3h ago"``, ``"2d ago"`` or ``"never"``."""
+    return "never" if when is None else format_span(now - when) + " ago"
+
+
+def cell_lines(cells: Sequence[Mapping[str, str]]) -> list[str]:
+    """Rows of the same keys as aligned terminal lines, the keys upper-cased as the header."""
+    if not cells:
+        return []
+    head = list(cells[0])
+    widths = {h: max(len(h), *(len(c[h]) for c in cells)) for h in head}
+    lines = ["  ".join(h.upper().ljust(widths[h]) for h in head).rstrip()]
+    lines += ["  ".join(c[h].ljust(widths[h]) for h in head).rstrip() for c in cells]
+    return lines

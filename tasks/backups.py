@@ -328,9 +328,11 @@ def sha256_of(runner: SshRunner, path: str) -> str:
     return parse_sha256sum(runner.run(["sha256sum", "--", path]).stdout)
 
 
-def list_offsite(runner: SshRunner, folder: str) -> list[str]:
-    """The complete archive copies in the offsite folder (created if missing)."""
-    runner.run(["mkdir", "-p", "--", folder])
+def list_offsite(runner: SshRunner, folder: str, *, create: bool = True) -> list[str]:
+    """The complete archive copies in the offsite folder (created first if missing, unless
+    ``create`` is false: then a missing folder is an ``SshCommandError``)."""
+    if create:
+        runner.run(["mkdir", "-p", "--", folder])
     return parse_offsite_listing(runner.run(["ls", "-1", "--", folder]).stdout)
 
 

@@ -17,7 +17,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 from prefect.logging import get_run_logger
 
-from moxflow.backups import Archive, parse_offsite_listing
+from moxflow.backups import Archive
 from moxflow.errors import MoxflowError, SshCommandError
 from moxflow.fleet import (
     Check,
@@ -40,7 +40,7 @@ from moxflow.nixos import (
 from moxflow.proxmox import ProxmoxClient
 from moxflow.ssh import SshRunner
 from moxflow.zfs import list_snapshots_argv, parse_snapshot_list
-from tasks.backups import list_archives
+from tasks.backups import list_archives, list_offsite
 from tasks.clients import ssh_runner
 
 
@@ -82,39 +82,22 @@ def check_backups(
     if inv.offsite is not None:
         try:
             with ssh_runner(inv, inv.offsite.host) as runner:
-                listing = parse_offsite_listing(
-                    runner.run(["ls", "-1", "--", inv.offsite.path]).stdout
-                )
+                listing = list_offsite(runner, inv.offsite.path, create=False)
         except MoxflowError as exc:
             logger.error("offsite host %s: %s", inv.offsite.host, exc)
             out.append(_error("offsite", inv.offsite.host, exc))
-    readable = [g for g in sets.backups if g.vmid in archives]
     out += backup_checks(
-        readable,
+        [g for g in guests.values() if g.vmid in archives],
         archives,
         now=now,
         tz=inv.tz,
         backup_limit=_hours(h.backup_max_age_hours or inv.backups.max_age_hours),
+        backed_up=[g.vmid for g in sets.backups],
         offsite=listing,
         offsite_limit=_hours(h.offsite_max_age_hours),
         restore_tested=[g.vmid for g in sets.restore_tested],
         restore_limit=timedelta(days=h.restore_test_max_age_days),
     )
-    # restore-tested guests outside the backup selection get their restore-test line too
-    extra = [g for g in sets.restore_tested if g not in sets.backups and g.vmid in archives]
-    out += [
-        c
-        for c in backup_checks(
-            extra,
-            archives,
-            now=now,
-            tz=inv.tz,
-            backup_limit=timedelta.max,
-            restore_tested=[g.vmid for g in extra],
-            restore_limit=timedelta(days=h.restore_test_max_age_days),
-        )
-        if c.kind == "restore test"
-    ]
     return out
 
 

@@ -138,3 +138,16 @@ def test_a_nixos_host_found_up_to_date_is_not_out_of_date() -> None:
     newer = nixos_check("dns", NOW - H, None, now=NOW, limit=timedelta(days=14),
                         checked=NOW - 24 * H)  # fmt: skip
     assert newer.last == NOW - H and "up to date as of" not in newer.detail
+
+
+def test_only_the_backed_up_guests_are_judged_for_backups() -> None:
+    guests = [Guest(101, "media", "pve1", "qemu"), Guest(104, "ha", "pve2", "qemu")]
+    archives = {g.vmid: parse_content([entry(g.vmid, NOW - H)]) for g in guests}
+    checks = backup_checks(guests, archives, now=NOW, tz=UTC, backup_limit=26 * H,
+                           backed_up=[101], offsite=[], offsite_limit=48 * H,
+                           restore_tested=[104], restore_limit=timedelta(days=8))  # fmt: skip
+    assert [(c.target, c.kind) for c in checks] == [
+        ("101 (media)", "backup"),
+        ("101 (media)", "offsite"),
+        ("104 (ha)", "restore test"),
+    ]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import re
 from pathlib import Path
 from typing import Any
@@ -12,8 +13,11 @@ import pytest
 from flows.offsite_copy import offsite_copy_flow
 from flows.vzdump_backup import vzdump_backup
 from labsim.client import LabClient
-from moxflow.errors import RunFailed
+from moxflow.errors import RunFailed, SshError
+from moxflow.inventory import load_inventory
 from moxflow.report import Outcome, RunReport
+from tasks.backups import copy_archive
+from tasks.clients import ssh_runner
 from tests.flows.conftest import edit_inventory
 
 # default topology: 9000 is a template; 100, 101 on pve1; 102-105 on pve2
@@ -211,10 +215,7 @@ def test_a_hanging_dump_is_timed_out_stopped_and_the_node_goes_on(
 def test_ok_instead_of_a_upid_is_a_failure_not_a_success(
     fast_lab: LabClient, lab_inventory: Path
 ) -> None:
-    import logging
-
     from moxflow.guests import Guest
-    from moxflow.inventory import load_inventory
     from tasks.backups import BackupJob, backup_guest
     from tasks.clients import proxmox_client
 
@@ -254,29 +255,35 @@ def test_cli_dry_run_and_bad_selection(
     assert all(r["method"] == "GET" for r in fast_lab.api_requests())
 
 
+def copy_104(lab: LabClient, inventory: Path, chunk: int) -> tuple[dict[str, Any], Path, str]:
+    """Copy 104's newest archive to the offsite folder with ``copy_archive`` directly, in
+    chunks of ``chunk`` bytes: (the archive, its file on the node, the copy's checksum)."""
+    inv = load_inventory(inventory)
+    archive = max((a for a in archives(lab).values() if a["vmid"] == 104), key=lambda a: a["ctime"])
+    src = Path(inv.backups.storage_path("nas-backup", "pve2")) / archive["filename"]
+    folder = lab.info["offsite"]["path"]
+    with ssh_runner(inv, "pve2") as source, ssh_runner(inv, "offsite") as dest:
+        sha = copy_archive(source, str(src), dest, folder, logging.getLogger("test"), chunk=chunk)
+    return archive, src, sha
+
+
+def offsite_writes(lab: LabClient) -> list[dict[str, Any]]:
+    return [c for c in lab.commands() if c["host"] == "offsite" and "base64 -d" in c["command"]]
+
+
 def test_a_multi_chunk_copy_is_identical_and_leaves_no_part(
     fast_lab: LabClient, lab_inventory: Path
 ) -> None:
-    import logging
-
-    from moxflow.inventory import load_inventory
-    from tasks.backups import copy_archive
-    from tasks.clients import ssh_runner
-
     lab = fast_lab
-    inv = load_inventory(lab_inventory)
-    archive = max((a for a in archives(lab).values() if a["vmid"] == 104), key=lambda a: a["ctime"])
-    src = f"{inv.backups.storage_path('nas-backup', 'pve2')}/{archive['filename']}"
-    size = Path(src).stat().st_size
     chunk = 1000  # not a multiple of 3: every chunk's base64 ends in padding
+    archive, src, sha = copy_104(lab, lab_inventory, chunk)
+    size = src.stat().st_size
     assert size > 5 * chunk and size % chunk
-    folder = lab.info["offsite"]["path"]
-    with ssh_runner(inv, "pve2") as source, ssh_runner(inv, "offsite") as dest:
-        sha = copy_archive(source, src, dest, folder, logging.getLogger("test"), chunk=chunk)
     assert sha == archive["sha256"]
     assert offsite_files(lab) == {archive["filename"]: archive["sha256"]}  # no .part left
-    assert (Path(folder) / archive["filename"]).read_bytes() == Path(src).read_bytes()
-    writes = [c for c in lab.commands() if c["host"] == "offsite" and "base64 -d" in c["command"]]
+    copied = Path(lab.info["offsite"]["path"]) / archive["filename"]
+    assert copied.read_bytes() == src.read_bytes()
+    writes = offsite_writes(lab)
     assert len(writes) == -(-size // chunk)
     assert sum(">>" in c["command"] for c in writes) == len(writes) - 1  # the first truncates
 
@@ -284,29 +291,13 @@ def test_a_multi_chunk_copy_is_identical_and_leaves_no_part(
 def test_a_copy_failing_half_way_leaves_no_part_file(
     fast_lab: LabClient, lab_inventory: Path
 ) -> None:
-    import logging
-
-    from moxflow.errors import SshError
-    from moxflow.inventory import load_inventory
-    from tasks.backups import copy_archive
-    from tasks.clients import ssh_runner
-
     lab = fast_lab
-    inv = load_inventory(lab_inventory)
-    archive = max((a for a in archives(lab).values() if a["vmid"] == 104), key=lambda a: a["ctime"])
-    src = f"{inv.backups.storage_path('nas-backup', 'pve2')}/{archive['filename']}"
     # reading the third chunk (skip=2) fails, after two chunks were written to NAME.part
     lab.fault(target="command", host="pve2", command=r"^sh -c .*dd if=.* 1000 2$",
               action="error", stderr="dd: error reading: Input/output error")  # fmt: skip
-    folder = lab.info["offsite"]["path"]
-    with (
-        ssh_runner(inv, "pve2") as source,
-        ssh_runner(inv, "offsite") as dest,
-        pytest.raises(SshError, match="Input/output error"),
-    ):
-        copy_archive(source, src, dest, folder, logging.getLogger("test"), chunk=1000)
-    writes = [c for c in lab.commands() if c["host"] == "offsite" and "base64 -d" in c["command"]]
-    assert len(writes) == 2  # it got half way
+    with pytest.raises(SshError, match="Input/output error"):
+        copy_104(lab, lab_inventory, chunk=1000)
+    assert len(offsite_writes(lab)) == 2  # it got half way
     assert offsite_files(lab) == {}  # and the partial copy is gone
 
 
