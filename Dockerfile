@@ -20,7 +20,8 @@ RUN groupadd --gid "${GID}" moxflow \
 
 WORKDIR /app
 COPY . /app
-RUN pip install "prefect==${PREFECT_VERSION}" /app \
+# constraints.txt: the versions moxflow's CI last passed with (it pins the same Prefect)
+RUN pip install -c /app/constraints.txt "prefect==${PREFECT_VERSION}" /app \
     && rm -rf /app/build /app/*.egg-info
 
 USER moxflow

@@ -7,15 +7,32 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
+LOCK   := constraints.txt
+LOCKVENV := .venv-lock
 
-.PHONY: demo test lint format bench venv compose-validator clean
+.PHONY: demo test lint format bench venv lock compose-validator clean
 
-$(STAMP): pyproject.toml
+# Installs exactly the versions in constraints.txt (the ones CI last passed with), within the
+# bounds in pyproject.toml; `make lock` refreshes the file (see docs/testing.md).
+$(STAMP): pyproject.toml $(LOCK)
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	@echo "installing moxflow into $(VENV) (log: $(VENV)/install.log) ..."
-	@$(BIN)/python -m pip install --upgrade pip > $(VENV)/install.log 2>&1 || (cat $(VENV)/install.log; exit 1)
-	@$(BIN)/python -m pip install -e '.[test]' >> $(VENV)/install.log 2>&1 || (cat $(VENV)/install.log; exit 1)
+	@echo "installing moxflow into $(VENV) from $(LOCK) (log: $(VENV)/install.log) ..."
+	@$(BIN)/python -m pip install --upgrade -c $(LOCK) pip > $(VENV)/install.log 2>&1 || (cat $(VENV)/install.log; exit 1)
+	@$(BIN)/python -m pip install -c $(LOCK) -e '.[test]' >> $(VENV)/install.log 2>&1 || (cat $(VENV)/install.log; exit 1)
 	@touch $(STAMP)
+
+# The newest releases pyproject.toml allows, installed into a scratch venv and written to
+# constraints.txt. Then run `make test` (and `make lint`) and commit the file if they pass.
+lock:
+	@rm -rf $(LOCKVENV) && $(PYTHON) -m venv $(LOCKVENV)
+	@$(LOCKVENV)/bin/python -m pip install --quiet --upgrade pip
+	@$(LOCKVENV)/bin/python -m pip install --quiet '.[test]'
+	@{ echo "# The versions CI last passed with: \`make\` installs exactly these (pip -c)."; \
+	   echo "# Refresh with \`make lock\`, then \`make test\` and \`make lint\`; commit if both pass."; \
+	   $(LOCKVENV)/bin/python -m pip freeze --all --exclude-editable \
+	     | grep -v -i -E '^(moxflow|setuptools|wheel)( |=|@)'; } > $(LOCK)
+	@rm -rf $(LOCKVENV) build moxflow.egg-info
+	@echo "wrote $(LOCK): $$(grep -c '==' $(LOCK)) packages"
 
 venv: $(STAMP)
 
@@ -59,4 +76,4 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/adhoc.py
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache .demo
+	rm -rf $(VENV) $(LOCKVENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache .demo

@@ -338,6 +338,9 @@ def test_compose_prefect_is_the_tested_version_on_postgres() -> None:
     assert services["worker"]["build"]["args"]["PREFECT_VERSION"] == PREFECT_VERSION
     dockerfile = (ROOT / "Dockerfile").read_text()
     assert f"ARG PREFECT_VERSION={PREFECT_VERSION}\n" in dockerfile
+    # ... and everything else at the versions CI passed with, Prefect among them
+    assert "pip install -c /app/constraints.txt " in dockerfile
+    assert f"\nprefect=={PREFECT_VERSION}\n" in (ROOT / "constraints.txt").read_text()
     assert "FROM python:3.11-slim" in dockerfile
 
 
