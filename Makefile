@@ -10,7 +10,7 @@ STAMP  := $(VENV)/.installed-stamp
 LOCK   := constraints.txt
 LOCKVENV := .venv-lock
 
-.PHONY: demo test lint format bench venv lock compose-validator clean
+.PHONY: demo demo-stop test lint format bench venv lock compose-validator clean
 
 # Installs exactly the versions in constraints.txt (the ones CI last passed with), within the
 # bounds in pyproject.toml; `make lock` refreshes the file (see docs/testing.md).
@@ -55,6 +55,10 @@ $(BIN)/docker-compose: $(STAMP)
 demo: $(STAMP)
 	@$(BIN)/python -m scripts.demo
 
+# the Prefect server `make demo` leaves running for its UI
+demo-stop: $(STAMP)
+	@$(BIN)/python -m scripts.demo --stop
+
 test: $(STAMP)
 	$(BIN)/python -m pytest
 
@@ -76,4 +80,5 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/adhoc.py
 
 clean:
+	-@test -x $(BIN)/python && $(BIN)/python -m scripts.demo --stop > /dev/null 2>&1
 	rm -rf $(VENV) $(LOCKVENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache .demo

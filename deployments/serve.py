@@ -1,8 +1,10 @@
 """Run every moxflow schedule from this one process: ``python -m deployments.serve``.
 
 No worker and no work pool are needed: this process registers each deployment with the
-Prefect server at PREFECT_API_URL, and runs their scheduled runs (and runs started from the
-UI) itself, until it is stopped. Stopping it leaves the schedules active, so runs that fall
+Prefect server at PREFECT_API_URL (without it: a server running on this machine,
+$MOXFLOW_PREFECT_URL or 127.0.0.1:4200, as ad-hoc runs find it; with none, it says so and
+stops), and runs their scheduled runs (and runs started from the UI) itself, until it is
+stopped. Stopping it leaves the schedules active, so runs that fall
 due meanwhile wait for it as "Late" and start when it is back.
 
 The schedules are in the inventory's time zone; every run gets the inventory's path as its
@@ -13,7 +15,9 @@ overlap is cancelled with "Deployment concurrency limit reached."
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import time
 from collections.abc import Sequence
 
 from deployments.definitions import DEFINITIONS, select
@@ -49,6 +53,15 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="replace every schedule by one run each SECONDS, the first about 10 s after "
         "start, to try the schedules out (against the simulated lab, say)",
+    )
+    parser.add_argument(
+        "--wait",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="how long to wait for the Prefect server to answer before giving up (default: "
+        "60; a server started at the same time, `prefect server start &` or at boot, takes "
+        "a few seconds)",
     )
     parser.add_argument(
         "--list",
@@ -102,14 +115,52 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
 
     from prefect import serve
+    from prefect.settings import PREFECT_API_URL, get_current_settings, temporary_settings
 
     from deployments.definitions import runner_deployments
 
-    deployments = runner_deployments(
-        chosen, timezone=tz, inventory=str(inventory), every=args.every, crons=crons
-    )
-    serve(*deployments, pause_on_shutdown=False)
+    api_url = wait_for_server(get_current_settings().api.url, args.wait)
+    if api_url is None:
+        return 2
+    print(f"serving {len(chosen)} deployment(s) from the Prefect server at {api_url}", flush=True)
+    with temporary_settings(updates={PREFECT_API_URL: api_url}):
+        deployments = runner_deployments(
+            chosen, timezone=tz, inventory=str(inventory), every=args.every, crons=crons
+        )
+        serve(*deployments, pause_on_shutdown=False)
     return 0
+
+
+def wait_for_server(api_url: str | None, wait: float) -> str | None:
+    """The API URL of the Prefect server to serve from, once it answers; None (said why) if
+    none does within ``wait`` seconds.
+
+    With PREFECT_API_URL (``api_url``), that server; without it, a server running on this
+    machine, as ad-hoc runs find it ($MOXFLOW_PREFECT_URL, else 127.0.0.1:4200). Never a
+    temporary server: it would forget every run when serve stops.
+    """
+    from flows._server import ENV_PREFECT_URL, LOCAL_API_URL, find_local_server, server_answers
+
+    where = api_url or os.environ.get(ENV_PREFECT_URL) or LOCAL_API_URL
+    deadline = time.monotonic() + max(0.0, wait)
+    said = False
+    while True:
+        found = (api_url if server_answers(api_url) else None) if api_url else find_local_server()
+        if found is not None:
+            return found
+        if time.monotonic() >= deadline:
+            break
+        if not said:
+            print(f"waiting up to {wait:g} s for the Prefect server at {where} ...", flush=True)
+            said = True
+        time.sleep(1.0)
+    print(
+        f"error: no Prefect server answers at {where}, so there is nothing to serve from. "
+        "Start one with `prefect server start` (in another terminal), or set PREFECT_API_URL "
+        "to yours; a temporary server would forget every run when this stops",
+        file=sys.stderr,
+    )
+    return None
 
 
 if __name__ == "__main__":

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
@@ -27,6 +27,7 @@ from prefect.settings.legacy import Setting
 from prefect.states import Failed
 
 from flows._cli import EXIT_FAILED, EXIT_OK
+from flows._server import find_local_server, server_answers
 from moxflow.errors import MoxflowError, RunFailed
 from moxflow.inventory import Inventory, load_inventory
 from moxflow.report import ReportRow, RunReport
@@ -34,10 +35,26 @@ from tasks.notify import notify_run
 
 T = TypeVar("T")
 
-LOCAL_API_URL = "http://127.0.0.1:4200/api"
-"""Where ``prefect server start`` listens by default."""
-ENV_PREFECT_URL = "MOXFLOW_PREFECT_URL"
-"""Where else to look for a running server ("off": never look, always start a temporary one)."""
+
+class ExpectedFailureFilter(logging.Filter):
+    """Drops the one record in which Prefect's engine calls a run with failed targets a crash.
+
+    A job with failed targets ends in a Failed state carrying ``RunFailed``. The engine a
+    process worker runs (``python -m prefect.engine``) asks for the run's result, which
+    raises that exception again, and logs it as "Engine execution exited with unexpected
+    exception" with a 40-line traceback, in the worker's output and the run's logs in the
+    UI. The run's own "Finished in state Failed('2 target(s) failed: ...')" line and its
+    report already say everything. Any other exception is logged as Prefect logs it.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        return not (isinstance(exc, RunFailed) and "unexpected exception" in record.getMessage())
+
+
+# every flow module imports this one, so the engine has loaded it before it runs the flow
+logging.getLogger("prefect.flow_runs").addFilter(ExpectedFailureFilter())
+
 _HEARTBEAT_ENV = ("PREFECT_FLOWS_HEARTBEAT_FREQUENCY", "PREFECT_RUNNER_HEARTBEAT_FREQUENCY")
 
 
@@ -106,26 +123,6 @@ def _notify(report: RunReport, inv: Inventory | None) -> None:
     ctx = FlowRunContext.get()
     url = url_for(ctx.flow_run) if ctx is not None and ctx.flow_run is not None else None
     notify_run(report, inv.notifications, inv.base_dir, run_url=url)
-
-
-def server_answers(api_url: str, timeout: float = 0.5) -> bool:
-    """Whether a Prefect server answers ``GET {api_url}/health`` with ``true``."""
-    if not api_url.startswith(("http://", "https://")):
-        return False
-    try:
-        with urllib.request.urlopen(api_url.rstrip("/") + "/health", timeout=timeout) as r:  # noqa: S310
-            return bool(r.status == 200 and r.read(16).strip() == b"true")
-    except (OSError, ValueError):
-        return False
-
-
-def find_local_server() -> str | None:
-    """The API URL of a running Prefect server to use: $MOXFLOW_PREFECT_URL, else 127.0.0.1:4200."""
-    wanted = os.environ.get(ENV_PREFECT_URL, "").strip()
-    if wanted.lower() == "off":
-        return None
-    url = wanted or LOCAL_API_URL
-    return url if server_answers(url) else None
 
 
 def _free_port() -> int:
@@ -208,9 +205,12 @@ def adhoc_settings() -> Iterator[None]:
                     file=sys.stderr,
                 )
                 url = stack.enter_context(temporary_server())
-                stack.callback(_drain)  # before the server stops
             updates[PREFECT_API_URL] = url
         stack.enter_context(temporary_settings(updates=updates))
+        # Send what is still queued while these settings hold: left to the exit handlers,
+        # the events would go to no API URL, and Prefect would start a temporary server
+        # for them after the report.
+        stack.callback(_drain)
         yield
 
 

@@ -140,9 +140,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         inv = load_inventory(a.inventory)
         validate_label(a.label)
         inv.guest_policy(a.label)
-        parse_selection(a.select if a.select is not None else inv.guest_snapshots.select)
-        # a wrong token or CA fails here, clearly, before the flow starts
-        proxmox_client(inv).get("/version")
+        expr = a.select if a.select is not None else inv.guest_snapshots.select
+        parse_selection(expr)  # the syntax first: no API request for a typo in it
+        # a wrong token or CA, or a guest that is not there, fails here before the flow starts
+        plan_guest_selection(proxmox_client(inv).resources(), expr, running_only=False)
     except (ConfigError, ProxmoxAuthError, ProxmoxPermissionError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE

@@ -17,8 +17,9 @@ Checks, each against a limit from the inventory's [health] (defaults in brackets
   nodes       per Proxmox node: pending package updates (Proxmox's cached list; shown,
               and judged only when [health] node_max_pending_updates is set)
 
-The run only reads. It ends with a table (also a Prefect artifact) and is Failed when any
-check is over its limit or could not be read.
+The run only reads. It ends with one table, a line per check (target, kind, last, limit,
+outcome, detail; also a Prefect artifact), and is Failed when any check is over its limit or
+could not be read.
 """
 
 from __future__ import annotations
@@ -46,7 +47,6 @@ if __name__ == "__main__":
 from datetime import UTC, datetime  # noqa: E402
 
 from prefect import flow  # noqa: E402
-from prefect.artifacts import create_table_artifact  # noqa: E402
 from prefect.client.schemas.objects import State  # noqa: E402
 from prefect.logging import get_run_logger  # noqa: E402
 
@@ -57,7 +57,7 @@ from moxflow.errors import (  # noqa: E402
     ProxmoxAuthError,
     ProxmoxPermissionError,
 )
-from moxflow.fleet import Check, checks_table  # noqa: E402
+from moxflow.fleet import Check, check_row, checks_summary  # noqa: E402
 from moxflow.guests import Guest  # noqa: E402
 from moxflow.inventory import Inventory, load_inventory  # noqa: E402
 from moxflow.report import Outcome, ReportRow, RunReport  # noqa: E402
@@ -90,26 +90,13 @@ def guest_sets(inv: Inventory, guests: Sequence[Guest]) -> GuestSets:
     """The guests each job is configured for (templates left out, as the jobs do)."""
 
     def chosen(expr: str, running_only: bool = False) -> tuple[Guest, ...]:
-        return plan_guest_selection(guests, expr, running_only=running_only).guests
+        return plan_guest_selection(guests, expr, running_only=running_only, strict=False).guests
 
     gs = inv.guest_snapshots
     return GuestSets(
         backups=chosen(inv.backups.select),
         restore_tested=chosen(inv.restore_test.select),
         snapshotted=chosen(gs.select, gs.running_only),
-    )
-
-
-def _row(check: Check, now: datetime) -> ReportRow:
-    cells = check.cells(now)
-    when = f"last {cells['last']}" if cells["last"] != "—" else ""
-    limit = f"limit {cells['limit']}" if cells["limit"] != "—" else ""
-    facts = ", ".join(x for x in (when, limit) if x)
-    status = "" if check.ok else f"{check.status}: "
-    return ReportRow(
-        target=f"{check.target} {check.kind}",
-        outcome=Outcome.OK if check.ok else Outcome.FAILED,
-        detail=f"{status}{facts}{'; ' if facts else ''}{check.detail}",
     )
 
 
@@ -136,7 +123,8 @@ def health_report(**kwargs: Any) -> RunReport | State[Any]:
             guests = list_guests(client)
         except MoxflowError as exc:  # the API is down: the checks over SSH still run
             logger.error("Proxmox API: %s", exc)
-            report.add(_row(Check("api", "proxmox", None, None, False, str(exc), "ERROR"), now))
+            api = Check("api", "proxmox", None, None, False, str(exc), "ERROR")
+            report.add(check_row(api, now))
             client = None
     sets = guest_sets(inv, guests)
     labels = {*inv.zfs.policies, *inv.guest_snapshots.policies}
@@ -157,7 +145,9 @@ def health_report(**kwargs: Any) -> RunReport | State[Any]:
             "nodes": "every Proxmox node's pending updates" if client else "no [proxmox]",
         }
         for kind in kinds:
-            report.add(ReportRow(target=kind, outcome=Outcome.PLANNED, detail=plan[kind]))
+            # the kinds of check, not targets yet: the plan says what will be looked at
+            cells = {"target": "", "kind": kind}
+            report.add(ReportRow(kind, Outcome.PLANNED, detail=plan[kind], cells=cells))
         return finish(report, artifact_key="health-report", inv=inv)
 
     futures = []
@@ -172,21 +162,8 @@ def health_report(**kwargs: Any) -> RunReport | State[Any]:
     if "nodes" in kinds and client is not None:
         futures.append(check_nodes.submit(inv, client))
     checks: list[Check] = [c for fut in futures for c in fut.result()]
-    bad = [c for c in checks if not c.ok]
-    logger.info(
-        "%d check(s), %d over the limit or unreadable%s",
-        len(checks),
-        len(bad),
-        "".join(f"; {c.target} {c.kind}: {c.status}" for c in bad[:10]),
-    )
-    report.extend(_row(c, now) for c in checks)
-    report.notes.extend(["fleet health:", *checks_table(checks, now)])
-    if checks:
-        create_table_artifact(
-            key="health-report-checks",
-            table=[c.cells(now) for c in checks],
-            description=f"fleet health: {len(checks) - len(bad)} ok, {len(bad)} not",
-        )
+    logger.info(checks_summary(checks))
+    report.extend(check_row(c, now) for c in checks)
     return finish(report, artifact_key="health-report", inv=inv)
 
 

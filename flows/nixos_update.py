@@ -17,7 +17,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from flows._cli import EXIT_USAGE
+from flows._cli import EXIT_FAILED, EXIT_USAGE
 from flows.params import NixosUpdateParams, flow_parameters, params_from_args
 from flows.params import build_parser as params_parser
 
@@ -39,11 +39,17 @@ from prefect.logging import get_run_logger  # noqa: E402
 from prefect.task_runners import ThreadPoolTaskRunner  # noqa: E402
 
 from flows._run import finish, run_from_cli  # noqa: E402
-from moxflow.errors import ConfigError  # noqa: E402
+from moxflow.errors import (  # noqa: E402
+    ConfigError,
+    MoxflowError,
+    ProxmoxAuthError,
+    ProxmoxPermissionError,
+)
 from moxflow.inventory import load_inventory  # noqa: E402
-from moxflow.nixos import plan_update  # noqa: E402
+from moxflow.nixos import generation_text, plan_update  # noqa: E402
 from moxflow.report import Outcome, ReportRow, RunReport  # noqa: E402
 from moxflow.snapshots import utc_now  # noqa: E402
+from tasks.clients import proxmox_client  # noqa: E402
 from tasks.nixos import Preflight, preflight, update_host  # noqa: E402
 
 
@@ -54,6 +60,11 @@ def _flow_run_id() -> str | None:
         return None
     run = getattr(ctx, "flow_run", None)
     return str(run.id) if run is not None else None
+
+
+def _cells(facts: Preflight) -> dict[str, str]:
+    """The report cells of a host the run did not update: its generation, no snapshot."""
+    return {"generation": generation_text(facts.generation)}
 
 
 @flow(
@@ -90,11 +101,15 @@ def nixos_update(**kwargs: Any) -> RunReport | State[Any]:
         for wave_no, wave in enumerate(plan.waves, start=1):
             for host in wave:
                 hp = plan.hosts[host]
+                # the plan is only as good as what the real run could do: a snapshot that
+                # could not be taken (a wrong token, say) fails the dry run as it would the run
+                blocked = facts[host].snapshot_error and not no_snapshot
                 report.add(
                     ReportRow(
                         target=host,
-                        outcome=Outcome.PLANNED,
+                        outcome=Outcome.FAILED if blocked else Outcome.PLANNED,
                         detail=f"wave {wave_no}; {facts[host].summary()}; {hp.describe()}",
+                        cells=_cells(facts[host]),
                     )
                 )
         report.notes.extend(plan.describe())
@@ -108,21 +123,26 @@ def nixos_update(**kwargs: Any) -> RunReport | State[Any]:
         for host in wave:
             f = facts[host]
             blockers = [a for a in inv.nixos_host(host).after if a in failed]
+            cells = _cells(f)
             if stopped is not None:
-                report.add(ReportRow(host, Outcome.SKIPPED, detail=f"not started: {stopped}"))
+                why = f"not started: {stopped}"
+                report.add(ReportRow(host, Outcome.SKIPPED, detail=why, cells=cells))
             elif blockers:
                 failed.add(host)
-                report.add(
-                    ReportRow(
-                        host, Outcome.SKIPPED, detail="not started: after " + ", ".join(blockers)
-                    )
-                )
+                why = "not started: after " + ", ".join(blockers)
+                report.add(ReportRow(host, Outcome.SKIPPED, detail=why, cells=cells))
             elif not f.reachable:
                 failed.add(host)
-                report.add(ReportRow(host, Outcome.FAILED, detail=f"pre-flight: {f.summary()}"))
+                why = f"pre-flight: {f.summary()}"
+                report.add(ReportRow(host, Outcome.FAILED, detail=why, cells=cells))
             elif not f.flake_ok:
                 failed.add(host)
-                report.add(ReportRow(host, Outcome.FAILED, detail="pre-flight: no flake.nix"))
+                why = "pre-flight: no flake.nix"
+                report.add(ReportRow(host, Outcome.FAILED, detail=why, cells=cells))
+            elif f.snapshot_error and not no_snapshot:
+                failed.add(host)
+                why = f"pre-flight: {f.summary()}"
+                report.add(ReportRow(host, Outcome.FAILED, detail=why, cells=cells))
             else:
                 runnable.append(host)
         logger.info("wave %d/%d: %s", wave_no, len(plan.waves), ", ".join(runnable) or "-")
@@ -149,10 +169,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         a = params_from_args(NixosUpdateParams, args)
         inv = load_inventory(a.inventory)
-        plan_update(inv, a.only or [], max_parallel=a.max_parallel)
-    except ConfigError as exc:
+        plan = plan_update(inv, a.only or [], max_parallel=a.max_parallel)
+        proxmox = [h for h in plan.hosts if inv.nixos_host(h).snapshot.method == "proxmox"]
+        if proxmox and not a.no_snapshot:  # a wrong token fails here, before the plan says OK
+            proxmox_client(inv).get("/version")
+    except (ConfigError, ProxmoxAuthError, ProxmoxPermissionError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except MoxflowError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
     return run_from_cli(nixos_update, **a.model_dump())
 
 

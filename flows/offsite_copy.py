@@ -84,8 +84,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         a = params_from_args(OffsiteCopyParams, args)
         inv = load_inventory(a.inventory)
         _need_offsite(inv.offsite)
-        parse_selection(a.select if a.select is not None else inv.backups.select)
-        proxmox_client(inv).get("/version")
+        expr = a.select if a.select is not None else inv.backups.select
+        parse_selection(expr)  # the syntax first: no API request for a typo in it
+        plan_guest_selection(proxmox_client(inv).resources(), expr, running_only=False)
     except (ConfigError, ProxmoxAuthError, ProxmoxPermissionError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE

@@ -122,6 +122,7 @@ def restore(**kwargs: Any) -> RunReport | State[Any]:
                 outcome=Outcome.PLANNED,
                 taken=plan.archive.filename,
                 detail="; ".join(plan.steps()),
+                cells={"archive": plan.archive.filename},
             )
         )
     else:

@@ -8,6 +8,9 @@ started, and waited for: a VM until its guest agent answers, a container until i
 most [restore_test] boot_timeout seconds. The scratch guest is then stopped and destroyed,
 also when a step failed; the report says when that cleanup failed. The original guest is
 never touched: every changing request names the scratch VMID.
+
+The report has a line per guest: the archive restored, the scratch VMID, how long the boot
+took, whether the guest agent answered, the outcome and what was done.
 """
 
 from __future__ import annotations
@@ -31,7 +34,6 @@ if __name__ == "__main__":
     build_parser().parse_args()  # answers --help and usage errors before Prefect is imported
 
 from prefect import flow  # noqa: E402
-from prefect.artifacts import create_table_artifact  # noqa: E402
 from prefect.client.schemas.objects import State  # noqa: E402
 from prefect.logging import get_run_logger  # noqa: E402
 
@@ -110,13 +112,7 @@ def restore_test(**kwargs: Any) -> RunReport | State[Any]:
         expr,
     )
     results = restore_test_guests(client, list(chosen.guests), job)
-    report.extend(r.row for r in results)
-    if results:
-        create_table_artifact(
-            key="restore-test-results",
-            table=[r.cells() for r in results],
-            description="restore tests: archive, scratch VMID, seconds to boot, outcome",
-        )
+    report.extend(r.row for r in results)  # archive, scratch VMID, boot, agent per guest
     return finish(report, artifact_key="restore-test-report", inv=inv)
 
 
@@ -126,11 +122,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         a = params_from_args(RestoreTestParams, args)
         inv = load_inventory(a.inventory)
-        parse_selection(a.select if a.select is not None else inv.restore_test.select)
-        client = proxmox_client(inv)
-        client.get("/version")
+        expr = a.select if a.select is not None else inv.restore_test.select
+        parse_selection(expr)  # the syntax first: no API request for a typo in it
+        guests = proxmox_client(inv).resources()
+        plan_guest_selection(guests, expr, running_only=False)
         if a.scratch_vmid is not None:
-            check_scratch_vmid(a.scratch_vmid, client.resources())
+            check_scratch_vmid(a.scratch_vmid, guests)
     except (ConfigError, ProxmoxAuthError, ProxmoxPermissionError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE

@@ -186,9 +186,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         a = params_from_args(VzdumpBackupParams, args)
         inv = load_inventory(a.inventory)
-        parse_selection(a.select if a.select is not None else inv.backups.select)
+        expr = a.select if a.select is not None else inv.backups.select
+        parse_selection(expr)  # the syntax first: no API request for a typo in it
         backup_job(inv, a.storage, a.lock_timeout, a.dry_run)
-        proxmox_client(inv).get("/version")
+        plan_guest_selection(proxmox_client(inv).resources(), expr, running_only=False)
     except (ConfigError, ProxmoxAuthError, ProxmoxPermissionError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE

@@ -196,6 +196,9 @@ class NixosSpec:
     services: dict[str, str] = field(default_factory=dict)  # its own units -> description
     canary: bool = False
     after: tuple[str, ...] = ()
+    # a flake input with a nixpkgs of its own (it does not follow the system's): nix writes
+    # that one first, as node ``nixpkgs``, and the system's as ``nixpkgs_2``
+    side_input: str | None = None
 
 
 @dataclass
@@ -286,17 +289,21 @@ def unit_name(name: str) -> str:
     return f"{name}.service"
 
 
-def flake_nix(host: str, attr: str) -> str:
+def flake_nix(host: str, attr: str, side: str | None = None) -> str:
+    side_url = f'  inputs.{side}.url = "github:{SIDE_OWNER}/{side}";\n' if side else ""
+    side_arg = f", {side}" if side else ""
+    side_module = f" {side}.nixosModules.{side}" if side else ""
     return (
         "{\n"
         f'  description = "NixOS configuration of {host} (written by labsim)";\n'
         "\n"
         f'  inputs.nixpkgs.url = "github:NixOS/nixpkgs/{NIXPKGS_BRANCH}";\n'
+        f"{side_url}"
         "\n"
-        "  outputs = { self, nixpkgs }: {\n"
+        f"  outputs = {{ self, nixpkgs{side_arg} }}: {{\n"
         f"    nixosConfigurations.{attr} = nixpkgs.lib.nixosSystem {{\n"
         '      system = "x86_64-linux";\n'
-        "      modules = [ ./configuration.nix ];\n"
+        f"      modules = [ ./configuration.nix{side_module} ];\n"
         "    };\n"
         "  };\n"
         "}\n"
@@ -318,38 +325,75 @@ def configuration_nix(host: str, services: Iterable[str]) -> str:
     )
 
 
-def lock_text(rev: str, last_modified: int) -> str:
-    """``flake.lock`` as nix writes it (sorted keys, two-space indent) for one nixpkgs input."""
-    lock = {
-        "nodes": {
-            "nixpkgs": {
-                "locked": {
-                    "lastModified": last_modified,
-                    "narHash": nar_hash(rev),
-                    "owner": "NixOS",
-                    "repo": "nixpkgs",
-                    "rev": rev,
-                    "type": "github",
-                },
-                "original": {
-                    "owner": "NixOS",
-                    "ref": NIXPKGS_BRANCH,
-                    "repo": "nixpkgs",
-                    "type": "github",
-                },
-            },
-            "root": {"inputs": {"nixpkgs": "nixpkgs"}},
-        },
-        "root": "root",
-        "version": 7,
+SIDE_OWNER = "nix-community"
+SIDE_MODIFIED = 1_733_011_200  # 2024-12-01: the side input, locked once and left alone
+SIDE_NIXPKGS_MODIFIED = 1_730_419_200  # 2024-11-01: the nixpkgs the side input locks
+
+
+def _github_node(owner: str, repo: str, rev: str, last_modified: int, ref: str | None) -> Any:
+    original = {"owner": owner, "repo": repo, "type": "github"} | ({"ref": ref} if ref else {})
+    locked = {
+        "lastModified": last_modified,
+        "narHash": nar_hash(rev),
+        "owner": owner,
+        "repo": repo,
+        "rev": rev,
+        "type": "github",
     }
+    return {"locked": locked, "original": original}
+
+
+def lock_text(rev: str, last_modified: int, side: str | None = None) -> str:
+    """``flake.lock`` as nix writes it (sorted keys, two-space indent) for a nixpkgs input
+    and, with ``side``, an input of that name that locks a nixpkgs of its own.
+
+    Node keys as nix's ``LockFile::toJSON`` gives them: depth first from the root, inputs in
+    name order, a key already taken gets ``_2``, ``_3``, ...
+    """
+    taken = {"root"}
+
+    def key(base: str) -> str:
+        out, n = base, 1
+        while out in taken:
+            n += 1
+            out = f"{base}_{n}"
+        taken.add(out)
+        return out
+
+    nodes: dict[str, Any] = {}
+    inputs: dict[str, str] = {}
+    for name in sorted({"nixpkgs", side or "nixpkgs"}):
+        if name == "nixpkgs":
+            inputs[name] = key(name)
+            nodes[inputs[name]] = _github_node(
+                "NixOS", "nixpkgs", rev, last_modified, NIXPKGS_BRANCH
+            )
+            continue
+        inputs[name] = key(name)
+        own = key("nixpkgs")
+        node = _github_node(SIDE_OWNER, name, revision(name), SIDE_MODIFIED, None)
+        nodes[inputs[name]] = {"inputs": {"nixpkgs": own}, **node}
+        nodes[own] = _github_node(
+            "NixOS", "nixpkgs", revision(f"{name}-nixpkgs"), SIDE_NIXPKGS_MODIFIED, "nixos-unstable"
+        )
+    nodes["root"] = {"inputs": inputs}
+    lock = {"nodes": nodes, "root": "root", "version": 7}
     return json.dumps(lock, indent=2, sort_keys=True) + "\n"
 
 
 def locked_nixpkgs(text: str) -> tuple[str | None, int]:
-    """(rev, lastModified) of the nixpkgs input of a lock file; (None, 0) if unreadable."""
+    """(rev, lastModified) of the system's nixpkgs, the node the root's ``nixpkgs`` input
+    names (or reaches by a ``follows`` path); (None, 0) if unreadable."""
     try:
-        locked = json.loads(text)["nodes"]["nixpkgs"]["locked"]
+        data = json.loads(text)
+        nodes, root = data["nodes"], data["root"]
+        key: Any = nodes[root]["inputs"]["nixpkgs"]
+        if isinstance(key, list):  # a follows path: input names walked from the root
+            at: Any = root
+            for name in key:
+                at = nodes[at]["inputs"][name]  # a follows in a follows: TypeError, unreadable
+            key = at
+        locked = nodes[key]["locked"]
         return str(locked["rev"]), int(locked.get("lastModified", 0))
     except (ValueError, KeyError, TypeError):
         return None, 0
@@ -455,7 +499,7 @@ class NixosHost:
     # -- builds --------------------------------------------------------------------------------
 
     def make_build(self, rev: str, last_modified: int, behaviour: Behaviour) -> Build:
-        text = flake_nix(self.name, self.attr)
+        text = flake_nix(self.name, self.attr, self.spec.side_input)
         digest = _hash32(self.name, self.attr, rev, behaviour.key(), text)
         probe = Build("", rev, last_modified, behaviour)
         toplevel = f"/nix/store/{digest}-nixos-system-{self.attr}-{probe.nixos_version}"
@@ -470,12 +514,15 @@ class NixosHost:
         if self.root.exists():
             shutil.rmtree(self.root)
         self.flake_dir.mkdir(parents=True)
-        (self.flake_dir / "flake.nix").write_text(flake_nix(self.name, self.attr))
+        side = self.spec.side_input
+        (self.flake_dir / "flake.nix").write_text(flake_nix(self.name, self.attr, side))
         (self.flake_dir / "configuration.nix").write_text(
             configuration_nix(self.name, self.services)
         )
         lock_gen = self.generations[self.profile_generation].build
-        (self.flake_dir / "flake.lock").write_text(lock_text(lock_gen.rev, lock_gen.last_modified))
+        (self.flake_dir / "flake.lock").write_text(
+            lock_text(lock_gen.rev, lock_gen.last_modified, side)
+        )
         self.state_dir.mkdir(parents=True)
         self.write_profile()
 
@@ -837,9 +884,10 @@ def old_image(host: NixosHost) -> HostImage:
     """A snapshot image of the host as it was before its newest two generations (for the
     foreign snapshots that exist before the lab starts)."""
     first = host.generations[1]
+    side = host.spec.side_input
     files = [
         FileEntry(FLAKE_REL, "d", mode=0o755),
-        FileEntry(f"{FLAKE_REL}/flake.nix", "f", flake_nix(host.name, host.attr).encode()),
+        FileEntry(f"{FLAKE_REL}/flake.nix", "f", flake_nix(host.name, host.attr, side).encode()),
         FileEntry(
             f"{FLAKE_REL}/configuration.nix",
             "f",
@@ -848,7 +896,7 @@ def old_image(host: NixosHost) -> HostImage:
         FileEntry(
             f"{FLAKE_REL}/flake.lock",
             "f",
-            lock_text(first.build.rev, first.build.last_modified).encode(),
+            lock_text(first.build.rev, first.build.last_modified, side).encode(),
         ),
         FileEntry(STATE_REL, "d", mode=0o755),
     ]
@@ -969,7 +1017,7 @@ def _update_lock(host: NixosHost, flake_dir: Path, ctx: Ctx) -> tuple[int, str]:
     if error:
         return 1, error
     lock_path = flake_dir / "flake.lock"
-    new = lock_text(host.upstream_rev, host.upstream_modified)
+    new = lock_text(host.upstream_rev, host.upstream_modified, host.spec.side_input)
     if text is None:
         lock_path.write_text(new)
         return 0, (
@@ -1034,7 +1082,7 @@ def _nix_flake_update(host: NixosHost, args: list[str], ctx: Ctx) -> Result:
     if not (flake_dir / "flake.nix").is_file():
         return 1, "", _no_flake(flake_dir)
     for name in inputs:
-        if name != "nixpkgs":
+        if name not in ("nixpkgs", host.spec.side_input):
             return 1, "", f"error: input '{name}' does not exist\n"
     rc, err = _update_lock(host, flake_dir, ctx)
     if rc == 0 and err and commit:
@@ -1754,7 +1802,9 @@ COMMANDS: dict[str, CommandFn] = {
 
 
 def default_specs() -> list[NixosSpec]:
-    """``dns`` (guest 100, the canary), ``media`` (101) and ``builder`` (102)."""
+    """``dns`` (guest 100, the canary), ``media`` (101) and ``builder`` (102, whose flake
+    has a ``disko`` input with a nixpkgs of its own: its lock calls the system's
+    ``nixpkgs_2``)."""
     return [
         NixosSpec(
             "dns",
@@ -1776,6 +1826,7 @@ def default_specs() -> list[NixosSpec]:
             build_seconds=12.0,
             services={"nix-serve.service": "nix-serve binary cache server"},
             after=("dns",),
+            side_input="disko",
         ),
     ]
 

@@ -407,15 +407,25 @@ def get_guest_config(req: Request) -> Any:
             raise PveError(500, f"snapshot '{snapname}' does not exist")
         conf = dict(snap.config)
     else:
-        conf = g.render_config()
-        if g.lock:
-            conf["lock"] = g.lock
-        if g.parent:
-            conf["parent"] = g.parent
-    conf["digest"] = hashlib.sha1(
-        json.dumps(conf, sort_keys=True).encode(), usedforsecurity=False
-    ).hexdigest()
+        conf = _current_config(g)
+    conf["digest"] = _config_digest(conf)
     return conf
+
+
+def _current_config(g: Guest) -> dict[str, Any]:
+    """The guest's configuration as its config file holds it now (lock and parent too)."""
+    conf = g.render_config()
+    if g.lock:
+        conf["lock"] = g.lock
+    if g.parent:
+        conf["parent"] = g.parent
+    return conf
+
+
+def _config_digest(conf: dict[str, Any]) -> str:
+    """PVE's ``digest``: the SHA-1 of the config file, here of its contents as JSON."""
+    text = json.dumps(conf, sort_keys=True).encode()
+    return hashlib.sha1(text, usedforsecurity=False).hexdigest()
 
 
 @route("GET", *_both("/{vmid}/snapshot"))
@@ -435,9 +445,13 @@ def list_snapshots(req: Request) -> Any:
         if snap.snapstate:
             item["snapstate"] = snap.snapstate
         out.append(item)
-    current: dict[str, Any] = {"name": "current", "description": "You are here!"}
-    if g.type == "qemu":
-        current["running"] = 1 if g.status == "running" else 0
+    # as qemu-server's and pve-container's snapshot_list write it, for VMs and containers
+    current: dict[str, Any] = {
+        "name": "current",
+        "digest": _config_digest(_current_config(g)),
+        "running": 1 if g.status == "running" else 0,
+        "description": "You are here!",
+    }
     if g.parent:
         current["parent"] = g.parent
     out.append(current)

@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 from moxflow.errors import ParseError
 from moxflow.guests import Guest
-from moxflow.report import cell_lines, format_age
+from moxflow.report import EMPTY, cell_lines, format_age, format_size
 from moxflow.retention import KeepPolicy, RetentionItem, plan_prune
 
 __all__ = [
@@ -38,33 +38,47 @@ __all__ = [
     "plan_offsite",
     "restore_tested_at",
     "split_by_node",
+    "split_content",
 ]
 
-# vzdump-qemu-100-2026_11_26-02_00_05.vma.zst (the timestamp is the node's local time)
+GuestType = Literal["qemu", "lxc"]
+
+# vzdump-qemu-100-2026_11_26-02_00_05.vma.zst (the timestamp is the node's local time).
+# The extensions are the ones PVE lists as backups: tgz, or tar/vma, bare or compressed with
+# gz, lzo, zst or bz2 (any type with either format); openvz is the type of old container dumps.
 _ARCHIVE_RE = re.compile(
-    r"^vzdump-(?P<type>qemu|lxc)-(?P<vmid>[1-9][0-9]{2,8})-"
+    r"^vzdump-(?P<type>qemu|lxc|openvz)-(?P<vmid>[1-9][0-9]{2,8})-"
     r"(?P<stamp>[0-9]{4}_[0-9]{2}_[0-9]{2}-[0-9]{2}_[0-9]{2}_[0-9]{2})"
-    r"\.(?P<ext>(?:vma|tar)(?:\.(?:zst|gz|lzo))?)$"
+    r"\.(?P<ext>tgz|(?:vma|tar)(?:\.(?:gz|lzo|zst|bz2))?)$"
 )
 _VOLID_RE = re.compile(r"^(?P<storage>[A-Za-z][A-Za-z0-9_.-]*):backup/(?P<file>[^/\s]+)$")
+# A Proxmox Backup Server snapshot: store:backup/{vm|ct|host}/ID/2026-11-26T02:00:05Z (UTC)
+_PBS_VOLID_RE = re.compile(
+    r"^(?P<storage>[A-Za-z][A-Za-z0-9_.-]*):backup/"
+    r"(?P<name>(?P<type>[^\s_/]+)/(?P<id>[^\s_/]+)/"
+    r"(?P<time>[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}Z))$"
+)
+_PBS_TYPES: dict[str, GuestType] = {"vm": "qemu", "ct": "lxc"}
 _SHA256_RE = re.compile(r"^(?P<sum>[0-9a-f]{64}) [ *](?P<file>.+)$")
-
-GuestType = Literal["qemu", "lxc"]
 
 
 @dataclass(frozen=True, slots=True)
 class Volid:
-    """A backup volume id ``storage:backup/FILE``, with what its standard name says."""
+    """A backup volume id, with what its name says: ``storage:backup/FILE`` on a file storage
+    (a standard vzdump name gives guest, type and time), or a Proxmox Backup Server snapshot
+    ``storage:backup/{vm|ct|host}/ID/TIME`` (``filename`` is then ``vm/ID/TIME``)."""
 
     storage: str
     filename: str
     vmid: int | None
     subtype: GuestType | None
-    stamp: datetime | None  # naive: the node's local time of the backup
+    stamp: datetime | None  # naive (the node's local time) from a vzdump name; UTC from PBS
 
 
 def parse_archive_name(filename: str) -> tuple[GuestType, int, datetime] | None:
-    """(type, vmid, naive local time) of a standard vzdump file name; None for any other."""
+    """(type, vmid, naive local time) of a standard vzdump file name; None for any other.
+
+    An ``openvz`` archive counts as a container's: Proxmox restores it as one."""
     m = _ARCHIVE_RE.match(filename)
     if m is None:
         return None
@@ -77,17 +91,34 @@ def parse_archive_name(filename: str) -> tuple[GuestType, int, datetime] | None:
 
 
 def parse_volid(volid: str) -> Volid:
-    """Split a backup volid; ``ParseError`` for anything that is not ``storage:backup/FILE``."""
+    """Split a backup volid; ``ParseError`` for anything that is neither
+    ``storage:backup/FILE`` nor a Proxmox Backup Server snapshot."""
     m = _VOLID_RE.match(volid)
+    if m is not None:
+        parsed = parse_archive_name(m["file"])
+        return Volid(
+            storage=m["storage"],
+            filename=m["file"],
+            vmid=parsed[1] if parsed else None,
+            subtype=parsed[0] if parsed else None,
+            stamp=parsed[2] if parsed else None,
+        )
+    m = _PBS_VOLID_RE.match(volid)
     if m is None:
         raise ParseError(f"not a backup volume id: {volid!r}", source="volid", text=volid)
-    parsed = parse_archive_name(m["file"])
+    try:
+        stamp = datetime.strptime(m["time"], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+    except ValueError as exc:
+        raise ParseError(f"bad time in backup volume id: {volid!r}", source="volid") from exc
+    subtype = _PBS_TYPES.get(m["type"])
+    # a host backup belongs to no guest
+    guest = subtype is not None and re.fullmatch(r"[0-9]+", m["id"]) is not None
     return Volid(
         storage=m["storage"],
-        filename=m["file"],
-        vmid=parsed[1] if parsed else None,
-        subtype=parsed[0] if parsed else None,
-        stamp=parsed[2] if parsed else None,
+        filename=m["name"],
+        vmid=int(m["id"]) if guest else None,
+        subtype=subtype,
+        stamp=stamp,
     )
 
 
@@ -157,17 +188,37 @@ class Archive:
                 protected=bool(int(item.get("protected") or 0)),
             )
         except (KeyError, TypeError, ValueError) as exc:
+            why = f"no {exc.args[0]}" if isinstance(exc, KeyError) else str(exc)
             raise ParseError(
-                f"cannot parse backup content entry: {exc}",
+                f"cannot parse backup content entry: {why}",
                 source="storage content",
                 text=str(item),
             ) from exc
 
 
 def parse_content(items: Iterable[Mapping[str, Any]]) -> list[Archive]:
-    """The backup archives of a content listing, oldest first (other content is ignored)."""
-    out = [Archive.from_api(i) for i in items if i.get("content", "backup") == "backup"]
-    return sorted(out, key=lambda a: (a.created, a.volid))
+    """The backup archives of a content listing, oldest first (other content is ignored,
+    and so is a backup entry that cannot be read: see :func:`split_content`)."""
+    return split_content(items)[0]
+
+
+def split_content(items: Iterable[Mapping[str, Any]]) -> tuple[list[Archive], list[str]]:
+    """The backup archives of a content listing, oldest first, and one note (volid: why) per
+    backup entry left out: a volume id of neither known kind, or one without a VMID (a file
+    of a name of its own on an unfiltered listing) never fails the whole listing."""
+    archives: list[Archive] = []
+    skipped: list[str] = []
+    for item in items:
+        if not isinstance(item, Mapping):
+            skipped.append(f"{item!r}: not an object")
+            continue
+        if item.get("content", "backup") != "backup":
+            continue
+        try:
+            archives.append(Archive.from_api(item))
+        except ParseError as exc:
+            skipped.append(f"{item.get('volid', '(no volid)')}: {exc.message}")
+    return sorted(archives, key=lambda a: (a.created, a.volid)), skipped
 
 
 def find_new_archive(
@@ -196,8 +247,8 @@ def archive_problem(
         floor = previous.size * size_drop_ratio
         if archive.size < floor:
             return (
-                f"{archive.filename} is {_size(archive.size)}, below {size_drop_ratio:g} × the "
-                f"previous backup's {_size(previous.size)}"
+                f"{archive.filename} is {format_size(archive.size)}, below "
+                f"{size_drop_ratio:g} × the previous backup's {format_size(previous.size)}"
             )
     return None
 
@@ -336,7 +387,7 @@ class CoverageRow:
         return {
             "guest": self.guest,
             "last backup": format_age(now, self.last_backup),
-            "size": _size(self.size) if self.last_backup else "-",
+            "size": format_size(self.size) if self.last_backup else EMPTY,
             "verified": _yes_no(self.verified),
             "last offsite": format_age(now, self.last_offsite),
             "checksum": _yes_no(self.offsite_ok),
@@ -395,12 +446,4 @@ def coverage_text(rows: Sequence[CoverageRow], now: datetime) -> list[str]:
 
 
 def _yes_no(value: bool | None) -> str:
-    return "-" if value is None else ("yes" if value else "NO")
-
-
-def _size(size: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if size < 1024:
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{size:.1f} TiB"
+    return EMPTY if value is None else ("yes" if value else "NO")

@@ -21,7 +21,8 @@ The tree (``transient`` errors are the ones worth retrying with backoff)::
     │   ├── SshHostKeyError          unknown or changed host key: never retried
     │   ├── SshAuthError             the key was not accepted
     │   ├── SshCommandError          the command exited non-zero
-    │   └── SshTimeout               the command did not finish in time
+    │   ├── SshTimeout               the command did not finish in time
+    │   └── SshChecksumError         a file copied over SSH arrived different (SHA-256)
     ├── WebhookError                 a notification webhook failed (5xx, 408, 429: transient)
     └── RunFailed                    a flow finished with failed targets; carries the report
 
@@ -227,6 +228,10 @@ class SshCommandError(SshError):
 
 class SshTimeout(SshError):
     """The command did not finish in time (it may still be running on the host)."""
+
+
+class SshChecksumError(SshError):
+    """A file copied over SSH does not have its source's SHA-256 (damaged on the way)."""
 
 
 # --- notifications -------------------------------------------------------------------------

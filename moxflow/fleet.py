@@ -3,7 +3,7 @@
 ``tasks/health.py`` reads the facts (storage listings, the offsite folder, snapshot lists,
 NixOS generations, pending node updates) and hands them to these functions; each returns
 ``Check`` rows that say what was looked at, how old it is, what the limit is, and whether it
-passed. Nothing here does I/O.
+passed; ``check_row`` makes each one a line of the run's report. Nothing here does I/O.
 
 Like sanoid's ``--monitor-snapshots``, a snapshot label is judged by its newest snapshot:
 it passes while that snapshot is younger than ``grace`` × the label's period.
@@ -11,7 +11,6 @@ it passes while that snapshot is younger than ``grace`` × the label's period.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, tzinfo
@@ -20,12 +19,14 @@ from typing import Any
 from moxflow.backups import Archive, parse_archive_name
 from moxflow.errors import ParseError
 from moxflow.guests import Guest
-from moxflow.report import cell_lines, format_age, format_span
+from moxflow.nixos import locked_input
+from moxflow.report import EMPTY, Outcome, ReportRow, format_age, format_span
 
 __all__ = [
     "Check",
     "backup_checks",
-    "checks_table",
+    "check_row",
+    "checks_summary",
     "locked_nixpkgs_time",
     "nixos_check",
     "node_check",
@@ -50,10 +51,10 @@ class Check:
         return {
             "check": self.kind,
             "target": self.target,
-            "last": format_age(now, self.last) if self.last or self.limit else "—",
-            "limit": format_span(self.limit) if self.limit else "—",
+            "last": format_age(now, self.last) if self.last or self.limit else EMPTY,
+            "limit": format_span(self.limit) if self.limit else EMPTY,
             "status": self.status,
-            "detail": self.detail or "—",
+            "detail": self.detail or EMPTY,
         }
 
 
@@ -121,14 +122,11 @@ def snapshot_check(
 
 
 def locked_nixpkgs_time(flake_lock: str) -> datetime | None:
-    """When the nixpkgs a ``flake.lock`` pins was published (``lastModified``, UTC)."""
-    try:
-        data: Any = json.loads(flake_lock)
-        modified = data["nodes"]["nixpkgs"]["locked"]["lastModified"]
-    except (ValueError, KeyError, TypeError) as exc:
-        raise ParseError(
-            f"flake.lock: no nixpkgs lastModified ({exc})", source="flake.lock"
-        ) from exc
+    """When the nixpkgs a ``flake.lock`` pins was published (``lastModified``, UTC): the
+    node the root's ``nixpkgs`` input points to, by key or ``follows`` path."""
+    modified = locked_input(flake_lock, "nixpkgs").get("lastModified")
+    if modified is None:
+        raise ParseError("flake.lock: no nixpkgs lastModified", source="flake.lock")
     if isinstance(modified, bool) or not isinstance(modified, int):
         raise ParseError("flake.lock: nixpkgs lastModified is not a number", source="flake.lock")
     return datetime.fromtimestamp(modified, tz=UTC)
@@ -169,6 +167,25 @@ def node_check(node: str, pending: Sequence[Mapping[str, Any]], max_pending: int
     return Check("node updates", node, None, None, ok, detail, "ok" if ok else "TOO MANY")
 
 
-def checks_table(checks: Sequence[Check], now: datetime) -> list[str]:
-    """The checks as aligned lines for the terminal."""
-    return cell_lines([c.cells(now) for c in checks])
+def check_row(check: Check, now: datetime) -> ReportRow:
+    """One check as a row of the health report: its target and kind (the row's ``target``
+    names both, so that a failure message says which check of a guest failed), when it last
+    happened, its limit, and the status in front of the detail when it did not pass."""
+    cells = check.cells(now)
+    status = "" if check.ok else f"{check.status}: "
+    return ReportRow(
+        target=f"{check.target} {check.kind}",
+        outcome=Outcome.OK if check.ok else Outcome.FAILED,
+        detail=f"{status}{check.detail}",
+        cells={k: cells[k] for k in ("target", "last", "limit")} | {"kind": check.kind},
+    )
+
+
+def checks_summary(checks: Sequence[Check], named: int = 10) -> str:
+    """One line for the log: how many checks, how many did not pass, the first ``named``
+    of those, and how many more were left out."""
+    bad = [c for c in checks if not c.ok]
+    head = f"{len(checks)} check(s), {len(bad)} over the limit or unreadable"
+    names = [f"{c.target} {c.kind}: {c.status}" for c in bad[:named]]
+    more = [f"and {len(bad) - named} more"] if len(bad) > named else []
+    return "; ".join([head, *names, *more])

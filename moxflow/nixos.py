@@ -51,11 +51,13 @@ __all__ = [
     "failed_units_argv",
     "find_cycle",
     "flake_update_argv",
+    "generation_text",
     "generations_argv",
     "journal_path",
     "lock_argv",
     "lock_changes",
     "lock_path",
+    "locked_input",
     "new_failures",
     "parse_checked",
     "parse_failed_units",
@@ -501,6 +503,15 @@ def current_generation(generations: Iterable[Generation]) -> Generation:
     return current[0]
 
 
+def generation_text(before: int | None, after: int | str | None = None) -> str:
+    """A host's generation for the report: ``"41 → 42"`` when an update changed it, ``"41"``
+    when it did not (or the update did not get that far), ``"41 → ?"`` when it is not known
+    what the host runs now; empty when even the first is unknown."""
+    if before is None:
+        return ""
+    return str(before) if after is None or after == before else f"{before} → {after}"
+
+
 def parse_failed_units(json_text: str) -> frozenset[str]:
     """Names of the failed units from ``systemctl list-units --failed --output=json``."""
     source = "systemctl list-units --failed"
@@ -562,6 +573,49 @@ def parse_flake_lock(json_text: str) -> dict[str, str]:
             raise ParseError(f"{source}: input {name!r} has neither rev nor narHash", source=source)
         locked[name] = rev
     return dict(sorted(locked.items()))
+
+
+def locked_input(json_text: str, name: str) -> Mapping[str, Any]:
+    """The ``locked`` attributes of the root flake's input ``name`` in a ``flake.lock``.
+
+    Found the way nix finds it: the root node's ``inputs`` map the name to a node key, which
+    need not be the name (``nixpkgs_2`` when another input's own nixpkgs was written first),
+    or to a ``follows`` path, a list of input names walked from the root.
+    """
+    source = "flake.lock"
+    data = _json(json_text, source)
+    nodes = data.get("nodes") if isinstance(data, dict) else None
+    if not isinstance(nodes, dict):
+        raise ParseError(f"{source}: no nodes object", source=source, text=json_text)
+    root = data.get("root", "root")
+    key = _follow_inputs(nodes, str(root), [name], set())
+    node = nodes.get(key)
+    lock = node.get("locked") if isinstance(node, dict) else None
+    if not isinstance(lock, dict):
+        raise ParseError(f"{source}: input {name!r} (node {key!r}) is not locked", source=source)
+    return lock
+
+
+def _follow_inputs(
+    nodes: Mapping[str, Any], root: str, path: Sequence[str], seen: set[tuple[str, ...]]
+) -> str:
+    """The key of the node ``path`` (input names from the root) leads to."""
+    source = "flake.lock"
+    if tuple(path) in seen:
+        raise ParseError(f"{source}: follows cycle at {'/'.join(path)!r}", source=source)
+    seen.add(tuple(path))
+    key = root
+    for elem in path:
+        node = nodes.get(key)
+        inputs = node.get("inputs") if isinstance(node, dict) else None
+        edge = inputs.get(elem) if isinstance(inputs, dict) else None
+        if isinstance(edge, str):
+            key = edge
+        elif isinstance(edge, list) and all(isinstance(e, str) for e in edge):
+            key = _follow_inputs(nodes, root, edge, seen)
+        else:
+            raise ParseError(f"{source}: no input {'/'.join(path)!r}", source=source)
+    return key
 
 
 @dataclass(frozen=True, slots=True)

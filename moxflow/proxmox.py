@@ -164,6 +164,13 @@ class GuestSnapshot:
     snaptime: datetime | None = None
     vmstate: bool = False
     parent: str | None = None
+    snapstate: str | None = None  # "prepare" while being made, "delete" while being removed
+
+    @property
+    def complete(self) -> bool:
+        """Whether the snapshot is whole: not half made or half deleted (no ``snapstate``;
+        one stays behind when its task died). Only a complete snapshot counts as kept."""
+        return self.snapstate is None
 
     @classmethod
     def from_api(cls, item: Mapping[str, Any]) -> GuestSnapshot:
@@ -178,6 +185,7 @@ class GuestSnapshot:
                 ),
                 vmstate=bool(int(item.get("vmstate") or 0)),
                 parent=str(item["parent"]) if item.get("parent") else None,
+                snapstate=str(item["snapstate"]) if item.get("snapstate") else None,
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ParseError(

@@ -1,8 +1,12 @@
 """Run reports: one row per target, rendered as a terminal table and as Markdown for Prefect.
 
-Every job ends with a report: what was taken, kept and removed on each target, and how the
-target ended. The same object feeds the terminal summary, the Prefect table artifact and the
-exit code.
+Every job ends with a report: how each target ended and why, in the columns the job's users
+think in (see ``JOB_COLUMNS``): a snapshot job says what was taken, kept and removed; a NixOS
+update the generation before and after and its pre-update snapshot; a backup the archive, its
+size and the offsite copy's rate and checksum; a restore test the scratch VMID, the boot and
+the guest agent; the health report each check's last time and limit. The same object feeds
+the terminal table, the Prefect table artifact and the exit code. A cell without a value
+shows ``EMPTY`` everywhere.
 """
 
 from __future__ import annotations
@@ -27,10 +31,18 @@ class Outcome(StrEnum):
 
 FAILING = frozenset({Outcome.FAILED, Outcome.PARTIAL, Outcome.ROLLED_BACK, Outcome.NEEDS_ATTENTION})
 
+EMPTY = "—"
+"""What a cell without a value shows, on the terminal and in the Prefect artifact."""
+
 
 @dataclass(frozen=True, slots=True)
 class ReportRow:
-    """The result for one target (a dataset or a guest)."""
+    """The result for one target (a dataset, a guest, a host, a check).
+
+    ``taken``, ``kept`` and ``removed`` are what a snapshot job took, kept and removed there
+    (``summary()`` counts them); ``cells`` holds the job's own columns as text (``"generation":
+    "41 → 42"``), and may also override what a common column (``target``) shows.
+    """
 
     target: str
     outcome: Outcome
@@ -39,19 +51,105 @@ class ReportRow:
     removed: tuple[str, ...] = ()
     detail: str = ""
     seconds: float = 0.0
+    cells: Mapping[str, str] = field(default_factory=dict, hash=False)
 
     @property
     def failed(self) -> bool:
         return self.outcome in FAILING
+
+    def cell(self, key: str) -> str:
+        """The text of column ``key`` in this row; ``EMPTY`` when it has no value."""
+        if key in self.cells:
+            text = self.cells[key]
+        elif key == "target":
+            text = self.target
+        elif key == "outcome":
+            text = self.outcome.value
+        elif key == "detail":
+            text = self.detail
+        elif key == "taken":
+            text = self.taken or ""
+        elif key == "kept":  # nothing taken and nothing counted: not known, rather than 0
+            text = str(self.kept) if self.kept or self.taken else ""
+        elif key == "removed":
+            text = _removed_text(self.removed)
+        elif key == "seconds":
+            text = f"{self.seconds:.1f}" if self.seconds else ""
+        else:
+            text = ""
+        return text.replace("\n", " ").strip() or EMPTY
 
     def line(self) -> str:
         """Outcome and detail in a few words, for progress logs."""
         return f"{self.outcome}: {self.detail}" if self.detail else str(self.outcome)
 
 
+@dataclass(frozen=True, slots=True)
+class Column:
+    """One column of a job's report: the row value it shows and its header.
+
+    ``key`` is a key of the row's ``cells`` or one of its fields (target, outcome, detail,
+    taken, kept, removed, seconds); ``title`` is the header (default: the key). An
+    ``optional`` column is left out when no row has a value in it.
+    """
+
+    key: str
+    title: str = ""
+    optional: bool = False
+
+    @property
+    def header(self) -> str:
+        return self.title or self.key
+
+
+TARGET, OUTCOME, DETAIL = Column("target"), Column("outcome"), Column("detail")
+SECONDS = Column("seconds", optional=True)
+
+DEFAULT_COLUMNS = (TARGET, OUTCOME, SECONDS, DETAIL)
+"""A job not in ``JOB_COLUMNS``: how each target ended, and why."""
+
+SNAPSHOT_COLUMNS = (
+    *(TARGET, Column("taken"), Column("kept"), Column("removed")),
+    *(OUTCOME, SECONDS, DETAIL),
+)
+NIXOS_COLUMNS = (
+    Column("target", "host"),
+    Column("generation"),  # "41 → 42", or "41" when it did not change
+    Column("snapshot"),  # the pre-update snapshot
+    *(OUTCOME, DETAIL),
+)
+# a guest's backup (archive, size), its offsite copies (archives, size, rate, checksum) and
+# its coverage: one set of columns for every kind of row
+BACKUP_COLUMNS = (
+    *(TARGET, Column("archive"), Column("size"), Column("rate"), Column("checksum")),
+    *(OUTCOME, DETAIL),
+)
+RESTORE_TEST_COLUMNS = (
+    *(Column("target", "guest"), Column("archive"), Column("scratch", "scratch vmid")),
+    *(Column("boot"), Column("agent"), OUTCOME, DETAIL),
+)
+RESTORE_COLUMNS = (Column("archive"), Column("target", "target vmid"), OUTCOME, DETAIL)
+HEALTH_COLUMNS = (TARGET, Column("kind"), Column("last"), Column("limit"), OUTCOME, DETAIL)
+
+JOB_COLUMNS: Mapping[str, tuple[Column, ...]] = {
+    "zfs-snapshot": SNAPSHOT_COLUMNS,
+    "guest-snapshot": SNAPSHOT_COLUMNS,
+    "nixos-update": NIXOS_COLUMNS,
+    "vzdump-backup": BACKUP_COLUMNS,
+    "offsite-copy": BACKUP_COLUMNS,
+    "restore-test": RESTORE_TEST_COLUMNS,
+    "restore": RESTORE_COLUMNS,
+    "health-report": HEALTH_COLUMNS,
+}
+"""The columns of each job's report, in order."""
+
+
 @dataclass(slots=True)
 class RunReport:
-    """All rows of one run, with what the run was asked to do."""
+    """All rows of one run, with what the run was asked to do.
+
+    ``layout`` is the report's columns; by default the job's from ``JOB_COLUMNS``.
+    """
 
     job: str
     label: str
@@ -61,6 +159,11 @@ class RunReport:
     counts_snapshots: bool = True
     started: datetime = field(default_factory=lambda: datetime.now(UTC))
     finished: datetime | None = None
+    layout: tuple[Column, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not self.layout:
+            self.layout = JOB_COLUMNS.get(self.job, DEFAULT_COLUMNS)
 
     def add(self, row: ReportRow) -> None:
         self.rows.append(row)
@@ -100,34 +203,22 @@ class RunReport:
         head = f"{self.job} [{self.label}] {verdict}{mode}: {len(self.rows)} targets ({body})"
         return f"{head}; {what}" if self.counts_snapshots or self.dry_run else head
 
+    def shown(self) -> list[Column]:
+        """The columns of the layout, less the optional ones no row has a value in."""
+        return [
+            c
+            for c in self.layout
+            if not c.optional or any(r.cell(c.key) != EMPTY for r in self.rows)
+        ]
+
     def columns(self) -> list[str]:
-        """The report's columns: the snapshot columns (taken, kept, removed) unless no row
-        has anything in any of them, and seconds unless every row took none (a health
-        report has neither)."""
-        things = any(r.taken or r.removed or r.kept for r in self.rows)
-        seconds = any(r.seconds for r in self.rows)
-        shown = {"taken": things, "kept": things, "removed": things, "seconds": seconds}
-        return [c for c in COLUMNS if shown.get(c, True) or not self.rows]
+        """The headers of the report's columns, in order."""
+        return [c.header for c in self.shown()]
 
     def table(self) -> list[dict[str, str]]:
-        """Rows as plain dicts, for a Prefect table artifact."""
-        keys = self.columns()
-        return [
-            {
-                k: v
-                for k, v in {
-                    "target": r.target,
-                    "taken": r.taken or "—",
-                    "kept": str(r.kept),
-                    "removed": _removed_text(r.removed),
-                    "outcome": r.outcome.value,
-                    "seconds": f"{r.seconds:.1f}",
-                    "detail": r.detail,
-                }.items()
-                if k in keys
-            }
-            for r in self.rows
-        ]
+        """Rows as plain dicts (header → text), for a Prefect table artifact."""
+        shown = self.shown()
+        return [{c.header: r.cell(c.key) for c in shown} for r in self.rows]
 
     def to_markdown(self) -> str:
         head = self.columns()
@@ -150,15 +241,15 @@ class RunReport:
         return _aligned(head, rows) + "\n".join([*self.notes, self.summary()]) + "\n"
 
 
-COLUMNS = ("target", "taken", "kept", "removed", "outcome", "seconds", "detail")
-
-
 def _removed_text(removed: Sequence[str]) -> str:
-    if not removed:
-        return "—"
-    if len(removed) <= 2:
-        return ", ".join(removed)
-    return f"{removed[0]}, {removed[1]} (+{len(removed) - 2} more)"
+    return format_names(removed) or EMPTY
+
+
+def format_names(names: Sequence[str]) -> str:
+    """Up to two names, then how many more: ``"a, b (+3 more)"``; empty for none."""
+    if len(names) <= 2:
+        return ", ".join(names)
+    return f"{names[0]}, {names[1]} (+{len(names) - 2} more)"
 
 
 def _md_escape(text: str) -> str:
@@ -183,18 +274,35 @@ def _aligned(head: list[str], rows: list[list[str]]) -> str:
 
 
 def format_span(delta: timedelta) -> str:
-    """``"5m"``, ``"3h"`` (under two days) or ``"2d"``."""
+    """A duration, never rounded up: whole minutes under two hours (``"90m"``), hours and
+    minutes under two days (``"26h"``, ``"36h"``, ``"27h15m"``), days and hours beyond (``"2d"``,
+    ``"9d4h"``); what is cut off is under 1% of it below two days, under 2% beyond."""
     seconds = max(0, int(delta.total_seconds()))
-    if seconds < 3600:
-        return f"{seconds // 60}m"
+    minutes, hours = seconds // 60, seconds // 3600
+    if seconds < 2 * 3600:
+        return f"{minutes}m"
     if seconds < 2 * 86400:
-        return f"{seconds // 3600}h"
-    return f"{seconds // 86400}d"
+        return f"{hours}h" + (f"{minutes % 60}m" if minutes % 60 else "")
+    return f"{hours // 24}d" + (f"{hours % 24}h" if hours % 24 else "")
 
 
 def format_age(now: datetime, when: datetime | None) -> str:
-    """``"5m ago"``, ``"3h ago"``, ``"2d ago"`` or ``"never"``."""
+    """``"5m ago"``, ``"27h15m ago"``, ``"2d ago"`` or ``"never"`` (see ``format_span``)."""
     return "never" if when is None else format_span(now - when) + " ago"
+
+
+def format_size(size: float) -> str:
+    """Bytes in binary units: ``"512 B"``, ``"1.5 KiB"``, ``"3.2 GiB"``."""
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024:
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size:.1f} TiB"
+
+
+def format_rate(size: float, seconds: float) -> str:
+    """Bytes over seconds, ``"48.2 MiB/s"``; ``EMPTY`` when no time was measured."""
+    return format_size(size / seconds) + "/s" if seconds > 0 else EMPTY
 
 
 def cell_lines(cells: Sequence[Mapping[str, str]]) -> list[str]:

@@ -7,6 +7,7 @@ minus them. Tags match case-insensitively (as Proxmox treats them); everything e
 
 from __future__ import annotations
 
+import difflib
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -171,6 +172,31 @@ def unmatched(selection: str | Selection, guests: Sequence[Guest]) -> list[str]:
             if term.kind != "all" and not any(term.matches(g) for g in guests):
                 missing.append(f"{prefix}{term}")
     return missing
+
+
+def require_matches(selection: str | Selection, guests: Sequence[Guest]) -> None:
+    """Refuse a selection that names a guest that is not there (a typo, a removed guest).
+
+    Every included token other than ``@all`` must match some guest; an exclusion that matches
+    nothing is fine (``-@tag-nosnap`` with no such tag is the usual case). The error names
+    each such token, with the closest guest name where one is near.
+    """
+    parsed = selection if isinstance(selection, Selection) else parse_selection(selection)
+    missing = [
+        t for t in parsed.include if t.kind != "all" and not any(t.matches(g) for g in guests)
+    ]
+    if not missing:
+        return
+    names = sorted({g.name for g in guests if g.name})
+    parts = []
+    for term in missing:
+        near = difflib.get_close_matches(term.value, names, n=1) if term.kind == "name" else []
+        parts.append(f"{str(term)!r}" + (f" (did you mean {near[0]!r}?)" if near else ""))
+    shown = ", ".join(f"{g.vmid} {g.name}".strip() for g in sorted(guests, key=lambda g: g.vmid))
+    raise SelectionError(
+        f"selection {str(parsed)!r}: {', '.join(parts)} matches no guest; nothing was changed",
+        hint=f"the guests are: {shown or 'none'}",
+    )
 
 
 def describe(selection: str | Selection) -> str:

@@ -16,7 +16,7 @@ from moxflow.inventory import Inventory
 from moxflow.naming import is_moxflow_description, parse_snapshot_name, validate_label
 from moxflow.proxmox import GuestSnapshot
 from moxflow.retention import KeepPolicy, PrunePlan, RetentionItem, plan_prune
-from moxflow.selection import parse_selection, select_guests, unmatched
+from moxflow.selection import parse_selection, require_matches, select_guests, unmatched
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,10 +76,16 @@ class GuestSelection:
 
 
 def plan_guest_selection(
-    all_guests: Sequence[Guest], expr: str, *, running_only: bool
+    all_guests: Sequence[Guest], expr: str, *, running_only: bool, strict: bool = True
 ) -> GuestSelection:
-    """Apply the selection language, then drop templates (and stopped guests if asked)."""
+    """Apply the selection language, then drop templates (and stopped guests if asked).
+
+    ``strict`` (what a job does before it changes anything): a guest the selection names that
+    is not there raises ``SelectionError``. The health report reads without it.
+    """
     selection = parse_selection(expr)
+    if strict:
+        require_matches(selection, all_guests)
     picked = select_guests(expr, all_guests)
     guests: list[Guest] = []
     skipped: list[tuple[Guest, str]] = []
@@ -107,11 +113,14 @@ def plan_guest_prune(
     """Prune plan over moxflow's own snapshots of ``label`` on one guest.
 
     A snapshot counts as moxflow's only when its name parses as ours for this label *and*
-    its description carries moxflow's marker; anything else is never considered. The one
-    just taken counts under the policy but is never removed.
+    its description carries moxflow's marker; anything else is never considered. A half-made
+    or half-deleted one (``snapstate``) is neither kept nor removed: it never takes the place
+    of a good one. The one just taken counts under the policy but is never removed.
     """
     items: list[RetentionItem] = []
     for snap in snapshots:
+        if not snap.complete:
+            continue
         parsed = parse_snapshot_name(snap.name)
         if parsed is None or parsed.label != label:
             continue

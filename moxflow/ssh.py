@@ -228,13 +228,7 @@ class SshRunner:
                     in_stream=io.StringIO(stdin or ""),
                 )
             except CommandTimedOut as exc:
-                raise SshTimeout(
-                    f"no exit after {limit:g}s",
-                    host=self.name,
-                    command=args,
-                    stderr=_tail(exc.result.stderr),
-                    hint="the command may still be running on the host",
-                ) from exc
+                raise _timeout(self.name, args, float(exc.timeout), exc.result.stderr) from exc
             except ThreadException as exc:
                 self._drop()
                 inner = "; ".join(repr(e.value) for e in exc.exceptions)
@@ -250,6 +244,10 @@ class SshRunner:
                 ) from exc
             duration = time.monotonic() - started
             exit_code = int(result.exited)
+            if exit_code < 0 and limit is not None and duration >= limit:
+                # invoke's timer closed the channel, but the run noticed the close before
+                # the timer had finished (a race under load): a timeout all the same
+                raise _timeout(self.name, args, limit, result.stderr)
             if exit_code < 0 and not self._ended_by_signal(conn, result):
                 # paramiko reports -1 when the channel closed without an exit status.
                 self._drop()
@@ -457,6 +455,16 @@ def _validate_argv(argv: Sequence[str]) -> tuple[str, ...]:
     if bad:
         raise TypeError(f"every argument must be a str, got {bad[0]!r} ({type(bad[0]).__name__})")
     return args
+
+
+def _timeout(host: str, argv: tuple[str, ...], limit: float, stderr: str | None) -> SshTimeout:
+    return SshTimeout(
+        f"no exit after {limit:g}s",
+        host=host,
+        command=argv,
+        stderr=_tail(stderr),
+        hint="the command may still be running on the host",
+    )
 
 
 def _tail(text: str | None, lines: int = 20) -> str:

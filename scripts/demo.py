@@ -1,10 +1,13 @@
 """`make demo`: moxflow's jobs against a simulated homelab, start to finish.
 
-Starts a local Prefect server and a simulated lab (Proxmox API + SSH hosts with ZFS and
-NixOS), then: both snapshot jobs (a dry run and a real run each), a NixOS rolling update and
-a rollback, backups of two guests with offsite copies, a restore test, and the health
-report, which fails on the guests left without a fresh backup. Then it stops everything.
-Everything lives under .demo/ in the repository.
+Starts a local Prefect server (with its UI, on http://127.0.0.1:4200 when that port is free)
+and a simulated lab (Proxmox API + SSH hosts with ZFS and NixOS), then: both snapshot jobs (a
+dry run and a real run each), a NixOS rolling update and a rollback, backups of two guests
+with offsite copies, a restore test, and the health report, which fails on the guests left
+without a fresh backup. Then it stops the lab and leaves the server running, so that every
+run it printed a link to can be opened in the UI; `make demo-stop` stops the server.
+A Prefect server already answering on 127.0.0.1:4200 is used instead (and left alone).
+Everything else lives under .demo/ in the repository.
 """
 
 from __future__ import annotations
@@ -12,16 +15,21 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
-from scripts.prefect_server import start_server, stop_server
+from flows._server import LOCAL_API_URL, server_answers
+from scripts.prefect_server import free_port, start_server
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO = ROOT / ".demo"
 LAB = DEMO / "lab"
+PID = DEMO / "prefect" / "server.pid"
+UI_PORT = 4200
 PY = sys.executable
 
 
@@ -91,14 +99,70 @@ def run(cmd: list[str], env: dict[str, str]) -> int:
     return subprocess.run([PY if c == "python" else c for c in cmd], env=env, cwd=ROOT).returncode
 
 
+def stop() -> int:
+    """``make demo-stop``: stop the demo's Prefect server and lab, if they still run."""
+    subprocess.run([PY, "-m", "labsim", "down", "--dir", str(LAB)], capture_output=True)
+    if PID.exists():
+        pgid = int(PID.read_text())
+        for sig, grace in ((signal.SIGTERM, 20.0), (signal.SIGKILL, 5.0)):
+            if not _signal(pgid, sig):
+                break
+            deadline = time.monotonic() + grace
+            while _signal(pgid, 0) and time.monotonic() < deadline:
+                time.sleep(0.1)
+        else:
+            print(f"the demo's Prefect server (process group {pgid}) did not stop", file=sys.stderr)
+            return 1
+        PID.unlink()
+        print("stopped the demo's Prefect server")
+    return 0
+
+
+def _signal(pgid: int, sig: int) -> bool:
+    """Send ``sig`` to the process group; whether it still exists."""
+    try:
+        os.killpg(pgid, sig)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def server(env: dict[str, str]) -> str:
+    """The demo's Prefect server (its UI URL): the one on :4200 if it answers, else a new one
+    on :4200 (a free port if that is taken), left running after the demo."""
+    if server_answers(LOCAL_API_URL):
+        env["PREFECT_API_URL"] = LOCAL_API_URL
+        print(f"using the Prefect server already running at {LOCAL_API_URL}")
+    else:
+        env["PREFECT_UI_ENABLED"] = "true"
+        port = UI_PORT if _port_free(UI_PORT) else free_port()
+        proc = start_server(DEMO / "prefect", env, port=port, detach=True)
+        PID.write_text(str(proc.pid))
+    return env["PREFECT_API_URL"].removesuffix("/api")
+
+
+def _port_free(port: int) -> bool:
+    import socket
+
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server binds it
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
 def main() -> int:
+    if "--stop" in sys.argv[1:]:
+        return stop()
+    stop()  # an earlier demo's server and lab: .demo/ is made anew
     if DEMO.exists():
-        subprocess.run([PY, "-m", "labsim", "down", "--dir", str(LAB)], capture_output=True)
         shutil.rmtree(DEMO)
     DEMO.mkdir()
     env = dict(os.environ)
     say("starting a local Prefect server and the simulated homelab")
-    server = start_server(DEMO / "prefect", env)
+    ui = server(env)
     status = 0
     try:
         subprocess.run(
@@ -171,13 +235,19 @@ def main() -> int:
         print(f"(exit status {rc}: a guest without a fresh backup fails the report, as it should)")
         if rc != 1:
             status = status or 1
-        say(
-            "done: every run is recorded in the Prefect server; "
-            "`python -m flows.<job> --help` shows the options"
-        )
     finally:
         subprocess.run([PY, "-m", "labsim", "down", "--dir", str(LAB)], capture_output=True)
-        stop_server(server)
+    say("done")
+    print(f"Every run above, with its task graph, logs and report, is in the Prefect UI: {ui}")
+    print(
+        "(the `View at` links open them). "
+        + (
+            "`make demo-stop` stops that server."
+            if PID.exists()
+            else "That server is yours: it keeps running."
+        )
+    )
+    print("`python -m flows.<job> --help` shows a job's options (after `. .venv/bin/activate`).")
     return status
 
 

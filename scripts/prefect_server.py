@@ -17,36 +17,47 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def start_server(home: Path, env: dict[str, str], timeout: float = 90.0) -> subprocess.Popen[bytes]:
+def start_server(
+    home: Path,
+    env: dict[str, str],
+    timeout: float = 90.0,
+    *,
+    port: int | None = None,
+    detach: bool = False,
+) -> subprocess.Popen[bytes]:
     """Start ``prefect server start`` with its database in ``home``; set PREFECT_API_URL in env.
 
-    Returns once ``/api/health`` answers; raises SystemExit with the log's path otherwise.
+    ``port`` (default: a free one); ``detach``: in a session of its own, so that it outlives
+    this process (the demo leaves its server running for the UI). Returns once
+    ``/api/health`` answers; raises SystemExit with the log's path otherwise.
     """
     home.mkdir(parents=True, exist_ok=True)
-    port = free_port()
+    port = port or free_port()
     env["PREFECT_HOME"] = str(home)
     env["PREFECT_API_URL"] = f"http://127.0.0.1:{port}/api"
     env.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     env.setdefault("PREFECT_UI_ENABLED", "false")
     log_path = home / "server.log"
-    log = log_path.open("wb")
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "prefect",
-            "server",
-            "start",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-        ],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        cwd=home,
-    )
+    with log_path.open("wb") as log:  # the server keeps its own copy of the descriptor
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "prefect",
+                "server",
+                "start",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+            ],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            cwd=home,
+            start_new_session=detach,
+        )
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:

@@ -8,6 +8,7 @@ sides before the copy gets its real name.
 
 from __future__ import annotations
 
+import logging
 import math
 import threading
 import time
@@ -18,6 +19,7 @@ from typing import Any
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
+from prefect.exceptions import MissingContextError
 from prefect.logging import get_run_logger
 
 from moxflow.backups import (
@@ -27,17 +29,18 @@ from moxflow.backups import (
     archive_problem,
     find_new_archive,
     parse_archive_name,
-    parse_content,
     parse_offsite_listing,
     parse_prune_marks,
     parse_sha256sum,
     plan_offsite,
+    split_content,
 )
 from moxflow.errors import (
     MoxflowError,
     ProxmoxError,
     ProxmoxTaskError,
     ProxmoxTaskTimeout,
+    SshChecksumError,
     SshError,
     is_transient,
 )
@@ -45,7 +48,7 @@ from moxflow.guests import Guest
 from moxflow.inventory import Inventory
 from moxflow.pacing import DumpEstimator, Pacer
 from moxflow.proxmox import ProxmoxClient
-from moxflow.report import Outcome, ReportRow
+from moxflow.report import Outcome, ReportRow, format_names, format_rate, format_size
 from moxflow.retention import KeepPolicy
 from moxflow.ssh import SshRunner
 from tasks.clients import ssh_runner
@@ -54,6 +57,7 @@ from tasks.proxmox import LoggerLike
 BACKOFF_START = 0.5
 BACKOFF_MAX = 15.0
 OFFSITE_CHUNK = 16 * 1024 * 1024  # bytes of archive per offsite copy command (two SSH trips)
+_fallback_logger = logging.getLogger("moxflow.backups")
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,9 +92,20 @@ class GuestBackup:
 
 
 def list_archives(client: ProxmoxClient, node: str, storage: str, vmid: int) -> list[Archive]:
-    """The backups of guest ``vmid`` on ``storage`` as ``node`` (its owner) sees them."""
+    """The backups of guest ``vmid`` on ``storage`` as ``node`` (its owner) sees them; an
+    entry that cannot be read is left out with a warning, never fails the listing."""
     data = client.get(f"/nodes/{node}/storage/{storage}/content", content="backup", vmid=vmid)
-    return parse_content(data or [])
+    archives, skipped = split_content(data or [])
+    for note in skipped:
+        _logger().warning("%s on %s: backup entry left out: %s", storage, node, note)
+    return archives
+
+
+def _logger() -> LoggerLike:
+    try:
+        return get_run_logger()
+    except MissingContextError:  # called outside a flow run (a script, a test)
+        return _fallback_logger
 
 
 def prune_marks(
@@ -163,14 +178,17 @@ def backup_guest(
     node, storage = guest.node, job.storage
 
     def done(outcome: Outcome, detail: str, **kw: Any) -> GuestBackup:
+        new: Archive | None = kw.get("archive")
+        taken = kw.pop("taken", None)
         row = ReportRow(
             target=target,
             outcome=outcome,
-            taken=kw.pop("taken", None),
+            taken=taken,
             kept=kw.pop("kept", 0),
             removed=kw.pop("removed", ()),
             detail=detail,
             seconds=round(time.monotonic() - t0, 3),
+            cells={"archive": taken or "", "size": format_size(new.size) if new else ""},
         )
         return GuestBackup(guest=guest, row=row, **kw)
 
@@ -181,6 +199,7 @@ def backup_guest(
             removed = tuple(m.volid.rpartition("/")[2] for m in marks if m.mark == "remove")
             how = f"vzdump on {node} to {storage} ({job.mode}, {job.compress})"
             prune = f"; prune {job.policy} now would remove {len(removed)}" if job.policy else ""
+            prune += f": {format_names(removed)}" if removed else ""
             return done(
                 Outcome.PLANNED,
                 how + prune,
@@ -246,7 +265,7 @@ def backup_guest(
         if job.policy is None:
             return done(
                 Outcome.OK,
-                f"verified, on {node}",
+                f"verified, on {node}; {len(listing)} backup(s) on {storage}",
                 taken=new.filename,
                 kept=len(listing),
                 archive=new,
@@ -273,9 +292,10 @@ def backup_guest(
         removed = tuple(m.volid.rpartition("/")[2] for m in removing if m.volid not in left)
         if removed:
             logger.info("%s: pruned %d: %s", target, len(removed), ", ".join(removed))
+        pruned = f", pruned {len(removed)}: {format_names(removed)}" if removed else ""
         return done(
             Outcome.OK,
-            f"verified, on {node}",
+            f"verified, on {node}; {len(after)} backup(s) on {storage}{pruned}",
             taken=new.filename,
             kept=len(after),
             removed=removed,
@@ -354,6 +374,14 @@ def file_size(runner: SshRunner, path: str) -> int:
     return int(out)
 
 
+@dataclass(frozen=True, slots=True)
+class CopiedArchive:
+    """An archive copied offsite: its SHA-256 (the same on both sides) and its bytes."""
+
+    sha256: str
+    size: int
+
+
 def copy_archive(
     source: SshRunner,
     src_path: str,
@@ -363,8 +391,8 @@ def copy_archive(
     *,
     bwlimit: int | None = None,
     chunk: int = OFFSITE_CHUNK,
-) -> str:
-    """Copy one archive from a node to the offsite folder; returns its SHA-256.
+) -> CopiedArchive:
+    """Copy one archive from a node to the offsite folder; returns its SHA-256 and size.
 
     The bytes travel through the controller (the runner's stdin is text, and the node holds
     no key to reach the offsite host itself), ``chunk`` bytes at a time so that memory stays
@@ -372,7 +400,7 @@ def copy_archive(
     (the first chunk truncates). With ``bwlimit`` (KiB/s) the chunks are paced so that the
     copy of each archive averages at most that. The copy's SHA-256 is compared with the
     source's, and only then is it renamed; a mismatch removes the partial file and is
-    redone once, then raises.
+    redone once, then raises ``SshChecksumError``.
     """
     if chunk < 1:
         raise ValueError(f"chunk must be at least 1 byte, not {chunk}")
@@ -418,7 +446,7 @@ def copy_archive(
                     pacer.slept,
                     bwlimit or 0,
                 )
-            return expected
+            return CopiedArchive(sha256=expected, size=size)
         dest.run(["rm", "-f", "--", part])
         logger.warning(
             "offsite copy of %s arrived corrupted (sha256 %s, expected %s)%s",
@@ -427,7 +455,7 @@ def copy_archive(
             expected[:12],
             ", copying again" if attempt == 1 else "",
         )
-    raise SshError(
+    raise SshChecksumError(
         f"copy of {name} arrived corrupted twice (sha256 mismatch)",
         host=dest.name,
         command=["sha256sum", "--", part],
@@ -484,15 +512,24 @@ def offsite_copy(
             mine = [a for a in plan.copy if a.vmid == g.vmid]
             copied: list[str] = []
             problems: list[str] = []
+            size = 0  # bytes copied, and the seconds they took
+            took = 0.0
+            mismatch = False
             for a in mine:
                 try:
                     if g.node not in runners:
                         runners[g.node] = stack.enter_context(ssh_runner(inv, g.node))
                     src = f"{inv.backups.storage_path(a.storage, g.node)}/{a.filename}"
-                    copy_archive(runners[g.node], src, dest, off.path, logger, bwlimit=off.bwlimit)
+                    t1 = time.monotonic()
+                    done = copy_archive(
+                        runners[g.node], src, dest, off.path, logger, bwlimit=off.bwlimit
+                    )
+                    took += time.monotonic() - t1
+                    size += done.size
                     copied.append(a.filename)
                     logger.info("%s: copied %s to %s", g.label, a.filename, off.host)
                 except MoxflowError as exc:
+                    mismatch = mismatch or isinstance(exc, SshChecksumError)
                     problems.append(f"{a.filename}: {exc}")
                     logger.error("%s: offsite copy of %s failed: %s", g.label, a.filename, exc)
             removed: list[str] = []
@@ -509,16 +546,23 @@ def offsite_copy(
                 out.copied[g.vmid] = not problems and len(copied) == len(mine)
             kept = sum(1 for n in plan.keep if _vmid_of(n) == g.vmid) + len(copied)
             outcome = Outcome.FAILED if problems else Outcome.OK
-            detail = "; ".join(problems) if problems else f"{len(copied)} copied, sha256 ok"
+            what = [*problems] or [f"{len(copied)} copied" if copied else "nothing to copy"]
+            what.append(f"{kept} cop{'y' if kept == 1 else 'ies'} offsite")
+            if removed:
+                what.append(f"removed {len(removed)}: {format_names(removed)}")
+            checksum = "mismatch" if mismatch else "verified" if copied else ""
             out.rows.append(
                 ReportRow(
                     target=f"{g.label} offsite",
                     outcome=outcome,
-                    taken=copied[0] if copied else None,
-                    kept=kept,
-                    removed=tuple(removed),
-                    detail=detail,
+                    detail="; ".join(what),
                     seconds=round(time.monotonic() - t0, 3),
+                    cells={
+                        "archive": format_names(copied),
+                        "size": format_size(size) if copied else "",
+                        "rate": format_rate(size, took) if copied else "",
+                        "checksum": checksum,
+                    },
                 )
             )
         try:
@@ -538,14 +582,16 @@ def _offsite_row(guest: Guest, outcome: Outcome, detail: str) -> ReportRow:
 
 
 def _planned_row(guest: Guest, plan: OffsitePlan) -> ReportRow:
-    copy = [a.filename for a in plan.copy if a.vmid == guest.vmid]
-    remove = tuple(n for n in plan.remove if _vmid_of(n) == guest.vmid)
-    keep = sum(1 for n in plan.keep if _vmid_of(n) == guest.vmid)
+    copy = [a for a in plan.copy if a.vmid == guest.vmid]
+    names = [a.filename for a in copy]
+    remove = [n for n in plan.remove if _vmid_of(n) == guest.vmid]
+    detail = f"would copy {len(copy)}" + (f": {', '.join(names)}" if copy else "")
+    if remove:
+        detail += f"; would remove {len(remove)}: {format_names(remove)}"
+    size = format_size(sum(a.size for a in copy)) if copy else ""
     return ReportRow(
         target=f"{guest.label} offsite",
         outcome=Outcome.PLANNED,
-        taken=copy[0] if copy else None,
-        kept=keep + len(copy),
-        removed=remove,
-        detail=f"would copy {len(copy)}" + (f": {', '.join(copy)}" if copy else ""),
+        detail=detail,
+        cells={"archive": format_names(names), "size": size},
     )

@@ -178,7 +178,7 @@ def check_guest_snapshots(
             taken = [
                 p.created
                 for s in snaps
-                if is_moxflow_description(s.description)
+                if s.complete and is_moxflow_description(s.description)
                 for p in (parse_snapshot_name(s.name),)
                 if p is not None and p.label == label
             ]

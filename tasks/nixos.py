@@ -27,6 +27,7 @@ from moxflow.inventory import (
     Inventory,
     NoSnapshotMethod,
     ProxmoxSnapshotMethod,
+    ZfsSnapshotMethod,
 )
 from moxflow.naming import snapshot_description, snapshot_name
 from moxflow.nixos import (
@@ -40,6 +41,7 @@ from moxflow.nixos import (
     disarm_deadman_argv,
     failed_units_argv,
     flake_update_argv,
+    generation_text,
     generations_argv,
     lock_argv,
     lock_changes,
@@ -88,10 +90,15 @@ class Preflight:
     free_kib: int | None = None
     locked_by: str | None = None
     error: str = ""
+    snapshot_error: str = ""
+    """Why the pre-update snapshot could not be taken (a wrong token, no such guest or
+    dataset); empty when it can, or when the host takes none."""
 
     def summary(self) -> str:
         if not self.reachable:
             return f"unreachable: {self.error}"
+        if self.snapshot_error:
+            return f"snapshot not possible: {self.snapshot_error}"
         bits = [f"generation {self.generation}", self.system_state or "?"]
         if self.failed_units:
             bits.append("already failed: " + ", ".join(sorted(self.failed_units)))
@@ -108,10 +115,28 @@ def _lock_path(inv: Inventory, host: str) -> str:
     return lock_path(inv.nixos_state_dir(host))
 
 
+def _snapshot_check(inv: Inventory, host: str) -> str:
+    """Whether the host's snapshot method can work, read-only: its guest is visible through
+    the API with the token (and its snapshots listed), or its dataset exists. Why not, or ""."""
+    sm = inv.nixos_host(host).snapshot
+    try:
+        if isinstance(sm, ProxmoxSnapshotMethod):
+            client = proxmox_client(inv)
+            client.list_snapshots(client.guest(sm.vmid))
+        elif isinstance(sm, ZfsSnapshotMethod):
+            with ssh_runner(inv, sm.host) as zr:
+                zr.run(["zfs", "list", "-H", "-o", "name", sm.dataset])
+    except MoxflowError as exc:
+        return str(exc)
+    return ""
+
+
 @task(name="nixos-preflight", cache_policy=NO_CACHE, task_run_name="preflight-{host}")
 def preflight(inv: Inventory, host: str) -> Preflight:
-    """Read-only facts: generation, system state, failed units, flake, disk, lock."""
+    """Read-only facts: generation, system state, failed units, flake, disk, lock, and
+    whether the pre-update snapshot can be taken (the credentials it needs work)."""
     spec = inv.nixos_host(host)
+    snapshot_error = _snapshot_check(inv, host)
     try:
         with ssh_runner(inv, host) as r:
             gens = parse_generations(r.run(generations_argv()).stdout)
@@ -132,9 +157,10 @@ def preflight(inv: Inventory, host: str) -> Preflight:
                 flake_ok=flake_ok,
                 free_kib=free,
                 locked_by=owner if locked else None,
+                snapshot_error=snapshot_error,
             )
     except (MoxflowError, ValueError, IndexError) as exc:
-        return Preflight(host=host, reachable=False, error=str(exc))
+        return Preflight(host=host, reachable=False, error=str(exc), snapshot_error=snapshot_error)
 
 
 def _read_journal(r: SshRunner, inv: Inventory, host: str) -> Journal | None:
@@ -220,16 +246,18 @@ class HostUpdate:
         finally:
             runner.close()
 
-    def row(self, outcome: Outcome, detail: str, *, new: int | None = None) -> ReportRow:
-        old = self.baseline.generation
-        gens = f"gen {old}" + (f" → {new}" if new is not None and new != old else "")
-        text = "; ".join([gens, detail, *self.steps]) if self.steps else f"{gens}; {detail}"
+    def row(self, outcome: Outcome, detail: str, *, new: int | str | None = None) -> ReportRow:
+        """The host's report row: the generation before (→ after, when it changed), the
+        pre-update snapshot, the verdict, and every step done after ``detail``."""
         return ReportRow(
             target=self.host,
             outcome=outcome,
-            taken=self.snapshot,
-            detail=text,
+            detail="; ".join([detail, *self.steps]),
             seconds=round(time.monotonic() - self.started, 3),
+            cells={
+                "generation": generation_text(self.baseline.generation, new),
+                "snapshot": self.snapshot or "",
+            },
         )
 
     def write_journal(self, r: SshRunner, phase: JournalPhase, **changes: Any) -> None:
@@ -561,7 +589,7 @@ class HostUpdate:
         # 5. a human
         kept = f"snapshot {self.snapshot} kept" if self.snapshot else "no snapshot to restore"
         self._event("moxflow.needs-attention", old)
-        return self.row(Outcome.NEEDS_ATTENTION, f"needs attention: {kept}")
+        return self.row(Outcome.NEEDS_ATTENTION, f"needs attention: {kept}", new="?")
 
     def _rolled_back(self, old: int, how: str) -> ReportRow:
         """Back on the old generation: put flake.lock back too, so the next run retries."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextvars
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -53,8 +54,8 @@ def _create(
     task_timeout: float,
     retry: bool,
 ) -> None:
-    """One idempotent attempt: if a retry finds the snapshot already there, it is done."""
-    if retry and any(s.name == snapname for s in client.list_snapshots(guest)):
+    """One idempotent attempt: if a retry finds the snapshot already there, whole, it is done."""
+    if retry and any(s.name == snapname and s.complete for s in client.list_snapshots(guest)):
         return
     upid = client.create_snapshot(guest, snapname, description, vmstate=vmstate)
     client.wait_task(upid, timeout=task_timeout, node=guest.node)
@@ -103,8 +104,12 @@ def snapshot_node(
             logger.info("[%s %d/%d] %s: %s", node, done, count, row.target, row.line())
         return row
 
+    # Each thread runs in a copy of this task's context: Prefect's settings (the API URL an
+    # ad-hoc run chose) and run context live in context variables, which a bare thread lacks;
+    # without them a log line from a thread would start a temporary Prefect server of its own.
     with ThreadPoolExecutor(max_workers=max(1, min(len(guests), limit))) as pool:
-        return list(pool.map(one, guests))
+        futures = [pool.submit(contextvars.copy_context().run, one, g) for g in guests]
+        return [f.result() for f in futures]
 
 
 def snapshot_guest(

@@ -91,11 +91,13 @@ def find_guest(client: ProxmoxClient, vmid: int) -> Guest | None:
 
 def wait_booted(
     client: ProxmoxClient, node: str, gtype: str, vmid: int, timeout: float
-) -> tuple[bool, str]:
+) -> tuple[bool, str, str]:
     """Poll until a VM's guest agent answers its ping (a container: it is running).
 
-    Returns (booted, how). A VM without a configured agent counts once it is running, and
-    ``how`` says that only the running state was checked.
+    Returns (booted, how, agent). A VM without a configured agent counts once it is
+    running, and ``how`` says that only the running state was checked. ``agent`` is what
+    the guest agent did: ``answered``, ``not configured``, ``no answer``; empty for a
+    container, which has none.
     """
     deadline = time.monotonic() + timeout
     delay = POLL_START
@@ -104,19 +106,20 @@ def wait_booted(
         try:
             if gtype == "qemu":
                 client.post(f"{guest_path(node, gtype, vmid)}/agent/ping")
-                return True, "guest agent answered"
+                return True, "guest agent answered", "answered"
             status = guest_status(client, node, gtype, vmid)
             if status == "running":
-                return True, "running"
+                return True, "running", ""
             last = f"status {status}"
         except ProxmoxError as exc:
             last = str(exc)
             if "No QEMU guest agent configured" in last:
                 with suppress(ProxmoxError):
                     if guest_status(client, node, gtype, vmid) == "running":
-                        return True, "running (no guest agent configured)"
+                        return True, "running (no guest agent configured)", "not configured"
         if time.monotonic() + delay > deadline:
-            return False, f"not up after {timeout:g}s ({last or 'no answer'})"
+            agent = "no answer" if gtype == "qemu" else ""
+            return False, f"not up after {timeout:g}s ({last or 'no answer'})", agent
         time.sleep(delay)
         delay = min(delay * 1.5, POLL_MAX)
 
@@ -149,7 +152,8 @@ class RestoreTestJob:
 
 @dataclass(frozen=True, slots=True)
 class RestoreTestResult:
-    """One guest's restore test, for the report and the table."""
+    """One guest's restore test: its report row (archive, scratch VMID, boot, agent in its
+    cells) and the same facts as values."""
 
     guest: Guest
     row: ReportRow
@@ -157,16 +161,6 @@ class RestoreTestResult:
     scratch: int | None = None
     boot_seconds: float | None = None
     cleanup: str = ""
-
-    def cells(self) -> dict[str, str]:
-        return {
-            "guest": self.guest.label,
-            "archive": self.archive or "—",
-            "scratch vmid": str(self.scratch) if self.scratch is not None else "—",
-            "boot seconds": f"{self.boot_seconds:.1f}" if self.boot_seconds is not None else "—",
-            "outcome": self.row.outcome.value,
-            "cleanup": self.cleanup or "—",
-        }
 
 
 def restore_test_guest(
@@ -185,6 +179,8 @@ def restore_test_guest(
     archive: Archive | None = None
     scratch: int | None = None
     boot: float | None = None
+    booting = ""  # the boot column while the guest is not up: "not up" once it was started
+    agent = ""
     cleanup = ""
 
     def done(outcome: Outcome, detail: str) -> RestoreTestResult:
@@ -194,6 +190,12 @@ def restore_test_guest(
             taken=archive.filename if archive else None,
             detail=detail,
             seconds=round(time.monotonic() - t0, 3),
+            cells={
+                "archive": archive.filename if archive else "",
+                "scratch": str(scratch) if scratch is not None else "",
+                "boot": f"{boot:.1f}s" if boot is not None else booting,
+                "agent": agent,
+            },
         )
         return RestoreTestResult(
             guest, row, archive.filename if archive else None, scratch, boot, cleanup
@@ -240,14 +242,16 @@ def restore_test_guest(
         client.wait_task(upid, timeout=job.task_timeout, node=guest.node)
         t_start = time.monotonic()
         power(client, guest.node, guest.type, scratch, "start")
-        ok, how = wait_booted(client, guest.node, guest.type, scratch, job.boot_timeout)
+        booting = "not up"
+        ok, how, agent = wait_booted(client, guest.node, guest.type, scratch, job.boot_timeout)
+        logger.info("%s: scratch %d: %s", guest.label, scratch, how)
         if ok:
             boot = round(time.monotonic() - t_start, 3)
-            outcome, detail = Outcome.OK, f"scratch {scratch}: {how} after {boot:.1f}s"
+            outcome, detail = Outcome.OK, "booted"
         else:
-            detail = f"scratch {scratch}: {how}"
+            detail = how
     except MoxflowError as exc:
-        detail = f"scratch {scratch}: {exc}"
+        detail = str(exc)
     finally:
         if created:
             try:
@@ -257,7 +261,7 @@ def restore_test_guest(
                 outcome = Outcome.NEEDS_ATTENTION
                 detail += f"; scratch guest {scratch} NOT cleaned up, remove it by hand: {exc}"
     if created and not cleanup.startswith("FAILED"):
-        detail += f"; {cleanup}"
+        detail += f"; scratch guest {cleanup}" if cleanup == "destroyed" else f"; {cleanup}"
     if outcome is Outcome.OK and archive is not None:
         try:
             record_restore_test(client, guest.node, archive, datetime.now(UTC))
@@ -298,6 +302,7 @@ def restore_guest(client: ProxmoxClient, plan: RestorePlan, task_timeout: float)
             taken=plan.archive.filename,
             detail="; ".join(notes),
             seconds=round(time.monotonic() - t0, 3),
+            cells={"archive": plan.archive.filename},
         )
 
     if ex is not None and plan.snapshot:

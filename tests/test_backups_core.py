@@ -15,6 +15,7 @@ from moxflow.backups import (
     coverage_text,
     find_new_archive,
     mark_restore_tested,
+    parse_archive_name,
     parse_content,
     parse_offsite_listing,
     parse_prune_marks,
@@ -23,6 +24,7 @@ from moxflow.backups import (
     plan_offsite,
     restore_tested_at,
     split_by_node,
+    split_content,
 )
 from moxflow.errors import ConfigError, ParseError
 from moxflow.guests import Guest
@@ -67,8 +69,114 @@ def test_volid_and_content_parse() -> None:
     assert [a.vmid for a in archives] == [101, 104]  # oldest first; iso ignored
     assert archives[0].protected and not archives[1].protected
     assert archives[1].notes == "moxflow" and archives[1].created == NOW
-    with pytest.raises(ParseError):
-        parse_content([{"volid": "nas:backup/x", "content": "backup"}])
+    # an entry it cannot read is left out, never fails the listing (see split_content)
+    assert parse_content([{"volid": "nas:backup/x", "content": "backup"}]) == []
+
+
+# Proxmox's own test data (proxmox/pve-storage, src/test/archive_info_test.pm, the names
+# archive_info accepts as standard, and src/test/list_volumes_test.pm, the backups a dir
+# storage lists): every type with tgz, or tar/vma bare or compressed with gz, lzo, zst, bz2.
+PVE_TIME = datetime(2020, 3, 30, 21, 12, 40)
+AT_2139 = datetime(2020, 3, 30, 21, 39, 30)
+ISSUE_TIME = datetime(2020, 11, 18, 8, 29, 44)
+
+
+@pytest.mark.parametrize(
+    ("name", "parsed"),
+    [
+        ("vzdump-lxc-16110-3070_01_01-00_00_00.tgz", ("lxc", 16110, datetime(3070, 1, 1))),
+        ("vzdump-lxc-16110-1970_01_01-02_00_30.tgz",
+         ("lxc", 16110, datetime(1970, 1, 1, 2, 0, 30))),
+        ("vzdump-openvz-16110-2020_03_30-21_39_30.tgz", ("lxc", 16110, AT_2139)),  # a container
+        ("vzdump-qemu-16110-2020_03_30-21_39_30.tgz", ("qemu", 16110, AT_2139)),
+        *[(f"vzdump-qemu-16110-2020_03_30-21_12_40.vma.{c}", ("qemu", 16110, PVE_TIME))
+          for c in ("gz", "lzo", "zst", "bz2")],
+        *[(f"vzdump-{t}-16110-2020_03_30-21_12_40.tar.{c}", ("lxc", 16110, PVE_TIME))
+          for t in ("lxc", "openvz") for c in ("gz", "lzo", "zst", "bz2")],
+        ("vzdump-qemu-16110-2020_03_30-21_13_55.vma",
+         ("qemu", 16110, datetime(2020, 3, 30, 21, 13, 55))),
+        ("vzdump-lxc-19254-2019_01_21-19_29_19.tar",
+         ("lxc", 19254, datetime(2019, 1, 21, 19, 29, 19))),
+        ("vzdump-openvz-16112-2020_03_30-21_39_30.tar.bz2", ("lxc", 16112, AT_2139)),
+        # the issue's examples
+        ("vzdump-qemu-100-2020_11_18-08_29_44.vma.zst", ("qemu", 100, ISSUE_TIME)),
+        ("vzdump-lxc-100-2020_11_18-08_29_44.tar.zst", ("lxc", 100, ISSUE_TIME)),
+    ],
+)  # fmt: skip
+def test_archive_names_proxmox_lists_as_backups(
+    name: str, parsed: tuple[str, int, datetime]
+) -> None:
+    assert parse_archive_name(name) == parsed
+    assert parse_volid(f"local:backup/{name}").vmid == parsed[1]
+    assert parse_offsite_listing(f"{name}\n{name}.part\n") == [name]
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        # archive_info_test.pm's failed matches, and its non-standard name
+        *[f"vzdump-{t}-16110-2020_03_30-21_12_40.{s}"
+          for t in ("openvz", "lxc") for s in ("zip", "tgz.lzo", "zip.gz", "")],
+        *[f"vzdump-qemu-16110-2020_03_30-21_12_40.{s}"
+          for s in ("vma.xz", "vms.gz", "vmx.zst", "")],
+        "vzdump-none-16110-2020_03_30-21_12_40.tar.gz",
+        "vzdump-qemu-16110-whatever-the-name_is_here.tgz",
+        "vzdump-qemu-99-2020_03_30-21_12_40.vma.zst",  # VMIDs start at 100
+        "vzdump-qemu-100-2020_13_30-21_12_40.vma.zst",  # no 13th month
+    ],
+)  # fmt: skip
+def test_names_proxmox_does_not_take_for_standard_archives(name: str) -> None:
+    assert parse_archive_name(name) is None
+
+
+# Proxmox Backup Server volids as pve-storage's src/PVE/Storage/PBSPlugin.pm prints them
+# (print_volid: "backup/{type}/{id}/" + strftime("%FT%TZ", gmtime)) and parses them back
+# (parse_volname: vm, ct and host backups; a numeric id is the guest's VMID).
+@pytest.mark.parametrize(
+    ("volid", "storage", "vmid", "subtype", "filename"),
+    [
+        ("pbs-store:backup/vm/100/2020-11-18T08:29:44Z", "pbs-store", 100, "qemu",
+         "vm/100/2020-11-18T08:29:44Z"),
+        ("pbs-store:backup/ct/100/2020-11-18T08:29:44Z", "pbs-store", 100, "lxc",
+         "ct/100/2020-11-18T08:29:44Z"),
+        ("pbs-store:backup/host/pve1/2020-11-18T08:29:44Z", "pbs-store", None, None,
+         "host/pve1/2020-11-18T08:29:44Z"),
+    ],
+)  # fmt: skip
+def test_backup_server_volids_parse(
+    volid: str, storage: str, vmid: int | None, subtype: str | None, filename: str
+) -> None:
+    v = parse_volid(volid)
+    assert (v.storage, v.vmid, v.subtype, v.filename) == (storage, vmid, subtype, filename)
+    assert v.stamp == datetime(2020, 11, 18, 8, 29, 44, tzinfo=UTC)  # PBS times are UTC
+    for bad in ("pbs:backup/vm/100/2020-11-18 08:29", "pbs:backup/vm/100/2020-11-18T08:29:44Z/x"):
+        with pytest.raises(ParseError):
+            parse_volid(bad)
+
+
+def test_a_listing_with_entries_it_cannot_read_still_lists_the_rest() -> None:
+    listing = [
+        entry(101, NOW),
+        # a PBS storage's entry, as PBSPlugin.pm's list_volumes writes it
+        {"volid": "pbs-store:backup/vm/101/2026-11-25T02:00:05Z", "format": "pbs-vm",
+         "size": GiB, "content": "backup", "vmid": 101, "ctime": int(NOW.timestamp()) - 86400,
+         "subtype": "qemu", "verification": {"state": "ok"}},
+        # a file of a name of its own on a dir storage: no VMID, subtype "unknown" (Plugin.pm)
+        {"volid": "nas:backup/my-own-copy.vma.zst", "format": "vma.zst", "size": GiB,
+         "content": "backup", "ctime": int(NOW.timestamp()), "subtype": "unknown"},
+        {"volid": "nas:something/else", "content": "backup", "vmid": 101, "ctime": 1},
+    ]  # fmt: skip
+    archives, skipped = split_content(listing)
+    assert [(a.volid, a.vmid, a.subtype) for a in archives] == [
+        ("pbs-store:backup/vm/101/2026-11-25T02:00:05Z", 101, "qemu"),
+        (listing[0]["volid"], 101, "qemu"),
+    ]
+    assert archives[0].filename == "vm/101/2026-11-25T02:00:05Z"
+    assert skipped == [
+        "nas:backup/my-own-copy.vma.zst: cannot parse backup content entry: no vmid",
+        "nas:something/else: not a backup volume id: 'nas:something/else'",
+    ]
+    assert parse_content(listing) == archives
 
 
 def test_the_new_archive_is_the_one_this_run_made() -> None:
@@ -171,7 +279,7 @@ def test_coverage_marks_stale_guests() -> None:
     assert (cells["verified"], cells["checksum"], cells["fresh"]) == ("yes", "yes", "NO")
     assert rows[1].cells(NOW)["last backup"] == "never"
     fresh = coverage_rows(guests[:1], archives, None, now=NOW, max_age=timedelta(days=2), tz=UTC)
-    assert not fresh[0].stale and fresh[0].cells(NOW)["checksum"] == "-"
+    assert not fresh[0].stale and fresh[0].cells(NOW)["checksum"] == "—"  # as in every report
     text = coverage_text(rows, NOW)
     assert text[0] == "backup coverage:" and text[1].startswith("GUEST")
 

@@ -11,7 +11,8 @@ from moxflow.backups import mark_restore_tested, parse_content
 from moxflow.errors import ParseError
 from moxflow.fleet import (
     backup_checks,
-    checks_table,
+    check_row,
+    checks_summary,
     locked_nixpkgs_time,
     nixos_check,
     node_check,
@@ -19,6 +20,7 @@ from moxflow.fleet import (
 )
 from moxflow.guests import Guest
 from moxflow.inventory import HealthSettings
+from moxflow.report import Outcome, ReportRow, RunReport
 
 NOW = datetime(2026, 11, 26, 7, 0, 0, tzinfo=UTC)
 H = timedelta(hours=1)
@@ -58,9 +60,12 @@ def test_backup_offsite_and_restore_test_ages() -> None:
     [late] = backup_checks(guests[:1], {101: edge}, now=NOW + timedelta(seconds=1), tz=UTC,
                            backup_limit=26 * H)  # fmt: skip
     assert ok.ok and not late.ok
-    lines = checks_table(checks, NOW)
-    assert lines[0].split() == ["CHECK", "TARGET", "LAST", "LIMIT", "STATUS", "DETAIL"]
-    assert "TOO OLD" in lines[3] and "27h ago" in lines[3] and "26h" in lines[3]
+    row = check_row(checks[2], NOW)  # 104's backup, 27 h old
+    assert row.target == "104 (ha) backup" and row.outcome is Outcome.FAILED
+    assert [row.cell(k) for k in ("target", "kind", "last", "limit")] == [
+        "104 (ha)", "backup", "27h ago", "26h"
+    ]  # fmt: skip
+    assert row.detail.startswith("TOO OLD: vzdump-qemu-104-")
 
 
 def test_snapshot_labels_and_grace() -> None:
@@ -79,8 +84,16 @@ def test_snapshot_labels_and_grace() -> None:
 
 
 def test_nixos_pin_and_generation_age() -> None:
+    modified = int((NOW - 10 * 24 * H).timestamp())
     lock = json.dumps(
-        {"nodes": {"nixpkgs": {"locked": {"lastModified": int((NOW - 10 * 24 * H).timestamp())}}}}
+        {
+            "nodes": {
+                "nixpkgs": {"locked": {"lastModified": modified}},
+                "root": {"inputs": {"nixpkgs": "nixpkgs"}},
+            },
+            "root": "root",
+            "version": 7,
+        }
     )
     pinned = locked_nixpkgs_time(lock)
     assert pinned == NOW - 10 * 24 * H
@@ -92,6 +105,69 @@ def test_nixos_pin_and_generation_age() -> None:
             locked_nixpkgs_time(bad)
 
 
+def github(repo: str, days_ago: int, **inputs: str | list[str]) -> dict[str, object]:
+    """A lock node as nix writes it for a github input locked ``days_ago`` days before NOW."""
+    node: dict[str, object] = {
+        "locked": {"lastModified": int((NOW - days_ago * 24 * H).timestamp()),
+                   "owner": "NixOS", "repo": repo, "rev": "0" * 40, "type": "github"},
+        "original": {"owner": "NixOS", "repo": repo, "type": "github"},
+    }  # fmt: skip
+    return {"inputs": inputs, **node} if inputs else node
+
+
+# Lock files the way nix writes them (NixOS/nix src/libflake/lockfile.cc, LockFile::toJSON):
+# nodes keyed depth first from the root, inputs in name order, a key already taken gets
+# "_2"; an input that follows another is a path of input names from the root (the shape in
+# NixOS/nix's own flake.lock: "nixpkgs-lib": ["nixpkgs"]), resolved as LockFile::findInput
+# and edolstra/flake-compat's getInputByPath do.
+FLAKE_LOCKS = {
+    # disko sorts before nixpkgs and locks a nixpkgs of its own: that one is "nixpkgs"
+    "own nixpkgs named nixpkgs_2": (
+        {"disko": github("disko", 400, nixpkgs="nixpkgs"), "nixpkgs": github("nixpkgs", 500),
+         "nixpkgs_2": github("nixpkgs", 10), "root": {"inputs": {"disko": "disko",
+                                                                  "nixpkgs": "nixpkgs_2"}}},
+        10,
+    ),
+    # inputs.nixpkgs.follows = "nixpkgs-stable": no node is called nixpkgs at all
+    "follows another input": (
+        {"nixpkgs-stable": github("nixpkgs", 12),
+         "root": {"inputs": {"nixpkgs": ["nixpkgs-stable"], "nixpkgs-stable": "nixpkgs-stable"}}},
+        12,
+    ),
+    # inputs.nixpkgs.follows = "srvos/nixpkgs", and srvos' nixpkgs follows nixpkgs-stable
+    "follows through a follows": (
+        {"srvos": github("srvos", 3, nixpkgs=["nixpkgs-stable"]),
+         "nixpkgs": github("nixpkgs", 900), "nixpkgs-stable": github("nixpkgs", 20),
+         "root": {"inputs": {"nixpkgs": ["srvos", "nixpkgs"], "srvos": "srvos",
+                             "nixpkgs-stable": "nixpkgs-stable", "old": "nixpkgs"}}},
+        20,
+    ),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", sorted(FLAKE_LOCKS))
+def test_the_pin_is_the_node_the_roots_nixpkgs_input_points_to(case: str) -> None:
+    nodes, days = FLAKE_LOCKS[case]
+    lock = json.dumps({"nodes": nodes, "root": "root", "version": 7}, indent=2)
+    assert locked_nixpkgs_time(lock) == NOW - days * 24 * H
+
+
+@pytest.mark.parametrize(
+    "root_inputs",
+    [
+        {"nixpkgs": ["a", "nixpkgs"], "a": "a"},  # a follows b follows a
+        {"nixpkgs": ["missing"]},
+        {"nixpkgs": "missing"},
+        {"disko": "disko"},  # no nixpkgs input at all
+    ],
+)
+def test_a_pin_that_cannot_be_followed_is_a_parse_error(root_inputs: dict[str, object]) -> None:
+    nodes = {"a": {"inputs": {"nixpkgs": ["nixpkgs"]}, **github("a", 1)},
+             "disko": github("disko", 1), "root": {"inputs": root_inputs}}  # fmt: skip
+    with pytest.raises(ParseError):
+        locked_nixpkgs_time(json.dumps({"nodes": nodes, "root": "root", "version": 7}))
+
+
 def test_node_updates_are_judged_only_with_a_limit() -> None:
     pending = [{"Package": f"pkg{i}"} for i in range(7)]
     shown = node_check("pve1", pending, None)
@@ -101,17 +177,36 @@ def test_node_updates_are_judged_only_with_a_limit() -> None:
     assert node_check("pve2", [], 0).ok
 
 
-def test_a_report_without_snapshots_drops_their_columns() -> None:
-    from moxflow.report import Outcome, ReportRow, RunReport
-
+def test_the_health_report_has_its_own_columns_not_the_snapshot_ones() -> None:
     health = RunReport(job="health-report", label="backups")
-    health.add(ReportRow(target="101 (media) backup", outcome=Outcome.OK, detail="last 1h ago"))
-    assert health.columns() == ["target", "outcome", "detail"]
-    assert health.to_text().splitlines()[0].split() == ["TARGET", "OUTCOME", "DETAIL"]
-    assert set(health.table()[0]) == {"target", "outcome", "detail"}
+    check = snapshot_check("pve1:rpool/data", "hourly", [NOW - 100 * timedelta(minutes=1)],
+                           now=NOW, limit=90 * timedelta(minutes=1))  # fmt: skip
+    health.add(check_row(check, NOW))
+    assert health.columns() == ["target", "kind", "last", "limit", "outcome", "detail"]
+    head, line = health.to_text().splitlines()[:2]
+    assert head.split() == ["TARGET", "KIND", "LAST", "LIMIT", "OUTCOME", "DETAIL"]
+    assert line.split() == ["pve1:rpool/data", "hourly", "snapshots", "100m", "ago", "90m",
+                            "failed", "TOO", "OLD:", "1", "snapshot(s)"]  # fmt: skip
+    assert health.table() == [
+        {"target": "pve1:rpool/data", "kind": "hourly snapshots", "last": "100m ago",
+         "limit": "90m", "outcome": "failed", "detail": "TOO OLD: 1 snapshot(s)"}
+    ]  # fmt: skip
     snap = RunReport(job="zfs-snapshot", label="hourly")
     snap.add(ReportRow(target="pve1:rpool", outcome=Outcome.OK, taken="moxflow-hourly-x"))
     assert snap.columns() == ["target", "taken", "kept", "removed", "outcome", "detail"]
+
+
+def test_the_log_line_says_how_many_failures_it_leaves_out() -> None:
+    old = [NOW - 30 * H]
+    checks = [snapshot_check(f"ds{i:02}", "hourly", old, now=NOW, limit=H) for i in range(29)]
+    checks += [snapshot_check("fine", "hourly", [NOW], now=NOW, limit=H)] * 7
+    line = checks_summary(checks)
+    assert line.startswith("36 check(s), 29 over the limit or unreadable; ds00 hourly snapshots: ")
+    assert line.count("TOO OLD") == 10 and "ds09" in line and "ds10" not in line
+    assert line.endswith("; and 19 more")
+    few = checks_summary(checks[:3])
+    assert few.count("TOO OLD") == 3 and "more" not in few
+    assert checks_summary(checks[29:]) == "7 check(s), 0 over the limit or unreadable"
 
 
 def test_offsite_names_are_read_in_the_nodes_time_zone() -> None:

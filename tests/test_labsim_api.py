@@ -211,16 +211,24 @@ def test_unknown_node(api: Api) -> None:
 
 def test_snapshot_list_has_current_and_parents(api: Api) -> None:
     snaps = api.snapshots("pve1", "qemu", 101)
+    digest = api.data(api.get("/nodes/pve1/qemu/101/config"))["digest"]
     assert snaps["current"] == {
         "name": "current",
+        "digest": digest,
         "description": "You are here!",
         "running": 1,
         "parent": "before-upgrade",
     }
     assert snaps["before-upgrade"]["vmstate"] == 0
     assert "parent" not in snaps["before-upgrade"]
+    digest = api.data(api.get("/nodes/pve1/lxc/100/config"))["digest"]
     assert api.snapshots("pve1", "lxc", 100) == {
-        "current": {"name": "current", "description": "You are here!"}
+        "current": {
+            "name": "current",
+            "digest": digest,
+            "description": "You are here!",
+            "running": 1,
+        }
     }
 
 
@@ -246,6 +254,26 @@ def test_snapshot_create_runs_as_a_task_then_is_listed(fresh_lab: LabClient, api
     listed = api.data(api.get("/nodes/pve1/tasks", typefilter="qmsnapshot"))
     assert [t["upid"] for t in listed] == [upid]
     assert listed[0]["status"] == "OK"
+
+
+def test_current_entry_has_the_config_digest_and_running(api: Api) -> None:
+    # the pseudo entry as qemu-server (src/PVE/API2/Qemu.pm) and pve-container
+    # (src/PVE/API2/LXC/Snapshot.pm) write it in snapshot_list, for VMs and containers alike:
+    # {name: current, digest: the config's digest, running: 0|1, description, parent?}
+    for node, gtype, vmid, running in (
+        ("pve1", "qemu", 101, 1),
+        ("pve2", "qemu", 103, 0),
+        ("pve1", "lxc", 100, 1),
+        ("pve2", "lxc", 105, 0),
+    ):
+        current = api.snapshots(node, gtype, vmid)["current"]
+        config = api.data(api.get(f"/nodes/{node}/{gtype}/{vmid}/config"))
+        assert current["digest"] == config["digest"], (gtype, vmid)
+        assert (current["running"], current["description"]) == (running, "You are here!")
+    before = api.snapshots("pve1", "qemu", 101)["current"]["digest"]
+    api.wait_task(api.data(api.post("/nodes/pve1/qemu/101/snapshot", snapname="d1")))
+    after = api.snapshots("pve1", "qemu", 101)["current"]
+    assert after["parent"] == "d1" and after["digest"] != before  # the config changed
 
 
 def test_container_snapshot_and_delete(fresh_lab: LabClient, api: Api) -> None:

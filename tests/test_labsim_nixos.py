@@ -145,8 +145,19 @@ def test_hosts_folders_and_inventory(lab: LabClient) -> None:
         root = Path(nix["root"])
         assert root == lab.dir / "hosts" / host
         lock = json.loads((root / "etc/nixos/flake.lock").read_text())
-        assert lock["nodes"]["nixpkgs"]["locked"]["rev"] == nix["flake_rev"]
-        assert lock["nodes"]["root"]["inputs"] == {"nixpkgs": "nixpkgs"}
+        # builder's flake has a disko input with a nixpkgs of its own, which nix writes
+        # first: the system's nixpkgs is the node nixpkgs_2 (the root's input says which)
+        system = "nixpkgs_2" if host == "builder" else "nixpkgs"
+        assert lock["nodes"][system]["locked"]["rev"] == nix["flake_rev"]
+        assert lock["nodes"]["root"]["inputs"] == (
+            {"disko": "disko", "nixpkgs": "nixpkgs_2"}
+            if host == "builder"
+            else {"nixpkgs": "nixpkgs"}
+        )
+        if host == "builder":
+            assert lock["nodes"]["disko"]["inputs"] == {"nixpkgs": "nixpkgs"}
+            assert lock["nodes"]["nixpkgs"]["locked"]["rev"] != nix["flake_rev"]
+            assert "disko.nixosModules.disko" in (root / "etc/nixos/flake.nix").read_text()
         assert f"nixosConfigurations.{host} =" in (root / "etc/nixos/flake.nix").read_text()
         profiles = root / "nix/var/nix/profiles"
         assert (profiles / "system").readlink() == Path("system-3-link")
@@ -383,6 +394,25 @@ def test_a_broken_deadman_leaves_the_host_down_until_a_snapshot_rollback(
     assert state["flake_rev"] != state["upstream_rev"]  # the lock is the snapshot's again
     assert health(lab, "dns") == (200, "ok\n")
     assert not ssh_refused(lab, "dns")
+
+
+def test_flake_update_moves_the_systems_nixpkgs_not_the_side_inputs(lab: LabClient) -> None:
+    flake = paths(lab, "builder")["flake"]
+    lock = Path(flake) / "flake.lock"
+    before = json.loads(lock.read_text())["nodes"]
+    lab.nixos("builder", upstream="nixpkgs-next")
+    with runner(lab, "builder") as r:
+        moved = r.run(["nix", "flake", "update", "--flake", flake])
+        assert "• Updated input 'nixpkgs':" in moved.stderr
+        assert r.run(["nix", "flake", "update", "--flake", flake, "disko"]).stderr == ""
+    after = json.loads(lock.read_text())["nodes"]
+    assert (
+        after["nixpkgs_2"]["locked"]["rev"] == lab.state()["hosts"]["builder"]["nixos"]["flake_rev"]
+    )
+    assert after["nixpkgs_2"] != before["nixpkgs_2"]
+    assert {k: after[k] for k in ("disko", "nixpkgs", "root")} == {
+        k: before[k] for k in ("disko", "nixpkgs", "root")
+    }
 
 
 # --- guest snapshots, power, reboot ------------------------------------------------------------

@@ -895,3 +895,13 @@ def test_plan_update_without_nixos_hosts(tmp_path: Path) -> None:
     assert plan.describe() == [
         "NixOS update: nothing to do (the inventory has no [nixos.hosts] tables)"
     ]
+
+
+def test_the_generation_column_says_before_and_after() -> None:
+    from moxflow.nixos import generation_text
+
+    assert generation_text(41, 42) == "41 → 42"
+    assert generation_text(41, 41) == "41"  # switched, but the configuration did not change
+    assert generation_text(41) == "41"  # not updated (up to date, failed before the switch)
+    assert generation_text(41, "?") == "41 → ?"  # needs attention: what it runs is not known
+    assert generation_text(None) == ""  # unreachable in pre-flight: shown as the empty mark

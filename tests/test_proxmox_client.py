@@ -109,6 +109,25 @@ def test_snapshot_entry_parsing() -> None:
         GuestSnapshot.from_api({"description": "no name"})
 
 
+@pytest.mark.parametrize("state", ["prepare", "delete"])
+def test_a_half_made_or_half_deleted_snapshot_is_not_complete(state: str) -> None:
+    # an entry as qemu-server's snapshot_list writes it (src/PVE/API2/Qemu.pm): snapstate is
+    # there only while the snapshot is being made or deleted, or after its task died
+    item = {
+        "name": "moxflow-daily-20261126-020005",
+        "snaptime": 1700000000,
+        "vmstate": 0,
+        "description": "moxflow: daily",
+        "parent": "before-upgrade",
+        "snapstate": state,
+    }
+    s = GuestSnapshot.from_api(item)
+    assert (s.snapstate, s.complete) == (state, False)
+    assert GuestSnapshot.from_api({**item, "snapstate": None}).complete
+    del item["snapstate"]
+    assert GuestSnapshot.from_api(item).complete
+
+
 # --- construction --------------------------------------------------------------------------
 
 

@@ -13,6 +13,7 @@ from moxflow.selection import (
     Term,
     describe,
     parse_selection,
+    require_matches,
     select_guests,
     unmatched,
 )
@@ -156,3 +157,25 @@ def test_parse_never_raises_anything_but_selection_error(expr: str) -> None:
     except SelectionError:
         return
     assert parse_selection(str(sel)) == sel
+
+
+def test_a_named_guest_that_is_not_there_is_refused_with_the_closest_name() -> None:
+    with pytest.raises(SelectionError) as info:
+        require_matches("medai-vm", GUESTS)
+    message = str(info.value)
+    assert "'medai-vm' (did you mean 'media-vm'?) matches no guest" in message
+    assert "101 media-vm" in message  # the guests there are, to pick from
+    assert isinstance(info.value, ConfigError)  # a usage error: exit status 2
+
+
+@pytest.mark.parametrize(
+    "expr", ["999", "500:600", "@tag-none", "@pool-x", "@node-pve9", "100,ghost"]
+)
+def test_every_included_token_must_match(expr: str) -> None:
+    with pytest.raises(SelectionError, match="matches no guest"):
+        require_matches(expr, GUESTS)
+
+
+@pytest.mark.parametrize("expr", ["@all", "-@tag-none", "@all,-999,-ghost", "100:105,-@tag-nosnap"])
+def test_exclusions_and_all_never_fail(expr: str) -> None:
+    require_matches(expr, GUESTS)

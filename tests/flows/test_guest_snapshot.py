@@ -113,6 +113,41 @@ def test_prunes_only_its_own_snapshots_of_the_label(
     assert "before-upgrade" in snaps
 
 
+def test_a_half_deleted_snapshot_never_takes_the_place_of_a_good_one(
+    fresh_lab: LabClient, lab_inventory: Path, tmp_path: Path
+) -> None:
+    import requests
+
+    base = f"{fresh_lab.api_url}/nodes/pve1/qemu/101/snapshot"
+    headers, ca = fresh_lab.auth_header, str(fresh_lab.ca_file)
+    good, broken = "moxflow-daily-20261120-000000", "moxflow-daily-20261121-000000"
+    for name in (good, broken):
+        data = {"snapname": name, "description": "moxflow: daily snapshot taken earlier"}
+        r = requests.post(base, data=data, headers=headers, verify=ca, timeout=10)
+        assert r.status_code == 200, r.reason
+        wait_until(lambda: all(t["status"] == "stopped" for t in fresh_lab.state()["tasks"]))
+    # the newer one's delete task dies half-way: PVE leaves it in snapstate "delete" (and the
+    # guest locked, until an admin runs `qm unlock`)
+    fresh_lab.fault(target="task", type="qmdelsnapshot", id="101", action="error",
+                    exitstatus="zfs error: dataset is busy", times=1)  # fmt: skip
+    r = requests.delete(f"{base}/{broken}", headers=headers, verify=ca, timeout=10)
+    assert r.status_code == 200, r.reason
+    wait_until(lambda: all(t["status"] == "stopped" for t in fresh_lab.state()["tasks"]))
+    fresh_lab.set_guest(101, lock="")
+    inv = edit_inventory(
+        lab_inventory, tmp_path, {'daily = "keep-daily=7"': 'daily = "keep-last=2"'}
+    )
+
+    report = guest_snapshot(label="daily", select="101", inventory=str(inv))
+
+    (row,) = report.rows
+    assert row.outcome is Outcome.OK
+    assert (row.kept, row.removed) == (2, ())  # the new one and the good one
+    snaps = guest_snapshots(fresh_lab.state(), 101)
+    assert row.taken in snaps and good in snaps
+    assert snaps[broken]["snapstate"] == "delete"  # neither kept nor touched
+
+
 def test_dry_run_changes_nothing(fresh_lab: LabClient, lab_inventory: Path) -> None:
     before = fresh_lab.state()["guests"]
     report = guest_snapshot(label="daily", dry_run=True, inventory=str(lab_inventory))

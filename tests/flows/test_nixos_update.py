@@ -106,6 +106,11 @@ def test_nothing_to_update(fresh_lab: LabClient, inv: Path) -> None:
     assert "up to date" in detail(report, "media")
     assert_settled(fresh_lab, "media", before)
     assert pre_update_snaps(fresh_lab.state(), "media") == set()  # released
+    # unchanged generation, and no snapshot left to name
+    assert report.table()[0] == {
+        "host": "media", "generation": str(before), "snapshot": "—", "outcome": "ok",
+        "detail": detail(report, "media"),
+    }  # fmt: skip
 
 
 def test_success_updates_and_keeps_the_snapshot(fresh_lab: LabClient, inv: Path) -> None:
@@ -116,8 +121,15 @@ def test_success_updates_and_keeps_the_snapshot(fresh_lab: LabClient, inv: Path)
     assert_settled(fresh_lab, "media", before + 1)
     state = fresh_lab.state()
     assert nixos(state, "media")["flake_rev"] == NEW_REV
-    assert len(pre_update_snaps(state, "media")) == 1
-    assert f"gen {before} → {before + 1}" in detail(report, "media")
+    [snap] = pre_update_snaps(state, "media")
+    # the report speaks NixOS: generation before → after, the snapshot kept, the verdict
+    [row] = report.rows
+    assert (row.cell("generation"), row.cell("snapshot")) == (f"{before} → {before + 1}", snap)
+    head, line = report.to_text().splitlines()[:2]
+    assert head.split() == ["HOST", "GENERATION", "SNAPSHOT", "OUTCOME", "DETAIL"]
+    assert line.split()[:6] == ["media", str(before), "→", str(before + 1), snap, "ok"]
+    assert report.table()[0]["generation"] == f"{before} → {before + 1}"
+    assert not {"taken", "kept", "removed"} & set(report.table()[0])
 
 
 def test_build_failure_activates_nothing(fresh_lab: LabClient, inv: Path) -> None:
@@ -139,6 +151,9 @@ def test_failed_units_roll_back_the_generation(fresh_lab: LabClient, inv: Path) 
     assert "jellyfin.service" in detail(report, "media")
     assert "generation rollback" in detail(report, "media")
     assert_settled(fresh_lab, "media", before)
+    [row] = report.table()
+    assert row["generation"] == str(before) and row["outcome"] == "rolled back"
+    assert row["snapshot"].startswith("moxflow-pre-update-")
     # flake.lock is back too, so the next run sees the update again and retries it
     assert nixos(fresh_lab.state(), "media")["flake_rev"] == rev
 
@@ -213,7 +228,11 @@ def test_snapshot_rollback_failing_needs_attention_and_keeps_the_snapshot(
     assert outcome(report, "media") is Outcome.NEEDS_ATTENTION
     snaps = pre_update_snaps(fresh_lab.state(), "media")
     assert len(snaps) == 1
-    assert snaps.pop() in detail(report, "media")
+    snap = snaps.pop()
+    assert snap in detail(report, "media")
+    # named in its column too; what the host runs now is not known
+    [row] = report.rows
+    assert row.cell("snapshot") == snap and row.cell("generation").endswith(" → ?")
 
 
 def test_failing_canary_leaves_every_other_host_untouched(fresh_lab: LabClient, inv: Path) -> None:
@@ -391,3 +410,35 @@ def test_older_pre_update_snapshots_are_pruned_by_retention(
     (second,) = pre_update_snaps(fresh_lab.state(), "media")
     assert second != first
     assert f"pruned older snapshots {first}" in detail(report, "media")
+
+
+def _wrong_token(inv: Path) -> Path:
+    """``inv`` with a Proxmox token secret the lab refuses (401)."""
+    (inv.parent / "wrong-token").write_text("00000000-0000-0000-0000-000000000000\n")
+    text = inv.read_text().replace(
+        'token_secret = "file:pve-token"', 'token_secret = "file:wrong-token"'
+    )
+    assert "wrong-token" in text
+    inv.write_text(text)
+    return inv
+
+
+def test_dry_run_checks_the_token_the_snapshots_need(
+    fresh_lab: LabClient, inv: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A plan that says OK must not fail later on credentials (it used to, with 401)."""
+    for host in GUEST:
+        fresh_lab.nixos(host, upstream=NEW_REV)
+    bad = _wrong_token(inv)
+    before = fresh_lab.state()
+    assert main(["--inventory", str(bad), "--dry-run"]) == 2
+    assert "401" in capsys.readouterr().err
+    # started from the UI (no command line): the dry run's hosts fail, nothing changes
+    with pytest.raises(RunFailed) as info:
+        nixos_update(inventory=str(bad), dry_run=True)
+    rows = {r.target: r for r in info.value.report.rows}
+    assert {r.outcome for r in rows.values()} == {Outcome.FAILED}
+    assert "snapshot not possible" in rows["media"].detail and "401" in rows["media"].detail
+    assert fresh_lab.state()["hosts"] == before["hosts"]
+    # with --no-snapshot the token is not needed, and the plan stands
+    assert main(["--inventory", str(bad), "--dry-run", "--no-snapshot"]) == 0

@@ -68,11 +68,27 @@ def test_restore_test_restores_boots_and_destroys(fast_lab: LabClient, lab_inven
         "101 (media-vm)": Outcome.OK,
         "104 (homeassistant)": Outcome.OK,
     }
-    assert "guest agent answered" in rows["101 (media-vm)"].detail
-    assert "running" in rows["100 (dns)"].detail
+    # the report speaks restore test: archive, scratch VMID, boot, guest agent
+    assert report.columns() == [
+        "guest", "archive", "scratch vmid", "boot", "agent", "outcome", "detail"
+    ]  # fmt: skip
+    table = {t["guest"]: t for t in report.table()}
+    assert table["101 (media-vm)"]["agent"] == "answered"  # a VM: its guest agent answered
+    assert table["100 (dns)"]["agent"] == "—"  # a container has none: it runs
     for row in rows.values():
         assert row.taken and row.taken.startswith("vzdump-")
-        assert "scratch 99" in row.detail and "destroyed" in row.detail
+        cells = table[row.target]
+        assert cells["archive"] == row.taken and cells["scratch vmid"].startswith("99")
+        assert re.fullmatch(r"\d+\.\ds", cells["boot"])
+        assert cells["detail"] == "booted; scratch guest destroyed"
+    head, *lines = report.to_text().splitlines()
+    assert head.split() == ["GUEST", "ARCHIVE", "SCRATCH", "VMID", "BOOT", "AGENT", "OUTCOME",
+                            "DETAIL"]  # fmt: skip
+    media = next(x for x in lines if x.startswith("101 (media-vm)"))
+    assert media.split()[2:6] == [rows["101 (media-vm)"].taken,
+                                  table["101 (media-vm)"]["scratch vmid"],
+                                  table["101 (media-vm)"]["boot"], "answered"]  # fmt: skip
+    assert "KEPT" not in head and "TAKEN" not in head
     # the newest archive was restored
     assert rows["101 (media-vm)"].taken == max(
         a["filename"] for a in lab.state()["storages"]["nas-backup"]["archives"] if a["vmid"] == 101
@@ -173,6 +189,11 @@ def test_restore_with_force_snapshots_first(fast_lab: LabClient, lab_inventory: 
     [row] = report.rows
     assert row.outcome is Outcome.OK, row.detail
     assert "snapshot moxflow-pre-restore-" in row.detail and "started again" in row.detail
+    [cells] = report.table()
+    assert list(cells) == ["archive", "target vmid", "outcome", "detail"]
+    assert (
+        cells["archive"].startswith("vzdump-qemu-101-") and cells["target vmid"] == "101 (media-vm)"
+    )
     calls = [(r["method"], r["path"], r.get("params") or {}) for r in lab.api_requests()]
     changing = [(m, p, q) for m, p, q in calls if m in MUTATING]
     kinds = [p.rsplit("/", 1)[-1] if m == "POST" else m for m, p, _ in changing]
@@ -214,7 +235,9 @@ def test_restore_test_cleans_up_when_the_scratch_guest_fails(
     assert isinstance(report, RunReport)
     [row] = report.rows
     assert row.outcome is Outcome.FAILED
-    assert "scratch 9900" in row.detail and "boom" in row.detail and "destroyed" in row.detail
+    assert "boom" in row.detail and row.detail.endswith("; scratch guest destroyed")
+    assert (row.cell("scratch"), row.cell("boot"), row.cell("agent")) == ("9900", "—", "—")
+    assert row.cell("archive") == row.taken
     assert "9900" not in lab.state()["guests"]
     assert stable(lab.guest(101)) == before
     assert 101 not in mutating_vmids(lab)

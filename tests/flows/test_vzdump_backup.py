@@ -95,6 +95,27 @@ def test_backs_up_verifies_and_copies_every_guest(fast_lab: LabClient, lab_inven
     assert "backup coverage:" in report.notes
     coverage = report.notes[report.notes.index("backup coverage:") + 1 :]
     assert len(coverage) == 1 + len(GUESTS) and not any(" NO" in line for line in coverage[1:])
+    # the report speaks backups: archive, size, and for the copies rate and checksum
+    columns = ["target", "archive", "size", "rate", "checksum", "outcome", "detail"]
+    assert report.columns() == columns
+    head = report.to_text().splitlines()[0]
+    assert head.split() == [c.upper() for c in columns]
+    table = {t["target"]: t for t in report.table()}
+    size = re.compile(r"\d+(\.\d)? (B|KiB|MiB|GiB)")
+    for r in report.rows:
+        cells = table[r.target]
+        if r.outcome is Outcome.OK and not r.target.endswith("offsite"):
+            assert cells["archive"] == r.taken and size.fullmatch(cells["size"])
+            assert cells["rate"] == cells["checksum"] == "—"
+            assert "verified, on pve" in cells["detail"] and "backup(s) on nas-backup" in r.detail
+        elif r.target.endswith("offsite"):
+            names = re.sub(r" \(\+\d+ more\)$", "", cells["archive"]).split(", ")
+            assert set(names) <= set(files)  # at most two named, then how many more
+            assert size.fullmatch(cells["size"]) and cells["checksum"] == "verified"
+            assert re.fullmatch(size.pattern + "/s", cells["rate"])
+            assert re.search(r"^\d+ copied; \d+ cop(y|ies) offsite", cells["detail"])
+    assert table["9000 (debian-12-template)"]["archive"] == "—"
+    assert "0" not in {v for t in table.values() for v in t.values()}  # no unexplained counts
 
 
 def test_a_failing_dump_is_retried_once_and_named(fast_lab: LabClient, lab_inventory: Path) -> None:
@@ -159,6 +180,22 @@ def test_a_corrupted_copy_is_detected_and_redone(fast_lab: LabClient, lab_invent
     assert len(files) == 1 and not any(n.endswith(".part") for n in files)
     [(name, sha)] = files.items()
     assert archives(lab)[name]["sha256"] == sha
+    row = next(t for t in report.table() if t["target"] == "100 (dns) offsite")
+    assert (row["archive"], row["checksum"]) == (name, "verified")  # the second copy was
+
+
+def test_a_copy_corrupted_twice_is_a_checksum_mismatch(
+    fast_lab: LabClient, lab_inventory: Path
+) -> None:
+    lab = fast_lab
+    lab.fault(target="command", host="offsite", command="^sha256sum", action="error",
+              exit=0, stdout="0" * 64 + "  x.part\n", times=2)  # fmt: skip
+    report = failed_report(select="100", inventory=str(lab_inventory))
+    assert outcomes(report)["100 (dns) offsite"] is Outcome.FAILED
+    row = next(t for t in report.table() if t["target"] == "100 (dns) offsite")
+    assert row["checksum"] == "mismatch" and "arrived corrupted twice" in row["detail"]
+    assert row["archive"] == row["size"] == row["rate"] == "—"  # nothing was copied
+    assert offsite_files(lab) == {}
 
 
 def test_prune_keeps_protected_and_exactly_what_the_policy_keeps(
@@ -263,8 +300,9 @@ def copy_104(lab: LabClient, inventory: Path, chunk: int) -> tuple[dict[str, Any
     src = Path(inv.backups.storage_path("nas-backup", "pve2")) / archive["filename"]
     folder = lab.info["offsite"]["path"]
     with ssh_runner(inv, "pve2") as source, ssh_runner(inv, "offsite") as dest:
-        sha = copy_archive(source, str(src), dest, folder, logging.getLogger("test"), chunk=chunk)
-    return archive, src, sha
+        done = copy_archive(source, str(src), dest, folder, logging.getLogger("test"), chunk=chunk)
+    assert done.size == src.stat().st_size
+    return archive, src, done.sha256
 
 
 def offsite_writes(lab: LabClient) -> list[dict[str, Any]]:

@@ -189,3 +189,17 @@ def berlin_inventory(lab: LabClient) -> Path:
 
 SCHEDULES = {"health-report/daily": "30 6 * * *", "restore-test/weekly": "off"}
 """The Berlin inventory's [schedules]: one time changed, one schedule turned off."""
+
+
+@pytest.fixture(scope="session")
+def local_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A plain ``prefect server start`` on SQLite, on a free port, as a user runs one on their
+    own machine (docs/install.md, "Trying it without a homelab"): its API URL."""
+    from scripts.prefect_server import start_server, stop_server
+
+    env = clean_env()
+    proc = start_server(tmp_path_factory.mktemp("prefect-local"), env)
+    try:
+        yield env["PREFECT_API_URL"]
+    finally:
+        stop_server(proc)

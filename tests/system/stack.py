@@ -100,6 +100,19 @@ def start(
     return Service(name, proc, log)
 
 
+def children(pid: int) -> list[int]:
+    """The processes whose parent is ``pid`` (the worker's flow runs)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # gone meanwhile
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
 def clean_env(**extra: str) -> dict[str, str]:
     """This process's environment without any PREFECT_ or MOXFLOW_ setting, plus ``extra``."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MOXFLOW_"))}

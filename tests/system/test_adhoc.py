@@ -11,11 +11,18 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from prefect.client.schemas.filters import FlowFilter, FlowFilterName
+from prefect.client.schemas.filters import (
+    FlowFilter,
+    FlowFilterName,
+    LogFilter,
+    LogFilterFlowRunId,
+)
+from prefect.client.schemas.objects import Log
+from prefect.client.schemas.sorting import FlowRunSort
 
-from flows._run import find_local_server, server_answers
+from flows._server import find_local_server, server_answers
 from labsim.client import LabClient
-from tests.system.stack import ROOT, PrefectStack, clean_env
+from tests.system.stack import ROOT, PrefectStack, clean_env, wait_for
 
 
 class _Health(http.server.BaseHTTPRequestHandler):
@@ -108,3 +115,64 @@ def test_without_a_server_the_run_is_quiet(fresh_lab: LabClient, tmp_path: Path)
         assert noise not in text
     assert "OK (dry run: nothing changed)" in out.stdout
     assert (tmp_path / "moxflow-temporary-server.log").exists()
+
+
+@pytest.mark.system
+def test_guest_snapshot_records_to_the_local_server_and_starts_no_other(
+    prefect_stack: PrefectStack, fresh_lab: LabClient, tmp_path: Path
+) -> None:
+    """Its per-guest threads log into the run on the local server, not a temporary one."""
+    env = clean_env(MOXFLOW_PREFECT_URL=prefect_stack.api_url, PREFECT_HOME=str(tmp_path))
+    out = subprocess.run(
+        [sys.executable, "-m", "flows.guest_snapshot", "--inventory",
+         str(fresh_lab.dir / "inventory.toml"), "--label", "daily", "--select", "100,101"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    text = out.stdout + out.stderr
+    assert out.returncode == 0, text
+    for noise in ("temporary server", "Traceback", "telemetry", "Error logging to API"):
+        assert noise not in text
+    # the lines the per-guest threads logged reached the run's task on the local server
+    # (the server stores logs a moment after it accepted them)
+    with prefect_stack.client() as client:
+        [run] = client.read_flow_runs(
+            flow_filter=FlowFilter(name=FlowFilterName(any_=["guest-snapshot"])),
+            sort=FlowRunSort.START_TIME_DESC,
+            limit=1,
+        )
+
+        def took() -> list[Log] | None:
+            logs = client.read_logs(
+                log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run.id]))
+            )
+            found = [log for log in logs if ": took moxflow-daily-" in log.message]
+            return found if len(found) == 2 else None
+
+        lines = wait_for("the two guests' lines on the server", took, 30)
+    assert all(log.task_run_id is not None for log in lines)
+
+
+@pytest.mark.system
+def test_a_run_with_a_failed_target_ends_1_with_its_report_and_no_traceback(
+    prefect_stack: PrefectStack, fresh_lab: LabClient, tmp_path: Path
+) -> None:
+    env = clean_env(MOXFLOW_PREFECT_URL=prefect_stack.api_url, PREFECT_HOME=str(tmp_path))
+    fresh_lab.fault(
+        target="command",
+        host="pve1",
+        command="zfs snapshot.*tank/media",
+        action="error",
+        exit=1,
+        stderr="cannot create snapshot 'tank/media@x': out of space",
+    )
+    out = subprocess.run(
+        [sys.executable, "-m", "flows.zfs_snapshot", "--inventory",
+         str(fresh_lab.dir / "inventory.toml"), "--label", "daily"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    text = out.stdout + out.stderr
+    assert out.returncode == 1, text
+    assert "Finished in state Failed('1 target(s) failed: pve1:tank/media')" in text
+    assert "zfs-snapshot [daily] FAILED" in out.stdout  # the report, on the terminal
+    for noise in ("Traceback", "unexpected exception", "RunFailed"):
+        assert noise not in text, text

@@ -37,6 +37,7 @@ from tests.system.stack import (
     ROOT,
     PrefectStack,
     Service,
+    children,
     start,
     wait_for,
     wait_for_final,
@@ -209,3 +210,38 @@ def test_an_overlapping_run_is_cancelled_and_says_why(
     assert cancelled.state is not None and cancelled.state.is_cancelled(), cancelled.state
     assert cancelled.state.message == "Deployment concurrency limit reached."
     assert finished.state is not None and finished.state.is_completed(), finished.state
+
+
+def test_a_run_with_failed_targets_is_failed_not_a_crash_on_the_worker(
+    prefect_stack: PrefectStack, worker: Service, fresh_lab: LabClient
+) -> None:
+    """An expected failure (a target failed) is a Failed run with the report's message; the
+    worker's output has no crash and no traceback."""
+    inventory = str(fresh_lab.dir / "inventory.toml")
+    fresh_lab.fault(
+        target="command",
+        host="pve1",
+        command="zfs snapshot.*tank/media",
+        action="error",
+        exit=1,
+        stderr="cannot create snapshot 'tank/media@x': out of space",
+    )
+    start = worker.log.stat().st_size
+    with prefect_stack.client() as client:
+        dep = client.read_deployment_by_name("zfs-snapshot/hourly")
+        run = client.create_flow_run_from_deployment(dep.id, parameters={"inventory": inventory})
+        final = wait_for_final(client, run.id, 90, worker.log)
+    assert final.state is not None and final.state.is_failed(), final.state
+    assert final.state.message == "1 target(s) failed: pve1:tank/media"
+
+    def output() -> str:
+        with worker.log.open("rb") as f:
+            f.seek(start)
+            return f.read().decode(errors="replace")
+
+    # the run's process says how it ended, then exits (a crash would be logged in between)
+    finished = "Finished in state Failed('1 target(s) failed: pve1:tank/media')"
+    wait_for("the run's last line", lambda: finished in output(), 30, worker.log)
+    wait_for("the run's process to end", lambda: not children(worker.proc.pid), 30, worker.log)
+    for sign in ("unexpected exception", "Traceback", "RunFailed"):
+        assert sign not in output(), output()

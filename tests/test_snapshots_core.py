@@ -1,0 +1,46 @@
+"""Guest snapshot pruning as data: a snapshot list in, the prune plan out."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from moxflow.naming import snapshot_description, snapshot_name
+from moxflow.proxmox import GuestSnapshot
+from moxflow.retention import KeepPolicy
+from moxflow.snapshots import plan_guest_prune
+
+NOW = datetime(2026, 11, 26, 2, 0, 5, tzinfo=UTC)
+
+
+def listed(days_ago: int, snapstate: str | None = None) -> dict[str, Any]:
+    """One entry of ``GET .../qemu/{vmid}/snapshot`` for a moxflow daily snapshot, the way
+    qemu-server's snapshot_list writes it (src/PVE/API2/Qemu.pm): ``snapstate`` only while
+    the snapshot is being made (``prepare``) or deleted (``delete``), or once that task died."""
+    when = NOW - timedelta(days=days_ago)
+    item: dict[str, Any] = {
+        "name": snapshot_name("daily", when),
+        "snaptime": int(when.timestamp()),
+        "vmstate": 0,
+        "description": snapshot_description("daily", when),
+    }
+    if snapstate:
+        item["snapstate"] = snapstate
+    return item
+
+
+def test_half_made_and_half_deleted_snapshots_are_never_kept_in_place_of_good_ones() -> None:
+    items = [
+        listed(3),
+        listed(2),
+        listed(1, snapstate="delete"),  # a delete whose task died half-way
+        listed(0, snapstate="prepare"),  # a snapshot whose task died half-way
+    ]
+    snaps = [GuestSnapshot.from_api(i) for i in items]
+    plan = plan_guest_prune(snaps, "daily", KeepPolicy(last=2), UTC, just_taken=None)
+    # the two newest whole snapshots are kept; the broken ones are neither kept nor removed
+    assert plan.keep == (items[1]["name"], items[0]["name"])
+    assert plan.remove == ()
+    assert plan.protected == ()
+    one = plan_guest_prune(snaps, "daily", KeepPolicy(last=1), UTC, just_taken=None)
+    assert (one.keep, one.remove) == ((items[1]["name"],), (items[0]["name"],))
