@@ -177,7 +177,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for expr in (inv.backups.select, inv.restore_test.select, inv.guest_snapshots.select):
             parse_selection(expr)
         if inv.proxmox is not None:
-            proxmox_client(inv).get("/version")
+            proxmox_client(inv).version()
     except (ConfigError, ProxmoxAuthError, ProxmoxPermissionError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE

@@ -172,7 +172,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         plan = plan_update(inv, a.only or [], max_parallel=a.max_parallel)
         proxmox = [h for h in plan.hosts if inv.nixos_host(h).snapshot.method == "proxmox"]
         if proxmox and not a.no_snapshot:  # a wrong token fails here, before the plan says OK
-            proxmox_client(inv).get("/version")
+            proxmox_client(inv).version()
     except (ConfigError, ProxmoxAuthError, ProxmoxPermissionError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE

@@ -55,8 +55,7 @@ from tasks.restore import restore_guest  # noqa: E402
 
 
 def _first_online_node(client: ProxmoxClient) -> str:
-    nodes = client.get("/nodes") or []
-    online = sorted(str(n["node"]) for n in nodes if n.get("status") == "online")
+    online = [str(n["node"]) for n in client.nodes() if n.get("status") == "online"]
     if not online:
         raise ConfigError("no online node to restore to", hint="pass --node NODE")
     return online[0]
@@ -137,7 +136,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         a = params_from_args(RestoreParams, args)
         inv = load_inventory(a.inventory)
         client = proxmox_client(inv)
-        client.get("/version")
+        client.version()  # a wrong token or CA fails here, clearly
         make_plan(
             client,
             inv,

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import quote
 
 import requests
 from proxmoxer import ProxmoxAPI
@@ -491,6 +492,115 @@ class ProxmoxClient:
         params: dict[str, Any] = {"start": True} if start else {}
         return self._expect_upid("POST", path, self.post(path, **params))
 
+    # --- backups: storage content, vzdump, prune ------------------------------------------
+
+    def backup_content(self, node: str, storage: str, vmid: int | None = None) -> list[Any]:
+        """``GET /nodes/{node}/storage/{storage}/content?content=backup[&vmid=]``, raw entries
+        (``moxflow.backups.split_content`` reads them)."""
+        path = f"/nodes/{node}/storage/{storage}/content"
+        params: dict[str, Any] = {"content": "backup"}
+        if vmid is not None:
+            params["vmid"] = vmid
+        return self._expect_list(path, self.get(path, **params))
+
+    def volume_attributes(self, node: str, storage: str, volid: str) -> dict[str, Any]:
+        """``GET .../content/{volume}``: a volume's attributes (``notes`` among them)."""
+        data = self.get(_volume_path(node, storage, volid))
+        return dict(data) if isinstance(data, Mapping) else {}
+
+    def set_volume_notes(self, node: str, storage: str, volid: str, notes: str) -> None:
+        """``PUT .../content/{volume}`` with ``notes``."""
+        self.put(_volume_path(node, storage, volid), notes=notes)
+
+    def vzdump(self, node: str, vmid: int, **options: Any) -> str:
+        """Start a backup of guest ``vmid`` on ``node``, its owner; its UPID.
+
+        A node that does not hold the guest answers ``OK`` instead of a task (it has nothing
+        to back up): that is an error here, naming the likely cause.
+        """
+        path = f"/nodes/{node}/vzdump"
+        answer = self.post(path, vmid=vmid, **options)
+        if answer == "OK":
+            raise ProxmoxError(
+                f"{node} answered 'OK' instead of a task: guest {vmid} is not on {node} "
+                "(migrated during the run?)",
+                endpoint=path,
+                method="POST",
+            )
+        return self._expect_upid("POST", path, answer)
+
+    def prune_marks(
+        self, node: str, storage: str, vmid: int, gtype: GuestType, policy: str
+    ) -> list[Any]:
+        """Proxmox's prune dry run (``GET .../prunebackups``), raw marks; changes nothing."""
+        path = f"/nodes/{node}/storage/{storage}/prunebackups"
+        params = {"prune-backups": policy, "type": gtype, "vmid": vmid}
+        return self._expect_list(path, self.get(path, **params))
+
+    def prune(
+        self, node: str, storage: str, vmid: int, gtype: GuestType, policy: str
+    ) -> str | None:
+        """Prune one guest's backups (``DELETE .../prunebackups``); the task's UPID, or None
+        when Proxmox had nothing to remove and started no task."""
+        path = f"/nodes/{node}/storage/{storage}/prunebackups"
+        answer = self.delete(path, **{"prune-backups": policy, "type": gtype, "vmid": vmid})
+        return None if answer is None else self._expect_upid("DELETE", path, answer)
+
+    def stop_task(self, node: str, upid: str) -> None:
+        """``DELETE /nodes/{node}/tasks/{upid}``: stop a running task."""
+        self.delete(f"/nodes/{node}/tasks/{upid}")
+
+    # --- guests: restore, power, status, agent, destroy ------------------------------------
+
+    def restore(self, node: str, gtype: GuestType, **params: Any) -> str:
+        """``POST /nodes/{node}/qemu`` (``archive``) or ``.../lxc`` (``ostemplate``,
+        ``restore``): create a guest from a backup; its UPID."""
+        path = f"/nodes/{node}/{gtype}"
+        return self._expect_upid("POST", path, self.post(path, **params))
+
+    def power(
+        self, node: str, gtype: GuestType, vmid: int, action: Literal["start", "stop"]
+    ) -> str:
+        """Start or stop a guest; the task's UPID."""
+        path = f"{_guest_path(node, gtype, vmid)}/status/{action}"
+        return self._expect_upid("POST", path, self.post(path))
+
+    def guest_status(self, node: str, gtype: GuestType, vmid: int) -> str:
+        """``running``, ``stopped``, ... (``GET .../status/current``); ``unknown`` if unsaid."""
+        data = self.get(f"{_guest_path(node, gtype, vmid)}/status/current")
+        return str(data.get("status", "unknown")) if isinstance(data, Mapping) else "unknown"
+
+    def agent_ping(self, node: str, vmid: int) -> None:
+        """Ping a VM's QEMU guest agent; raises ``ProxmoxError`` when it does not answer (``No
+        QEMU guest agent configured``, ``VM 100 is not running``, ...)."""
+        self.post(f"{_guest_path(node, 'qemu', vmid)}/agent/ping")
+
+    def destroy(self, node: str, gtype: GuestType, vmid: int) -> str:
+        """``DELETE /nodes/{node}/{type}/{vmid}``: destroy a (stopped) guest; its UPID."""
+        path = _guest_path(node, gtype, vmid)
+        return self._expect_upid("DELETE", path, self.delete(path))
+
+    # --- nodes ------------------------------------------------------------------------------
+
+    def nodes(self) -> list[dict[str, Any]]:
+        """The cluster's nodes (``GET /nodes``: ``node``, ``status`` online|offline, ...),
+        sorted by name."""
+        items = self._expect_list("/nodes", self.get("/nodes"))
+        found = [dict(i) for i in items if isinstance(i, Mapping) and i.get("node")]
+        return sorted(found, key=lambda n: str(n["node"]))
+
+    def pending_updates(self, node: str) -> list[Any]:
+        """``GET /nodes/{node}/apt/update``: the packages with an upgrade pending, raw."""
+        path = f"/nodes/{node}/apt/update"
+        return self._expect_list(path, self.get(path))
+
+    def version(self) -> dict[str, Any]:
+        """``GET /version``: needs a valid token, so it checks the credentials too."""
+        data = self.get("/version")
+        return dict(data) if isinstance(data, Mapping) else {}
+
+    # --- tasks ------------------------------------------------------------------------------
+
     def task_status(self, node: str, upid: str) -> dict[str, Any]:
         """``GET /nodes/{node}/tasks/{upid}/status`` (retried on transient errors)."""
         return self._status_dict(self.get(f"/nodes/{node}/tasks/{upid}/status"), upid)
@@ -612,6 +722,14 @@ class ProxmoxClient:
         return dict(data)
 
     @staticmethod
+    def _expect_list(path: str, data: Any) -> list[Any]:
+        if data is None:
+            return []
+        if not isinstance(data, list):
+            raise ParseError("expected a list", source=path, text=repr(data))
+        return data
+
+    @staticmethod
     def _expect_upid(method: str, path: str, data: Any) -> str:
         try:
             return parse_upid(data).text
@@ -624,6 +742,15 @@ class ProxmoxClient:
 
 
 # --- helpers -------------------------------------------------------------------------------
+
+
+def _guest_path(node: str, gtype: GuestType, vmid: int) -> str:
+    return f"/nodes/{node}/{gtype}/{vmid}"
+
+
+def _volume_path(node: str, storage: str, volid: str) -> str:
+    # the volume ID holds a "/": escaped, it stays one path segment
+    return f"/nodes/{node}/storage/{storage}/content/{quote(volid, safe='')}"
 
 
 def _snapshot_path(guest: Guest) -> str:

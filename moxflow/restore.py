@@ -13,7 +13,7 @@ from typing import Any
 
 from moxflow.backups import Archive, Volid, parse_volid
 from moxflow.errors import ConfigError, ParseError
-from moxflow.guests import Guest
+from moxflow.guests import Guest, GuestType
 
 __all__ = [
     "MAX_VMID",
@@ -136,17 +136,19 @@ def pick_archive(archives: Sequence[Archive], backup: str, vmid: int) -> Archive
 
 
 def restore_request(
-    subtype: str,
+    subtype: str | None,
     vmid: int,
     volid: str,
     *,
     storage: str | None,
     unique: bool,
     force: bool,
-) -> tuple[str, dict[str, Any]]:
-    """The path tail (``qemu``/``lxc``) and parameters of ``POST /nodes/{node}/{tail}``."""
+) -> tuple[GuestType, dict[str, Any]]:
+    """The guest type (the path tail ``qemu``/``lxc``) and the parameters of
+    ``POST /nodes/{node}/{type}``."""
     if subtype not in ("qemu", "lxc"):
         raise ConfigError(f"cannot restore an archive of type {subtype!r}")
+    gtype: GuestType = "qemu" if subtype == "qemu" else "lxc"
     params: dict[str, Any] = {"vmid": vmid, "storage": storage}
     if subtype == "qemu":
         params["archive"] = volid
@@ -157,7 +159,7 @@ def restore_request(
         params["unique"] = True
     if force:
         params["force"] = True
-    return subtype, params
+    return gtype, params
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,7 +8,6 @@ sides before the copy gets its real name.
 
 from __future__ import annotations
 
-import logging
 import math
 import threading
 import time
@@ -19,7 +18,6 @@ from typing import Any
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
-from prefect.exceptions import MissingContextError
 from prefect.logging import get_run_logger
 
 from moxflow.backups import (
@@ -37,7 +35,6 @@ from moxflow.backups import (
 )
 from moxflow.errors import (
     MoxflowError,
-    ProxmoxError,
     ProxmoxTaskError,
     ProxmoxTaskTimeout,
     SshChecksumError,
@@ -51,13 +48,12 @@ from moxflow.proxmox import ProxmoxClient
 from moxflow.report import Outcome, ReportRow, format_names, format_rate, format_size
 from moxflow.retention import KeepPolicy
 from moxflow.ssh import SshRunner
+from tasks._logging import LoggerLike, run_logger
 from tasks.clients import ssh_runner
-from tasks.proxmox import LoggerLike
 
 BACKOFF_START = 0.5
 BACKOFF_MAX = 15.0
 OFFSITE_CHUNK = 16 * 1024 * 1024  # bytes of archive per offsite copy command (two SSH trips)
-_fallback_logger = logging.getLogger("moxflow.backups")
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,49 +90,36 @@ class GuestBackup:
 def list_archives(client: ProxmoxClient, node: str, storage: str, vmid: int) -> list[Archive]:
     """The backups of guest ``vmid`` on ``storage`` as ``node`` (its owner) sees them; an
     entry that cannot be read is left out with a warning, never fails the listing."""
-    data = client.get(f"/nodes/{node}/storage/{storage}/content", content="backup", vmid=vmid)
-    archives, skipped = split_content(data or [])
+    archives, skipped = split_content(client.backup_content(node, storage, vmid))
     for note in skipped:
-        _logger().warning("%s on %s: backup entry left out: %s", storage, node, note)
+        run_logger("moxflow.backups").warning(
+            "%s on %s: backup entry left out: %s", storage, node, note
+        )
     return archives
-
-
-def _logger() -> LoggerLike:
-    try:
-        return get_run_logger()
-    except MissingContextError:  # called outside a flow run (a script, a test)
-        return _fallback_logger
 
 
 def prune_marks(
     client: ProxmoxClient, guest: Guest, storage: str, policy: KeepPolicy
 ) -> list[PruneMark]:
     """Proxmox's prune dry run for one guest (``GET .../prunebackups``): changes nothing."""
-    data = client.get(
-        f"/nodes/{guest.node}/storage/{storage}/prunebackups",
-        **{"prune-backups": str(policy), "type": guest.type, "vmid": guest.vmid},
-    )
-    return parse_prune_marks(data or [])
+    data = client.prune_marks(guest.node, storage, guest.vmid, guest.type, str(policy))
+    return parse_prune_marks(data)
 
 
 def _prune(
     client: ProxmoxClient, guest: Guest, storage: str, policy: KeepPolicy, timeout: float
 ) -> None:
     """Prune one guest's backups through Proxmox (protected archives are never removed)."""
-    upid = client.delete(
-        f"/nodes/{guest.node}/storage/{storage}/prunebackups",
-        **{"prune-backups": str(policy), "type": guest.type, "vmid": guest.vmid},
-    )
-    if isinstance(upid, str) and upid.startswith("UPID:"):
+    upid = client.prune(guest.node, storage, guest.vmid, guest.type, str(policy))
+    if upid is not None:
         client.wait_task(upid, timeout=timeout, node=guest.node)
 
 
 def _start_vzdump(client: ProxmoxClient, guest: Guest, job: BackupJob) -> str:
-    """POST vzdump to the guest's node; its UPID. ``OK`` means the guest is not there."""
-    path = f"/nodes/{guest.node}/vzdump"
-    answer = client.post(
-        path,
-        vmid=guest.vmid,
+    """POST vzdump to the guest's node; its UPID (an error when the guest is not there)."""
+    return client.vzdump(
+        guest.node,
+        guest.vmid,
         storage=job.storage,
         mode=job.mode,
         compress=job.compress,
@@ -145,14 +128,6 @@ def _start_vzdump(client: ProxmoxClient, guest: Guest, job: BackupJob) -> str:
         remove=False,  # moxflow prunes itself, after verifying the new archive
         **{"notes-template": job.notes_template},
     )
-    if not isinstance(answer, str) or not answer.startswith("UPID:"):
-        raise ProxmoxError(
-            f"{guest.node} answered {answer!r} instead of a task: guest {guest.vmid} is not "
-            f"on {guest.node} (migrated during the run?)",
-            endpoint=path,
-            method="POST",
-        )
-    return answer
 
 
 def _stop_task(client: ProxmoxClient, node: str, upid: str | None) -> None:
@@ -160,7 +135,7 @@ def _stop_task(client: ProxmoxClient, node: str, upid: str | None) -> None:
     if upid is None:
         return
     with suppress(MoxflowError):
-        client.delete(f"/nodes/{node}/tasks/{upid}")
+        client.stop_task(node, upid)
 
 
 def backup_guest(

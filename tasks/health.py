@@ -223,18 +223,17 @@ def check_nodes(inv: Inventory, client: ProxmoxClient) -> list[Check]:
     logger = get_run_logger()
     out: list[Check] = []
     try:
-        listed = client.get("/nodes")
+        nodes = [str(n["node"]) for n in client.nodes()]
     except MoxflowError as exc:
         logger.error("cannot list the Proxmox nodes: %s", exc)
         return [_error("node updates", "proxmox", exc)]
-    nodes = sorted(str(n["node"]) for n in listed if isinstance(n, dict) and "node" in n)
     for node in nodes:
         try:
-            pending = client.get(f"/nodes/{node}/apt/update")
+            pending = client.pending_updates(node)
         except MoxflowError as exc:
             logger.error("%s: cannot read pending updates: %s", node, exc)
             out.append(_error("node updates", node, exc))
             continue
-        items = [p for p in pending if isinstance(p, dict)] if isinstance(pending, list) else []
+        items = [p for p in pending if isinstance(p, dict)]
         out.append(node_check(node, items, inv.health.node_max_pending_updates))
     return out

@@ -13,7 +13,6 @@ from __future__ import annotations
 import logging
 import threading
 from pathlib import Path
-from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 import httpx
@@ -32,30 +31,12 @@ from moxflow.errors import MoxflowError
 from moxflow.inventory import NotificationSettings
 from moxflow.notify import Message, WebhookError, message_for_report
 from moxflow.report import RunReport
+from tasks._logging import run_logger
 
 ATTEMPTS = 3
 """Tries per message: the first and two retries."""
 BACKOFF = 1.0
 """Seconds before the first retry; doubled for each further one (at most 10 s)."""
-
-_fallback = logging.getLogger("moxflow.notify")
-
-
-class LoggerLike(Protocol):
-    """What the notifier needs of a logger (Prefect's run logger is one)."""
-
-    def info(self, msg: str, *args: Any) -> None: ...
-    def warning(self, msg: str, *args: Any) -> None: ...
-
-
-def _logger() -> LoggerLike:
-    from prefect.exceptions import MissingContextError
-    from prefect.logging import get_run_logger
-
-    try:
-        return get_run_logger()
-    except MissingContextError:
-        return _fallback
 
 
 # --- keeping the URL out of httpx's own request log --------------------------------------
@@ -128,7 +109,7 @@ def send_webhook(
     Transient failures are retried up to ``attempts`` tries in all, waiting ``backoff``
     seconds, then twice that, and so on (at most 10 s); other HTTP errors give up at once.
     """
-    log = _logger()
+    log = run_logger("moxflow.notify")
     secret = url.get_secret_value()
     shown = shown_url(secret)
     host = urlsplit(secret).hostname or "?"
@@ -170,7 +151,7 @@ def notify_webhook(settings: NotificationSettings, base_dir: Path, message: Mess
     try:
         url = settings.webhook_url(base_dir)
     except MoxflowError as exc:
-        _logger().warning("notification not sent: %s", exc)
+        run_logger("moxflow.notify").warning("notification not sent: %s", exc)
         return False
     if url is None:
         return False
@@ -197,7 +178,9 @@ def notify_run(
     try:
         return bool(notify_webhook(settings, base_dir, message))
     except Exception as exc:  # the task machinery itself failing must not fail the job
-        _logger().warning("notification not sent: %s: %s", type(exc).__name__, exc)
+        run_logger("moxflow.notify").warning(
+            "notification not sent: %s: %s", type(exc).__name__, exc
+        )
         return False
 
 

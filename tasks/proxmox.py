@@ -8,7 +8,6 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, tzinfo
-from typing import Any, Protocol
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
@@ -28,14 +27,7 @@ from moxflow.proxmox import GuestSnapshot, ProxmoxClient
 from moxflow.report import Outcome, ReportRow
 from moxflow.retention import KeepPolicy
 from moxflow.snapshots import plan_guest_prune
-
-
-class LoggerLike(Protocol):
-    """What the per-guest code needs of a logger (Prefect's run logger is one)."""
-
-    def info(self, msg: str, *args: Any) -> None: ...
-    def warning(self, msg: str, *args: Any) -> None: ...
-    def error(self, msg: str, *args: Any) -> None: ...
+from tasks._logging import LoggerLike
 
 
 @task(name="list-guests", cache_policy=NO_CACHE)

@@ -12,8 +12,7 @@ import time
 from contextlib import suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
-from urllib.parse import quote
+from typing import Literal
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
@@ -21,13 +20,13 @@ from prefect.logging import get_run_logger
 
 from moxflow.backups import Archive, mark_restore_tested
 from moxflow.errors import MoxflowError, ProxmoxError
-from moxflow.guests import Guest
+from moxflow.guests import Guest, GuestType
 from moxflow.naming import snapshot_description, snapshot_name
 from moxflow.proxmox import ProxmoxClient
 from moxflow.report import Outcome, ReportRow
 from moxflow.restore import RestorePlan, check_scratch_vmid, choose_scratch_vmid, restore_request
+from tasks._logging import LoggerLike
 from tasks.backups import list_archives
-from tasks.proxmox import LoggerLike
 
 PRE_RESTORE_LABEL = "pre-restore"
 POLL_START = 0.05
@@ -38,21 +37,10 @@ POWER_TIMEOUT = 300.0
 def record_restore_test(client: ProxmoxClient, node: str, archive: Archive, when: datetime) -> None:
     """Note a passed restore test in the archive's notes (``PUT .../content/{volume}``),
     where the backup coverage table and the health report find it."""
-    # the volume ID holds a "/": escaped, it stays one path segment
-    path = f"/nodes/{node}/storage/{archive.storage}/content/{quote(archive.volid, safe='')}"
-    current = client.get(path)  # the notes as they are now, not as listed before the test
-    notes = str(current.get("notes") or "") if isinstance(current, dict) else archive.notes
-    client.put(path, notes=mark_restore_tested(notes, when))
-
-
-def guest_path(node: str, gtype: str, vmid: int) -> str:
-    return f"/nodes/{node}/{gtype}/{vmid}"
-
-
-def _upid(answer: Any, what: str) -> str:
-    if not isinstance(answer, str) or not answer.startswith("UPID:"):
-        raise ProxmoxError(f"{what}: expected a task, got {answer!r}")
-    return answer
+    # the notes as they are now, not as listed before the test
+    current = client.volume_attributes(node, archive.storage, archive.volid)
+    notes = str(current.get("notes") or "") if current else archive.notes
+    client.set_volume_notes(node, archive.storage, archive.volid, mark_restore_tested(notes, when))
 
 
 def start_restore(
@@ -69,20 +57,14 @@ def start_restore(
     tail, params = restore_request(
         archive.subtype, vmid, archive.volid, storage=storage, unique=unique, force=force
     )
-    path = f"/nodes/{node}/{tail}"
-    return _upid(client.post(path, **params), f"POST {path}")
+    return client.restore(node, tail, **params)
 
 
-def power(client: ProxmoxClient, node: str, gtype: str, vmid: int, action: str) -> None:
+def power(
+    client: ProxmoxClient, node: str, gtype: GuestType, vmid: int, action: Literal["start", "stop"]
+) -> None:
     """Start or stop a guest and wait for the task."""
-    path = f"{guest_path(node, gtype, vmid)}/status/{action}"
-    upid = _upid(client.post(path), f"POST {path}")
-    client.wait_task(upid, timeout=POWER_TIMEOUT, node=node)
-
-
-def guest_status(client: ProxmoxClient, node: str, gtype: str, vmid: int) -> str:
-    data = client.get(f"{guest_path(node, gtype, vmid)}/status/current")
-    return str(data.get("status", "unknown")) if isinstance(data, dict) else "unknown"
+    client.wait_task(client.power(node, gtype, vmid, action), timeout=POWER_TIMEOUT, node=node)
 
 
 def find_guest(client: ProxmoxClient, vmid: int) -> Guest | None:
@@ -90,7 +72,7 @@ def find_guest(client: ProxmoxClient, vmid: int) -> Guest | None:
 
 
 def wait_booted(
-    client: ProxmoxClient, node: str, gtype: str, vmid: int, timeout: float
+    client: ProxmoxClient, node: str, gtype: GuestType, vmid: int, timeout: float
 ) -> tuple[bool, str, str]:
     """Poll until a VM's guest agent answers its ping (a container: it is running).
 
@@ -105,9 +87,9 @@ def wait_booted(
     while True:
         try:
             if gtype == "qemu":
-                client.post(f"{guest_path(node, gtype, vmid)}/agent/ping")
+                client.agent_ping(node, vmid)
                 return True, "guest agent answered", "answered"
-            status = guest_status(client, node, gtype, vmid)
+            status = client.guest_status(node, gtype, vmid)
             if status == "running":
                 return True, "running", ""
             last = f"status {status}"
@@ -115,7 +97,7 @@ def wait_booted(
             last = str(exc)
             if "No QEMU guest agent configured" in last:
                 with suppress(ProxmoxError):
-                    if guest_status(client, node, gtype, vmid) == "running":
+                    if client.guest_status(node, gtype, vmid) == "running":
                         return True, "running (no guest agent configured)", "not configured"
         if time.monotonic() + delay > deadline:
             agent = "no answer" if gtype == "qemu" else ""
@@ -124,15 +106,14 @@ def wait_booted(
         delay = min(delay * 1.5, POLL_MAX)
 
 
-def destroy(client: ProxmoxClient, node: str, gtype: str, vmid: int, timeout: float) -> str:
+def destroy(client: ProxmoxClient, node: str, gtype: GuestType, vmid: int, timeout: float) -> str:
     """Stop (if running) and destroy a scratch guest; what was done, in words."""
     current = find_guest(client, vmid)
     if current is None:
         return "nothing to clean up"
     if current.running:
         power(client, current.node, current.type, vmid, "stop")
-    path = guest_path(current.node, current.type, vmid)
-    upid = _upid(client.delete(path), f"DELETE {path}")
+    upid = client.destroy(current.node, current.type, vmid)
     client.wait_task(upid, timeout=timeout, node=current.node)
     return "destroyed"
 
@@ -333,7 +314,7 @@ def restore_guest(client: ProxmoxClient, plan: RestorePlan, task_timeout: float)
         notes.append(f"restored on {plan.node}" + (" over the old guest" if ex else ""))
         logger.info("%d: restored %s", plan.target, plan.archive.filename)
         if ex is not None and ex.running:
-            power(client, plan.node, plan.archive.subtype, plan.target, "start")
+            power(client, plan.node, ex.type, plan.target, "start")
             notes.append("started again")
     except MoxflowError as exc:
         notes.append(f"restore failed: {exc}")

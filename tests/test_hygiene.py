@@ -21,3 +21,27 @@ def test_no_code_names_a_path_of_one_machine() -> None:
                 for m in MACHINE_PATH.finditer(line):
                     found.append(f"{path.relative_to(ROOT)}:{n}: {m[1]}")
     assert found == [], "use a path relative to the checkout (Path(__file__)) instead"
+
+
+RAW_CALL = re.compile(r"\bclient\.(get|post|put|delete)\(\s*f?[\"']/")
+
+
+def test_tasks_and_flows_speak_to_proxmox_through_typed_methods() -> None:
+    """No raw API path and no hand-checked UPID outside moxflow/proxmox.py: one client surface."""
+    found = []
+    for folder in ("tasks", "flows", "blocks", "deployments"):
+        for path in sorted((ROOT / folder).rglob("*.py")):
+            for n, line in enumerate(path.read_text().splitlines(), start=1):
+                if RAW_CALL.search(line) or '"UPID:' in line:
+                    found.append(f"{path.relative_to(ROOT)}:{n}: {line.strip()}")
+    assert found == [], "add a typed method to ProxmoxClient (moxflow/proxmox.py) instead"
+
+
+def test_one_logger_shape() -> None:
+    defined = [
+        str(p.relative_to(ROOT))
+        for folder in ("tasks", "flows", "moxflow", "blocks")
+        for p in (ROOT / folder).rglob("*.py")
+        if "class LoggerLike(" in p.read_text()
+    ]
+    assert defined == ["tasks/_logging.py"]
