@@ -1,4 +1,4 @@
-"""Running a flow from the command line and fanning tasks out with a bound."""
+"""Running a flow from the command line: the Prefect server, quiet settings, the report."""
 
 from __future__ import annotations
 
@@ -8,14 +8,13 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from prefect.artifacts import create_table_artifact
 from prefect.client.schemas.objects import State
-from prefect.futures import PrefectFuture, as_completed
 from prefect.logging import get_run_logger
 from prefect.settings import (
     PREFECT_API_URL,
@@ -30,10 +29,8 @@ from flows._cli import EXIT_FAILED, EXIT_OK
 from flows._server import find_local_server, server_answers
 from moxflow.errors import MoxflowError, RunFailed
 from moxflow.inventory import Inventory, load_inventory
-from moxflow.report import ReportRow, RunReport
+from moxflow.report import RunReport
 from tasks.notify import notify_run
-
-T = TypeVar("T")
 
 
 class ExpectedFailureFilter(logging.Filter):
@@ -56,22 +53,6 @@ class ExpectedFailureFilter(logging.Filter):
 logging.getLogger("prefect.flow_runs").addFilter(ExpectedFailureFilter())
 
 _HEARTBEAT_ENV = ("PREFECT_FLOWS_HEARTBEAT_FREQUENCY", "PREFECT_RUNNER_HEARTBEAT_FREQUENCY")
-
-
-def bounded(
-    submit: Callable[[T], PrefectFuture[ReportRow]], items: Iterable[T], limit: int
-) -> Iterator[ReportRow]:
-    """Submit one task per item with at most ``limit`` in flight; yield rows as they finish."""
-    pending: list[PrefectFuture[ReportRow]] = []
-    for item in items:
-        while len(pending) >= max(1, limit):
-            done: PrefectFuture[ReportRow] = next(as_completed(pending))
-            pending.remove(done)
-            yield done.result()
-        pending.append(submit(item))
-    fut: PrefectFuture[ReportRow]
-    for fut in as_completed(pending):
-        yield fut.result()
 
 
 def finish(

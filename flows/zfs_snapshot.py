@@ -36,13 +36,18 @@ from prefect.futures import PrefectFuture  # noqa: E402
 from prefect.logging import get_run_logger  # noqa: E402
 from prefect.task_runners import ThreadPoolTaskRunner  # noqa: E402
 
-from flows._run import bounded, finish, run_from_cli  # noqa: E402
-from moxflow.errors import ConfigError  # noqa: E402
+from flows._run import finish, run_from_cli  # noqa: E402
+from moxflow.errors import ConfigError, MoxflowError  # noqa: E402
 from moxflow.inventory import load_inventory  # noqa: E402
 from moxflow.naming import snapshot_name  # noqa: E402
-from moxflow.report import ReportRow, RunReport  # noqa: E402
-from moxflow.snapshots import DatasetJob, plan_dataset_jobs, utc_now  # noqa: E402
-from tasks.zfs import snapshot_dataset  # noqa: E402
+from moxflow.report import Outcome, ReportRow, RunReport  # noqa: E402
+from moxflow.snapshots import (  # noqa: E402
+    DatasetPlan,
+    plan_dataset_jobs,
+    plan_dataset_snapshot,
+    utc_now,
+)
+from tasks.zfs import Pruned, Taken, list_dataset, prune_dataset, take_snapshot  # noqa: E402
 
 
 @flow(
@@ -63,16 +68,76 @@ def zfs_snapshot(**kwargs: Any) -> RunReport | State[Any]:
     now = utc_now()
     snapname = snapshot_name(label, now)
     report = RunReport(job="zfs-snapshot", label=label, dry_run=dry_run)
-    mode = "planning" if dry_run else "snapshotting"
-    logger.info("%s %d dataset(s) as @%s", mode, len(jobs), snapname)
+    logger.info("reading %d dataset(s) for @%s", len(jobs), snapname)
 
-    def submit(job: DatasetJob) -> PrefectFuture[ReportRow]:
-        return snapshot_dataset.submit(inv, job, label, snapname, now, tz, dry_run)
+    # facts: each dataset's snapshots, read-only
+    facts = {job.target: list_dataset.submit(inv, job) for job in jobs}
+    plans: list[DatasetPlan] = []
+    for job in jobs:
+        try:
+            grouped = facts[job.target].result()
+        except MoxflowError as exc:
+            logger.error("%s: %s", job.target, exc)
+            report.add(ReportRow(job.target, Outcome.FAILED, detail=str(exc)))
+            continue
+        # the plan: pure, from the facts
+        plans.append(plan_dataset_snapshot(job, grouped, label, snapname, now, tz))
+    if dry_run:
+        for plan in plans:
+            how = "would snapshot" + (" recursively" if plan.job.recursive else "")
+            report.add(
+                ReportRow(
+                    plan.job.target,
+                    Outcome.PLANNED,
+                    taken=plan.taken,
+                    kept=plan.kept,
+                    removed=plan.prune,
+                    detail=how,
+                )
+            )
+        return finish(report, artifact_key="zfs-snapshot-report", inv=inv)
 
-    for i, row in enumerate(bounded(submit, jobs, limit=16), start=1):
-        logger.info("[%d/%d] %s: %s", i, len(jobs), row.target, row.line())
+    # apply: per dataset, snapshot → prune (the prune waits on its snapshot's result)
+    logger.info("snapshotting %d dataset(s) as @%s", len(plans), snapname)
+    taken = {p.job.target: take_snapshot.submit(inv, p) for p in plans}
+    # a future as the argument: Prefect resolves it and draws the edge (its stubs do not say so)
+    pruned = {
+        p.job.target: prune_dataset.submit(inv, p, taken[p.job.target])  # type: ignore[call-overload]
+        for p in plans
+    }
+    for i, plan in enumerate(plans, start=1):
+        row = _row(plan, taken[plan.job.target], pruned[plan.job.target])
+        logger.info("[%d/%d] %s: %s", i, len(plans), row.target, row.line())
         report.add(row)
     return finish(report, artifact_key="zfs-snapshot-report", inv=inv)
+
+
+def _row(
+    plan: DatasetPlan, taken: PrefectFuture[Taken], pruned: PrefectFuture[Pruned]
+) -> ReportRow:
+    """How one dataset ended, from its two steps; a snapshot that failed prunes nothing."""
+    target = plan.job.target
+    try:
+        took = taken.result()
+    except MoxflowError as exc:
+        pruned.wait()  # never started: its snapshot did not complete
+        return ReportRow(target, Outcome.FAILED, detail=f"snapshot failed, nothing pruned: {exc}")
+    try:
+        done = pruned.result()
+    except MoxflowError as exc:
+        return ReportRow(
+            target,
+            Outcome.PARTIAL,
+            taken=plan.taken,
+            seconds=round(took.seconds, 3),
+            detail=f"snapshot taken, prune failed: {exc}",
+        )
+    seconds = round(took.seconds + done.seconds, 3)
+    kept = plan.kept + len(done.failures)
+    if done.failures:
+        detail = "prune incomplete: " + "; ".join(done.failures)
+        return ReportRow(target, Outcome.PARTIAL, plan.taken, kept, done.removed, detail, seconds)
+    return ReportRow(target, Outcome.OK, plan.taken, kept, done.removed, seconds=seconds)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

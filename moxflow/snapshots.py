@@ -6,7 +6,7 @@ and the tasks carry out the result.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, tzinfo
 
@@ -17,6 +17,7 @@ from moxflow.naming import is_moxflow_description, parse_snapshot_name, validate
 from moxflow.proxmox import GuestSnapshot
 from moxflow.retention import KeepPolicy, PrunePlan, RetentionItem, plan_prune
 from moxflow.selection import parse_selection, require_matches, select_guests, unmatched
+from moxflow.zfs import ZfsSnapshot, plan_dataset_prune
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,6 +32,45 @@ class DatasetJob:
     @property
     def target(self) -> str:
         return f"{self.host}:{self.dataset}"
+
+
+@dataclass(frozen=True, slots=True)
+class DatasetPlan:
+    """What a ZFS snapshot run does to one configured dataset: take ``taken``, then destroy
+    ``prune`` (``dataset@name``, moxflow's own of the label that the policy lets go), keeping
+    ``kept`` snapshots of the label. Made from the facts read before anything changes."""
+
+    job: DatasetJob
+    snapname: str
+    prune: tuple[str, ...]
+    kept: int
+
+    @property
+    def taken(self) -> str:
+        return f"{self.job.dataset}@{self.snapname}"
+
+
+def plan_dataset_snapshot(
+    job: DatasetJob,
+    facts: Mapping[str, Sequence[ZfsSnapshot]],
+    label: str,
+    snapname: str,
+    now: datetime,
+    tz: tzinfo,
+) -> DatasetPlan:
+    """Plan one dataset from its snapshots (``facts``: per dataset, the job's and, when
+    recursive, its children's): the new snapshot counts under the keep policy as if taken
+    (on every dataset listed, as ``zfs snapshot -r`` takes it on each), but is never removed."""
+    grouped: dict[str, list[ZfsSnapshot]] = {ds: list(snaps) for ds, snaps in facts.items()}
+    grouped.setdefault(job.dataset, [])
+    prune: list[str] = []
+    kept = 0
+    for dataset, snaps in sorted(grouped.items()):
+        would = [*snaps, ZfsSnapshot(dataset, snapname, now, 0, 0)]
+        plan = plan_dataset_prune(would, dataset, label, job.policy, tz, snapname)
+        prune.extend(f"{dataset}@{name}" for name in plan.remove)
+        kept += len(plan.keep) + len(plan.protected)
+    return DatasetPlan(job=job, snapname=snapname, prune=tuple(prune), kept=kept)
 
 
 def plan_dataset_jobs(inv: Inventory, label: str, only: Sequence[str] = ()) -> list[DatasetJob]:

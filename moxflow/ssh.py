@@ -228,6 +228,7 @@ class SshRunner:
                     in_stream=io.StringIO(stdin or ""),
                 )
             except CommandTimedOut as exc:
+                _settle_timer(conn)
                 raise _timeout(self.name, args, float(exc.timeout), exc.result.stderr) from exc
             except ThreadException as exc:
                 self._drop()
@@ -247,6 +248,7 @@ class SshRunner:
             if exit_code < 0 and limit is not None and duration >= limit:
                 # invoke's timer closed the channel, but the run noticed the close before
                 # the timer had finished (a race under load): a timeout all the same
+                _settle_timer(conn)
                 raise _timeout(self.name, args, limit, result.stderr)
             if exit_code < 0 and not self._ended_by_signal(conn, result):
                 # paramiko reports -1 when the channel closed without an exit status.
@@ -455,6 +457,19 @@ def _validate_argv(argv: Sequence[str]) -> tuple[str, ...]:
     if bad:
         raise TypeError(f"every argument must be a str, got {bad[0]!r} ({type(bad[0]).__name__})")
     return args
+
+
+def _settle_timer(conn: Connection) -> None:
+    """Wait for invoke's timeout timer of ``conn`` to finish closing the channel.
+
+    On a timeout the timer's thread closes the channel while the command's thread returns;
+    closing the connection before the timer is done makes it fail in its thread (EOFError,
+    a traceback on stderr). Bounded: a timer stuck on a dead socket is left behind.
+    """
+    for thread in threading.enumerate():
+        runner = getattr(getattr(thread, "function", None), "__self__", None)
+        if isinstance(thread, threading.Timer) and getattr(runner, "context", None) is conn:
+            thread.join(timeout=5.0)
 
 
 def _timeout(host: str, argv: tuple[str, ...], limit: float, stderr: str | None) -> SshTimeout:

@@ -1,28 +1,28 @@
-"""Prefect tasks for ZFS over SSH: snapshot a dataset and prune moxflow's own snapshots."""
+"""Prefect tasks for ZFS over SSH, one step each: list a dataset's snapshots (the facts),
+take a snapshot, prune moxflow's own by a plan (``moxflow.snapshots.plan_dataset_snapshot``)."""
 
 from __future__ import annotations
 
 import time
 from collections import defaultdict
-from datetime import datetime, tzinfo
+from dataclasses import dataclass
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 from prefect.logging import get_run_logger
 
-from moxflow.errors import MoxflowError, SshCommandError
+from moxflow.errors import SshCommandError
 from moxflow.inventory import Inventory
-from moxflow.report import Outcome, ReportRow
-from moxflow.snapshots import DatasetJob
+from moxflow.snapshots import DatasetJob, DatasetPlan
 from moxflow.ssh import SshRunner
 from moxflow.zfs import (
     ZfsSnapshot,
     destroy_argv,
     list_snapshots_argv,
     parse_snapshot_list,
-    plan_dataset_prune,
     snapshot_argv,
 )
+from tasks._retry import STEP_RETRIES, STEP_RETRY_DELAYS, transient
 from tasks.clients import ssh_runner
 
 
@@ -35,95 +35,98 @@ def _list(runner: SshRunner, job: DatasetJob) -> dict[str, list[ZfsSnapshot]]:
     return grouped
 
 
-@task(name="zfs-snapshot-dataset", cache_policy=NO_CACHE, task_run_name="{job.target}")
-def snapshot_dataset(
-    inv: Inventory,
-    job: DatasetJob,
-    label: str,
-    snapname: str,
-    now: datetime,
-    tz: tzinfo,
-    dry_run: bool = False,
-) -> ReportRow:
-    """Snapshot one dataset, then prune moxflow's snapshots of ``label`` by the job's policy.
+@task(
+    name="zfs-list",
+    task_run_name="{job.target}: list",
+    cache_policy=NO_CACHE,
+    retries=STEP_RETRIES,
+    retry_delay_seconds=STEP_RETRY_DELAYS,
+    retry_condition_fn=transient,
+)
+def list_dataset(inv: Inventory, job: DatasetJob) -> dict[str, list[ZfsSnapshot]]:
+    """The facts: the snapshots of the dataset (and its children when recursive), read-only."""
+    with ssh_runner(inv, job.host) as runner:
+        return dict(_list(runner, job))
 
-    If the snapshot fails, nothing is pruned there. Never raises: the row says what happened,
-    so one dataset failing never stops the others.
+
+@task(
+    name="zfs-snapshot",
+    task_run_name="{plan.job.target}: snapshot",
+    cache_policy=NO_CACHE,
+    retries=STEP_RETRIES,
+    retry_delay_seconds=STEP_RETRY_DELAYS,
+    retry_condition_fn=transient,
+)
+def take_snapshot(inv: Inventory, plan: DatasetPlan) -> Taken:
+    """``zfs snapshot [-r] DATASET@NAME``: the snapshot's full name, and how long it took.
+
+    Retried (Prefect) when the connection drops. The name carries this run's timestamp, so
+    one that already exists is an earlier attempt's of this run that got through before
+    the drop: taken, not taken twice.
+    """
+    job = plan.job
+    started = time.monotonic()
+    with ssh_runner(inv, job.host) as runner:
+        try:
+            runner.run(snapshot_argv(job.dataset, plan.snapname, job.recursive))
+        except SshCommandError as exc:
+            if "dataset already exists" not in (exc.stderr or ""):
+                raise
+    get_run_logger().info("%s: took %s", job.target, plan.taken)
+    return Taken(plan.taken, time.monotonic() - started)
+
+
+@dataclass(frozen=True, slots=True)
+class Taken:
+    """A snapshot taken: ``dataset@name``, and the seconds it took."""
+
+    name: str
+    seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class Pruned:
+    """What pruning did: destroyed, what could not be (held or busy since the plan), and
+    the seconds it took."""
+
+    removed: tuple[str, ...]
+    failures: tuple[str, ...]
+    seconds: float
+
+
+@task(
+    name="zfs-prune",
+    task_run_name="{plan.job.target}: prune",
+    cache_policy=NO_CACHE,
+    retries=STEP_RETRIES,
+    retry_delay_seconds=STEP_RETRY_DELAYS,
+    retry_condition_fn=transient,
+)
+def prune_dataset(inv: Inventory, plan: DatasetPlan, taken: Taken) -> Pruned:
+    """Destroy the snapshots the plan lets go, once ``taken`` exists (its task's result).
+
+    Idempotent, so retried (Prefect) when the connection drops: a snapshot already gone is
+    counted as removed. One that is held or busy since the plan is kept and said.
     """
     logger = get_run_logger()
     started = time.monotonic()
-    taken = f"{job.dataset}@{snapname}"
-
-    took = False
-
-    def row(
-        outcome: Outcome, *, kept: int = 0, removed: tuple[str, ...] = (), detail: str = ""
-    ) -> ReportRow:
-        return ReportRow(
-            target=job.target,
-            outcome=outcome,
-            taken=taken if took or outcome is Outcome.PLANNED else None,
-            kept=kept,
-            removed=removed,
-            detail=detail,
-            seconds=round(time.monotonic() - started, 3),
-        )
-
-    try:
-        with ssh_runner(inv, job.host) as runner:
-            if dry_run:
-                grouped = _list(runner, job)
-                grouped.setdefault(job.dataset, [])
-                removed: list[str] = []
-                kept = 0
-                for dataset, snaps in sorted(grouped.items()):
-                    would = [*snaps, ZfsSnapshot(dataset, snapname, now, 0, 0)]
-                    plan = plan_dataset_prune(would, dataset, label, job.policy, tz, snapname)
-                    removed.extend(f"{dataset}@{n}" for n in plan.remove)
-                    kept += len(plan.keep) + len(plan.protected)
-                return row(
-                    Outcome.PLANNED,
-                    kept=kept,
-                    removed=tuple(removed),
-                    detail="would snapshot" + (" recursively" if job.recursive else ""),
-                )
-
+    removed: list[str] = []
+    failures: list[str] = []
+    with ssh_runner(inv, plan.job.host) as runner:
+        for full in plan.prune:
+            dataset, _, name = full.partition("@")
             try:
-                runner.run(snapshot_argv(job.dataset, snapname, job.recursive))
-            except MoxflowError as exc:
-                logger.error("%s: snapshot failed, nothing pruned: %s", job.target, exc)
-                return row(Outcome.FAILED, detail=f"snapshot failed, nothing pruned: {exc}")
-            took = True
-            logger.info("%s: took %s", job.target, taken)
+                runner.run(destroy_argv(dataset, name))
+            except SshCommandError as exc:
+                stderr = (exc.stderr or "").strip()
+                if not any(gone in stderr for gone in GONE):
+                    failures.append(f"{full}: {stderr}")
+                    continue
+            removed.append(full)
+    if removed:
+        logger.info("%s: pruned %d: %s", plan.job.target, len(removed), ", ".join(removed))
+    return Pruned(tuple(removed), tuple(failures), time.monotonic() - started)
 
-            grouped = _list(runner, job)
-            removed = []
-            failures: list[str] = []
-            kept = 0
-            for dataset, snaps in sorted(grouped.items()):
-                plan = plan_dataset_prune(snaps, dataset, label, job.policy, tz, snapname)
-                kept += len(plan.keep) + len(plan.protected)
-                for name in plan.remove:
-                    try:
-                        runner.run(destroy_argv(dataset, name))
-                        removed.append(f"{dataset}@{name}")
-                    except SshCommandError as exc:
-                        # held or busy since we listed it: keep it and say so
-                        failures.append(f"{dataset}@{name}: {(exc.stderr or '').strip()}")
-                        kept += 1
-            if removed:
-                logger.info("%s: pruned %d: %s", job.target, len(removed), ", ".join(removed))
-            if failures:
-                return row(
-                    Outcome.PARTIAL,
-                    kept=kept,
-                    removed=tuple(removed),
-                    detail="prune incomplete: " + "; ".join(failures),
-                )
-            return row(Outcome.OK, kept=kept, removed=tuple(removed))
-    except MoxflowError as exc:
-        if took:
-            logger.error("%s: snapshot taken, but pruning failed: %s", job.target, exc)
-            return row(Outcome.PARTIAL, detail=f"snapshot taken, prune failed: {exc}")
-        logger.error("%s: %s", job.target, exc)
-        return row(Outcome.FAILED, detail=str(exc))
+
+GONE = ("could not find any snapshots to destroy", "dataset does not exist")
+"""What ``zfs destroy`` says of a snapshot that is not there (any more)."""

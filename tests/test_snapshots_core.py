@@ -44,3 +44,28 @@ def test_half_made_and_half_deleted_snapshots_are_never_kept_in_place_of_good_on
     assert plan.protected == ()
     one = plan_guest_prune(snaps, "daily", KeepPolicy(last=1), UTC, just_taken=None)
     assert (one.keep, one.remove) == ((items[1]["name"],), (items[0]["name"],))
+
+
+def test_a_dataset_plan_prunes_moxflow_snapshots_of_the_label_and_never_the_new_one() -> None:
+    from moxflow.snapshots import DatasetJob, plan_dataset_snapshot
+    from moxflow.zfs import ZfsSnapshot
+
+    job = DatasetJob("pve1", "tank/media", True, KeepPolicy.parse("keep-last=2"))
+    daily = [NOW - timedelta(days=d) for d in (1, 2, 3)]
+    facts = {
+        "tank/media": [ZfsSnapshot("tank/media", snapshot_name("daily", t), t) for t in daily]
+        + [ZfsSnapshot("tank/media", "autosnap_2026-11-01_daily", NOW)],  # not moxflow's
+        "tank/media/child": [
+            ZfsSnapshot("tank/media/child", snapshot_name("daily", daily[2]), daily[2])
+        ],
+    }
+    new = snapshot_name("daily", NOW)
+    plan = plan_dataset_snapshot(job, facts, "daily", new, NOW, UTC)
+    assert plan.taken == f"tank/media@{new}"
+    # keep-last=2 counts the new one: of the three old, the newest stays; the child's one
+    # old snapshot stays beside the new one there
+    assert plan.prune == (
+        f"tank/media@{snapshot_name('daily', daily[1])}",
+        f"tank/media@{snapshot_name('daily', daily[2])}",
+    )
+    assert plan.kept == 4  # new + newest old on tank/media, new + old on the child

@@ -48,3 +48,26 @@ def edit_inventory(src: Path, dst_dir: Path, replace: dict[str, str]) -> Path:
     dst = src.parent / f"{dst_dir.name}-inventory.toml"
     dst.write_text(text)
     return dst
+
+
+def task_runs(state: Any) -> dict[str, Any]:
+    """The task runs of the flow run that ended in ``state`` (``flow(..., return_state=True)``),
+    by name, as the Prefect server recorded them (the run graph is drawn from these)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    flow_run_id = state.state_details.flow_run_id
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
+        )
+    return {r.name: r for r in runs}
+
+
+def state_names(task_run_id: Any) -> list[str]:
+    """The names of a task run's states, oldest first (``Retrying`` when Prefect retried it)."""
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        states = client.read_task_run_states(task_run_id)
+    return [s.name or "" for s in sorted(states, key=lambda s: s.timestamp)]

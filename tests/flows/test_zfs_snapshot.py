@@ -12,7 +12,13 @@ from flows.zfs_snapshot import main, zfs_snapshot
 from labsim.client import LabClient
 from moxflow.errors import RunFailed
 from moxflow.report import Outcome, RunReport
-from tests.flows.conftest import all_zfs_snapshots, edit_inventory, zfs_snapshots
+from tests.flows.conftest import (
+    all_zfs_snapshots,
+    edit_inventory,
+    state_names,
+    task_runs,
+    zfs_snapshots,
+)
 
 MOX = re.compile(r"^moxflow-(?P<label>[a-z0-9_-]+)-\d{8}-\d{6}$")
 
@@ -239,3 +245,61 @@ def test_the_report_is_a_table_artifact_in_prefect(
     rows = newest.data if isinstance(newest.data, list) else json.loads(str(newest.data))
     assert [r["target"] for r in rows] == ["nas:tank/backups"]
     assert set(rows[0]) == {"target", "taken", "kept", "removed", "outcome", "seconds", "detail"}
+
+
+def test_each_step_is_a_task_run_chained_list_snapshot_prune(
+    fresh_lab: LabClient, lab_inventory: Path
+) -> None:
+    """The run graph tells the story: per dataset a list (the facts), a snapshot, and a prune
+    that takes the snapshot's result as its input (the graph's edge)."""
+    state = zfs_snapshot(label="hourly", inventory=str(lab_inventory), return_state=True)
+    assert state.is_completed()
+    runs = task_runs(state)
+    for target in ("pve1:rpool/data", "pve1:tank/media", "pve2:rpool/data", "nas:tank/backups"):
+        listed, snap, prune = (runs[f"{target}: {step}"] for step in ("list", "snapshot", "prune"))
+        assert all(r.state is not None and r.state.is_completed() for r in (listed, snap, prune))
+        assert [i.id for i in prune.task_inputs["taken"]] == [snap.id]  # type: ignore[union-attr]
+        assert listed.end_time <= snap.start_time <= snap.end_time <= prune.start_time  # type: ignore[operator]
+
+
+def test_a_dry_run_stops_after_the_plan(fresh_lab: LabClient, lab_inventory: Path) -> None:
+    before = fresh_lab.state()
+    state = zfs_snapshot(
+        label="daily", dry_run=True, inventory=str(lab_inventory), return_state=True
+    )
+    assert state.is_completed()
+    steps = {name.rsplit(": ", 1)[1] for name in task_runs(state)}
+    assert steps == {"list"}  # no snapshot, no prune task ever ran
+    assert fresh_lab.state()["hosts"] == before["hosts"]
+
+
+def test_a_dropped_connection_on_a_step_is_retried_by_prefect(
+    fresh_lab: LabClient, lab_inventory: Path
+) -> None:
+    fresh_lab.fault(target="command", host="pve2", command="^zfs snapshot", action="drop", times=1)
+    state = zfs_snapshot(label="hourly", inventory=str(lab_inventory), return_state=True)
+    assert state.is_completed()
+    snap = task_runs(state)["pve2:rpool/data: snapshot"]
+    names = state_names(snap.id)
+    assert "Retrying" in names and names[-1] == "Completed", names
+    report = state.result()
+    assert rows_by_target(report)["pve2:rpool/data"] is Outcome.OK
+    taken = next(r.taken for r in report.rows if r.target == "pve2:rpool/data")
+    assert taken and taken in zfs_snapshots(fresh_lab.state(), "pve2")
+
+
+def test_a_failed_command_is_not_retried(fresh_lab: LabClient, lab_inventory: Path) -> None:
+    fresh_lab.fault(
+        target="command",
+        host="pve1",
+        command="zfs snapshot.*tank/media",
+        action="error",
+        exit=1,
+        stderr="cannot create snapshot 'tank/media@x': out of space",
+    )
+    state = zfs_snapshot(label="hourly", inventory=str(lab_inventory), return_state=True)
+    assert state.is_failed()
+    runs = task_runs(state)
+    names = state_names(runs["pve1:tank/media: snapshot"].id)
+    assert "Retrying" not in names and names[-1] == "Failed", names
+    assert "pve1:tank/media: prune" not in runs  # its snapshot failed: it never ran

@@ -22,8 +22,10 @@ UI = LOCAL_API_URL.removesuffix("/api")
 
 
 def _make(target: str) -> subprocess.CompletedProcess[str]:
+    """``make TARGET`` as a user types it (not as a sub-make of CI's `make test`)."""
+    env = {k: v for k, v in clean_env().items() if k not in ("MAKEFLAGS", "MAKELEVEL", "MFLAGS")}
     return subprocess.run(
-        ["make", target], cwd=ROOT, env=clean_env(), capture_output=True, text=True,
+        ["make", target], cwd=ROOT, env=env, capture_output=True, text=True,
         timeout=600, check=False,
     )  # fmt: skip
 
