@@ -66,6 +66,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(BIN)/python -m scripts.deadcode
 
 format: $(STAMP)
 	$(BIN)/ruff format .

@@ -36,7 +36,7 @@ from concurrent.futures import ThreadPoolExecutor
 from moxflow.inventory import load_inventory
 from moxflow.naming import snapshot_description, snapshot_name
 from moxflow.snapshots import utc_now
-from tasks.clients import proxmox_client
+from blocks.proxmox import proxmox_client
 inv = load_inventory(sys.argv[1])
 conc = int(sys.argv[2])
 client = proxmox_client(inv, max_connections=conc + 2)

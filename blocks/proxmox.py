@@ -1,4 +1,5 @@
-"""Prefect block holding what moxflow needs to talk to a Proxmox VE API.
+"""The Proxmox VE API client: built from the inventory (``proxmox_client``) or from a Prefect
+block holding the same credentials (``ProxmoxCredentials``).
 
 Register the type with the Prefect server with ``python -m blocks register`` (both moxflow
 block types) or ``prefect block register -m blocks.proxmox``; then create one in the UI or::
@@ -20,9 +21,34 @@ from pathlib import Path
 from prefect.blocks.core import Block
 from pydantic import Field, SecretStr, field_validator
 
+from moxflow.errors import ConfigError
+from moxflow.inventory import Inventory
 from moxflow.proxmox import ProxmoxClient
 
-__all__ = ["ProxmoxCredentials"]
+__all__ = ["ProxmoxCredentials", "proxmox_client"]
+
+
+def proxmox_client(inv: Inventory, *, max_connections: int = 10) -> ProxmoxClient:
+    """A client for the inventory's cluster (safe to share between threads; close it after).
+
+    The token secret is resolved here, at the last moment: ``env:``, ``file:`` or ``block:``.
+    """
+    pve = inv.proxmox
+    if pve is None:
+        raise ConfigError(
+            "the inventory has no [proxmox] section; add host, token_id and token_secret",
+            setting="proxmox",
+        )
+    return ProxmoxClient(
+        pve.host,
+        pve.port,
+        token_id=pve.token_id,
+        token_secret=inv.proxmox_secret(),
+        ca_file=pve.ca_file,
+        verify_tls=pve.verify_tls,
+        timeout=pve.timeout,
+        max_connections=max_connections,
+    )
 
 
 class ProxmoxCredentials(Block):

@@ -1,4 +1,5 @@
-"""Prefect block holding the SSH identity and trusted host keys moxflow logs in with.
+"""SSH runners: for an inventory host (``ssh_runner``), or from a Prefect block holding the
+identity and trusted host keys (``SshCredentials``).
 
 Register the type with the Prefect server with ``python -m blocks register`` (both moxflow
 block types) or ``prefect block register -m blocks.ssh``; then create one in the UI or::
@@ -19,9 +20,26 @@ from pydantic import Field, SecretStr, field_validator
 
 from blocks.proxmox import private_file
 from moxflow.errors import ConfigError
+from moxflow.inventory import Inventory
 from moxflow.ssh import SshRunner
 
-__all__ = ["SshCredentials"]
+__all__ = ["SshCredentials", "ssh_runner"]
+
+
+def ssh_runner(inv: Inventory, host: str) -> SshRunner:
+    """An SSH runner for one inventory host, with its key and known_hosts; close it after."""
+    t = inv.ssh_target(host)
+    return SshRunner(
+        host,
+        t.address,
+        t.port,
+        user=t.user,
+        key_file=t.key_file,
+        known_hosts=t.known_hosts,
+        strict_host_keys=t.strict_host_keys,
+        connect_timeout=t.connect_timeout,
+        command_timeout=t.command_timeout,
+    )
 
 
 class SshCredentials(Block):

@@ -39,6 +39,7 @@ from prefect.futures import as_completed  # noqa: E402
 from prefect.logging import get_run_logger  # noqa: E402
 from prefect.task_runners import ThreadPoolTaskRunner  # noqa: E402
 
+from blocks.proxmox import proxmox_client  # noqa: E402
 from flows._run import finish, run_from_cli  # noqa: E402
 from moxflow.errors import (  # noqa: E402
     ConfigError,
@@ -52,7 +53,6 @@ from moxflow.naming import snapshot_name, validate_label  # noqa: E402
 from moxflow.report import Outcome, ReportRow, RunReport  # noqa: E402
 from moxflow.selection import parse_selection  # noqa: E402
 from moxflow.snapshots import plan_guest_selection, utc_now  # noqa: E402
-from tasks.clients import proxmox_client  # noqa: E402
 from tasks.proxmox import GuestJob, list_guests, snapshot_node  # noqa: E402
 
 MAX_CONCURRENCY = 64

@@ -50,6 +50,7 @@ from prefect import flow  # noqa: E402
 from prefect.client.schemas.objects import State  # noqa: E402
 from prefect.logging import get_run_logger  # noqa: E402
 
+from blocks.proxmox import proxmox_client  # noqa: E402
 from flows._run import finish, run_from_cli  # noqa: E402
 from moxflow.errors import (  # noqa: E402
     ConfigError,
@@ -63,7 +64,6 @@ from moxflow.inventory import Inventory, load_inventory  # noqa: E402
 from moxflow.report import Outcome, ReportRow, RunReport  # noqa: E402
 from moxflow.selection import parse_selection  # noqa: E402
 from moxflow.snapshots import plan_guest_selection  # noqa: E402
-from tasks.clients import proxmox_client  # noqa: E402
 from tasks.health import (  # noqa: E402
     GuestSets,
     check_backups,

@@ -38,6 +38,7 @@ from prefect.context import get_run_context  # noqa: E402
 from prefect.logging import get_run_logger  # noqa: E402
 from prefect.task_runners import ThreadPoolTaskRunner  # noqa: E402
 
+from blocks.proxmox import proxmox_client  # noqa: E402
 from flows._run import finish, run_from_cli  # noqa: E402
 from moxflow.errors import (  # noqa: E402
     ConfigError,
@@ -49,7 +50,6 @@ from moxflow.inventory import load_inventory  # noqa: E402
 from moxflow.nixos import generation_text, plan_update  # noqa: E402
 from moxflow.report import Outcome, ReportRow, RunReport  # noqa: E402
 from moxflow.snapshots import utc_now  # noqa: E402
-from tasks.clients import proxmox_client  # noqa: E402
 from tasks.nixos import Preflight, preflight, update_host  # noqa: E402
 
 

@@ -29,6 +29,7 @@ if __name__ == "__main__":
 from prefect import flow  # noqa: E402
 from prefect.client.schemas.objects import State  # noqa: E402
 
+from blocks.proxmox import proxmox_client  # noqa: E402
 from flows._run import finish, run_from_cli  # noqa: E402
 from moxflow.errors import (  # noqa: E402
     ConfigError,
@@ -41,7 +42,6 @@ from moxflow.report import Outcome, ReportRow, RunReport  # noqa: E402
 from moxflow.selection import parse_selection  # noqa: E402
 from moxflow.snapshots import plan_guest_selection  # noqa: E402
 from tasks.backups import list_guest_archives, offsite_copy  # noqa: E402
-from tasks.clients import proxmox_client  # noqa: E402
 from tasks.proxmox import list_guests  # noqa: E402
 
 

@@ -33,6 +33,7 @@ from prefect import flow  # noqa: E402
 from prefect.client.schemas.objects import State  # noqa: E402
 from prefect.logging import get_run_logger  # noqa: E402
 
+from blocks.proxmox import proxmox_client  # noqa: E402
 from flows._run import finish, run_from_cli  # noqa: E402
 from moxflow.errors import (  # noqa: E402
     ConfigError,
@@ -50,7 +51,6 @@ from moxflow.restore import (  # noqa: E402
     plan_restore,
 )
 from tasks.backups import list_archives  # noqa: E402
-from tasks.clients import proxmox_client  # noqa: E402
 from tasks.restore import restore_guest  # noqa: E402
 
 

@@ -37,6 +37,7 @@ from prefect import flow  # noqa: E402
 from prefect.client.schemas.objects import State  # noqa: E402
 from prefect.logging import get_run_logger  # noqa: E402
 
+from blocks.proxmox import proxmox_client  # noqa: E402
 from flows._run import finish, run_from_cli  # noqa: E402
 from moxflow.errors import (  # noqa: E402
     ConfigError,
@@ -49,7 +50,6 @@ from moxflow.report import Outcome, ReportRow, RunReport  # noqa: E402
 from moxflow.restore import check_scratch_vmid  # noqa: E402
 from moxflow.selection import parse_selection  # noqa: E402
 from moxflow.snapshots import plan_guest_selection  # noqa: E402
-from tasks.clients import proxmox_client  # noqa: E402
 from tasks.proxmox import list_guests  # noqa: E402
 from tasks.restore import RestoreTestJob, restore_test_guests  # noqa: E402
 

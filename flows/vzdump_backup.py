@@ -41,6 +41,7 @@ from prefect.futures import as_completed  # noqa: E402
 from prefect.logging import get_run_logger  # noqa: E402
 from prefect.task_runners import ThreadPoolTaskRunner  # noqa: E402
 
+from blocks.proxmox import proxmox_client  # noqa: E402
 from flows._run import finish, run_from_cli  # noqa: E402
 from moxflow.backups import (  # noqa: E402
     Archive,
@@ -60,7 +61,6 @@ from moxflow.retention import KeepPolicy  # noqa: E402
 from moxflow.selection import parse_selection  # noqa: E402
 from moxflow.snapshots import plan_guest_selection  # noqa: E402
 from tasks.backups import BackupJob, GuestBackup, backup_node, offsite_copy  # noqa: E402
-from tasks.clients import proxmox_client  # noqa: E402
 from tasks.proxmox import list_guests  # noqa: E402
 
 MAX_NODES = 64

@@ -30,7 +30,6 @@ __all__ = [
     "find_new_archive",
     "mark_restore_tested",
     "parse_archive_name",
-    "parse_content",
     "parse_offsite_listing",
     "parse_prune_marks",
     "parse_sha256sum",
@@ -194,12 +193,6 @@ class Archive:
                 source="storage content",
                 text=str(item),
             ) from exc
-
-
-def parse_content(items: Iterable[Mapping[str, Any]]) -> list[Archive]:
-    """The backup archives of a content listing, oldest first (other content is ignored,
-    and so is a backup entry that cannot be read: see :func:`split_content`)."""
-    return split_content(items)[0]
 
 
 def split_content(items: Iterable[Mapping[str, Any]]) -> tuple[list[Archive], list[str]]:

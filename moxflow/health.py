@@ -11,10 +11,8 @@ from __future__ import annotations
 import shlex
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from moxflow.inventory import HealthCheck
+from moxflow.inventory import HealthCheck
 
 __all__ = [
     "HealthResult",
@@ -24,7 +22,6 @@ __all__ = [
     "judge_command",
     "judge_http",
     "judge_tcp",
-    "summarize",
 ]
 
 EXCERPT_MAX = 80
@@ -117,13 +114,3 @@ def failure(check: str, error: str) -> HealthResult:
 def all_healthy(results: Iterable[HealthResult]) -> bool:
     """Whether every result is healthy (no results: healthy)."""
     return all(r.ok for r in results)
-
-
-def summarize(results: Iterable[HealthResult]) -> str:
-    """``3/4 healthy; failed: GET ... (HTTP 503, expected 200)``, for logs and reports."""
-    every = list(results)
-    bad = [r for r in every if not r.ok]
-    text = f"{len(every) - len(bad)}/{len(every)} healthy"
-    if bad:
-        text += "; failed: " + "; ".join(f"{r.check} ({r.detail})" for r in bad)
-    return text

@@ -26,10 +26,10 @@ HOST_NAME_MAX = 63
 RESERVED_GUEST_SNAPNAMES = frozenset({"current", "pending", "vzdump"})
 
 _TIMESTAMP_FORMAT = "%Y%m%d-%H%M%S"
-_LABEL_RE = re.compile(r"[a-z][a-z0-9_-]{0,14}[a-z0-9]|[a-z]", re.ASCII)
+_LABEL_RE = re.compile(rf"[a-z][a-z0-9_-]{{0,{LABEL_MAX - 2}}}[a-z0-9]|[a-z]", re.ASCII)
 _SNAPSHOT_RE = re.compile(r"moxflow-(?P<label>[a-z0-9_-]+)-(?P<ts>[0-9]{8}-[0-9]{6})", re.ASCII)
 _COMPONENT_RE = re.compile(r"[A-Za-z0-9_.:-]+", re.ASCII)
-_HOST_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}", re.ASCII)
+_HOST_RE = re.compile(rf"[A-Za-z0-9][A-Za-z0-9_.-]{{0,{HOST_NAME_MAX - 1}}}", re.ASCII)
 _GUEST_SNAPNAME_RE = re.compile(r"[a-z][a-z0-9_-]+", re.ASCII)
 
 _LABEL_RULE = (

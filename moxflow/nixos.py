@@ -16,19 +16,18 @@ import shlex
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, Literal, get_args
+from typing import Any, Literal, get_args
 
-from moxflow.errors import ConfigError, ParseError, UnsafeNameError
+from moxflow.errors import ConfigError, ParseError
 from moxflow.health import HealthResult
 from moxflow.health import describe as describe_check
-
-if TYPE_CHECKING:
-    from moxflow.inventory import Inventory
+from moxflow.inventory import Inventory
+from moxflow.inventory.fields import validate_attr, validate_remote_path
+from moxflow.inventory.nixos import find_cycle
 
 __all__ = [
     "DEADMAN_TIMER",
     "DEADMAN_UNIT",
-    "EXIT_UNITS_FAILED",
     "JOURNAL_PHASES",
     "SYSTEM_STATES",
     "Generation",
@@ -69,9 +68,7 @@ __all__ = [
     "prepare_state_dir_argv",
     "read_checked_argv",
     "read_journal_argv",
-    "reboot_argv",
     "revert_argvs",
-    "rollback_argv",
     "switch_argv",
     "system_state_argv",
     "unlock_argv",
@@ -87,50 +84,11 @@ DEADMAN_UNIT = "moxflow-deadman"
 DEADMAN_TIMER = f"{DEADMAN_UNIT}.timer"
 """The timer that reverts the host unless moxflow stops it."""
 
-EXIT_UNITS_FAILED = 4
-"""``nixos-rebuild switch`` exit code: some units failed, but the new generation is active."""
-
 SYSTEM_STATES = frozenset(
     {"initializing", "starting", "running", "degraded", "maintenance", "stopping", "offline"}
     | {"unknown"}
 )
 """What ``systemctl is-system-running`` can print."""
-
-REMOTE_PATH_MAX = 4095
-_REMOTE_PATH_RE = re.compile(r"/[A-Za-z0-9_./+@:-]*", re.ASCII)
-_ATTR_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,62}", re.ASCII)
-_REMOTE_PATH_RULE = (
-    "a path on the host is absolute and made of A-Z, a-z, 0-9, '_', '.', '/', '+', '-', '@' "
-    "and ':' only (no spaces, quotes or shell metacharacters), without a trailing '/'"
-)
-_ATTR_RULE = (
-    "a nixosConfigurations attribute is 1-63 characters of A-Z, a-z, 0-9, '_', '.' and '-', "
-    "starting with a letter, digit or '_'"
-)
-
-
-# --- names ---------------------------------------------------------------------------------
-
-
-def validate_remote_path(path: str) -> str:
-    """Check an absolute path on a host (flake folder, profile, state folder); returns it."""
-    if (
-        not isinstance(path, str)
-        or len(path) > REMOTE_PATH_MAX
-        or not _REMOTE_PATH_RE.fullmatch(path)
-        or (len(path) > 1 and path.endswith("/"))
-    ):
-        raise UnsafeNameError(f"invalid path {ascii(path)[:120]}", hint=_REMOTE_PATH_RULE)
-    return path
-
-
-def validate_attr(name: str) -> str:
-    """Check a ``nixosConfigurations`` attribute name (the part after ``#``); returns it."""
-    if not isinstance(name, str) or not _ATTR_RE.fullmatch(name):
-        raise UnsafeNameError(
-            f"invalid nixosConfigurations attribute {ascii(name)[:120]}", hint=_ATTR_RULE
-        )
-    return name
 
 
 def _generation(number: int) -> int:
@@ -171,11 +129,6 @@ def switch_argv(flake: str, attr: str) -> list[str]:
     return ["nixos-rebuild", "switch", "--flake", _flake_ref(flake, attr)]
 
 
-def rollback_argv() -> list[str]:
-    """``nixos-rebuild switch --rollback``: back to the previous generation."""
-    return ["nixos-rebuild", "switch", "--rollback"]
-
-
 def generations_argv() -> list[str]:
     """``nixos-rebuild list-generations --json``; parse with :func:`parse_generations`."""
     return ["nixos-rebuild", "list-generations", "--json"]
@@ -187,7 +140,8 @@ def failed_units_argv() -> list[str]:
 
 
 def system_state_argv() -> list[str]:
-    """``systemctl is-system-running`` (exit 0 only when running: run it without check)."""
+    """``systemctl is-system-running`` (exit 0 only when running: run it without check);
+    parse with :func:`parse_system_state`."""
     return ["systemctl", "is-system-running"]
 
 
@@ -242,11 +196,6 @@ def revert_argvs(profile: str, generation: int) -> list[list[str]]:
         ["nix-env", "--profile", profile, "--switch-generation", str(number)],
         [f"{profile}-{number}-link/bin/switch-to-configuration", "switch"],
     ]
-
-
-def reboot_argv() -> list[str]:
-    """``systemctl reboot``."""
-    return ["systemctl", "reboot"]
 
 
 # --- lock and journal on the host ----------------------------------------------------------
@@ -712,38 +661,6 @@ class NixosHostSpec:
     name: str
     canary: bool = False
     after: tuple[str, ...] = ()
-
-
-def find_cycle(graph: Mapping[str, Sequence[str]]) -> list[str] | None:
-    """A dependency cycle as ``[a, b, a]``, or ``None``; names outside ``graph`` are ignored.
-
-    Deterministic: nodes and their edges are visited in the mapping's and sequences' order.
-    """
-    state: dict[str, int] = {}  # 1: on the current path, 2: done
-    path: list[str] = []
-
-    def visit(node: str) -> list[str] | None:
-        state[node] = 1
-        path.append(node)
-        for dep in graph[node]:
-            if dep not in graph:
-                continue
-            if state.get(dep) == 1:
-                return [*path[path.index(dep) :], dep]
-            if dep not in state:
-                found = visit(dep)
-                if found:
-                    return found
-        path.pop()
-        state[node] = 2
-        return None
-
-    for node in graph:
-        if node not in state:
-            found = visit(node)
-            if found:
-                return found
-    return None
 
 
 def plan_waves(hosts: Sequence[NixosHostSpec], max_parallel: int) -> list[list[str]]:

@@ -1,9 +1,9 @@
 """Notifications: what to say about a run or an event, as a short message (pure, no I/O).
 
 A :class:`Message` has a title, a body of a few lines and a severity. It is built from a
-finished :class:`~moxflow.report.RunReport` (for the direct webhook, ``tasks/notify.py``) or
-from a ``moxflow.*`` event's payload; the Prefect automations made by
-``python -m deployments.notifications`` say the same things through the Jinja templates here.
+finished :class:`~moxflow.report.RunReport` for the direct webhook (``tasks/notify.py``); the
+Prefect automations made by ``python -m deployments.notifications`` say the same things
+through the Jinja templates here, for failed runs and for the ``moxflow.*`` events.
 """
 
 from __future__ import annotations
@@ -26,7 +26,6 @@ __all__ = [
     "automation_names",
     "automation_specs",
     "kinds_of",
-    "message_for_event",
     "message_for_report",
 ]
 
@@ -147,38 +146,6 @@ def message_for_report(
             "targets": {r.target: r.outcome.value for r in failing},
             **({"run_url": run_url} if run_url else {}),
         },
-    )
-
-
-def message_for_event(event: str, payload: Mapping[str, Any]) -> Message:
-    """The message about one ``moxflow.rollback`` or ``moxflow.needs-attention`` event."""
-    kind = EVENT_KINDS.get(event)
-    if kind is None:
-        known = ", ".join(EVENT_KINDS)
-        raise ValueError(f"{event!r} is not a moxflow event; known: {known}")
-    host = str(payload.get("host", "?"))
-    snapshot = payload.get("snapshot")
-    if kind is Kind.ROLLBACK:
-        how = payload.get("how")
-        title = f"moxflow: {host} rolled back"
-        lines = [
-            f"The update of {host} failed verification and was undone"
-            + (f" ({how})." if how else ".")
-        ]
-    else:
-        title = f"moxflow: {host} needs attention"
-        lines = [f"The update of {host} failed and could not be undone automatically."]
-        if snapshot:
-            lines.append(f"Pre-update snapshot kept: {snapshot}")
-    generation = payload.get("generation")
-    if generation is not None:
-        lines.append(f"Generation before the update: {generation}")
-    return Message(
-        title=title,
-        body="\n".join(lines),
-        severity=_SEVERITY[kind],
-        kinds=(kind,),
-        fields={"event": event, "host": host},
     )
 
 

@@ -1,4 +1,4 @@
-"""Run reports: one row per target, rendered as a terminal table and as Markdown for Prefect.
+"""Run reports: one row per target, rendered as a terminal table and as a Prefect table.
 
 Every job ends with a report: how each target ended and why, in the columns the job's users
 think in (see ``JOB_COLUMNS``): a snapshot job says what was taken, kept and removed; a NixOS
@@ -220,19 +220,6 @@ class RunReport:
         shown = self.shown()
         return [{c.header: r.cell(c.key) for c in shown} for r in self.rows]
 
-    def to_markdown(self) -> str:
-        head = self.columns()
-        lines = [f"## {self.job}: {self.label}", "", self.summary(), ""]
-        lines.append("| " + " | ".join(head) + " |")
-        lines.append("|" + "---|" * len(head))
-        for row in self.table():
-            cells = [_md_escape(row[h]) for h in head]
-            lines.append("| " + " | ".join(cells) + " |")
-        if self.notes:
-            lines.append("")
-            lines.extend(f"- {_md_escape(n)}" for n in self.notes)
-        return "\n".join(lines) + "\n"
-
     def to_text(self) -> str:
         """An aligned table for the terminal, followed by the summary line."""
         keys = self.columns()
@@ -250,10 +237,6 @@ def format_names(names: Sequence[str]) -> str:
     if len(names) <= 2:
         return ", ".join(names)
     return f"{names[0]}, {names[1]} (+{len(names) - 2} more)"
-
-
-def _md_escape(text: str) -> str:
-    return text.replace("|", "\\|").replace("\n", " ")
 
 
 def _aligned(head: list[str], rows: list[list[str]]) -> str:

@@ -47,20 +47,6 @@ class ZfsSnapshot:
         return self.userrefs > 0
 
 
-@dataclass(frozen=True, slots=True)
-class ZfsHold:
-    """One hold from ``zfs holds``: a tag that keeps ``dataset@name`` from being destroyed."""
-
-    dataset: str
-    name: str
-    tag: str
-    created: datetime | None = None
-
-    @property
-    def full_name(self) -> str:
-        return f"{self.dataset}@{self.name}"
-
-
 # --- commands ------------------------------------------------------------------------------
 
 
@@ -95,12 +81,6 @@ def list_snapshots_argv(dataset: str, recursive: bool = False) -> list[str]:
 def destroy_argv(dataset: str, snapname: str, recursive: bool = False) -> list[str]:
     """``zfs destroy [-r] dataset@snapname`` (``-r``: the same-named snapshots of children too)."""
     return ["zfs", "destroy", *(["-r"] if recursive else []), _full(dataset, snapname)]
-
-
-def holds_argv(dataset: str, snapname: str, *more: str, recursive: bool = False) -> list[str]:
-    """``zfs holds -H -p [-r] dataset@a [dataset@b ...]``: the holds on these snapshots."""
-    targets = [_full(dataset, s) for s in (snapname, *more)]
-    return ["zfs", "holds", "-H", "-p", *(["-r"] if recursive else []), *targets]
 
 
 # --- parsers -------------------------------------------------------------------------------
@@ -160,26 +140,6 @@ def parse_snapshot_list(stdout: str) -> list[ZfsSnapshot]:
     return snapshots
 
 
-def parse_holds(stdout: str) -> list[ZfsHold]:
-    """Parse ``zfs holds -H -p``: ``NAME<tab>TAG<tab>EPOCH`` per line.
-
-    A timestamp that is not epoch seconds (output without ``-p``) is kept as ``None``.
-    """
-    source = "zfs holds"
-    holds: list[ZfsHold] = []
-    for line in stdout.splitlines():
-        if not line.strip():
-            continue
-        fields = line.split("\t")
-        if len(fields) != 3 or not fields[1]:
-            raise _bad("expected NAME, TAG and TIMESTAMP separated by tabs", line, source)
-        dataset, name = _split_full_name(fields[0], line, source)
-        stamp = fields[2].strip()
-        created = _epoch(stamp, "timestamp", line, source) if stamp.isdigit() else None
-        holds.append(ZfsHold(dataset, name, fields[1], created))
-    return holds
-
-
 # --- prune planning ------------------------------------------------------------------------
 
 
@@ -210,10 +170,6 @@ class ZfsPrunePlan:
     def empty(self) -> bool:
         """Whether nothing is to be destroyed."""
         return not self.remove
-
-    def destroy_argvs(self) -> list[list[str]]:
-        """One ``zfs destroy`` per snapshot to remove, oldest first."""
-        return [destroy_argv(self.dataset, n, self.recursive) for n in reversed(self.remove)]
 
     def summary(self) -> str:
         """One line for logs and dry runs."""

@@ -20,6 +20,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 from prefect.logging import get_run_logger
 
+from blocks.ssh import ssh_runner
 from moxflow.backups import (
     Archive,
     OffsitePlan,
@@ -49,7 +50,6 @@ from moxflow.report import Outcome, ReportRow, format_names, format_rate, format
 from moxflow.retention import KeepPolicy
 from moxflow.ssh import SshRunner
 from tasks._logging import LoggerLike, run_logger
-from tasks.clients import ssh_runner
 
 BACKOFF_START = 0.5
 BACKOFF_MAX = 15.0

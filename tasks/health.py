@@ -17,6 +17,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 from prefect.logging import get_run_logger
 
+from blocks.ssh import ssh_runner
 from moxflow.backups import Archive
 from moxflow.errors import MoxflowError, SshCommandError
 from moxflow.fleet import (
@@ -41,7 +42,6 @@ from moxflow.proxmox import ProxmoxClient
 from moxflow.ssh import SshRunner
 from moxflow.zfs import list_snapshots_argv, parse_snapshot_list
 from tasks.backups import list_archives, list_offsite
-from tasks.clients import ssh_runner
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,6 +22,8 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 from prefect.logging import get_run_logger
 
+from blocks.proxmox import proxmox_client
+from blocks.ssh import ssh_runner
 from moxflow.errors import ConfigError, MoxflowError, ParseError, SshError
 from moxflow.inventory import (
     Inventory,
@@ -31,6 +33,7 @@ from moxflow.inventory import (
 )
 from moxflow.naming import snapshot_description, snapshot_name
 from moxflow.nixos import (
+    HostFacts,
     Journal,
     JournalPhase,
     arm_deadman_argv,
@@ -39,6 +42,7 @@ from moxflow.nixos import (
     current_generation,
     deadman_armed_argv,
     disarm_deadman_argv,
+    evaluate,
     failed_units_argv,
     flake_update_argv,
     generation_text,
@@ -46,10 +50,10 @@ from moxflow.nixos import (
     lock_argv,
     lock_changes,
     lock_path,
-    new_failures,
     parse_failed_units,
     parse_flake_lock,
     parse_generations,
+    parse_system_state,
     prepare_state_dir_argv,
     read_journal_argv,
     revert_argvs,
@@ -70,7 +74,6 @@ from moxflow.zfs import (
     plan_dataset_prune,
     snapshot_argv,
 )
-from tasks.clients import proxmox_client, ssh_runner
 from tasks.verify import wait_healthy
 
 LABEL = "pre-update"
@@ -115,6 +118,24 @@ def _lock_path(inv: Inventory, host: str) -> str:
     return lock_path(inv.nixos_state_dir(host))
 
 
+def _system_state(r: SshRunner) -> str:
+    """What ``systemctl is-system-running`` says; ``unknown`` when it prints no state."""
+    try:
+        return parse_system_state(r.run(system_state_argv(), check=False).stdout)
+    except ParseError:
+        return "unknown"
+
+
+def _host_facts(r: SshRunner) -> HostFacts:
+    """The host's active generation, system state and failed units, read over ``r``."""
+    gens = parse_generations(r.run(generations_argv()).stdout)
+    return HostFacts(
+        generation=current_generation(gens).number,
+        system_state=_system_state(r),
+        failed_units=parse_failed_units(r.run(failed_units_argv()).stdout),
+    )
+
+
 def _snapshot_check(inv: Inventory, host: str) -> str:
     """Whether the host's snapshot method can work, read-only: its guest is visible through
     the API with the token (and its snapshots listed), or its dataset exists. Why not, or ""."""
@@ -140,7 +161,7 @@ def preflight(inv: Inventory, host: str) -> Preflight:
     try:
         with ssh_runner(inv, host) as r:
             gens = parse_generations(r.run(generations_argv()).stdout)
-            state = r.run(system_state_argv(), check=False).stdout.strip()
+            state = _system_state(r)
             failed = parse_failed_units(r.run(failed_units_argv()).stdout)
             flake_ok = r.run(["test", "-f", f"{spec.flake}/flake.nix"], check=False).exit_code == 0
             df = r.run(["df", "-Pk", spec.flake], check=False).stdout.splitlines()
@@ -219,6 +240,7 @@ class HostUpdate:
         if generation is None:
             raise ParseError(f"{self.host}: pre-flight found no current generation")
         self.old = generation
+        self.before = HostFacts(generation, self.baseline.system_state, self.baseline.failed_units)
         self.journal = Journal(
             run_id=uuid.uuid4().hex,
             flow_run_id=self.flow_run_id,
@@ -416,42 +438,38 @@ class HostUpdate:
             return current_generation(parse_generations(r.run(generations_argv()).stdout)).number
 
     def verify(self, expected: int, grace: float) -> tuple[bool, str]:
-        """Over a new connection: the generation, no new failed units, health checks pass.
+        """Over a new connection: the generation, no new failed units, health checks pass
+        (:func:`~moxflow.nixos.evaluate` against the host's state before the update).
 
         Retries within ``grace`` while the host does not answer or is still starting; a
-        wrong generation ends the wait at once (it does not change by itself, except when
-        the dead-man timer reverts it).
+        wrong generation or a newly failed unit ends the wait at once (the generation does
+        not change by itself, except when the dead-man timer reverts it).
         """
         deadline = time.monotonic() + grace
         reason = "not checked"
         while True:
             try:
                 with self.connect() as r:
-                    gens = parse_generations(r.run(generations_argv()).stdout)
-                    current = current_generation(gens).number
-                    if current != expected:
-                        return False, f"active generation is {current}, expected {expected}"
-                    state = r.run(system_state_argv(), check=False).stdout.strip()
-                    failed = parse_failed_units(r.run(failed_units_argv()).stdout)
-                    fresh = new_failures(self.baseline.failed_units, failed)
-                    if fresh:
-                        return False, "units failed: " + ", ".join(sorted(fresh))
-                    if state in ("running", "degraded"):
+                    facts = _host_facts(r)
+                    verdict = evaluate(self.before, facts, expected)
+                    if facts.generation != expected or verdict.new_failures:
+                        return False, "; ".join(verdict.reasons)
+                    if verdict.ok:
                         remaining = max(0.0, deadline - time.monotonic())
-                        ok, results = wait_healthy(self.spec.health, lambda: r, grace=remaining)
-                        if ok:
-                            # still the same generation? (the dead-man timer may have fired)
-                            again = parse_generations(r.run(generations_argv()).stdout)
-                            now_gen = current_generation(again).number
-                            if now_gen != expected:
-                                return False, (
-                                    f"health checks passed only once generation {now_gen} "
-                                    "was active again (the dead-man timer fired)"
-                                )
-                            return True, "healthy"
-                        bad = "; ".join(f"{x.check}: {x.detail}" for x in results if not x.ok)
-                        return False, f"health check failed: {bad}"
-                    reason = f"system is {state or 'unknown'}"
+                        _, results = wait_healthy(self.spec.health, lambda: r, grace=remaining)
+                        verdict = evaluate(self.before, facts, expected, results)
+                        if not verdict.ok:
+                            return False, "; ".join(verdict.reasons)
+                        # still the same generation? (the dead-man timer may have fired)
+                        again = parse_generations(r.run(generations_argv()).stdout)
+                        now_gen = current_generation(again).number
+                        if now_gen != expected:
+                            return False, (
+                                f"health checks passed only once generation {now_gen} "
+                                "was active again (the dead-man timer fired)"
+                            )
+                        return True, str(verdict)
+                    reason = "; ".join(verdict.reasons)
             except SshError as exc:
                 reason = f"host does not answer: {exc.message}"
             if time.monotonic() >= deadline:

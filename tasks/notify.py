@@ -27,6 +27,7 @@ from tenacity import (
     wait_exponential,
 )
 
+import blocks  # noqa: F401 - registers the reader of block: webhook references
 from moxflow.errors import MoxflowError
 from moxflow.inventory import NotificationSettings
 from moxflow.notify import Message, WebhookError, message_for_report

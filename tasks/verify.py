@@ -9,13 +9,22 @@ from collections.abc import Callable, Sequence
 import httpx
 
 from moxflow.errors import MoxflowError
-from moxflow.health import HealthResult, describe, judge_http
+from moxflow.health import (
+    HealthResult,
+    all_healthy,
+    describe,
+    failure,
+    judge_command,
+    judge_http,
+    judge_tcp,
+)
 from moxflow.inventory import HealthCheck
 from moxflow.ssh import SshRunner
 
 
 def check_once(check: HealthCheck, runner: SshRunner | None) -> HealthResult:
-    """Run one check; never raises, the result says what went wrong."""
+    """Run one check and judge what it saw (:mod:`moxflow.health`); never raises, the result
+    says what went wrong."""
     name = describe(check)
     try:
         if check.http is not None:
@@ -30,19 +39,19 @@ def check_once(check: HealthCheck, runner: SshRunner | None) -> HealthResult:
                 check=name,
             )
         if check.tcp is not None:
-            with socket.create_connection(check.tcp_target, timeout=check.timeout):
-                return HealthResult(name, True, "port open")
+            try:
+                socket.create_connection(check.tcp_target, timeout=check.timeout).close()
+            except OSError as exc:
+                return judge_tcp(False, f"{type(exc).__name__}: {exc}", check=name)
+            return judge_tcp(True, check=name)
         if check.command is not None:
             if runner is None:
-                return HealthResult(name, False, "no connection to the host")
+                return failure(name, "no connection to the host")
             result = runner.run(list(check.command), check=False, timeout=check.timeout)
-            if result.exit_code == 0:
-                return HealthResult(name, True, "exit 0")
-            tail = (result.stderr or result.stdout).strip().splitlines()[-1:] or [""]
-            return HealthResult(name, False, f"exit {result.exit_code} {tail[0]}".strip())
+            return judge_command(result.exit_code, result.stdout, result.stderr, check=name)
     except (httpx.HTTPError, OSError, MoxflowError) as exc:
-        return HealthResult(name, False, f"{type(exc).__name__}: {exc}")
-    return HealthResult(name, False, "check has nothing to check")
+        return failure(name, f"{type(exc).__name__}: {exc}")
+    return failure(name, "check has nothing to check")
 
 
 def wait_healthy(
@@ -58,7 +67,7 @@ def wait_healthy(
     while True:
         conn = runner() if any(c.command is not None for c in checks) else None
         results = [check_once(c, conn) for c in checks]
-        if all(r.ok for r in results):
+        if all_healthy(results):
             return True, results
         if time.monotonic() >= deadline:
             return False, results

@@ -11,6 +11,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 from prefect.logging import get_run_logger
 
+from blocks.ssh import ssh_runner
 from moxflow.errors import SshCommandError
 from moxflow.inventory import Inventory
 from moxflow.snapshots import DatasetJob, DatasetPlan
@@ -23,7 +24,6 @@ from moxflow.zfs import (
     snapshot_argv,
 )
 from tasks._retry import STEP_RETRIES, STEP_RETRY_DELAYS, transient
-from tasks.clients import ssh_runner
 
 
 def _list(runner: SshRunner, job: DatasetJob) -> dict[str, list[ZfsSnapshot]]:

@@ -16,7 +16,6 @@ from moxflow.backups import (
     find_new_archive,
     mark_restore_tested,
     parse_archive_name,
-    parse_content,
     parse_offsite_listing,
     parse_prune_marks,
     parse_sha256sum,
@@ -65,12 +64,12 @@ def test_volid_and_content_parse() -> None:
         entry(101, NOW - timedelta(days=2), protected=1),
         {"volid": "nas:iso/x.iso", "content": "iso"},
     ]
-    archives = parse_content(items)
+    archives = split_content(items)[0]
     assert [a.vmid for a in archives] == [101, 104]  # oldest first; iso ignored
     assert archives[0].protected and not archives[1].protected
     assert archives[1].notes == "moxflow" and archives[1].created == NOW
-    # an entry it cannot read is left out, never fails the listing (see split_content)
-    assert parse_content([{"volid": "nas:backup/x", "content": "backup"}]) == []
+    # an entry it cannot read is left out, never fails the listing
+    assert split_content([{"volid": "nas:backup/x", "content": "backup"}])[0] == []
 
 
 # Proxmox's own test data (proxmox/pve-storage, src/test/archive_info_test.pm, the names
@@ -176,11 +175,10 @@ def test_a_listing_with_entries_it_cannot_read_still_lists_the_rest() -> None:
         "nas:backup/my-own-copy.vma.zst: cannot parse backup content entry: no vmid",
         "nas:something/else: not a backup volume id: 'nas:something/else'",
     ]
-    assert parse_content(listing) == archives
 
 
 def test_the_new_archive_is_the_one_this_run_made() -> None:
-    old, new = parse_content([entry(101, NOW - timedelta(days=1)), entry(101, NOW)])
+    old, new = split_content([entry(101, NOW - timedelta(days=1)), entry(101, NOW)])[0]
     started = NOW - timedelta(seconds=30)
     assert find_new_archive([old, new], 101, [old.volid], started) == new
     assert find_new_archive([old, new], 101, [old.volid, new.volid], started) is None
@@ -247,7 +245,7 @@ def test_sha256sum_and_offsite_listing() -> None:
 
 def test_offsite_plan_copies_what_the_policy_keeps_and_lacks() -> None:
     days = [NOW - timedelta(days=d) for d in (0, 1, 2, 3)]
-    archives = parse_content([entry(101, d) for d in days] + [entry(104, NOW)])
+    archives = split_content([entry(101, d) for d in days] + [entry(104, NOW)])[0]
     names = {a.created: a.filename for a in archives if a.vmid == 101}
     # offsite has day 1 and day 3 (copied by earlier runs) and a copy of a guest not selected
     present = [names[days[1]], names[days[3]], "vzdump-qemu-999-2026_11_20-02_00_05.vma.zst"]
@@ -261,7 +259,7 @@ def test_offsite_plan_copies_what_the_policy_keeps_and_lacks() -> None:
 
 def test_coverage_marks_stale_guests() -> None:
     guests = [Guest(101, "media-vm", "pve1", "qemu"), Guest(104, "ha", "pve2", "qemu")]
-    archives = {a.vmid: [a] for a in parse_content([entry(101, NOW - timedelta(hours=30))])}
+    archives = {a.vmid: [a] for a in split_content([entry(101, NOW - timedelta(hours=30))])[0]}
     off = ["vzdump-qemu-101-2026_11_24-02_00_05.vma.zst"]
     rows = coverage_rows(
         guests,
@@ -305,7 +303,7 @@ def test_coverage_shows_the_last_passed_restore_test_of_any_listed_archive() -> 
     )
     new = entry(101, NOW - timedelta(hours=1))
     by_vmid: dict[int, list[Archive]] = {}
-    for a in parse_content([old, new, entry(104, NOW - timedelta(hours=2))]):
+    for a in split_content([old, new, entry(104, NOW - timedelta(hours=2))])[0]:
         by_vmid.setdefault(a.vmid, []).append(a)
     rows = coverage_rows(guests, by_vmid, None, now=NOW, max_age=timedelta(hours=26), tz=UTC)
     assert [r.last_restore_test for r in rows] == [NOW - timedelta(days=1), None]

@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from moxflow.backups import mark_restore_tested, parse_content
+from moxflow.backups import mark_restore_tested, split_content
 from moxflow.errors import ParseError
 from moxflow.fleet import (
     backup_checks,
@@ -36,8 +36,8 @@ def test_backup_offsite_and_restore_test_ages() -> None:
     guests = [Guest(101, "media", "pve1", "qemu"), Guest(104, "ha", "pve2", "qemu")]
     tested = mark_restore_tested("ha", NOW - timedelta(days=9))
     archives = {
-        101: parse_content([entry(101, NOW - 30 * H), entry(101, NOW - 2 * H)]),
-        104: parse_content([entry(104, NOW - 27 * H, tested)]),
+        101: split_content([entry(101, NOW - 30 * H), entry(101, NOW - 2 * H)])[0],
+        104: split_content([entry(104, NOW - 27 * H, tested)])[0],
     }
     offsite = [
         "vzdump-qemu-101-2026_11_26-05_00_00.vma.zst",
@@ -55,7 +55,7 @@ def test_backup_offsite_and_restore_test_ages() -> None:
         ("104 (ha)", "restore test"): (False, "TOO OLD"),
     }
     # exactly at the limit is still fine; a second over is not
-    edge = parse_content([entry(101, NOW - 26 * H)])
+    edge = split_content([entry(101, NOW - 26 * H)])[0]
     [ok] = backup_checks(guests[:1], {101: edge}, now=NOW, tz=UTC, backup_limit=26 * H)
     [late] = backup_checks(guests[:1], {101: edge}, now=NOW + timedelta(seconds=1), tz=UTC,
                            backup_limit=26 * H)  # fmt: skip
@@ -214,7 +214,7 @@ def test_offsite_names_are_read_in_the_nodes_time_zone() -> None:
 
     berlin = ZoneInfo("Europe/Berlin")  # UTC+1 in November
     guests = [Guest(101, "media", "pve1", "qemu")]
-    archives = {101: parse_content([entry(101, NOW - 3 * H)])}
+    archives = {101: split_content([entry(101, NOW - 3 * H)])[0]}
     offsite = ["vzdump-qemu-101-2026_11_26-05_00_00.vma.zst"]  # 05:00 in Berlin = 04:00 UTC
     _, copy = backup_checks(guests, archives, now=NOW, tz=berlin, backup_limit=26 * H,
                             offsite=offsite, offsite_limit=2 * H)  # fmt: skip
@@ -237,7 +237,7 @@ def test_a_nixos_host_found_up_to_date_is_not_out_of_date() -> None:
 
 def test_only_the_backed_up_guests_are_judged_for_backups() -> None:
     guests = [Guest(101, "media", "pve1", "qemu"), Guest(104, "ha", "pve2", "qemu")]
-    archives = {g.vmid: parse_content([entry(g.vmid, NOW - H)]) for g in guests}
+    archives = {g.vmid: split_content([entry(g.vmid, NOW - H)])[0] for g in guests}
     checks = backup_checks(guests, archives, now=NOW, tz=UTC, backup_limit=26 * H,
                            backed_up=[101], offsite=[], offsite_limit=48 * H,
                            restore_tested=[104], restore_limit=timedelta(days=8))  # fmt: skip

@@ -12,7 +12,6 @@ from moxflow.health import (
     judge_command,
     judge_http,
     judge_tcp,
-    summarize,
 )
 from moxflow.inventory import HealthCheck
 
@@ -124,17 +123,13 @@ def test_judge_command(exit_code: int, stdout: str, stderr: str, ok: bool, detai
     assert judge_command(exit_code, stdout, stderr) == HealthResult("command", ok, detail)
 
 
-def test_results_read_well_and_summarize() -> None:
+def test_results_read_well() -> None:
     good = HealthResult("TCP connect to a:1", True, "connection accepted")
     bad = judge_http(503, "", 200, None, check="GET http://a/health expecting 200")
     down = failure("on the host: true", "SshConnectError: dns: connection refused")
     assert str(good) == "TCP connect to a:1: ok (connection accepted)"
     assert str(bad) == "GET http://a/health expecting 200: FAILED (HTTP 503, expected 200)"
+    assert str(down) == "on the host: true: FAILED (SshConnectError: dns: connection refused)"
     assert all_healthy([good])
     assert all_healthy([])
-    assert not all_healthy([good, bad])
-    assert summarize([good, bad, down]) == (
-        "1/3 healthy; failed: GET http://a/health expecting 200 (HTTP 503, expected 200); "
-        "on the host: true (SshConnectError: dns: connection refused)"
-    )
-    assert summarize([good]) == "1/1 healthy"
+    assert not all_healthy([good, bad, down])

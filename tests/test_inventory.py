@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 from pydantic import BaseModel, SecretStr, ValidationError
 
+import blocks  # noqa: F401 - registers the reader of block: references
 from moxflow.errors import ConfigError, SecretError, UnsafeNameError
 from moxflow.inventory import (
     GuestSnapshotSettings,
@@ -1036,3 +1037,35 @@ def test_nixos_models_validate_without_a_file() -> None:
         )
     with pytest.raises(ValidationError, match="give exactly one of http, tcp or command"):
         HealthCheck(tcp="a:1", command=["true"])
+
+
+# --- schedules (checked by cronsim) ----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("cron", "problem"),
+    [
+        ("0 0 31 2 *", "day '31' never comes in month '2'"),
+        ("0 0 * * 8", "'8' is not a valid day of week (0-7)"),
+        ("0 0 * jan-xyz *", "'xyz' is not a valid month (1-12)"),
+        ("0 9-17/0 * * *", "'9-17/0' is not an hour"),
+        ("0 0 * * 5L", "'5l': Prefect's scheduler takes no L in the day of week"),
+        ("0 0 LW * *", "'lw': Prefect's scheduler takes no W in the day of month"),
+        ("@daily", "write five fields"),
+    ],
+)
+def test_schedules_cron_would_refuse(cron: str, problem: str) -> None:
+    with pytest.raises(ValidationError) as info:
+        Inventory(schedules={"zfs-snapshot/daily": cron})
+    assert problem in str(info.value)
+    assert "is not a cron schedule" in str(info.value)
+
+
+def test_schedules_take_what_cron_and_prefect_take() -> None:
+    from prefect.client.schemas.schedules import CronSchedule
+
+    good = ["0 0 L * *", "0 3 * * fri#2", "0 2 * * 1-5/2", "0 0 * * 7", " 0  1 * * SUN "]
+    inv = Inventory(schedules={f"zfs-snapshot/s{i}": c for i, c in enumerate(good)})
+    assert inv.schedules["zfs-snapshot/s4"] == "0 1 * * sun"  # spaces and case normalized
+    for cron in inv.schedules.values():
+        assert CronSchedule(cron=cron, timezone="UTC").cron == cron

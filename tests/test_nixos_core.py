@@ -45,9 +45,7 @@ from moxflow.nixos import (
     plan_waves,
     prepare_state_dir_argv,
     read_journal_argv,
-    reboot_argv,
     revert_argvs,
-    rollback_argv,
     switch_argv,
     system_state_argv,
     unlock_argv,
@@ -329,13 +327,11 @@ INNER = (
             switch_argv("/srv/flakes/home-lab", "nas.lan"),
             ["nixos-rebuild", "switch", "--flake", "/srv/flakes/home-lab#nas.lan"],
         ),
-        (rollback_argv(), ["nixos-rebuild", "switch", "--rollback"]),
         (generations_argv(), ["nixos-rebuild", "list-generations", "--json"]),
         (failed_units_argv(), ["systemctl", "list-units", "--failed", "--output=json"]),
         (system_state_argv(), ["systemctl", "is-system-running"]),
         (disarm_deadman_argv(), ["systemctl", "stop", "moxflow-deadman.timer"]),
         (deadman_armed_argv(), ["systemctl", "is-active", "moxflow-deadman.timer"]),
-        (reboot_argv(), ["systemctl", "reboot"]),
         (
             arm_deadman_argv(PROFILE, 42, 120),
             [

@@ -18,7 +18,6 @@ from moxflow.notify import (
     Severity,
     automation_specs,
     kinds_of,
-    message_for_event,
     message_for_report,
 )
 from moxflow.report import Outcome, ReportRow, RunReport
@@ -84,19 +83,6 @@ def test_long_lists_and_details_are_cut() -> None:
     assert msg is not None
     assert "- … and 5 more" in msg.body
     assert max(len(line) for line in msg.body.splitlines()) < 250
-
-
-def test_event_messages() -> None:
-    rb = message_for_event("moxflow.rollback", {"host": "web", "generation": 41, "how": "switch"})
-    assert (rb.title, rb.severity) == ("moxflow: web rolled back", Severity.WARNING)
-    assert "(switch)" in rb.body
-    na = message_for_event(
-        "moxflow.needs-attention", {"host": "dns", "generation": 7, "snapshot": "pve:vm-101@x"}
-    )
-    assert na.severity is Severity.CRITICAL
-    assert "Pre-update snapshot kept: pve:vm-101@x" in na.body
-    with pytest.raises(ValueError, match="not a moxflow event"):
-        message_for_event("prefect.flow-run.Failed", {})
 
 
 def test_automation_specs_follow_on() -> None:

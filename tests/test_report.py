@@ -45,7 +45,6 @@ def test_each_job_has_its_own_columns(job: str, headers: list[str]) -> None:
     head = report.to_text().splitlines()[0]
     assert [c for c in head.split("  ") if c] == [h.upper() for h in headers]
     assert list(report.table()[0]) == headers
-    assert report.to_markdown().splitlines()[4] == "| " + " | ".join(headers) + " |"
 
 
 def test_a_nixos_row_reads_generation_snapshot_and_verdict() -> None:
@@ -82,9 +81,6 @@ def test_every_empty_cell_is_the_same_dash_on_the_terminal_and_in_the_artifact()
                                EMPTY, EMPTY, "ok", EMPTY]  # fmt: skip
     assert text[3].split() == ["101", "(media-vm)", "offsite", EMPTY, EMPTY, EMPTY, EMPTY,
                                "failed", "offsite:", "refused"]  # fmt: skip
-    markdown = report.to_markdown()
-    assert "| 101 (media-vm) offsite | — | — | — | — | failed | offsite: refused |" in markdown
-    assert " - " not in markdown.replace(" — ", " ") and "|  |" not in markdown
 
 
 def test_snapshot_jobs_keep_taken_kept_removed_with_one_dash() -> None:

@@ -9,9 +9,9 @@ import httpx
 import pytest
 import respx
 
+from blocks.ssh import ssh_runner
 from labsim.client import LabClient
 from moxflow.inventory import HealthCheck, load_inventory
-from tasks.clients import ssh_runner
 from tasks.verify import check_once, wait_healthy
 
 URL = "http://media.lan:8096/health"

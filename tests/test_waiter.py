@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
+from blocks.proxmox import proxmox_client
 from labsim.client import LabClient
 from moxflow.inventory import load_inventory
 from moxflow.pacing import POLL_CAP, POLL_EARLY_GAP, POLL_FLOOR, POLL_HINT_CAP, poll_delay
-from tasks.clients import proxmox_client
 
 EXPECTATIONS = (5.0, 60.0, 600.0, 3600.0)
 

@@ -15,12 +15,9 @@ from moxflow.errors import ParseError, UnsafeNameError
 from moxflow.naming import snapshot_name
 from moxflow.retention import KeepPolicy
 from moxflow.zfs import (
-    ZfsHold,
     ZfsSnapshot,
     destroy_argv,
-    holds_argv,
     list_snapshots_argv,
-    parse_holds,
     parse_snapshot_list,
     plan_dataset_prune,
     snapshot_argv,
@@ -73,11 +70,6 @@ LIST_HEAD = [
             destroy_argv("rpool/data", "x", recursive=True),
             ["zfs", "destroy", "-r", "rpool/data@x"],
         ),
-        (holds_argv("rpool/data", "a"), ["zfs", "holds", "-H", "-p", "rpool/data@a"]),
-        (
-            holds_argv("rpool/data", "a", "b", recursive=True),
-            ["zfs", "holds", "-H", "-p", "-r", "rpool/data@a", "rpool/data@b"],
-        ),
     ],
 )
 def test_argv(argv: list[str], expected: list[str]) -> None:
@@ -98,7 +90,7 @@ def test_argv(argv: list[str], expected: list[str]) -> None:
     ],
 )
 def test_builders_refuse_hostile_names(dataset: str, snapname: str) -> None:
-    for build in (snapshot_argv, destroy_argv, holds_argv):
+    for build in (snapshot_argv, destroy_argv):
         with pytest.raises(UnsafeNameError):
             build(dataset, snapname)
 
@@ -168,24 +160,6 @@ def test_parse_malformed_line(line: str) -> None:
         parse_snapshot_list(ZFS_LIST + line + "\n")
     assert info.value.text == line
     assert repr(line) in str(info.value)
-
-
-def test_parse_holds() -> None:
-    stdout = (
-        "rpool/data@manual-keep\tkeep\t1795000000\n"
-        "rpool/data@manual-keep\tsend\tWed Nov 18 07:06 2026\n"
-    )
-    assert parse_holds(stdout) == [
-        ZfsHold("rpool/data", "manual-keep", "keep", datetime(2026, 11, 18, 11, 6, 40, tzinfo=UTC)),
-        ZfsHold("rpool/data", "manual-keep", "send", None),
-    ]
-    assert parse_holds("") == []
-
-
-@pytest.mark.parametrize("line", ["rpool/data@x\tkeep", "rpool/data\tkeep\t1", "a@b\t\t1"])
-def test_parse_holds_malformed(line: str) -> None:
-    with pytest.raises(ParseError):
-        parse_holds(line)
 
 
 @given(
@@ -386,11 +360,6 @@ def test_plan_reasons_and_commands() -> None:
     assert plan.reasons[H[0]] == "not kept by keep-last=2"
     assert plan.reasons["manual-keep"] == "not made by moxflow"
     assert plan.reasons[mox("daily", -5)] == "label daily, not hourly"
-    assert plan.destroy_argvs() == [
-        ["zfs", "destroy", "-r", f"{DS}@{H[0]}"],
-        ["zfs", "destroy", "-r", f"{DS}@{H[1]}"],
-        ["zfs", "destroy", "-r", f"{DS}@{H[3]}"],
-    ]
     assert plan.summary() == (
         "rpool/data [hourly: keep-last=2]: keep 2, remove 3, protected 1, ignored 2"
     )

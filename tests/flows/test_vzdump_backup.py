@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from blocks.ssh import ssh_runner
 from flows.offsite_copy import offsite_copy_flow
 from flows.vzdump_backup import vzdump_backup
 from labsim.client import LabClient
@@ -17,7 +18,6 @@ from moxflow.errors import RunFailed, SshError
 from moxflow.inventory import load_inventory
 from moxflow.report import Outcome, RunReport
 from tasks.backups import copy_archive
-from tasks.clients import ssh_runner
 from tests.flows.conftest import edit_inventory
 
 # default topology: 9000 is a template; 100, 101 on pve1; 102-105 on pve2
@@ -252,9 +252,9 @@ def test_a_hanging_dump_is_timed_out_stopped_and_the_node_goes_on(
 def test_ok_instead_of_a_upid_is_a_failure_not_a_success(
     fast_lab: LabClient, lab_inventory: Path
 ) -> None:
+    from blocks.proxmox import proxmox_client
     from moxflow.guests import Guest
     from tasks.backups import BackupJob, backup_guest
-    from tasks.clients import proxmox_client
 
     client = proxmox_client(load_inventory(lab_inventory))
     stale = Guest(100, "dns", "pve2", "lxc")  # a listing from before a migration
