@@ -1,19 +1,27 @@
 """Prefect's retries for moxflow's steps: what is worth another try, and how often.
 
-A step task declares ``retries=STEP_RETRIES, retry_delay_seconds=STEP_RETRY_DELAYS,
-retry_condition_fn=transient``: Prefect then retries it (a retrying task run in the UI) when,
-and only when, it failed with an error ``moxflow.errors`` marks transient (an SSH connection
-dropped or refused, the Proxmox API unavailable, a locked guest). A changed host key, a
-refused token or a command that failed is never retried. A step that is not idempotent
-either makes itself so (it checks first what an earlier attempt did) or takes no retries and
-says why. Polling inside one step (a Proxmox task) stays with the waiter's own schedule.
+A step task is declared with ``@step(name, run_name)``: ``retries=STEP_RETRIES``,
+``retry_delay_seconds=STEP_RETRY_DELAYS``, ``retry_condition_fn=transient``. Prefect retries
+it (a retrying task run in the UI) when, and only when, it failed with an error
+``moxflow.errors`` marks transient (an SSH connection dropped or refused, the Proxmox API
+unavailable, a locked guest). A changed host key, a refused token or a command that failed is
+never retried. A step that is not idempotent either makes itself so (it checks first what an
+earlier attempt did) or takes no retries and says why. Polling inside one step (a Proxmox
+task) stays with the waiter's own schedule.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, ParamSpec, TypeVar
+
+from prefect import Task, task
+from prefect.cache_policies import NO_CACHE
 
 from moxflow.errors import MoxflowError
+
+P = ParamSpec("P")
+R = TypeVar("R")
 
 STEP_RETRIES = 2
 """Tries after the first."""
@@ -25,3 +33,16 @@ def transient(task: Any, task_run: Any, state: Any) -> bool:
     """``retry_condition_fn``: retry only an error moxflow's error tree marks transient."""
     exc = state.result(raise_on_failure=False)
     return isinstance(exc, MoxflowError) and exc.transient
+
+
+def step(name: str, run_name: str) -> Callable[[Callable[P, R]], Task[P, R]]:
+    """A step's task: ``name`` in Prefect, ``run_name`` ("{job.target}: snapshot") for each
+    run, never cached, retried by Prefect on transient errors only."""
+    return task(
+        name=name,
+        task_run_name=run_name,
+        cache_policy=NO_CACHE,
+        retries=STEP_RETRIES,
+        retry_delay_seconds=STEP_RETRY_DELAYS,
+        retry_condition_fn=transient,
+    )

@@ -7,8 +7,6 @@ import time
 from collections import defaultdict
 from dataclasses import dataclass
 
-from prefect import task
-from prefect.cache_policies import NO_CACHE
 from prefect.logging import get_run_logger
 
 from blocks.ssh import ssh_runner
@@ -23,7 +21,7 @@ from moxflow.zfs import (
     parse_snapshot_list,
     snapshot_argv,
 )
-from tasks._retry import STEP_RETRIES, STEP_RETRY_DELAYS, transient
+from tasks._retry import step
 
 
 def _list(runner: SshRunner, job: DatasetJob) -> dict[str, list[ZfsSnapshot]]:
@@ -35,28 +33,14 @@ def _list(runner: SshRunner, job: DatasetJob) -> dict[str, list[ZfsSnapshot]]:
     return grouped
 
 
-@task(
-    name="zfs-list",
-    task_run_name="{job.target}: list",
-    cache_policy=NO_CACHE,
-    retries=STEP_RETRIES,
-    retry_delay_seconds=STEP_RETRY_DELAYS,
-    retry_condition_fn=transient,
-)
+@step("zfs-list", "{job.target}: list")
 def list_dataset(inv: Inventory, job: DatasetJob) -> dict[str, list[ZfsSnapshot]]:
     """The facts: the snapshots of the dataset (and its children when recursive), read-only."""
     with ssh_runner(inv, job.host) as runner:
         return dict(_list(runner, job))
 
 
-@task(
-    name="zfs-snapshot",
-    task_run_name="{plan.job.target}: snapshot",
-    cache_policy=NO_CACHE,
-    retries=STEP_RETRIES,
-    retry_delay_seconds=STEP_RETRY_DELAYS,
-    retry_condition_fn=transient,
-)
+@step("zfs-snapshot", "{plan.job.target}: snapshot")
 def take_snapshot(inv: Inventory, plan: DatasetPlan) -> Taken:
     """``zfs snapshot [-r] DATASET@NAME``: the snapshot's full name, and how long it took.
 
@@ -94,14 +78,7 @@ class Pruned:
     seconds: float
 
 
-@task(
-    name="zfs-prune",
-    task_run_name="{plan.job.target}: prune",
-    cache_policy=NO_CACHE,
-    retries=STEP_RETRIES,
-    retry_delay_seconds=STEP_RETRY_DELAYS,
-    retry_condition_fn=transient,
-)
+@step("zfs-prune", "{plan.job.target}: prune")
 def prune_dataset(inv: Inventory, plan: DatasetPlan, taken: Taken) -> Pruned:
     """Destroy the snapshots the plan lets go, once ``taken`` exists (its task's result).
 

@@ -113,6 +113,18 @@ def children(pid: int) -> list[int]:
     return found
 
 
+def fail_tank_media_snapshot(lab: Any) -> None:
+    """Make one target of a ZFS snapshot run fail: pve1 is out of space for tank/media."""
+    lab.fault(
+        target="command",
+        host="pve1",
+        command="zfs snapshot.*tank/media",
+        action="error",
+        exit=1,
+        stderr="cannot create snapshot 'tank/media@x': out of space",
+    )
+
+
 def clean_env(**extra: str) -> dict[str, str]:
     """This process's environment without any PREFECT_ or MOXFLOW_ setting, plus ``extra``."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MOXFLOW_"))}

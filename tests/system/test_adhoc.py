@@ -22,7 +22,7 @@ from prefect.client.schemas.sorting import FlowRunSort
 
 from flows._server import find_local_server, server_answers
 from labsim.client import LabClient
-from tests.system.stack import ROOT, PrefectStack, clean_env, wait_for
+from tests.system.stack import ROOT, PrefectStack, clean_env, fail_tank_media_snapshot, wait_for
 
 
 class _Health(http.server.BaseHTTPRequestHandler):
@@ -157,14 +157,7 @@ def test_a_run_with_a_failed_target_ends_1_with_its_report_and_no_traceback(
     prefect_stack: PrefectStack, fresh_lab: LabClient, tmp_path: Path
 ) -> None:
     env = clean_env(MOXFLOW_PREFECT_URL=prefect_stack.api_url, PREFECT_HOME=str(tmp_path))
-    fresh_lab.fault(
-        target="command",
-        host="pve1",
-        command="zfs snapshot.*tank/media",
-        action="error",
-        exit=1,
-        stderr="cannot create snapshot 'tank/media@x': out of space",
-    )
+    fail_tank_media_snapshot(fresh_lab)
     out = subprocess.run(
         [sys.executable, "-m", "flows.zfs_snapshot", "--inventory",
          str(fresh_lab.dir / "inventory.toml"), "--label", "daily"],

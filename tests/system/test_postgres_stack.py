@@ -38,6 +38,7 @@ from tests.system.stack import (
     PrefectStack,
     Service,
     children,
+    fail_tank_media_snapshot,
     start,
     wait_for,
     wait_for_final,
@@ -218,14 +219,7 @@ def test_a_run_with_failed_targets_is_failed_not_a_crash_on_the_worker(
     """An expected failure (a target failed) is a Failed run with the report's message; the
     worker's output has no crash and no traceback."""
     inventory = str(fresh_lab.dir / "inventory.toml")
-    fresh_lab.fault(
-        target="command",
-        host="pve1",
-        command="zfs snapshot.*tank/media",
-        action="error",
-        exit=1,
-        stderr="cannot create snapshot 'tank/media@x': out of space",
-    )
+    fail_tank_media_snapshot(fresh_lab)
     start = worker.log.stat().st_size
     with prefect_stack.client() as client:
         dep = client.read_deployment_by_name("zfs-snapshot/hourly")

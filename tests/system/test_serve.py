@@ -32,6 +32,7 @@ from tests.system.stack import (
     Service,
     children,
     clean_env,
+    fail_tank_media_snapshot,
     free_port,
     start,
     wait_for,
@@ -151,14 +152,7 @@ def test_serve_registers_with_the_local_server_and_a_failed_run_is_no_crash(
                 return _deployment(client, "zfs-snapshot/hourly")
 
             dep = wait_for("serve to register zfs-snapshot/hourly", registered, 90, serve.log)
-            fresh_lab.fault(
-                target="command",
-                host="pve1",
-                command="zfs snapshot.*tank/media",
-                action="error",
-                exit=1,
-                stderr="cannot create snapshot 'tank/media@x': out of space",
-            )
+            fail_tank_media_snapshot(fresh_lab)
             run = client.create_flow_run_from_deployment(
                 dep.id, parameters={"inventory": str(inventory)}
             )
