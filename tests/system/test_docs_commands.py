@@ -192,7 +192,11 @@ def test_trying_it_without_a_homelab(tmp_path: Path) -> None:
         _lab_down(tmp_path / "lab")
     text = log.read_text()
     assert f"from the Prefect server at {LOCAL_API_URL}" in text
-    assert "Traceback" not in text and "unexpected exception" not in text
+    assert "unexpected exception" not in text
+    # the server started with & writes to the same terminal, SQLite's "database is locked"
+    # tracebacks under load among it (Prefect's, not ours): none may come through our code
+    ours = re.compile(rf'File "{re.escape(str(ROOT))}/(?!\.venv/)')
+    assert not ours.search(text), text[-4000:]
 
 
 def _lab_down(lab: Path) -> None:
