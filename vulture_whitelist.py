@@ -22,6 +22,8 @@ _.handler  # moxflow/inventory/secrets.py: __get_pydantic_core_schema__(cls, sou
 _.deploy_settings  # deployments/definitions.py: the build step prefect.yaml names
 _.__signature__  # flows/params.py: what Prefect reads a flow's parameters from
 _.task_run  # tasks/_retry.py: retry_condition_fn(task, task_run, state)
+_._undo_snapshot  # tasks/nixos.py: on_rollback hooks, registered by decorator, run by a
+_._undo_flake_update  # transaction
 
 # invoke and paramiko call these on our subclasses (moxflow/ssh.py)
 _.input_sleep  # invoke.Runner
@@ -51,9 +53,6 @@ _.finished  # moxflow/report.py RunReport, with started
 
 # TO BE WIRED OR DELETED in files others are changing (issue 11, item 4): only the tests
 # use these today, or nothing does. Remove each line when its file is done.
-_.validate_guest_snapname  # moxflow/proxmox.py: check snapshot names before the URL path
 _.get_runner  # blocks/ssh.py SshCredentials: jobs use ssh_runner(inv, host) next to it
 _.warnings  # moxflow/proxmox.py TaskStatus
-_.base_url  # moxflow/proxmox.py ProxmoxClient: nothing reads it
-_.task_status  # moxflow/proxmox.py ProxmoxClient: nothing calls it (wait_task polls itself)
 _.boot_seconds  # tasks/restore.py: a field nothing sets or reads

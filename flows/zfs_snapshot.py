@@ -47,6 +47,7 @@ from moxflow.snapshots import (  # noqa: E402
     plan_dataset_snapshot,
     utc_now,
 )
+from tasks._retry import tuned  # noqa: E402
 from tasks.zfs import Pruned, Taken, list_dataset, prune_dataset, take_snapshot  # noqa: E402
 
 
@@ -71,7 +72,8 @@ def zfs_snapshot(**kwargs: Any) -> RunReport | State[Any]:
     logger.info("reading %d dataset(s) for @%s", len(jobs), snapname)
 
     # facts: each dataset's snapshots, read-only
-    facts = {job.target: list_dataset.submit(inv, job) for job in jobs}
+    listing = tuned(list_dataset, inv)
+    facts = {job.target: listing.submit(inv, job) for job in jobs}
     plans: list[DatasetPlan] = []
     for job in jobs:
         try:
@@ -99,10 +101,11 @@ def zfs_snapshot(**kwargs: Any) -> RunReport | State[Any]:
 
     # apply: per dataset, snapshot → prune (the prune waits on its snapshot's result)
     logger.info("snapshotting %d dataset(s) as @%s", len(plans), snapname)
-    taken = {p.job.target: take_snapshot.submit(inv, p) for p in plans}
+    snap, prune = tuned(take_snapshot, inv), tuned(prune_dataset, inv)
+    taken = {p.job.target: snap.submit(inv, p) for p in plans}
     # a future as the argument: Prefect resolves it and draws the edge (its stubs do not say so)
     pruned = {
-        p.job.target: prune_dataset.submit(inv, p, taken[p.job.target])  # type: ignore[call-overload]
+        p.job.target: prune.submit(inv, p, taken[p.job.target])  # type: ignore[call-overload]
         for p in plans
     }
     for i, plan in enumerate(plans, start=1):

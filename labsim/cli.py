@@ -144,7 +144,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Inject a fault. Targets: api (match --method and --path, a regex on "
         "the path without /api2/json), command (--host and --command, a regex on the "
         "command line), connect (--host: SSH connections), task (--type and --id of a "
-        "Proxmox task, e.g. qmsnapshot 101). Actions: error, hang, slow (--delay), drop.",
+        "Proxmox task, e.g. qmsnapshot 101). Actions: error, hang, slow (--delay), drop, "
+        "drop-after.",
     )
     _add_dir(fault)
     fault.add_argument("--clear", action="store_true", help="remove every fault and exit")
@@ -153,10 +154,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     fault.add_argument(
         "--action",
-        choices=["error", "hang", "slow", "drop"],
+        choices=["error", "hang", "slow", "drop", "drop-after"],
         help="error: fail with --status/--message (api), --exit/--stderr (command) or "
         "--exitstatus (task); hang: never answer (or until --delay); slow: wait --delay "
-        "seconds, then behave normally; drop: close the connection",
+        "seconds, then behave normally; drop: close the connection; drop-after (command): run "
+        "the command, then close the connection before its result is sent",
     )
     fault.add_argument("--method", help="api: HTTP method to match (GET, POST, PUT, DELETE)")
     fault.add_argument("--path", help="api: regex matched against the request path")

@@ -168,9 +168,13 @@ class _SimHost:
             return
         if action == "slow" and await _closed_within(process, float(fault.get("delay", 0))):
             return
-        await self._run(process, command)
+        await self._run(process, command, drop_after=action == "drop-after")
 
-    async def _run(self, process: asyncssh.SSHServerProcess[bytes], command: str) -> None:
+    async def _run(
+        self, process: asyncssh.SSHServerProcess[bytes], command: str, *, drop_after: bool = False
+    ) -> None:
+        """Run ``command`` for the client; ``drop_after``: let it finish, then cut the
+        connection before its exit status is sent (the client cannot know it ran)."""
         proc = await asyncio.create_subprocess_exec(
             "/bin/sh",
             "-c",
@@ -189,7 +193,9 @@ class _SimHost:
         try:
             await asyncio.wait({finished, closed}, return_when=asyncio.FIRST_COMPLETED)
             status = finished.result() if finished.done() else None
-            if status is not None and not process.is_closing():
+            if drop_after:
+                process.channel.get_connection().abort()
+            elif status is not None and not process.is_closing():
                 if status >= 0:
                     process.exit(status)
                 else:

@@ -81,7 +81,7 @@ DEFAULT_DURATIONS: dict[str, float] = {
 }
 
 FAULT_TARGETS = ("api", "command", "connect", "task")
-FAULT_ACTIONS = ("error", "hang", "slow", "drop")
+FAULT_ACTIONS = ("error", "hang", "slow", "drop", "drop-after")
 
 
 class PveError(Exception):
@@ -780,6 +780,11 @@ class Lab:
             spec["delay"] = float(spec["delay"])
         if action == "slow" and "delay" not in spec:
             raise ValueError("a slow fault needs a delay (seconds)")
+        if action == "drop-after" and target != "command":
+            raise ValueError(
+                "drop-after is a command fault: the command runs, then the "
+                "connection drops before its result is sent"
+            )
         with self.lock:
             fault = Fault(next(self._fault_ids), spec, times)
             self.faults.append(fault)

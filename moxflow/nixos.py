@@ -2,10 +2,11 @@
 ``systemctl`` and ``flake.lock`` output, the wave planner, the post-switch verdict and the
 crash-recovery journal.
 
-An update of one host is: lock, ``nix flake update``, snapshot, build, arm a dead-man timer
+An update of one host is: lock, snapshot, ``nix flake update``, build, arm a dead-man timer
 that switches back to the old generation unless disarmed, switch, verify, disarm (confirm),
-unlock. Every builder validates its paths and names and returns an argument list; the SSH
-runner quotes it once with ``shlex.join``.
+unlock; a host that fails verification walks the recovery ladder (:func:`next_recovery_step`).
+Every builder validates its paths and names and returns an argument list; the SSH runner
+quotes it once with ``shlex.join``.
 """
 
 from __future__ import annotations
@@ -37,6 +38,8 @@ __all__ = [
     "JournalPhase",
     "LockChange",
     "NixosHostSpec",
+    "RecoveryState",
+    "RecoveryStep",
     "UpdatePlan",
     "Verdict",
     "arm_deadman_argv",
@@ -58,6 +61,7 @@ __all__ = [
     "lock_path",
     "locked_input",
     "new_failures",
+    "next_recovery_step",
     "parse_checked",
     "parse_failed_units",
     "parse_flake_lock",
@@ -649,6 +653,55 @@ def evaluate(
     if problems:
         return Verdict(False, tuple(problems), fresh)
     return Verdict(True, tuple(notes), fresh)
+
+
+# --- the recovery ladder after a failed verification -------------------------------------
+
+RecoveryStep = Literal[
+    "switch-back", "wait-for-dead-man", "snapshot-rollback", "rolled-back", "needs-attention"
+]
+"""What to do next for a host whose new generation failed: a step to take (the first three),
+or the end of the ladder."""
+
+
+@dataclass(frozen=True, slots=True)
+class RecoveryState:
+    """Where a host's recovery stands.
+
+    ``generation`` is the active generation as last seen (``None``: the host did not answer);
+    ``tried`` the recovery steps taken so far, in order; ``healthy`` whether the host passed
+    verification on ``old_generation`` after the last of them; ``has_snapshot`` whether a
+    pre-update snapshot exists to roll back to.
+    """
+
+    old_generation: int
+    generation: int | None
+    has_snapshot: bool
+    tried: tuple[RecoveryStep, ...] = ()
+    healthy: bool = False
+
+    def after(self, step: RecoveryStep, healthy: bool, generation: int | None) -> RecoveryState:
+        """This state once ``step`` was taken and the host verified (or not) after it."""
+        return replace(self, tried=(*self.tried, step), healthy=healthy, generation=generation)
+
+
+def next_recovery_step(state: RecoveryState) -> RecoveryStep:
+    """The next rung of the ladder.
+
+    1. Back on the old generation already (the dead-man timer fired): wait for it to settle
+       and verify. 2. Reachable on the new generation: switch back ourselves. 3. Unreachable:
+       wait, bounded, for the dead-man timer to revert it. Then, while still unhealthy, 4. roll
+       the snapshot back (once, if there is one); 5. else a human is needed.
+    """
+    if not state.tried:
+        if state.generation is None or state.generation == state.old_generation:
+            return "wait-for-dead-man"
+        return "switch-back"
+    if state.healthy:
+        return "rolled-back"
+    if state.has_snapshot and "snapshot-rollback" not in state.tried:
+        return "snapshot-rollback"
+    return "needs-attention"
 
 
 # --- waves ---------------------------------------------------------------------------------

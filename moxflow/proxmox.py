@@ -47,6 +47,7 @@ from moxflow.errors import (
     is_transient,
 )
 from moxflow.guests import Guest, GuestType
+from moxflow.naming import validate_guest_snapname
 from moxflow.pacing import POLL_CAP, POLL_FLOOR, poll_delay
 
 __all__ = [
@@ -269,10 +270,6 @@ class ProxmoxClient:
     def __repr__(self) -> str:
         return f"ProxmoxClient(host={self.host!r}, port={self.port}, token_id={self.token_id!r})"
 
-    @property
-    def base_url(self) -> str:
-        return f"https://{self.host}:{self.port}/api2/json"
-
     def _proxmox(self) -> Any:
         with self._lock:
             if self._api is None:
@@ -472,7 +469,7 @@ class ProxmoxClient:
         self, guest: Guest, name: str, description: str = "", vmstate: bool = False
     ) -> str:
         """Start a snapshot; returns its UPID. ``vmstate`` (RAM) is sent for VMs only."""
-        params: dict[str, Any] = {"snapname": name}
+        params: dict[str, Any] = {"snapname": validate_guest_snapname(name)}
         if description:
             params["description"] = description
         if guest.type == "qemu" and vmstate:
@@ -483,12 +480,12 @@ class ProxmoxClient:
 
     def delete_snapshot(self, guest: Guest, name: str) -> str:
         """Start deleting a snapshot; returns its UPID."""
-        path = f"{_snapshot_path(guest)}/{name}"
+        path = f"{_snapshot_path(guest)}/{validate_guest_snapname(name)}"
         return self._expect_upid("DELETE", path, self.delete(path))
 
     def rollback_snapshot(self, guest: Guest, name: str, start: bool = False) -> str:
         """Start rolling the guest back to a snapshot; returns its UPID."""
-        path = f"{_snapshot_path(guest)}/{name}/rollback"
+        path = f"{_snapshot_path(guest)}/{validate_guest_snapname(name)}/rollback"
         params: dict[str, Any] = {"start": True} if start else {}
         return self._expect_upid("POST", path, self.post(path, **params))
 
@@ -600,10 +597,6 @@ class ProxmoxClient:
         return dict(data) if isinstance(data, Mapping) else {}
 
     # --- tasks ------------------------------------------------------------------------------
-
-    def task_status(self, node: str, upid: str) -> dict[str, Any]:
-        """``GET /nodes/{node}/tasks/{upid}/status`` (retried on transient errors)."""
-        return self._status_dict(self.get(f"/nodes/{node}/tasks/{upid}/status"), upid)
 
     def task_log(self, node: str, upid: str, limit: int = 50, start: int = 0) -> list[str]:
         """Lines of a task's log, from line ``start`` (0-based), at most ``limit``."""

@@ -30,6 +30,7 @@ from moxflow.inventory import (
     ProxmoxSettings,
     ProxmoxSnapshotMethod,
     RestoreTestSettings,
+    RetrySettings,
     SshSettings,
     ZfsDataset,
     ZfsSettings,
@@ -57,6 +58,7 @@ SECTIONS: list[tuple[str, type[BaseModel]]] = [
     ("[offsite]", OffsiteSettings),
     ("[restore_test]", RestoreTestSettings),
     ("[health]", HealthSettings),
+    ("[retries]", RetrySettings),
 ]
 
 INTRO = """\

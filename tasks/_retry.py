@@ -1,7 +1,8 @@
 """Prefect's retries for moxflow's steps: what is worth another try, and how often.
 
-A step task is declared with ``@step(name, run_name)``: ``retries=STEP_RETRIES``,
-``retry_delay_seconds=STEP_RETRY_DELAYS``, ``retry_condition_fn=transient``. Prefect retries
+A step task is declared with ``@step(name, run_name)`` (``retry_condition_fn=transient``,
+the defaults of ``[retries]``), and a flow submits it as ``tuned(task, inv)``: the same task
+with ``retries`` and ``retry_delay_seconds`` from the inventory's ``[retries]``. Prefect retries
 it (a retrying task run in the UI) when, and only when, it failed with an error
 ``moxflow.errors`` marks transient (an SSH connection dropped or refused, the Proxmox API
 unavailable, a locked guest). A changed host key, a refused token or a command that failed is
@@ -19,14 +20,12 @@ from prefect import Task, task
 from prefect.cache_policies import NO_CACHE
 
 from moxflow.errors import MoxflowError
+from moxflow.inventory import Inventory, RetrySettings
 
 P = ParamSpec("P")
 R = TypeVar("R")
 
-STEP_RETRIES = 2
-"""Tries after the first."""
-STEP_RETRY_DELAYS = [1.0, 5.0]
-"""Seconds before each retry."""
+_DEFAULTS = RetrySettings()
 
 
 def transient(task: Any, task_run: Any, state: Any) -> bool:
@@ -42,7 +41,14 @@ def step(name: str, run_name: str) -> Callable[[Callable[P, R]], Task[P, R]]:
         name=name,
         task_run_name=run_name,
         cache_policy=NO_CACHE,
-        retries=STEP_RETRIES,
-        retry_delay_seconds=STEP_RETRY_DELAYS,
+        retries=_DEFAULTS.attempts,
+        retry_delay_seconds=list(_DEFAULTS.delays),
         retry_condition_fn=transient,
     )
+
+
+def tuned(step_task: Task[P, R], inv: Inventory) -> Task[P, R]:
+    """``step_task`` with the retries the inventory's ``[retries]`` asks for."""
+    r = inv.retries
+    delays = [r.delays[min(i, len(r.delays) - 1)] for i in range(r.attempts)]
+    return step_task.with_options(retries=r.attempts, retry_delay_seconds=delays or 0)

@@ -1,11 +1,15 @@
-"""Prefect tasks for NixOS hosts: pre-flight facts, and one host's guarded update.
+"""Prefect tasks for NixOS hosts: pre-flight facts, and the steps of one host's update.
 
-The update of one host follows the safe order snapshot → flake update → build → arm the
-dead-man timer → switch → verify over a new SSH connection → confirm, and walks the
-recovery ladder on any failure after the switch: switch back to the previous generation,
-else wait for the dead-man timer to revert the host, else roll back the snapshot, else mark
-the host "needs attention" with the snapshot kept. A lock and a journal on the host let the
-next run recognise a run that died half-way.
+Each step is its own task run, named "HOST: step": lock → snapshot → flake-update → build →
+arm-dead-man → switch → verify → confirm → prune → unlock. A failed verification is followed by
+the recovery steps :func:`moxflow.nixos.next_recovery_step` picks: switch-back,
+wait-for-dead-man, snapshot-rollback (each verifies the host again), else the host "needs
+attention" with its snapshot kept. A lock and a journal on the host let the next run recognise
+a run that died half-way. The subflow that chains the steps is ``flows/nixos_update.py``.
+
+The steps share one :class:`HostRun`: the host's settings, its SSH connection and Proxmox
+client (built once, closed by the subflow), and the notes the report row is made of. Steps
+run in the subflow's thread, so the notes they add are seen by the next.
 """
 
 from __future__ import annotations
@@ -14,15 +18,14 @@ import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, tzinfo
 from typing import Any
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
-from prefect.logging import get_run_logger
+from prefect.transactions import Transaction
 
-from blocks.proxmox import proxmox_client
 from blocks.ssh import ssh_runner
 from moxflow.errors import ConfigError, MoxflowError, ParseError, SshError
 from moxflow.inventory import (
@@ -36,6 +39,7 @@ from moxflow.nixos import (
     HostFacts,
     Journal,
     JournalPhase,
+    LockChange,
     arm_deadman_argv,
     build_argv,
     clear_journal_argv,
@@ -63,6 +67,7 @@ from moxflow.nixos import (
     write_checked_argv,
     write_journal_argv,
 )
+from moxflow.proxmox import ProxmoxClient
 from moxflow.report import Outcome, ReportRow
 from moxflow.retention import KeepPolicy
 from moxflow.snapshots import plan_guest_prune
@@ -74,6 +79,8 @@ from moxflow.zfs import (
     plan_dataset_prune,
     snapshot_argv,
 )
+from tasks._logging import LoggerLike
+from tasks._retry import step
 from tasks.verify import wait_healthy
 
 LABEL = "pre-update"
@@ -114,10 +121,6 @@ class Preflight:
         return "; ".join(bits)
 
 
-def _lock_path(inv: Inventory, host: str) -> str:
-    return lock_path(inv.nixos_state_dir(host))
-
-
 def _system_state(r: SshRunner) -> str:
     """What ``systemctl is-system-running`` says; ``unknown`` when it prints no state."""
     try:
@@ -136,14 +139,15 @@ def _host_facts(r: SshRunner) -> HostFacts:
     )
 
 
-def _snapshot_check(inv: Inventory, host: str) -> str:
+def _snapshot_check(inv: Inventory, host: str, proxmox: ProxmoxClient | None) -> str:
     """Whether the host's snapshot method can work, read-only: its guest is visible through
     the API with the token (and its snapshots listed), or its dataset exists. Why not, or ""."""
     sm = inv.nixos_host(host).snapshot
     try:
         if isinstance(sm, ProxmoxSnapshotMethod):
-            client = proxmox_client(inv)
-            client.list_snapshots(client.guest(sm.vmid))
+            if proxmox is None:
+                return "no Proxmox client (the inventory has no [proxmox] section)"
+            proxmox.list_snapshots(proxmox.guest(sm.vmid))
         elif isinstance(sm, ZfsSnapshotMethod):
             with ssh_runner(inv, sm.host) as zr:
                 zr.run(["zfs", "list", "-H", "-o", "name", sm.dataset])
@@ -152,12 +156,23 @@ def _snapshot_check(inv: Inventory, host: str) -> str:
     return ""
 
 
-@task(name="nixos-preflight", cache_policy=NO_CACHE, task_run_name="preflight-{host}")
-def preflight(inv: Inventory, host: str) -> Preflight:
+def _read_journal(r: SshRunner, state_dir: str) -> Journal | None:
+    res = r.run(read_journal_argv(state_dir), check=False)
+    if res.exit_code != 0 or not res.stdout.strip():
+        return None
+    try:
+        return Journal.from_json(res.stdout)
+    except ParseError:
+        return None
+
+
+@task(name="nixos-preflight", cache_policy=NO_CACHE, task_run_name="{host}: preflight")
+def preflight(inv: Inventory, host: str, proxmox: ProxmoxClient | None) -> Preflight:
     """Read-only facts: generation, system state, failed units, flake, disk, lock, and
     whether the pre-update snapshot can be taken (the credentials it needs work)."""
     spec = inv.nixos_host(host)
-    snapshot_error = _snapshot_check(inv, host)
+    state_dir = inv.nixos_state_dir(host)
+    snapshot_error = _snapshot_check(inv, host, proxmox)
     try:
         with ssh_runner(inv, host) as r:
             gens = parse_generations(r.run(generations_argv()).stdout)
@@ -166,8 +181,8 @@ def preflight(inv: Inventory, host: str) -> Preflight:
             flake_ok = r.run(["test", "-f", f"{spec.flake}/flake.nix"], check=False).exit_code == 0
             df = r.run(["df", "-Pk", spec.flake], check=False).stdout.splitlines()
             free = int(df[-1].split()[3]) if len(df) >= 2 else None
-            journal = _read_journal(r, inv, host)
-            locked = r.run(["test", "-d", _lock_path(inv, host)], check=False).exit_code == 0
+            journal = _read_journal(r, state_dir)
+            locked = r.run(["test", "-d", lock_path(state_dir)], check=False).exit_code == 0
             owner = (journal.flow_run_id if journal else None) or "an unknown run"
             return Preflight(
                 host=host,
@@ -182,16 +197,6 @@ def preflight(inv: Inventory, host: str) -> Preflight:
             )
     except (MoxflowError, ValueError, IndexError) as exc:
         return Preflight(host=host, reachable=False, error=str(exc), snapshot_error=snapshot_error)
-
-
-def _read_journal(r: SshRunner, inv: Inventory, host: str) -> Journal | None:
-    res = r.run(read_journal_argv(inv.nixos_state_dir(host)), check=False)
-    if res.exit_code != 0 or not res.stdout.strip():
-        return None
-    try:
-        return Journal.from_json(res.stdout)
-    except ParseError:
-        return None
 
 
 def flow_run_alive(flow_run_id: str | None) -> bool:
@@ -213,51 +218,104 @@ def flow_run_alive(flow_run_id: str | None) -> bool:
     return run.state is not None and not run.state.is_final()
 
 
-@dataclass
-class HostUpdate:
-    """One host's update; ``steps`` records what was done, for the report."""
+# --- one host's update: what its steps share ------------------------------------------------
 
-    inv: Inventory
-    host: str
-    baseline: Preflight
-    now: datetime
-    tz: tzinfo
-    flow_run_id: str | None
-    no_snapshot: bool = False
-    force: bool = False
-    steps: list[str] = field(default_factory=list)
-    snapshot: str | None = None
-    log: Any = None
 
-    def __post_init__(self) -> None:
-        self.spec = self.inv.nixos_host(self.host)
-        self.settings = self.inv.nixos
-        self.state_dir = self.inv.nixos_state_dir(self.host)
-        self.profile = self.inv.nixos_profile(self.host)
-        self.attr = self.inv.nixos_attr(self.host)
-        self.started = time.monotonic()
-        generation = self.baseline.generation
+class HostRun:
+    """One host's update as its steps see it: the settings, the clients, what was done.
+
+    A plain class with slots on purpose: Prefect stores a subflow's parameters as JSON and
+    falls back to the placeholder ``<HostRun>`` for an object it cannot encode, so neither
+    the inventory nor a client is copied into the flow run's record.
+    """
+
+    __slots__ = (
+        "attr",
+        "baseline",
+        "before",
+        "flow_run_id",
+        "force",
+        "host",
+        "inv",
+        "journal",
+        "log",
+        "no_snapshot",
+        "now",
+        "old",
+        "profile",
+        "proxmox",
+        "settings",
+        "snapshot",
+        "spec",
+        "ssh",
+        "started",
+        "state_dir",
+        "steps",
+        "tz",
+    )
+
+    def __init__(
+        self,
+        inv: Inventory,
+        host: str,
+        baseline: Preflight,
+        *,
+        now: datetime,
+        tz: tzinfo,
+        flow_run_id: str | None,
+        proxmox: ProxmoxClient | None,
+        log: LoggerLike,
+        no_snapshot: bool = False,
+        force: bool = False,
+    ) -> None:
+        generation = baseline.generation
         if generation is None:
-            raise ParseError(f"{self.host}: pre-flight found no current generation")
+            raise ParseError(f"{host}: pre-flight found no current generation")
+        self.inv = inv
+        self.host = host
+        self.baseline = baseline
+        self.now = now
+        self.tz = tz
+        self.flow_run_id = flow_run_id
+        self.proxmox = proxmox
+        self.log = log
+        self.no_snapshot = no_snapshot
+        self.force = force
+        self.spec = inv.nixos_host(host)
+        self.settings = inv.nixos
+        self.state_dir = inv.nixos_state_dir(host)
+        self.profile = inv.nixos_profile(host)
+        self.attr = inv.nixos_attr(host)
+        self.ssh = ssh_runner(inv, host)
+        """The connection the steps up to the switch use; verification opens new ones."""
+        self.started = time.monotonic()
+        self.steps: list[str] = []
+        self.snapshot: str | None = None
         self.old = generation
-        self.before = HostFacts(generation, self.baseline.system_state, self.baseline.failed_units)
+        self.before = HostFacts(generation, baseline.system_state, baseline.failed_units)
         self.journal = Journal(
             run_id=uuid.uuid4().hex,
-            flow_run_id=self.flow_run_id,
-            host=self.host,
+            flow_run_id=flow_run_id,
+            host=host,
             phase="started",
             old_generation=generation,
             new_generation=None,
             snapshot=None,
-            started=self.now.isoformat(),
+            started=now.isoformat(),
         )
 
-    # -- plumbing ---------------------------------------------------------------------------
+    def __deepcopy__(self, _memo: dict[int, Any]) -> HostRun:
+        """Itself: one host's run is one live thing with open connections (Prefect's
+        transaction hands stored values out as deep copies)."""
+        return self
+
+    def close(self) -> None:
+        self.ssh.close()
 
     def note(self, text: str) -> None:
+        """A step done, for the report row and the run's log."""
         self.steps.append(text)
-        if self.log is not None:
-            self.log.info("%s: %s", self.host, text)
+        self.log.info("%s: %s", self.host, text)
 
     @contextmanager
     def connect(self) -> Iterator[SshRunner]:
@@ -282,52 +340,24 @@ class HostUpdate:
             },
         )
 
-    def write_journal(self, r: SshRunner, phase: JournalPhase, **changes: Any) -> None:
+    def write_journal(self, phase: JournalPhase, **changes: Any) -> None:
         """Record progress on the host, so that a run dying here can be recognised."""
         self.journal = self.journal.advance(phase, **changes)
-        r.run(write_journal_argv(self.state_dir), stdin=self.journal.to_json())
+        self.ssh.run(write_journal_argv(self.state_dir), stdin=self.journal.to_json())
 
-    # -- lock and crash recovery ------------------------------------------------------------
+    def backup(self) -> str:
+        return f"{self.state_dir}/flake.lock.before"
 
-    def acquire(self, r: SshRunner) -> str | None:
-        """Take the host's lock; a message when another live run holds it (then skip)."""
-        r.run(prepare_state_dir_argv(self.state_dir))
-        deadline = time.monotonic() + self.settings.lock_wait
-        while True:
-            if r.run(lock_argv(self.state_dir), check=False).exit_code == 0:
-                return None
-            journal = _read_journal(r, self.inv, self.host)
-            owner = journal.flow_run_id if journal else None
-            if not flow_run_alive(owner):
-                self.recover_stale(r, journal)
-                continue
-            if time.monotonic() >= deadline:
-                return f"another run (flow run {owner}) is updating {self.host}; skipped"
-            time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
+    def restore_flake_lock(self, r: SshRunner) -> bool:
+        """Put flake.lock back as it was before this run's update; whether there was one."""
+        if r.run(["test", "-f", self.backup()], check=False).exit_code != 0:
+            return False
+        r.run(["cp", self.backup(), f"{self.spec.flake}/flake.lock"])
+        return True
 
-    def recover_stale(self, r: SshRunner, journal: Journal | None) -> None:
-        """A run died half-way: undo what it left (timer, unverified generation, flake.lock)."""
-        phase = journal.phase if journal else "unknown"
-        self.note(f"found an interrupted run (phase {phase}); cleaning up")
-        armed = r.run(deadman_armed_argv(), check=False).exit_code == 0
-        if armed:
-            r.run(disarm_deadman_argv(), check=False)
-            self.note("disarmed its dead-man timer")
-        if journal and journal.old_generation is not None:
-            gens = parse_generations(r.run(generations_argv()).stdout)
-            current = current_generation(gens).number
-            if current != journal.old_generation:
-                for argv in revert_argvs(self.profile, journal.old_generation):
-                    r.run(argv)
-                self.note(
-                    f"reverted its unverified generation {current} to {journal.old_generation}"
-                )
-        backup = f"{self.state_dir}/flake.lock.before"
-        if r.run(["test", "-f", backup], check=False).exit_code == 0:
-            r.run(["cp", backup, f"{self.spec.flake}/flake.lock"])
-            r.run(["rm", "-f", backup])
-        if journal and journal.snapshot:
-            self.note(f"its snapshot {journal.snapshot} is kept")
+    def release(self, r: SshRunner) -> None:
+        """Clear this run's backup of flake.lock, its journal and its lock."""
+        r.run(["rm", "-f", self.backup()], check=False)
         r.run(clear_journal_argv(self.state_dir), check=False)
         r.run(unlock_argv(self.state_dir), check=False)
 
@@ -338,110 +368,31 @@ class HostUpdate:
         with suppress(MoxflowError):
             r.run(write_checked_argv(self.state_dir), stdin=stamp + "\n")
 
-    def release(self, r: SshRunner) -> None:
-        r.run(["rm", "-f", f"{self.state_dir}/flake.lock.before"], check=False)
-        r.run(clear_journal_argv(self.state_dir), check=False)
-        r.run(unlock_argv(self.state_dir), check=False)
-
-    # -- snapshots --------------------------------------------------------------------------
-
-    def take_snapshot(self) -> None:
-        sm = self.spec.snapshot
-        if self.no_snapshot or isinstance(sm, NoSnapshotMethod):
-            why = "--no-snapshot" if self.no_snapshot else "opted out in the inventory"
-            self.note(f"no snapshot ({why})")
-            return
-        name = snapshot_name(LABEL, self.now)
-        if isinstance(sm, ProxmoxSnapshotMethod):
-            client = proxmox_client(self.inv)
-            guest = client.guest(sm.vmid)
-            upid = client.create_snapshot(guest, name, snapshot_description(LABEL, self.now))
-            client.wait_task(upid, timeout=600, node=guest.node)
-        else:
-            with ssh_runner(self.inv, sm.host) as zr:
-                zr.run(snapshot_argv(sm.dataset, name, False))
-        self.snapshot = name
-        self.note(f"snapshot {name}")
-
-    def drop_snapshot(self) -> None:
-        """Delete the snapshot this run took (nothing changed, it is not needed)."""
-        sm = self.spec.snapshot
-        if self.snapshot is None or isinstance(sm, NoSnapshotMethod):
-            return
-        if isinstance(sm, ProxmoxSnapshotMethod):
-            client = proxmox_client(self.inv)
-            guest = client.guest(sm.vmid)
-            client.wait_task(client.delete_snapshot(guest, self.snapshot), timeout=600)
-        else:
-            with ssh_runner(self.inv, sm.host) as zr:
-                zr.run(destroy_argv(sm.dataset, self.snapshot))
-        self.note(f"released snapshot {self.snapshot}")
-        self.snapshot = None
-
-    def _policy(self) -> KeepPolicy:
-        try:
-            return self.inv.guest_policy(LABEL)
-        except ConfigError:
-            return KeepPolicy.parse(DEFAULT_SNAPSHOT_POLICY)
-
-    def prune_snapshots(self) -> None:
-        """Keep the pre-update snapshots by retention; prune the older ones."""
-        sm = self.spec.snapshot
-        if self.snapshot is None or isinstance(sm, NoSnapshotMethod):
-            return
-        policy = self._policy()
-        removed: list[str] = []
-        if isinstance(sm, ProxmoxSnapshotMethod):
-            client = proxmox_client(self.inv)
-            guest = client.guest(sm.vmid)
-            plan = plan_guest_prune(
-                client.list_snapshots(guest), LABEL, policy, self.tz, self.snapshot
-            )
-            for name in plan.remove:
-                client.wait_task(client.delete_snapshot(guest, name), timeout=600)
-                removed.append(name)
-        else:
-            with ssh_runner(self.inv, sm.host) as zr:
-                snaps = parse_snapshot_list(zr.run(list_snapshots_argv(sm.dataset)).stdout)
-                zplan = plan_dataset_prune(snaps, sm.dataset, LABEL, policy, self.tz, self.snapshot)
-                for name in zplan.remove:
-                    zr.run(destroy_argv(sm.dataset, name))
-                    removed.append(name)
-        if removed:
-            self.note("pruned older snapshots " + ", ".join(removed))
-
-    def rollback_snapshot(self) -> bool:
-        """Last resort: restore the pre-update snapshot and start the guest again."""
-        sm = self.spec.snapshot
-        if self.snapshot is None or isinstance(sm, NoSnapshotMethod):
-            return False
-        try:
-            if isinstance(sm, ProxmoxSnapshotMethod):
-                client = proxmox_client(self.inv)
-                guest = client.guest(sm.vmid)
-                upid = client.rollback_snapshot(guest, self.snapshot, start=True)
-                client.wait_task(upid, timeout=600, node=guest.node)
-            else:
-                with ssh_runner(self.inv, sm.host) as zr:
-                    zr.run(["zfs", "rollback", "-r", f"{sm.dataset}@{self.snapshot}"])
-        except MoxflowError as exc:
-            self.note(f"snapshot rollback failed: {exc}")
-            return False
-        self.note(f"rolled back snapshot {self.snapshot}")
-        return True
-
-    # -- verification -----------------------------------------------------------------------
+    def client(self) -> ProxmoxClient:
+        if self.proxmox is None:
+            raise ConfigError("the inventory has no [proxmox] section", setting="proxmox")
+        return self.proxmox
 
     def generation_now(self) -> int:
         """The active generation, over a new connection (raises SshError when unreachable)."""
         with self.connect() as r:
             return current_generation(parse_generations(r.run(generations_argv()).stdout)).number
 
+    def seen_generation(self, *, note: bool = True) -> int | None:
+        """The active generation now, or ``None`` when the host does not answer (noted:
+        the recovery then waits for the dead-man timer)."""
+        try:
+            return self.generation_now()
+        except SshError as exc:
+            if note:
+                self.note(f"host unreachable ({exc.message}); waiting for the dead-man timer")
+            return None
+
     def verify(self, expected: int, grace: float) -> tuple[bool, str]:
         """Over a new connection: the generation, no new failed units, health checks pass
         (:func:`~moxflow.nixos.evaluate` against the host's state before the update).
 
-        Retries within ``grace`` while the host does not answer or is still starting; a
+        Polls within ``grace`` while the host does not answer or is still starting; a
         wrong generation or a newly failed unit ends the wait at once (the generation does
         not change by itself, except when the dead-man timer reverts it).
         """
@@ -476,155 +427,22 @@ class HostUpdate:
                 return False, reason
             time.sleep(min(1.0, max(0.05, grace / 20)))
 
-    # -- the update -------------------------------------------------------------------------
-
-    def run(self) -> ReportRow:
-        with self.connect() as r:
-            busy = self.acquire(r)
-            if busy:
-                return self.row(Outcome.SKIPPED, busy)
-            try:
-                self.write_journal(r, "started")
-                try:
-                    self.take_snapshot()
-                except MoxflowError as exc:
-                    self.release(r)
-                    return self.row(Outcome.FAILED, f"snapshot failed, nothing changed: {exc}")
-                self.write_journal(r, "snapshotted", snapshot=self.snapshot)
-
-                flake = self.spec.flake
-                before = r.run(["cat", f"{flake}/flake.lock"]).stdout
-                r.run(["cp", f"{flake}/flake.lock", f"{self.state_dir}/flake.lock.before"])
-                r.run(flake_update_argv(flake, self.spec.commit_lock_file), timeout=1800)
-                after = r.run(["cat", f"{flake}/flake.lock"]).stdout
-                changes = lock_changes(parse_flake_lock(before), parse_flake_lock(after))
-                if not changes and not self.force:
-                    self.drop_snapshot()
-                    self.mark_checked(r)
-                    self.release(r)
-                    return self.row(Outcome.OK, "up to date")
-                for change in changes:
-                    self.note(str(change))
-
-                built = r.run(build_argv(flake, self.attr), check=False, timeout=6 * 3600)
-                if built.exit_code != 0:
-                    tail = "\n".join(built.stderr.strip().splitlines()[-5:])
-                    r.run(["cp", f"{self.state_dir}/flake.lock.before", f"{flake}/flake.lock"])
-                    self.drop_snapshot()
-                    self.release(r)
-                    return self.row(Outcome.FAILED, f"build failed, nothing activated: {tail}")
-                self.write_journal(r, "built")
-            except MoxflowError as exc:
-                self.release(r)
-                return self.row(Outcome.FAILED, f"failed before any change: {exc}")
-
-            old = self.baseline.generation
-            assert old is not None
-            timeout = self.settings.confirm_timeout
-            r.run(arm_deadman_argv(self.profile, old, int(timeout)))
-            self.write_journal(r, "armed")
-            self.note(f"dead-man timer armed ({timeout:g}s)")
-            try:
-                switched = r.run(switch_argv(flake, self.attr), check=False, timeout=3600)
-                switch_note = "" if switched.exit_code == 0 else f"switch exit {switched.exit_code}"
-            except SshError as exc:
-                switch_note = f"switch interrupted: {exc}"
-            # the generation the switch made (the same one when the configuration did not
-            # change); if the switch cut us off, the next one, and the timer has it
-            new = old + 1
-            with suppress(SshError):
-                gens = parse_generations(r.run(generations_argv()).stdout)
-                new = current_generation(gens).number
-                self.write_journal(r, "switched", new_generation=new)
-            if new == old:
-                self.note("the configuration did not change: no new generation")
-
-        ok, why = self.verify(expected=new, grace=self.settings.health_grace)
-        if ok:
-            with self.connect() as r:
-                late = False
-                if r.run(disarm_deadman_argv(), check=False).exit_code != 0:
-                    # no timer to stop: did it fire and revert the host before we confirmed?
-                    gens = parse_generations(r.run(generations_argv()).stdout)
-                    late = current_generation(gens).number != new
-                if not late:
-                    self.note("confirmed")
-                    self.write_journal(r, "confirmed")
-                    self.mark_checked(r)
-                    try:
-                        self.prune_snapshots()
-                    except MoxflowError as exc:
-                        self.note(f"pruning old snapshots failed: {exc}")
-                    self.release(r)
-            if late:
-                return self.recover(old, "the dead-man timer fired before the confirmation")
-            done = "updated" + (f" ({switch_note})" if switch_note else "")
-            return self.row(Outcome.OK, done, new=new)
-        return self.recover(old, why)
-
-    def recover(self, old: int, why: str) -> ReportRow:
-        """The recovery ladder after a failed verification."""
-        self.note(f"verification failed: {why}")
-        grace = self.settings.health_grace
-        wait_for_timer = self.settings.confirm_timeout + grace
-        try:
-            current: int | None = self.generation_now()
-        except SshError as exc:
-            current = None
-            self.note(f"host unreachable ({exc.message}); waiting for the dead-man timer")
-        if current == old:
-            # 1. the dead-man timer already reverted it
-            ok, why2 = self.verify(expected=old, grace=grace)
-            if ok:
-                return self._rolled_back(old, "dead-man timer")
-            self.note(f"reverted by the dead-man timer, but still unhealthy: {why2}")
-        elif current is not None:
-            # 2. reachable on the new generation: switch back ourselves
-            try:
-                with self.connect() as r:
-                    r.run(disarm_deadman_argv(), check=False)
-                    for argv in revert_argvs(self.profile, old):
-                        r.run(argv)
-                self.note(f"switched back to generation {old}")
-                ok, why2 = self.verify(expected=old, grace=grace)
-                if ok:
-                    return self._rolled_back(old, "generation rollback")
-                self.note(f"still unhealthy on generation {old}: {why2}")
-            except SshError as exc:
-                self.note(f"switching back failed: {exc.message}")
+    def drop_snapshot(self) -> None:
+        """Delete the snapshot this run took (nothing changed, it is not needed)."""
+        sm = self.spec.snapshot
+        if self.snapshot is None or isinstance(sm, NoSnapshotMethod):
+            return
+        if isinstance(sm, ProxmoxSnapshotMethod):
+            client = self.client()
+            guest = client.guest(sm.vmid)
+            client.wait_task(client.delete_snapshot(guest, self.snapshot), timeout=600)
         else:
-            # 3. unreachable: the dead-man timer reverts it by itself (bounded wait)
-            ok, why2 = self.verify(expected=old, grace=wait_for_timer)
-            if ok:
-                return self._rolled_back(old, "dead-man timer")
-            self.note(f"the dead-man timer did not bring it back: {why2}")
-        # 4. the snapshot
-        if self.rollback_snapshot():
-            ok, why3 = self.verify(expected=old, grace=wait_for_timer)
-            if ok:
-                return self._rolled_back(old, "snapshot rollback")
-            self.note(f"still not healthy after the snapshot rollback: {why3}")
-        # 5. a human
-        kept = f"snapshot {self.snapshot} kept" if self.snapshot else "no snapshot to restore"
-        self._event("moxflow.needs-attention", old)
-        return self.row(Outcome.NEEDS_ATTENTION, f"needs attention: {kept}", new="?")
+            with ssh_runner(self.inv, sm.host) as zr:
+                zr.run(destroy_argv(sm.dataset, self.snapshot))
+        self.note(f"released snapshot {self.snapshot}")
+        self.snapshot = None
 
-    def _rolled_back(self, old: int, how: str) -> ReportRow:
-        """Back on the old generation: put flake.lock back too, so the next run retries."""
-        try:
-            with self.connect() as r:
-                r.run(disarm_deadman_argv(), check=False)
-                backup = f"{self.state_dir}/flake.lock.before"
-                if r.run(["test", "-f", backup], check=False).exit_code == 0:
-                    r.run(["cp", backup, f"{self.spec.flake}/flake.lock"])
-                    self.note("flake.lock restored")
-                self.release(r)
-        except SshError as exc:
-            self.note(f"could not clear the lock: {exc}")
-        self._event("moxflow.rollback", old, how=how)
-        return self.row(Outcome.ROLLED_BACK, f"rolled back by {how}", new=old)
-
-    def _event(self, name: str, generation: int, **extra: str) -> None:
+    def event(self, name: str, generation: int, **extra: str) -> None:
         from prefect.events import emit_event
 
         emit_event(
@@ -640,34 +458,438 @@ class HostUpdate:
         )
 
 
-@task(name="nixos-update-host", cache_policy=NO_CACHE, task_run_name="update-{host}")
-def update_host(
-    inv: Inventory,
-    host: str,
-    baseline: Preflight,
-    now: datetime,
-    tz: tzinfo,
-    flow_run_id: str | None,
-    *,
-    no_snapshot: bool = False,
-    force: bool = False,
-) -> ReportRow:
-    """Update one NixOS host safely; never raises, the row says what happened."""
-    job = HostUpdate(
-        inv=inv,
-        host=host,
-        baseline=baseline,
-        now=now,
-        tz=tz,
-        flow_run_id=flow_run_id,
-        no_snapshot=no_snapshot,
-        force=force,
-        log=get_run_logger(),
-    )
+# --- what the steps hand on (each the next step's input: the graph's edges) -----------------
+
+
+@dataclass(frozen=True, slots=True)
+class Locked:
+    """The host's lock is held by this run, or ``busy`` says who else holds it."""
+
+    host: str
+    busy: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshotted:
+    host: str
+    name: str | None
+    """The pre-update snapshot; ``None`` when the host takes none."""
+
+
+@dataclass(frozen=True, slots=True)
+class FlakeUpdated:
+    host: str
+    changes: tuple[LockChange, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Built:
+    host: str
+
+
+@dataclass(frozen=True, slots=True)
+class Armed:
+    host: str
+    seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class Switched:
+    host: str
+    generation: int
+    note: str = ""
+    """What went wrong with the switch command itself (its exit status, a cut connection)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Verified:
+    host: str
+    generation: int
+    verdict: str
+
+
+@dataclass(frozen=True, slots=True)
+class Confirmed:
+    host: str
+    late: bool
+    """The dead-man timer reverted the host before the confirmation reached it."""
+
+
+@dataclass(frozen=True, slots=True)
+class Recovered:
+    """A recovery step taken, and whether the host verified healthy on its old generation."""
+
+    host: str
+    healthy: bool
+    generation: int | None
+    why: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Unlocked:
+    host: str
+
+
+class BuildFailed(MoxflowError):
+    """``nixos-rebuild build`` failed: nothing was activated."""
+
+
+class VerificationFailed(MoxflowError):
+    """The switched host did not verify; ``generation`` is its active one as last seen
+    (``None``: it did not answer)."""
+
+    def __init__(self, message: str, generation: int | None) -> None:
+        super().__init__(message)
+        self.generation = generation
+
+
+# --- the steps -------------------------------------------------------------------------------
+
+
+@step("nixos-lock", "{run.host}: lock")
+def lock(run: HostRun) -> Locked:
+    """Take the host's lock; a run that died holding it is cleaned up first. ``busy`` when
+    another live run holds it (the host is then skipped). Safe to retry: a lock this run
+    took before a connection dropped has no live owner and is taken again."""
+    r = run.ssh
+    r.run(prepare_state_dir_argv(run.state_dir))
+    deadline = time.monotonic() + run.settings.lock_wait
+    while True:
+        if r.run(lock_argv(run.state_dir), check=False).exit_code == 0:
+            run.write_journal("started")
+            return Locked(run.host)
+        journal = _read_journal(r, run.state_dir)
+        owner = journal.flow_run_id if journal else None
+        if not flow_run_alive(owner):
+            _recover_stale(run, journal)
+            continue
+        if time.monotonic() >= deadline:
+            return Locked(
+                run.host, f"another run (flow run {owner}) is updating {run.host}; skipped"
+            )
+        time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
+
+
+def _recover_stale(run: HostRun, journal: Journal | None) -> None:
+    """A run died half-way: undo what it left (timer, unverified generation, flake.lock)."""
+    r = run.ssh
+    phase = journal.phase if journal else "unknown"
+    run.note(f"found an interrupted run (phase {phase}); cleaning up")
+    if r.run(deadman_armed_argv(), check=False).exit_code == 0:
+        r.run(disarm_deadman_argv(), check=False)
+        run.note("disarmed its dead-man timer")
+    if journal and journal.old_generation is not None:
+        current = current_generation(parse_generations(r.run(generations_argv()).stdout)).number
+        if current != journal.old_generation:
+            for argv in revert_argvs(run.profile, journal.old_generation):
+                r.run(argv)
+            run.note(f"reverted its unverified generation {current} to {journal.old_generation}")
+    if run.restore_flake_lock(r):
+        r.run(["rm", "-f", run.backup()])
+    if journal and journal.snapshot:
+        run.note(f"its snapshot {journal.snapshot} is kept")
+    r.run(clear_journal_argv(run.state_dir), check=False)
+    r.run(unlock_argv(run.state_dir), check=False)
+
+
+@step("nixos-snapshot", "{run.host}: snapshot")
+def snapshot(run: HostRun, locked: Locked) -> Snapshotted:
+    """The pre-update snapshot (a Proxmox guest snapshot or a ZFS snapshot), undone by the
+    run's transaction if the build fails or there is nothing to update. Safe to retry: a
+    snapshot of this run's name that an earlier attempt made is taken as this one."""
+    sm = run.spec.snapshot
+    if run.no_snapshot or isinstance(sm, NoSnapshotMethod):
+        why = "--no-snapshot" if run.no_snapshot else "opted out in the inventory"
+        run.note(f"no snapshot ({why})")
+        return Snapshotted(run.host, None)
+    name = snapshot_name(LABEL, run.now)
     try:
-        return job.run()
+        if isinstance(sm, ProxmoxSnapshotMethod):
+            client = run.client()
+            guest = client.guest(sm.vmid)
+            upid = client.create_snapshot(guest, name, snapshot_description(LABEL, run.now))
+            client.wait_task(upid, timeout=600, node=guest.node)
+        else:
+            with ssh_runner(run.inv, sm.host) as zr:
+                zr.run(snapshot_argv(sm.dataset, name, False))
+    except MoxflowError:
+        if not _snapshot_exists(run, name):
+            raise
+    run.snapshot = name
+    run.note(f"snapshot {name}")
+    run.write_journal("snapshotted", snapshot=name)
+    return Snapshotted(run.host, name)
+
+
+def _snapshot_exists(run: HostRun, name: str) -> bool:
+    """Whether a whole snapshot ``name`` exists (an earlier attempt of this run made it)."""
+    sm = run.spec.snapshot
+    try:
+        if isinstance(sm, ProxmoxSnapshotMethod):
+            client = run.client()
+            guest_snaps = client.list_snapshots(client.guest(sm.vmid))
+            return any(s.name == name and s.complete for s in guest_snaps)
+        if isinstance(sm, ZfsSnapshotMethod):
+            with ssh_runner(run.inv, sm.host) as zr:
+                zfs_snaps = parse_snapshot_list(zr.run(list_snapshots_argv(sm.dataset)).stdout)
+            return any(s.name == name for s in zfs_snaps)
+    except MoxflowError:
+        return False
+    return False
+
+
+@snapshot.on_rollback
+def _undo_snapshot(txn: Transaction) -> None:
+    """The build failed or nothing changed: the snapshot is not needed."""
+    run: HostRun = txn.get("run")
+    try:
+        run.drop_snapshot()
     except MoxflowError as exc:
-        return job.row(Outcome.FAILED, f"{exc}")
+        run.note(f"could not release snapshot {run.snapshot}: {exc}")
 
 
-__all__ = ["Preflight", "flow_run_alive", "preflight", "update_host"]
+@step("nixos-flake-update", "{run.host}: flake-update")
+def flake_update(run: HostRun, snapshotted: Snapshotted) -> FlakeUpdated:
+    """``nix flake update``, keeping the flake.lock before it on the host (undone by the
+    run's transaction). Safe to retry: the first attempt's copy of flake.lock is kept."""
+    r, flake = run.ssh, run.spec.flake
+    if r.run(["test", "-f", run.backup()], check=False).exit_code != 0:
+        r.run(["cp", f"{flake}/flake.lock", run.backup()])
+    before = r.run(["cat", run.backup()]).stdout
+    r.run(flake_update_argv(flake, run.spec.commit_lock_file), timeout=1800)
+    after = r.run(["cat", f"{flake}/flake.lock"]).stdout
+    changes = lock_changes(parse_flake_lock(before), parse_flake_lock(after))
+    for change in changes:
+        run.note(str(change))
+    return FlakeUpdated(run.host, tuple(changes))
+
+
+@flake_update.on_rollback
+def _undo_flake_update(txn: Transaction) -> None:
+    """Put flake.lock back as it was."""
+    run: HostRun = txn.get("run")
+    try:
+        run.restore_flake_lock(run.ssh)
+    except MoxflowError as exc:
+        run.note(f"could not restore flake.lock: {exc}")
+
+
+@step("nixos-build", "{run.host}: build")
+def build(run: HostRun, updated: FlakeUpdated) -> Built:
+    """``nixos-rebuild build``: nothing is activated; a failed build raises
+    :class:`BuildFailed` (never retried) and the transaction undoes the steps before."""
+    built = run.ssh.run(build_argv(run.spec.flake, run.attr), check=False, timeout=6 * 3600)
+    if built.exit_code != 0:
+        tail = "\n".join(built.stderr.strip().splitlines()[-5:])
+        raise BuildFailed(tail or f"nixos-rebuild build exited {built.exit_code}")
+    run.write_journal("built")
+    return Built(run.host)
+
+
+@step("nixos-arm-dead-man", "{run.host}: arm-dead-man")
+def arm_dead_man(run: HostRun, built: Built) -> Armed:
+    """Start the timer that switches the host back to its old generation unless confirmed.
+    Safe to retry: a timer an earlier attempt started is stopped first."""
+    timeout = run.settings.confirm_timeout
+    run.ssh.run(disarm_deadman_argv(), check=False)
+    run.ssh.run(arm_deadman_argv(run.profile, run.old, int(timeout)))
+    run.write_journal("armed")
+    run.note(f"dead-man timer armed ({timeout:g}s)")
+    return Armed(run.host, timeout)
+
+
+@task(name="nixos-switch", task_run_name="{run.host}: switch", cache_policy=NO_CACHE, retries=0)
+def switch(run: HostRun, armed: Armed) -> Switched:
+    """``nixos-rebuild switch``. Never retried: a switch cut off half-way may have activated
+    the new generation, and running it again would hide that; verification and the recovery
+    ladder decide what happened. A switch that exits non-zero or loses its connection is
+    noted and verified like any other."""
+    r = run.ssh
+    try:
+        done = r.run(switch_argv(run.spec.flake, run.attr), check=False, timeout=3600)
+        note = "" if done.exit_code == 0 else f"switch exit {done.exit_code}"
+    except SshError as exc:
+        note = f"switch interrupted: {exc}"
+    # the generation the switch made (the same one when the configuration did not change);
+    # if the switch cut us off, the next one, and the timer has it
+    new = run.old + 1
+    with suppress(SshError):
+        new = current_generation(parse_generations(r.run(generations_argv()).stdout)).number
+        run.write_journal("switched", new_generation=new)
+    if new == run.old:
+        run.note("the configuration did not change: no new generation")
+    return Switched(run.host, new, note)
+
+
+@step("nixos-verify", "{run.host}: verify")
+def verify(run: HostRun, switched: Switched) -> Verified:
+    """Over a new connection, within ``health_grace``: the new generation is active, no unit
+    failed anew, the health checks pass. A host that does not verify raises
+    :class:`VerificationFailed` (never retried: the step already waited its grace)."""
+    ok, why = run.verify(expected=switched.generation, grace=run.settings.health_grace)
+    if not ok:
+        run.note(f"verification failed: {why}")
+        raise VerificationFailed(why, run.seen_generation())
+    return Verified(run.host, switched.generation, why)
+
+
+@step("nixos-confirm", "{run.host}: confirm")
+def confirm(run: HostRun, verified: Verified) -> Confirmed:
+    """Stop the dead-man timer; ``late`` when it had already reverted the host."""
+    with run.connect() as r:
+        late = False
+        if r.run(disarm_deadman_argv(), check=False).exit_code != 0:
+            # no timer to stop: did it fire and revert the host before we confirmed?
+            gens = parse_generations(r.run(generations_argv()).stdout)
+            late = current_generation(gens).number != verified.generation
+        if late:
+            run.note("the dead-man timer fired before the confirmation")
+            return Confirmed(run.host, True)
+        run.note("confirmed")
+        run.write_journal("confirmed")
+        run.mark_checked(r)
+    return Confirmed(run.host, False)
+
+
+def _policy(inv: Inventory) -> KeepPolicy:
+    try:
+        return inv.guest_policy(LABEL)
+    except ConfigError:
+        return KeepPolicy.parse(DEFAULT_SNAPSHOT_POLICY)
+
+
+@step("nixos-prune", "{run.host}: prune")
+def prune(run: HostRun, confirmed: Confirmed) -> list[str]:
+    """Keep the pre-update snapshots by retention; delete the older ones. A prune that fails
+    is noted, never undoes the update. Safe to retry: it plans from the snapshots there."""
+    sm = run.spec.snapshot
+    if run.snapshot is None or isinstance(sm, NoSnapshotMethod):
+        return []
+    policy = _policy(run.inv)
+    removed: list[str] = []
+    if isinstance(sm, ProxmoxSnapshotMethod):
+        client = run.client()
+        guest = client.guest(sm.vmid)
+        plan = plan_guest_prune(client.list_snapshots(guest), LABEL, policy, run.tz, run.snapshot)
+        for name in plan.remove:
+            client.wait_task(client.delete_snapshot(guest, name), timeout=600)
+            removed.append(name)
+    else:
+        with ssh_runner(run.inv, sm.host) as zr:
+            snaps = parse_snapshot_list(zr.run(list_snapshots_argv(sm.dataset)).stdout)
+            zplan = plan_dataset_prune(snaps, sm.dataset, LABEL, policy, run.tz, run.snapshot)
+            for name in zplan.remove:
+                zr.run(destroy_argv(sm.dataset, name))
+                removed.append(name)
+    if removed:
+        run.note("pruned older snapshots " + ", ".join(removed))
+    return removed
+
+
+@step("nixos-unlock", "{run.host}: unlock")
+def unlock(run: HostRun, upstream: Any, *, restore_lock: bool = False) -> Unlocked:
+    """Clear the journal and the lock (and, after a rollback, put flake.lock back so the
+    next run tries the update again)."""
+    with run.connect() as r:
+        if restore_lock:
+            r.run(disarm_deadman_argv(), check=False)
+            if run.restore_flake_lock(r):
+                run.note("flake.lock restored")
+        run.release(r)
+    return Unlocked(run.host)
+
+
+# --- the recovery steps: each takes its action, then verifies the old generation ------------
+
+
+@step("nixos-switch-back", "{run.host}: switch-back")
+def switch_back(run: HostRun, upstream: Any) -> Recovered:
+    """Reachable on the new generation: stop the timer and switch back to the old one
+    ourselves, then verify. Safe to retry: switching to the old generation twice is the
+    same as once."""
+    with run.connect() as r:
+        r.run(disarm_deadman_argv(), check=False)
+        for argv in revert_argvs(run.profile, run.old):
+            r.run(argv)
+    run.note(f"switched back to generation {run.old}")
+    ok, why = run.verify(expected=run.old, grace=run.settings.health_grace)
+    if not ok:
+        run.note(f"still unhealthy on generation {run.old}: {why}")
+    return Recovered(run.host, ok, run.old if ok else run.seen_generation(note=False), why)
+
+
+@step("nixos-wait-for-dead-man", "{run.host}: wait-for-dead-man")
+def wait_for_dead_man(run: HostRun, upstream: Any, *, reverted: bool) -> Recovered:
+    """Wait, bounded, for the dead-man timer to bring the old generation back and verify it
+    (``reverted``: it already has, only verify)."""
+    grace = run.settings.health_grace
+    wait = grace if reverted else run.settings.confirm_timeout + grace
+    ok, why = run.verify(expected=run.old, grace=wait)
+    if not ok:
+        if reverted:
+            run.note(f"reverted by the dead-man timer, but still unhealthy: {why}")
+        else:
+            run.note(f"the dead-man timer did not bring it back: {why}")
+    return Recovered(run.host, ok, run.old if ok else run.seen_generation(note=False), why)
+
+
+@step("nixos-snapshot-rollback", "{run.host}: snapshot-rollback")
+def snapshot_rollback(run: HostRun, upstream: Any) -> Recovered:
+    """Last resort: roll the pre-update snapshot back, start the guest, and verify."""
+    sm = run.spec.snapshot
+    name = run.snapshot
+    if name is None or isinstance(sm, NoSnapshotMethod):
+        return Recovered(run.host, False, None, "no snapshot")
+    try:
+        if isinstance(sm, ProxmoxSnapshotMethod):
+            client = run.client()
+            guest = client.guest(sm.vmid)
+            upid = client.rollback_snapshot(guest, name, start=True)
+            client.wait_task(upid, timeout=600, node=guest.node)
+        else:
+            with ssh_runner(run.inv, sm.host) as zr:
+                zr.run(["zfs", "rollback", "-r", f"{sm.dataset}@{name}"])
+    except MoxflowError as exc:
+        if exc.transient:
+            raise  # Prefect tries again
+        run.note(f"snapshot rollback failed: {exc}")
+        return Recovered(run.host, False, None, str(exc))
+    run.note(f"rolled back snapshot {name}")
+    wait = run.settings.confirm_timeout + run.settings.health_grace
+    ok, why = run.verify(expected=run.old, grace=wait)
+    if not ok:
+        run.note(f"still not healthy after the snapshot rollback: {why}")
+    return Recovered(run.host, ok, run.old if ok else None, why)
+
+
+__all__ = [
+    "Armed",
+    "BuildFailed",
+    "Built",
+    "Confirmed",
+    "FlakeUpdated",
+    "HostRun",
+    "Locked",
+    "Preflight",
+    "Recovered",
+    "Snapshotted",
+    "Switched",
+    "Unlocked",
+    "VerificationFailed",
+    "Verified",
+    "arm_dead_man",
+    "build",
+    "confirm",
+    "flake_update",
+    "flow_run_alive",
+    "lock",
+    "preflight",
+    "prune",
+    "snapshot",
+    "snapshot_rollback",
+    "switch",
+    "switch_back",
+    "unlock",
+    "verify",
+    "wait_for_dead_man",
+]

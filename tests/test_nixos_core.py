@@ -23,6 +23,7 @@ from moxflow.nixos import (
     Journal,
     LockChange,
     NixosHostSpec,
+    RecoveryState,
     arm_deadman_argv,
     build_argv,
     clear_journal_argv,
@@ -37,6 +38,7 @@ from moxflow.nixos import (
     lock_argv,
     lock_changes,
     new_failures,
+    next_recovery_step,
     parse_failed_units,
     parse_flake_lock,
     parse_generations,
@@ -901,3 +903,51 @@ def test_the_generation_column_says_before_and_after() -> None:
     assert generation_text(41) == "41"  # not updated (up to date, failed before the switch)
     assert generation_text(41, "?") == "41 → ?"  # needs attention: what it runs is not known
     assert generation_text(None) == ""  # unreachable in pre-flight: shown as the empty mark
+
+
+# --- the recovery ladder ------------------------------------------------------------------
+
+OLD, NEW = 7, 8
+
+
+@pytest.mark.parametrize(
+    ("state", "step"),
+    [
+        # first rung: from what the host says right after the failed verification
+        (RecoveryState(OLD, NEW, has_snapshot=True), "switch-back"),
+        (RecoveryState(OLD, OLD, has_snapshot=True), "wait-for-dead-man"),  # timer fired
+        (RecoveryState(OLD, None, has_snapshot=True), "wait-for-dead-man"),  # unreachable
+        (RecoveryState(OLD, None, has_snapshot=False), "wait-for-dead-man"),
+        # a rung that brought it back healthy ends the ladder
+        (RecoveryState(OLD, OLD, True, ("switch-back",), healthy=True), "rolled-back"),
+        (RecoveryState(OLD, OLD, True, ("wait-for-dead-man",), healthy=True), "rolled-back"),
+        (
+            RecoveryState(OLD, OLD, True, ("switch-back", "snapshot-rollback"), healthy=True),
+            "rolled-back",
+        ),
+        # still unhealthy: the snapshot, once, if there is one
+        (RecoveryState(OLD, NEW, True, ("switch-back",)), "snapshot-rollback"),
+        (RecoveryState(OLD, None, True, ("wait-for-dead-man",)), "snapshot-rollback"),
+        (RecoveryState(OLD, OLD, False, ("switch-back",)), "needs-attention"),
+        (
+            RecoveryState(OLD, None, True, ("wait-for-dead-man", "snapshot-rollback")),
+            "needs-attention",
+        ),
+    ],
+)
+def test_next_recovery_step(state: RecoveryState, step: str) -> None:
+    assert next_recovery_step(state) == step
+
+
+def test_the_ladder_ends_for_every_path() -> None:
+    """Walking the ladder with a host that never recovers ends at a human within three
+    rungs, and takes the snapshot rollback at most once."""
+    for generation in (OLD, NEW, None):
+        for has_snapshot in (True, False):
+            state = RecoveryState(OLD, generation, has_snapshot)
+            seen = []
+            while (step := next_recovery_step(state)) not in ("rolled-back", "needs-attention"):
+                seen.append(step)
+                state = state.after(step, healthy=False, generation=None)
+            assert step == "needs-attention"
+            assert len(seen) <= 2 and seen.count("snapshot-rollback") == int(has_snapshot)

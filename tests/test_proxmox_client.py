@@ -37,6 +37,7 @@ from moxflow.errors import (
     ProxmoxTaskError,
     ProxmoxTaskTimeout,
     ProxmoxUnavailableError,
+    UnsafeNameError,
 )
 from moxflow.guests import Guest
 from moxflow.proxmox import GuestSnapshot, ProxmoxClient, TaskResult, parse_upid, task_succeeded
@@ -559,15 +560,17 @@ def test_snapshot_helpers_build_the_right_calls(wire: Wire) -> None:
         else {"data": UPID}
     )
     wire.routes["/nodes/pve1/qemu/101/snapshot"] = lambda req: Reply(body={"data": UPID})
-    wire.routes["/nodes/pve1/qemu/101/snapshot/a/rollback"] = lambda req: Reply(body={"data": UPID})
-    wire.routes["/nodes/pve1/qemu/101/snapshot/a"] = lambda req: Reply(body={"data": UPID})
+    wire.routes["/nodes/pve1/qemu/101/snapshot/a1/rollback"] = lambda req: Reply(
+        body={"data": UPID}
+    )
+    wire.routes["/nodes/pve1/qemu/101/snapshot/a1"] = lambda req: Reply(body={"data": UPID})
     client = wire.client()
     snaps = client.list_snapshots(ct)
     assert [(s.name, s.parent) for s in snaps] == [("a", None), ("b", "a")]
     assert client.create_snapshot(ct, "s1", "d", vmstate=True) == UPID
     assert client.create_snapshot(vm, "s1", "d", vmstate=True) == UPID
-    assert client.rollback_snapshot(vm, "a", start=True) == UPID
-    assert client.delete_snapshot(vm, "a") == UPID
+    assert client.rollback_snapshot(vm, "a1", start=True) == UPID
+    assert client.delete_snapshot(vm, "a1") == UPID
     posts = [(s.method, s.path, s.params) for s in wire.seen if s.method != "GET"]
     assert posts == [
         ("POST", "/nodes/pve1/lxc/100/snapshot", {"snapname": ["s1"], "description": ["d"]}),
@@ -576,9 +579,19 @@ def test_snapshot_helpers_build_the_right_calls(wire: Wire) -> None:
             "/nodes/pve1/qemu/101/snapshot",
             {"snapname": ["s1"], "description": ["d"], "vmstate": ["1"]},
         ),
-        ("POST", "/nodes/pve1/qemu/101/snapshot/a/rollback", {"start": ["1"]}),
-        ("DELETE", "/nodes/pve1/qemu/101/snapshot/a", {}),
+        ("POST", "/nodes/pve1/qemu/101/snapshot/a1/rollback", {"start": ["1"]}),
+        ("DELETE", "/nodes/pve1/qemu/101/snapshot/a1", {}),
     ]
+
+
+@pytest.mark.parametrize("name", ["../../status/stop", "a", "current", "Snap 1", "x" * 41])
+def test_a_snapshot_name_proxmox_would_refuse_never_reaches_the_url(wire: Wire, name: str) -> None:
+    vm = Guest(vmid=101, name="media-vm", node="pve1", type="qemu")
+    client = wire.client()
+    for call in (client.delete_snapshot, client.rollback_snapshot, client.create_snapshot):
+        with pytest.raises(UnsafeNameError):
+            call(vm, name)
+    assert wire.seen == []
 
 
 def test_a_non_upid_answer_is_a_parse_error(wire: Wire) -> None:

@@ -13,7 +13,7 @@ The package, bottom up:
 - ``fields``: field types shared by the sections (addresses, names, paths, policies);
 - one module per section: ``proxmox``, ``ssh``, ``hosts``, ``zfs``, ``guest_snapshots``,
   ``nixos`` (with the health checks), ``backups`` (with offsite and restore tests),
-  ``notifications``, ``health``, ``schedules``;
+  ``notifications``, ``health``, ``retries``, ``schedules``;
 - ``model``: the :class:`Inventory` and its checks across sections;
 - ``loader``: ``load_inventory()`` and its error messages.
 """
@@ -47,6 +47,7 @@ from moxflow.inventory.nixos import (
 )
 from moxflow.inventory.notifications import NotificationSettings, NotifyOn
 from moxflow.inventory.proxmox import ProxmoxSettings
+from moxflow.inventory.retries import RetrySettings
 from moxflow.inventory.schedules import DeploymentName, Schedule
 from moxflow.inventory.secrets import (
     BlockResolver,
@@ -79,6 +80,7 @@ __all__ = [
     "ProxmoxSettings",
     "ProxmoxSnapshotMethod",
     "RestoreTestSettings",
+    "RetrySettings",
     "Schedule",
     "SecretRef",
     "SecretScheme",

@@ -30,6 +30,7 @@ from moxflow.inventory.hosts import HostSettings
 from moxflow.inventory.nixos import NixosHost, NixosSettings, ZfsSnapshotMethod
 from moxflow.inventory.notifications import NotificationSettings
 from moxflow.inventory.proxmox import ProxmoxSettings
+from moxflow.inventory.retries import RetrySettings
 from moxflow.inventory.schedules import DeploymentName, Schedule
 from moxflow.inventory.secrets import resolve_path
 from moxflow.inventory.ssh import SshSettings, SshTarget
@@ -112,6 +113,10 @@ class Inventory(BaseSettings):
     health: HealthSettings = Field(
         default_factory=HealthSettings,
         description="The daily health report's thresholds.",
+    )
+    retries: RetrySettings = Field(
+        default_factory=RetrySettings,
+        description="How often a step that failed for a passing reason is tried again.",
     )
     schedules: dict[DeploymentName, Schedule] = Field(
         default_factory=dict,

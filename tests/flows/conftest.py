@@ -71,3 +71,30 @@ def state_names(task_run_id: Any) -> list[str]:
     with get_client(sync_client=True) as client:
         states = client.read_task_run_states(task_run_id)
     return [s.name or "" for s in sorted(states, key=lambda s: s.timestamp)]
+
+
+def subflow_runs(state: Any) -> dict[str, Any]:
+    """The subflow runs of the flow run that ended in ``state``, by run name."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterParentFlowRunId
+
+    parent = state.state_details.flow_run_id
+    with get_client(sync_client=True) as client:
+        runs = client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(
+                parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[parent])
+            )
+        )
+    return {r.name: r for r in runs}
+
+
+def step_runs(flow_run: Any) -> list[Any]:
+    """A flow run's task runs, in the order they started."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run.id]))
+        )
+    return sorted(runs, key=lambda r: r.start_time or r.expected_start_time)

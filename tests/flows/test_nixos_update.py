@@ -6,6 +6,7 @@ lock), not just the report.
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 import shutil
@@ -21,7 +22,7 @@ from moxflow.errors import RunFailed
 from moxflow.naming import snapshot_name
 from moxflow.report import Outcome, RunReport
 from moxflow.snapshots import utc_now
-from tests.flows.conftest import guest_snapshots
+from tests.flows.conftest import guest_snapshots, state_names, step_runs, subflow_runs, task_runs
 
 GUEST = {"dns": 100, "media": 101, "builder": 102}
 NEW_REV = "0123456789abcdef0123456789abcdef01234567"
@@ -442,3 +443,138 @@ def test_dry_run_checks_the_token_the_snapshots_need(
     assert fresh_lab.state()["hosts"] == before["hosts"]
     # with --no-snapshot the token is not needed, and the plan stands
     assert main(["--inventory", str(bad), "--dry-run", "--no-snapshot"]) == 0
+
+
+# --- the run graph: each step a task run of the host's subflow run ---------------------------
+
+CHAIN = ["lock", "snapshot", "flake-update", "build", "arm-dead-man", "switch", "verify"]
+INPUTS = {  # each step takes the one before's result: the graph's edges
+    "snapshot": ("locked", "lock"),
+    "flake-update": ("snapshotted", "snapshot"),
+    "build": ("updated", "flake-update"),
+    "arm-dead-man": ("built", "build"),
+    "switch": ("armed", "arm-dead-man"),
+    "verify": ("switched", "switch"),
+    "confirm": ("verified", "verify"),
+    "prune": ("confirmed", "confirm"),
+    "unlock": ("upstream", "confirm"),
+}
+
+
+def host_steps(state: Any, host: str) -> dict[str, Any]:
+    """The step task runs of ``host``'s subflow run, by step, after checking their order."""
+    runs = step_runs(subflow_runs(state)[host])
+    names = [r.name for r in runs]
+    assert all(n.startswith(f"{host}: ") for n in names), names
+    return {r.name.split(": ", 1)[1]: r for r in runs}
+
+
+def assert_edges(steps: dict[str, Any], *names: str) -> None:
+    for name in names:
+        arg, upstream = INPUTS[name]
+        assert [i.id for i in steps[name].task_inputs[arg]] == [steps[upstream].id], name
+
+
+def test_each_step_is_a_task_run_of_the_hosts_subflow(fresh_lab: LabClient, inv: Path) -> None:
+    fresh_lab.nixos("media", upstream=NEW_REV)
+    state = nixos_update(inventory=str(inv), only=["media"], return_state=True)
+    assert state.is_completed()
+    assert set(task_runs(state)) >= {"media: preflight"}
+    sub = subflow_runs(state)["media"]
+    assert sub.state.is_completed()
+    steps = host_steps(state, "media")
+    assert list(steps) == [*CHAIN, "confirm", "prune", "unlock"]
+    assert all(r.state.is_completed() for r in steps.values())
+    assert_edges(steps, *INPUTS)
+    ordered = list(steps.values())
+    for before, after in itertools.pairwise(ordered):
+        assert before.end_time <= after.start_time, (before.name, after.name)
+
+
+def test_a_failed_verification_is_followed_by_the_recovery_steps(
+    fresh_lab: LabClient, inv: Path
+) -> None:
+    fresh_lab.nixos("media", upstream=NEW_REV, failed_units=["jellyfin.service"])
+    state = nixos_update(inventory=str(inv), only=["media"], return_state=True)
+    assert state.is_failed()
+    assert subflow_runs(state)["media"].state.is_failed()
+    steps = host_steps(state, "media")
+    assert list(steps) == [*CHAIN, "switch-back", "unlock"]
+    assert steps["verify"].state.is_failed()
+    assert "Retrying" not in state_names(steps["verify"].id)  # it waited its grace already
+    assert_edges(steps, *CHAIN[1:])
+    assert [i.id for i in steps["switch-back"].task_inputs["upstream"]] == [steps["switch"].id]
+    assert [i.id for i in steps["unlock"].task_inputs["upstream"]] == [steps["switch-back"].id]
+    assert steps["snapshot"].end_time <= steps["flake-update"].start_time
+    assert steps["verify"].end_time <= steps["switch-back"].start_time
+
+
+def test_a_build_failure_undoes_the_snapshot_and_the_flake_update(
+    fresh_lab: LabClient, inv: Path
+) -> None:
+    rev = nixos(fresh_lab.state(), "media")["flake_rev"]
+    fresh_lab.nixos("media", upstream=NEW_REV, build_fails=True)
+    state = nixos_update(inventory=str(inv), only=["media"], return_state=True)
+    assert state.is_failed()
+    steps = host_steps(state, "media")
+    assert list(steps) == ["lock", "snapshot", "flake-update", "build", "unlock"]
+    assert steps["build"].state.is_failed()
+    after = fresh_lab.state()
+    assert pre_update_snaps(after, "media") == set()  # the transaction dropped it
+    assert nixos(after, "media")["flake_rev"] == rev  # and put flake.lock back
+
+
+def test_a_dry_run_runs_no_host_subflow(fresh_lab: LabClient, inv: Path) -> None:
+    fresh_lab.nixos("media", upstream=NEW_REV)
+    before = fresh_lab.state()
+    state = nixos_update(inventory=str(inv), dry_run=True, return_state=True)
+    assert state.is_completed()
+    assert subflow_runs(state) == {}
+    assert {n.split(": ")[1] for n in task_runs(state)} == {"preflight"}
+    assert fresh_lab.state()["hosts"] == before["hosts"]
+
+
+def test_a_transient_api_error_on_the_snapshot_is_retried_by_prefect(
+    fresh_lab: LabClient, inv: Path
+) -> None:
+    fresh_lab.nixos("media", upstream=NEW_REV)
+    fresh_lab.fault(
+        target="api",
+        method="POST",
+        path="^/nodes/pve1/qemu/101/snapshot$",
+        action="error",
+        status=503,
+        times=1,
+    )
+    state = nixos_update(inventory=str(inv), only=["media"], return_state=True)
+    assert state.is_completed()
+    steps = host_steps(state, "media")
+    names = state_names(steps["snapshot"].id)
+    assert "Retrying" in names and names[-1] == "Completed", names
+    assert len(pre_update_snaps(fresh_lab.state(), "media")) == 1
+
+
+def test_the_switch_is_never_retried(fresh_lab: LabClient, inv: Path) -> None:
+    """The connection drops once the switch has run: the step is not run again; verification
+    finds the new generation and the update completes."""
+    before = current(fresh_lab.state(), "media")
+    fresh_lab.nixos("media", upstream=NEW_REV)
+    fresh_lab.fault(
+        target="command",
+        host="media",
+        command="^nixos-rebuild switch",
+        action="drop-after",
+        times=1,
+    )
+    state = nixos_update(inventory=str(inv), only=["media"], return_state=True)
+    steps = host_steps(state, "media")
+    assert "Retrying" not in state_names(steps["switch"].id)
+    switches = [
+        c
+        for c in fresh_lab.commands()
+        if c["host"] == "media" and c["command"].startswith("nixos-rebuild switch")
+    ]
+    assert len(switches) == 1
+    assert state.is_completed()
+    assert "switch interrupted" in detail(state.result(), "media")
+    assert_settled(fresh_lab, "media", before + 1)

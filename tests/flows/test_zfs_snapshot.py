@@ -303,3 +303,37 @@ def test_a_failed_command_is_not_retried(fresh_lab: LabClient, lab_inventory: Pa
     names = state_names(runs["pve1:tank/media: snapshot"].id)
     assert "Retrying" not in names and names[-1] == "Failed", names
     assert "pve1:tank/media: prune" not in runs  # its snapshot failed: it never ran
+
+
+def test_a_snapshot_made_before_the_connection_dropped_is_not_made_twice(
+    fresh_lab: LabClient, lab_inventory: Path
+) -> None:
+    """The command ran, its answer was lost: Prefect retries the step, which finds the
+    snapshot of this run's name already there and takes it as its own."""
+    fresh_lab.fault(
+        target="command", host="pve2", command="^zfs snapshot", action="drop-after", times=1
+    )
+    state = zfs_snapshot(label="hourly", inventory=str(lab_inventory), return_state=True)
+    assert state.is_completed()
+    names = state_names(task_runs(state)["pve2:rpool/data: snapshot"].id)
+    assert "Retrying" in names and names[-1] == "Completed", names
+    taken = next(r.taken for r in state.result().rows if r.target == "pve2:rpool/data")
+    assert taken in zfs_snapshots(fresh_lab.state(), "pve2")
+    assert rows_by_target(state.result())["pve2:rpool/data"] is Outcome.OK
+    tried = [
+        c for c in fresh_lab.commands() if c["host"] == "pve2" and "zfs snapshot" in c["command"]
+    ]
+    assert len(tried) == 2  # the retry found it there ("dataset already exists")
+
+
+def test_retries_come_from_the_inventory(
+    fresh_lab: LabClient, lab_inventory: Path, tmp_path: Path
+) -> None:
+    """[retries] attempts = 0: a dropped connection fails the step at once."""
+    no_retries = {"[guest_snapshots]": "[retries]\nattempts = 0\n\n[guest_snapshots]"}
+    inv = edit_inventory(lab_inventory, tmp_path, no_retries)
+    fresh_lab.fault(target="command", host="pve2", command="^zfs snapshot", action="drop", times=1)
+    state = zfs_snapshot(label="hourly", inventory=str(inv), return_state=True)
+    assert state.is_failed()
+    names = state_names(task_runs(state)["pve2:rpool/data: snapshot"].id)
+    assert "Retrying" not in names and names[-1] == "Failed", names
