@@ -79,6 +79,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/nixos_fleet.py
 	$(BIN)/python benchmarks/backup_window.py
 	$(BIN)/python benchmarks/adhoc.py
+	$(BIN)/python benchmarks/task_overhead.py
 
 clean:
 	-@test -x $(BIN)/python && $(BIN)/python -m scripts.demo --stop > /dev/null 2>&1

@@ -53,6 +53,5 @@ _.finished  # moxflow/report.py RunReport, with started
 
 # TO BE WIRED OR DELETED in files others are changing (issue 11, item 4): only the tests
 # use these today, or nothing does. Remove each line when its file is done.
-_.get_runner  # blocks/ssh.py SshCredentials: jobs use ssh_runner(inv, host) next to it
 _.warnings  # moxflow/proxmox.py TaskStatus
 _.boot_seconds  # tasks/restore.py: a field nothing sets or reads

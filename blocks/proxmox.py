@@ -1,8 +1,11 @@
-"""The Proxmox VE API client: built from the inventory (``proxmox_client``) or from a Prefect
-block holding the same credentials (``ProxmoxCredentials``).
+"""The Proxmox VE API client every job uses, ``proxmox_client(inv)``, and the Prefect block
+that can hold the cluster's credentials (``ProxmoxCredentials``).
 
-Register the type with the Prefect server with ``python -m blocks register`` (both moxflow
-block types) or ``prefect block register -m blocks.proxmox``; then create one in the UI or::
+The inventory either holds the settings (``[proxmox]`` host, token_id, token_secret, ...) or
+names a saved block (``[proxmox] credentials = "homelab"``); either way the client is built
+by the block, in one place. Register the type with the Prefect server with
+``python -m blocks register`` (both moxflow block types) or
+``prefect block register -m blocks.proxmox``; then create one in the UI or::
 
     ProxmoxCredentials(host="pve1.lan", token_id="root@pam!moxflow", token_secret="...",
                        ca_pem=Path("pve-root-ca.pem").read_text()).save("homelab")
@@ -17,9 +20,10 @@ import shutil
 import tempfile
 import threading
 from pathlib import Path
+from typing import Any, TypeVar
 
 from prefect.blocks.core import Block
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator
 
 from moxflow.errors import ConfigError
 from moxflow.inventory import Inventory
@@ -31,32 +35,54 @@ __all__ = ["ProxmoxCredentials", "proxmox_client"]
 def proxmox_client(inv: Inventory, *, max_connections: int = 10) -> ProxmoxClient:
     """A client for the inventory's cluster (safe to share between threads; close it after).
 
-    The token secret is resolved here, at the last moment: ``env:``, ``file:`` or ``block:``.
+    With ``[proxmox] credentials = "NAME"`` the saved ``ProxmoxCredentials`` block NAME,
+    loaded from the Prefect server now, gives the address, token and CA. Otherwise the
+    inventory's settings do, and the token secret is resolved here, at the last moment:
+    ``env:``, ``file:`` or ``block:``.
     """
     pve = inv.proxmox
     if pve is None:
         raise ConfigError(
-            "the inventory has no [proxmox] section; add host, token_id and token_secret",
+            "the inventory has no [proxmox] section",
             setting="proxmox",
+            hint="add [proxmox] with host, token_id and token_secret, or with credentials = "
+            "the name of a moxflow Proxmox credentials block",
         )
-    return ProxmoxClient(
-        pve.host,
-        pve.port,
+    if pve.credentials is not None:
+        block = load_block(ProxmoxCredentials, pve.credentials, setting="proxmox.credentials")
+        return block.get_client(max_connections=max_connections)
+    if pve.host is None or pve.token_id is None:  # pragma: no cover - the inventory refuses it
+        raise ConfigError("proxmox.host and proxmox.token_id are missing", setting="proxmox")
+    unsaved = ProxmoxCredentials(
+        host=pve.host,
+        port=pve.port,
         token_id=pve.token_id,
         token_secret=inv.proxmox_secret(),
-        ca_file=pve.ca_file,
         verify_tls=pve.verify_tls,
         timeout=pve.timeout,
-        max_connections=max_connections,
     )
+    return unsaved._connect(pve.ca_file, max_connections)
 
 
 class ProxmoxCredentials(Block):
     """API token and TLS trust for a Proxmox VE cluster; ``get_client()`` builds the client.
 
+    The jobs use it when the inventory names it: ``[proxmox] credentials = "homelab"``.
+
     Example:
         ```python
+        from pathlib import Path
+
+        from pydantic import SecretStr
+
         from blocks.proxmox import ProxmoxCredentials
+
+        ProxmoxCredentials(
+            host="pve1.lan",
+            token_id="root@pam!moxflow",
+            token_secret=SecretStr("..."),
+            ca_pem=Path("pve-root-ca.pem").read_text(),
+        ).save("homelab")
 
         client = ProxmoxCredentials.load("homelab").get_client()
         guests = client.resources()
@@ -103,9 +129,15 @@ class ProxmoxCredentials(Block):
             raise ValueError("ca_pem must be the PEM text of a CA certificate (BEGIN CERTIFICATE)")
         return value
 
-    def get_client(self) -> ProxmoxClient:
-        """A ``ProxmoxClient`` for this cluster; the token secret is unwrapped only here."""
+    def get_client(self, *, max_connections: int = 10) -> ProxmoxClient:
+        """A ``ProxmoxClient`` for this cluster, keeping up to ``max_connections`` connections
+        (one per thread that shares it); the token secret is unwrapped only by the client."""
         ca_file = private_file(self.ca_pem, ".pem") if self.ca_pem else None
+        return self._connect(ca_file, max_connections)
+
+    def _connect(self, ca_file: Path | None, max_connections: int) -> ProxmoxClient:
+        # The one place a client is built: for a saved block (its CA written to a private
+        # file) and for the inventory's settings (an unsaved block and the inventory's CA file).
         return ProxmoxClient(
             self.host,
             self.port,
@@ -114,7 +146,56 @@ class ProxmoxCredentials(Block):
             ca_file=ca_file,
             verify_tls=self.verify_tls,
             timeout=self.timeout,
+            max_connections=max_connections,
         )
+
+
+B = TypeVar("B", bound=Block)
+
+
+def load_block(block_type: type[B], name: str, *, setting: str) -> B:
+    """The saved block ``name`` of ``block_type``, read from the Prefect server now.
+
+    A block that is missing, or that cannot be read, is a ``ConfigError`` naming ``setting``
+    (the inventory setting that names it) and what to do; never a traceback.
+    """
+    kind = block_type.get_block_type_name()
+    try:
+        load: Any = block_type.load  # dispatches to async in a running loop unless _sync=True
+        block = load(name, _sync=True)
+    except Exception as exc:
+        if isinstance(exc, ValueError) and "Unable to find block document" in str(exc):
+            raise ConfigError(
+                f"there is no {kind} block named {name!r} on the Prefect server",
+                setting=setting,
+                hint=(
+                    "run `python -m blocks register`, then create a "
+                    f"{kind} block named {name!r} in the Prefect UI (Blocks), or save one in "
+                    f"Python as the docstring of {block_type.__module__}."
+                    f"{block_type.__name__} shows"
+                ),
+            ) from None
+        raise ConfigError(
+            f"the {kind} block {name!r} cannot be loaded: {_describe(exc)}",
+            setting=setting,
+            hint=(
+                "check that the Prefect server at PREFECT_API_URL answers, and run "
+                "`python -m blocks register` after upgrading moxflow"
+            ),
+        ) from None
+    if not isinstance(block, block_type):  # pragma: no cover - Prefect returns the class
+        raise ConfigError(f"{name!r} is not a {kind} block", setting=setting)
+    return block
+
+
+def _describe(exc: BaseException) -> str:
+    """One short line about ``exc``; a validation error shows where, never the values."""
+    if isinstance(exc, ValidationError):
+        return "; ".join(
+            f"{'.'.join(map(str, e['loc'])) or 'block'}: {e['msg']}" for e in exc.errors()
+        )
+    text = str(exc).splitlines()[0][:300] if str(exc) else ""
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 _dir_lock = threading.Lock()

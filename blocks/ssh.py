@@ -1,6 +1,8 @@
-"""SSH runners: for an inventory host (``ssh_runner``), or from a Prefect block holding the
-identity and trusted host keys (``SshCredentials``).
+"""The SSH runners every job uses, ``ssh_runner(inv, host)``, and the Prefect block that can
+hold the identity and trusted host keys (``SshCredentials``).
 
+The inventory either holds the settings (``[ssh]`` key_file, known_hosts, ...) or names a
+saved block (``[ssh] credentials = "homelab"``); either way the runner is made in one place.
 Register the type with the Prefect server with ``python -m blocks register`` (both moxflow
 block types) or ``prefect block register -m blocks.ssh``; then create one in the UI or::
 
@@ -18,27 +20,50 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from prefect.blocks.core import Block
 from pydantic import Field, SecretStr, field_validator
 
-from blocks.proxmox import private_file
+from blocks.proxmox import load_block, private_file
 from moxflow.errors import ConfigError
-from moxflow.inventory import Inventory
+from moxflow.inventory import Inventory, SshTarget
 from moxflow.ssh import SshRunner
 
 __all__ = ["SshCredentials", "ssh_runner"]
 
 
 def ssh_runner(inv: Inventory, host: str) -> SshRunner:
-    """An SSH runner for one inventory host, with its key and known_hosts; close it after."""
-    t = inv.ssh_target(host)
+    """An SSH runner for one inventory host; close it after.
+
+    With ``[ssh] credentials = "NAME"`` the saved ``SshCredentials`` block NAME, loaded from
+    the Prefect server now, gives the key, known host keys, user and timeouts; the inventory
+    gives the host's address and port, and its own user if ``[hosts.NAME]`` sets one.
+    Otherwise the inventory's key file and known_hosts file are used.
+    """
+    block_name = inv.ssh.credentials
+    if block_name is None:
+        return _open(inv.ssh_target(host))
+    settings = inv.host(host)  # an unknown host is refused before the server is asked
+    block = load_block(SshCredentials, block_name, setting="ssh.credentials")
+    return block.get_runner(host, settings.address, settings.port, user=settings.user)
+
+
+def _open(
+    target: SshTarget,
+    *,
+    pkey: paramiko.PKey | None = None,
+    known_hosts_label: str | None = None,
+) -> SshRunner:
+    """The one place a runner is made: from the inventory's target, or from a block's (with
+    its key in memory and its known_hosts in a private file)."""
     return SshRunner(
-        host,
-        t.address,
-        t.port,
-        user=t.user,
-        key_file=t.key_file,
-        known_hosts=t.known_hosts,
-        strict_host_keys=t.strict_host_keys,
-        connect_timeout=t.connect_timeout,
-        command_timeout=t.command_timeout,
+        target.name,
+        target.address,
+        target.port,
+        user=target.user,
+        key_file=target.key_file,
+        pkey=pkey,
+        known_hosts=target.known_hosts,
+        known_hosts_label=known_hosts_label,
+        strict_host_keys=target.strict_host_keys,
+        connect_timeout=target.connect_timeout,
+        command_timeout=target.command_timeout,
     )
 
 
@@ -49,9 +74,20 @@ class SshCredentials(Block):
     against ``known_hosts``; an unknown or changed key is refused unless
     ``strict_host_keys`` is off.
 
+    The jobs use it when the inventory names it: ``[ssh] credentials = "homelab"``.
+
     Example:
         ```python
+        from pathlib import Path
+
+        from pydantic import SecretStr
+
         from blocks.ssh import SshCredentials
+
+        SshCredentials(
+            private_key=SecretStr(Path("id_ed25519").read_text()),
+            known_hosts=Path("known_hosts").read_text(),
+        ).save("homelab")
 
         runner = SshCredentials.load("homelab").get_runner("pve1", "192.168.1.10")
         print(runner.run(["zfs", "list", "-H"]).stdout)
@@ -95,22 +131,26 @@ class SshCredentials(Block):
     def _empty_is_none(cls, value: str | None) -> str | None:
         return value if value and value.strip() else None
 
-    def get_runner(self, name: str, address: str, port: int = 22) -> SshRunner:
-        """An ``SshRunner`` for one host; the private key is unwrapped and parsed only here."""
+    def get_runner(
+        self, name: str, address: str, port: int = 22, *, user: str | None = None
+    ) -> SshRunner:
+        """An ``SshRunner`` for one host, logging in as ``user`` (default: the block's); the
+        private key is unwrapped and parsed only here."""
+        pkey = self._load_key()
         known_hosts = private_file(self.known_hosts, ".known_hosts") if self.known_hosts else None
-        label = f"the known_hosts of SSH credentials block {self._name()}"
-        return SshRunner(
-            name,
-            address,
-            port,
-            user=self.user,
-            pkey=self._load_key(),
+        target = SshTarget(
+            name=name,
+            address=address,
+            port=port,
+            user=user or self.user,
+            key_file=None,
             known_hosts=known_hosts,
-            known_hosts_label=label if known_hosts else None,
             strict_host_keys=self.strict_host_keys,
             connect_timeout=self.connect_timeout,
             command_timeout=self.command_timeout,
         )
+        label = f"the known_hosts of SSH credentials block {self._name()}"
+        return _open(target, pkey=pkey, known_hosts_label=label if known_hosts else None)
 
     def _name(self) -> str:
         return repr(self._block_document_name) if self._block_document_name else "(unsaved)"

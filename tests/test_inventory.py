@@ -500,6 +500,91 @@ def test_proxmox_secret_without_proxmox(tmp_path: Path) -> None:
         inv.proxmox_secret()
 
 
+# --- credentials blocks --------------------------------------------------------------------
+
+
+def test_credentials_blocks_are_named_instead_of_settings(tmp_path: Path) -> None:
+    inv = load_inventory(
+        write(
+            tmp_path,
+            '[proxmox]\ncredentials = "homelab"\n[ssh]\ncredentials = "homelab-ssh"\n'
+            + MINIMAL
+            + 'user = "admin"\n',
+        )
+    )
+    assert inv.proxmox is not None
+    assert (inv.proxmox.credentials, inv.proxmox.host, inv.proxmox.token_secret) == (
+        "homelab",
+        None,
+        None,
+    )
+    assert inv.ssh.credentials == "homelab-ssh"
+    assert inv.host("pve1").user == "admin"  # a host's own user stays allowed
+    with pytest.raises(ConfigError) as info:
+        inv.proxmox_secret()
+    assert info.value.setting == "proxmox.token_secret"
+    assert "credentials block 'homelab'" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (
+            '[proxmox]\ncredentials = "homelab"\nhost = "pve.lan"\n'
+            'token_id = "root@pam!moxflow"\ntoken_secret = "env:PVE_TOKEN"\n',
+            [
+                "proxmox.host: not allowed with credentials = 'homelab'",
+                "proxmox.token_id: not allowed with credentials = 'homelab'",
+                "proxmox.token_secret: not allowed",
+                "one or the other",
+            ],
+        ),
+        (
+            '[proxmox]\ncredentials = "homelab"\nca_file = "pve-root-ca.pem"\n',
+            ["proxmox.ca_file: not allowed with credentials = 'homelab'"],
+        ),
+        (
+            '[ssh]\ncredentials = "homelab"\nkey_file = "id_ed25519"\nuser = "root"\n',
+            [
+                "ssh.user: not allowed with credentials = 'homelab'",
+                "ssh.key_file: not allowed with credentials = 'homelab'",
+            ],
+        ),
+        (
+            '[ssh]\ncredentials = "homelab"\n' + MINIMAL + 'key_file = "k"\n',
+            ["hosts.pve1.key_file: not allowed with ssh.credentials = 'homelab'"],
+        ),
+        (
+            '[proxmox]\ncredentials = "Home Lab"\n',
+            ["proxmox.credentials: 'Home Lab' is not a Prefect block name"],
+        ),
+        (
+            "[proxmox]\nhost = 'pve.lan'\n",
+            [
+                "proxmox.token_id: required setting is missing",
+                "proxmox.token_secret: required setting is missing",
+                "or name a moxflow Proxmox credentials block in credentials",
+            ],
+        ),
+    ],
+)
+def test_credentials_blocks_or_settings_not_both(
+    tmp_path: Path, text: str, expected: list[str]
+) -> None:
+    message = str(config_error(tmp_path, text))
+    for part in expected:
+        assert part in message
+
+
+def test_credentials_and_a_setting_from_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MOXFLOW_SSH__CONNECT_TIMEOUT", "5")
+    err = config_error(tmp_path, '[ssh]\ncredentials = "homelab"\n')
+    assert err.setting == "ssh.connect_timeout"
+    assert "not allowed with credentials = 'homelab'" in str(err)
+
+
 # --- secret references ---------------------------------------------------------------------
 
 

@@ -156,6 +156,29 @@ class Inventory(BaseSettings):
             ) from None
         return value
 
+    @field_validator("hosts")
+    @classmethod
+    def _no_key_file_with_ssh_credentials(
+        cls, hosts: dict[str, HostSettings], info: ValidationInfo
+    ) -> dict[str, HostSettings]:
+        ssh = info.data.get("ssh")
+        block = ssh.credentials if isinstance(ssh, SshSettings) else None
+        if block is None:
+            return hosts
+        problems: list[tuple[tuple[int | str, ...], str]] = [
+            (
+                (name, "key_file"),
+                f"not allowed with ssh.credentials = {block!r}: the key is the one in that "
+                "moxflow SSH credentials block; remove key_file, or remove ssh.credentials "
+                "to keep keys in files",
+            )
+            for name, host in hosts.items()
+            if host.key_file is not None
+        ]
+        if problems:
+            raise validation_error("HostSettings", problems)
+        return hosts
+
     @field_validator("zfs")
     @classmethod
     def _datasets_on_known_hosts(cls, zfs: ZfsSettings, info: ValidationInfo) -> ZfsSettings:
@@ -268,7 +291,11 @@ class Inventory(BaseSettings):
             ) from None
 
     def ssh_target(self, name: str) -> SshTarget:
-        """How to connect to host ``name``: its settings with [ssh] filling the gaps."""
+        """How to connect to host ``name``: its settings with [ssh] filling the gaps.
+
+        With ``ssh.credentials`` set, ``blocks.ssh.ssh_runner`` takes only the host's address,
+        port and own user from the inventory, and the rest from that block.
+        """
         host = self.host(name)
         return SshTarget(
             name=name,
@@ -350,6 +377,12 @@ class Inventory(BaseSettings):
 
     def proxmox_secret(self) -> SecretStr:
         """Resolve ``proxmox.token_secret`` now (``block:`` needs the blocks package loaded)."""
-        return self.proxmox_settings().token_secret.resolve(
-            self.base_dir, setting="proxmox.token_secret"
-        )
+        pve = self.proxmox_settings()
+        if pve.token_secret is None:
+            raise ConfigError(
+                f"the API token is in the Proxmox credentials block {pve.credentials!r}, "
+                "not in the inventory",
+                setting="proxmox.token_secret",
+                hint="build the client with blocks.proxmox.proxmox_client(inv)",
+            )
+        return pve.token_secret.resolve(self.base_dir, setting="proxmox.token_secret")

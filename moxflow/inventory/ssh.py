@@ -1,20 +1,22 @@
-"""``[ssh]``: the defaults of every SSH connection, and :class:`SshTarget`, one host's
-connection with those defaults filled in."""
+"""``[ssh]``: the defaults of every SSH connection (or the name of a Prefect block holding
+them), and :class:`SshTarget`, one host's connection with those defaults filled in."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Self
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from moxflow.inventory.fields import Login, Seconds, Section
+from moxflow.inventory.proxmox import BlockName, credentials_exclusive
 
 __all__ = ["SshSettings", "SshTarget"]
 
 
 class SshSettings(Section):
-    """Defaults for every SSH connection; a host may override user and key_file."""
+    """Defaults for every SSH connection, or a credentials block; a host may override user."""
 
     user: Login = Field(default="root", description="Login name on the hosts.")
     key_file: Path | None = Field(
@@ -43,6 +45,32 @@ class SshSettings(Section):
     command_timeout: Seconds = Field(
         default=300.0, description="Seconds one remote command may run before it is abandoned."
     )
+    credentials: BlockName | None = Field(
+        default=None,
+        description=(
+            "Name of a saved 'moxflow SSH credentials' Prefect block holding the private key, "
+            "known host keys, login name, host key checking and timeouts; then leave out every "
+            "other setting of this section, and key_file of every host (a host's user still "
+            "wins). Create the block in the Prefect UI after python -m blocks register."
+        ),
+    )
+
+    @model_validator(mode="after")
+    def _credentials_or_settings(self) -> Self:
+        credentials_exclusive(
+            self,
+            self.credentials,
+            "moxflow SSH credentials",
+            (
+                "user",
+                "key_file",
+                "known_hosts",
+                "strict_host_keys",
+                "connect_timeout",
+                "command_timeout",
+            ),
+        )
+        return self
 
 
 @dataclass(frozen=True, slots=True)
