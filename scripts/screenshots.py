@@ -1,13 +1,20 @@
 """Screenshots of the Prefect UI for the docs: ``python -m scripts.screenshots``.
 
 Starts a simulated lab and a throw-away local Prefect server with its UI, registers every
-moxflow deployment by serving them (``python -m deployments.serve``), runs zfs-snapshot/daily and
-guest-snapshot/daily against the lab, then photographs the UI with headless Chromium
+moxflow deployment by serving them (``python -m deployments.serve``), runs zfs-snapshot/daily,
+guest-snapshot/daily, nixos-update/weekly (the lab offers dns, media and builder a new
+revision; media's breaks jellyfin.service, so media is rolled back while the others update)
+and vzdump-backup/nightly against the lab, then photographs the UI with headless Chromium
 (Debian's ``chromium`` package):
 
 - ``docs/img/prefect-deployments.png``: the Deployments page;
 - ``docs/img/prefect-run-report.png``: the zfs-snapshot run's report artifact;
-- ``docs/img/prefect-flow-runs.png``: the flow runs page.
+- ``docs/img/prefect-flow-runs.png``: the flow runs page;
+- ``docs/img/prefect-graph-nixos-update.png``: the nixos-update run's page with its run graph
+  (one nixos-update-host subflow run per host);
+- ``docs/img/prefect-graph-nixos-host-rollback.png``: the run graph of media's subflow run,
+  the steps up to the failed verification, then the switch back;
+- ``docs/img/prefect-graph-vzdump-backup.png``: the vzdump-backup run's page with its run graph.
 
 Beside each PNG, ``<name>.txt`` holds the page's visible text (from Chromium's DOM dump), so
 that a test can check what the picture shows. Everything listens on loopback, lives in a
@@ -30,12 +37,15 @@ import time
 import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
 from websockets.sync.client import connect
 
 from scripts.prefect_server import start_server, stop_server
+
+if TYPE_CHECKING:
+    from prefect.client.schemas.objects import FlowRun
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "docs" / "img"
@@ -52,8 +62,34 @@ CHROMIUM_FLAGS = (
     "--disable-sync",
     "--hide-scrollbars",
 )
-RUNS = ("zfs-snapshot/daily", "guest-snapshot/daily")
-"""The deployments run against the lab, in this order; the first one's report is shown."""
+REPORT_RUN = "zfs-snapshot/daily"
+"""The run whose report artifact is photographed."""
+NIXOS_RUN = "nixos-update/weekly"
+BACKUP_RUN = "vzdump-backup/nightly"
+RUNS = (REPORT_RUN, "guest-snapshot/daily", NIXOS_RUN, BACKUP_RUN)
+"""The deployments run against the lab, in this order."""
+NIXOS_HOSTS = ("dns", "media", "builder")
+"""The lab's NixOS hosts, all offered a new revision before the nixos-update run ..."""
+ROLLBACK_HOST = "media"
+"""... of which this one's new generation fails a unit, so that it is rolled back."""
+FAILING_UNIT = "jellyfin.service"
+NEW_REV = "0123456789abcdef0123456789abcdef01234567"
+BACKUP_PARAMETERS = {"select": "100,104"}
+"""Two small guests (dns, homeassistant) on two nodes, as ``make demo`` backs up: the picture
+stays legible and the run short (the lab's @all includes a large Windows VM)."""
+STILL = """
+if (!document.getElementById('screenshot-still')) {
+  const style = document.createElement('style');
+  style.id = 'screenshot-still';
+  style.textContent = '*, *::before, *::after { animation: none !important; '
+    + 'transition: none !important; caret-color: transparent !important; }';
+  document.head.appendChild(style);
+}
+"""
+"""Stops CSS animations and the text cursor (the "Ready" badge's dot pulses, a focused search
+field blinks): the picture can then settle, and is the same from one run to the next."""
+GRAPH_DRAWN = "!!document.querySelector('.flow-run-graph:not(.flow-run-graph--no-nodes) canvas')"
+"""True once a flow run page has drawn its run graph (a canvas; its nodes are not in the DOM)."""
 
 
 def say(text: str) -> None:
@@ -121,29 +157,52 @@ class Chromium:
                     raise SystemExit(f"chromium: {method}: {msg['error']}")
                 return dict(msg.get("result", {}))
 
-    def text(self) -> str:
-        result = self.call(
-            "Runtime.evaluate",
-            expression="document.body ? document.body.innerText : ''",
-            returnByValue=True,
-        )
-        return str(result["result"].get("value") or "")
+    def evaluate(self, expression: str) -> Any:
+        result = self.call("Runtime.evaluate", expression=expression, returnByValue=True)
+        return result["result"].get("value")
 
-    def shoot(self, url: str, name: str, expect: Sequence[str], timeout: float = 90) -> None:
-        """``docs/img/<name>.png`` and ``<name>.txt`` (the visible text) of ``url``."""
+    def text(self) -> str:
+        return str(self.evaluate("document.body ? document.body.innerText : ''") or "")
+
+    def capture(self) -> bytes:
+        return base64.b64decode(self.call("Page.captureScreenshot", format="png")["data"])
+
+    def shoot(
+        self,
+        url: str,
+        name: str,
+        expect: Sequence[str],
+        timeout: float = 90,
+        ready: str | None = None,
+    ) -> None:
+        """``docs/img/<name>.png`` and ``<name>.txt`` (the visible text) of ``url``.
+
+        Taken once the text shows every ``expect`` and has stopped changing, the JavaScript
+        expression ``ready`` (if any) is true, and the picture itself has stopped changing
+        (the UI fades its data in; the run graph is drawn on a canvas, then animated).
+        """
         self.call("Page.navigate", url=url)
         deadline = time.monotonic() + timeout
         last, stable = "", 0
         while stable < 3:
             if time.monotonic() > deadline:
-                missing = [e for e in expect if e not in last]
+                missing = [e for e in expect if e not in last] or [f"{ready} (JavaScript)"]
                 raise SystemExit(f"{url} did not show {missing} within {timeout:g} s")
             time.sleep(0.5)
             now = self.text()
-            stable = stable + 1 if now == last and all(e in now for e in expect) else 0
+            shown = all(e in now for e in expect) and (ready is None or bool(self.evaluate(ready)))
+            stable = stable + 1 if now == last and shown else 0
             last = now
-        time.sleep(1.5)  # let the fade-in transitions end
-        png = base64.b64decode(self.call("Page.captureScreenshot", format="png")["data"])
+        self.evaluate(STILL)
+        png, same = self.capture(), 0
+        deadline = time.monotonic() + 30
+        while same < 2 and time.monotonic() < deadline:
+            time.sleep(0.5)
+            again = self.capture()
+            same = same + 1 if again == png else 0
+            png = again
+        if same < 2:
+            print(f"   (docs/img/{name}.png: the picture was still changing)", flush=True)
         (OUT / f"{name}.png").write_bytes(png)
         lines = (re.sub(r"\s+", " ", t).strip() for t in re.split(r"[\n\t]", self.text()))
         (OUT / f"{name}.txt").write_text("\n".join(t for t in lines if t) + "\n", "utf-8")
@@ -160,13 +219,15 @@ class Chromium:
             self.proc.wait()
 
 
-def serve_and_run(inventory: Path, env: dict[str, str], log: Path) -> dict[str, tuple[UUID, str]]:
+def serve_and_run(inventory: Path, env: dict[str, str], log: Path) -> dict[str, FlowRun]:
     """Serve every deployment, as ``python -m deployments.serve`` does, and run RUNS.
 
-    Returns each run's flow run id and name. The serving process is stopped before returning; the
-    deployments stay registered (and show as "Ready" since it served them).
+    Returns each run, finished. The serving process is stopped before returning; the
+    deployments stay registered (and show as "Ready" since it served them). It logs at INFO
+    level, so that the runs' pages show their logs.
     """
     from prefect.client.orchestration import get_client
+    from prefect.client.schemas.objects import FlowRun
     from prefect.deployments import run_deployment
 
     from deployments.definitions import DEFINITIONS
@@ -174,7 +235,7 @@ def serve_and_run(inventory: Path, env: dict[str, str], log: Path) -> dict[str, 
     with log.open("wb") as out:
         serve = subprocess.Popen(
             [PY, "-m", "deployments.serve", "--inventory", str(inventory)],
-            env={**env, "PREFECT_RUNNER_POLL_FREQUENCY": "2"},
+            env={**env, "PREFECT_RUNNER_POLL_FREQUENCY": "2", "PREFECT_LOGGING_LEVEL": "INFO"},
             cwd=ROOT,
             stdout=out,
             stderr=subprocess.STDOUT,
@@ -186,13 +247,16 @@ def serve_and_run(inventory: Path, env: dict[str, str], log: Path) -> dict[str, 
                 if serve.poll() is not None or time.monotonic() > deadline:
                     raise SystemExit(f"the deployments were not served; see {log}")
                 time.sleep(0.5)
-        runs: dict[str, tuple[UUID, str]] = {}
+        runs: dict[str, FlowRun] = {}
         for name in RUNS:
             say(f"running {name}")
-            flow_run = run_deployment(name, timeout=180)
-            state = flow_run.state.name if flow_run.state else "without a state"
-            say(f"   flow run {flow_run.name} ({flow_run.id}): {state}")
-            runs[name] = (flow_run.id, flow_run.name)
+            parameters = BACKUP_PARAMETERS if name == BACKUP_RUN else {}
+            flow_run = run_deployment(name, parameters=parameters, timeout=300)
+            assert isinstance(flow_run, FlowRun)  # the sync call returns the run, not a coroutine
+            say(f"   flow run {flow_run.name} ({flow_run.id}): {state_name(flow_run)}")
+            if not (flow_run.state and flow_run.state.is_final()):
+                raise SystemExit(f"{name} did not finish; see {log}")
+            runs[name] = flow_run
         return runs
     finally:
         serve.terminate()
@@ -201,6 +265,28 @@ def serve_and_run(inventory: Path, env: dict[str, str], log: Path) -> dict[str, 
         except subprocess.TimeoutExpired:
             serve.kill()
             serve.wait()
+
+
+def state_name(flow_run: FlowRun) -> str:
+    return (flow_run.state.name if flow_run.state else None) or "without a state"
+
+
+def subflow_run(parent: FlowRun, name: str) -> FlowRun:
+    """The subflow run of ``parent`` named ``name`` (nixos-update names them by host)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterParentFlowRunId
+
+    with get_client(sync_client=True) as client:
+        children = client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(
+                parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[parent.id])
+            )
+        )
+    for child in children:
+        if child.name == name:
+            return child
+    names = ", ".join(c.name for c in children) or "none"
+    raise SystemExit(f"flow run {parent.name} has no subflow run {name!r} (it has: {names})")
 
 
 def report_artifact(flow_run_id: UUID) -> UUID:
@@ -245,9 +331,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             os.environ.update(
                 {k: env[k] for k in ("PREFECT_API_URL", "PREFECT_HOME", "PREFECT_LOGGING_LEVEL")}
             )
+            say(f"a new NixOS revision for {', '.join(NIXOS_HOSTS)}; {ROLLBACK_HOST}'s fails")
+            for host in NIXOS_HOSTS:
+                failing = [FAILING_UNIT] if host == ROLLBACK_HOST else []
+                lab.nixos(host, upstream=NEW_REV, failed_units=failing)
             say(f"serving the deployments at {api}")
             runs = serve_and_run(lab.inventory, env, work / "serve.log")
-            artifact = report_artifact(runs[RUNS[0]][0])
+            artifact = report_artifact(runs[REPORT_RUN].id)
+            nixos, backup = runs[NIXOS_RUN], runs[BACKUP_RUN]
+            rolled_back = subflow_run(nixos, ROLLBACK_HOST)
             say("taking screenshots")
             browser = Chromium(exe, work / "chromium", work / "chromium.log")
             try:
@@ -264,8 +356,19 @@ def main(argv: Sequence[str] | None = None) -> int:
                 browser.shoot(
                     f"{ui}/runs",
                     "prefect-flow-runs",
-                    ["Completed", *(flow_run_name for _, flow_run_name in runs.values())],
+                    ["Completed", *(flow_run.name for flow_run in runs.values())],
                 )
+                for flow_run, name, flow_name in (
+                    (nixos, "prefect-graph-nixos-update", "nixos-update"),
+                    (rolled_back, "prefect-graph-nixos-host-rollback", "nixos-update-host"),
+                    (backup, "prefect-graph-vzdump-backup", "vzdump-backup"),
+                ):
+                    browser.shoot(
+                        f"{ui}/runs/flow-run/{flow_run.id}",
+                        name,
+                        [flow_name, flow_run.name, state_name(flow_run)],
+                        ready=GRAPH_DRAWN,
+                    )
             finally:
                 browser.close()
         finally:

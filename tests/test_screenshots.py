@@ -6,6 +6,7 @@ Chromium is not needed here: these tests check the committed files only. Each PN
 
 from __future__ import annotations
 
+import re
 import struct
 import zlib
 from pathlib import Path
@@ -16,7 +17,14 @@ from deployments.definitions import DEFINITIONS
 
 IMG = Path(__file__).resolve().parent.parent / "docs" / "img"
 INSTALL = IMG.parent / "install.md"
-SCREENSHOTS = ("prefect-deployments", "prefect-run-report", "prefect-flow-runs")
+README = IMG.parent.parent / "README.md"
+GRAPHS = (
+    "prefect-graph-nixos-update",
+    "prefect-graph-nixos-host-rollback",
+    "prefect-graph-vzdump-backup",
+)
+"""Flow run pages: the run graph at the top, the run's logs below."""
+SCREENSHOTS = ("prefect-deployments", "prefect-run-report", "prefect-flow-runs", *GRAPHS)
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
@@ -65,7 +73,8 @@ def test_screenshot_has_its_text(name: str) -> None:
     text = text_of(name)
     # the page rendered (the SPA's navigation is there), not an error or a blank page
     assert "Deployments" in text.splitlines()
-    assert "moxflow" in text
+    # a moxflow page: its deployments' tag, or (a subflow run, untagged) its parent run
+    assert "moxflow" in text or "Parent Run" in text.splitlines()
 
 
 def test_deployments_page_shows_moxflows_deployments() -> None:
@@ -95,12 +104,69 @@ def test_run_report_page_shows_the_report_table() -> None:
     assert any(line.startswith("zfs-snapshot [daily] OK:") for line in lines)
 
 
-def test_flow_runs_page_shows_both_runs() -> None:
+def test_flow_runs_page_shows_the_runs() -> None:
     lines = text_of("prefect-flow-runs").splitlines()
-    assert "2 runs" in lines
-    assert lines.count("Completed") >= 2
-    for flow in ("zfs-snapshot", "guest-snapshot", "nixos-update"):
+    # zfs-snapshot, guest-snapshot, nixos-update and its three hosts' subflow runs, vzdump-backup
+    assert "7 runs" in lines
+    assert lines.count("Completed") >= 4
+    assert "Failed" in lines  # the NixOS update that rolled media back
+    for flow in ("zfs-snapshot", "guest-snapshot", "nixos-update", "nixos-update-host"):
         assert flow in lines
+    assert "vzdump-backup" in lines
+
+
+def flow_run_page(name: str, flow: str) -> list[str]:
+    """The lines of a flow run page's text, checked to be a page about a run of ``flow``."""
+    lines = text_of(name).splitlines()
+    assert lines[lines.index("Flow") + 1] == flow
+    for tab in ("Logs", "Task Runs", "Subflow Runs", "Artifacts"):
+        assert tab in lines
+    return lines
+
+
+def task_runs(lines: list[str]) -> int:
+    """The "N Task runs" the page's header counts."""
+    [count] = [int(m[1]) for line in lines if (m := re.fullmatch(r"(\d+) Task runs?", line))]
+    return count
+
+
+def test_nixos_update_graph_shows_a_rollback() -> None:
+    lines = flow_run_page("prefect-graph-nixos-update", "nixos-update")
+    assert "Failed" in lines
+    assert lines[lines.index("Deployment") + 1] == "weekly"
+    assert "moxflow" in lines
+    assert task_runs(lines) >= 3  # a preflight per host; the hosts are subflow runs
+    # the log: dns first, then media and builder; media failed verification, switched back
+    assert "plan: [dns] → [media, builder]" in lines
+    assert any(line.startswith("media: verification failed") for line in lines)
+    assert any(line.startswith("media: rolled back") for line in lines)
+    for host in ("dns", "builder"):
+        assert any(line.startswith(f"{host}: ok: updated") for line in lines)
+    assert any("(2 ok, 1 rolled back)" in line for line in lines)
+
+
+def test_rolled_back_hosts_graph_shows_its_steps() -> None:
+    lines = flow_run_page("prefect-graph-nixos-host-rollback", "nixos-update-host")
+    assert "media" in lines  # the subflow run is named after its host
+    assert "Failed" in lines
+    assert "Parent Run" in lines
+    # each step a task run, named in the log; verify failed, switch-back brought media back
+    steps = ["lock", "snapshot", "flake-update", "build", "arm-dead-man", "switch"]
+    steps += ["verify", "switch-back", "unlock"]
+    assert task_runs(lines) == len(steps)
+    for step in steps:
+        assert f"media: {step}" in lines
+    assert any("VerificationFailed" in line and "jellyfin.service" in line for line in lines)
+    assert "Finished in state Failed('media: rolled back')" in lines
+
+
+def test_vzdump_backup_graph_shows_the_backup_run() -> None:
+    lines = flow_run_page("prefect-graph-vzdump-backup", "vzdump-backup")
+    assert "Completed" in lines
+    assert lines[lines.index("Deployment") + 1] == "nightly"
+    assert "moxflow" in lines
+    assert task_runs(lines) >= 2
+    assert any(line.startswith("vzdump-backup [") for line in lines)  # its report's summary
 
 
 def test_install_doc_embeds_the_screenshots() -> None:
@@ -109,3 +175,12 @@ def test_install_doc_embeds_the_screenshots() -> None:
     assert "](img/prefect-deployments.png)" in doc
     assert "](img/prefect-run-report.png)" in doc
     assert "python -m scripts.screenshots" in doc
+
+
+def test_readme_shows_the_run_graphs() -> None:
+    doc = README.read_text(encoding="utf-8")
+    assert "](docs/img/prefect-graph-nixos-update.png)" in doc
+    assert "](docs/img/prefect-graph-vzdump-backup.png)" in doc
+    assert "(docs/img/prefect-graph-nixos-host-rollback.png)" in doc
+    for name in GRAPHS:
+        assert f"{name}.png" in INSTALL.read_text(encoding="utf-8")
