@@ -22,6 +22,12 @@ _.handler  # moxflow/inventory/secrets.py: __get_pydantic_core_schema__(cls, sou
 _.deploy_settings  # deployments/definitions.py: the build step prefect.yaml names
 _.__signature__  # flows/params.py: what Prefect reads a flow's parameters from
 _.task_run  # tasks/_retry.py: retry_condition_fn(task, task_run, state)
+# the flows: loaded by name, from the deployments' entrypoints and by flows/_cli.py
+_.zfs_snapshot
+_.guest_snapshot
+_.nixos_update
+_.vzdump_backup
+_.health_report
 _._undo_snapshot  # tasks/nixos.py: on_rollback hooks, registered by decorator, run by a
 _._undo_flake_update  # transaction
 
@@ -54,4 +60,3 @@ _.finished  # moxflow/report.py RunReport, with started
 # TO BE WIRED OR DELETED in files others are changing (issue 11, item 4): only the tests
 # use these today, or nothing does. Remove each line when its file is done.
 _.warnings  # moxflow/proxmox.py TaskStatus
-_.boot_seconds  # tasks/restore.py: a field nothing sets or reads

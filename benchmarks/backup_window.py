@@ -48,7 +48,7 @@ GiB = 1024**3
 
 CHILD = """
 import json, sys, time
-from flows.vzdump_backup import vzdump_backup
+from flows.jobs.vzdump_backup import vzdump_backup
 w0 = time.time()
 t0 = time.perf_counter()
 report = vzdump_backup(storage=sys.argv[2], offsite=False, inventory=sys.argv[1])

@@ -55,7 +55,7 @@ print(json.dumps({"seconds": elapsed, "rows": len(guests), "ok": len(guests)}))
 
 CHILD = """
 import json, sys, time
-from flows.guest_snapshot import guest_snapshot
+from flows.jobs.guest_snapshot import guest_snapshot
 t0 = time.perf_counter()
 report = guest_snapshot(label="hourly", select="@all", concurrency=int(sys.argv[2]),
                         inventory=sys.argv[1], lock_timeout=5)

@@ -51,7 +51,7 @@ def main() -> None:
         os.environ["PREFECT_API_URL"] = env["PREFECT_API_URL"]
         lab = start_lab(work / "lab", nixos_hosts=args.hosts, time_scale=args.time_scale)
         try:
-            from flows.nixos_update import nixos_update
+            from flows.jobs.nixos_update import nixos_update
             from moxflow.inventory import load_inventory
             from moxflow.nixos import plan_update
 

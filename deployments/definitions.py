@@ -82,7 +82,7 @@ DEFINITIONS: tuple[Definition, ...] = (
     Definition(
         flow_name="zfs-snapshot",
         name="hourly",
-        entrypoint="flows/zfs_snapshot.py:zfs_snapshot",
+        entrypoint="flows/jobs/zfs_snapshot.py:zfs_snapshot",
         cron="0 * * * *",
         description="Every hour: snapshot the ZFS datasets (label hourly) and prune by policy.",
         parameters={"label": "hourly"},
@@ -90,7 +90,7 @@ DEFINITIONS: tuple[Definition, ...] = (
     Definition(
         flow_name="zfs-snapshot",
         name="daily",
-        entrypoint="flows/zfs_snapshot.py:zfs_snapshot",
+        entrypoint="flows/jobs/zfs_snapshot.py:zfs_snapshot",
         cron="5 0 * * *",
         description="Every day at 00:05: snapshot the ZFS datasets (label daily) and prune.",
         parameters={"label": "daily"},
@@ -98,7 +98,7 @@ DEFINITIONS: tuple[Definition, ...] = (
     Definition(
         flow_name="guest-snapshot",
         name="daily",
-        entrypoint="flows/guest_snapshot.py:guest_snapshot",
+        entrypoint="flows/jobs/guest_snapshot.py:guest_snapshot",
         cron="30 0 * * *",
         description="Every day at 00:30: snapshot the selected Proxmox guests and prune.",
         parameters={"label": "daily"},
@@ -108,7 +108,7 @@ DEFINITIONS: tuple[Definition, ...] = (
     Definition(
         flow_name="nixos-update",
         name="weekly",
-        entrypoint="flows/nixos_update.py:nixos_update",
+        entrypoint="flows/jobs/nixos_update.py:nixos_update",
         cron="0 3 * * 6",
         description="Every Saturday at 03:00: update the NixOS hosts, canary first, "
         "with snapshot, verification and automatic rollback.",
@@ -116,7 +116,7 @@ DEFINITIONS: tuple[Definition, ...] = (
     Definition(
         flow_name="vzdump-backup",
         name="nightly",
-        entrypoint="flows/vzdump_backup.py:vzdump_backup",
+        entrypoint="flows/jobs/vzdump_backup.py:vzdump_backup",
         cron="0 1 * * *",
         description="Every night at 01:00: back up the selected guests, verify the archives, "
         "prune, copy offsite, and report coverage.",
@@ -124,7 +124,7 @@ DEFINITIONS: tuple[Definition, ...] = (
     Definition(
         flow_name="restore-test",
         name="weekly",
-        entrypoint="flows/restore_test.py:restore_test",
+        entrypoint="flows/jobs/restore_test.py:restore_test",
         cron="0 5 * * 0",
         description="Every Sunday at 05:00: restore the newest backup of each selected guest "
         "to a scratch VMID, boot it, check it, destroy it.",
@@ -132,7 +132,7 @@ DEFINITIONS: tuple[Definition, ...] = (
     Definition(
         flow_name="health-report",
         name="daily",
-        entrypoint="flows/health_report.py:health_report",
+        entrypoint="flows/jobs/health_report.py:health_report",
         cron="0 7 * * *",
         description="Every day at 07:00: check every guest's backup, offsite copy and restore "
         "test, the snapshots, NixOS and Proxmox updates against the [health] limits.",

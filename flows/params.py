@@ -250,13 +250,14 @@ class RestoreParams(FlowParams):
     inventory: InventoryFile = None
 
 
-HEALTH_KINDS = ("backups", "snapshots", "nixos", "nodes")
+HealthKind = Literal["backups", "snapshots", "nixos", "nodes"]
+HEALTH_KINDS: tuple[HealthKind, ...] = get_args(HealthKind)
 
 
 class HealthReportParams(FlowParams):
     """Check the fleet against the [health] limits and report."""
 
-    only: Annotated[list[Literal["backups", "snapshots", "nixos", "nodes"]] | None,
+    only: Annotated[list[HealthKind] | None,
                     Cli(metavar="KIND")] = Field(
         default=None,
         description=f"check only these kinds ({', '.join(HEALTH_KINDS)}); repeat or "
@@ -272,14 +273,31 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 def flow_parameters(model: type[FlowParams]) -> Callable[[F], F]:
-    """Give a flow function ``def f(**kwargs)`` the model's fields as keyword parameters.
+    """Check that a flow function's keyword parameters are the model's fields (names and
+    defaults), then give Prefect the model's view of them.
 
-    Prefect reads the signature (names, types, defaults) and the docstring's ``Args`` (the
-    descriptions) to build the UI's form and to validate every run's parameters; the
-    function gets them as keyword arguments and builds the model from them.
+    Prefect reads the signature (names, types with their limits, defaults) and the
+    docstring's ``Args`` (the descriptions) to build the UI's form and to validate every
+    run's parameters: both come from the model, so the form and the command line agree.
+    The function's own annotations stay for the type checker; a field added to the model
+    but not to the function (or a default that differs) fails at import.
     """
 
     def decorate(fn: F) -> F:
+        own = {
+            name: p.default
+            for name, p in inspect.signature(fn).parameters.items()
+            if p.kind is inspect.Parameter.KEYWORD_ONLY
+        }
+        fields = {
+            name: inspect.Parameter.empty if f.is_required() else f.default
+            for name, f in model.model_fields.items()
+        }
+        if own != fields:
+            raise TypeError(
+                f"{fn.__name__}'s keyword parameters {own} are not {model.__name__}'s "
+                f"fields {fields}"
+            )
         params = [
             inspect.Parameter(
                 name,

@@ -2,7 +2,9 @@
 
 Nothing here does I/O. ``tasks/backups.py`` reads the facts (the storage's content listing,
 the prune endpoint's marks, the offsite folder's listing, ``sha256sum`` output) and hands them
-to these functions; the flows show and carry out what they return.
+to these functions; the flows show and carry out what they return. A backup run's plan
+(``plan_backups``) is a queue of guests per node, each with the archives it had before; the
+offsite plan (``plan_offsite``) is made once the storage has been pruned.
 """
 
 from __future__ import annotations
@@ -13,28 +15,58 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, tzinfo
 from typing import Any, Literal
 
-from moxflow.errors import ParseError
+from moxflow.errors import (
+    MoxflowError,
+    ParseError,
+    ProxmoxTaskError,
+    ProxmoxTaskTimeout,
+    is_transient,
+)
 from moxflow.guests import Guest
-from moxflow.report import EMPTY, cell_lines, format_age, format_size
+from moxflow.pacing import DumpEstimator
+from moxflow.report import (
+    EMPTY,
+    Outcome,
+    ReportRow,
+    cell_lines,
+    format_age,
+    format_names,
+    format_rate,
+    format_size,
+)
 from moxflow.retention import KeepPolicy, RetentionItem, plan_prune
 
 __all__ = [
     "Archive",
+    "BackupJob",
+    "BackupPlan",
+    "Coverage",
     "CoverageRow",
+    "GuestDump",
+    "OffsiteCopy",
     "OffsitePlan",
     "PruneMark",
     "Volid",
     "archive_problem",
+    "archive_vmid",
     "coverage_rows",
     "coverage_text",
+    "dump_failure",
     "find_new_archive",
     "mark_restore_tested",
+    "needs_prune",
+    "offsite_copies",
+    "offsite_row",
     "parse_archive_name",
     "parse_offsite_listing",
     "parse_prune_marks",
     "parse_sha256sum",
     "parse_volid",
+    "plan_backups",
     "plan_offsite",
+    "planned_backup_row",
+    "planned_offsite_row",
+    "preview_prune",
     "restore_tested_at",
     "split_by_node",
     "split_content",
@@ -276,6 +308,12 @@ def parse_prune_marks(items: Iterable[Mapping[str, Any]]) -> list[PruneMark]:
     return sorted(marks, key=lambda m: (m.created, m.volid), reverse=True)
 
 
+def needs_prune(marks: Iterable[PruneMark], new: Archive | None) -> bool:
+    """Whether Proxmox's prune ``marks`` for a guest remove anything but its new archive."""
+    keep = new.volid if new is not None else None
+    return any(m.mark == "remove" and m.volid != keep for m in marks)
+
+
 # --- per-node plans ------------------------------------------------------------------------
 
 
@@ -286,6 +324,134 @@ def split_by_node(guests: Iterable[Guest]) -> dict[str, list[Guest]]:
     for guest in sorted(guests, key=lambda g: g.vmid):
         out.setdefault(guest.node, []).append(guest)
     return dict(sorted(out.items()))
+
+
+@dataclass(frozen=True, slots=True)
+class BackupJob:
+    """What every guest of a backup run gets: where, how, and the limits."""
+
+    storage: str
+    mode: str = "snapshot"
+    compress: str = "zstd"
+    notes_template: str = "{{guestname}} {{vmid}} {{node}} moxflow"
+    protected: bool = False
+    bwlimit: int | None = None
+    policy: KeepPolicy | None = None
+    size_drop_ratio: float = 0.5
+    task_timeout: float = 4 * 3600.0
+    retry_timeout: float = 120.0  # how long a locked guest or an API 5xx is waited out
+    # learnt during the run, shared by its vzdump steps: hints for waiting on each dump
+    durations: DumpEstimator = field(default_factory=DumpEstimator, compare=False, repr=False)
+
+    def how(self, node: str) -> str:
+        """What the vzdump of a guest on ``node`` does, in a few words."""
+        return f"vzdump on {node} to {self.storage} ({self.mode}, {self.compress})"
+
+
+@dataclass(frozen=True, slots=True)
+class GuestDump:
+    """One guest's backup in a run's plan: its archives on the storage before the run (the
+    facts), and its place in its node's queue (``position`` of ``count``, from 1)."""
+
+    guest: Guest
+    storage: str
+    before: tuple[Archive, ...] = ()
+    position: int = 1
+    count: int = 1
+
+    @property
+    def target(self) -> str:
+        """The guest as the report and the task runs name it: ``101 (media-vm)``."""
+        return self.guest.label
+
+    @property
+    def previous(self) -> Archive | None:
+        """The guest's newest archive before the run: the new one is checked against it."""
+        return self.before[-1] if self.before else None
+
+    @property
+    def known(self) -> tuple[str, ...]:
+        """The volids listed before the run: none of them is the run's new archive."""
+        return tuple(a.volid for a in self.before)
+
+
+@dataclass(frozen=True, slots=True)
+class BackupPlan:
+    """A backup run's plan: per node, the guests to back up one after the other (vzdump holds
+    a node-wide lock), the nodes in parallel; and, per guest, the archives the keep policy
+    would remove if it ran now (what a dry run shows)."""
+
+    storage: str
+    queues: Mapping[str, tuple[GuestDump, ...]]
+    would_remove: Mapping[int, tuple[str, ...]] = field(default_factory=dict, hash=False)
+
+    @property
+    def dumps(self) -> tuple[GuestDump, ...]:
+        """Every guest's backup, node by node, each node's in its order."""
+        return tuple(d for queue in self.queues.values() for d in queue)
+
+
+def preview_prune(archives: Sequence[Archive], policy: KeepPolicy, tz: tzinfo) -> tuple[str, ...]:
+    """The file names of ``archives`` (one guest's) that ``policy`` would remove now, as
+    Proxmox's prune does: protected archives and names of no standard form are never removed,
+    buckets are in ``tz`` (the nodes' zone)."""
+    items: list[RetentionItem] = []
+    names: dict[str, str] = {}
+    for a in archives:
+        if parse_volid(a.volid).stamp is None:
+            continue  # Proxmox marks these "renamed" and keeps them
+        items.append(RetentionItem(a.volid, a.created, protected=a.protected))
+        names[a.volid] = a.volid.rpartition("/")[2]
+    return tuple(names[v] for v in plan_prune(items, policy, tz).remove)
+
+
+def plan_backups(
+    guests: Iterable[Guest],
+    before: Mapping[int, Sequence[Archive]],
+    storage: str,
+    policy: KeepPolicy | None,
+    tz: tzinfo,
+) -> BackupPlan:
+    """Plan a backup run from the facts: ``before`` holds each guest's archives on
+    ``storage`` (oldest first). Each node's guests are queued by vmid."""
+    queues: dict[str, tuple[GuestDump, ...]] = {}
+    would_remove: dict[int, tuple[str, ...]] = {}
+    for node, mine in split_by_node(guests).items():
+        queues[node] = tuple(
+            GuestDump(g, storage, tuple(before.get(g.vmid, ())), i, len(mine))
+            for i, g in enumerate(mine, 1)
+        )
+        for g in mine:
+            if policy is not None:
+                would_remove[g.vmid] = preview_prune(before.get(g.vmid, ()), policy, tz)
+    return BackupPlan(storage, queues, would_remove)
+
+
+def planned_backup_row(dump: GuestDump, job: BackupJob, removed: Sequence[str]) -> ReportRow:
+    """A dry run's row for one guest: the vzdump it would run and what pruning would remove."""
+    how = job.how(dump.guest.node)
+    if job.policy is not None:
+        how += f"; prune {job.policy} now would remove {len(removed)}"
+        how += f": {format_names(removed)}" if removed else ""
+    return ReportRow(
+        target=dump.target,
+        outcome=Outcome.PLANNED,
+        kept=len(dump.before) - len(removed),
+        removed=tuple(removed),
+        detail=how,
+        cells={"archive": "", "size": ""},
+    )
+
+
+def dump_failure(exc: MoxflowError, retry_timeout: float) -> str:
+    """A guest's report detail for a vzdump that did not end well."""
+    if isinstance(exc, ProxmoxTaskTimeout):
+        return f"vzdump timed out and was stopped: {exc}"
+    if isinstance(exc, ProxmoxTaskError):
+        return f"vzdump failed twice: {exc}"
+    if is_transient(exc):
+        return f"vzdump failed after retrying for {retry_timeout:g}s: {exc}"
+    return f"vzdump failed: {exc}"
 
 
 # --- offsite -------------------------------------------------------------------------------
@@ -356,6 +522,86 @@ def plan_offsite(
                 copy.append(by_name[name])
         remove.extend(n for n in plan.remove if n in present)
     return OffsitePlan(tuple(copy), tuple(remove), tuple(keep), reasons)
+
+
+def archive_vmid(name: str) -> int | None:
+    """The guest of a standard archive name; None for any other name."""
+    parsed = parse_archive_name(name)
+    return parsed[1] if parsed else None
+
+
+@dataclass(frozen=True, slots=True)
+class OffsiteCopy:
+    """One archive of one guest to copy offsite: a step of its own."""
+
+    guest: Guest
+    archive: Archive
+
+    @property
+    def target(self) -> str:
+        """``101 (media-vm) vzdump-qemu-101-2026_11_26-02_00_05.vma.zst``"""
+        return f"{self.guest.label} {self.archive.filename}"
+
+
+def offsite_copies(plan: OffsitePlan, guests: Iterable[Guest]) -> list[OffsiteCopy]:
+    """The plan's copies, guest by guest (by vmid), each guest's oldest first."""
+    by_vmid = {g.vmid: g for g in guests}
+    return sorted(
+        (OffsiteCopy(by_vmid[a.vmid], a) for a in plan.copy if a.vmid in by_vmid),
+        key=lambda c: (c.guest.vmid, c.archive.created, c.archive.filename),
+    )
+
+
+def planned_offsite_row(guest: Guest, plan: OffsitePlan) -> ReportRow:
+    """A dry run's offsite row for one guest: what it would copy and remove."""
+    copy = [a for a in plan.copy if a.vmid == guest.vmid]
+    names = [a.filename for a in copy]
+    remove = [n for n in plan.remove if archive_vmid(n) == guest.vmid]
+    detail = f"would copy {len(copy)}" + (f": {', '.join(names)}" if copy else "")
+    if remove:
+        detail += f"; would remove {len(remove)}: {format_names(remove)}"
+    size = format_size(sum(a.size for a in copy)) if copy else ""
+    return ReportRow(
+        target=f"{guest.label} offsite",
+        outcome=Outcome.PLANNED,
+        detail=detail,
+        cells={"archive": format_names(names), "size": size},
+    )
+
+
+def offsite_row(
+    guest: Guest,
+    plan: OffsitePlan,
+    *,
+    copied: Sequence[str],
+    size: int,
+    took: float,
+    problems: Sequence[str],
+    mismatch: bool,
+    removed: Sequence[str],
+    seconds: float,
+) -> ReportRow:
+    """How the offsite side of one guest went: ``copied`` (``size`` bytes in ``took``
+    seconds), ``problems`` (a copy or a removal that failed; ``mismatch``: a copy arrived
+    corrupted twice), the copies ``removed`` there, and how many copies it keeps now."""
+    kept = sum(1 for n in plan.keep if archive_vmid(n) == guest.vmid) + len(copied)
+    what = [*problems] or [f"{len(copied)} copied" if copied else "nothing to copy"]
+    what.append(f"{kept} cop{'y' if kept == 1 else 'ies'} offsite")
+    if removed:
+        what.append(f"removed {len(removed)}: {format_names(removed)}")
+    checksum = "mismatch" if mismatch else "verified" if copied else ""
+    return ReportRow(
+        target=f"{guest.label} offsite",
+        outcome=Outcome.FAILED if problems else Outcome.OK,
+        detail="; ".join(what),
+        seconds=round(seconds, 3),
+        cells={
+            "archive": format_names(copied),
+            "size": format_size(size) if copied else "",
+            "rate": format_rate(size, took) if copied else "",
+            "checksum": checksum,
+        },
+    )
 
 
 # --- coverage ------------------------------------------------------------------------------
@@ -436,6 +682,61 @@ def coverage_text(rows: Sequence[CoverageRow], now: datetime) -> list[str]:
     if not rows:
         return []
     return ["backup coverage:", *cell_lines([r.cells(now) for r in rows])]
+
+
+@dataclass(frozen=True, slots=True)
+class Coverage:
+    """A run's coverage table: its rows, the moment they were made, and the age limit."""
+
+    rows: tuple[CoverageRow, ...]
+    now: datetime
+    max_age_hours: float
+
+    def text(self) -> list[str]:
+        """The table as aligned lines for the terminal (none without rows)."""
+        return coverage_text(self.rows, self.now)
+
+    def table(self) -> list[dict[str, str]]:
+        """The table as cells, for the Prefect table artifact."""
+        return [r.cells(self.now) for r in self.rows]
+
+    @classmethod
+    def of(
+        cls,
+        guests: Sequence[Guest],
+        archives: Mapping[int, Sequence[Archive]],
+        offsite: Sequence[str] | None,
+        *,
+        now: datetime,
+        max_age_hours: float,
+        tz: tzinfo,
+        verified: Mapping[int, bool] | None = None,
+        copied: Mapping[int, bool] | None = None,
+    ) -> Coverage:
+        """The coverage of ``guests`` (see ``coverage_rows``) at ``now``."""
+        rows = coverage_rows(
+            guests,
+            archives,
+            offsite,
+            now=now,
+            max_age=timedelta(hours=max_age_hours),
+            tz=tz,
+            verified=verified,
+            copied=copied,
+        )
+        return cls(tuple(rows), now, max_age_hours)
+
+    def stale_rows(self) -> list[ReportRow]:
+        """A failed report row for each guest without a backup newer than the limit."""
+        return [
+            ReportRow(
+                target=f"{r.guest} coverage",
+                outcome=Outcome.FAILED,
+                detail=f"no backup newer than {self.max_age_hours:g}h",
+            )
+            for r in self.rows
+            if r.stale
+        ]
 
 
 def _yes_no(value: bool | None) -> str:

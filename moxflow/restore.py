@@ -19,6 +19,7 @@ __all__ = [
     "MAX_VMID",
     "MIN_VMID",
     "RestorePlan",
+    "RestoreTestPlan",
     "backup_storage",
     "backup_volid",
     "check_scratch_vmid",
@@ -26,6 +27,7 @@ __all__ = [
     "parse_vmid_range",
     "pick_archive",
     "plan_restore",
+    "plan_restore_test",
     "restore_request",
 ]
 
@@ -248,4 +250,82 @@ def plan_restore(
         existing=existing,
         unique=dest != vmid and original is not None,
         snapshot=existing is not None,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class RestoreTestPlan:
+    """One guest's restore test, decided before anything changes: restore ``archive`` (its
+    newest backup) to the scratch VMID ``scratch`` on the guest's node, disks on ``storage``,
+    new MAC addresses; start it, wait for it, destroy it. ``scratch_vmids`` is where another
+    scratch VMID may come from when ``scratch`` is taken by the time of the restore; none
+    may when the run named its scratch VMID (``fixed``)."""
+
+    guest: Guest
+    archive: Archive
+    scratch: int
+    storage: str
+    scratch_vmids: range
+    fixed: bool = False
+
+    @property
+    def target(self) -> str:
+        return self.guest.label
+
+    def describe(self) -> str:
+        """The plan in words, for a dry run's report."""
+        wait = "the guest agent" if self.guest.type == "qemu" else "running"
+        return (
+            f"would restore to scratch {self.scratch} on {self.guest.node}/{self.storage}, "
+            f"start, wait for {wait}, destroy"
+        )
+
+    def scratch_now(self, in_use: Iterable[Guest]) -> int:
+        """The scratch VMID to restore to, given the guests there are right before the
+        restore: the planned one while it is free, else the lowest free one of the range;
+        ``ConfigError`` when there is none (or the run named one, and it is taken)."""
+        guests = list(in_use)
+        if self.fixed:
+            vmid = check_scratch_vmid(self.scratch, guests)
+        elif all(g.vmid != self.scratch for g in guests):
+            vmid = self.scratch
+        else:
+            vmid = choose_scratch_vmid(self.scratch_vmids, guests, protect={self.guest.vmid})
+        if vmid == self.guest.vmid:  # never, by construction; the one thing that must not happen
+            raise ConfigError(f"scratch VMID {vmid} is the original guest's")
+        return vmid
+
+
+def plan_restore_test(
+    guest: Guest,
+    archives: Sequence[Archive],
+    in_use: Sequence[Guest],
+    *,
+    backup_storage: str,
+    scratch_storage: str,
+    scratch_vmids: range,
+    scratch_vmid: int | None = None,
+) -> RestoreTestPlan:
+    """Plan restore-testing ``guest`` from its backups on ``backup_storage`` (``archives``)
+    and the guests of the cluster (``in_use``): its newest backup, and ``scratch_vmid`` (when
+    the run names one, refused when in use) or the lowest free VMID of ``scratch_vmids``.
+
+    Guests are tested one after the other, each scratch guest gone before the next is made,
+    so every guest of a run plans the same scratch VMID. ``ConfigError`` when the guest has no
+    backup there or no scratch VMID is free.
+    """
+    mine = sorted((a for a in archives if a.vmid == guest.vmid), key=lambda a: (a.created, a.volid))
+    if not mine:
+        raise ConfigError(f"no backup on {backup_storage} to restore")
+    if scratch_vmid is not None:
+        scratch = check_scratch_vmid(scratch_vmid, in_use)
+    else:
+        scratch = choose_scratch_vmid(scratch_vmids, in_use, protect={guest.vmid})
+    return RestoreTestPlan(
+        guest=guest,
+        archive=mine[-1],
+        scratch=scratch,
+        storage=scratch_storage,
+        scratch_vmids=scratch_vmids,
+        fixed=scratch_vmid is not None,
     )

@@ -13,7 +13,12 @@ from datetime import UTC, datetime, tzinfo
 from moxflow.errors import ConfigError
 from moxflow.guests import Guest
 from moxflow.inventory import Inventory
-from moxflow.naming import is_moxflow_description, parse_snapshot_name, validate_label
+from moxflow.naming import (
+    is_moxflow_description,
+    parse_snapshot_name,
+    snapshot_description,
+    validate_label,
+)
 from moxflow.proxmox import GuestSnapshot
 from moxflow.retention import KeepPolicy, PrunePlan, RetentionItem, plan_prune
 from moxflow.selection import parse_selection, require_matches, select_guests, unmatched
@@ -176,6 +181,105 @@ def plan_guest_prune(
         remove=tuple(n for n in plan.remove if n != just_taken),
         protected=plan.protected,
         reasons={**plan.reasons, just_taken: "just taken"},
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class GuestSnapshotPlan:
+    """What a guest snapshot run does to one guest: take ``snapname`` (with the RAM when
+    ``vmstate``), described as moxflow's, then delete ``prune`` (moxflow's own of the label
+    that the policy lets go), keeping ``kept``. Made from the snapshots read before anything
+    changes."""
+
+    guest: Guest
+    snapname: str
+    description: str
+    vmstate: bool
+    prune: tuple[str, ...]
+    kept: int
+
+
+@dataclass(frozen=True, slots=True)
+class NodeSnapshotPlan:
+    """The guest plans of one node, which its snapshot and prune steps carry out together."""
+
+    node: str
+    guests: tuple[GuestSnapshotPlan, ...]
+
+    @property
+    def size(self) -> str:
+        """How many guests, in words: ``1 guest``, ``50 guests`` (the steps' run names)."""
+        return guests_text(len(self.guests))
+
+
+def guests_text(count: int) -> str:
+    """``1 guest``, ``2 guests``."""
+    return f"{count} guest" + ("" if count == 1 else "s")
+
+
+def guests_by_node(guests: Iterable[Guest]) -> dict[str, tuple[Guest, ...]]:
+    """The guests grouped by node, nodes sorted by name, each node's guests by VMID."""
+    grouped: dict[str, list[Guest]] = {}
+    for guest in sorted(guests, key=lambda g: (g.node, g.vmid)):
+        grouped.setdefault(guest.node, []).append(guest)
+    return {node: tuple(members) for node, members in grouped.items()}
+
+
+def plan_guest_snapshot(
+    guest: Guest,
+    snapshots: Iterable[GuestSnapshot],
+    *,
+    label: str,
+    snapname: str,
+    now: datetime,
+    policy: KeepPolicy,
+    tz: tzinfo,
+    vmstate: bool,
+) -> GuestSnapshotPlan:
+    """Plan one guest from its snapshots: the new one counts under the keep policy as if
+    taken, and is never pruned. ``vmstate`` (RAM) is kept only for a running VM."""
+    description = snapshot_description(label, now)
+    with_ram = vmstate and guest.type == "qemu" and guest.running
+    new = GuestSnapshot(snapname, description, snaptime=now, vmstate=with_ram)
+    plan = plan_guest_prune([*snapshots, new], label, policy, tz, just_taken=snapname)
+    return GuestSnapshotPlan(
+        guest=guest,
+        snapname=snapname,
+        description=description,
+        vmstate=with_ram,
+        prune=plan.remove,
+        kept=len(plan.keep) + len(plan.protected),
+    )
+
+
+def plan_node_snapshots(
+    node: str,
+    guests: Iterable[Guest],
+    facts: Mapping[int, Sequence[GuestSnapshot]],
+    *,
+    label: str,
+    snapname: str,
+    now: datetime,
+    policy: KeepPolicy,
+    tz: tzinfo,
+    vmstate: bool,
+) -> NodeSnapshotPlan:
+    """Plan the guests of one node from their snapshots (``facts``, by VMID)."""
+    return NodeSnapshotPlan(
+        node,
+        tuple(
+            plan_guest_snapshot(
+                guest,
+                facts[guest.vmid],
+                label=label,
+                snapname=snapname,
+                now=now,
+                policy=policy,
+                tz=tz,
+                vmstate=vmstate,
+            )
+            for guest in guests
+        ),
     )
 
 

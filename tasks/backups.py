@@ -1,9 +1,12 @@
-"""Prefect tasks for vzdump backups: back up, verify and prune over the API; copy offsite over SSH.
+"""Prefect tasks for vzdump backups, one step each: list a node's backups (the facts), vzdump a
+guest, verify its new archive, prune the storage; list, copy (one archive per step) and prune
+the offsite folder; publish the coverage table.
 
 Every API request about a guest goes to the node that owns it. The offsite copy reads the
 archive on the node and writes it on the offsite host through the controller (see
 ``copy_archive``) in bounded chunks, paced to ``offsite.bwlimit``, verifying SHA-256 on both
-sides before the copy gets its real name.
+sides before the copy gets its real name. Every step but the vzdump is safe to run twice, so
+Prefect retries it on a transient error (``tasks._retry.step``).
 """
 
 from __future__ import annotations
@@ -11,80 +14,88 @@ from __future__ import annotations
 import math
 import threading
 import time
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager, ExitStack, nullcontext, suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, tzinfo
 from typing import Any
 
 from prefect import task
+from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.logging import get_run_logger
 
 from blocks.ssh import ssh_runner
 from moxflow.backups import (
     Archive,
-    OffsitePlan,
+    BackupJob,
+    Coverage,
+    GuestDump,
+    OffsiteCopy,
     PruneMark,
     archive_problem,
+    archive_vmid,
     find_new_archive,
-    parse_archive_name,
+    needs_prune,
+    offsite_row,
     parse_offsite_listing,
     parse_prune_marks,
     parse_sha256sum,
     plan_offsite,
+    planned_offsite_row,
     split_content,
 )
 from moxflow.errors import (
+    ConfigError,
     MoxflowError,
     ProxmoxTaskError,
     ProxmoxTaskTimeout,
     SshChecksumError,
+    SshCommandError,
     SshError,
     is_transient,
 )
 from moxflow.guests import Guest
-from moxflow.inventory import Inventory
-from moxflow.pacing import DumpEstimator, Pacer
+from moxflow.inventory import Inventory, OffsiteSettings
+from moxflow.pacing import Pacer
 from moxflow.proxmox import ProxmoxClient
-from moxflow.report import Outcome, ReportRow, format_names, format_rate, format_size
+from moxflow.report import Outcome, ReportRow
 from moxflow.retention import KeepPolicy
 from moxflow.ssh import SshRunner
 from tasks._logging import LoggerLike, run_logger
+from tasks._retry import step
+
+__all__ = [
+    "BackupJob",  # defined in moxflow.backups; imported from here by older code
+    "Copied",
+    "Dumped",
+    "GuestPruned",
+    "OffsitePruned",
+    "OffsiteResult",
+    "Pruned",
+    "Verified",
+    "copy_archive",
+    "copy_offsite",
+    "list_archives",
+    "list_backups",
+    "list_guest_archives",
+    "list_offsite",
+    "list_offsite_copies",
+    "offsite_copy",
+    "offsite_failed_row",
+    "prune_backups",
+    "prune_offsite",
+    "publish_coverage",
+    "report_coverage",
+    "verify_backup",
+    "vzdump_guest",
+]
 
 BACKOFF_START = 0.5
 BACKOFF_MAX = 15.0
 OFFSITE_CHUNK = 16 * 1024 * 1024  # bytes of archive per offsite copy command (two SSH trips)
-
-
-@dataclass(frozen=True, slots=True)
-class BackupJob:
-    """What every guest of a backup run gets: where, how, and the limits."""
-
-    storage: str
-    mode: str = "snapshot"
-    compress: str = "zstd"
-    notes_template: str = "{{guestname}} {{vmid}} {{node}} moxflow"
-    protected: bool = False
-    bwlimit: int | None = None
-    policy: KeepPolicy | None = None
-    size_drop_ratio: float = 0.5
-    task_timeout: float = 4 * 3600.0
-    retry_timeout: float = 120.0  # how long transient errors (locked guest, 5xx) are retried
-    dry_run: bool = False
-    # learnt during the run, shared by its node workers: hints for waiting on each dump
-    durations: DumpEstimator = field(default_factory=DumpEstimator, compare=False, repr=False)
-
-
-@dataclass(frozen=True, slots=True)
-class GuestBackup:
-    """How one guest's backup went: its report row, the verified new archive (if any) and
-    the guest's archives on the storage at the end."""
-
-    guest: Guest
-    row: ReportRow
-    archive: Archive | None = None
-    verified: bool | None = None
-    archives: tuple[Archive, ...] = ()
+PRUNE_WORKERS = 8  # guests pruned at once by the storage's prune step
 
 
 def list_archives(client: ProxmoxClient, node: str, storage: str, vmid: int) -> list[Archive]:
@@ -98,21 +109,47 @@ def list_archives(client: ProxmoxClient, node: str, storage: str, vmid: int) -> 
     return archives
 
 
+def _item_vmid(item: object) -> int | None:
+    if not isinstance(item, Mapping):
+        return None
+    try:
+        return int(item.get("vmid"))  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
+
+
+@step("vzdump-list", "{node}:{storage}: list")
+def list_backups(
+    client: ProxmoxClient, node: str, storage: str, vmids: tuple[int, ...]
+) -> dict[int, list[Archive]]:
+    """The facts: the backups of the node's guests ``vmids`` on ``storage``, oldest first, as
+    the node sees the storage (one listing). Read-only; an entry that cannot be read is left
+    out with a warning."""
+    wanted = set(vmids)
+    items = [i for i in client.backup_content(node, storage) if _item_vmid(i) in wanted]
+    archives, skipped = split_content(items)
+    for note in skipped:
+        get_run_logger().warning("%s on %s: backup entry left out: %s", storage, node, note)
+    out: dict[int, list[Archive]] = {vmid: [] for vmid in vmids}
+    for a in archives:
+        out[a.vmid].append(a)
+    return out
+
+
+@task(name="list-backups", cache_policy=NO_CACHE)
+def list_guest_archives(
+    client: ProxmoxClient, guests: list[Guest], storage: str
+) -> dict[int, list[Archive]]:
+    """Each guest's backups on ``storage``, each asked of the node that owns the guest."""
+    return {g.vmid: list_archives(client, g.node, storage, g.vmid) for g in guests}
+
+
 def prune_marks(
     client: ProxmoxClient, guest: Guest, storage: str, policy: KeepPolicy
 ) -> list[PruneMark]:
     """Proxmox's prune dry run for one guest (``GET .../prunebackups``): changes nothing."""
     data = client.prune_marks(guest.node, storage, guest.vmid, guest.type, str(policy))
     return parse_prune_marks(data)
-
-
-def _prune(
-    client: ProxmoxClient, guest: Guest, storage: str, policy: KeepPolicy, timeout: float
-) -> None:
-    """Prune one guest's backups through Proxmox (protected archives are never removed)."""
-    upid = client.prune(guest.node, storage, guest.vmid, guest.type, str(policy))
-    if upid is not None:
-        client.wait_task(upid, timeout=timeout, node=guest.node)
 
 
 def _start_vzdump(client: ProxmoxClient, guest: Guest, job: BackupJob) -> str:
@@ -138,56 +175,50 @@ def _stop_task(client: ProxmoxClient, node: str, upid: str | None) -> None:
         client.stop_task(node, upid)
 
 
-def backup_guest(
-    client: ProxmoxClient, guest: Guest, job: BackupJob, logger: LoggerLike
-) -> GuestBackup:
-    """Back up one guest on its node, verify the new archive, then prune its backups.
+@dataclass(frozen=True, slots=True)
+class Dumped:
+    """A vzdump that ended well: when it started (an archive made since then is its), how long
+    the task ran as the waiter saw it (None when an earlier attempt's archive turned up), and
+    the seconds the step took."""
 
-    Transient errors (guest locked, API 5xx, connection) are retried with backoff for
-    ``job.retry_timeout`` seconds; a dump that fails is retried once; a hanging task is
-    stopped at ``job.task_timeout``. Before any retry the storage is checked for an archive
-    the previous attempt made, so a retry never makes a second backup. Never raises.
+    started: datetime
+    upid: str | None
+    dumped: float | None
+    seconds: float
+
+
+@task(
+    name="vzdump",
+    task_run_name="{dump.target}: vzdump",
+    cache_policy=NO_CACHE,
+    retries=0,
+)
+def vzdump_guest(
+    client: ProxmoxClient,
+    dump: GuestDump,
+    job: BackupJob,
+    storage_gate: threading.Semaphore | None = None,
+) -> Dumped:
+    """Back up one guest with vzdump on its node and wait for the task to end.
+
+    Never retried by Prefect: starting a vzdump is not idempotent (a second start makes a
+    second archive, or queues behind the first on the node's lock). The step tries again
+    itself, and only after looking on the storage for an archive the earlier attempt made:
+    a locked guest or an unavailable API is waited out with backoff for
+    ``job.retry_timeout`` seconds, a dump that failed is run once more. A task still running
+    at ``job.task_timeout`` is stopped so that it frees the node's lock. ``storage_gate``
+    caps how many dumps write to the storage at once. Raises ``ProxmoxTaskTimeout`` (the
+    task was stopped), ``ProxmoxTaskError`` (it failed twice) or the last other error.
     """
-    t0 = time.monotonic()
-    target = guest.label
-    node, storage = guest.node, job.storage
-
-    def done(outcome: Outcome, detail: str, **kw: Any) -> GuestBackup:
-        new: Archive | None = kw.get("archive")
-        taken = kw.pop("taken", None)
-        row = ReportRow(
-            target=target,
-            outcome=outcome,
-            taken=taken,
-            kept=kw.pop("kept", 0),
-            removed=kw.pop("removed", ()),
-            detail=detail,
-            seconds=round(time.monotonic() - t0, 3),
-            cells={"archive": taken or "", "size": format_size(new.size) if new else ""},
-        )
-        return GuestBackup(guest=guest, row=row, **kw)
-
-    try:
-        before = list_archives(client, node, storage, guest.vmid)
-        if job.dry_run:
-            marks = prune_marks(client, guest, storage, job.policy) if job.policy else []
-            removed = tuple(m.volid.rpartition("/")[2] for m in marks if m.mark == "remove")
-            how = f"vzdump on {node} to {storage} ({job.mode}, {job.compress})"
-            prune = f"; prune {job.policy} now would remove {len(removed)}" if job.policy else ""
-            prune += f": {format_names(removed)}" if removed else ""
-            return done(
-                Outcome.PLANNED,
-                how + prune,
-                kept=len(before) - len(removed),
-                removed=removed,
-                archives=tuple(before),
-            )
+    logger = run_logger("moxflow.backups")
+    gate: AbstractContextManager[Any] = storage_gate if storage_gate is not None else nullcontext()
+    guest, storage, target = dump.guest, dump.storage, dump.target
+    with gate:
+        t0 = time.monotonic()
         started = datetime.now(UTC)
-        known = [a.volid for a in before]
-        previous = before[-1] if before else None
-        upid: str | None = None
-        dumped: float | None = None  # seconds the dump took, when this run saw it end
+        previous = dump.previous
         expect = job.durations.expect(storage, guest.maxdisk, previous.size if previous else None)
+        upid: str | None = None
         failed_dumps = 0
         tries = 0
         delay = BACKOFF_START
@@ -196,123 +227,157 @@ def backup_guest(
             tries += 1
             try:
                 if tries > 1:
-                    listing = list_archives(client, node, storage, guest.vmid)
-                    if find_new_archive(listing, guest.vmid, known, started) is not None:
-                        break  # an earlier attempt made it after all
+                    listing = list_archives(client, guest.node, storage, guest.vmid)
+                    if find_new_archive(listing, guest.vmid, dump.known, started) is not None:
+                        logger.info("%s: an earlier attempt's archive is there", target)
+                        return Dumped(started, upid, None, time.monotonic() - t0)
                 upid = _start_vzdump(client, guest, job)
-                result = client.wait_task(upid, timeout=job.task_timeout, node=node, expect=expect)
-                dumped = result.duration
-                break
+                result = client.wait_task(
+                    upid, timeout=job.task_timeout, node=guest.node, expect=expect
+                )
+                return Dumped(started, upid, result.duration, time.monotonic() - t0)
             except ProxmoxTaskTimeout as exc:
-                _stop_task(client, node, upid)
+                _stop_task(client, guest.node, upid)
                 logger.error("%s: vzdump timed out, stopped: %s", target, exc)
-                return done(Outcome.FAILED, f"vzdump timed out and was stopped: {exc}")
+                raise
             except ProxmoxTaskError as exc:
                 failed_dumps += 1
                 if failed_dumps > 1:
                     logger.error("%s: vzdump failed twice: %s", target, exc)
-                    return done(Outcome.FAILED, f"vzdump failed twice: {exc}")
-                logger.warning("%s: vzdump failed, retrying once: %s", target, exc)
+                    raise
+                logger.warning("%s: vzdump failed, trying once more: %s", target, exc)
             except MoxflowError as exc:
                 if not is_transient(exc) or time.monotonic() + delay > deadline:
                     logger.error("%s: vzdump failed after %d tries: %s", target, tries, exc)
-                    return done(Outcome.FAILED, f"vzdump failed after {tries} tries: {exc}")
-                logger.warning("%s: %s; retrying in %.1fs", target, exc, delay)
+                    raise
+                logger.warning("%s: %s; trying again in %.1fs", target, exc, delay)
                 time.sleep(delay)
                 delay = min(delay * 2, BACKOFF_MAX)
 
-        listing = list_archives(client, node, storage, guest.vmid)
-        new = find_new_archive(listing, guest.vmid, known, started)
-        problem = archive_problem(new, previous, job.size_drop_ratio)
-        if problem is not None or new is None:
-            logger.error("%s: backup not verified: %s", target, problem)
-            return done(
-                Outcome.FAILED,
-                f"backup not verified: {problem}",
-                taken=new.filename if new else None,
-                archive=new,
-                verified=False,
-                archives=tuple(listing),
-            )
-        logger.info("%s: %s verified (%d bytes)", target, new.filename, new.size)
-        if dumped is not None:
-            job.durations.observe(storage, dumped, guest.maxdisk, new.size)
-        if job.policy is None:
-            return done(
-                Outcome.OK,
-                f"verified, on {node}; {len(listing)} backup(s) on {storage}",
-                taken=new.filename,
-                kept=len(listing),
-                archive=new,
-                verified=True,
-                archives=tuple(listing),
-            )
-        try:
-            marks = prune_marks(client, guest, storage, job.policy)
-            removing = [m for m in marks if m.mark == "remove" and m.volid != new.volid]
-            if removing:
-                _prune(client, guest, storage, job.policy, job.task_timeout)
-            after = list_archives(client, node, storage, guest.vmid)
-        except MoxflowError as exc:
-            logger.error("%s: backup verified, prune failed: %s", target, exc)
-            return done(
-                Outcome.PARTIAL,
-                f"backup verified, prune failed: {exc}",
-                taken=new.filename,
-                archive=new,
-                verified=True,
-                archives=tuple(listing),
-            )
-        left = {a.volid for a in after}
-        removed = tuple(m.volid.rpartition("/")[2] for m in removing if m.volid not in left)
-        if removed:
-            logger.info("%s: pruned %d: %s", target, len(removed), ", ".join(removed))
-        pruned = f", pruned {len(removed)}: {format_names(removed)}" if removed else ""
-        return done(
-            Outcome.OK,
-            f"verified, on {node}; {len(after)} backup(s) on {storage}{pruned}",
-            taken=new.filename,
-            kept=len(after),
-            removed=removed,
-            archive=new,
-            verified=True,
-            archives=tuple(after),
-        )
-    except MoxflowError as exc:
-        logger.error("%s: %s", target, exc)
-        return done(Outcome.FAILED, str(exc))
+
+@dataclass(frozen=True, slots=True)
+class Verified:
+    """The verdict on one guest's new backup: the archive (None: none listed), why it is not
+    trustworthy (None: it is), the guest's archives on the storage now, Proxmox's prune marks
+    for them (the facts of the storage's prune; none without a keep policy), and the seconds
+    the step took."""
+
+    dump: GuestDump
+    archive: Archive | None
+    problem: str | None
+    archives: tuple[Archive, ...]
+    seconds: float
+    marks: tuple[PruneMark, ...] = ()
+
+    @property
+    def ok(self) -> bool:
+        return self.problem is None and self.archive is not None
 
 
-@task(name="vzdump-backup", cache_policy=NO_CACHE, task_run_name="{node}: {count} guests")
-def backup_node(
-    client: ProxmoxClient,
-    node: str,
-    count: int,
-    guests: list[Guest],
-    job: BackupJob,
-    storage_gate: threading.Semaphore | None,
-) -> list[GuestBackup]:
-    """Back up the guests of one node one after the other (vzdump holds a node-wide lock);
-    ``storage_gate`` caps how many nodes write to the storage at once."""
+@step("vzdump-verify", "{dump.target}: verify")
+def verify_backup(
+    client: ProxmoxClient, dump: GuestDump, job: BackupJob, dumped: Dumped
+) -> Verified:
+    """Verify the archive the vzdump (``dumped``, its step's result) made: listed, made by this
+    run, not empty, not far smaller than the guest's previous one. A backup that fails the
+    check is a verdict, not an error: the step completes and says why. With a keep policy
+    it also reads Proxmox's prune marks for the guest's backups (a dry run of the prune),
+    what the storage's prune step goes by. Read-only, so retried (Prefect) on a transient
+    error."""
+    t0 = time.monotonic()
+    guest = dump.guest
+    listing = list_archives(client, guest.node, dump.storage, guest.vmid)
+    new = find_new_archive(listing, guest.vmid, dump.known, dumped.started)
+    problem = archive_problem(new, dump.previous, job.size_drop_ratio)
     logger = get_run_logger()
-    out: list[GuestBackup] = []
-    for i, guest in enumerate(guests, 1):
-        gate: AbstractContextManager[Any] = (
-            storage_gate if storage_gate is not None and not job.dry_run else nullcontext()
-        )
-        with gate:
-            result = backup_guest(client, guest, job, logger)
-        logger.info("[%s %d/%d] %s: %s", node, i, count, guest.label, result.row.line())
-        out.append(result)
-    return out
+    if problem is not None or new is None:
+        logger.error("%s: backup not verified: %s", dump.target, problem)
+        return Verified(dump, new, problem, tuple(listing), time.monotonic() - t0)
+    logger.info("%s: %s verified (%d bytes)", dump.target, new.filename, new.size)
+    if dumped.dumped is not None:
+        job.durations.observe(dump.storage, dumped.dumped, guest.maxdisk, new.size)
+    marks = prune_marks(client, guest, dump.storage, job.policy) if job.policy else []
+    return Verified(dump, new, None, tuple(listing), time.monotonic() - t0, tuple(marks))
 
 
-@task(name="list-backups", cache_policy=NO_CACHE)
-def list_guest_archives(
-    client: ProxmoxClient, guests: list[Guest], storage: str
-) -> dict[int, list[Archive]]:
-    """Each guest's backups on ``storage``, each asked of the node that owns the guest."""
-    return {g.vmid: list_archives(client, g.node, storage, g.vmid) for g in guests}
+@dataclass(frozen=True, slots=True)
+class GuestPruned:
+    """What pruning did to one guest's backups: the archives it removed (file names) and the
+    ones left; or why it could not."""
+
+    removed: tuple[str, ...] = ()
+    archives: tuple[Archive, ...] = ()
+    error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Pruned:
+    """What the storage's prune step did, per guest (by vmid), and the seconds it took."""
+
+    guests: Mapping[int, GuestPruned]
+    seconds: float
+
+
+def _prune_guest(
+    client: ProxmoxClient, v: Verified, policy: KeepPolicy, timeout: float
+) -> GuestPruned:
+    """Prune one guest's backups through Proxmox (protected archives are never removed) when
+    its marks (read by its verify step) remove any but the new archive. What was removed is
+    what the verified listing held and the storage no longer does, so another attempt of the
+    step reports what an earlier one removed."""
+    if not needs_prune(v.marks, v.archive):
+        return GuestPruned((), v.archives)
+    guest, storage = v.dump.guest, v.dump.storage
+    upid = client.prune(guest.node, storage, guest.vmid, guest.type, str(policy))
+    if upid is not None:
+        client.wait_task(upid, timeout=timeout, node=guest.node)
+    after = list_archives(client, guest.node, storage, guest.vmid)
+    left = {a.volid for a in after}
+    removed = tuple(a.volid.rpartition("/")[2] for a in v.archives if a.volid not in left)
+    return GuestPruned(removed, tuple(after))
+
+
+@step("vzdump-prune", "{storage}: prune")
+def prune_backups(
+    client: ProxmoxClient,
+    storage: str,
+    policy: KeepPolicy,
+    timeout: float,
+    verified: Sequence[object],
+) -> Pruned:
+    """Prune ``storage`` by ``policy``, guest by guest, for each guest whose new backup
+    ``verified`` (the verify steps' results; a failed step's error is passed over) holds
+    sound, as Proxmox's marks read there say; the others keep every backup.
+
+    Idempotent, so retried (Prefect) on a transient error: pruning by the same policy again
+    removes nothing more. An error that is not transient fails that guest's prune only.
+    """
+    logger = get_run_logger()
+    t0 = time.monotonic()
+    ok = [v for v in verified if isinstance(v, Verified) and v.ok]
+    transient: list[MoxflowError] = []
+
+    def one(v: Verified) -> GuestPruned:
+        try:
+            return _prune_guest(client, v, policy, timeout)
+        except MoxflowError as exc:
+            if is_transient(exc):
+                transient.append(exc)
+            return GuestPruned(archives=v.archives, error=str(exc))
+
+    with ThreadPoolExecutor(max_workers=max(1, min(PRUNE_WORKERS, len(ok)))) as pool:
+        done = dict(zip([v.dump.guest.vmid for v in ok], pool.map(one, ok), strict=True))
+    if transient:
+        raise transient[0]  # Prefect tries the whole step again
+    for v in ok:
+        result = done[v.dump.guest.vmid]
+        if result.error:
+            logger.error("%s: prune failed: %s", v.dump.target, result.error)
+        elif result.removed:
+            logger.info(
+                "%s: pruned %d: %s", v.dump.target, len(result.removed), ", ".join(result.removed)
+            )
+    return Pruned(done, time.monotonic() - t0)
 
 
 # --- offsite -------------------------------------------------------------------------------
@@ -437,6 +502,134 @@ def copy_archive(
     )
 
 
+def _offsite(inv: Inventory) -> OffsiteSettings:
+    if inv.offsite is None:
+        raise ConfigError("the inventory has no [offsite] section", setting="offsite")
+    return inv.offsite
+
+
+@step("offsite-list", "{host}: list")
+def list_offsite_copies(inv: Inventory, host: str) -> list[str]:
+    """The facts: the archive copies in the [offsite] folder on ``host`` (its ``host``);
+    a folder not made yet holds none. Read-only."""
+    off = _offsite(inv)
+    with ssh_runner(inv, host) as runner:
+        try:
+            return list_offsite(runner, off.path, create=False)
+        except SshCommandError as exc:
+            if "No such file or directory" in (exc.stderr or ""):
+                return []
+            raise
+
+
+@dataclass(frozen=True, slots=True)
+class Copied:
+    """An archive copied offsite: its name, SHA-256 (the same on both sides), bytes, and the
+    seconds the copy took."""
+
+    name: str
+    sha256: str
+    size: int
+    seconds: float
+
+
+@step("offsite-copy-archive", "{item.target}: offsite-copy")
+def copy_offsite(inv: Inventory, item: OffsiteCopy, verified: Verified) -> Copied:
+    """Copy one archive from its node to the [offsite] folder, SHA-256 checked on both sides
+    (``copy_archive``), once ``verified`` (its guest's verify step's result) holds the
+    guest's new backup sound. Retried (Prefect) when a connection drops: the copy is
+    written to NAME.part and renamed only when whole, so another attempt starts it over."""
+    off = _offsite(inv)
+    logger = get_run_logger()
+    guest, archive = item.guest, item.archive
+    src = f"{inv.backups.storage_path(archive.storage, guest.node)}/{archive.filename}"
+    t0 = time.monotonic()
+    with ssh_runner(inv, guest.node) as source, ssh_runner(inv, off.host) as dest:
+        dest.run(["mkdir", "-p", "--", off.path])
+        done = copy_archive(source, src, dest, off.path, logger, bwlimit=off.bwlimit)
+    logger.info("%s: copied %s to %s", guest.label, archive.filename, off.host)
+    return Copied(archive.filename, done.sha256, done.size, time.monotonic() - t0)
+
+
+@dataclass(frozen=True, slots=True)
+class OffsitePruned:
+    """What pruning the offsite folder did: the copies removed, the ones that could not be
+    (name: why), and the folder's copies at the end (None: it could not be listed)."""
+
+    removed: tuple[str, ...]
+    failures: Mapping[str, str]
+    listing: tuple[str, ...] | None
+
+
+@step("offsite-prune", "{host}: prune")
+def prune_offsite(
+    inv: Inventory, host: str, remove: tuple[str, ...], copies: Sequence[object]
+) -> OffsitePruned:
+    """Remove the offsite copies ``remove`` (those the [offsite] policy no longer keeps) once
+    the copies are done (``copies``, the copy steps' results or errors), then list the
+    folder. Idempotent (``rm -f``), so retried (Prefect) when the connection drops."""
+    off = _offsite(inv)
+    logger = get_run_logger()
+    removed: list[str] = []
+    failures: dict[str, str] = {}
+    listing: tuple[str, ...] | None = None
+    with ssh_runner(inv, host) as dest:
+        for name in remove:
+            try:
+                dest.run(["rm", "-f", "--", f"{off.path}/{name}"])
+                removed.append(name)
+            except MoxflowError as exc:
+                if is_transient(exc):
+                    raise
+                failures[name] = str(exc)
+        try:
+            listing = tuple(list_offsite(dest, off.path, create=False))
+        except MoxflowError as exc:
+            if is_transient(exc):
+                raise
+            logger.warning("offsite host %s: cannot list the copies: %s", host, exc)
+    if removed:
+        logger.info("%s: removed %d offsite: %s", host, len(removed), ", ".join(removed))
+    return OffsitePruned(tuple(removed), failures, listing)
+
+
+def publish_coverage(coverage: Coverage) -> None:
+    """The coverage table as the Prefect table artifact ``vzdump-backup-coverage``."""
+    if coverage.rows:
+        create_table_artifact(
+            key="vzdump-backup-coverage",
+            table=coverage.table(),
+            description=f"backup coverage (max age {coverage.max_age_hours:g}h)",
+        )
+
+
+@task(name="backup-coverage", task_run_name="{storage}: coverage", cache_policy=NO_CACHE)
+def report_coverage(
+    storage: str,
+    guests: list[Guest],
+    archives: dict[int, list[Archive]],
+    listing: list[str] | None,
+    max_age_hours: float,
+    tz: tzinfo,
+    verified: dict[int, bool],
+    copied: dict[int, bool],
+) -> Coverage:
+    """The run's coverage: per guest the newest backup and offsite copy, whether this run
+    verified and copied them, and whether the backup is fresh; published as a table."""
+    coverage = Coverage.of(
+        guests,
+        archives,
+        listing,
+        now=datetime.now(UTC),
+        max_age_hours=max_age_hours,
+        tz=tz,
+        verified=verified,
+        copied=copied,
+    )
+    publish_coverage(coverage)
+    return coverage
+
+
 @dataclass(slots=True)
 class OffsiteResult:
     """What the offsite step did: rows per guest, the folder's listing at the end, and per
@@ -457,7 +650,8 @@ def offsite_copy(
     dry_run: bool = False,
 ) -> OffsiteResult:
     """Copy the archives the offsite policy keeps and the offsite folder lacks, then remove
-    the copies it does not keep. Unreachable hosts fail the guests' offsite rows; the
+    the copies it does not keep, all in one task (``flows.offsite_copy``; a backup run copies
+    each archive in a step of its own). Unreachable hosts fail the guests' offsite rows; the
     backups on the storage are never touched."""
     logger = get_run_logger()
     out = OffsiteResult()
@@ -473,12 +667,12 @@ def offsite_copy(
         except MoxflowError as exc:
             logger.error("offsite host %s: %s", off.host, exc)
             for g in guests:
-                out.rows.append(_offsite_row(g, Outcome.FAILED, f"offsite: {exc}"))
+                out.rows.append(offsite_failed_row(g, exc))
             return out
         plan = plan_offsite(all_archives, present, [g.vmid for g in guests], policy, tz)
         if dry_run:
             for g in guests:
-                out.rows.append(_planned_row(g, plan))
+                out.rows.append(planned_offsite_row(g, plan))
             out.listing = present
             return out
         runners: dict[str, SshRunner] = {}
@@ -509,8 +703,7 @@ def offsite_copy(
                     logger.error("%s: offsite copy of %s failed: %s", g.label, a.filename, exc)
             removed: list[str] = []
             for name in plan.remove:
-                parsed_vmid = _vmid_of(name)
-                if parsed_vmid != g.vmid:
+                if archive_vmid(name) != g.vmid:
                     continue
                 try:
                     dest.run(["rm", "-f", "--", f"{off.path}/{name}"])
@@ -519,25 +712,17 @@ def offsite_copy(
                     problems.append(f"removing {name}: {exc}")
             if mine:
                 out.copied[g.vmid] = not problems and len(copied) == len(mine)
-            kept = sum(1 for n in plan.keep if _vmid_of(n) == g.vmid) + len(copied)
-            outcome = Outcome.FAILED if problems else Outcome.OK
-            what = [*problems] or [f"{len(copied)} copied" if copied else "nothing to copy"]
-            what.append(f"{kept} cop{'y' if kept == 1 else 'ies'} offsite")
-            if removed:
-                what.append(f"removed {len(removed)}: {format_names(removed)}")
-            checksum = "mismatch" if mismatch else "verified" if copied else ""
             out.rows.append(
-                ReportRow(
-                    target=f"{g.label} offsite",
-                    outcome=outcome,
-                    detail="; ".join(what),
-                    seconds=round(time.monotonic() - t0, 3),
-                    cells={
-                        "archive": format_names(copied),
-                        "size": format_size(size) if copied else "",
-                        "rate": format_rate(size, took) if copied else "",
-                        "checksum": checksum,
-                    },
+                offsite_row(
+                    g,
+                    plan,
+                    copied=copied,
+                    size=size,
+                    took=took,
+                    problems=problems,
+                    mismatch=mismatch,
+                    removed=removed,
+                    seconds=time.monotonic() - t0,
                 )
             )
         try:
@@ -547,26 +732,8 @@ def offsite_copy(
     return out
 
 
-def _vmid_of(name: str) -> int | None:
-    parsed = parse_archive_name(name)
-    return parsed[1] if parsed else None
-
-
-def _offsite_row(guest: Guest, outcome: Outcome, detail: str) -> ReportRow:
-    return ReportRow(target=f"{guest.label} offsite", outcome=outcome, detail=detail)
-
-
-def _planned_row(guest: Guest, plan: OffsitePlan) -> ReportRow:
-    copy = [a for a in plan.copy if a.vmid == guest.vmid]
-    names = [a.filename for a in copy]
-    remove = [n for n in plan.remove if _vmid_of(n) == guest.vmid]
-    detail = f"would copy {len(copy)}" + (f": {', '.join(names)}" if copy else "")
-    if remove:
-        detail += f"; would remove {len(remove)}: {format_names(remove)}"
-    size = format_size(sum(a.size for a in copy)) if copy else ""
+def offsite_failed_row(guest: Guest, exc: MoxflowError) -> ReportRow:
+    """A guest's offsite row when the offsite folder could not be read at all."""
     return ReportRow(
-        target=f"{guest.label} offsite",
-        outcome=Outcome.PLANNED,
-        detail=detail,
-        cells={"archive": format_names(names), "size": size},
+        target=f"{guest.label} offsite", outcome=Outcome.FAILED, detail=f"offsite: {exc}"
     )

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime, tzinfo
@@ -233,6 +233,7 @@ class HostRun:
         "attr",
         "baseline",
         "before",
+        "begun",
         "flow_run_id",
         "force",
         "host",
@@ -289,6 +290,8 @@ class HostRun:
         self.ssh = ssh_runner(inv, host)
         """The connection the steps up to the switch use; verification opens new ones."""
         self.started = time.monotonic()
+        self.begun: Callable[[], None] = lambda: None
+        """Called when the host's subflow run begins (the flow lets the next one start)."""
         self.steps: list[str] = []
         self.snapshot: str | None = None
         self.old = generation

@@ -1,33 +1,40 @@
-"""Prefect tasks for the Proxmox VE API: list guests, snapshot a guest and prune its snapshots."""
+"""Prefect tasks for the Proxmox VE API: list guests; a node's guest snapshots as three steps,
+list (the facts), snapshot and prune (by a plan, ``moxflow.snapshots.plan_guest_snapshot``).
+
+The guest steps take one node's guests at once, as many at a time as the run's lanes let
+through (one Prefect task run per guest costs more than the snapshot on large clusters); the
+log has a line per guest and the flow's report a row per guest. A guest that fails for a
+passing reason (the API unavailable, the guest locked) fails the step's attempt after the
+other guests are done, so that Prefect retries the step; on the last attempt it is reported
+instead, and the step completes for the others.
+"""
 
 from __future__ import annotations
 
 import contextvars
-import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Executor
 from dataclasses import dataclass
-from datetime import datetime, tzinfo
+from datetime import UTC, datetime
+from typing import TypeVar
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
+from prefect.context import TaskRunContext
 from prefect.logging import get_run_logger
-from tenacity import (
-    RetryError,
-    Retrying,
-    retry_if_exception,
-    stop_after_delay,
-    wait_exponential,
-)
 
-from moxflow.errors import GuestLockedError, MoxflowError, is_transient
+from moxflow.errors import GuestLockedError, MoxflowError, ProxmoxUnavailableError
 from moxflow.guests import Guest
-from moxflow.naming import snapshot_description
 from moxflow.proxmox import GuestSnapshot, ProxmoxClient
-from moxflow.report import Outcome, ReportRow
-from moxflow.retention import KeepPolicy
-from moxflow.snapshots import plan_guest_prune
-from tasks._logging import LoggerLike
+from moxflow.snapshots import GuestSnapshotPlan, NodeSnapshotPlan, guests_text
+from tasks._retry import step
+
+T = TypeVar("T")
+Item = TypeVar("Item")
+
+TASK_TIMEOUT = 600.0
+"""Seconds one snapshot or snapshot-delete task may run."""
 
 
 @task(name="list-guests", cache_policy=NO_CACHE)
@@ -36,181 +43,227 @@ def list_guests(client: ProxmoxClient) -> list[Guest]:
     return client.resources()
 
 
-def _create(
-    client: ProxmoxClient,
-    guest: Guest,
-    snapname: str,
-    description: str,
-    *,
-    vmstate: bool,
-    task_timeout: float,
-    retry: bool,
-) -> None:
-    """One idempotent attempt: if a retry finds the snapshot already there, whole, it is done."""
-    if retry and any(s.name == snapname and s.complete for s in client.list_snapshots(guest)):
-        return
-    upid = client.create_snapshot(guest, snapname, description, vmstate=vmstate)
-    client.wait_task(upid, timeout=task_timeout, node=guest.node)
+@dataclass(frozen=True, slots=True)
+class NodeGuests:
+    """The guests of one node a run reads the snapshots of."""
+
+    node: str
+    guests: tuple[Guest, ...]
+
+    @property
+    def size(self) -> str:
+        return guests_text(len(self.guests))
 
 
 @dataclass(frozen=True, slots=True)
-class GuestJob:
-    """What every guest of a run gets: the same name, policy and limits."""
+class Listed:
+    """A node's facts: each guest's snapshots by VMID, or why they could not be read."""
 
-    label: str
-    snapname: str
-    now: datetime
-    policy: KeepPolicy
-    tz: tzinfo
-    dry_run: bool = False
-    vmstate: bool = False
-    lock_timeout: float = 120.0
-    task_timeout: float = 600.0
+    snapshots: Mapping[int, tuple[GuestSnapshot, ...]]
+    errors: Mapping[int, str]
 
 
-@task(name="guest-snapshot", cache_policy=NO_CACHE, task_run_name="{node}: {count} guests")
+@dataclass(frozen=True, slots=True)
+class GuestTaken:
+    """One guest's snapshot step: taken (``error`` empty), or why not; ``locked``: the guest
+    was still locked after the step's tries (skipped, not failed)."""
+
+    taken: bool
+    seconds: float
+    error: str = ""
+    locked: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class GuestPruned:
+    """One guest's prune step: the snapshots deleted, those that could not be, the seconds."""
+
+    removed: tuple[str, ...]
+    failures: tuple[str, ...]
+    seconds: float
+
+
+@step("guest-snapshot-list", "{batch.node}: list {batch.size}")
+def list_node_snapshots(client: ProxmoxClient, batch: NodeGuests, lanes: Executor) -> Listed:
+    """The facts: every guest's snapshots (``GET .../snapshot``), read-only, so retried."""
+
+    def one(guest: Guest) -> tuple[GuestSnapshot, ...]:
+        return tuple(client.list_snapshots(guest))
+
+    results = _each(batch.guests, one, lanes)
+    failed = _failures([g.label for g in batch.guests], results)
+    _retry_if_passing(batch.node, "listing", failed)
+    snapshots: dict[int, tuple[GuestSnapshot, ...]] = {}
+    errors: dict[int, str] = {}
+    for guest, result in zip(batch.guests, results, strict=True):
+        if isinstance(result, MoxflowError):
+            errors[guest.vmid] = str(result)
+        else:
+            snapshots[guest.vmid] = result
+    return Listed(snapshots, errors)
+
+
+@step("guest-snapshot", "{plan.node}: snapshot {plan.size}")
 def snapshot_node(
     client: ProxmoxClient,
-    node: str,
-    count: int,
-    guests: list[Guest],
-    job: GuestJob,
-    gate: threading.Semaphore,
-    limit: int,
-) -> list[ReportRow]:
-    """Snapshot and prune the guests of one node, as many at once as ``gate`` lets through.
+    plan: NodeSnapshotPlan,
+    lanes: Executor,
+    lock_timeout: float,
+) -> dict[int, GuestTaken]:
+    """Take each guest's snapshot (``POST .../snapshot``, then wait for the task).
 
-    One Prefect task per node (not per guest) keeps the orchestration overhead small on
-    large clusters; the report still has a row per guest, and the log a line per guest.
+    Retried (Prefect) while a guest failed for a passing reason (locked, the API unavailable)
+    and the step started less than ``lock_timeout`` seconds ago; after that such a guest is
+    reported (a locked one as skipped). A retry first reads what an earlier attempt did: a
+    guest that has a whole snapshot of this run's name is taken, not taken twice.
     """
     logger = get_run_logger()
-    done = 0
-    lock = threading.Lock()
+    attempt = _attempt()[0]
 
-    def one(guest: Guest) -> ReportRow:
-        nonlocal done
-        with gate:
-            row = snapshot_guest(client, guest, job, logger)
-        with lock:
-            done += 1
-            logger.info("[%s %d/%d] %s: %s", node, done, count, row.target, row.line())
-        return row
-
-    # Each thread runs in a copy of this task's context: Prefect's settings (the API URL an
-    # ad-hoc run chose) and run context live in context variables, which a bare thread lacks;
-    # without them a log line from a thread would start a temporary Prefect server of its own.
-    with ThreadPoolExecutor(max_workers=max(1, min(len(guests), limit))) as pool:
-        futures = [pool.submit(contextvars.copy_context().run, one, g) for g in guests]
-        return [f.result() for f in futures]
-
-
-def snapshot_guest(
-    client: ProxmoxClient, guest: Guest, job: GuestJob, logger: LoggerLike
-) -> ReportRow:
-    """Snapshot one guest, then prune moxflow's snapshots of the job's label on it.
-
-    A locked guest (backup running, another snapshot, ...) and API hiccups are retried with
-    backoff for up to ``job.lock_timeout`` seconds; a guest still locked then is reported as
-    skipped, not failed. Never raises: the row says what happened.
-    """
-    label, snapname, now, policy, tz = job.label, job.snapname, job.now, job.policy, job.tz
-    dry_run = job.dry_run
-    vmstate = job.vmstate and guest.type == "qemu" and guest.running  # RAM only of running VMs
-    lock_timeout, task_timeout = job.lock_timeout, job.task_timeout
-    started = time.monotonic()
-    target = guest.label
-    took = False
-
-    def row(
-        outcome: Outcome, *, kept: int = 0, removed: tuple[str, ...] = (), detail: str = ""
-    ) -> ReportRow:
-        return ReportRow(
-            target=target,
-            outcome=outcome,
-            taken=snapname if took or outcome is Outcome.PLANNED else None,
-            kept=kept,
-            removed=removed,
-            detail=detail,
-            seconds=round(time.monotonic() - started, 3),
+    def one(p: GuestSnapshotPlan) -> float:
+        started = time.monotonic()
+        guest = p.guest
+        done = attempt > 1 and any(
+            s.name == p.snapname and s.complete for s in client.list_snapshots(guest)
         )
+        if not done:
+            upid = client.create_snapshot(guest, p.snapname, p.description, vmstate=p.vmstate)
+            client.wait_task(upid, timeout=TASK_TIMEOUT, node=guest.node)
+        logger.info("%s: took %s", guest.label, p.snapname)
+        return time.monotonic() - started
 
-    try:
-        if dry_run:
-            # plan as if the new snapshot were there: it is the newest and always kept
-            would = client.list_snapshots(guest)
-            would.append(
-                GuestSnapshot(
-                    name=snapname,
-                    description=snapshot_description(label, now),
-                    snaptime=now,
-                    vmstate=vmstate,
-                    parent=None,
-                )
-            )
-            plan = plan_guest_prune(would, label, policy, tz, just_taken=snapname)
-            return row(
-                Outcome.PLANNED,
-                kept=len(plan.keep) + len(plan.protected),
-                removed=plan.remove,
-                detail=f"on {guest.node}" + (" with RAM state" if vmstate else ""),
-            )
+    results = _each(plan.guests, one, lanes)
+    failed = _failures([p.guest.label for p in plan.guests], results)
+    _retry_if_passing(plan.node, "snapshot", failed, within=lock_timeout)
+    elapsed = _attempt()[2]
+    out: dict[int, GuestTaken] = {}
+    for p, result in zip(plan.guests, results, strict=True):
+        target = p.guest.label
+        if not isinstance(result, MoxflowError):
+            out[p.guest.vmid] = GuestTaken(True, round(result, 3))
+        elif isinstance(result, GuestLockedError):
+            why = f"guest locked, {attempt} tries over {elapsed:.1f}s"
+            logger.warning("%s: still locked after %d tries, skipped: %s", target, attempt, result)
+            out[p.guest.vmid] = GuestTaken(False, 0.0, why, locked=True)
+        else:
+            why = f"snapshot failed after {attempt} tries: {result}" if result.transient else ""
+            logger.error("%s: %s", target, why or result)
+            out[p.guest.vmid] = GuestTaken(False, 0.0, why or str(result))
+    return out
 
-        wait = wait_exponential(multiplier=max(lock_timeout / 16, 0.05), max=15)
-        try:
-            for attempt in Retrying(
-                retry=retry_if_exception(is_transient),
-                stop=stop_after_delay(lock_timeout),
-                wait=wait,
-                reraise=False,
-            ):
-                with attempt:
-                    again = attempt.retry_state.attempt_number > 1
-                    _create(
-                        client,
-                        guest,
-                        snapname,
-                        snapshot_description(label, now),
-                        vmstate=vmstate,
-                        task_timeout=task_timeout,
-                        retry=again,
-                    )
-        except RetryError as exc:
-            last = exc.last_attempt.exception()
-            tries = exc.last_attempt.attempt_number
-            if isinstance(last, GuestLockedError):
-                logger.warning("%s: still locked after %d tries, skipped: %s", target, tries, last)
-                return row(
-                    Outcome.SKIPPED, detail=f"guest locked, {tries} tries over {lock_timeout:g}s"
-                )
-            logger.error("%s: snapshot failed after %d tries: %s", target, tries, last)
-            return row(Outcome.FAILED, detail=f"snapshot failed after {tries} tries: {last}")
-        took = True
-        logger.info("%s: took %s", target, snapname)
 
-        plan = plan_guest_prune(client.list_snapshots(guest), label, policy, tz, snapname)
+@step("guest-prune", "{plan.node}: prune {plan.size}")
+def prune_node(
+    client: ProxmoxClient,
+    plan: NodeSnapshotPlan,
+    taken: Mapping[int, GuestTaken],
+    lanes: Executor,
+) -> dict[int, GuestPruned]:
+    """Delete the snapshots each plan lets go, on the guests whose snapshot was taken
+    (``taken``: the snapshot step's result).
+
+    Idempotent, so retried (Prefect) while a delete failed for a passing reason: a snapshot
+    already gone counts as removed. One that cannot be deleted is kept and said.
+    """
+    logger = get_run_logger()
+    todo = [p for p in plan.guests if p.prune and taken.get(p.guest.vmid, _NOT_TAKEN).taken]
+
+    def one(p: GuestSnapshotPlan) -> tuple[GuestPruned, list[MoxflowError]]:
+        started = time.monotonic()
         removed: list[str] = []
         failures: list[str] = []
-        for name in plan.remove:
+        passing: list[MoxflowError] = []  # worth another try: the step's retry deletes them
+        for name in p.prune:
             try:
-                upid = client.delete_snapshot(guest, name)
-                client.wait_task(upid, timeout=task_timeout, node=guest.node)
-                removed.append(name)
+                upid = client.delete_snapshot(p.guest, name)
+                client.wait_task(upid, timeout=TASK_TIMEOUT, node=p.guest.node)
             except MoxflowError as exc:
-                failures.append(f"{name}: {exc}")
-        kept = len(plan.keep) + len(plan.protected) + len(failures)
+                if exc.transient:
+                    passing.append(exc)
+                    continue
+                if f"snapshot '{name}' does not exist" not in str(exc):
+                    failures.append(f"{name}: {exc}")
+                    continue
+            removed.append(name)
         if removed:
-            logger.info("%s: pruned %d: %s", target, len(removed), ", ".join(removed))
-        if failures:
-            return row(
-                Outcome.PARTIAL,
-                kept=kept,
-                removed=tuple(removed),
-                detail="prune incomplete: " + "; ".join(failures),
-            )
-        return row(Outcome.OK, kept=kept, removed=tuple(removed))
-    except MoxflowError as exc:
-        if took:
-            logger.error("%s: snapshot taken, but pruning failed: %s", target, exc)
-            return row(Outcome.PARTIAL, detail=f"snapshot taken, prune failed: {exc}")
-        logger.error("%s: %s", target, exc)
-        return row(Outcome.FAILED, detail=str(exc))
+            logger.info("%s: pruned %d: %s", p.guest.label, len(removed), ", ".join(removed))
+        seconds = round(time.monotonic() - started, 3)
+        return GuestPruned(tuple(removed), tuple(failures), seconds), passing
+
+    results = _each(todo, one, lanes)
+    failed: dict[str, object] = {}
+    for p, result in zip(todo, results, strict=True):
+        if isinstance(result, MoxflowError):
+            failed[p.guest.label] = result
+        elif result[1]:
+            failed[p.guest.label] = result[1][0]
+    _retry_if_passing(plan.node, "prune", failed)
+    out = {p.guest.vmid: _NOTHING for p in plan.guests if taken.get(p.guest.vmid, _NOT_TAKEN).taken}
+    for p, result in zip(todo, results, strict=True):
+        if isinstance(result, MoxflowError):
+            out[p.guest.vmid] = GuestPruned((), (str(result),), 0.0)
+            continue
+        done, passing = result
+        more = tuple(str(exc) for exc in passing)
+        out[p.guest.vmid] = GuestPruned(done.removed, done.failures + more, done.seconds)
+    return out
+
+
+_NOT_TAKEN = GuestTaken(False, 0.0)
+_NOTHING = GuestPruned((), (), 0.0)
+
+
+def _failures(targets: Sequence[str], results: Sequence[object]) -> dict[str, MoxflowError]:
+    """The targets whose result is an error, with it."""
+    return {t: r for t, r in zip(targets, results, strict=True) if isinstance(r, MoxflowError)}
+
+
+def _each(
+    items: Sequence[Item], fn: Callable[[Item], T], lanes: Executor
+) -> list[T | MoxflowError]:
+    """``fn`` on every item in the run's ``lanes`` (a pool of as many threads as guests may be
+    worked on at once, shared by every node's step, first come first served); an item's
+    ``MoxflowError`` is its result, so one guest never stops the others."""
+
+    def one(item: Item) -> T | MoxflowError:
+        try:
+            return fn(item)
+        except MoxflowError as exc:
+            return exc
+
+    # Each item runs in a copy of this task's context: Prefect's settings (the API URL an
+    # ad-hoc run chose) and run context live in context variables, which a bare thread lacks;
+    # without them a log line from a thread would start a temporary Prefect server of its own
+    # (and with them it is logged into this task run).
+    futures = [lanes.submit(contextvars.copy_context().run, one, item) for item in items]
+    return [f.result() for f in futures]
+
+
+def _attempt() -> tuple[int, bool, float]:
+    """This step's attempt (1 for the first), whether Prefect has a retry left after it, and
+    the seconds since its first attempt started."""
+    ctx = TaskRunContext.get()
+    if ctx is None:
+        return 1, False, 0.0
+    run = ctx.task_run
+    elapsed = 0.0
+    if run.start_time is not None:
+        elapsed = (datetime.now(UTC) - run.start_time).total_seconds()
+    return run.run_count, run.run_count <= ctx.task.retries, elapsed
+
+
+def _retry_if_passing(
+    node: str, what: str, failed: Mapping[str, object], *, within: float | None = None
+) -> None:
+    """Fail this attempt, for Prefect to retry the step, when a guest failed for a passing
+    reason and a retry is left (and, with ``within``, the step is younger than that)."""
+    passing = {t: e for t, e in failed.items() if isinstance(e, MoxflowError) and e.transient}
+    if not passing:
+        return
+    _, retry_left, elapsed = _attempt()
+    if not retry_left or (within is not None and elapsed >= within):
+        return
+    locked = all(isinstance(e, GuestLockedError) for e in passing.values())
+    kind = GuestLockedError if locked else ProxmoxUnavailableError
+    detail = "; ".join(f"{t}: {e}" for t, e in passing.items())
+    raise kind(f"{node}: {what} of {guests_text(len(passing))} failed for now: {detail}")

@@ -1,9 +1,10 @@
-"""Prefect tasks for restores: restore-test a guest's newest backup on a scratch VMID, and
-restore a guest for real.
+"""Prefect tasks for restores: restore-test a guest's newest backup on a scratch VMID, as
+steps (list, then restore → start → wait-agent → destroy → record), and restore a guest for
+real.
 
 A restore test never sends a changing request about the original guest: everything it
-starts, stops and destroys is the scratch guest it created itself, and the scratch guest is
-destroyed even when a step fails (the report says so when that cleanup fails).
+starts, stops and destroys is the scratch guest it created itself, and the flow runs the
+destroy step even when a step before it failed (the report says so when that cleanup fails).
 """
 
 from __future__ import annotations
@@ -16,16 +17,17 @@ from typing import Literal
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
+from prefect.context import TaskRunContext
 from prefect.logging import get_run_logger
 
 from moxflow.backups import Archive, mark_restore_tested
-from moxflow.errors import MoxflowError, ProxmoxError
+from moxflow.errors import ConfigError, MoxflowError, ProxmoxError
 from moxflow.guests import Guest, GuestType
 from moxflow.naming import snapshot_description, snapshot_name
-from moxflow.proxmox import ProxmoxClient
+from moxflow.proxmox import ProxmoxClient, parse_upid
 from moxflow.report import Outcome, ReportRow
-from moxflow.restore import RestorePlan, check_scratch_vmid, choose_scratch_vmid, restore_request
-from tasks._logging import LoggerLike
+from moxflow.restore import RestorePlan, RestoreTestPlan, restore_request
+from tasks._retry import step
 from tasks.backups import list_archives
 
 PRE_RESTORE_LABEL = "pre-restore"
@@ -118,150 +120,155 @@ def destroy(client: ProxmoxClient, node: str, gtype: GuestType, vmid: int, timeo
     return "destroyed"
 
 
-@dataclass(frozen=True, slots=True)
-class RestoreTestJob:
-    """What every guest of a restore test gets."""
-
-    backup_storage: str
-    scratch_storage: str
-    scratch_vmids: range
-    scratch_vmid: int | None = None  # an explicit VMID (refused when in use)
-    boot_timeout: float = 300.0
-    task_timeout: float = 4 * 3600.0
-    dry_run: bool = False
+# --- restore test: restore → start → wait-agent → destroy (→ record), one guest at a time ---
 
 
 @dataclass(frozen=True, slots=True)
-class RestoreTestResult:
-    """One guest's restore test: its report row (archive, scratch VMID, boot, agent in its
-    cells) and the same facts as values."""
+class Restored:
+    """A scratch guest restored from a backup, and the seconds the restore took."""
 
-    guest: Guest
-    row: ReportRow
-    archive: str | None = None
-    scratch: int | None = None
-    boot_seconds: float | None = None
-    cleanup: str = ""
+    scratch: int
+    seconds: float
 
 
-def restore_test_guest(
-    client: ProxmoxClient,
-    guest: Guest,
-    job: RestoreTestJob,
-    logger: LoggerLike,
-    avoid: frozenset[int] = frozenset(),
-) -> RestoreTestResult:
-    """Restore ``guest``'s newest backup to a scratch VMID, boot it, check it, destroy it.
+@dataclass(frozen=True, slots=True)
+class Started:
+    """A scratch guest started, and the seconds that took."""
 
-    Never raises. The original guest only ever appears in read requests; every changing
-    request names the scratch VMID, which was checked to be free right before the restore.
+    seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class Booted:
+    """A scratch guest that came up: how that was seen, what its guest agent did
+    (``answered``, ``not configured``; empty for a container), and the seconds it took."""
+
+    how: str
+    agent: str
+    seconds: float
+
+
+@step("restore-test-list", "{guest.label}: list")
+def list_guest_archives(client: ProxmoxClient, guest: Guest, storage: str) -> list[Archive]:
+    """The facts: the guest's backups on ``storage``, as its node sees them; read-only."""
+    return list_archives(client, guest.node, storage, guest.vmid)
+
+
+@task(name="restore-test-restore", task_run_name="{plan.target}: restore", cache_policy=NO_CACHE)
+def restore_scratch(client: ProxmoxClient, plan: RestoreTestPlan, task_timeout: float) -> Restored:
+    """Restore the plan's archive to its scratch VMID (new MAC addresses), and wait for it.
+
+    The scratch VMID is checked to be free again right before, against the guests there are
+    now. Not retried: a restore whose answer was lost may be running or done under that VMID,
+    and a second one cannot tell that guest from someone else's. A failure after Proxmox took
+    the request names the restore task's UPID, which the destroy step cleans up after.
     """
-    t0 = time.monotonic()
-    archive: Archive | None = None
-    scratch: int | None = None
-    boot: float | None = None
-    booting = ""  # the boot column while the guest is not up: "not up" once it was started
-    agent = ""
-    cleanup = ""
-
-    def done(outcome: Outcome, detail: str) -> RestoreTestResult:
-        row = ReportRow(
-            target=guest.label,
-            outcome=outcome,
-            taken=archive.filename if archive else None,
-            detail=detail,
-            seconds=round(time.monotonic() - t0, 3),
-            cells={
-                "archive": archive.filename if archive else "",
-                "scratch": str(scratch) if scratch is not None else "",
-                "boot": f"{boot:.1f}s" if boot is not None else booting,
-                "agent": agent,
-            },
-        )
-        return RestoreTestResult(
-            guest, row, archive.filename if archive else None, scratch, boot, cleanup
-        )
-
-    try:
-        listing = list_archives(client, guest.node, job.backup_storage, guest.vmid)
-        mine = [a for a in listing if a.vmid == guest.vmid]
-        if not mine:
-            return done(Outcome.FAILED, f"no backup on {job.backup_storage} to restore")
-        archive = mine[-1]
-        in_use = client.resources()
-        if job.scratch_vmid is not None:
-            scratch = check_scratch_vmid(job.scratch_vmid, in_use)
-        else:
-            scratch = choose_scratch_vmid(job.scratch_vmids, in_use, avoid, {guest.vmid})
-        if scratch == guest.vmid:  # never, by construction; the one thing that must not happen
-            raise MoxflowError(f"scratch VMID {scratch} is the original guest's")
-        if job.dry_run:
-            return done(
-                Outcome.PLANNED,
-                f"would restore to scratch {scratch} on {guest.node}/{job.scratch_storage}, "
-                f"start, wait for {'the guest agent' if guest.type == 'qemu' else 'running'}, "
-                "destroy",
-            )
-    except MoxflowError as exc:
-        logger.error("%s: %s", guest.label, exc)
-        return done(Outcome.FAILED, str(exc))
-
-    created = False
-    outcome, detail = Outcome.FAILED, ""
-    try:
-        upid = start_restore(
-            client,
-            guest.node,
-            archive,
-            scratch,
-            storage=job.scratch_storage,
-            unique=True,
-            force=False,
-        )
-        created = True  # from here on the scratch guest is ours to remove
-        logger.info("%s: restoring %s to scratch %d", guest.label, archive.filename, scratch)
-        client.wait_task(upid, timeout=job.task_timeout, node=guest.node)
-        t_start = time.monotonic()
-        power(client, guest.node, guest.type, scratch, "start")
-        booting = "not up"
-        ok, how, agent = wait_booted(client, guest.node, guest.type, scratch, job.boot_timeout)
-        logger.info("%s: scratch %d: %s", guest.label, scratch, how)
-        if ok:
-            boot = round(time.monotonic() - t_start, 3)
-            outcome, detail = Outcome.OK, "booted"
-        else:
-            detail = how
-    except MoxflowError as exc:
-        detail = str(exc)
-    finally:
-        if created:
-            try:
-                cleanup = destroy(client, guest.node, guest.type, scratch, job.task_timeout)
-            except MoxflowError as exc:
-                cleanup = f"FAILED: {exc}"
-                outcome = Outcome.NEEDS_ATTENTION
-                detail += f"; scratch guest {scratch} NOT cleaned up, remove it by hand: {exc}"
-    if created and not cleanup.startswith("FAILED"):
-        detail += f"; scratch guest {cleanup}" if cleanup == "destroyed" else f"; {cleanup}"
-    if outcome is Outcome.OK and archive is not None:
-        try:
-            record_restore_test(client, guest.node, archive, datetime.now(UTC))
-        except MoxflowError as exc:
-            logger.warning("%s: cannot note the passed test on %s: %s", guest.label, archive, exc)
-            detail += f"; not noted on the backup ({exc})"
-    log = logger.info if outcome is Outcome.OK else logger.error
-    log("%s: %s", guest.label, detail)
-    return done(outcome, detail)
-
-
-@task(name="restore-test", cache_policy=NO_CACHE)
-def restore_test_guests(
-    client: ProxmoxClient, guests: list[Guest], job: RestoreTestJob
-) -> list[RestoreTestResult]:
-    """Restore-test the guests one after the other (each scratch guest is gone before the
-    next is made, so one scratch VMID is enough)."""
     logger = get_run_logger()
-    return [restore_test_guest(client, g, job, logger) for g in guests]
+    started = time.monotonic()
+    guest, archive = plan.guest, plan.archive
+    scratch = plan.scratch_now(client.resources())
+    upid = start_restore(
+        client, guest.node, archive, scratch, storage=plan.storage, unique=True, force=False
+    )
+    logger.info("%s: restoring %s to scratch %d", guest.label, archive.filename, scratch)
+    client.wait_task(upid, timeout=task_timeout, node=guest.node)
+    return Restored(scratch, round(time.monotonic() - started, 3))
+
+
+@step("restore-test-start", "{plan.target}: start")
+def start_scratch(client: ProxmoxClient, plan: RestoreTestPlan, restored: Restored) -> Started:
+    """Start the scratch guest and wait for the task.
+
+    Retried (Prefect) on a passing failure: a retry first asks whether an earlier attempt
+    started it already.
+    """
+    started = time.monotonic()
+    node, gtype = plan.guest.node, plan.guest.type
+    again = _attempt() > 1
+    if not (again and client.guest_status(node, gtype, restored.scratch) == "running"):
+        power(client, node, gtype, restored.scratch, "start")
+    return Started(round(time.monotonic() - started, 3))
+
+
+@step("restore-test-wait-agent", "{plan.target}: wait-agent")
+def wait_agent(
+    client: ProxmoxClient,
+    plan: RestoreTestPlan,
+    restored: Restored,
+    started: Started,
+    timeout: float,
+) -> Booted:
+    """Wait until the scratch VM's guest agent answers (a container: until it runs), at most
+    ``timeout`` seconds, once it was started (``started``: the start step's result);
+    ``ProxmoxError`` saying what was last seen when it does not come up.
+
+    Polls by itself, tolerating API errors until the deadline; read-only.
+    """
+    logger = get_run_logger()
+    t0 = time.monotonic()
+    node, gtype, scratch = plan.guest.node, plan.guest.type, restored.scratch
+    ok, how, agent = wait_booted(client, node, gtype, scratch, timeout)
+    logger.info("%s: scratch %d: %s", plan.target, scratch, how)
+    if not ok:
+        raise ProxmoxError(how)
+    return Booted(how, agent, round(time.monotonic() - t0, 3))
+
+
+@step("restore-test-destroy", "{plan.target}: destroy")
+def destroy_scratch(
+    client: ProxmoxClient,
+    plan: RestoreTestPlan,
+    restored: Restored | BaseException | None,
+    task_timeout: float,
+) -> str:
+    """Stop and destroy the scratch guest the restore step made, whatever happened since;
+    what was done, in words (empty when the restore made none).
+
+    ``restored`` is the restore step's result, or its error: one that names the restore
+    task's UPID means Proxmox took the request, so there may be a scratch guest to remove.
+    Retried (Prefect) on a passing failure; a scratch guest an earlier attempt destroyed is
+    gone, and counts as destroyed.
+    """
+    scratch = scratch_of(restored)
+    if scratch is None:
+        return ""
+    if scratch == plan.guest.vmid:  # never, by construction; the one thing that must not happen
+        raise ConfigError(f"scratch VMID {scratch} is the original guest's")
+    done = destroy(client, plan.guest.node, plan.guest.type, scratch, task_timeout)
+    if done == "nothing to clean up" and _attempt() > 1:
+        return "destroyed"
+    return done
+
+
+@step("restore-test-record", "{plan.target}: record")
+def record_passed(
+    client: ProxmoxClient, plan: RestoreTestPlan, booted: Booted, cleanup: str
+) -> datetime:
+    """Note the passed test in the archive's notes, once the scratch guest booted
+    (``booted``) and is gone (``cleanup``); idempotent (the note's line is replaced)."""
+    when = datetime.now(UTC)
+    record_restore_test(client, plan.guest.node, plan.archive, when)
+    return when
+
+
+def scratch_of(restored: Restored | BaseException | None) -> int | None:
+    """The scratch VMID a restore step made: its result's, or the one its restore task's
+    UPID names when it failed after Proxmox took the request; None when it made none."""
+    if isinstance(restored, Restored):
+        return restored.scratch
+    upid = restored.upid if isinstance(restored, ProxmoxError) else None
+    if upid is None:
+        return None
+    parsed = parse_upid(upid)
+    if not parsed.type.endswith("restore") or not parsed.id.isdigit():
+        return None
+    return int(parsed.id)
+
+
+def _attempt() -> int:
+    """This step's attempt (1 for the first)."""
+    ctx = TaskRunContext.get()
+    return ctx.task_run.run_count if ctx is not None else 1
 
 
 # --- restore for real ----------------------------------------------------------------------

@@ -10,24 +10,40 @@ import pytest
 
 from moxflow.backups import (
     Archive,
+    BackupJob,
+    Coverage,
     archive_problem,
     coverage_rows,
     coverage_text,
+    dump_failure,
     find_new_archive,
     mark_restore_tested,
+    needs_prune,
+    offsite_copies,
     parse_archive_name,
     parse_offsite_listing,
     parse_prune_marks,
     parse_sha256sum,
     parse_volid,
+    plan_backups,
     plan_offsite,
+    planned_backup_row,
+    preview_prune,
     restore_tested_at,
     split_by_node,
     split_content,
 )
-from moxflow.errors import ConfigError, ParseError
+from moxflow.errors import (
+    ConfigError,
+    GuestLockedError,
+    ParseError,
+    ProxmoxError,
+    ProxmoxTaskError,
+    ProxmoxTaskTimeout,
+)
 from moxflow.guests import Guest
 from moxflow.inventory import load_inventory
+from moxflow.report import Outcome
 from moxflow.retention import KeepPolicy
 
 NOW = datetime(2026, 11, 26, 2, 0, 5, tzinfo=UTC)
@@ -228,6 +244,100 @@ def test_nodes_run_in_parallel_guests_of_a_node_in_series() -> None:
         "pve1": [100],
         "pve2": [102, 104],
     }
+
+
+def test_the_plan_queues_each_nodes_guests_with_their_archives() -> None:
+    guests = [
+        Guest(104, "ha", "pve2", "qemu"),
+        Guest(100, "dns", "pve1", "lxc"),
+        Guest(102, "b", "pve2", "qemu"),
+    ]
+    older, newer = split_content([entry(104, NOW - timedelta(days=2)), entry(104, NOW)])[0]
+    plan = plan_backups(guests, {104: [older, newer]}, "nas", KeepPolicy(last=1), UTC)
+    assert {
+        n: [(d.guest.vmid, d.position, d.count) for d in q] for n, q in plan.queues.items()
+    } == {
+        "pve1": [(100, 1, 1)],
+        "pve2": [(102, 1, 2), (104, 2, 2)],
+    }
+    ha = plan.dumps[-1]
+    assert (ha.target, ha.previous, ha.known) == ("104 (ha)", newer, (older.volid, newer.volid))
+    assert plan.would_remove == {100: (), 102: (), 104: (older.filename,)}
+    job = BackupJob(storage="nas", policy=KeepPolicy(last=1))
+    row = planned_backup_row(ha, job, plan.would_remove[104])
+    assert row.outcome is Outcome.PLANNED and (row.kept, row.removed) == (1, (older.filename,))
+    assert row.detail == (
+        f"vzdump on pve2 to nas (snapshot, zstd); prune keep-last=1 now would remove 1: "
+        f"{older.filename}"
+    )
+    assert plan_backups(guests, {}, "nas", None, UTC).would_remove == {}
+
+
+def test_the_prune_preview_keeps_protected_and_foreign_archives() -> None:
+    items = [
+        entry(101, NOW - timedelta(days=3), protected=1),
+        entry(101, NOW - timedelta(days=2)),
+        entry(101, NOW - timedelta(days=1)),
+        {**entry(101, NOW - timedelta(days=4)), "volid": "nas:backup/my-own-copy.vma.zst"},
+    ]
+    archives = split_content(items)[0]
+    names = [a.filename for a in archives]
+    assert preview_prune(archives, KeepPolicy(last=1), UTC) == (names[2],)  # the day-2 one
+    assert preview_prune(archives, KeepPolicy(), UTC) == ()
+
+
+def test_a_prune_is_needed_when_the_marks_remove_an_old_archive() -> None:
+    marks = parse_prune_marks(
+        [
+            {"volid": "nas:backup/new", "vmid": 1, "mark": "remove", "ctime": 20},
+            {"volid": "nas:backup/old", "vmid": 1, "mark": "keep", "ctime": 10},
+        ]
+    )
+    new = Archive("nas:backup/new", "nas", "new", 1, "qemu", 1, NOW)
+    assert not needs_prune(marks, new)  # never the new one
+    assert needs_prune(marks, None)
+    assert not needs_prune([], new)
+
+
+@pytest.mark.parametrize(
+    ("error", "detail"),
+    [
+        (ProxmoxTaskTimeout("still running"), "vzdump timed out and was stopped: still running"),
+        (ProxmoxTaskError("job errors"), "vzdump failed twice: job errors"),
+        (GuestLockedError("VM 101 is locked"), "vzdump failed after retrying for 30s: VM 101"),
+        (ProxmoxError("answered 'OK'"), "vzdump failed: answered 'OK'"),
+    ],
+)
+def test_a_failed_vzdump_is_named_by_its_error(error: ProxmoxError, detail: str) -> None:
+    assert dump_failure(error, 30.0).startswith(detail)
+
+
+def test_offsite_copies_are_one_step_per_archive_oldest_first() -> None:
+    days = [NOW - timedelta(days=d) for d in (0, 1)]
+    archives = split_content([entry(101, d) for d in days] + [entry(100, NOW)])[0]
+    guests = [Guest(101, "media", "pve1", "qemu"), Guest(100, "dns", "pve1", "lxc")]
+    plan = plan_offsite(archives, [], [100, 101], KeepPolicy(), UTC)
+    copies = offsite_copies(plan, guests)
+    assert [(c.guest.vmid, c.archive.created) for c in copies] == [
+        (100, NOW),
+        (101, days[1]),
+        (101, days[0]),
+    ]
+    assert copies[0].target == f"100 (dns) {copies[0].archive.filename}"
+
+
+def test_coverage_fails_each_stale_guest() -> None:
+    guests = [Guest(101, "media", "pve1", "qemu"), Guest(100, "dns", "pve1", "lxc")]
+    archives = {101: split_content([entry(101, NOW - timedelta(hours=1))])[0]}
+    cov = Coverage.of(guests, archives, None, now=NOW, max_age_hours=26, tz=UTC)
+    assert [r.guest for r in cov.rows] == ["100 (dns)", "101 (media)"]
+    [stale] = cov.stale_rows()
+    assert (stale.target, stale.outcome, stale.detail) == (
+        "100 (dns) coverage",
+        Outcome.FAILED,
+        "no backup newer than 26h",
+    )
+    assert cov.text()[0] == "backup coverage:" and len(cov.table()) == 2
 
 
 def test_sha256sum_and_offsite_listing() -> None:

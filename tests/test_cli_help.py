@@ -59,6 +59,6 @@ def test_help_explains_every_option(module: str) -> None:
 def test_every_option_has_a_help_text(module: str) -> None:
     import importlib
 
-    parser = importlib.import_module(module).build_parser()
+    parser = importlib.import_module(module).command.parser()
     for action in parser._actions:
         assert action.help and len(action.help) > 10, action.option_strings

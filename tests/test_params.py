@@ -15,7 +15,7 @@ JOBS: dict[str, type[FlowParams]] = {
     "flows.guest_snapshot:guest_snapshot": fp.GuestSnapshotParams,
     "flows.nixos_update:nixos_update": fp.NixosUpdateParams,
     "flows.vzdump_backup:vzdump_backup": fp.VzdumpBackupParams,
-    "flows.offsite_copy:offsite_copy_flow": fp.OffsiteCopyParams,
+    "flows.offsite_copy:offsite_copy": fp.OffsiteCopyParams,
     "flows.restore_test:restore_test": fp.RestoreTestParams,
     "flows.restore:restore": fp.RestoreParams,
     "flows.health_report:health_report": fp.HealthReportParams,
@@ -23,9 +23,11 @@ JOBS: dict[str, type[FlowParams]] = {
 
 
 def load(spec: str) -> tuple[Any, Any]:
+    """The job's command module (``flows.X``) and its flow (in ``flows.jobs.X``)."""
     module_name, name = spec.split(":")
     module = importlib.import_module(module_name)
-    return module, getattr(module, name)
+    job = importlib.import_module(module_name.replace("flows.", "flows.jobs.", 1))
+    return module, getattr(job, name)
 
 
 def test_every_job_has_a_model() -> None:
@@ -73,7 +75,7 @@ def _required(model: type[FlowParams]) -> dict[str, Any]:
 @pytest.mark.parametrize(("spec", "model"), JOBS.items(), ids=list(JOBS))
 def test_the_command_line_is_the_model(spec: str, model: type[FlowParams]) -> None:
     module, _ = load(spec)
-    parser = module.build_parser()
+    parser = module.command.parser()
     flags = {a.dest: a for a in parser._actions if a.dest != "help"}
     assert set(flags) == set(model.model_fields)
     for name, info in model.model_fields.items():
@@ -90,23 +92,23 @@ def test_the_command_line_is_the_model(spec: str, model: type[FlowParams]) -> No
 
 
 def test_options_parse_into_the_model() -> None:
-    from flows.vzdump_backup import build_parser as backup_parser
-    from flows.zfs_snapshot import build_parser as zfs_parser
+    from flows.vzdump_backup import command as backup_command
+    from flows.zfs_snapshot import command as zfs_command
 
     got = fp.params_from_args(
         fp.ZfsSnapshotParams,
-        zfs_parser().parse_args(["--only", "pve1,nas/tank", "--only", "pve2", "--dry-run"]),
+        zfs_command.parser().parse_args(["--only", "pve1,nas/tank", "--only", "pve2", "--dry-run"]),
     )
     assert got.only == ["pve1", "nas/tank", "pve2"] and got.dry_run and got.label == "hourly"
     backup = fp.params_from_args(
-        fp.VzdumpBackupParams, backup_parser().parse_args(["--no-offsite"])
+        fp.VzdumpBackupParams, backup_command.parser().parse_args(["--no-offsite"])
     )
     assert backup.offsite is False and backup.lock_timeout == 120.0
 
-    from flows.guest_snapshot import build_parser as guest_parser
+    from flows.guest_snapshot import command as guest_command
 
     def guests(*argv: str) -> tuple[bool | None, bool | None]:
-        got = fp.params_from_args(fp.GuestSnapshotParams, guest_parser().parse_args(argv))
+        got = fp.params_from_args(fp.GuestSnapshotParams, guest_command.parser().parse_args(argv))
         return got.running_only, got.vmstate
 
     assert guests() == (None, None)  # the inventory decides

@@ -137,3 +137,54 @@ def test_plan_restore_beside_or_gone() -> None:
         plan_restore(GUESTS, a, 101, node="pve1", target=9000, force=True)
     with pytest.raises(ConfigError):
         plan_restore(GUESTS, a, 101, node="pve1", target=42)
+
+
+def test_plan_restore_test_takes_the_newest_backup_and_a_free_scratch_vmid() -> None:
+    from moxflow.restore import plan_restore_test
+
+    media = GUESTS[1]
+    items = [archive(101, 3), archive(101, 9), archive(104, 12), archive(101, 5)]
+    plan = plan_restore_test(
+        media, items, GUESTS, backup_storage="nas", scratch_storage="local-zfs",
+        scratch_vmids=range(9900, 9910),
+    )  # fmt: skip
+    assert plan.archive == items[1]
+    assert (plan.scratch, plan.storage, plan.fixed) == (9901, "local-zfs", False)  # 9900: in use
+    assert plan.describe() == (
+        "would restore to scratch 9901 on pve1/local-zfs, start, wait for the guest agent, destroy"
+    )
+    with pytest.raises(ConfigError, match="no backup on nas to restore"):
+        plan_restore_test(
+            GUESTS[0], items, GUESTS, backup_storage="nas", scratch_storage="s",
+            scratch_vmids=range(9900, 9910),
+        )  # fmt: skip
+    with pytest.raises(ConfigError, match="no free scratch VMID in 9900"):
+        plan_restore_test(
+            media, items, GUESTS, backup_storage="nas", scratch_storage="s",
+            scratch_vmids=range(9900, 9901),
+        )  # fmt: skip
+    with pytest.raises(ConfigError, match="9900 is in use"):
+        plan_restore_test(
+            media, items, GUESTS, backup_storage="nas", scratch_storage="s",
+            scratch_vmids=range(9900, 9910), scratch_vmid=9900,
+        )  # fmt: skip
+
+
+def test_the_scratch_vmid_is_checked_again_right_before_the_restore() -> None:
+    from moxflow.restore import plan_restore_test
+
+    media = GUESTS[1]
+    plan = plan_restore_test(
+        media, [archive(101, 3)], GUESTS, backup_storage="nas", scratch_storage="s",
+        scratch_vmids=range(9900, 9910),
+    )  # fmt: skip
+    assert plan.scratch_now(GUESTS) == 9901
+    # an earlier scratch guest still there (its cleanup failed): the next free one
+    taken = [*GUESTS, Guest(9901, "media-vm", "pve1", "qemu")]
+    assert plan.scratch_now(taken) == 9902
+    fixed = plan_restore_test(
+        media, [archive(101, 3)], GUESTS, backup_storage="nas", scratch_storage="s",
+        scratch_vmids=range(9900, 9910), scratch_vmid=9901,
+    )  # fmt: skip
+    with pytest.raises(ConfigError, match="9901 is in use"):
+        fixed.scratch_now(taken)

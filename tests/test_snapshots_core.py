@@ -69,3 +69,58 @@ def test_a_dataset_plan_prunes_moxflow_snapshots_of_the_label_and_never_the_new_
         f"tank/media@{snapshot_name('daily', daily[2])}",
     )
     assert plan.kept == 4  # new + newest old on tank/media, new + old on the child
+
+
+def test_a_guest_plan_counts_the_new_snapshot_and_never_prunes_it() -> None:
+    from moxflow.guests import Guest
+    from moxflow.snapshots import plan_guest_snapshot
+
+    vm = Guest(101, "media-vm", "pve1", "qemu", status="running")
+    items = [listed(3), listed(2), listed(1, snapstate="delete")]
+    snaps = [
+        *(GuestSnapshot.from_api(i) for i in items),
+        GuestSnapshot("before-upgrade", "made by hand", NOW - timedelta(days=9)),
+    ]
+    new = snapshot_name("daily", NOW)
+    plan = plan_guest_snapshot(
+        vm, snaps, label="daily", snapname=new, now=NOW, policy=KeepPolicy(last=2), tz=UTC,
+        vmstate=True,
+    )  # fmt: skip
+    assert (plan.snapname, plan.description) == (new, snapshot_description("daily", NOW))
+    assert plan.vmstate  # a running VM keeps its RAM when asked
+    # keep-last=2 counts the new one: the newer old one stays, the older goes; the half-deleted
+    # one and the hand-made one are never considered
+    assert (plan.prune, plan.kept) == ((items[0]["name"],), 2)
+    ct = Guest(100, "dns", "pve1", "lxc", status="running")
+    stopped = Guest(102, "builder", "pve2", "qemu", status="stopped")
+    for guest in (ct, stopped):
+        other = plan_guest_snapshot(
+            guest, [], label="daily", snapname=new, now=NOW, policy=KeepPolicy(last=1), tz=UTC,
+            vmstate=True,
+        )  # fmt: skip
+        assert (other.vmstate, other.prune, other.kept) == (False, (), 1)
+
+
+def test_guests_are_grouped_by_node_in_order() -> None:
+    from moxflow.guests import Guest
+    from moxflow.snapshots import NodeSnapshotPlan, guests_by_node, plan_node_snapshots
+
+    guests = [
+        Guest(104, "ha", "pve2", "qemu"),
+        Guest(101, "media", "pve1", "qemu"),
+        Guest(100, "dns", "pve1", "lxc"),
+    ]
+    grouped = guests_by_node(guests)
+    assert list(grouped) == ["pve1", "pve2"]
+    assert [g.vmid for g in grouped["pve1"]] == [100, 101]
+    assert NodeSnapshotPlan("pve2", ()).size == "0 guests"
+    facts = {100: [GuestSnapshot.from_api(listed(1))], 101: []}
+    plan = plan_node_snapshots(
+        "pve1", grouped["pve1"], facts, label="daily", snapname=snapshot_name("daily", NOW),
+        now=NOW, policy=KeepPolicy(last=1), tz=UTC, vmstate=False,
+    )  # fmt: skip
+    assert plan.size == "2 guests"
+    assert [(p.guest.vmid, p.prune, p.kept) for p in plan.guests] == [
+        (100, (snapshot_name("daily", NOW - timedelta(days=1)),), 1),
+        (101, (), 1),
+    ]

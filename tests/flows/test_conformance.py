@@ -10,9 +10,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from flows.guest_snapshot import guest_snapshot
-from flows.restore_test import restore_test
-from flows.vzdump_backup import vzdump_backup
+from flows.jobs.guest_snapshot import guest_snapshot
+from flows.jobs.restore_test import restore_test
+from flows.jobs.vzdump_backup import vzdump_backup
 from labsim import schema
 from labsim.client import LabClient
 from tests.flows.conftest import edit_inventory

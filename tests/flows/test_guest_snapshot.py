@@ -7,11 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from flows.guest_snapshot import guest_snapshot, main
+from flows.guest_snapshot import main
+from flows.jobs.guest_snapshot import guest_snapshot
 from labsim.client import LabClient, wait_until
 from moxflow.errors import RunFailed
 from moxflow.report import Outcome, RunReport
-from tests.flows.conftest import edit_inventory, guest_snapshots
+from tests.flows.conftest import edit_inventory, guest_snapshots, state_names, task_runs
 
 MOX = re.compile(r"^moxflow-daily-\d{8}-\d{6}$")
 # default topology: 103 is tagged nosnap, 9000 is a template
@@ -261,3 +262,53 @@ def test_cli_bad_selection_is_a_usage_error(
     assert main(["--inventory", str(lab_inventory), "--select", "@bogus-x"]) == 2
     assert "@bogus-x" in capsys.readouterr().err
     assert fresh_lab.api_requests() == []
+
+
+def test_each_step_is_a_task_run_per_node_chained_list_snapshot_prune(
+    fresh_lab: LabClient, lab_inventory: Path
+) -> None:
+    """The run graph tells the story: per node a list (the facts), a snapshot of its guests,
+    and a prune that takes the snapshot's result as its input (the graph's edge)."""
+    state = guest_snapshot(label="daily", inventory=str(lab_inventory), return_state=True)
+    assert state.is_completed()
+    runs = task_runs(state)
+    for node, size in (("pve1", "2 guests"), ("pve2", "3 guests")):  # 100, 101 | 102, 104, 105
+        listed, snap, prune = (runs[f"{node}: {step} {size}"] for step in ("list", "snapshot",
+                                                                          "prune"))  # fmt: skip
+        assert all(r.state is not None and r.state.is_completed() for r in (listed, snap, prune))
+        assert [i.id for i in prune.task_inputs["taken"]] == [snap.id]  # type: ignore[union-attr]
+        assert listed.end_time <= snap.start_time <= snap.end_time <= prune.start_time  # type: ignore[operator]
+    assert by_vmid(state.result())[101] is Outcome.OK
+
+
+def test_a_dry_run_stops_after_the_plan(fresh_lab: LabClient, lab_inventory: Path) -> None:
+    def guests() -> dict[str, tuple[object, ...]]:
+        state = fresh_lab.state()["guests"]
+        return {v: (g["snapshots"], g["status"], g.get("lock")) for v, g in state.items()}
+
+    before = guests()
+    state = guest_snapshot(
+        label="daily", dry_run=True, inventory=str(lab_inventory), return_state=True
+    )
+    assert state.is_completed()
+    steps = {name.rsplit(": ", 1)[1].split()[0] for name in task_runs(state) if ": " in name}
+    assert steps == {"list"}  # no snapshot, no prune step ever ran
+    assert guests() == before
+
+
+def test_an_api_5xx_on_a_step_is_retried_by_prefect(
+    fresh_lab: LabClient, lab_inventory: Path
+) -> None:
+    fresh_lab.fault(target="api", method="POST", path="^/nodes/pve1/qemu/101/snapshot$",
+                    action="error", status=503, message="service unavailable", times=1)  # fmt: skip
+    state = guest_snapshot(
+        label="daily", select="100,101", inventory=str(lab_inventory), return_state=True
+    )
+    assert state.is_completed()
+    snap = task_runs(state)["pve1: snapshot 2 guests"]
+    names = state_names(snap.id)
+    assert "Retrying" in names and names[-1] == "Completed", names
+    assert by_vmid(state.result()) == {100: Outcome.OK, 101: Outcome.OK}
+    # the retry found 100's snapshot taken by the first attempt: one snapshot each
+    assert len(moxflow_snaps(fresh_lab.state(), 100)) == 1
+    assert len(moxflow_snaps(fresh_lab.state(), 101)) == 1

@@ -10,13 +10,13 @@ from typing import Any
 import pytest
 import requests
 
-from flows.guest_snapshot import guest_snapshot
-from flows.health_report import health_report
 from flows.health_report import main as health_main
-from flows.nixos_update import nixos_update
-from flows.restore_test import restore_test
-from flows.vzdump_backup import vzdump_backup
-from flows.zfs_snapshot import zfs_snapshot
+from flows.jobs.guest_snapshot import guest_snapshot
+from flows.jobs.health_report import health_report
+from flows.jobs.nixos_update import nixos_update
+from flows.jobs.restore_test import restore_test
+from flows.jobs.vzdump_backup import vzdump_backup
+from flows.jobs.zfs_snapshot import zfs_snapshot
 from labsim.client import LabClient, wait_until
 from moxflow.errors import RunFailed
 from moxflow.report import Outcome, RunReport

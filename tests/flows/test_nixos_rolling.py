@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from flows.nixos_update import nixos_update
+from flows.jobs.nixos_update import nixos_update
 from labsim.client import LabClient, start_lab
 from moxflow.inventory import load_inventory
 from moxflow.nixos import plan_update
@@ -24,7 +24,9 @@ FLEET = [f"nixos-{i:02d}" for i in range(1, 11)]
 
 @pytest.fixture(scope="module")
 def fleet_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabClient]:
-    lab = start_lab(tmp_path_factory.mktemp("fleet"), nixos_hosts=10, time_scale=0.025)
+    # builds of 0.5-2 s: long enough that a wave's hosts overlap once their subflow runs have
+    # started (one at a time, a few tenths of a second each on Prefect's SQLite server)
+    lab = start_lab(tmp_path_factory.mktemp("fleet"), nixos_hosts=10, time_scale=0.5)
     try:
         yield lab
     finally:

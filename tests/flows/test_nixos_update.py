@@ -16,7 +16,8 @@ from typing import Any
 
 import pytest
 
-from flows.nixos_update import main, nixos_update
+from flows.jobs.nixos_update import nixos_update
+from flows.nixos_update import main
 from labsim.client import LabClient, wait_until
 from moxflow.errors import RunFailed
 from moxflow.naming import snapshot_name

@@ -2,21 +2,22 @@
 
 from __future__ import annotations
 
+import itertools
 import re
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from flows.jobs.restore import restore
+from flows.jobs.restore_test import restore_test
+from flows.jobs.vzdump_backup import vzdump_backup
 from flows.restore import main as restore_main
-from flows.restore import restore
 from flows.restore_test import main as restore_test_main
-from flows.restore_test import restore_test
-from flows.vzdump_backup import vzdump_backup
 from labsim.client import LabClient
 from moxflow.errors import ConfigError, RunFailed
 from moxflow.report import Outcome, RunReport
-from tests.flows.conftest import edit_inventory
+from tests.flows.conftest import edit_inventory, state_names, task_runs
 
 MUTATING = {"POST", "PUT", "DELETE"}
 
@@ -241,3 +242,104 @@ def test_restore_test_cleans_up_when_the_scratch_guest_fails(
     assert "9900" not in lab.state()["guests"]
     assert stable(lab.guest(101)) == before
     assert 101 not in mutating_vmids(lab)
+
+
+STEPS = ("restore", "start", "wait-agent", "destroy", "record")
+
+
+def test_restore_test_steps_are_task_runs_chained_one_guest_after_the_other(
+    fast_lab: LabClient, lab_inventory: Path
+) -> None:
+    """The run graph tells the story: per guest a list of its backups (the facts), then
+    restore → start → wait-agent → destroy → record, each taking the one before's result;
+    the next guest's restore waits for this one's destroy."""
+    vzdump_backup(select="100", offsite=False, inventory=str(lab_inventory))
+    state = restore_test(select="100,101", inventory=str(lab_inventory), return_state=True)
+    assert state.is_completed()
+    runs = task_runs(state)
+    previous = None
+    for guest in ("100 (dns)", "101 (media-vm)"):
+        listed = runs[f"{guest}: list"]
+        restore, start, agent, destroy, record = (runs[f"{guest}: {s}"] for s in STEPS)
+        steps = (listed, restore, start, agent, destroy, record)
+        assert all(r.state is not None and r.state.is_completed() for r in steps)
+
+        def ids(run: Any, name: str) -> set[Any]:
+            return {i.id for i in run.task_inputs.get(name, [])}
+
+        assert ids(start, "restored") == {restore.id}
+        assert ids(agent, "started") == {start.id} and ids(agent, "restored") == {restore.id}
+        assert ids(destroy, "restored") == {restore.id}
+        assert ids(destroy, "wait_for") == {start.id, agent.id}
+        assert ids(record, "booted") == {agent.id} and ids(record, "cleanup") == {destroy.id}
+        assert ids(restore, "wait_for") == ({previous.id} if previous else set())
+        for a, b in itertools.pairwise(steps):
+            assert a.end_time <= b.start_time, (a.name, b.name)
+        previous = destroy
+    assert not [v for v in fast_lab.state()["guests"] if int(v) >= 9900]
+
+
+def test_a_restore_test_dry_run_stops_after_the_plan(
+    fast_lab: LabClient, lab_inventory: Path
+) -> None:
+    before = {v: stable(g) for v, g in fast_lab.state()["guests"].items()}
+    archives = fast_lab.state()["storages"]["nas-backup"]["archives"]
+    state = restore_test(
+        select="101,104", dry_run=True, inventory=str(lab_inventory), return_state=True
+    )
+    assert state.is_completed()
+    steps = {name.rsplit(": ", 1)[1] for name in task_runs(state) if ": " in name}
+    assert steps == {"list"}  # no restore, start, wait-agent, destroy or record ran
+    assert {v: stable(g) for v, g in fast_lab.state()["guests"].items()} == before
+    assert fast_lab.state()["storages"]["nas-backup"]["archives"] == archives
+
+
+def test_restore_test_destroys_the_scratch_guest_when_its_agent_never_answers(
+    fast_lab: LabClient, lab_inventory: Path, tmp_path: Path
+) -> None:
+    lab = fast_lab
+    inv = edit_inventory(
+        lab_inventory,
+        tmp_path,
+        {"[backups]\n": "[restore_test]\nboot_timeout = 1.0\n\n[backups]\n"},
+    )
+    lab.fault(target="api", method="POST", path="^/nodes/pve1/qemu/9900/agent/ping$",
+              action="error", status=500, message="QEMU guest agent is not running")  # fmt: skip
+    state = restore_test(select="101", inventory=str(inv), return_state=True)
+    assert state.is_failed()
+    runs = task_runs(state)
+    agent, destroy = runs["101 (media-vm): wait-agent"], runs["101 (media-vm): destroy"]
+    assert state_names(agent.id)[-1] == "Failed"
+    assert state_names(destroy.id)[-1] == "Completed"
+    assert agent.end_time <= destroy.start_time  # type: ignore[operator]
+    assert "101 (media-vm): record" not in runs  # the test did not pass: nothing noted
+    assert "9900" not in lab.state()["guests"]
+    with pytest.raises(RunFailed) as info:
+        state.result()
+    [row] = info.value.report.rows
+    assert row.outcome is Outcome.FAILED
+    assert row.detail.startswith("not up after 1s") and row.detail.endswith(
+        "; scratch guest destroyed"
+    )
+    assert (row.cell("scratch"), row.cell("boot"), row.cell("agent")) == (
+        "9900",
+        "not up",
+        "no answer",
+    )
+    archives = lab.state()["storages"]["nas-backup"]["archives"]
+    assert not any("restore test" in a["notes"] for a in archives)
+
+
+def test_a_transient_api_error_on_the_destroy_step_is_retried_by_prefect(
+    fast_lab: LabClient, lab_inventory: Path
+) -> None:
+    fast_lab.fault(target="api", method="DELETE", path="^/nodes/pve1/qemu/9900$",
+                   action="error", status=503, message="service unavailable", times=1)  # fmt: skip
+    state = restore_test(select="101", inventory=str(lab_inventory), return_state=True)
+    assert state.is_completed()
+    destroy = task_runs(state)["101 (media-vm): destroy"]
+    names = state_names(destroy.id)
+    assert "Retrying" in names and names[-1] == "Completed", names
+    [row] = state.result().rows
+    assert row.outcome is Outcome.OK and row.detail == "booted; scratch guest destroyed"
+    assert "9900" not in fast_lab.state()["guests"]

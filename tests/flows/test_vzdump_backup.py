@@ -11,14 +11,13 @@ from typing import Any
 import pytest
 
 from blocks.ssh import ssh_runner
-from flows.offsite_copy import offsite_copy_flow
-from flows.vzdump_backup import vzdump_backup
+from flows.jobs.vzdump_backup import vzdump_backup
 from labsim.client import LabClient
 from moxflow.errors import RunFailed, SshError
 from moxflow.inventory import load_inventory
 from moxflow.report import Outcome, RunReport
 from tasks.backups import copy_archive
-from tests.flows.conftest import edit_inventory
+from tests.flows.conftest import edit_inventory, state_names, task_runs
 
 # default topology: 9000 is a template; 100, 101 on pve1; 102-105 on pve2
 GUESTS = {100, 101, 102, 103, 104, 105}
@@ -41,6 +40,15 @@ def offsite_files(lab: LabClient) -> dict[str, str]:
     """The offsite folder: file name → sha256 of its content."""
     folder = Path(lab.info["offsite"]["path"])
     return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in folder.iterdir()}
+
+
+def offsite_copy_flow(**kwargs: Any) -> RunReport:
+    """flows.offsite_copy's flow, imported when a test runs it."""
+    from flows.jobs.offsite_copy import offsite_copy as copy_flow
+
+    report = copy_flow(**kwargs)
+    assert isinstance(report, RunReport)
+    return report
 
 
 def outcomes(report: RunReport) -> dict[str, Outcome]:
@@ -253,15 +261,142 @@ def test_ok_instead_of_a_upid_is_a_failure_not_a_success(
     fast_lab: LabClient, lab_inventory: Path
 ) -> None:
     from blocks.proxmox import proxmox_client
+    from moxflow.backups import BackupJob, GuestDump, dump_failure
+    from moxflow.errors import ProxmoxError
     from moxflow.guests import Guest
-    from tasks.backups import BackupJob, backup_guest
+    from tasks.backups import vzdump_guest
 
     client = proxmox_client(load_inventory(lab_inventory))
     stale = Guest(100, "dns", "pve2", "lxc")  # a listing from before a migration
-    result = backup_guest(client, stale, BackupJob(storage="nas-backup"), logging.getLogger("test"))
-    assert result.row.outcome is Outcome.FAILED
-    assert "answered 'OK' instead of a task" in result.row.detail
+    job = BackupJob(storage="nas-backup")
+    with pytest.raises(ProxmoxError) as info:
+        vzdump_guest.fn(client, GuestDump(stale, "nas-backup"), job)
+    assert "answered 'OK' instead of a task" in dump_failure(info.value, job.retry_timeout)
     assert fast_lab.state()["backup_jobs"] == []
+
+
+def input_ids(run: Any, key: str) -> list[Any]:
+    """The ids of the task runs a task run took as its input ``key`` (the graph's edges)."""
+    return [i.id for i in run.task_inputs.get(key, [])]
+
+
+def test_each_step_is_a_task_run_chained_vzdump_verify_prune_copy(
+    fast_lab: LabClient, lab_inventory: Path
+) -> None:
+    """The run graph tells the story: per guest a vzdump, then a verify that takes its
+    result; a node's vzdumps one after the other; the storage's prune after the verifies;
+    each archive's offsite copy after its guest's verify and the prune; then coverage."""
+    state = vzdump_backup(select="100,101,104", inventory=str(lab_inventory), return_state=True)
+    assert state.is_completed()
+    runs = task_runs(state)
+    report = state.result()
+    taken = {r.target: r.taken for r in report.rows}
+    prune, coverage = runs["nas-backup: prune"], runs["nas-backup: coverage"]
+    for label in ("100 (dns)", "101 (media-vm)", "104 (homeassistant)"):
+        dump, verify = runs[f"{label}: vzdump"], runs[f"{label}: verify"]
+        copy = runs[f"{label} {taken[label]}: offsite-copy"]  # the new archive's copy
+        for run in (dump, verify, copy):
+            assert run.state is not None and run.state.is_completed(), run.name
+        assert input_ids(verify, "dumped") == [dump.id]
+        assert dump.end_time <= verify.start_time <= verify.end_time <= prune.start_time
+        assert verify.id in input_ids(prune, "verified")
+        assert input_ids(copy, "verified") == [verify.id]
+        assert prune.id in input_ids(copy, "wait_for")
+        assert prune.end_time <= copy.start_time <= copy.end_time <= coverage.start_time
+    # pve1 backs up 100, then 101: the second vzdump waits for the first
+    first, second = runs["100 (dns): vzdump"], runs["101 (media-vm): vzdump"]
+    assert input_ids(second, "wait_for") == [first.id]
+    assert first.end_time <= second.start_time
+    # 101's older archives the offsite policy keeps are steps of their own, after 101's verify
+    new_copy = f"101 (media-vm) {taken['101 (media-vm)']}: offsite-copy"
+    older = [n for n in runs if n.startswith("101 (media-vm) vzdump-") and n != new_copy]
+    assert len(older) == 2
+    for name in older:
+        assert input_ids(runs[name], "verified") == [runs["101 (media-vm): verify"].id]
+    assert runs["offsite: prune"].end_time <= coverage.start_time
+
+
+def test_a_dry_run_stops_after_the_plan(fast_lab: LabClient, lab_inventory: Path) -> None:
+    lab = fast_lab
+    before, copies = lab.state(), offsite_files(lab)
+    state = vzdump_backup(dry_run=True, inventory=str(lab_inventory), return_state=True)
+    assert state.is_completed()
+    names = set(task_runs(state))
+    facts = {n for n in names if n.endswith(": list") or n.startswith("list-guests")}
+    assert names == facts  # no vzdump, verify, prune, copy or coverage task ever ran
+    assert {"pve1:nas-backup: list", "pve2:nas-backup: list", "offsite: list"} <= names
+    after = lab.state()
+    for key in ("storages", "tasks", "backup_jobs", "vzdump_locks"):
+        assert after[key] == before[key], key
+    for vmid, guest in after["guests"].items():  # (their uptime goes on)
+        was = before["guests"][vmid]
+        assert (guest["lock"], guest["snapshots"]) == (was["lock"], was["snapshots"]), vmid
+    assert offsite_files(lab) == copies
+    assert all(r["method"] == "GET" for r in lab.api_requests())
+    plan = {r.target: r for r in state.result().rows}
+    assert plan["101 (media-vm)"].detail.endswith("would remove 0")
+    assert plan["101 (media-vm) offsite"].detail.startswith("would copy 2")
+
+
+def test_a_transient_api_error_on_a_step_is_retried_by_prefect(
+    fast_lab: LabClient, lab_inventory: Path, tmp_path: Path
+) -> None:
+    lab = fast_lab
+    inv = edit_inventory(
+        lab_inventory, tmp_path, {'policy = "keep-last=3,keep-daily=7"': 'policy = "keep-last=1"'}
+    )
+    path = "/nodes/pve1/storage/nas-backup/prunebackups"
+    lab.fault(target="api", method="DELETE", path=f"^{path}$", action="error", status=503,
+              message="service unavailable", times=1)  # fmt: skip
+    before = archives(lab)
+    state = vzdump_backup(select="101,104", offsite=False, inventory=str(inv), return_state=True)
+    assert state.is_completed()
+    runs = task_runs(state)
+    names = state_names(runs["nas-backup: prune"].id)
+    assert "Retrying" in names and names[-1] == "Completed", names
+    deletes = [
+        r["status"] for r in lab.api_requests() if r["method"] == "DELETE" and r["path"] == path
+    ]
+    assert deletes == [503, 200]
+    report = state.result()
+    for vmid in (101, 104):
+        row = next(r for r in report.rows if r.target.startswith(f"{vmid} "))
+        gone = {n for n, a in before.items() if a["vmid"] == vmid and not a["protected"]}
+        assert row.outcome is Outcome.OK
+        assert set(row.removed) == gone  # also what the first attempt removed (104's)
+        assert not gone & set(archives(lab))
+        assert "Retrying" not in state_names(runs[f"{row.target}: vzdump"].id)
+
+
+def test_the_vzdump_step_is_never_retried_by_prefect(
+    fast_lab: LabClient, lab_inventory: Path
+) -> None:
+    """An API 5xx is transient, yet the start of a vzdump is not run again blindly: the step
+    itself waits it out for --lock-timeout, after looking for an archive, and then fails."""
+    lab = fast_lab
+    lab.fault(target="api", method="POST", path="^/nodes/pve2/vzdump$", action="error",
+              status=503, message="service unavailable", times=1)  # fmt: skip
+    before = set(archives(lab))
+    state = vzdump_backup(
+        select="100,104", offsite=False, lock_timeout=0.1, inventory=str(lab_inventory),
+        return_state=True,
+    )  # fmt: skip
+    assert state.is_failed()
+    runs = task_runs(state)
+    names = state_names(runs["104 (homeassistant): vzdump"].id)
+    assert "Retrying" not in names and names[-1] == "Failed", names
+    assert "104 (homeassistant): verify" not in runs  # its vzdump failed: it never ran
+    posts = [
+        r for r in lab.api_requests() if r["method"] == "POST" and r["path"].endswith("/vzdump")
+    ]
+    assert sorted(int(r["params"]["vmid"]) for r in posts) == [100, 104]
+    assert not {n for n in set(archives(lab)) - before if "-104-" in n}
+    with pytest.raises(RunFailed) as info:
+        state.result()
+    got = {r.target: r for r in info.value.report.rows}
+    assert got["100 (dns)"].outcome is Outcome.OK
+    row = got["104 (homeassistant)"]
+    assert row.outcome is Outcome.FAILED and "HTTP 503" in row.detail
 
 
 @pytest.mark.parametrize("module", ["flows.vzdump_backup", "flows.offsite_copy"])

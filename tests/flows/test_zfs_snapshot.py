@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from flows.zfs_snapshot import main, zfs_snapshot
+from flows.jobs.zfs_snapshot import zfs_snapshot
+from flows.zfs_snapshot import main
 from labsim.client import LabClient
 from moxflow.errors import RunFailed
 from moxflow.report import Outcome, RunReport
