@@ -257,6 +257,11 @@ def serve_and_run(inventory: Path, env: dict[str, str], log: Path) -> dict[str, 
             if not (flow_run.state and flow_run.state.is_final()):
                 raise SystemExit(f"{name} did not finish; see {log}")
             runs[name] = flow_run
+        # the run is final, but its process may still be sending its logs: stopping the
+        # runner now would mark the run Cancelled over its Completed
+        deadline = time.monotonic() + 60
+        while _flow_run_processes(serve.pid) and time.monotonic() < deadline:
+            time.sleep(0.2)
         return runs
     finally:
         serve.terminate()
@@ -265,6 +270,20 @@ def serve_and_run(inventory: Path, env: dict[str, str], log: Path) -> dict[str, 
         except subprocess.TimeoutExpired:
             serve.kill()
             serve.wait()
+
+
+def _flow_run_processes(parent: int) -> list[int]:
+    """The flow-run processes (``python -m prefect.engine``) the runner ``parent`` started."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+            cmdline = (stat.parent / "cmdline").read_bytes()
+        except OSError:  # gone meanwhile
+            continue
+        if ppid == parent and b"prefect.engine" in cmdline:
+            found.append(int(stat.parent.name))
+    return found
 
 
 def state_name(flow_run: FlowRun) -> str:
