@@ -28,8 +28,6 @@ _.guest_snapshot
 _.nixos_update
 _.vzdump_backup
 _.health_report
-_._undo_snapshot  # tasks/nixos.py: on_rollback hooks, registered by decorator, run by a
-_._undo_flake_update  # transaction
 
 # invoke and paramiko call these on our subclasses (moxflow/ssh.py)
 _.input_sleep  # invoke.Runner

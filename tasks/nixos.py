@@ -24,7 +24,6 @@ from typing import Any
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
-from prefect.transactions import Transaction
 
 from blocks.ssh import ssh_runner
 from moxflow.errors import ConfigError, MoxflowError, ParseError, SshError
@@ -307,11 +306,6 @@ class HostRun:
             started=now.isoformat(),
         )
 
-    def __deepcopy__(self, _memo: dict[int, Any]) -> HostRun:
-        """Itself: one host's run is one live thing with open connections (Prefect's
-        transaction hands stored values out as deep copies)."""
-        return self
-
     def close(self) -> None:
         self.ssh.close()
 
@@ -562,6 +556,8 @@ def lock(run: HostRun) -> Locked:
             run.write_journal("started")
             return Locked(run.host)
         journal = _read_journal(r, run.state_dir)
+        if journal is not None and journal.run_id == run.journal.run_id:
+            return Locked(run.host)  # an earlier attempt of this step took it
         owner = journal.flow_run_id if journal else None
         if not flow_run_alive(owner):
             _recover_stale(run, journal)
@@ -597,8 +593,8 @@ def _recover_stale(run: HostRun, journal: Journal | None) -> None:
 
 @step("nixos-snapshot", "{run.host}: snapshot")
 def snapshot(run: HostRun, locked: Locked) -> Snapshotted:
-    """The pre-update snapshot (a Proxmox guest snapshot or a ZFS snapshot), undone by the
-    run's transaction if the build fails or there is nothing to update. Safe to retry: a
+    """The pre-update snapshot (a Proxmox guest snapshot or a ZFS snapshot), dropped again
+    (``undo_before_switch``) if the build fails or there is nothing to update. Safe to retry: a
     snapshot of this run's name that an earlier attempt made is taken as this one."""
     sm = run.spec.snapshot
     if run.no_snapshot or isinstance(sm, NoSnapshotMethod):
@@ -641,20 +637,10 @@ def _snapshot_exists(run: HostRun, name: str) -> bool:
     return False
 
 
-@snapshot.on_rollback
-def _undo_snapshot(txn: Transaction) -> None:
-    """The build failed or nothing changed: the snapshot is not needed."""
-    run: HostRun = txn.get("run")
-    try:
-        run.drop_snapshot()
-    except MoxflowError as exc:
-        run.note(f"could not release snapshot {run.snapshot}: {exc}")
-
-
 @step("nixos-flake-update", "{run.host}: flake-update")
 def flake_update(run: HostRun, snapshotted: Snapshotted) -> FlakeUpdated:
-    """``nix flake update``, keeping the flake.lock before it on the host (undone by the
-    run's transaction). Safe to retry: the first attempt's copy of flake.lock is kept."""
+    """``nix flake update``, keeping the flake.lock before it on the host (put back by
+    ``undo_before_switch``). Safe to retry: the first attempt's copy of flake.lock is kept."""
     r, flake = run.ssh, run.spec.flake
     if r.run(["test", "-f", run.backup()], check=False).exit_code != 0:
         r.run(["cp", f"{flake}/flake.lock", run.backup()])
@@ -667,20 +653,23 @@ def flake_update(run: HostRun, snapshotted: Snapshotted) -> FlakeUpdated:
     return FlakeUpdated(run.host, tuple(changes))
 
 
-@flake_update.on_rollback
-def _undo_flake_update(txn: Transaction) -> None:
-    """Put flake.lock back as it was."""
-    run: HostRun = txn.get("run")
+def undo_before_switch(run: HostRun) -> None:
+    """Nothing was activated (the build failed, nothing changed, a step failed for good): put
+    flake.lock back and drop this run's snapshot. Whatever cannot be undone is noted."""
     try:
         run.restore_flake_lock(run.ssh)
     except MoxflowError as exc:
         run.note(f"could not restore flake.lock: {exc}")
+    try:
+        run.drop_snapshot()
+    except MoxflowError as exc:
+        run.note(f"could not release snapshot {run.snapshot}: {exc}")
 
 
 @step("nixos-build", "{run.host}: build")
 def build(run: HostRun, updated: FlakeUpdated) -> Built:
     """``nixos-rebuild build``: nothing is activated; a failed build raises
-    :class:`BuildFailed` (never retried) and the transaction undoes the steps before."""
+    :class:`BuildFailed` (never retried) and the flow undoes the steps before."""
     built = run.ssh.run(build_argv(run.spec.flake, run.attr), check=False, timeout=6 * 3600)
     if built.exit_code != 0:
         tail = "\n".join(built.stderr.strip().splitlines()[-5:])
@@ -892,6 +881,7 @@ __all__ = [
     "snapshot_rollback",
     "switch",
     "switch_back",
+    "undo_before_switch",
     "unlock",
     "verify",
     "wait_for_dead_man",

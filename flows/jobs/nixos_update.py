@@ -16,7 +16,6 @@ from prefect.logging import get_run_logger
 from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
 from prefect.states import Completed, Failed
 from prefect.task_runners import ThreadPoolTaskRunner
-from prefect.transactions import transaction
 
 from blocks.proxmox import proxmox_client
 from flows._run import finish
@@ -54,6 +53,7 @@ from tasks.nixos import (
     snapshot_rollback,
     switch,
     switch_back,
+    undo_before_switch,
     unlock,
     verify,
     wait_for_dead_man,
@@ -90,7 +90,7 @@ def _needs_proxmox(inv: Inventory, plan: UpdatePlan, no_snapshot: bool) -> bool:
 def update_host(host: str, wave: int, run: HostRun) -> ReportRow | State[ReportRow]:
     """One host, step by step: lock → snapshot → flake-update → build → arm-dead-man →
     switch → verify → confirm → prune → unlock, or after a failed verification the recovery
-    steps. The snapshot and the flake update are undone (a transaction) when the build fails
+    steps. The snapshot and the flake update are undone when the build fails
     or there is nothing to update. The run is Failed when the host did not end up updated."""
     run.begun()
     try:
@@ -113,27 +113,29 @@ def _update(run: HostRun) -> ReportRow:
         return run.row(Outcome.FAILED, f"could not take the host's lock: {exc}")
     if locked.busy:
         return run.row(Outcome.SKIPPED, locked.busy)
+    # nothing is active before the switch: when the build fails, nothing changed, or a step
+    # fails for good, the snapshot and the flake update are undone (explicitly, not by a
+    # Prefect transaction: a failed attempt that Prefect then retries rolls one back)
     try:
-        # the snapshot and the flake update are undone when the build fails or nothing changed
-        with transaction() as txn:
-            txn.set("run", run)
-            try:
-                snap = tuned(snapshot, inv)(run, locked)
-            except MoxflowError as exc:
-                tuned(unlock, inv)(run, locked)
-                return run.row(Outcome.FAILED, f"snapshot failed, nothing changed: {exc}")
-            updated = tuned(flake_update, inv)(run, snap)
-            if not updated.changes and not run.force:
-                txn.rollback()
-                run.mark_checked(run.ssh)
-                tuned(unlock, inv)(run, updated)
-                return run.row(Outcome.OK, "up to date")
-            built = tuned(build, inv)(run, updated)
+        snap = tuned(snapshot, inv)(run, locked)
+    except MoxflowError as exc:
+        _unlock(run, locked)
+        return run.row(Outcome.FAILED, f"snapshot failed, nothing changed: {exc}")
+    try:
+        updated = tuned(flake_update, inv)(run, snap)
+        if not updated.changes and not run.force:
+            undo_before_switch(run)
+            run.mark_checked(run.ssh)
+            _unlock(run, updated)
+            return run.row(Outcome.OK, "up to date")
+        built = tuned(build, inv)(run, updated)
     except BuildFailed as exc:
-        tuned(unlock, inv)(run, locked)
+        undo_before_switch(run)
+        _unlock(run, locked)
         return run.row(Outcome.FAILED, f"build failed, nothing activated: {exc}")
     except MoxflowError as exc:
-        tuned(unlock, inv)(run, locked)
+        undo_before_switch(run)
+        _unlock(run, locked)
         return run.row(Outcome.FAILED, f"failed before any change: {exc}")
 
     armed = tuned(arm_dead_man, inv)(run, built)
@@ -150,9 +152,18 @@ def _update(run: HostRun) -> ReportRow:
         tuned(prune, inv)(run, confirmed)
     except MoxflowError as exc:
         run.note(f"pruning old snapshots failed: {exc}")
-    tuned(unlock, inv)(run, confirmed)
+    _unlock(run, confirmed)
     done = "updated" + (f" ({switched.note})" if switched.note else "")
     return run.row(Outcome.OK, done, new=switched.generation)
+
+
+def _unlock(run: HostRun, upstream: object) -> None:
+    """The unlock step; a host that cannot be unlocked keeps its outcome (the next run finds
+    the lock and the journal, and clears them)."""
+    try:
+        tuned(unlock, run.inv)(run, upstream)
+    except MoxflowError as exc:
+        run.note(f"could not clear the lock: {exc}")
 
 
 def _recover(run: HostRun, upstream: object, generation: int | None) -> ReportRow:
@@ -381,6 +392,9 @@ def _wave(runs: list[HostRun], wave_no: int) -> list[ReportRow]:
         try:
             with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
                 state = update_host(run.host, wave_no, run, return_state=True)
+        except Exception as exc:  # the subflow run could not be created: this host failed
+            run.close()
+            return run.row(Outcome.FAILED, f"its subflow run could not start: {exc}")
         finally:
             turn.release()  # the subflow never began (it could not be created)
         row = state.result(raise_on_failure=False)

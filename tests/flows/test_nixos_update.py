@@ -579,3 +579,22 @@ def test_the_switch_is_never_retried(fresh_lab: LabClient, inv: Path) -> None:
     assert state.is_completed()
     assert "switch interrupted" in detail(state.result(), "media")
     assert_settled(fresh_lab, "media", before + 1)
+
+
+def test_a_retried_flake_update_keeps_the_snapshot(fresh_lab: LabClient, inv: Path) -> None:
+    """The connection drops once after `nix flake update` ran; Prefect retries the step. The
+    snapshot taken before stays (an undo tied to a Prefect transaction dropped it here: a
+    failed attempt rolls the transaction back even when the retry succeeds)."""
+    before = current(fresh_lab.state(), "media")
+    fresh_lab.nixos("media", upstream=NEW_REV)
+    fresh_lab.fault(
+        target="command", host="media", command="^nix flake update", action="drop-after", times=1
+    )
+    state = nixos_update(inventory=str(inv), only=["media"], return_state=True)
+    assert state.is_completed()
+    names = state_names(host_steps(state, "media")["flake-update"].id)
+    assert "Retrying" in names and names[-1] == "Completed", names
+    assert_settled(fresh_lab, "media", before + 1)
+    [snap] = pre_update_snaps(fresh_lab.state(), "media")
+    assert snap in detail(state.result(), "media")
+    assert "released snapshot" not in detail(state.result(), "media")
