@@ -15,6 +15,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
+from typing import Any
 
 
 class Outcome(StrEnum):
@@ -167,6 +168,17 @@ class RunReport:
 
     def add(self, row: ReportRow) -> None:
         self.rows.append(row)
+
+    def add_selection(
+        self, unmatched: Iterable[str], skipped: Iterable[tuple[Any, str]]
+    ) -> list[str]:
+        """What a guest selection left out: a note per name that matched no guest, a skipped
+        row per guest it skipped (``(guest, why)``, by ``guest.label``). The notes, to log."""
+        notes = [f"selection: {name!r} matches no guest" for name in unmatched]
+        self.notes.extend(notes)
+        for guest, why in skipped:
+            self.add(ReportRow(target=guest.label, outcome=Outcome.SKIPPED, detail=why))
+        return notes
 
     def extend(self, rows: Iterable[ReportRow]) -> None:
         self.rows.extend(rows)

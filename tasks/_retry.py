@@ -14,10 +14,13 @@ task) stays with the waiter's own schedule.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any, ParamSpec, TypeVar
 
 from prefect import Task, task
 from prefect.cache_policies import NO_CACHE
+from prefect.context import TaskRunContext
 
 from moxflow.errors import MoxflowError
 from moxflow.inventory import Inventory, RetrySettings
@@ -52,3 +55,25 @@ def tuned(step_task: Task[P, R], inv: Inventory) -> Task[P, R]:
     r = inv.retries
     delays = [r.delays[min(i, len(r.delays) - 1)] for i in range(r.attempts)]
     return step_task.with_options(retries=r.attempts, retry_delay_seconds=delays or 0)
+
+
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    """Which try of a step this is: ``number`` (1 for the first), whether Prefect has a retry
+    left after it, and the seconds since the step's first try started."""
+
+    number: int
+    retry_left: bool
+    elapsed: float
+
+
+def attempt() -> Attempt:
+    """The running step's attempt (the first, with no retry left, outside a task run)."""
+    ctx = TaskRunContext.get()
+    if ctx is None:
+        return Attempt(1, False, 0.0)
+    run = ctx.task_run
+    elapsed = 0.0
+    if run.start_time is not None:
+        elapsed = (datetime.now(UTC) - run.start_time).total_seconds()
+    return Attempt(run.run_count, run.run_count <= ctx.task.retries, elapsed)

@@ -16,19 +16,17 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import TypeVar
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
-from prefect.context import TaskRunContext
 from prefect.logging import get_run_logger
 
 from moxflow.errors import GuestLockedError, MoxflowError, ProxmoxUnavailableError
 from moxflow.guests import Guest
 from moxflow.proxmox import GuestSnapshot, ProxmoxClient
 from moxflow.snapshots import GuestSnapshotPlan, NodeSnapshotPlan, guests_text
-from tasks._retry import step
+from tasks._retry import attempt, step
 
 T = TypeVar("T")
 Item = TypeVar("Item")
@@ -118,12 +116,12 @@ def snapshot_node(
     guest that has a whole snapshot of this run's name is taken, not taken twice.
     """
     logger = get_run_logger()
-    attempt = _attempt()[0]
+    tries = attempt().number
 
     def one(p: GuestSnapshotPlan) -> float:
         started = time.monotonic()
         guest = p.guest
-        done = attempt > 1 and any(
+        done = tries > 1 and any(
             s.name == p.snapname and s.complete for s in client.list_snapshots(guest)
         )
         if not done:
@@ -135,18 +133,18 @@ def snapshot_node(
     results = _each(plan.guests, one, lanes)
     failed = _failures([p.guest.label for p in plan.guests], results)
     _retry_if_passing(plan.node, "snapshot", failed, within=lock_timeout)
-    elapsed = _attempt()[2]
+    elapsed = attempt().elapsed
     out: dict[int, GuestTaken] = {}
     for p, result in zip(plan.guests, results, strict=True):
         target = p.guest.label
         if not isinstance(result, MoxflowError):
             out[p.guest.vmid] = GuestTaken(True, round(result, 3))
         elif isinstance(result, GuestLockedError):
-            why = f"guest locked, {attempt} tries over {elapsed:.1f}s"
-            logger.warning("%s: still locked after %d tries, skipped: %s", target, attempt, result)
+            why = f"guest locked, {tries} tries over {elapsed:.1f}s"
+            logger.warning("%s: still locked after %d tries, skipped: %s", target, tries, result)
             out[p.guest.vmid] = GuestTaken(False, 0.0, why, locked=True)
         else:
-            why = f"snapshot failed after {attempt} tries: {result}" if result.transient else ""
+            why = f"snapshot failed after {tries} tries: {result}" if result.transient else ""
             logger.error("%s: %s", target, why or result)
             out[p.guest.vmid] = GuestTaken(False, 0.0, why or str(result))
     return out
@@ -239,19 +237,6 @@ def _each(
     return [f.result() for f in futures]
 
 
-def _attempt() -> tuple[int, bool, float]:
-    """This step's attempt (1 for the first), whether Prefect has a retry left after it, and
-    the seconds since its first attempt started."""
-    ctx = TaskRunContext.get()
-    if ctx is None:
-        return 1, False, 0.0
-    run = ctx.task_run
-    elapsed = 0.0
-    if run.start_time is not None:
-        elapsed = (datetime.now(UTC) - run.start_time).total_seconds()
-    return run.run_count, run.run_count <= ctx.task.retries, elapsed
-
-
 def _retry_if_passing(
     node: str, what: str, failed: Mapping[str, object], *, within: float | None = None
 ) -> None:
@@ -260,7 +245,8 @@ def _retry_if_passing(
     passing = {t: e for t, e in failed.items() if isinstance(e, MoxflowError) and e.transient}
     if not passing:
         return
-    _, retry_left, elapsed = _attempt()
+    now = attempt()
+    retry_left, elapsed = now.retry_left, now.elapsed
     if not retry_left or (within is not None and elapsed >= within):
         return
     locked = all(isinstance(e, GuestLockedError) for e in passing.values())

@@ -17,7 +17,6 @@ from typing import Literal
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
-from prefect.context import TaskRunContext
 from prefect.logging import get_run_logger
 
 from moxflow.backups import Archive, mark_restore_tested
@@ -27,7 +26,7 @@ from moxflow.naming import snapshot_description, snapshot_name
 from moxflow.proxmox import ProxmoxClient, parse_upid
 from moxflow.report import Outcome, ReportRow
 from moxflow.restore import RestorePlan, RestoreTestPlan, restore_request
-from tasks._retry import step
+from tasks._retry import attempt, step
 from tasks.backups import list_archives
 
 PRE_RESTORE_LABEL = "pre-restore"
@@ -184,7 +183,7 @@ def start_scratch(client: ProxmoxClient, plan: RestoreTestPlan, restored: Restor
     """
     started = time.monotonic()
     node, gtype = plan.guest.node, plan.guest.type
-    again = _attempt() > 1
+    again = attempt().number > 1
     if not (again and client.guest_status(node, gtype, restored.scratch) == "running"):
         power(client, node, gtype, restored.scratch, "start")
     return Started(round(time.monotonic() - started, 3))
@@ -235,7 +234,7 @@ def destroy_scratch(
     if scratch == plan.guest.vmid:  # never, by construction; the one thing that must not happen
         raise ConfigError(f"scratch VMID {scratch} is the original guest's")
     done = destroy(client, plan.guest.node, plan.guest.type, scratch, task_timeout)
-    if done == "nothing to clean up" and _attempt() > 1:
+    if done == "nothing to clean up" and attempt().number > 1:
         return "destroyed"
     return done
 
@@ -263,12 +262,6 @@ def scratch_of(restored: Restored | BaseException | None) -> int | None:
     if not parsed.type.endswith("restore") or not parsed.id.isdigit():
         return None
     return int(parsed.id)
-
-
-def _attempt() -> int:
-    """This step's attempt (1 for the first)."""
-    ctx = TaskRunContext.get()
-    return ctx.task_run.run_count if ctx is not None else 1
 
 
 # --- restore for real ----------------------------------------------------------------------

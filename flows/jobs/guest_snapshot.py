@@ -103,11 +103,8 @@ def guest_snapshot(
     client = proxmox_client(inv, max_connections=2 * limit + 2)  # the lanes' connections
     chosen = plan_guest_selection(list_guests(client), expr, running_only=running)
     report = RunReport(job="guest-snapshot", label=label, dry_run=dry_run)
-    for name in chosen.unmatched:
-        report.notes.append(f"selection: {name!r} matches no guest")
-        logger.warning("selection %r matches no guest", name)
-    for guest, why in chosen.skipped:
-        report.add(ReportRow(target=guest.label, outcome=Outcome.SKIPPED, detail=why))
+    for note in report.add_selection(chosen.unmatched, chosen.skipped):
+        logger.warning("%s", note)
     logger.info(
         "%s %d guest(s) as %s, %d at a time (%s)",
         "planning" if dry_run else "snapshotting",

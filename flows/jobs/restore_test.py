@@ -80,11 +80,8 @@ def restore_test(
     if scratch_vmid is not None:
         check_scratch_vmid(scratch_vmid, all_guests)  # refused before anything is restored
     chosen = plan_guest_selection(all_guests, expr, running_only=False)
-    for name in chosen.unmatched:
-        report.notes.append(f"selection: {name!r} matches no guest")
-        logger.warning("selection %r matches no guest", name)
-    for guest, why in chosen.skipped:
-        report.add(ReportRow(target=guest.label, outcome=Outcome.SKIPPED, detail=why))
+    for note in report.add_selection(chosen.unmatched, chosen.skipped):
+        logger.warning("%s", note)
     logger.info(
         "%s %d guest(s) from %s on %s (%s)",
         "planning restore tests of" if dry_run else "restore-testing",

@@ -137,11 +137,8 @@ def vzdump_backup(
 
     # facts: the guests, each node's backups on the storage, the offsite folder; read-only
     chosen = plan_guest_selection(list_guests(client), expr, running_only=False)
-    for name in chosen.unmatched:
-        report.notes.append(f"selection: {name!r} matches no guest")
-        logger.warning("selection %r matches no guest", name)
-    for guest, why in chosen.skipped:
-        report.add(ReportRow(target=guest.label, outcome=Outcome.SKIPPED, detail=why))
+    for note in report.add_selection(chosen.unmatched, chosen.skipped):
+        logger.warning("%s", note)
     by_node = split_by_node(chosen.guests)
     listing = tuned(list_backups, inv)
     facts = {
