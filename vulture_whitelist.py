@@ -27,6 +27,7 @@ _.zfs_snapshot
 _.guest_snapshot
 _.nixos_update
 _.vzdump_backup
+_.offsite_copy
 _.health_report
 
 # invoke and paramiko call these on our subclasses (moxflow/ssh.py)

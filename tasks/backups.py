@@ -16,8 +16,8 @@ import threading
 import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import AbstractContextManager, ExitStack, nullcontext, suppress
-from dataclasses import dataclass, field
+from contextlib import AbstractContextManager, nullcontext, suppress
+from dataclasses import dataclass
 from datetime import UTC, datetime, tzinfo
 from typing import Any
 
@@ -35,15 +35,11 @@ from moxflow.backups import (
     OffsiteCopy,
     PruneMark,
     archive_problem,
-    archive_vmid,
     find_new_archive,
     needs_prune,
-    offsite_row,
     parse_offsite_listing,
     parse_prune_marks,
     parse_sha256sum,
-    plan_offsite,
-    planned_offsite_row,
     split_content,
 )
 from moxflow.errors import (
@@ -72,17 +68,14 @@ __all__ = [
     "Dumped",
     "GuestPruned",
     "OffsitePruned",
-    "OffsiteResult",
     "Pruned",
     "Verified",
     "copy_archive",
     "copy_offsite",
     "list_archives",
     "list_backups",
-    "list_guest_archives",
     "list_offsite",
     "list_offsite_copies",
-    "offsite_copy",
     "offsite_failed_row",
     "prune_backups",
     "prune_offsite",
@@ -134,14 +127,6 @@ def list_backups(
     for a in archives:
         out[a.vmid].append(a)
     return out
-
-
-@task(name="list-backups", cache_policy=NO_CACHE)
-def list_guest_archives(
-    client: ProxmoxClient, guests: list[Guest], storage: str
-) -> dict[int, list[Archive]]:
-    """Each guest's backups on ``storage``, each asked of the node that owns the guest."""
-    return {g.vmid: list_archives(client, g.node, storage, g.vmid) for g in guests}
 
 
 def prune_marks(
@@ -534,11 +519,12 @@ class Copied:
 
 
 @step("offsite-copy-archive", "{item.target}: offsite-copy")
-def copy_offsite(inv: Inventory, item: OffsiteCopy, verified: Verified) -> Copied:
+def copy_offsite(inv: Inventory, item: OffsiteCopy, verified: Verified | None) -> Copied:
     """Copy one archive from its node to the [offsite] folder, SHA-256 checked on both sides
-    (``copy_archive``), once ``verified`` (its guest's verify step's result) holds the
-    guest's new backup sound. Retried (Prefect) when a connection drops: the copy is
-    written to NAME.part and renamed only when whole, so another attempt starts it over."""
+    (``copy_archive``); in a backup run once ``verified`` (its guest's verify step's result)
+    holds the guest's new backup sound (None: an offsite-copy run, no verify step).
+    Retried (Prefect) when a connection drops: the copy is written to NAME.part and renamed
+    only when whole, so another attempt starts it over."""
     off = _offsite(inv)
     logger = get_run_logger()
     guest, archive = item.guest, item.archive
@@ -628,108 +614,6 @@ def report_coverage(
     )
     publish_coverage(coverage)
     return coverage
-
-
-@dataclass(slots=True)
-class OffsiteResult:
-    """What the offsite step did: rows per guest, the folder's listing at the end, and per
-    guest whether every copy of this run checked out (absent: nothing copied)."""
-
-    rows: list[ReportRow] = field(default_factory=list)
-    listing: list[str] | None = None
-    copied: dict[int, bool] = field(default_factory=dict)
-
-
-@task(name="offsite-copy", cache_policy=NO_CACHE)
-def offsite_copy(
-    inv: Inventory,
-    guests: list[Guest],
-    archives: dict[int, list[Archive]],
-    storage: str,
-    tz: tzinfo,
-    dry_run: bool = False,
-) -> OffsiteResult:
-    """Copy the archives the offsite policy keeps and the offsite folder lacks, then remove
-    the copies it does not keep, all in one task (``flows.offsite_copy``; a backup run copies
-    each archive in a step of its own). Unreachable hosts fail the guests' offsite rows; the
-    backups on the storage are never touched."""
-    logger = get_run_logger()
-    out = OffsiteResult()
-    off = inv.offsite
-    if off is None:
-        return out
-    policy = KeepPolicy.parse(off.policy, setting="offsite.policy") if off.policy else KeepPolicy()
-    all_archives = [a for g in guests for a in archives.get(g.vmid, [])]
-    with ExitStack() as stack:
-        dest = stack.enter_context(ssh_runner(inv, off.host))
-        try:
-            present = list_offsite(dest, off.path)
-        except MoxflowError as exc:
-            logger.error("offsite host %s: %s", off.host, exc)
-            for g in guests:
-                out.rows.append(offsite_failed_row(g, exc))
-            return out
-        plan = plan_offsite(all_archives, present, [g.vmid for g in guests], policy, tz)
-        if dry_run:
-            for g in guests:
-                out.rows.append(planned_offsite_row(g, plan))
-            out.listing = present
-            return out
-        runners: dict[str, SshRunner] = {}
-        for g in guests:
-            t0 = time.monotonic()
-            mine = [a for a in plan.copy if a.vmid == g.vmid]
-            copied: list[str] = []
-            problems: list[str] = []
-            size = 0  # bytes copied, and the seconds they took
-            took = 0.0
-            mismatch = False
-            for a in mine:
-                try:
-                    if g.node not in runners:
-                        runners[g.node] = stack.enter_context(ssh_runner(inv, g.node))
-                    src = f"{inv.backups.storage_path(a.storage, g.node)}/{a.filename}"
-                    t1 = time.monotonic()
-                    done = copy_archive(
-                        runners[g.node], src, dest, off.path, logger, bwlimit=off.bwlimit
-                    )
-                    took += time.monotonic() - t1
-                    size += done.size
-                    copied.append(a.filename)
-                    logger.info("%s: copied %s to %s", g.label, a.filename, off.host)
-                except MoxflowError as exc:
-                    mismatch = mismatch or isinstance(exc, SshChecksumError)
-                    problems.append(f"{a.filename}: {exc}")
-                    logger.error("%s: offsite copy of %s failed: %s", g.label, a.filename, exc)
-            removed: list[str] = []
-            for name in plan.remove:
-                if archive_vmid(name) != g.vmid:
-                    continue
-                try:
-                    dest.run(["rm", "-f", "--", f"{off.path}/{name}"])
-                    removed.append(name)
-                except MoxflowError as exc:
-                    problems.append(f"removing {name}: {exc}")
-            if mine:
-                out.copied[g.vmid] = not problems and len(copied) == len(mine)
-            out.rows.append(
-                offsite_row(
-                    g,
-                    plan,
-                    copied=copied,
-                    size=size,
-                    took=took,
-                    problems=problems,
-                    mismatch=mismatch,
-                    removed=removed,
-                    seconds=time.monotonic() - t0,
-                )
-            )
-        try:
-            out.listing = list_offsite(dest, off.path)
-        except MoxflowError as exc:
-            logger.warning("offsite host %s: cannot list the copies: %s", off.host, exc)
-    return out
 
 
 def offsite_failed_row(guest: Guest, exc: MoxflowError) -> ReportRow:

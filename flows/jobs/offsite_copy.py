@@ -6,29 +6,33 @@ from typing import Any
 
 from prefect import flow
 from prefect.client.schemas.objects import State
+from prefect.logging import get_run_logger
 
 from blocks.proxmox import proxmox_client
 from flows._run import finish
+from flows.jobs._offsite import copy_offsite_steps, preview_offsite
 from flows.params import OffsiteCopyParams, flow_parameters
-from moxflow.errors import (
-    ConfigError,
-)
-from moxflow.inventory import load_inventory
+from moxflow.backups import Archive, split_by_node
+from moxflow.errors import ConfigError, MoxflowError
+from moxflow.guests import Guest
+from moxflow.inventory import OffsiteSettings, load_inventory
 from moxflow.report import Outcome, ReportRow, RunReport
 from moxflow.selection import parse_selection
 from moxflow.snapshots import plan_guest_selection
-from tasks.backups import list_guest_archives
-from tasks.backups import offsite_copy as copy_offsite
+from tasks._retry import tuned
+from tasks.backups import list_backups, list_offsite_copies
 from tasks.proxmox import list_guests
 
 
-def _need_offsite(inv_offsite: object) -> None:
-    if inv_offsite is None:
+def _need_offsite(off: OffsiteSettings | None) -> OffsiteSettings:
+    """The inventory's [offsite]; a ConfigError saying what to add when it has none."""
+    if off is None:
         raise ConfigError(
             "the inventory has no [offsite] section",
             setting="offsite",
             hint="add [offsite] with host (a [hosts] name) and path",
         )
+    return off
 
 
 @flow(name="offsite-copy", description="Copy backup archives offsite and prune the copies.")
@@ -40,23 +44,54 @@ def offsite_copy(
     dry_run: bool = False,
     inventory: str | None = None,
 ) -> RunReport | State[Any]:
-    """Copy the selected guests' archives to the [offsite] host and prune the copies there."""
+    """Copy the selected guests' archives to the [offsite] host and prune the copies there.
+
+    The facts (the guests, each node's backups on the storage, the offsite folder), the
+    plan (pure), and with ``--dry-run`` the plan's rows; otherwise one ``offsite-copy`` step
+    per archive and one ``offsite-prune`` step, as in a backup run."""
     p = OffsiteCopyParams(select=select, storage=storage, dry_run=dry_run, inventory=inventory)
     select, storage, dry_run, inventory = p.select, p.storage, p.dry_run, p.inventory
+    logger = get_run_logger()
     inv = load_inventory(inventory)
-    _need_offsite(inv.offsite)
+    off = _need_offsite(inv.offsite)
     expr = select if select is not None else inv.backups.select
     store = storage or inv.backups.storage
     report = RunReport(job="offsite-copy", label=store, dry_run=dry_run)
     report.counts_snapshots = False
     client = proxmox_client(inv)
+
+    # facts: the guests, each node's backups on the storage, the offsite folder; read-only
     chosen = plan_guest_selection(list_guests(client), expr, running_only=False)
-    for guest, why in chosen.skipped:
-        report.add(ReportRow(target=guest.label, outcome=Outcome.SKIPPED, detail=why))
-    guests = list(chosen.guests)
-    archives = list_guest_archives(client, guests, store)
-    done = copy_offsite(inv, guests, archives, store, inv.tz, dry_run)
-    report.extend(done.rows)
+    for note in report.add_selection(chosen.unmatched, chosen.skipped):
+        logger.warning("%s", note)
+    by_node = split_by_node(chosen.guests)
+    listing = tuned(list_backups, inv)
+    facts = {
+        node: listing.submit(client, node, store, tuple(g.vmid for g in guests))
+        for node, guests in by_node.items()
+    }
+    folder = tuned(list_offsite_copies, inv).submit(inv, off.host)
+    archives: dict[int, list[Archive]] = {}
+    listed: list[Guest] = []
+    for node, guests in by_node.items():
+        try:
+            found = facts[node].result()
+        except MoxflowError as exc:
+            logger.error("%s: cannot list the backups on %s: %s", node, store, exc)
+            report.extend(
+                ReportRow(f"{g.label} offsite", Outcome.FAILED, detail=str(exc)) for g in guests
+            )
+            continue
+        listed.extend(guests)
+        archives.update((g.vmid, found.get(g.vmid, [])) for g in guests)
+
+    # the plan (pure), and with --dry-run nothing more
+    if dry_run:
+        preview_offsite(report, off, folder, listed, archives, inv.tz)
+        return finish(report, artifact_key="offsite-copy-report", inv=inv)
+
+    # apply: per archive a copy step, one after the other; then the offsite prune step
+    copy_offsite_steps(inv, off, report, folder, listed, archives, {}, None, inv.tz)
     return finish(report, artifact_key="offsite-copy-report", inv=inv)
 
 

@@ -16,6 +16,7 @@ from prefect.utilities.annotations import allow_failure
 
 from blocks.proxmox import proxmox_client
 from flows._run import finish
+from flows.jobs._offsite import copy_offsite_steps, preview_offsite
 from flows.params import VzdumpBackupParams, flow_parameters
 from moxflow.backups import (
     Archive,
@@ -23,24 +24,16 @@ from moxflow.backups import (
     BackupPlan,
     Coverage,
     GuestDump,
-    OffsiteCopy,
-    OffsitePlan,
-    archive_vmid,
     dump_failure,
-    offsite_copies,
-    offsite_row,
     plan_backups,
-    plan_offsite,
     planned_backup_row,
-    planned_offsite_row,
     split_by_node,
 )
 from moxflow.errors import (
     MoxflowError,
-    SshChecksumError,
 )
 from moxflow.guests import Guest
-from moxflow.inventory import Inventory, OffsiteSettings, load_inventory
+from moxflow.inventory import Inventory, load_inventory
 from moxflow.proxmox import ProxmoxClient
 from moxflow.report import Outcome, ReportRow, RunReport, format_names, format_size
 from moxflow.retention import KeepPolicy
@@ -48,18 +41,14 @@ from moxflow.selection import parse_selection
 from moxflow.snapshots import plan_guest_selection, utc_now
 from tasks._retry import tuned
 from tasks.backups import (
-    Copied,
     Dumped,
     GuestPruned,
     OffsitePruned,
     Pruned,
     Verified,
-    copy_offsite,
     list_backups,
     list_offsite_copies,
-    offsite_failed_row,
     prune_backups,
-    prune_offsite,
     publish_coverage,
     report_coverage,
     verify_backup,
@@ -85,11 +74,6 @@ def backup_job(inv: Inventory, storage: str | None, lock_timeout: float) -> Back
         task_timeout=b.task_timeout,
         retry_timeout=lock_timeout,
     )
-
-
-def offsite_policy(off: OffsiteSettings) -> KeepPolicy:
-    """The [offsite] keep policy; keep everything when it has none."""
-    return KeepPolicy.parse(off.policy, setting="offsite.policy") if off.policy else KeepPolicy()
 
 
 @flow(
@@ -181,7 +165,7 @@ def vzdump_backup(
             report.add(planned_backup_row(dump, job, removed))
         present: list[str] | None = None
         if off is not None and offsite_facts is not None:
-            present = _offsite_preview(report, off, offsite_facts, listed, before, tz)
+            present = preview_offsite(report, off, offsite_facts, listed, before, tz)
         coverage = Coverage.of(
             chosen.guests,
             before,
@@ -233,8 +217,16 @@ def vzdump_backup(
     copied: dict[int, bool] = {}
     offsite_done: PrefectFuture[OffsitePruned] | None = None
     if off is not None and offsite_facts is not None and results:
-        present, copied, offsite_done = _copy_offsite(
-            inv, off, report, offsite_facts, results, archives, verifies, pruned, tz
+        present, copied, offsite_done = copy_offsite_steps(
+            inv,
+            off,
+            report,
+            offsite_facts,
+            [r.dump.guest for r in results.values()],
+            archives,
+            verifies,
+            pruned,
+            tz,
         )
 
     # then coverage
@@ -358,120 +350,6 @@ def _row(
         },
     )
     return row, v
-
-
-def _offsite_preview(
-    report: RunReport,
-    off: OffsiteSettings,
-    listing: PrefectFuture[list[str]],
-    guests: list[Guest],
-    archives: Mapping[int, list[Archive]],
-    tz: Any,
-) -> list[str] | None:
-    """A dry run's offsite rows: what the [offsite] policy would copy and remove now."""
-    try:
-        present = listing.result()
-    except MoxflowError as exc:
-        report.extend(offsite_failed_row(g, exc) for g in guests)
-        return None
-    mine = [a for g in guests for a in archives.get(g.vmid, [])]
-    plan = plan_offsite(mine, present, [g.vmid for g in guests], offsite_policy(off), tz)
-    report.extend(planned_offsite_row(g, plan) for g in guests)
-    return present
-
-
-def _copy_offsite(
-    inv: Inventory,
-    off: OffsiteSettings,
-    report: RunReport,
-    listing: PrefectFuture[list[str]],
-    results: Mapping[int, Verified],
-    archives: Mapping[int, list[Archive]],
-    verifies: Mapping[int, PrefectFuture[Verified]],
-    pruned: PrefectFuture[Pruned] | None,
-    tz: Any,
-) -> tuple[list[str] | None, dict[int, bool], PrefectFuture[OffsitePruned] | None]:
-    """Plan the offsite side for the guests with a verified backup (pure, from the folder's
-    listing and their archives after pruning), copy each archive in a step of its own (one
-    after the other, so that offsite.bwlimit holds for the link), then remove the copies the
-    policy no longer keeps. Adds one row per guest; returns the folder's listing at the end,
-    per guest whether every copy checked out, and the removal step."""
-    guests = [r.dump.guest for r in results.values()]
-    try:
-        present = listing.result()
-    except MoxflowError as exc:
-        report.extend(offsite_failed_row(g, exc) for g in guests)
-        return None, {}, None
-    mine = [a for g in guests for a in archives.get(g.vmid, [])]
-    plan = plan_offsite(mine, present, [g.vmid for g in guests], offsite_policy(off), tz)
-    copy = tuned(copy_offsite, inv)
-    copies: dict[OffsiteCopy, PrefectFuture[Copied]] = {}
-    previous: PrefectFuture[Copied] | None = None
-    for item in offsite_copies(plan, guests):
-        wait = [allow_failure(f) for f in (previous, pruned) if f is not None]
-        previous = copies[item] = copy.submit(  # type: ignore[call-overload]
-            inv, item, verifies[item.guest.vmid], wait_for=wait
-        )
-    done = tuned(prune_offsite, inv).submit(
-        inv, off.host, plan.remove, [allow_failure(f) for f in copies.values()]
-    )
-    removal: OffsitePruned | str
-    try:
-        removal = done.result()
-    except MoxflowError as exc:
-        removal = str(exc)
-    copied: dict[int, bool] = {}
-    for g in guests:
-        row, all_copied = _offsite_row(g, plan, copies, removal)
-        report.add(row)
-        if all_copied is not None:
-            copied[g.vmid] = all_copied
-    end = removal.listing if isinstance(removal, OffsitePruned) else None
-    return (list(end) if end is not None else None), copied, done
-
-
-def _offsite_row(
-    guest: Guest,
-    plan: OffsitePlan,
-    copies: Mapping[OffsiteCopy, PrefectFuture[Copied]],
-    removal: OffsitePruned | str,
-) -> tuple[ReportRow, bool | None]:
-    """How the offsite side of one guest went, from its copy steps and the removal step
-    (its result, or why it failed); and whether every copy checked out (None: none was due)."""
-    mine = [(item, fut) for item, fut in copies.items() if item.guest.vmid == guest.vmid]
-    copied: list[str] = []
-    problems: list[str] = []
-    size, took, mismatch = 0, 0.0, False
-    for item, fut in mine:
-        try:
-            done = fut.result()
-        except MoxflowError as exc:
-            mismatch = mismatch or isinstance(exc, SshChecksumError)
-            problems.append(f"{item.archive.filename}: {exc}")
-            continue
-        copied.append(done.name)
-        size += done.size
-        took += done.seconds
-    removed: list[str] = []
-    for name in (n for n in plan.remove if archive_vmid(n) == guest.vmid):
-        if isinstance(removal, str):
-            problems.append(f"removing {name}: {removal}")
-        elif name in removal.failures:
-            problems.append(f"removing {name}: {removal.failures[name]}")
-        else:
-            removed.append(name)
-    row = offsite_row(
-        guest,
-        plan,
-        copied=copied,
-        size=size,
-        took=took,
-        problems=problems,
-        mismatch=mismatch,
-        removed=removed,
-        seconds=took,
-    )
-    return row, (not problems and len(copied) == len(mine)) if mine else None
 
 
 def check(p: VzdumpBackupParams) -> None:

@@ -75,7 +75,9 @@ class BackupSettings(Section):
         default=None,
         description=(
             'Keep policy per guest on the storage, e.g. "keep-last=3,keep-daily=7", applied '
-            "through Proxmox's prune endpoint after each backup; default: do not prune."
+            "through Proxmox's prune endpoint once the run's backups are verified, to each "
+            "guest whose new backup verified (a failed backup prunes nothing); default: do "
+            "not prune."
         ),
     )
     max_per_storage: int = Field(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import itertools
 import logging
 import re
 from pathlib import Path
@@ -336,6 +337,35 @@ def test_a_dry_run_stops_after_the_plan(fast_lab: LabClient, lab_inventory: Path
     plan = {r.target: r for r in state.result().rows}
     assert plan["101 (media-vm)"].detail.endswith("would remove 0")
     assert plan["101 (media-vm) offsite"].detail.startswith("would copy 2")
+
+
+def test_offsite_copy_is_the_same_chain_of_steps(fast_lab: LabClient, lab_inventory: Path) -> None:
+    """flows.offsite_copy: the facts (each node's backups, the offsite folder), then one
+    offsite-copy step per archive, one after the other, then the offsite prune; with
+    --dry-run only the facts, and the folder untouched."""
+    from flows.jobs.offsite_copy import offsite_copy as copy_flow
+
+    lab = fast_lab
+    kept = {n for n, a in archives(lab).items() if a["vmid"] in (101, 104)}
+    dry = copy_flow(select="101,104", dry_run=True, inventory=str(lab_inventory), return_state=True)
+    assert dry.is_completed()
+    names = {n for n in task_runs(dry) if not n.startswith("list-guests")}
+    assert names == {"pve1:nas-backup: list", "pve2:nas-backup: list", "offsite: list"}
+    assert offsite_files(lab) == {}
+    plan = {r.target: r for r in dry.result().rows}
+    assert plan["101 (media-vm) offsite"].outcome is Outcome.PLANNED
+    state = copy_flow(select="101,104", inventory=str(lab_inventory), return_state=True)
+    assert state.is_completed()
+    runs = task_runs(state)
+    copies = sorted((r for n, r in runs.items() if n.endswith(": offsite-copy")),
+                    key=lambda r: r.start_time)  # fmt: skip
+    assert {r.name.split(" ")[-2].rstrip(":") for r in copies} == kept
+    for before, after in itertools.pairwise(copies):  # one after the other
+        assert input_ids(after, "wait_for") == [before.id]
+        assert before.end_time <= after.start_time
+    prune = runs["offsite: prune"]
+    assert {r.id for r in copies} == set(input_ids(prune, "copies"))
+    assert set(offsite_files(lab)) == kept
 
 
 def test_a_transient_api_error_on_a_step_is_retried_by_prefect(
