@@ -58,9 +58,11 @@ __all__ = [
     "journal_path",
     "lock_argv",
     "lock_changes",
+    "lock_orphaned_argv",
     "lock_path",
     "locked_input",
     "new_failures",
+    "next_generation",
     "next_recovery_step",
     "parse_checked",
     "parse_failed_units",
@@ -76,6 +78,7 @@ __all__ = [
     "switch_argv",
     "system_state_argv",
     "unlock_argv",
+    "update_stands",
     "validate_attr",
     "validate_remote_path",
     "write_checked_argv",
@@ -223,6 +226,32 @@ def prepare_state_dir_argv(state_dir: str) -> list[str]:
 def lock_argv(state_dir: str) -> list[str]:
     """``mkdir STATE_DIR/update.lock``: atomic, fails when another run holds the lock."""
     return ["mkdir", lock_path(state_dir)]
+
+
+LOCK_ORPHAN_MINUTES = 2
+"""A lock without a journal this old is a run that died between taking it and writing its
+journal; a younger one belongs to a run writing its journal right now."""
+
+
+def lock_orphaned_argv(state_dir: str) -> list[str]:
+    """``find LOCK -maxdepth 0 -mmin +N``: prints the lock's path when it was taken more than
+    :data:`LOCK_ORPHAN_MINUTES` minutes ago, nothing when it is younger."""
+    return ["find", lock_path(state_dir), "-maxdepth", "0", "-mmin", f"+{LOCK_ORPHAN_MINUTES}"]
+
+
+def update_stands(journal: Journal | None) -> bool:
+    """Whether an interrupted run's update stands: it got as far as ``confirmed`` (verified,
+    its dead-man timer stopped), so the run that cleans up after it keeps its generation and
+    its flake.lock. Any earlier phase is undone: the generation it may have activated was
+    never verified."""
+    return journal is not None and journal.phase == "confirmed"
+
+
+def next_generation(generations: Iterable[Generation]) -> int:
+    """The number the next ``nixos-rebuild switch`` gives its generation: one more than the
+    highest there is (not the current one's: after a rollback the current is not the
+    newest)."""
+    return max((g.number for g in generations), default=0) + 1
 
 
 def unlock_argv(state_dir: str) -> list[str]:

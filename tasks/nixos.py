@@ -52,7 +52,9 @@ from moxflow.nixos import (
     generations_argv,
     lock_argv,
     lock_changes,
+    lock_orphaned_argv,
     lock_path,
+    next_generation,
     parse_failed_units,
     parse_flake_lock,
     parse_generations,
@@ -63,6 +65,7 @@ from moxflow.nixos import (
     switch_argv,
     system_state_argv,
     unlock_argv,
+    update_stands,
     write_checked_argv,
     write_journal_argv,
 )
@@ -559,31 +562,43 @@ def lock(run: HostRun) -> Locked:
         if journal is not None and journal.run_id == run.journal.run_id:
             return Locked(run.host)  # an earlier attempt of this step took it
         owner = journal.flow_run_id if journal else None
-        if not flow_run_alive(owner):
+        if journal is None and not _lock_orphaned(r, run.state_dir):
+            holder = "another run, which took the lock moments ago,"  # and writes its journal
+        elif not flow_run_alive(owner):
             _recover_stale(run, journal)
             continue
+        else:
+            holder = f"another run (flow run {owner})"
         if time.monotonic() >= deadline:
-            return Locked(
-                run.host, f"another run (flow run {owner}) is updating {run.host}; skipped"
-            )
+            return Locked(run.host, f"{holder} is updating {run.host}; skipped")
         time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
 
 
+def _lock_orphaned(r: SshRunner, state_dir: str) -> bool:
+    """Whether the lock (found without a journal) is old enough to be a dead run's."""
+    found = r.run(lock_orphaned_argv(state_dir), check=False)
+    return found.exit_code != 0 or bool(found.stdout.strip())  # gone meanwhile: try again
+
+
 def _recover_stale(run: HostRun, journal: Journal | None) -> None:
-    """A run died half-way: undo what it left (timer, unverified generation, flake.lock)."""
+    """A run died half-way: undo what it left (timer, unverified generation, flake.lock);
+    an update it had confirmed stands (only its leftovers go)."""
     r = run.ssh
     phase = journal.phase if journal else "unknown"
     run.note(f"found an interrupted run (phase {phase}); cleaning up")
     if r.run(deadman_armed_argv(), check=False).exit_code == 0:
         r.run(disarm_deadman_argv(), check=False)
         run.note("disarmed its dead-man timer")
-    if journal and journal.old_generation is not None:
+    if update_stands(journal):
+        r.run(["rm", "-f", run.backup()])
+        run.note("its update was confirmed and stands")
+    elif journal and journal.old_generation is not None:
         current = current_generation(parse_generations(r.run(generations_argv()).stdout)).number
         if current != journal.old_generation:
             for argv in revert_argvs(run.profile, journal.old_generation):
                 r.run(argv)
             run.note(f"reverted its unverified generation {current} to {journal.old_generation}")
-    if run.restore_flake_lock(r):
+    if not update_stands(journal) and run.restore_flake_lock(r):
         r.run(["rm", "-f", run.backup()])
     if journal and journal.snapshot:
         run.note(f"its snapshot {journal.snapshot} is kept")
@@ -697,15 +712,16 @@ def switch(run: HostRun, armed: Armed) -> Switched:
     ladder decide what happened. A switch that exits non-zero or loses its connection is
     noted and verified like any other."""
     r = run.ssh
+    # if the switch cuts us off, the generation it makes is the next number (the timer has it)
+    new = next_generation(parse_generations(r.run(generations_argv()).stdout))
     try:
         done = r.run(switch_argv(run.spec.flake, run.attr), check=False, timeout=3600)
         note = "" if done.exit_code == 0 else f"switch exit {done.exit_code}"
     except SshError as exc:
         note = f"switch interrupted: {exc}"
     # the generation the switch made (the same one when the configuration did not change);
-    # if the switch cut us off, the next one, and the timer has it
-    new = run.old + 1
-    with suppress(SshError):
+    # what cannot be read now (the switch cut the connection) verification finds out
+    with suppress(MoxflowError):
         new = current_generation(parse_generations(r.run(generations_argv()).stdout)).number
         run.write_journal("switched", new_generation=new)
     if new == run.old:
@@ -729,11 +745,11 @@ def verify(run: HostRun, switched: Switched) -> Verified:
 def confirm(run: HostRun, verified: Verified) -> Confirmed:
     """Stop the dead-man timer; ``late`` when it had already reverted the host."""
     with run.connect() as r:
-        late = False
-        if r.run(disarm_deadman_argv(), check=False).exit_code != 0:
-            # no timer to stop: did it fire and revert the host before we confirmed?
-            gens = parse_generations(r.run(generations_argv()).stdout)
-            late = current_generation(gens).number != verified.generation
+        r.run(disarm_deadman_argv(), check=False)
+        # stopped or not there: did it fire and revert the host before we confirmed? (a timer
+        # whose revert is still running stops too, so the generation is read either way)
+        gens = parse_generations(r.run(generations_argv()).stdout)
+        late = current_generation(gens).number != verified.generation
         if late:
             run.note("the dead-man timer fired before the confirmation")
             return Confirmed(run.host, True)

@@ -21,6 +21,7 @@ from moxflow.nixos import (
     Generation,
     HostFacts,
     Journal,
+    JournalPhase,
     LockChange,
     NixosHostSpec,
     RecoveryState,
@@ -37,7 +38,9 @@ from moxflow.nixos import (
     generations_argv,
     lock_argv,
     lock_changes,
+    lock_orphaned_argv,
     new_failures,
+    next_generation,
     next_recovery_step,
     parse_failed_units,
     parse_flake_lock,
@@ -51,6 +54,7 @@ from moxflow.nixos import (
     switch_argv,
     system_state_argv,
     unlock_argv,
+    update_stands,
     validate_remote_path,
     write_journal_argv,
 )
@@ -951,3 +955,28 @@ def test_the_ladder_ends_for_every_path() -> None:
                 state = state.after(step, healthy=False, generation=None)
             assert step == "needs-attention"
             assert len(seen) <= 2 and seen.count("snapshot-rollback") == int(has_snapshot)
+
+
+@pytest.mark.parametrize("phase", JOURNAL_PHASES)
+def test_only_a_confirmed_update_of_an_interrupted_run_stands(phase: JournalPhase) -> None:
+    journal = Journal("r", None, "dns", "started", 7, None, None, "2026-11-26T03:15:00Z")
+    assert update_stands(journal.advance(phase)) is (phase == "confirmed")
+    assert update_stands(None) is False  # a lock without a journal: nothing is known
+
+
+def test_the_next_generation_is_one_past_the_highest_not_the_current() -> None:
+    def gen(number: int, current: bool) -> Generation:
+        return Generation(number, None, "25.11", "6.12", "Unknown", current)
+
+    assert next_generation([gen(7, True), gen(6, False)]) == 8
+    # after a rollback to 5, the newest is still 7: the next switch makes 8, not 6
+    assert next_generation([gen(7, False), gen(6, False), gen(5, True)]) == 8
+    assert next_generation([]) == 1
+
+
+def test_a_lock_is_orphaned_when_minutes_old() -> None:
+    assert lock_orphaned_argv("/var/lib/moxflow") == [
+        "find", "/var/lib/moxflow/update.lock", "-maxdepth", "0", "-mmin", "+2",
+    ]  # fmt: skip
+    with pytest.raises(ConfigError):
+        lock_orphaned_argv("relative/dir")

@@ -28,6 +28,7 @@ from moxflow.nixos import (
     RecoveryState,
     RecoveryStep,
     UpdatePlan,
+    disarm_deadman_argv,
     generation_text,
     next_recovery_step,
     plan_update,
@@ -138,7 +139,15 @@ def _update(run: HostRun) -> ReportRow:
         _unlock(run, locked)
         return run.row(Outcome.FAILED, f"failed before any change: {exc}")
 
-    armed = tuned(arm_dead_man, inv)(run, built)
+    try:
+        armed = tuned(arm_dead_man, inv)(run, built)
+    except MoxflowError as exc:
+        _disarm(run)  # an attempt may have started the timer before it failed
+        undo_before_switch(run)
+        _unlock(run, built)
+        return run.row(
+            Outcome.FAILED, f"could not arm the dead-man timer, nothing activated: {exc}"
+        )
     switched = switch(run, armed)
     run.ssh.close()  # the switch may have cut it; what follows opens new connections
     try:
@@ -155,6 +164,15 @@ def _update(run: HostRun) -> ReportRow:
     _unlock(run, confirmed)
     done = "updated" + (f" ({switched.note})" if switched.note else "")
     return run.row(Outcome.OK, done, new=switched.generation)
+
+
+def _disarm(run: HostRun) -> None:
+    """Stop the dead-man timer if it runs; one that cannot be stopped is harmless before the
+    switch (it would switch to the generation that is active) and is noted."""
+    try:
+        run.ssh.run(disarm_deadman_argv(), check=False)
+    except MoxflowError as exc:
+        run.note(f"could not stop the dead-man timer (harmless before the switch): {exc}")
 
 
 def _unlock(run: HostRun, upstream: object) -> None:

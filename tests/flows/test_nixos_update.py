@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 import re
 import shutil
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -340,6 +342,82 @@ def test_a_run_killed_after_the_switch_is_recognised_and_cleaned_up(
     # then this run did its own update properly
     assert outcome(report, "media") is Outcome.OK
     assert_settled(fresh_lab, "media", before + 2)
+
+
+def test_a_run_killed_after_its_confirmation_keeps_its_update(
+    fresh_lab: LabClient, inv: Path
+) -> None:
+    """A dead run had verified and confirmed (journal phase confirmed, no timer, the new
+    generation active, its flake.lock.before still there): the update stands."""
+    before = current(fresh_lab.state(), "media")
+    fresh_lab.nixos("media", upstream=NEW_REV)
+    flake = fresh_lab.dir / "hosts" / "media" / "etc" / "nixos"
+    state_dir = fresh_lab.dir / "hosts" / "media" / "var" / "lib" / "moxflow"
+    state_dir.mkdir(parents=True, exist_ok=True)
+    shutil.copy(flake / "flake.lock", state_dir / "flake.lock.before")
+    assert fresh_lab.exec("media", ["nix", "flake", "update", "--flake", str(flake)])[0] == 0
+    rc, _, err = fresh_lab.exec("media", ["nixos-rebuild", "switch", "--flake", f"{flake}#media"])
+    assert rc == 0, err
+    rev = nixos(fresh_lab.state(), "media")["flake_rev"]
+    journal = {
+        "run_id": uuid.uuid4().hex,
+        "flow_run_id": str(uuid.uuid4()),
+        "host": "media",
+        "phase": "confirmed",
+        "old_generation": before,
+        "new_generation": before + 1,
+        "snapshot": None,
+        "started": "2026-11-26T01:00:00+00:00",
+    }
+    lock_dir(fresh_lab, "media").mkdir(parents=True)
+    (state_dir / "journal.json").write_text(json.dumps(journal))
+
+    report = run(inv, only=["media"])
+
+    text = detail(report, "media")
+    assert "interrupted run (phase confirmed)" in text and "stands" in text
+    assert "reverted" not in text
+    assert outcome(report, "media") is Outcome.OK and "up to date" in text
+    assert_settled(fresh_lab, "media", before + 1)
+    assert nixos(fresh_lab.state(), "media")["flake_rev"] == rev  # not put back
+    assert not (state_dir / "flake.lock.before").exists()
+
+
+def test_a_lock_without_a_journal_is_a_live_run_until_it_is_old(
+    fresh_lab: LabClient, inv: Path
+) -> None:
+    """Another run between taking the lock and writing its journal is not a dead run: the
+    host is skipped and the lock kept. The same lock minutes old is a dead run's: cleared."""
+    fresh_lab.nixos("media", upstream=NEW_REV)
+    before = current(fresh_lab.state(), "media")
+    lock_dir(fresh_lab, "media").mkdir(parents=True)
+    report = run(inv, only=["media"])
+    assert outcome(report, "media") is Outcome.SKIPPED
+    assert "took the lock moments ago" in detail(report, "media")
+    assert lock_dir(fresh_lab, "media").exists()
+    assert current(fresh_lab.state(), "media") == before
+    old = time.time() - 600
+    os.utime(lock_dir(fresh_lab, "media"), (old, old))
+    report = run(inv, only=["media"])
+    assert "interrupted run (phase unknown)" in detail(report, "media")
+    assert outcome(report, "media") is Outcome.OK
+    assert_settled(fresh_lab, "media", before + 1)
+
+
+def test_a_dead_man_timer_that_cannot_be_armed_activates_nothing(
+    fresh_lab: LabClient, inv: Path
+) -> None:
+    st0 = nixos(fresh_lab.state(), "media")
+    fresh_lab.nixos("media", upstream=NEW_REV)
+    fresh_lab.fault(target="command", host="media", command="^systemd-run ", action="error",
+                    stderr="Failed to start transient timer unit", times=10)  # fmt: skip
+    report = run_failing(inv, only=["media"])
+    assert outcome(report, "media") is Outcome.FAILED
+    assert "could not arm the dead-man timer, nothing activated" in detail(report, "media")
+    assert_settled(fresh_lab, "media", st0["current"])
+    after = fresh_lab.state()
+    assert nixos(after, "media")["flake_rev"] == st0["flake_rev"]  # flake.lock put back
+    assert pre_update_snaps(after, "media") == set()  # the snapshot dropped
 
 
 def test_cli_help_and_bad_host(
