@@ -9,7 +9,7 @@ from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from prefect import flow
+from prefect import flow, tags
 from prefect.client.schemas.objects import State
 from prefect.context import get_run_context
 from prefect.logging import get_run_logger
@@ -401,6 +401,11 @@ def _wave(runs: list[HostRun], wave_no: int) -> list[ReportRow]:
     if not runs:
         return []
     gate = threading.Lock()
+    # a deployment's tags (``moxflow``) are the parent run's, not in the tags context that
+    # Prefect gives a subflow run: pass them on, so the UI's tag filter finds the hosts too
+    ctx = get_run_context()
+    parent = getattr(ctx, "flow_run", None)
+    inherited = list(parent.tags) if parent is not None else []
 
     def one(run: HostRun) -> ReportRow:
         turn = _Turnstile(gate)
@@ -408,7 +413,10 @@ def _wave(runs: list[HostRun], wave_no: int) -> list[ReportRow]:
         # no heartbeat of its own: the parent run's covers it, and joining a subflow's
         # heartbeat thread costs up to a second per host
         try:
-            with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+            with (
+                temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}),
+                tags(*inherited),
+            ):
                 state = update_host(run.host, wave_no, run, return_state=True)
         except Exception as exc:  # the subflow run could not be created: this host failed
             run.close()

@@ -15,6 +15,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from moxflow.errors import UnsafeNameError
+from moxflow.inventory.secrets import BLOCK_NAME_RE
 from moxflow.naming import validate_dataset, validate_host_name, validate_label
 from moxflow.retention import KeepPolicy
 from moxflow.selection import parse_selection
@@ -109,6 +110,15 @@ def _check_policy(value: str) -> str:
     return value
 
 
+def _check_block_name(value: str) -> str:
+    if not BLOCK_NAME_RE.fullmatch(value):
+        raise ValueError(
+            f"{value!r} is not a Prefect block name (a-z, 0-9 and '-', starting with a "
+            "letter or digit), e.g. homelab"
+        )
+    return value
+
+
 def check_selection(value: str) -> str:
     """A guest selection expression that parses; ``SelectionError`` otherwise."""
     parse_selection(value)
@@ -116,6 +126,8 @@ def check_selection(value: str) -> str:
 
 
 Address = Annotated[str, AfterValidator(check_address)]
+BlockName = Annotated[str, AfterValidator(_check_block_name)]
+"""The name of a saved Prefect block (``credentials = "homelab"``); ``blocks/`` loads it."""
 Login = Annotated[str, AfterValidator(_check_user)]
 Label = Annotated[str, AfterValidator(validate_label)]
 PolicyText = Annotated[str, AfterValidator(_check_policy)]

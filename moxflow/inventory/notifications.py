@@ -9,8 +9,8 @@ from urllib.parse import urlsplit
 from pydantic import AfterValidator, Field, SecretStr
 
 from moxflow.errors import SecretError
-from moxflow.inventory.fields import Seconds, Section
-from moxflow.inventory.secrets import BLOCK_NAME_RE, SECRET_SCHEMES, SecretRef
+from moxflow.inventory.fields import BlockName, Seconds, Section
+from moxflow.inventory.secrets import SECRET_SCHEMES, SecretRef
 
 __all__ = ["NotificationSettings", "NotifyOn"]
 
@@ -36,19 +36,10 @@ def _check_webhook(value: str) -> str:
     return value
 
 
-def _check_block_name(value: str) -> str:
-    if not BLOCK_NAME_RE.fullmatch(value):
-        raise ValueError(
-            f"{value!r} is not a Prefect block name (a-z, 0-9 and '-'), "
-            'e.g. block = "ntfy-alerts"'
-        )
-    return value
-
-
 class NotificationSettings(Section):
     """Who hears about failed runs, rollbacks and hosts that need attention, and how."""
 
-    block: Annotated[str, AfterValidator(_check_block_name)] | None = Field(
+    block: BlockName | None = Field(
         default=None,
         description=(
             "Name of a Prefect notification block (ntfy, Gotify, Slack, email, a custom "

@@ -1,7 +1,7 @@
 """``[proxmox]``: how moxflow reaches the Proxmox VE API, and where the API token's secret is:
 in the inventory, or in a Prefect block the inventory names (``credentials``).
 
-:data:`BlockName` and :func:`credentials_exclusive` serve ``[ssh] credentials`` too. The core
+:func:`credentials_exclusive` serves ``[ssh] credentials`` too. The core
 holds only the block's name; ``blocks/`` loads the block.
 """
 
@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Annotated, Self
 
 from pydantic import (
-    AfterValidator,
     BaseModel,
     Field,
     WithJsonSchema,
@@ -20,25 +19,12 @@ from pydantic import (
     model_validator,
 )
 
-from moxflow.inventory.fields import Address, Port, Seconds, Section, validation_error
-from moxflow.inventory.secrets import BLOCK_NAME_RE, SecretRef
+from moxflow.inventory.fields import Address, BlockName, Port, Seconds, Section, validation_error
+from moxflow.inventory.secrets import SecretRef
 
-__all__ = ["BlockName", "ProxmoxSettings", "credentials_exclusive"]
+__all__ = ["ProxmoxSettings", "credentials_exclusive"]
 
 _TOKEN_ID_RE = re.compile(r"[A-Za-z0-9_.-]+@[A-Za-z0-9_.-]+![A-Za-z][A-Za-z0-9_.-]+", re.ASCII)
-
-
-def _check_block_name(value: str) -> str:
-    if not BLOCK_NAME_RE.fullmatch(value):
-        raise ValueError(
-            f"{value!r} is not a Prefect block name (a-z, 0-9 and '-', starting with a "
-            "letter or digit), e.g. homelab"
-        )
-    return value
-
-
-BlockName = Annotated[str, AfterValidator(_check_block_name)]
-"""The name of a saved Prefect block (``credentials = "homelab"``); ``blocks/`` loads it."""
 
 
 def credentials_exclusive(

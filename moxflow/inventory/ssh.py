@@ -9,8 +9,8 @@ from typing import Self
 
 from pydantic import Field, model_validator
 
-from moxflow.inventory.fields import Login, Seconds, Section
-from moxflow.inventory.proxmox import BlockName, credentials_exclusive
+from moxflow.inventory.fields import BlockName, Login, Seconds, Section
+from moxflow.inventory.proxmox import credentials_exclusive
 
 __all__ = ["SshSettings", "SshTarget"]
 

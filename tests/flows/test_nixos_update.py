@@ -570,6 +570,20 @@ def test_each_step_is_a_task_run_of_the_hosts_subflow(fresh_lab: LabClient, inv:
         assert before.end_time <= after.start_time, (before.name, after.name)
 
 
+def test_the_hosts_subflow_runs_carry_the_runs_tags(fresh_lab: LabClient, inv: Path) -> None:
+    """A deployment's run has the tag ``moxflow``; its host subflow runs get it too (Prefect
+    tags a subflow run from the tags context only), so the UI's tag filter finds them."""
+    from prefect.client.orchestration import get_client
+    from prefect.flow_engine import run_flow
+
+    params = {"inventory": str(inv), "only": ["media"]}
+    with get_client(sync_client=True) as client:
+        parent = client.create_flow_run(nixos_update, parameters=params, tags=["moxflow"])
+    state = run_flow(nixos_update, flow_run=parent, parameters=params, return_type="state")
+    assert state.is_completed()
+    assert "moxflow" in subflow_runs(state)["media"].tags
+
+
 def test_a_failed_verification_is_followed_by_the_recovery_steps(
     fresh_lab: LabClient, inv: Path
 ) -> None:
