@@ -319,12 +319,22 @@ class HostRun:
 
     @contextmanager
     def connect(self) -> Iterator[SshRunner]:
-        """A new SSH connection (verification never reuses the one that switched)."""
+        """A new SSH connection (verification never reuses the one that switched); closed
+        at the end unless :meth:`adopt` made it the run's connection."""
         runner = ssh_runner(self.inv, self.host)
         try:
             yield runner
         finally:
-            runner.close()
+            if runner is not self.ssh:
+                runner.close()
+
+    def adopt(self, runner: SshRunner) -> None:
+        """Make ``runner`` (a connection opened after the switch, that verification just
+        used) the run's connection: the steps after verification use it, one handshake
+        instead of one each. It reconnects by itself when it drops."""
+        old, self.ssh = self.ssh, runner
+        if old is not runner:
+            old.close()
 
     def row(self, outcome: Outcome, detail: str, *, new: int | str | None = None) -> ReportRow:
         """The host's report row: the generation before (→ after, when it changed), the
@@ -419,6 +429,7 @@ class HostRun:
                                 f"health checks passed only once generation {now_gen} "
                                 "was active again (the dead-man timer fired)"
                             )
+                        self.adopt(r)
                         return True, str(verdict)
                     reason = "; ".join(verdict.reasons)
             except SshError as exc:
@@ -744,18 +755,17 @@ def verify(run: HostRun, switched: Switched) -> Verified:
 @step("nixos-confirm", "{run.host}: confirm")
 def confirm(run: HostRun, verified: Verified) -> Confirmed:
     """Stop the dead-man timer; ``late`` when it had already reverted the host."""
-    with run.connect() as r:
-        r.run(disarm_deadman_argv(), check=False)
-        # stopped or not there: did it fire and revert the host before we confirmed? (a timer
-        # whose revert is still running stops too, so the generation is read either way)
-        gens = parse_generations(r.run(generations_argv()).stdout)
-        late = current_generation(gens).number != verified.generation
-        if late:
-            run.note("the dead-man timer fired before the confirmation")
-            return Confirmed(run.host, True)
-        run.note("confirmed")
-        run.write_journal("confirmed")
-        run.mark_checked(r)
+    r = run.ssh  # verification's connection, made after the switch
+    r.run(disarm_deadman_argv(), check=False)
+    # stopped or not there: did it fire and revert the host before we confirmed? (a timer
+    # whose revert is still running stops too, so the generation is read either way)
+    gens = parse_generations(r.run(generations_argv()).stdout)
+    if current_generation(gens).number != verified.generation:
+        run.note("the dead-man timer fired before the confirmation")
+        return Confirmed(run.host, True)
+    run.note("confirmed")
+    run.write_journal("confirmed")
+    run.mark_checked(r)
     return Confirmed(run.host, False)
 
 
@@ -798,12 +808,12 @@ def prune(run: HostRun, confirmed: Confirmed) -> list[str]:
 def unlock(run: HostRun, upstream: Any, *, restore_lock: bool = False) -> Unlocked:
     """Clear the journal and the lock (and, after a rollback, put flake.lock back so the
     next run tries the update again)."""
-    with run.connect() as r:
-        if restore_lock:
-            r.run(disarm_deadman_argv(), check=False)
-            if run.restore_flake_lock(r):
-                run.note("flake.lock restored")
-        run.release(r)
+    r = run.ssh  # after the switch: a new connection (verification's, when it passed)
+    if restore_lock:
+        r.run(disarm_deadman_argv(), check=False)
+        if run.restore_flake_lock(r):
+            run.note("flake.lock restored")
+    run.release(r)
     return Unlocked(run.host)
 
 
