@@ -14,9 +14,7 @@ from collections.abc import Callable
 from labsim.hosts.zfs.args import _UsageError
 from labsim.hosts.zfs.datasets import ZfsState
 from labsim.hosts.zfs.list_get import _ListGet
-from labsim.hosts.zfs.properties import (
-    _NATIVE_PROPS,
-)
+from labsim.hosts.zfs.properties import _NATIVE_PROPS
 from labsim.hosts.zfs.rollback_hold import _RollbackHold
 from labsim.hosts.zfs.snapshot_destroy import _SnapshotDestroy
 from labsim.hosts.zfs.usage import _COMMANDS, _USAGE, _USAGE_PROPERTY_TRAILER

@@ -11,14 +11,7 @@ from functools import cmp_to_key
 
 from labsim.hosts.zfs.args import _strtol, _UsageError
 from labsim.hosts.zfs.datasets import ZfsDataset, ZfsSnapshot, ZfsState
-from labsim.hosts.zfs.names import (
-    _BOOKMARK,
-    _FS,
-    _FSVOL,
-    _SNAP,
-    _VOL,
-    _validate_name,
-)
+from labsim.hosts.zfs.names import _BOOKMARK, _FS, _FSVOL, _SNAP, _VOL, _validate_name
 from labsim.hosts.zfs.output import _ctime, nicenum
 from labsim.hosts.zfs.properties import (
     _SPACE_PROPS,

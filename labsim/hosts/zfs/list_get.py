@@ -4,14 +4,7 @@ from __future__ import annotations
 
 from labsim.hosts.zfs.args import _getopt, _UsageError
 from labsim.hosts.zfs.libzfs import _Libzfs, _Obj
-from labsim.hosts.zfs.names import (
-    _BOOKMARK,
-    _DATASET,
-    _FS,
-    _SNAP,
-    _VOL,
-    _user_prop,
-)
+from labsim.hosts.zfs.names import _BOOKMARK, _DATASET, _FS, _SNAP, _VOL, _user_prop
 from labsim.hosts.zfs.output import _align, _get_line
 from labsim.hosts.zfs.properties import (
     _SIM_BY_NAME,

@@ -4,14 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from labsim.hosts.zfs.names import (
-    _DATASET,
-    _FS,
-    _FSVOL,
-    _SNAP,
-    _VOL,
-    _user_prop,
-)
+from labsim.hosts.zfs.names import _DATASET, _FS, _FSVOL, _SNAP, _VOL, _user_prop
 
 # --------------------------------------------------------------------------------------------
 # Properties (module/zcommon/zfs_prop.c)

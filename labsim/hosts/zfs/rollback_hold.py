@@ -5,12 +5,7 @@ from __future__ import annotations
 from labsim.hosts.zfs.args import _getopt, _UsageError
 from labsim.hosts.zfs.datasets import ZfsDataset, ZfsSnapshot
 from labsim.hosts.zfs.libzfs import _Libzfs
-from labsim.hosts.zfs.names import (
-    _DATASET,
-    _FSVOL,
-    _MAX_TAG_LEN,
-    _SNAP,
-)
+from labsim.hosts.zfs.names import _DATASET, _FSVOL, _MAX_TAG_LEN, _SNAP
 from labsim.hosts.zfs.output import _ctime
 
 
