@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from labsim.core.faults import Fault, fault_matches, parse_fault
-from labsim.core.system import Command, ControlOp, Deferred, Effect, Result, System
+from labsim.core.system import ApiRoute, Command, ControlOp, Deferred, Effect, Result, System
 from labsim.core.tasks import Task
 
 S = TypeVar("S", bound=System)
@@ -124,7 +124,7 @@ class LabCore:
             ops += s.controls()
         return ops
 
-    def routes(self) -> list[Any]:
+    def routes(self) -> list[ApiRoute]:
         """Every system's API routes."""
         return [r for s in self.systems for r in s.routes()]
 

@@ -145,10 +145,6 @@ class Guest:
         return "VM" if self.type == "qemu" else "CT"
 
     @property
-    def config_dir(self) -> str:
-        return "qemu-server" if self.type == "qemu" else "lxc"
-
-    @property
     def volume(self) -> str:
         """The root disk's volume name on its storage."""
         if self.type == "qemu":

@@ -181,9 +181,6 @@ class PveSystem(System):
             self.lab.settle()
             return g
 
-    def _guest_word(self, gtype: str) -> str:
-        return "VM" if gtype == "qemu" else "CT"
-
     def _snap_task_type(self, gtype: str, op: str) -> str:
         prefix = "qm" if gtype == "qemu" else "vz"
         return f"{prefix}{op}"

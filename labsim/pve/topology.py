@@ -29,7 +29,7 @@ class Topology:
 # --- topologies -------------------------------------------------------------------------------
 
 
-def _storages(node_names: list[str]) -> dict[str, Storage]:
+def _storages() -> dict[str, Storage]:
     return {
         "local": Storage(
             "local", "dir", ["iso", "vztmpl", "backup"], total=100 * GiB, bandwidth=400 * MiB
@@ -107,7 +107,7 @@ def default_topology(now: float) -> Topology:
         CLUSTER_NAME,
         nodes,
         {g.vmid: g for g in guests},
-        _storages(list(nodes)),
+        _storages(),
         ["pve1", "pve2", "nas"],
     )
 
@@ -160,4 +160,4 @@ def generated_topology(now: float, nodes: int, guests_per_node: int) -> Topology
             tid, "qemu", f"template-{name}", name, status="stopped", template=True,
             maxdisk=16 * GiB, agent=True,
         )  # fmt: skip
-    return Topology(CLUSTER_NAME, node_map, guests, _storages(list(node_map)), [*node_map, "nas"])
+    return Topology(CLUSTER_NAME, node_map, guests, _storages(), [*node_map, "nas"])
