@@ -64,7 +64,7 @@ UPID_RE = re.compile(r"/nodes/([^/]+)/tasks/(UPID:[^/]+)/status$")
 
 
 def archive_size(vmid: int, maxdisk: int) -> int:
-    """labsim.state.backup_size: the simulated size of a guest's zstd archive."""
+    """labsim.pve.topology.backup_size: the simulated size of a guest's zstd archive."""
     return int(maxdisk * (0.15 + (vmid % 5) * 0.05)) + vmid * 4096
 
 

@@ -126,6 +126,11 @@ class LabClient:
         """Send one control request and return its ``result``."""
         return self._request({"op": op, **args}, timeout)["result"]
 
+    def control(self, op: str, **args: Any) -> Any:
+        """Run the control operation ``op`` (the core's, the daemon's or any system's, plugged
+        in ones too; ``python -m labsim`` lists those with a command) and return its result."""
+        return self.call(op, **args)
+
     # -- what the lab is -----------------------------------------------------------------------
 
     @property
@@ -172,33 +177,33 @@ class LabClient:
 
     def state(self) -> dict[str, Any]:
         """The whole lab state (nodes, guests, storages, tasks, hosts, faults)."""
-        result: dict[str, Any] = self.call("state")
+        result: dict[str, Any] = self.control("state")
         return result
 
     def fault(self, **spec: Any) -> int:
         """Inject a fault (see docs/internals.md); returns its id."""
-        fault_id: int = self.call("fault", spec=spec)
+        fault_id: int = self.control("fault", spec=spec)
         return fault_id
 
     def clear_faults(self) -> None:
-        self.call("clear_faults")
+        self.control("clear_faults")
 
     def reset(self) -> None:
         """Back to the initial state: tasks, faults and the API request log cleared."""
-        self.call("reset")
+        self.control("reset")
 
     def set_time_scale(self, scale: float) -> None:
-        self.call("time_scale", value=scale)
+        self.control("time_scale", value=scale)
 
     def set_guest(self, vmid: int, **fields: Any) -> dict[str, Any]:
         """Change a guest directly, e.g. ``set_guest(101, lock="backup")``; its new state."""
-        result: dict[str, Any] = self.call("set_guest", vmid=vmid, fields=fields)
+        result: dict[str, Any] = self.control("set_guest", vmid=vmid, fields=fields)
         return result
 
     def set_storage(self, storage: str, **fields: Any) -> dict[str, Any]:
         """Change a storage directly: ``total``, ``used`` (other data), ``bandwidth``
         (bytes per second before the time scale); its new state."""
-        result: dict[str, Any] = self.call("set_storage", storage=storage, fields=fields)
+        result: dict[str, Any] = self.control("set_storage", storage=storage, fields=fields)
         return result
 
     def guest(self, vmid: int) -> dict[str, Any]:
@@ -208,16 +213,16 @@ class LabClient:
 
     def api_requests(self, since: int = 0) -> list[dict[str, Any]]:
         """Every API request received (method, path, template, params, status, errors)."""
-        result: list[dict[str, Any]] = self.call("api_requests", since=since)
+        result: list[dict[str, Any]] = self.control("api_requests", since=since)
         return result
 
     def commands(self) -> list[dict[str, Any]]:
         """Every command the SSH hosts were asked to run since the last reset (host, command)."""
-        result: list[dict[str, Any]] = self.call("commands")
+        result: list[dict[str, Any]] = self.control("commands")
         return result
 
     def clear_api_requests(self) -> None:
-        self.call("clear_api_requests")
+        self.control("clear_api_requests")
 
     def exec(
         self, host: str, argv: list[str], stdin: str | None = None, cwd: str | None = None
@@ -239,12 +244,12 @@ class LabClient:
         ``health_broken``, ``cut_network``, ``deadman_broken``, ``build_seconds`` (before the
         time scale), ``healthy`` (reset the behaviour first). Unset fields keep their value.
         ``host="*"``: every NixOS host (then a dict by host name)."""
-        result: dict[str, Any] = self.call("nixos", host=host, fields=fields)
+        result: dict[str, Any] = self.control("nixos", host=host, fields=fields)
         return result
 
     def nixos_upstream(self, host: str, rev: str) -> dict[str, Any]:
         """Move a host's upstream nixpkgs (what ``nix flake update`` locks next)."""
-        result: dict[str, Any] = self.call("nixos_upstream", host=host, rev=rev)
+        result: dict[str, Any] = self.control("nixos_upstream", host=host, rev=rev)
         return result
 
     def nixos_state(self, host: str) -> dict[str, Any]:
@@ -347,11 +352,14 @@ def start_lab(
     timeout: float = 20.0,
     detach: bool = False,
     python: str = sys.executable,
+    systems: list[str] | None = None,
 ) -> LabClient:
     """Start a lab daemon for ``lab_dir`` and wait until it serves; raise LabStartError with
     the tail of its log when it does not within ``timeout`` seconds.
 
     ``detach`` starts it in its own session so it outlives this process (the CLI's ``up``).
+    ``systems``: extra systems to plug in, ``module:factory`` or ``path/to/file.py:factory``
+    (see ``labsim.core.plugins``).
     """
     d = Path(lab_dir).resolve()
     d.mkdir(parents=True, exist_ok=True)
@@ -367,6 +375,8 @@ def start_lab(
         cmd += ["--nixos-hosts", str(nixos_hosts)]
     if api_port:
         cmd += ["--api-port", str(api_port)]
+    for system in systems or []:
+        cmd += ["--system", system]
     with open(d / LOG_NAME, "ab") as logf:
         proc = subprocess.Popen(
             cmd,

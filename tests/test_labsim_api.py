@@ -21,7 +21,7 @@ import requests
 
 from labsim import pve, schema
 from labsim.client import LabClient, wait_until
-from labsim.state import Lab, LabOptions
+from labsim.lab import Lab, LabOptions
 
 
 class Api:

@@ -20,9 +20,10 @@ import asyncssh
 import pytest
 import requests
 
-from labsim import backups, pve, schema
-from labsim.backups import Archive
+from labsim import pve, schema
 from labsim.client import LabClient, wait_until
+from labsim.pve import backups
+from labsim.pve.backups import Archive
 from tests.conftest import LAB_TIME_SCALE
 
 GiB = 1024**3

@@ -21,8 +21,8 @@ import pytest
 import requests
 
 from labsim.client import LabClient, wait_until
-from labsim.daemon import render_inventory
-from labsim.state import Lab, LabOptions
+from labsim.inventory import render_inventory
+from labsim.lab import Lab, LabOptions
 from moxflow.errors import SshConnectError
 from moxflow.ssh import CommandResult, SshRunner
 

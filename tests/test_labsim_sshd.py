@@ -23,9 +23,9 @@ import pytest
 from fabric import Config, Connection
 from invoke.exceptions import CommandTimedOut, UnexpectedExit
 
+from labsim.hosts.zfs import ZfsState, default_zfs_state, run_zfs
 from labsim.shim import write_shims
 from labsim.sshd import generate_host_key, start_ssh_host
-from labsim.zfs import ZfsState, default_zfs_state, run_zfs
 
 DEADLINE = 10.0
 

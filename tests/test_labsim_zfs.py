@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from labsim.zfs import ZfsState, default_zfs_state, nicenum, run_zfs
+from labsim.hosts.zfs import ZfsState, default_zfs_state, nicenum, run_zfs
 
 NOW = 1795741323.0  # 2026-11-27 01:02:03 UTC
 

@@ -131,7 +131,7 @@ def test_wait_task_with_a_hint_polls_sparsely_early_and_sees_the_end(
 ) -> None:
     lab = fresh_lab
     guest = lab.guest(100)
-    size = int(guest["maxdisk"] * 0.15) + 100 * 4096  # labsim.state.backup_size
+    size = int(guest["maxdisk"] * 0.15) + 100 * 4096  # labsim.pve.topology.backup_size
     scale = lab.state()["time_scale"]
     lab.set_storage("nas-backup", bandwidth=size * scale / 1.0)  # a 1 s dump
     client = proxmox_client(load_inventory(lab_inventory))

@@ -1,0 +1,1 @@
+"""The software of the simulated hosts: ``labsim.hosts.zfs`` and ``labsim.hosts.nixos``."""
