@@ -41,7 +41,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from labsim.client import LabClient, start_lab  # noqa: E402
-from scripts.prefect_server import start_server, stop_server  # noqa: E402
+from scripts.prefect_server import busy_refusals, start_server, stop_server  # noqa: E402
 
 MiB = 1024**2
 GiB = 1024**3
@@ -205,7 +205,9 @@ def main() -> None:
                 lab.set_time_scale(scale)
                 lab.set_storage(storage, bandwidth=bw, total=100 * 1024 * GiB, used=0)
                 lab.clear_api_requests()
+                busy = busy_refusals(work / "prefect")
                 result, rss_kib = run_child(lab.inventory, storage, env)
+                busy = busy_refusals(work / "prefect") - busy
                 requests = lab.api_requests()
                 final = lab.state()
                 after = final["storages"][storage]["archives"]
@@ -233,6 +235,10 @@ def main() -> None:
                     f"{storage_bound:.1f} s, slowest node's serial sum {node_bound:.1f} s)"
                 )
                 print(f"ratio             {makespan / bound:8.3f}    (goal <= 1.05)")
+                print(
+                    f"Prefect busy      {busy:8d}    (requests refused with 503, SQLite busy; "
+                    "each retried after 2 s)"
+                )
                 print(
                     f"Proxmox job shape {proxmox:8.1f} s  (one vzdump job per node, "
                     f"ratio {proxmox / bound:.3f}; moxflow / Proxmox {makespan / proxmox:.3f})"

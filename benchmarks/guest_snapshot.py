@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from labsim.client import start_lab  # noqa: E402
-from scripts.prefect_server import start_server, stop_server  # noqa: E402
+from scripts.prefect_server import busy_refusals, start_server, stop_server  # noqa: E402
 
 SNAPSHOT_SECONDS = 0.2
 
@@ -121,12 +121,14 @@ def main() -> None:
             )
             print(
                 f"{'conc':>5} {'wall s':>8} {'ideal s':>8} {'ratio':>6} {'seq s':>7} "
-                f"{'ovh/guest ms':>12} {'peak MB':>8} {'ok':>5}"
+                f"{'ovh/guest ms':>12} {'peak MB':>8} {'ok':>5} {'busy':>5}"
             )
             for c in levels:
                 lab.reset()
+                busy = busy_refusals(work / "prefect")
                 t0 = time.perf_counter()
                 result, rss_kib = run_child(work / "lab" / "inventory.toml", c, env)
+                busy = busy_refusals(work / "prefect") - busy
                 process_s = time.perf_counter() - t0
                 wall = result["seconds"]
                 ideal = math.ceil(guests / c) * SNAPSHOT_SECONDS
@@ -136,12 +138,16 @@ def main() -> None:
                 raw, _ = run_child(work / "lab" / "inventory.toml", c, env, RAW_CHILD)
                 print(
                     f"{c:>5} {wall:>8.2f} {ideal:>8.2f} {wall / ideal:>6.2f} {seq:>7.1f} "
-                    f"{overhead_ms:>12.2f} {rss_kib / 1024:>8.0f} {int(result['ok']):>5}"
+                    f"{overhead_ms:>12.2f} {rss_kib / 1024:>8.0f} {int(result['ok']):>5} {busy:>5}"
                     f"   (whole process {process_s:.1f} s; same API calls without Prefect: "
                     f"{raw['seconds']:.2f} s, ratio {raw['seconds'] / ideal:.2f})",
                     flush=True,
                 )
             print("\ngoals: ratio <= 1.15, peak memory < 400 MB")
+            print(
+                "busy: requests the Prefect server refused with 503 because SQLite was busy; "
+                "the client waits 2 s before each retry"
+            )
         finally:
             lab.stop()
             stop_server(server)

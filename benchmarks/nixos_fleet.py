@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from labsim.client import start_lab  # noqa: E402
-from scripts.prefect_server import start_server, stop_server  # noqa: E402
+from scripts.prefect_server import busy_refusals, start_server, stop_server  # noqa: E402
 
 REV = "0badc0de0badc0de0badc0de0badc0de0badc0de"
 
@@ -79,6 +79,11 @@ def main() -> None:
             print(f"ideal      {ideal:7.2f} s  (sum over waves of the slowest build)")
             print(f"ratio      {makespan / ideal:7.2f}     (goal <= 1.10)")
             print(f"sequential {sequential:7.2f} s  (one host at a time, like deploy-rs)")
+            busy = busy_refusals(work / "prefect")
+            print(
+                f"busy       {busy:7d}     (requests the Prefect server refused with 503 "
+                "because SQLite was busy; the client waits 2 s before each retry)"
+            )
         finally:
             lab.stop()
             stop_server(server)

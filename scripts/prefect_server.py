@@ -37,6 +37,7 @@ def start_server(
     env["PREFECT_API_URL"] = f"http://127.0.0.1:{port}/api"
     env.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     env.setdefault("PREFECT_UI_ENABLED", "false")
+    env.setdefault("PREFECT_API_LOG_RETRYABLE_ERRORS", "true")  # counted by busy_refusals
     log_path = home / "server.log"
     with log_path.open("wb") as log:  # the server keeps its own copy of the descriptor
         proc = subprocess.Popen(
@@ -70,6 +71,19 @@ def start_server(
             time.sleep(0.2)
     proc.terminate()
     raise SystemExit(f"the Prefect server did not answer within {timeout:g} s; see {log_path}")
+
+
+RETRYABLE = "Encountered retryable exception in request"
+
+
+def busy_refusals(home: Path) -> int:
+    """How many requests the server in ``home`` answered 503 because its database was busy
+    (SQLite: a write that met another writer). Prefect's client waits 2 s (then 4, 8, ...)
+    before it sends such a request again, so each one can add seconds to a run."""
+    log_path = home / "server.log"
+    if not log_path.exists():
+        return 0
+    return log_path.read_text(errors="replace").count(RETRYABLE)
 
 
 def stop_server(proc: subprocess.Popen[bytes]) -> None:
