@@ -179,7 +179,8 @@ class Daemon:
                 health_port,
                 storage_paths=self._storage_paths(),
                 offsite_path=str(offsite) if offsite is not None else None,
-            ),
+            )
+            + "".join(line + "\n" for system in self.lab.systems for line in system.inventory()),
             encoding="utf-8",
         )
 

@@ -2,7 +2,8 @@
 
 A lamp on the host ``pve1``: ``GET /toy/lamp`` (a lab-only API route) and the SSH command
 ``lamp`` say whether it is on, the control operation ``toy_lamp`` (CLI ``toy-lamp``) switches
-it, and the state JSON has it under ``toy``. Nothing of it is in labsim.
+it, the state JSON has it under ``toy`` and the inventory a line about it. Nothing of it is
+in labsim.
 """
 
 from __future__ import annotations
@@ -51,6 +52,10 @@ class ToySystem(System):
 
     def to_json(self) -> dict[str, Any]:
         return {"toy": {"lamp": self.on}}
+
+    def inventory(self) -> list[str]:
+        # moxflow has no [toy] section: a comment, so the inventory still loads
+        return ["# toy: the lamp is on pve1"]
 
 
 def make() -> ToySystem:

@@ -81,6 +81,14 @@ def test_the_toy_system_answers_everywhere(toy_lab: LabClient) -> None:
     assert "Switch the toy lamp on or off." in help_text
 
 
+def test_the_toy_system_adds_to_the_inventory(toy_lab: LabClient) -> None:
+    from moxflow.inventory import load_inventory
+
+    text = toy_lab.inventory.read_text()
+    assert text.endswith("# toy: the lamp is on pve1\n")
+    assert "pve1" in load_inventory(toy_lab.inventory).hosts  # and it still loads
+
+
 def test_the_toy_system_resets_with_the_lab(toy_lab: LabClient) -> None:
     toy_lab.control("toy_lamp", state="on")
     toy_lab.reset()

@@ -219,6 +219,11 @@ class System:
         """This system's top-level keys of the state JSON."""
         return {}
 
+    def inventory(self) -> list[str]:
+        """Lines this system adds at the end of the lab's ``inventory.toml`` (its own TOML
+        sections, for the jobs that use it), written once every host has its port."""
+        return []
+
     def host_fields(self) -> tuple[str, ...]:
         """Keys this system adds to every SSH host of the state JSON (None where unset)."""
         return ()
