@@ -48,6 +48,7 @@ __all__ = [
     "clear_journal_argv",
     "current_generation",
     "deadman_armed_argv",
+    "deadman_service_active_argv",
     "disarm_deadman_argv",
     "evaluate",
     "failed_units_argv",
@@ -167,6 +168,7 @@ def _deadman_argv(profile: str, generation: str, seconds: float) -> list[str]:
         "systemd-run",
         "--unit",
         DEADMAN_UNIT,
+        "--collect",  # unloaded when done, even failed: the next run can arm it again
         "--on-active",
         _seconds(seconds),
         "--description",
@@ -188,6 +190,12 @@ def arm_deadman_argv(profile: str, generation: int, seconds: float) -> list[str]
 def disarm_deadman_argv() -> list[str]:
     """``systemctl stop moxflow-deadman.timer``: confirm the update."""
     return ["systemctl", "stop", DEADMAN_TIMER]
+
+
+def deadman_service_active_argv() -> list[str]:
+    """``systemctl is-active moxflow-deadman.service`` (exit 0: the timer fired and its
+    revert is running right now; stopping the timer does not stop it)."""
+    return ["systemctl", "is-active", f"{DEADMAN_UNIT}.service"]
 
 
 def deadman_armed_argv() -> list[str]:

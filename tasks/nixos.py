@@ -20,13 +20,13 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime, tzinfo
-from typing import Any
+from typing import Any, Literal
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from blocks.ssh import ssh_runner
-from moxflow.errors import ConfigError, MoxflowError, ParseError, SshError
+from moxflow.errors import ConfigError, MoxflowError, ParseError, SshCommandError, SshError
 from moxflow.inventory import (
     Inventory,
     NoSnapshotMethod,
@@ -44,6 +44,7 @@ from moxflow.nixos import (
     clear_journal_argv,
     current_generation,
     deadman_armed_argv,
+    deadman_service_active_argv,
     disarm_deadman_argv,
     evaluate,
     failed_units_argv,
@@ -238,6 +239,7 @@ class HostRun:
         "begun",
         "flow_run_id",
         "force",
+        "holds_lock",
         "host",
         "inv",
         "journal",
@@ -295,6 +297,8 @@ class HostRun:
         self.begun: Callable[[], None] = lambda: None
         """Called when the host's subflow run begins (the flow lets the next one start)."""
         self.steps: list[str] = []
+        self.holds_lock = False
+        """Set once this run made the lock folder (its journal may not be written yet)."""
         self.snapshot: str | None = None
         self.old = generation
         self.before = HostFacts(generation, baseline.system_state, baseline.failed_units)
@@ -329,9 +333,9 @@ class HostRun:
                 runner.close()
 
     def adopt(self, runner: SshRunner) -> None:
-        """Make ``runner`` (a connection opened after the switch, that verification just
-        used) the run's connection: the steps after verification use it, one handshake
-        instead of one each. It reconnects by itself when it drops."""
+        """Make ``runner`` (a connection confirm opened after verification) the run's
+        connection: prune and unlock use it, one handshake instead of one each. It
+        reconnects by itself when it drops."""
         old, self.ssh = self.ssh, runner
         if old is not runner:
             old.close()
@@ -429,7 +433,6 @@ class HostRun:
                                 f"health checks passed only once generation {now_gen} "
                                 "was active again (the dead-man timer fired)"
                             )
-                        self.adopt(r)
                         return True, str(verdict)
                     reason = "; ".join(verdict.reasons)
             except SshError as exc:
@@ -502,6 +505,7 @@ class Built:
 class Armed:
     host: str
     seconds: float
+    next_generation: int  # the number the switch gives its generation
 
 
 @dataclass(frozen=True, slots=True)
@@ -567,13 +571,20 @@ def lock(run: HostRun) -> Locked:
     deadline = time.monotonic() + run.settings.lock_wait
     while True:
         if r.run(lock_argv(run.state_dir), check=False).exit_code == 0:
+            run.holds_lock = True  # before the journal: a retry after a drop here knows
             run.write_journal("started")
             return Locked(run.host)
         journal = _read_journal(r, run.state_dir)
         if journal is not None and journal.run_id == run.journal.run_id:
             return Locked(run.host)  # an earlier attempt of this step took it
+        if journal is None and run.holds_lock:  # an earlier attempt took it, then dropped
+            run.write_journal("started")
+            return Locked(run.host)
         owner = journal.flow_run_id if journal else None
-        if journal is None and not _lock_orphaned(r, run.state_dir):
+        age = _lock_age(r, run.state_dir) if journal is None else "old"
+        if age == "gone":
+            continue  # released meanwhile: try to take it
+        if age == "young":
             holder = "another run, which took the lock moments ago,"  # and writes its journal
         elif not flow_run_alive(owner):
             _recover_stale(run, journal)
@@ -585,10 +596,13 @@ def lock(run: HostRun) -> Locked:
         time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
 
 
-def _lock_orphaned(r: SshRunner, state_dir: str) -> bool:
-    """Whether the lock (found without a journal) is old enough to be a dead run's."""
+def _lock_age(r: SshRunner, state_dir: str) -> Literal["young", "old", "gone"]:
+    """A lock found without a journal: ``old`` enough to be a dead run's, ``young`` (a run
+    writing its journal right now), or ``gone`` (released since)."""
     found = r.run(lock_orphaned_argv(state_dir), check=False)
-    return found.exit_code != 0 or bool(found.stdout.strip())  # gone meanwhile: try again
+    if found.exit_code != 0:
+        return "gone"
+    return "old" if found.stdout.strip() else "young"
 
 
 def _recover_stale(run: HostRun, journal: Journal | None) -> None:
@@ -709,11 +723,13 @@ def arm_dead_man(run: HostRun, built: Built) -> Armed:
     """Start the timer that switches the host back to its old generation unless confirmed.
     Safe to retry: a timer an earlier attempt started is stopped first."""
     timeout = run.settings.confirm_timeout
+    # if the switch cuts us off, the generation it makes is the next number (the timer has it)
+    upcoming = next_generation(parse_generations(run.ssh.run(generations_argv()).stdout))
     run.ssh.run(disarm_deadman_argv(), check=False)
     run.ssh.run(arm_deadman_argv(run.profile, run.old, int(timeout)))
     run.write_journal("armed")
     run.note(f"dead-man timer armed ({timeout:g}s)")
-    return Armed(run.host, timeout)
+    return Armed(run.host, timeout, upcoming)
 
 
 @task(name="nixos-switch", task_run_name="{run.host}: switch", cache_policy=NO_CACHE, retries=0)
@@ -723,8 +739,7 @@ def switch(run: HostRun, armed: Armed) -> Switched:
     ladder decide what happened. A switch that exits non-zero or loses its connection is
     noted and verified like any other."""
     r = run.ssh
-    # if the switch cuts us off, the generation it makes is the next number (the timer has it)
-    new = next_generation(parse_generations(r.run(generations_argv()).stdout))
+    new = armed.next_generation
     try:
         done = r.run(switch_argv(run.spec.flake, run.attr), check=False, timeout=3600)
         note = "" if done.exit_code == 0 else f"switch exit {done.exit_code}"
@@ -755,12 +770,24 @@ def verify(run: HostRun, switched: Switched) -> Verified:
 @step("nixos-confirm", "{run.host}: confirm")
 def confirm(run: HostRun, verified: Verified) -> Confirmed:
     """Stop the dead-man timer; ``late`` when it had already reverted the host."""
-    r = run.ssh  # verification's connection, made after the switch
-    r.run(disarm_deadman_argv(), check=False)
-    # stopped or not there: did it fire and revert the host before we confirmed? (a timer
-    # whose revert is still running stops too, so the generation is read either way)
+    # a new connection: a host that takes no new ones (sshd down, a firewall for new
+    # connections) is not confirmed, whatever an open connection still reaches
+    r = ssh_runner(run.inv, run.host)
+    run.adopt(r)  # prune and unlock go on over it
+    for _ in range(3):
+        r.run(disarm_deadman_argv(), check=False)
+        if r.run(deadman_armed_argv(), check=False).exit_code != 0:
+            break
+    else:
+        raise SshCommandError(
+            "the dead-man timer is still armed after systemctl stop",
+            host=run.host,
+            command=disarm_deadman_argv(),
+        )
+    # did it fire before we stopped it? its revert may still be running, or done
+    reverting = r.run(deadman_service_active_argv(), check=False).exit_code == 0
     gens = parse_generations(r.run(generations_argv()).stdout)
-    if current_generation(gens).number != verified.generation:
+    if reverting or current_generation(gens).number != verified.generation:
         run.note("the dead-man timer fired before the confirmation")
         return Confirmed(run.host, True)
     run.note("confirmed")
@@ -808,7 +835,7 @@ def prune(run: HostRun, confirmed: Confirmed) -> list[str]:
 def unlock(run: HostRun, upstream: Any, *, restore_lock: bool = False) -> Unlocked:
     """Clear the journal and the lock (and, after a rollback, put flake.lock back so the
     next run tries the update again)."""
-    r = run.ssh  # after the switch: a new connection (verification's, when it passed)
+    r = run.ssh  # after the switch: a new connection (confirm's, when it confirmed)
     if restore_lock:
         r.run(disarm_deadman_argv(), check=False)
         if run.restore_flake_lock(r):

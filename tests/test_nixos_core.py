@@ -341,7 +341,7 @@ INNER = (
         (
             arm_deadman_argv(PROFILE, 42, 120),
             [
-                *("systemd-run", "--unit", "moxflow-deadman", "--on-active", "120s"),
+                *("systemd-run", "--unit", "moxflow-deadman", "--collect", "--on-active", "120s"),
                 "--description",
                 "moxflow: revert to generation 42 unless the update is confirmed",
                 *("/bin/sh", "-c", INNER),
@@ -376,7 +376,8 @@ def test_argv(argv: list[str], expected: list[str]) -> None:
 
 @pytest.mark.parametrize(("seconds", "text"), [(120.0, "120s"), (2.5, "2.5s"), (0.05, "0.05s")])
 def test_deadman_seconds(seconds: float, text: str) -> None:
-    assert arm_deadman_argv(PROFILE, 1, seconds)[4] == text
+    argv = arm_deadman_argv(PROFILE, 1, seconds)
+    assert argv[argv.index("--on-active") + 1] == text
 
 
 def test_deadman_inner_command_is_the_revert_commands() -> None:
@@ -838,7 +839,8 @@ def test_plan_update(inv: Inventory) -> None:
         "mkdir /lab/hosts/dns/var/lib/moxflow/update.lock",
         "nix flake update --flake /lab/hosts/dns/etc/nixos",
         "nixos-rebuild build --flake '/lab/hosts/dns/etc/nixos#dns'",
-        "systemd-run --unit moxflow-deadman --on-active 90s --description 'moxflow: revert to "
+        "systemd-run --unit moxflow-deadman --collect --on-active 90s --description "
+        "'moxflow: revert to "
         "generation N unless the update is confirmed' /bin/sh -c 'nix-env --profile "
         "/lab/nix/var/nix/profiles/system --switch-generation N && "
         "/lab/nix/var/nix/profiles/system-N-link/bin/switch-to-configuration switch'",

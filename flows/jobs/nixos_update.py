@@ -28,7 +28,6 @@ from moxflow.nixos import (
     RecoveryState,
     RecoveryStep,
     UpdatePlan,
-    disarm_deadman_argv,
     generation_text,
     next_recovery_step,
     plan_update,
@@ -120,31 +119,31 @@ def _update(run: HostRun) -> ReportRow:
     try:
         snap = tuned(snapshot, inv)(run, locked)
     except MoxflowError as exc:
-        _unlock(run, locked)
+        _unlock(run, locked, restore_lock=True)
         return run.row(Outcome.FAILED, f"snapshot failed, nothing changed: {exc}")
     try:
         updated = tuned(flake_update, inv)(run, snap)
         if not updated.changes and not run.force:
             undo_before_switch(run)
             run.mark_checked(run.ssh)
-            _unlock(run, updated)
+            _unlock(run, updated, restore_lock=True)
             return run.row(Outcome.OK, "up to date")
         built = tuned(build, inv)(run, updated)
     except BuildFailed as exc:
         undo_before_switch(run)
-        _unlock(run, locked)
+        _unlock(run, locked, restore_lock=True)
         return run.row(Outcome.FAILED, f"build failed, nothing activated: {exc}")
     except MoxflowError as exc:
         undo_before_switch(run)
-        _unlock(run, locked)
+        _unlock(run, locked, restore_lock=True)
         return run.row(Outcome.FAILED, f"failed before any change: {exc}")
 
     try:
         armed = tuned(arm_dead_man, inv)(run, built)
     except MoxflowError as exc:
-        _disarm(run)  # an attempt may have started the timer before it failed
+        # an attempt may have started the timer before it failed: the unlock step stops it
         undo_before_switch(run)
-        _unlock(run, built)
+        _unlock(run, built, restore_lock=True)
         return run.row(
             Outcome.FAILED, f"could not arm the dead-man timer, nothing activated: {exc}"
         )
@@ -154,7 +153,14 @@ def _update(run: HostRun) -> ReportRow:
         verified = tuned(verify, inv)(run, switched)
     except VerificationFailed as exc:
         return _recover(run, switched, exc.generation)
-    confirmed = tuned(confirm, inv)(run, verified)
+    except MoxflowError as exc:  # not verified: the ladder decides, as for a failed check
+        run.note(f"verification failed: {exc}")
+        return _recover(run, switched, run.seen_generation())
+    try:
+        confirmed = tuned(confirm, inv)(run, verified)
+    except MoxflowError as exc:  # not confirmed: the timer will revert it; the ladder decides
+        run.note(f"confirmation failed: {exc}")
+        return _recover(run, verified, run.seen_generation())
     if confirmed.late:
         return _recover(run, confirmed, run.seen_generation())
     try:
@@ -166,20 +172,13 @@ def _update(run: HostRun) -> ReportRow:
     return run.row(Outcome.OK, done, new=switched.generation)
 
 
-def _disarm(run: HostRun) -> None:
-    """Stop the dead-man timer if it runs; one that cannot be stopped is harmless before the
-    switch (it would switch to the generation that is active) and is noted."""
+def _unlock(run: HostRun, upstream: object, *, restore_lock: bool = False) -> None:
+    """The unlock step (``restore_lock``: nothing was activated, so it also stops a timer an
+    arm attempt may have started and puts flake.lock back, inside the retried step: its
+    backup goes only once it is back). A host that cannot be unlocked keeps its outcome (the
+    next run finds the lock and the journal, and clears them)."""
     try:
-        run.ssh.run(disarm_deadman_argv(), check=False)
-    except MoxflowError as exc:
-        run.note(f"could not stop the dead-man timer (harmless before the switch): {exc}")
-
-
-def _unlock(run: HostRun, upstream: object) -> None:
-    """The unlock step; a host that cannot be unlocked keeps its outcome (the next run finds
-    the lock and the journal, and clears them)."""
-    try:
-        tuned(unlock, run.inv)(run, upstream)
+        tuned(unlock, run.inv)(run, upstream, restore_lock=restore_lock)
     except MoxflowError as exc:
         run.note(f"could not clear the lock: {exc}")
 
@@ -405,7 +404,7 @@ def _wave(runs: list[HostRun], wave_no: int) -> list[ReportRow]:
     # Prefect gives a subflow run: pass them on, so the UI's tag filter finds the hosts too
     ctx = get_run_context()
     parent = getattr(ctx, "flow_run", None)
-    inherited = list(parent.tags) if parent is not None else []
+    inherited = [t for t in (parent.tags if parent is not None else []) if t != "auto-scheduled"]
 
     def one(run: HostRun) -> ReportRow:
         turn = _Turnstile(gate)

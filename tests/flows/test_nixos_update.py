@@ -404,6 +404,37 @@ def test_a_lock_without_a_journal_is_a_live_run_until_it_is_old(
     assert_settled(fresh_lab, "media", before + 1)
 
 
+def test_a_lock_step_retried_after_taking_the_lock_keeps_it(
+    fresh_lab: LabClient, inv: Path
+) -> None:
+    """The connection drops between taking the lock and writing the journal: Prefect tries
+    the lock step again, which knows the journal-less lock is its own (not another run's)."""
+    fresh_lab.nixos("media", upstream=NEW_REV)
+    before = current(fresh_lab.state(), "media")
+    fresh_lab.fault(target="command", host="media", command=r"journal\.json\.tmp",
+                    action="drop", times=1)  # fmt: skip
+    report = run(inv, only=["media"])
+    assert outcome(report, "media") is Outcome.OK, detail(report, "media")
+    assert_settled(fresh_lab, "media", before + 1)
+
+
+def test_a_confirmation_that_fails_goes_to_the_recovery_steps(
+    fresh_lab: LabClient, inv: Path
+) -> None:
+    """The timer cannot be stopped (it still says active): the update is not confirmed, and
+    the recovery steps put the old generation back instead of a bare failure."""
+    fresh_lab.nixos("media", upstream=NEW_REV)
+    before = current(fresh_lab.state(), "media")
+    fresh_lab.fault(target="command", host="media",
+                    command=r"^systemctl is-active moxflow-deadman\.timer$",
+                    action="error", exit=0, stdout="active\n", times=50)  # fmt: skip
+    report = run_failing(inv, only=["media"])
+    assert outcome(report, "media") is Outcome.ROLLED_BACK, detail(report, "media")
+    assert "confirmation failed" in detail(report, "media")
+    fresh_lab.clear_faults()
+    assert_settled(fresh_lab, "media", before)
+
+
 def test_a_dead_man_timer_that_cannot_be_armed_activates_nothing(
     fresh_lab: LabClient, inv: Path
 ) -> None:
