@@ -845,25 +845,14 @@ class HostPlan:
 
 @dataclass(frozen=True, slots=True)
 class UpdatePlan:
-    """The hosts of a NixOS update run in waves (1-based in :class:`HostPlan`), or nothing.
-
-    ``reason`` says why the plan is empty.
-    """
+    """The hosts of a NixOS update run in waves (1-based in :class:`HostPlan`)."""
 
     waves: list[list[str]]
     hosts: dict[str, HostPlan]
     max_parallel: int = 1
-    reason: str = ""
-
-    @property
-    def empty(self) -> bool:
-        """Whether no host is to be updated."""
-        return not self.waves
 
     def describe(self) -> list[str]:
         """The plan as lines for the terminal: waves, then each host's commands."""
-        if self.empty:
-            return [f"NixOS update: nothing to do ({self.reason or 'no hosts'})"]
         count = sum(len(w) for w in self.waves)
         lines = [
             f"NixOS update: {count} host{'s' if count != 1 else ''} in {len(self.waves)} "
@@ -907,15 +896,21 @@ def plan_update(
 ) -> UpdatePlan:
     """Plan a NixOS update of the ``[nixos.hosts]`` named in ``only`` (none or empty: all).
 
-    Unknown names in ``only`` are a ``ConfigError``; ``after`` names outside it are ignored.
+    No NixOS host, or an unknown name in ``only``, is a ``ConfigError``; ``after`` names
+    outside ``only`` are ignored.
     ``max_parallel`` overrides ``nixos.max_parallel``.
     """
     parallel = inv.nixos.max_parallel if max_parallel is None else max_parallel
     for name in only or ():
         inv.nixos_host(name)  # ConfigError naming the known hosts
+    if not inv.nixos.hosts:
+        raise ConfigError(
+            "the inventory has no [nixos.hosts] tables: no NixOS host to update",
+            setting="nixos.hosts",
+            hint="add a [nixos.hosts.NAME] table (flake, snapshot) for each NixOS host, next "
+            "to its [hosts.NAME] table; docs/inventory.md describes the settings",
+        )
     names = [n for n in inv.nixos.hosts if not only or n in set(only)]
-    if not names:
-        return UpdatePlan([], {}, parallel, "the inventory has no [nixos.hosts] tables")
     specs = [
         NixosHostSpec(n, inv.nixos.hosts[n].canary, tuple(inv.nixos.hosts[n].after)) for n in names
     ]

@@ -81,10 +81,17 @@ def plan_dataset_snapshot(
 def plan_dataset_jobs(inv: Inventory, label: str, only: Sequence[str] = ()) -> list[DatasetJob]:
     """The datasets a ZFS snapshot run touches, each with its policy for ``label``.
 
-    ``only`` holds ``HOST`` or ``HOST/DATASET`` filters; a filter that matches nothing is a
-    ``ConfigError`` so that a typo never turns into a silent no-op.
+    ``only`` holds ``HOST`` or ``HOST/DATASET`` filters; a filter that matches nothing, or no
+    dataset at all, is a ``ConfigError`` so that a typo never turns into a silent no-op.
     """
     validate_label(label)
+    if not inv.zfs.datasets:
+        raise ConfigError(
+            "the inventory has no [[zfs.datasets]] tables: no dataset to snapshot",
+            setting="zfs.datasets",
+            hint='add a [[zfs.datasets]] table (host = "NAME", name = "pool/dataset") for each '
+            "dataset to snapshot, and its keep policies in [zfs.policies]",
+        )
     jobs = [
         DatasetJob(
             host=ds.host,

@@ -44,6 +44,16 @@ __all__ = ["CommandResult", "SshRunner"]
 
 log = logging.getLogger(__name__)
 
+
+def _quiet_paramiko() -> None:
+    """Keep paramiko's transport thread from logging its own traceback of a dropped
+    connection: the ``SshConnectError`` raised here already says what happened. A level set
+    on purpose (to debug paramiko) is left alone."""
+    paramiko_log = logging.getLogger("paramiko")
+    if paramiko_log.level == logging.NOTSET:
+        paramiko_log.setLevel(logging.CRITICAL)
+
+
 STDIN_CHUNK = 64 * 1024
 
 
@@ -174,6 +184,7 @@ class SshRunner:
             )
         self._conn: Connection | None = None
         self._lock = threading.RLock()
+        _quiet_paramiko()
 
     def __repr__(self) -> str:
         return f"SshRunner({self.name!r}, {self.user}@{self.address}:{self.port})"

@@ -211,6 +211,78 @@ def test_malformed_toml_names_line_and_column(tmp_path: Path) -> None:
     assert "column" in str(err)
 
 
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("", "is empty: moxflow has nothing to work on"),
+        ("# truncated\n\n", "is empty: moxflow has nothing to work on"),
+        (
+            'timezone = "UTC"\n[zfs.policies]\nhourly = "keep-hourly=24"\n',
+            "has neither a [proxmox] section nor [hosts] tables",
+        ),
+    ],
+)
+def test_an_inventory_with_nothing_to_work_on_is_refused(
+    tmp_path: Path, text: str, expected: str
+) -> None:
+    err = config_error(tmp_path, text)
+    assert f"inventory file {tmp_path / 'inventory.toml'} {expected}" in str(err)
+    assert "add a [proxmox] section" in str(err)
+    assert "[hosts.NAME] table" in str(err)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '[proxmox]\nhost = "pve.lan"\ntoken_id = "root@pam!moxflow"\ntoken_secret = "env:T"\n',
+        MINIMAL,
+    ],
+)
+def test_a_proxmox_section_or_one_host_is_enough(tmp_path: Path, text: str) -> None:
+    assert load_inventory(write(tmp_path, text)).timezone == "UTC"
+
+
+@pytest.mark.parametrize(
+    ("text", "setting"),
+    [
+        ("[ssh]\nconnect_timeout = inf\n", "ssh.connect_timeout"),
+        ("[ssh]\ncommand_timeout = -inf\n", "ssh.command_timeout"),
+        ("[notifications]\ntimeout = nan\n", "notifications.timeout"),
+        ("[health]\nsnapshot_grace = nan\n", "health.snapshot_grace"),
+        ("[health.label_hours]\nhourly = inf\n", "health.label_hours.hourly"),
+        ("[retries]\ndelays = [1, inf]\n", "retries.delays[1]"),
+        ("[backups]\nsize_drop_ratio = nan\n", "backups.size_drop_ratio"),
+    ],
+)
+def test_inf_and_nan_are_refused_naming_the_setting(
+    tmp_path: Path, text: str, setting: str
+) -> None:
+    err = config_error(tmp_path, MINIMAL + text)
+    assert f"{setting}: inf and nan are not allowed here; write a plain number" in str(err)
+
+
+def test_a_timeout_longer_than_a_year_is_refused(tmp_path: Path) -> None:
+    err = config_error(tmp_path, MINIMAL + "[ssh]\ncommand_timeout = 1e300\n")
+    assert err.setting == "ssh.command_timeout"
+    assert "less than or equal to 31622400" in str(err)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "x = " + "[" * 5000 + "]" * 5000 + "\n",
+        "x = " + "{a = " * 3000 + "1" + "}" * 3000 + "\n",
+        ".".join(["x"] * 5000) + " = 1\n",
+        "x = " + "[" * 40 + "]" * 40 + "\n",
+    ],
+    ids=["arrays", "inline-tables", "dotted-keys", "just-too-deep"],
+)
+def test_deep_nesting_is_refused_naming_the_file(tmp_path: Path, text: str) -> None:
+    err = config_error(tmp_path, MINIMAL + text)
+    path = tmp_path / "inventory.toml"
+    assert f"inventory file {path} nests tables or arrays more than 32 levels deep" in str(err)
+
+
 def test_concurrent_loads_do_not_mix(tmp_path: Path) -> None:
     paths = []
     for i in range(8):

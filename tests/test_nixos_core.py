@@ -894,11 +894,11 @@ def test_plan_update_unknown_host_in_only(inv: Inventory) -> None:
 def test_plan_update_without_nixos_hosts(tmp_path: Path) -> None:
     path = tmp_path / "inventory.toml"
     path.write_text('[hosts.pve1]\naddress = "10.0.0.2"\n')
-    plan = plan_update(load_inventory(path))
-    assert plan.empty
-    assert plan.describe() == [
-        "NixOS update: nothing to do (the inventory has no [nixos.hosts] tables)"
-    ]
+    with pytest.raises(ConfigError) as info:
+        plan_update(load_inventory(path))
+    assert info.value.setting == "nixos.hosts"
+    assert "the inventory has no [nixos.hosts] tables: no NixOS host to update" in str(info.value)
+    assert "add a [nixos.hosts.NAME] table" in str(info.value)
 
 
 def test_the_generation_column_says_before_and_after() -> None:

@@ -264,3 +264,21 @@ def test_killed_by_a_signal_is_not_a_dropped_connection(pve1: SshRunner) -> None
     with pytest.raises(SshCommandError, match="killed by a signal"):
         pve1.run(["kill", "-9", "0"])
     assert pve1.run(["echo", "alive"]).stdout == "alive\n"
+
+
+@pytest.mark.parametrize("target", ["connect", "command"])
+def test_a_dropped_connection_leaves_no_paramiko_traceback(
+    faulty_lab: LabClient, target: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # the error is in the report already: paramiko's own traceback of its transport thread
+    # (21 lines on stderr) only hides it
+    caplog.set_level(logging.DEBUG, logger="moxflow")
+    with runner_for(faulty_lab, "pve2", strict_host_keys=False) as runner:
+        faulty_lab.fault(target=target, host="pve2", command="^true", action="drop")
+        with pytest.raises(SshConnectError):
+            runner.run(["true"])
+    time.sleep(0.2)  # the transport thread logs as it dies
+    loud = [r for r in caplog.records if r.name.startswith("paramiko") and r.levelno >= 30]
+    assert loud == []
+    # moxflow's own messages still come through
+    assert any(r.name == "moxflow.ssh" and "relaxed" in r.getMessage() for r in caplog.records)

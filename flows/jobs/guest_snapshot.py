@@ -230,6 +230,7 @@ def check(p: GuestSnapshotParams) -> None:
     policy, the selection's syntax, then (a wrong token or CA, a guest that is not there)
     the selection against the cluster."""
     inv = load_inventory(p.inventory)
+    inv.proxmox_settings()  # no [proxmox] at all: that first, not a missing policy
     validate_label(p.label)
     inv.guest_policy(p.label)
     expr = p.select if p.select is not None else inv.guest_snapshots.select

@@ -23,6 +23,7 @@ from moxflow.selection import parse_selection
 __all__ = [
     "POLICIES_HELP",
     "REMOTE_PATH_MAX",
+    "SECONDS_MAX",
     "Address",
     "DatasetName",
     "HostName",
@@ -136,7 +137,9 @@ DatasetName = Annotated[str, AfterValidator(validate_dataset)]
 RemotePath = Annotated[str, AfterValidator(validate_remote_path)]
 StorageName = Annotated[str, Field(pattern=r"^[A-Za-z][A-Za-z0-9_.-]{0,63}$")]
 Port = Annotated[int, Field(ge=1, le=65535)]
-Seconds = Annotated[float, Field(gt=0)]
+SECONDS_MAX = 366 * 86400.0
+"""The longest wait or timeout a setting may ask for (a year), so that none overflows a clock."""
+Seconds = Annotated[float, Field(gt=0, le=SECONDS_MAX)]
 PositiveNumber = Annotated[float, Field(gt=0)]
 Policies = dict[Label, PolicyText]
 
@@ -148,9 +151,10 @@ POLICIES_HELP = (
 
 
 class Section(BaseModel):
-    """Base of every inventory section: an unknown key is an error, not silently ignored."""
+    """Base of every inventory section: an unknown key is an error, not silently ignored, and
+    so is ``inf`` or ``nan`` in a number."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 def validation_error(title: str, found: list[tuple[tuple[int | str, ...], str]]) -> ValidationError:

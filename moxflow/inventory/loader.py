@@ -42,24 +42,10 @@ def load_inventory(path: Path | str | None = None, **overrides: Any) -> Inventor
     ``overrides`` (keyword settings, e.g. ``timezone="UTC"``) beat the environment and file.
     """
     file = inventory_path(path)
-    if not file.is_file():
-        raise ConfigError(
-            f"inventory file {file} not found; pass --inventory FILE or set {ENV_INVENTORY}"
-        )
+    data = _read_toml(file)
     try:
-        with file.open("rb"):
-            pass
-    except OSError as exc:
-        raise ConfigError(
-            f"inventory file {file} cannot be read: {exc.strerror or type(exc).__name__}"
-        ) from None
-    try:
-        with reading(file):
-            return Inventory(**overrides)
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"inventory file {file} is not valid TOML: {exc}") from None
-    except UnicodeDecodeError:
-        raise ConfigError(f"inventory file {file} is not UTF-8 text") from None
+        with reading(file, data):
+            inv = Inventory(**overrides)
     except SettingsError as exc:
         raise ConfigError(f"inventory file {file}: {exc}", hint=_env_hint()) from None
     except ValidationError as exc:
@@ -77,6 +63,68 @@ def load_inventory(path: Path | str | None = None, **overrides: Any) -> Inventor
             setting=setting,
             hint=_env_hint(),
         ) from None
+    if inv.proxmox is None and not inv.hosts:
+        what = "is empty" if not data else "has neither a [proxmox] section nor [hosts] tables"
+        raise ConfigError(
+            f"inventory file {file} {what}: moxflow has nothing to work on",
+            setting="proxmox",
+            hint=_EMPTY_HINT,
+        )
+    return inv
+
+
+MAX_DEPTH = 32
+"""How deeply tables and arrays may nest in the inventory file (the settings need about 6)."""
+
+_EMPTY_HINT = (
+    "add a [proxmox] section (host, token_id, token_secret) for the Proxmox jobs and a "
+    "[hosts.NAME] table (address) for each host moxflow reaches over SSH; docs/inventory.md "
+    "describes every setting"
+)
+
+
+def _read_toml(file: Path) -> dict[str, Any]:
+    """The inventory file's tables; ``ConfigError`` naming the file for anything unreadable."""
+    if not file.is_file():
+        raise ConfigError(
+            f"inventory file {file} not found; pass --inventory FILE or set {ENV_INVENTORY}"
+        )
+    try:
+        raw = file.read_bytes()
+    except OSError as exc:
+        raise ConfigError(
+            f"inventory file {file} cannot be read: {exc.strerror or type(exc).__name__}"
+        ) from None
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ConfigError(f"inventory file {file} is not UTF-8 text") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"inventory file {file} is not valid TOML: {exc}") from None
+    except RecursionError:
+        data = None
+    where = _too_deep(data) if data is not None else ""
+    if data is None or where:
+        at = f" (at {where})" if where else ""
+        raise ConfigError(
+            f"inventory file {file} nests tables or arrays more than {MAX_DEPTH} levels deep{at}",
+            hint="no setting nests that deeply: check the file for a runaway [ or {",
+        )
+    return data
+
+
+def _too_deep(data: dict[str, Any]) -> str:
+    """The dotted place where ``data`` nests deeper than ``MAX_DEPTH``, or ``""``."""
+    stack: list[tuple[Any, tuple[int | str, ...]]] = [(data, ())]
+    while stack:
+        value, loc = stack.pop()
+        if len(loc) > MAX_DEPTH:
+            return _dotted(loc[:MAX_DEPTH])
+        if isinstance(value, dict):
+            stack.extend((v, (*loc, k)) for k, v in value.items())
+        elif isinstance(value, list):
+            stack.extend((v, (*loc, i)) for i, v in enumerate(value))
+    return ""
 
 
 def _env_hint() -> str | None:
@@ -123,6 +171,8 @@ def _describe_error(err: Any) -> str:
         message = "unknown setting (a typo?)"
         if known:
             message += f"; known here: {', '.join(known)}"
+    elif kind == "finite_number":
+        message = "inf and nan are not allowed here; write a plain number such as 30"
     elif kind == "missing":
         message = "required setting is missing"
         if loc and str(loc[-1]) in _MISSING_HELP:

@@ -11,14 +11,15 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from pathlib import Path
+from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import Field, PrivateAttr, SecretStr, ValidationInfo, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
+    InitSettingsSource,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
-    TomlConfigSettingsSource,
 )
 
 from moxflow.errors import ConfigError
@@ -40,14 +41,18 @@ from moxflow.retention import KeepPolicy
 
 __all__ = ["Inventory", "reading"]
 
-# The file the current load reads; a ContextVar so concurrent loads in threads do not mix.
-_INVENTORY_FILE: ContextVar[Path | None] = ContextVar("moxflow_inventory_file", default=None)
+# The file the current load reads and its parsed tables; a ContextVar so concurrent loads in
+# threads do not mix.
+_INVENTORY_FILE: ContextVar[tuple[Path, dict[str, Any]] | None] = ContextVar(
+    "moxflow_inventory_file", default=None
+)
 
 
 @contextmanager
-def reading(path: Path) -> Iterator[None]:
-    """While inside, an ``Inventory`` built in this context also reads the TOML file ``path``."""
-    token = _INVENTORY_FILE.set(path)
+def reading(path: Path, data: dict[str, Any]) -> Iterator[None]:
+    """While inside, an ``Inventory`` built in this context also reads ``data``, the parsed
+    TOML file ``path`` (the loader parses it, so that its errors name the file)."""
+    token = _INVENTORY_FILE.set((path, data))
     try:
         yield
     finally:
@@ -63,6 +68,7 @@ class Inventory(BaseSettings):
         case_sensitive=False,
         extra="forbid",
         validate_default=True,
+        allow_inf_nan=False,
     )
 
     timezone: str = Field(
@@ -140,10 +146,10 @@ class Inventory(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         """Init kwargs, then ``MOXFLOW_`` variables, then the TOML file being loaded (if any)."""
-        path = _INVENTORY_FILE.get()
-        if path is None:
+        current = _INVENTORY_FILE.get()
+        if current is None:
             return init_settings, env_settings
-        return init_settings, env_settings, TomlConfigSettingsSource(settings_cls, path)
+        return init_settings, env_settings, InitSettingsSource(settings_cls, current[1])
 
     @field_validator("timezone")
     @classmethod
@@ -247,8 +253,8 @@ class Inventory(BaseSettings):
 
     @model_validator(mode="after")
     def _resolve_paths(self) -> Inventory:
-        path = _INVENTORY_FILE.get()
-        self._base_dir = path.parent if path is not None else Path.cwd()
+        current = _INVENTORY_FILE.get()
+        self._base_dir = current[0].parent if current is not None else Path.cwd()
         base = self._base_dir
 
         def rebase(p: Path | None) -> Path | None:

@@ -15,6 +15,7 @@ from pydantic import AfterValidator, Field, field_validator, model_validator
 
 from moxflow.errors import ConfigError
 from moxflow.inventory.fields import (
+    SECONDS_MAX,
     DatasetName,
     HostName,
     RemotePath,
@@ -42,7 +43,7 @@ def _check_attr(value: str) -> str:
 
 
 NixAttr = Annotated[str, AfterValidator(_check_attr)]
-NonNegativeSeconds = Annotated[float, Field(ge=0)]
+NonNegativeSeconds = Annotated[float, Field(ge=0, le=SECONDS_MAX)]
 
 _SNAPSHOT_HELP = (
     "How to snapshot the host before updating it, so a failed update can be rolled back: "
