@@ -37,7 +37,7 @@ def start_server(
     env["PREFECT_API_URL"] = f"http://127.0.0.1:{port}/api"
     env.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     env.setdefault("PREFECT_UI_ENABLED", "false")
-    env.setdefault("PREFECT_API_LOG_RETRYABLE_ERRORS", "true")  # counted by busy_refusals
+    env["PREFECT_API_LOG_RETRYABLE_ERRORS"] = "true"  # counted by busy_refusals
     log_path = home / "server.log"
     with log_path.open("wb") as log:  # the server keeps its own copy of the descriptor
         proc = subprocess.Popen(

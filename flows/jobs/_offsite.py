@@ -71,8 +71,9 @@ def copy_offsite_steps(
     offsite.bwlimit holds for the link), then remove the copies the policy no longer keeps.
 
     A guest's copies take its ``upstream`` step's result as input (a backup run's verify
-    step: a copy never starts for a backup that was not verified) and wait for ``wait`` (the
-    storage's prune step). Adds one row per guest; returns the folder's listing at the end,
+    step: a copy never starts for a backup that was not verified; every guest has one there,
+    an offsite-copy run passes none) and wait for ``wait`` (the storage's prune step).
+    Adds one row per guest; returns the folder's listing at the end,
     per guest whether every copy checked out, and the removal step."""
     try:
         present = listing.result()
@@ -87,7 +88,7 @@ def copy_offsite_steps(
     for item in offsite_copies(plan, guests):
         after = [allow_failure(f) for f in (previous, wait) if f is not None]
         previous = copies[item] = copy.submit(  # type: ignore[call-overload]
-            inv, item, upstream.get(item.guest.vmid), wait_for=after
+            inv, item, upstream[item.guest.vmid] if upstream else None, wait_for=after
         )
     done = tuned(prune_offsite, inv).submit(
         inv, off.host, plan.remove, [allow_failure(f) for f in copies.values()]
