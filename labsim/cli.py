@@ -236,6 +236,14 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.cmd == "up":
         existing = lab_running(lab_dir)
         if existing is not None:
+            missing = [s for s in args.systems if s not in existing.info.get("systems", [])]
+            if missing:
+                print(
+                    f"labsim: the lab running in {existing.dir} has no {', '.join(missing)}; "
+                    f"stop it first (python -m labsim down --dir {existing.dir})",
+                    file=sys.stderr,
+                )
+                return 2
             print(f"a lab is already running in {existing.dir}; leaving it as it is")
             print(_summary(existing))
             return 0

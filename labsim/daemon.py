@@ -192,6 +192,7 @@ class Daemon:
             "cluster": self.lab.system(PveSystem).cluster,
             "nodes": list(self.lab.nodes),
             "options": self.config.options.to_json(),
+            "systems": list(self.config.systems),  # the plugged-in ones, as asked for
             "api": {
                 "host": "127.0.0.1",
                 "port": api_port,

@@ -108,3 +108,10 @@ def test_a_bad_system_spec_stops_the_lab_from_starting(tmp_path: Path) -> None:
         start_lab(
             tmp_path / "bad", systems=[f"{Path(__file__).with_name('labsim_toy.py')}:nothing"]
         )
+
+
+def test_up_with_a_system_the_running_lab_lacks_is_refused(lab: LabClient) -> None:
+    again = _labsim("up", "--dir", str(lab.dir), "--system", TOY)
+    assert again.returncode == 2
+    assert "has no" in again.stderr and "labsim down" in again.stderr
+    assert _labsim("up", "--dir", str(lab.dir)).returncode == 0  # as it is: fine
