@@ -7,8 +7,8 @@ Prefect is imported (a second instead of two). The job module offers two names: 
 (named like the job) and ``check(params)``, which validates everything that can be checked
 before the flow starts (the inventory, names, selections, the token) and raises.
 
-Exit statuses: 0 every target ok (or skipped), 1 a target failed, 2 bad input (nothing
-changed).
+Exit statuses: 0 every target ok (or skipped on purpose), 1 a target failed or was busy
+(another run or operation held it), 2 bad input (nothing changed).
 """
 
 from __future__ import annotations

@@ -58,14 +58,16 @@ _HEARTBEAT_ENV = ("PREFECT_FLOWS_HEARTBEAT_FREQUENCY", "PREFECT_RUNNER_HEARTBEAT
 def finish(
     report: RunReport, artifact_key: str, inv: Inventory | None = None
 ) -> RunReport | State[Any]:
-    """Publish the report as a Prefect table artifact; fail the run if any target failed.
+    """Publish the report as a Prefect table artifact; fail the run unless every target is OK.
 
-    A failed run ends in a Failed state carrying ``RunFailed`` (with the report) rather than
-    raising it, so that an expected outcome is not logged as a crash with a traceback;
-    calling the flow still raises ``RunFailed``. Before that, a failed run is sent to the
-    inventory's direct webhook when ``notifications.webhook`` is set (``inv``, else the
-    inventory named by the flow's ``inventory`` parameter); a notification that cannot be
-    sent is logged and changes nothing.
+    A target that failed, or that was busy (another run or operation held it: it was not
+    done), fails the run. A failed run ends in a Failed state carrying ``RunFailed`` (with
+    the report) rather than raising it, so that an expected outcome is not logged as a crash
+    with a traceback; calling the flow still raises ``RunFailed``. The "run failed"
+    automation notifies on that state (``deployments.notifications``); before that, a
+    failed run is sent to the inventory's direct webhook when ``notifications.webhook`` is
+    set (``inv``, else the inventory named by the flow's ``inventory`` parameter); a
+    notification that cannot be sent is logged and changes nothing.
     """
     report.finish()
     logger = get_run_logger()
@@ -76,15 +78,14 @@ def finish(
     )
     logger.info(report.summary())
     if not report.ok:
-        failed = ", ".join(r.target for r in report.failed_rows)
-        message = f"{len(report.failed_rows)} target(s) failed: {failed}"
+        message = report.problem()
         _notify(report, inv)
         return Failed(message=message, data=RunFailed(message, report=report))
     return report
 
 
 def _notify(report: RunReport, inv: Inventory | None) -> None:
-    """Send a failed run to the direct webhook, if one is configured; never raises."""
+    """Send a run that is not OK to the direct webhook, if one is configured; never raises."""
     from prefect.context import FlowRunContext
     from prefect.runtime import flow_run
     from prefect.utilities.urls import url_for

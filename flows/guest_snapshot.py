@@ -6,7 +6,7 @@ Selects guests with the selection language (ids, ranges 100:110, names, @all, @t
 moxflow's in its description. Then removes moxflow's older snapshots *of that label* that
 the keep policy does not keep; snapshots made by hand or by other tools are never touched.
 A locked guest (a backup is running, say) is retried (the step's retries, for at most
---lock-timeout seconds), then reported as skipped; the other guests go on.
+--lock-timeout seconds), then reported as busy (the run is not OK); the other guests go on.
 """
 
 from __future__ import annotations

@@ -41,8 +41,9 @@ __all__ = [
 ]
 
 EPILOG = """\
-exit status: 0 every target ok (or skipped), 1 a target failed (the report says which),
-2 bad input (inventory, option or name), nothing changed.
+exit status: 0 every target ok (or skipped on purpose), 1 a target failed or was busy
+(another run or operation held it; the report says which and who), 2 bad input
+(inventory, option or name), nothing changed.
 
 The inventory is read from --inventory, else $MOXFLOW_INVENTORY, else ./inventory.toml.
 Any setting can be overridden from the environment: MOXFLOW_PROXMOX__PORT=8007.

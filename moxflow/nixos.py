@@ -25,6 +25,7 @@ from moxflow.health import describe as describe_check
 from moxflow.inventory import Inventory
 from moxflow.inventory.fields import validate_attr, validate_remote_path
 from moxflow.inventory.nixos import find_cycle
+from moxflow.report import format_age
 
 __all__ = [
     "DEADMAN_TIMER",
@@ -253,6 +254,31 @@ def update_stands(journal: Journal | None) -> bool:
     its flake.lock. Any earlier phase is undone: the generation it may have activated was
     never verified."""
     return journal is not None and journal.phase == "confirmed"
+
+
+BUSY_HINT = (
+    "if that run is gone (no worker runs it any more), cancel it in the Prefect UI or with "
+    "`prefect flow-run cancel ID`, and the next run cleans up; see docs/operating.md"
+)
+
+
+def lock_holder(host: str, journal: Journal | None, now: datetime) -> str:
+    """Why ``host`` is busy, for its report row: which run holds its update lock, since when
+    and how far it got (its ``journal``; ``None``: one that took the lock moments ago and has
+    not written its journal yet), and what to do about it."""
+    if journal is None:
+        return (
+            f"another run, which took the lock moments ago, is updating {host}; "
+            "not updated this time: run again once it is done"
+        )
+    started = datetime.fromisoformat(journal.started)
+    started = started if started.tzinfo else started.replace(tzinfo=UTC)
+    since = started.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    age = format_age(now, started)
+    return (
+        f"another run (flow run {journal.flow_run_id}) is updating {host}, since {since} "
+        f"({age}), phase {journal.phase}; not updated this time: {BUSY_HINT}"
+    )
 
 
 def next_generation(generations: Iterable[Generation]) -> int:

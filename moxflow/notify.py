@@ -113,16 +113,18 @@ def message_for_report(
     """The message about a finished run, or ``None`` when ``on`` asks for none of its kinds.
 
     A run that needs attention is ``critical``, a plain failure ``error``; a run whose only
-    failures were rolled back cleanly is still a failed run (``error``), listing them.
+    failures were rolled back cleanly is still a failed run (``error``), listing them; so is
+    a run with busy targets (another run held them: they were not done), listed too.
     """
     wanted = {Kind(k) for k in on}
     kinds = kinds_of(report)
     if not wanted.intersection(kinds):
         return None
     severity = _worst(kinds)
-    failing = report.failed_rows
+    failing = report.not_ok_rows
     attention = [r.target for r in failing if r.outcome is Outcome.NEEDS_ATTENTION]
-    head = "needs attention" if attention else "failed"
+    busy = any(r.outcome is Outcome.BUSY for r in failing)
+    head = "needs attention" if attention else report.verdict.lower()
     title = f"moxflow {report.job} [{report.label}] {head}: {len(failing)} of {len(report.rows)}"
     lines = [
         f"- {r.target}: {r.outcome.value}" + (f": {_cut(r.detail)}" if r.detail else "")
@@ -132,6 +134,8 @@ def message_for_report(
         lines.append(f"- … and {len(failing) - MAX_TARGETS} more")
     if attention:
         lines.append("Needs attention: the pre-update snapshot is kept; see docs/operating.md.")
+    if busy:
+        lines.append("Busy: another run or operation holds the target; see docs/operating.md.")
     lines.append(report.summary())
     if run_url:
         lines.append(run_url)

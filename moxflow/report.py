@@ -23,7 +23,8 @@ class Outcome(StrEnum):
 
     OK = "ok"
     PLANNED = "planned"  # --dry-run: nothing was changed
-    SKIPPED = "skipped"  # deliberately not touched (locked, filtered, ...): not a failure
+    SKIPPED = "skipped"  # deliberately not touched (a template, filtered out, ...): not a failure
+    BUSY = "busy"  # not done now: another run or operation holds the target; not OK
     PARTIAL = "partial"  # the change was made but a follow-up step (prune) failed
     FAILED = "failed"
     ROLLED_BACK = "rolled back"  # a change failed verification and was undone
@@ -31,6 +32,10 @@ class Outcome(StrEnum):
 
 
 FAILING = frozenset({Outcome.FAILED, Outcome.PARTIAL, Outcome.ROLLED_BACK, Outcome.NEEDS_ATTENTION})
+"""What went wrong with a target: a failed row (a NixOS roll stops on one)."""
+NOT_OK = FAILING | {Outcome.BUSY}
+"""What makes a run not OK: its Prefect state is Failed, its exit status 1, it notifies. A
+busy target is no failure of its own, but it was not done and somebody has to know why."""
 
 EMPTY = "—"
 """What a cell without a value shows, on the terminal and in the Prefect artifact."""
@@ -57,6 +62,11 @@ class ReportRow:
     @property
     def failed(self) -> bool:
         return self.outcome in FAILING
+
+    @property
+    def ok(self) -> bool:
+        """Whether this row lets the run end OK (``NOT_OK``: failed or busy)."""
+        return self.outcome not in NOT_OK
 
     def cell(self, key: str) -> str:
         """The text of column ``key`` in this row; ``EMPTY`` when it has no value."""
@@ -193,8 +203,32 @@ class RunReport:
         return [r for r in self.rows if r.failed]
 
     @property
+    def not_ok_rows(self) -> list[ReportRow]:
+        """The rows that keep the run from being OK: failed ones and busy ones."""
+        return [r for r in self.rows if not r.ok]
+
+    @property
     def ok(self) -> bool:
-        return not self.failed_rows
+        return not self.not_ok_rows
+
+    @property
+    def verdict(self) -> str:
+        """``OK``; ``FAILED`` when a target failed; ``INCOMPLETE`` when targets were only busy."""
+        if self.failed_rows:
+            return "FAILED"
+        return "INCOMPLETE" if self.not_ok_rows else "OK"
+
+    def problem(self) -> str:
+        """Why the run is not OK, in one line (the Prefect state's message): the failed and
+        the busy targets; empty for an OK run."""
+        parts = []
+        for what, rows in (
+            ("failed", self.failed_rows),
+            ("busy", [r for r in self.rows if r.outcome is Outcome.BUSY]),
+        ):
+            if rows:
+                parts.append(f"{len(rows)} target(s) {what}: " + ", ".join(r.target for r in rows))
+        return "; ".join(parts)
 
     def counts(self) -> dict[Outcome, int]:
         counts = dict.fromkeys(Outcome, 0)
@@ -209,7 +243,7 @@ class RunReport:
         took = sum(1 for r in self.rows if r.taken and r.outcome is not Outcome.PLANNED)
         removed = sum(len(r.removed) for r in self.rows if r.outcome is not Outcome.PLANNED)
         mode = " (dry run: nothing changed)" if self.dry_run else ""
-        verdict = "FAILED" if not self.ok else "OK"
+        verdict = self.verdict
         what = f"{took} snapshots taken, {removed} pruned" if not self.dry_run else "plan only"
         body = ", ".join(parts) if parts else "no targets"
         head = f"{self.job} [{self.label}] {verdict}{mode}: {len(self.rows)} targets ({body})"

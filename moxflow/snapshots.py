@@ -224,6 +224,18 @@ def guests_text(count: int) -> str:
     return f"{count} guest" + ("" if count == 1 else "s")
 
 
+def busy_guest(guest: Guest, error: str, tries: int, seconds: float) -> str:
+    """Why a guest's snapshot was not taken, for its busy row: what Proxmox said of the lock
+    (``error``, e.g. ``VM is locked (backup)``), how long it was waited out, what to do."""
+    unlock = "qm" if guest.type == "qemu" else "pct"
+    return (
+        f"locked by another operation: {error}; still locked after {tries} tries over "
+        f"{seconds:.1f}s, not snapshotted this time. The next run takes it; if the lock stays "
+        f"while no task runs on the guest (its Task History in the Proxmox UI), "
+        f"`{unlock} unlock {guest.vmid}` on {guest.node}; see docs/operating.md"
+    )
+
+
 def guests_by_node(guests: Iterable[Guest]) -> dict[str, tuple[Guest, ...]]:
     """The guests grouped by node, nodes sorted by name, each node's guests by VMID."""
     grouped: dict[str, list[Guest]] = {}

@@ -53,6 +53,7 @@ from moxflow.nixos import (
     generations_argv,
     lock_argv,
     lock_changes,
+    lock_holder,
     lock_orphaned_argv,
     lock_path,
     next_generation,
@@ -477,7 +478,7 @@ class HostRun:
 
 @dataclass(frozen=True, slots=True)
 class Locked:
-    """The host's lock is held by this run, or ``busy`` says who else holds it."""
+    """The host's lock is held by this run, or ``busy`` says who else holds it since when."""
 
     host: str
     busy: str | None = None
@@ -564,8 +565,9 @@ class VerificationFailed(MoxflowError):
 @step("nixos-lock", "{run.host}: lock")
 def lock(run: HostRun) -> Locked:
     """Take the host's lock; a run that died holding it is cleaned up first. ``busy`` when
-    another live run holds it (the host is then skipped). Safe to retry: a lock this run
-    took before a connection dropped has no live owner and is taken again."""
+    another live run holds it: who since when, and what to do (the host's row is busy). Safe
+    to retry: a lock this run took before a connection dropped has no live owner and is
+    taken again."""
     r = run.ssh
     r.run(prepare_state_dir_argv(run.state_dir))
     deadline = time.monotonic() + run.settings.lock_wait
@@ -584,15 +586,11 @@ def lock(run: HostRun) -> Locked:
         age = _lock_age(r, run.state_dir) if journal is None else "old"
         if age == "gone":
             continue  # released meanwhile: try to take it
-        if age == "young":
-            holder = "another run, which took the lock moments ago,"  # and writes its journal
-        elif not flow_run_alive(owner):
+        if age == "old" and not flow_run_alive(owner):
             _recover_stale(run, journal)
             continue
-        else:
-            holder = f"another run (flow run {owner})"
         if time.monotonic() >= deadline:
-            return Locked(run.host, f"{holder} is updating {run.host}; skipped")
+            return Locked(run.host, lock_holder(run.host, journal, datetime.now(UTC)))
         time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
 
 

@@ -25,7 +25,7 @@ from prefect.logging import get_run_logger
 from moxflow.errors import GuestLockedError, MoxflowError, ProxmoxUnavailableError
 from moxflow.guests import Guest
 from moxflow.proxmox import GuestSnapshot, ProxmoxClient
-from moxflow.snapshots import GuestSnapshotPlan, NodeSnapshotPlan, guests_text
+from moxflow.snapshots import GuestSnapshotPlan, NodeSnapshotPlan, busy_guest, guests_text
 from tasks._retry import attempt, step
 
 T = TypeVar("T")
@@ -64,7 +64,7 @@ class Listed:
 @dataclass(frozen=True, slots=True)
 class GuestTaken:
     """One guest's snapshot step: taken (``error`` empty), or why not; ``locked``: the guest
-    was still locked after the step's tries (skipped, not failed)."""
+    was still locked by another operation after the step's tries (busy: not done, not OK)."""
 
     taken: bool
     seconds: float
@@ -112,8 +112,8 @@ def snapshot_node(
 
     Retried (Prefect) while a guest failed for a passing reason (locked, the API unavailable)
     and the step started less than ``lock_timeout`` seconds ago; after that such a guest is
-    reported (a locked one as skipped). A retry first reads what an earlier attempt did: a
-    guest that has a whole snapshot of this run's name is taken, not taken twice.
+    reported (a locked one as busy, with its lock). A retry first reads what an earlier
+    attempt did: a guest that has a whole snapshot of this run's name is taken, not twice.
     """
     logger = get_run_logger()
     tries = attempt().number
@@ -140,8 +140,8 @@ def snapshot_node(
         if not isinstance(result, MoxflowError):
             out[p.guest.vmid] = GuestTaken(True, round(result, 3))
         elif isinstance(result, GuestLockedError):
-            why = f"guest locked, {tries} tries over {elapsed:.1f}s"
-            logger.warning("%s: still locked after %d tries, skipped: %s", target, tries, result)
+            why = busy_guest(p.guest, result.message, tries, elapsed)
+            logger.warning("%s: still locked after %d tries: %s", target, tries, result)
             out[p.guest.vmid] = GuestTaken(False, 0.0, why, locked=True)
         else:
             why = f"snapshot failed after {tries} tries: {result}" if result.transient else ""

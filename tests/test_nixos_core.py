@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import shlex
 import subprocess
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -38,6 +38,7 @@ from moxflow.nixos import (
     generations_argv,
     lock_argv,
     lock_changes,
+    lock_holder,
     lock_orphaned_argv,
     new_failures,
     next_generation,
@@ -511,6 +512,17 @@ def test_journal_json_is_one_line_without_secrets_or_surprises() -> None:
         "started": "2026-11-26T03:15:00+00:00",
     }
     assert "\n" not in journal.to_json()
+
+
+def test_a_busy_host_says_who_holds_its_lock_since_when_and_what_to_do() -> None:
+    now = datetime(2026, 11, 26, 5, 45, tzinfo=UTC)
+    journal = Journal("r1", "0b7e1d52", "dns", "switched", 7, 8, None, "2026-11-26T03:15:00+01:00")
+    text = lock_holder("dns", journal, now)
+    assert text.startswith("another run (flow run 0b7e1d52) is updating dns, ")
+    assert "since 2026-11-26 02:15 UTC (3h30m ago), phase switched" in text
+    assert "cancel it in the Prefect UI" in text and "docs/operating.md" in text
+    fresh = lock_holder("dns", None, now)
+    assert "took the lock moments ago" in fresh and "run again once it is done" in fresh
 
 
 GOOD_JOURNAL = json.loads(

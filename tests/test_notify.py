@@ -71,6 +71,18 @@ def test_needs_attention_is_critical_and_rollback_listed() -> None:
     assert msg.body.endswith("http://ui/runs/1")
 
 
+def test_a_busy_target_is_worth_a_message_that_names_its_holder() -> None:
+    busy = ReportRow("dns", Outcome.BUSY, detail="another run (flow run 1234) is updating dns")
+    assert kinds_of(report(OK, busy)) == [Kind.FAILED]
+    msg = message_for_report(report(OK, busy), ["failed"])
+    assert msg is not None
+    assert msg.title == "moxflow nixos-update [update] incomplete: 1 of 2"
+    assert msg.severity is Severity.ERROR
+    assert "- dns: busy: another run (flow run 1234) is updating dns" in msg.body
+    assert "Busy: another run or operation holds the target" in msg.body
+    assert msg.payload()["targets"] == {"dns": "busy"}
+
+
 def test_on_filters_what_is_worth_a_message() -> None:
     assert message_for_report(report(FAILED), ["needs-attention"]) is None
     assert message_for_report(report(ATTENTION), ["needs-attention"]) is not None

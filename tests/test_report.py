@@ -97,6 +97,30 @@ def test_snapshot_jobs_keep_taken_kept_removed_with_one_dash() -> None:
     assert report.summary().endswith("1 snapshots taken, 3 pruned")
 
 
+def test_a_busy_target_is_not_ok_but_a_skipped_one_is() -> None:
+    """A target another run held was not done: the run is not OK (its summary and state say
+    so); a deliberately skipped one (a template, a selection) leaves the run OK."""
+    skipped = RunReport(job="guest-snapshot", label="daily")
+    skipped.add(ReportRow("100 (dns)", Outcome.OK, taken="s", kept=1))
+    skipped.add(ReportRow("9000 (template)", Outcome.SKIPPED, detail="a template"))
+    assert skipped.ok and skipped.verdict == "OK" and skipped.problem() == ""
+
+    busy = RunReport(job="nixos-update", label="update", counts_snapshots=False)
+    busy.add(ReportRow("dns", Outcome.BUSY, detail="another run (flow run 1234) is updating dns"))
+    busy.add(ReportRow("media", Outcome.OK, detail="up to date"))
+    busy.finish()
+    row = busy.rows[0]
+    assert not row.ok and not row.failed  # not done, but nothing went wrong there
+    assert not busy.ok and busy.not_ok_rows == [row] and busy.failed_rows == []
+    assert busy.summary() == "nixos-update [update] INCOMPLETE: 2 targets (1 ok, 1 busy)"
+    assert busy.problem() == "1 target(s) busy: dns"
+    assert busy.table()[0]["outcome"] == "busy"
+
+    busy.add(ReportRow("web", Outcome.FAILED, detail="build failed"))
+    assert busy.verdict == "FAILED"
+    assert busy.problem() == "1 target(s) failed: web; 1 target(s) busy: dns"
+
+
 def test_an_optional_column_is_left_out_when_no_row_has_it() -> None:
     layout = (Column("target"), Column("seconds", optional=True), Column("detail", "what happened"))
     report = RunReport(job="restore", label="101", layout=layout)

@@ -205,7 +205,7 @@ def _rows(
     for p in plan.guests:
         target, t = p.guest.label, took[p.guest.vmid]
         if not t.taken:
-            outcome = Outcome.SKIPPED if t.locked else Outcome.FAILED
+            outcome = Outcome.BUSY if t.locked else Outcome.FAILED
             rows.append(ReportRow(target, outcome, detail=t.error, seconds=t.seconds))
         elif isinstance(done, MoxflowError):
             detail = f"snapshot taken, prune failed: {done}"

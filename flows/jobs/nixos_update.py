@@ -91,7 +91,8 @@ def update_host(host: str, wave: int, run: HostRun) -> ReportRow | State[ReportR
     """One host, step by step: lock → snapshot → flake-update → build → arm-dead-man →
     switch → verify → confirm → prune → unlock, or after a failed verification the recovery
     steps. The snapshot and the flake update are undone when the build fails
-    or there is nothing to update. The run is Failed when the host did not end up updated."""
+    or there is nothing to update. The run is Failed when the host did not end up updated
+    (or up to date): failed, or busy (another run holds its lock)."""
     run.begun()
     try:
         row = _update(run)
@@ -99,7 +100,7 @@ def update_host(host: str, wave: int, run: HostRun) -> ReportRow | State[ReportR
         row = run.row(Outcome.FAILED, str(exc))
     finally:
         run.close()
-    if row.failed:
+    if not row.ok:
         return Failed(message=f"{host}: {row.outcome.value}", data=row)
     return Completed(message=row.outcome.value, data=row)
 
@@ -111,8 +112,8 @@ def _update(run: HostRun) -> ReportRow:
         locked = tuned(lock, inv)(run)
     except MoxflowError as exc:
         return run.row(Outcome.FAILED, f"could not take the host's lock: {exc}")
-    if locked.busy:
-        return run.row(Outcome.SKIPPED, locked.busy)
+    if locked.busy:  # not done, and not OK: another run holds the host
+        return run.row(Outcome.BUSY, locked.busy)
     # nothing is active before the switch: when the build fails, nothing changed, or a step
     # fails for good, the snapshot and the flake update are undone (explicitly, not by a
     # Prefect transaction: a failed attempt that Prefect then retries rolls one back)

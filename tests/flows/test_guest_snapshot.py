@@ -160,18 +160,26 @@ def test_dry_run_changes_nothing(fresh_lab: LabClient, lab_inventory: Path) -> N
     assert all(r["method"] == "GET" for r in fresh_lab.api_requests())
 
 
-def test_locked_guest_is_retried_then_skipped_while_others_go_on(
-    fresh_lab: LabClient, lab_inventory: Path
+def test_locked_guest_is_retried_then_busy_while_others_go_on(
+    fresh_lab: LabClient, lab_inventory: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    """A guest another operation keeps locked is not snapshotted, and the run is not OK: the
+    row is busy and says which lock and what to do, the exit status is 1."""
     fresh_lab.set_guest(101, lock="backup")
-    report = guest_snapshot(
-        label="daily", select="100,101", lock_timeout=1.0, inventory=str(lab_inventory)
-    )
-    outcomes = by_vmid(report)
-    assert outcomes == {100: Outcome.OK, 101: Outcome.SKIPPED}
-    assert report.ok  # a skipped guest does not fail the run
+    argv = ["--inventory", str(lab_inventory), "--label", "daily", "--select", "100,101"]
+    assert main([*argv, "--lock-timeout", "1"]) == 1
+    out = capsys.readouterr().out
+    assert "guest-snapshot [daily] INCOMPLETE: 2 targets (1 ok, 1 busy)" in out
+    with pytest.raises(RunFailed) as info:
+        guest_snapshot(
+            label="daily", select="100,101", lock_timeout=1.0, inventory=str(lab_inventory)
+        )
+    report = info.value.report
+    assert isinstance(report, RunReport)
+    assert by_vmid(report) == {100: Outcome.OK, 101: Outcome.BUSY}
     row = next(r for r in report.rows if r.target.startswith("101"))
-    assert "locked" in row.detail
+    assert "locked by another operation" in row.detail and "(backup)" in row.detail
+    assert "`qm unlock 101` on pve1" in row.detail
     tries = [r for r in fresh_lab.api_requests() if r["method"] == "POST" and "/101/" in r["path"]]
     assert len(tries) >= 2
     assert moxflow_snaps(fresh_lab.state(), 101) == set()

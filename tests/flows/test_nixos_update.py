@@ -268,7 +268,11 @@ def test_dry_run_changes_nothing(fresh_lab: LabClient, inv: Path) -> None:
     assert all(r["method"] == "GET" for r in fresh_lab.api_requests())
 
 
-def test_a_second_run_skips_a_host_being_updated(fresh_lab: LabClient, inv: Path) -> None:
+def test_a_host_being_updated_by_another_run_is_busy_and_the_run_not_ok(
+    fresh_lab: LabClient, inv: Path
+) -> None:
+    """A host another live run holds is left alone, and the run says so loudly: the row is
+    busy (who holds it since when, what to do), the run Failed (so it notifies), not OK."""
     from prefect import flow
     from prefect.client.orchestration import get_client
     from prefect.states import Running
@@ -293,9 +297,15 @@ def test_a_second_run_skips_a_host_being_updated(fresh_lab: LabClient, inv: Path
     (lock_dir(fresh_lab, "media").parent / "journal.json").write_text(json.dumps(journal))
     fresh_lab.nixos("media", upstream=NEW_REV)
     before = current(fresh_lab.state(), "media")
-    report = run(inv, only=["media"])
-    assert outcome(report, "media") is Outcome.SKIPPED
-    assert str(run_.id) in detail(report, "media")
+    state = nixos_update(inventory=str(inv), only=["media"], return_state=True)
+    assert state.is_failed() and state.message == "1 target(s) busy: media"
+    report = state.result(raise_on_failure=False).report
+    assert outcome(report, "media") is Outcome.BUSY
+    why = detail(report, "media")
+    assert f"another run (flow run {run_.id}) is updating media" in why
+    assert "since 2026-11-26 01:00 UTC" in why and "phase built" in why
+    assert "cancel it in the Prefect UI" in why
+    assert "INCOMPLETE" in report.summary() and "1 busy" in report.summary()
     assert current(fresh_lab.state(), "media") == before
     assert lock_dir(fresh_lab, "media").exists()  # the other run's lock is not broken
 
@@ -387,12 +397,12 @@ def test_a_lock_without_a_journal_is_a_live_run_until_it_is_old(
     fresh_lab: LabClient, inv: Path
 ) -> None:
     """Another run between taking the lock and writing its journal is not a dead run: the
-    host is skipped and the lock kept. The same lock minutes old is a dead run's: cleared."""
+    host is busy and the lock kept. The same lock minutes old is a dead run's: cleared."""
     fresh_lab.nixos("media", upstream=NEW_REV)
     before = current(fresh_lab.state(), "media")
     lock_dir(fresh_lab, "media").mkdir(parents=True)
-    report = run(inv, only=["media"])
-    assert outcome(report, "media") is Outcome.SKIPPED
+    report = run_failing(inv, only=["media"])
+    assert outcome(report, "media") is Outcome.BUSY
     assert "took the lock moments ago" in detail(report, "media")
     assert lock_dir(fresh_lab, "media").exists()
     assert current(fresh_lab.state(), "media") == before

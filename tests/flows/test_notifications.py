@@ -19,7 +19,7 @@ from pydantic import SecretStr
 
 from deployments.notifications import main
 from flows._run import finish
-from moxflow.notify import automation_names
+from moxflow.notify import Kind, automation_names, automation_specs
 from moxflow.report import Outcome, ReportRow, RunReport
 
 pytestmark = pytest.mark.prefect
@@ -152,6 +152,33 @@ def test_a_run_posts_to_the_webhook_only_when_it_failed(tmp_path: Path, fail: bo
     assert sent["targets"] == {"pve1:rpool": "failed"}
     assert sent["run_url"].split("/")[-3:-1] == ["runs", "flow-run"]
     assert sent["body"].endswith(sent["run_url"])
+
+
+@flow(name="notify-test-busy")
+def a_busy_job(inventory: str) -> RunReport | State[Any]:
+    report = RunReport(job="notify-test", label="adhoc")
+    report.add(ReportRow("pve1:tank", Outcome.OK))
+    report.add(ReportRow("pve1:rpool", Outcome.SKIPPED, detail="filtered out"))
+    report.add(ReportRow("dns", Outcome.BUSY, detail="another run (flow run 1234) is updating dns"))
+    return finish(report, artifact_key="notify-test-report")
+
+
+def test_a_run_with_a_busy_target_fails_and_notifies(tmp_path: Path) -> None:
+    """A target another run held was not done: the run ends Failed, the state the "run
+    failed" automation fires on, and the direct webhook is sent too, naming the holder."""
+    inv = write(tmp_path, f'[notifications]\nwebhook = "{HOOK}"\n')
+    with respx.mock(assert_all_called=False) as mock:
+        hook = mock.post(HOOK).mock(return_value=httpx.Response(200))
+        mock.route().pass_through()
+        state = a_busy_job(str(inv), return_state=True)
+    assert state.is_failed() and state.message == "1 target(s) busy: dns"
+    (spec,) = [s for s in automation_specs(["failed"]) if s.kind is Kind.FAILED]
+    assert f"prefect.flow-run.{state.name}" in spec.expect
+    assert hook.call_count == 1
+    sent = json.loads(hook.calls.last.request.content)
+    assert sent["title"] == "moxflow notify-test [adhoc] incomplete: 1 of 3"
+    assert sent["targets"] == {"dns": "busy"}
+    assert "another run (flow run 1234) is updating dns" in sent["body"]
 
 
 def test_a_failing_webhook_does_not_change_the_run(tmp_path: Path) -> None:
