@@ -29,8 +29,9 @@ HOOK = "https://hooks.example.net/moxflow/t0k3n-xyz"
 
 
 def write(tmp_path: Path, text: str) -> Path:
+    """An inventory with one host (an inventory without one is refused) and ``text``."""
     path = tmp_path / "inventory.toml"
-    path.write_text(text)
+    path.write_text(f'[hosts.pve1]\naddress = "10.0.0.2"\n{text}')
     return path
 
 
