@@ -84,6 +84,13 @@ def finish(
     return report
 
 
+def run_id() -> str:
+    """This flow run's id (what moxflow writes in the marks it leaves); empty outside a run."""
+    from prefect.runtime import flow_run
+
+    return str(flow_run.id or "")
+
+
 def _notify(report: RunReport, inv: Inventory | None) -> None:
     """Send a run that is not OK to the direct webhook, if one is configured; never raises."""
     from prefect.context import FlowRunContext

@@ -89,6 +89,9 @@ _NODE_RE = re.compile(r"^[a-zA-Z0-9]([a-zA-Z0-9\-]*[a-zA-Z0-9])?$")
 _VMID_RE = re.compile(r"^[1-9][0-9]{2,8}$")
 _CONFIGID_RE = re.compile(r"^[a-z][a-z0-9_-]+$", re.IGNORECASE)
 _STORAGE_RE = re.compile(r"^[a-z][a-z0-9\-_.]*[a-z0-9]$", re.IGNORECASE)
+_DNS_LABEL = r"[a-zA-Z0-9]([a-zA-Z0-9\-]*[a-zA-Z0-9])?"
+_DNS_NAME_RE = re.compile(rf"^(?:{_DNS_LABEL}\.)*{_DNS_LABEL}$")
+_TAG_RE = re.compile(r"^[a-z0-9_][a-z0-9_\-+.]*$", re.IGNORECASE)
 _CONTENT_TYPES = {"images", "rootdir", "vztmpl", "iso", "backup", "snippets", "import"}
 
 
@@ -115,6 +118,17 @@ def _check_vmid_list(v: str) -> str | None:
     return None
 
 
+def _check_dns_name(v: str) -> str | None:
+    return None if _DNS_NAME_RE.match(v) else "value does not look like a valid DNS name"
+
+
+def _check_tag_list(v: str) -> str | None:
+    for item in re.split(r"[;, ]", v):
+        if item and not _TAG_RE.match(item):
+            return "invalid characters in tag"
+    return None
+
+
 def _check_content(v: str) -> str | None:
     return None if v in _CONTENT_TYPES else f"invalid content type '{v}'"
 
@@ -135,6 +149,8 @@ FORMATS: dict[str, Callable[[str], str | None]] = {
     "pve-vmid-list": _check_vmid_list,
     "pve-storage-content": _check_content,
     "pve-storage-content-list": _check_content_list,
+    "dns-name": _check_dns_name,
+    "pve-tag-list": _check_tag_list,
 }
 
 _INT_RE = re.compile(r"^[+-]?\d+$")

@@ -10,6 +10,10 @@ from moxflow.errors import ParseError
 
 GuestType = Literal["qemu", "lxc"]
 
+SCRATCH_TAG = "moxflow-scratch"
+"""The tag moxflow writes on a restore test's scratch guest: the mark that makes it moxflow's
+own (left out of every job's selection, destroyed by the next restore test if left behind)."""
+
 
 @dataclass(frozen=True, slots=True)
 class Guest:
@@ -34,6 +38,12 @@ class Guest:
     @property
     def running(self) -> bool:
         return self.status == "running"
+
+    @property
+    def scratch(self) -> bool:
+        """Whether this is a restore test's scratch guest: it carries moxflow's mark (the tag
+        ``moxflow-scratch``), whatever its VMID."""
+        return SCRATCH_TAG in self.tags
 
     @classmethod
     def from_resource(cls, item: Mapping[str, Any]) -> Guest:

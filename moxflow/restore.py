@@ -7,13 +7,14 @@ backup listing and hands them to these functions; the flows carry out what they 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from moxflow.backups import Archive, Volid, parse_volid
 from moxflow.errors import ConfigError, ParseError
-from moxflow.guests import Guest, GuestType
+from moxflow.guests import SCRATCH_TAG, Guest, GuestType
+from moxflow.naming import MOXFLOW_MARKER
 
 __all__ = [
     "MAX_VMID",
@@ -24,16 +25,20 @@ __all__ = [
     "backup_volid",
     "check_scratch_vmid",
     "choose_scratch_vmid",
+    "leftover_scratch",
     "parse_vmid_range",
     "pick_archive",
     "plan_restore",
     "plan_restore_test",
     "restore_request",
+    "scratch_marks",
 ]
 
 MIN_VMID = 100
 MAX_VMID = 999_999_999
 _RANGE_RE = re.compile(r"^\s*([0-9]+)\s*(?::\s*([0-9]+)\s*)?$")
+SCRATCH_PREFIX = "moxflow-scratch-"
+_NAME_MAX = 63  # one DNS label: a name PVE accepts as a VM name and as a container's hostname
 
 
 def parse_vmid_range(text: str, *, setting: str = "restore_test.scratch_vmids") -> range:
@@ -65,9 +70,14 @@ def check_scratch_vmid(vmid: int, in_use: Iterable[Guest]) -> int:
         raise ConfigError(f"scratch VMID {vmid} is not between {MIN_VMID} and {MAX_VMID}")
     for g in in_use:
         if g.vmid == vmid:
+            whose = (
+                "a scratch guest still there"
+                if g.scratch
+                else f"which is not a restore test's scratch guest (no tag {SCRATCH_TAG}); a "
+                "restore test never touches a guest it did not make"
+            )
             raise ConfigError(
-                f"scratch VMID {vmid} is in use by {g.label} on {g.node}; a restore test "
-                "never touches an existing guest",
+                f"scratch VMID {vmid} is in use by {g.label} on {g.node}, {whose}",
                 setting="restore_test.scratch_vmids",
                 hint="pick a free VMID or a range with free VMIDs",
             )
@@ -137,6 +147,33 @@ def pick_archive(archives: Sequence[Archive], backup: str, vmid: int) -> Archive
     )
 
 
+def scratch_marks(guest: Guest, archive: Archive, run: str = "") -> dict[str, str]:
+    """What marks a restore test's scratch copy of ``guest`` as moxflow's own, as parameters
+    of the restore (``POST /nodes/{node}/{type}`` takes config options beside the archive and
+    keeps them): the tag ``moxflow-scratch`` (instead of the original's tags, so nothing that
+    selects by tag picks it up), the name ``moxflow-scratch-<original>`` (a container's
+    hostname) and a description saying whose copy it is and that it may go."""
+    base = guest.name or str(guest.vmid)
+    name = (SCRATCH_PREFIX + base)[:_NAME_MAX].rstrip("-.")
+    by = f" by run {run}" if run else ""
+    description = (
+        f"{MOXFLOW_MARKER} restore test's scratch copy of {guest.label} from {archive.volid}"
+        f"{by}; destroyed by the test, or by the next restore test if left behind"
+    )
+    return {
+        "tags": SCRATCH_TAG,
+        "name" if guest.type == "qemu" else "hostname": name,
+        "description": description,
+    }
+
+
+def leftover_scratch(guests: Iterable[Guest]) -> list[Guest]:
+    """The scratch guests an earlier restore test left behind: every guest carrying moxflow's
+    mark (the tag ``moxflow-scratch``), by VMID. Only the mark counts: a guest on a scratch
+    VMID without it is someone else's, and never destroyed."""
+    return sorted((g for g in guests if g.scratch), key=lambda g: g.vmid)
+
+
 def restore_request(
     subtype: str | None,
     vmid: int,
@@ -145,9 +182,11 @@ def restore_request(
     storage: str | None,
     unique: bool,
     force: bool,
+    marks: Mapping[str, str] | None = None,
 ) -> tuple[GuestType, dict[str, Any]]:
     """The guest type (the path tail ``qemu``/``lxc``) and the parameters of
-    ``POST /nodes/{node}/{type}``."""
+    ``POST /nodes/{node}/{type}``; ``marks``: config options the restored guest gets instead
+    of the backed-up ones (``scratch_marks``)."""
     if subtype not in ("qemu", "lxc"):
         raise ConfigError(f"cannot restore an archive of type {subtype!r}")
     gtype: GuestType = "qemu" if subtype == "qemu" else "lxc"
@@ -161,6 +200,7 @@ def restore_request(
         params["unique"] = True
     if force:
         params["force"] = True
+    params.update(marks or {})
     return gtype, params
 
 
@@ -267,10 +307,16 @@ class RestoreTestPlan:
     storage: str
     scratch_vmids: range
     fixed: bool = False
+    run: str = ""  # the flow run's id, written in the scratch guest's description
 
     @property
     def target(self) -> str:
         return self.guest.label
+
+    @property
+    def marks(self) -> dict[str, str]:
+        """The restore's parameters that mark the scratch guest as moxflow's own."""
+        return scratch_marks(self.guest, self.archive, self.run)
 
     def describe(self) -> str:
         """The plan in words, for a dry run's report."""
@@ -305,10 +351,13 @@ def plan_restore_test(
     scratch_storage: str,
     scratch_vmids: range,
     scratch_vmid: int | None = None,
+    run: str = "",
 ) -> RestoreTestPlan:
     """Plan restore-testing ``guest`` from its backups on ``backup_storage`` (``archives``)
     and the guests of the cluster (``in_use``): its newest backup, and ``scratch_vmid`` (when
     the run names one, refused when in use) or the lowest free VMID of ``scratch_vmids``.
+    Scratch guests left behind (``leftover_scratch``) count as free: the run destroys them
+    before its first restore. ``run`` (the flow run's id) goes into the scratch guest's mark.
 
     Guests are tested one after the other, each scratch guest gone before the next is made,
     so every guest of a run plans the same scratch VMID. ``ConfigError`` when the guest has no
@@ -317,6 +366,7 @@ def plan_restore_test(
     mine = sorted((a for a in archives if a.vmid == guest.vmid), key=lambda a: (a.created, a.volid))
     if not mine:
         raise ConfigError(f"no backup on {backup_storage} to restore")
+    in_use = [g for g in in_use if not g.scratch]
     if scratch_vmid is not None:
         scratch = check_scratch_vmid(scratch_vmid, in_use)
     else:
@@ -328,4 +378,5 @@ def plan_restore_test(
         storage=scratch_storage,
         scratch_vmids=scratch_vmids,
         fixed=scratch_vmid is not None,
+        run=run,
     )

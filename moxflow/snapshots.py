@@ -130,7 +130,8 @@ class GuestSelection:
 def plan_guest_selection(
     all_guests: Sequence[Guest], expr: str, *, running_only: bool, strict: bool = True
 ) -> GuestSelection:
-    """Apply the selection language, then drop templates (and stopped guests if asked).
+    """Apply the selection language, then drop templates, restore tests' scratch guests
+    (moxflow's own: marked with the tag ``moxflow-scratch``) and stopped guests if asked.
 
     ``strict`` (what a job does before it changes anything): a guest the selection names that
     is not there raises ``SelectionError``. The health report reads without it.
@@ -142,7 +143,9 @@ def plan_guest_selection(
     guests: list[Guest] = []
     skipped: list[tuple[Guest, str]] = []
     for guest in picked:
-        if guest.template:
+        if guest.scratch:
+            skipped.append((guest, "a restore test's scratch guest (moxflow's own)"))
+        elif guest.template:
             skipped.append((guest, "template"))
         elif running_only and not guest.running:
             skipped.append((guest, f"not running ({guest.status})"))

@@ -10,6 +10,7 @@ destroy step even when a step before it failed (the report says so when that cle
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from contextlib import suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -21,7 +22,7 @@ from prefect.logging import get_run_logger
 
 from moxflow.backups import Archive, mark_restore_tested
 from moxflow.errors import ConfigError, MoxflowError, ProxmoxError
-from moxflow.guests import Guest, GuestType
+from moxflow.guests import SCRATCH_TAG, Guest, GuestType
 from moxflow.naming import snapshot_description, snapshot_name
 from moxflow.proxmox import ProxmoxClient, parse_upid
 from moxflow.report import Outcome, ReportRow
@@ -53,10 +54,17 @@ def start_restore(
     storage: str | None,
     unique: bool,
     force: bool,
+    marks: Mapping[str, str] | None = None,
 ) -> str:
     """``POST /nodes/{node}/qemu`` (``archive``) or ``.../lxc`` (``ostemplate``, ``restore``)."""
     tail, params = restore_request(
-        archive.subtype, vmid, archive.volid, storage=storage, unique=unique, force=force
+        archive.subtype,
+        vmid,
+        archive.volid,
+        storage=storage,
+        unique=unique,
+        force=force,
+        marks=marks,
     )
     return client.restore(node, tail, **params)
 
@@ -107,11 +115,20 @@ def wait_booted(
         delay = min(delay * 1.5, POLL_MAX)
 
 
-def destroy(client: ProxmoxClient, node: str, gtype: GuestType, vmid: int, timeout: float) -> str:
-    """Stop (if running) and destroy a scratch guest; what was done, in words."""
+def destroy(client: ProxmoxClient, vmid: int, timeout: float) -> str:
+    """Stop (if running) and destroy a scratch guest; what was done, in words.
+
+    Only a guest that carries moxflow's mark (the tag ``moxflow-scratch``), read right
+    before: any other guest at ``vmid`` is someone else's, and a ``ConfigError`` says so.
+    """
     current = find_guest(client, vmid)
     if current is None:
         return "nothing to clean up"
+    if not current.scratch:
+        raise ConfigError(
+            f"{current.label} on {current.node} is not a restore test's scratch guest (no tag "
+            f"{SCRATCH_TAG}); a restore test never destroys a guest it did not make"
+        )
     if current.running:
         power(client, current.node, current.type, vmid, "stop")
     upid = client.destroy(current.node, current.type, vmid)
@@ -147,6 +164,18 @@ class Booted:
     seconds: float
 
 
+@step("restore-test-leftover", "{guest.label}: destroy leftover scratch")
+def destroy_leftover(client: ProxmoxClient, guest: Guest, task_timeout: float) -> str:
+    """Destroy a scratch guest an earlier restore test left behind (``leftover_scratch``),
+    once its mark is read again right before; what was done, in words. Retried (Prefect) on a
+    passing failure: one an earlier attempt destroyed is gone."""
+    done = destroy(client, guest.vmid, task_timeout)
+    if done == "nothing to clean up":
+        return f"leftover scratch guest {guest.label} was gone already"
+    get_run_logger().info("%s: leftover scratch guest destroyed", guest.label)
+    return f"leftover scratch guest {guest.label} destroyed"
+
+
 @step("restore-test-list", "{guest.label}: list")
 def list_guest_archives(client: ProxmoxClient, guest: Guest, storage: str) -> list[Archive]:
     """The facts: the guest's backups on ``storage``, as its node sees them; read-only."""
@@ -167,7 +196,14 @@ def restore_scratch(client: ProxmoxClient, plan: RestoreTestPlan, task_timeout: 
     guest, archive = plan.guest, plan.archive
     scratch = plan.scratch_now(client.resources())
     upid = start_restore(
-        client, guest.node, archive, scratch, storage=plan.storage, unique=True, force=False
+        client,
+        guest.node,
+        archive,
+        scratch,
+        storage=plan.storage,
+        unique=True,
+        force=False,
+        marks=plan.marks,
     )
     logger.info("%s: restoring %s to scratch %d", guest.label, archive.filename, scratch)
     client.wait_task(upid, timeout=task_timeout, node=guest.node)
@@ -233,7 +269,7 @@ def destroy_scratch(
         return ""
     if scratch == plan.guest.vmid:  # never, by construction; the one thing that must not happen
         raise ConfigError(f"scratch VMID {scratch} is the original guest's")
-    done = destroy(client, plan.guest.node, plan.guest.type, scratch, task_timeout)
+    done = destroy(client, scratch, task_timeout)
     if done == "nothing to clean up" and attempt().number > 1:
         return "destroyed"
     return done

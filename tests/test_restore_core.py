@@ -188,3 +188,65 @@ def test_the_scratch_vmid_is_checked_again_right_before_the_restore() -> None:
     )  # fmt: skip
     with pytest.raises(ConfigError, match="9901 is in use"):
         fixed.scratch_now(taken)
+
+
+# A scratch guest is moxflow's own by its mark (the tag moxflow-scratch), never by its VMID.
+LEFTOVER = Guest(9901, "moxflow-scratch-media-vm", "pve1", "qemu", "running",
+                 tags=("moxflow-scratch",))  # fmt: skip
+
+
+def test_the_scratch_guest_is_marked_as_moxflows_own_in_the_restore_request() -> None:
+    from moxflow.restore import scratch_marks
+
+    media, dns = GUESTS[1], GUESTS[0]
+    marks = scratch_marks(media, archive(101, 3), run="4f1c")
+    assert (marks["tags"], marks["name"]) == ("moxflow-scratch", "moxflow-scratch-media-vm")
+    assert marks["description"].startswith("moxflow: restore test's scratch copy of 101 (")
+    assert "by run 4f1c" in marks["description"]
+    # a container's name is its hostname; the name stays one DNS label
+    assert set(scratch_marks(dns, archive(100, 3, "lxc"))) == {"tags", "hostname", "description"}
+    long = Guest(102, "x" * 70, "pve1", "qemu")
+    assert len(scratch_marks(long, archive(102, 3))["name"]) == 63
+    _, params = restore_request("qemu", 9900, "nas:backup/x.vma.zst", storage="local-zfs",
+                                unique=True, force=False, marks=marks)  # fmt: skip
+    assert params["tags"] == "moxflow-scratch" and params["name"] == "moxflow-scratch-media-vm"
+
+
+@pytest.mark.parametrize(
+    ("guests", "leftovers"),
+    [
+        (GUESTS, []),  # 9900 is on a scratch VMID, but not marked: someone else's
+        ([*GUESTS, LEFTOVER], [9901]),
+        ([*GUESTS, Guest(500, "old", "pve2", "lxc", tags=("a", "moxflow-scratch"))], [500]),
+        ([*GUESTS, Guest(9902, "moxflow-scratch-dns", "pve1", "lxc", tags=("dns",))], []),
+    ],
+)
+def test_only_marked_guests_are_left_over_scratch_guests(
+    guests: list[Guest], leftovers: list[int]
+) -> None:
+    from moxflow.restore import leftover_scratch
+
+    assert [g.vmid for g in leftover_scratch(guests)] == leftovers
+
+
+def test_a_left_over_scratch_guest_counts_as_free_and_an_unmarked_one_is_refused() -> None:
+    from moxflow.restore import plan_restore_test
+
+    media, items = GUESTS[1], [archive(101, 3)]
+    guests = [*GUESTS, LEFTOVER]
+    plan = plan_restore_test(
+        media, items, guests, backup_storage="nas", scratch_storage="s",
+        scratch_vmids=range(9900, 9910), run="4f1c",
+    )  # fmt: skip
+    assert plan.scratch == 9901  # destroyed before the restore
+    assert plan.marks["tags"] == "moxflow-scratch" and "by run 4f1c" in plan.marks["description"]
+    fixed = plan_restore_test(
+        media, items, guests, backup_storage="nas", scratch_storage="s",
+        scratch_vmids=range(9900, 9910), scratch_vmid=9901,
+    )  # fmt: skip
+    assert fixed.scratch == 9901
+    with pytest.raises(ConfigError, match=r"in use by 9900 \(someone\).*not a restore test's"):
+        plan_restore_test(
+            media, items, guests, backup_storage="nas", scratch_storage="s",
+            scratch_vmids=range(9900, 9910), scratch_vmid=9900,
+        )  # fmt: skip

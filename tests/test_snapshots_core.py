@@ -5,10 +5,13 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import pytest
+
+from moxflow.guests import Guest
 from moxflow.naming import snapshot_description, snapshot_name
 from moxflow.proxmox import GuestSnapshot
 from moxflow.retention import KeepPolicy
-from moxflow.snapshots import plan_guest_prune
+from moxflow.snapshots import plan_guest_prune, plan_guest_selection
 
 NOW = datetime(2026, 11, 26, 2, 0, 5, tzinfo=UTC)
 
@@ -124,3 +127,39 @@ def test_guests_are_grouped_by_node_in_order() -> None:
         (100, (snapshot_name("daily", NOW - timedelta(days=1)),), 1),
         (101, (), 1),
     ]
+
+
+# Every job selects through plan_guest_selection: a restore test's scratch guest (marked with
+# the tag moxflow-scratch) is never selected, whatever the expression, its name or its VMID.
+SCRATCH_GUESTS = [
+    Guest(101, "media-vm", "pve1", "qemu", "running", tags=("media",)),
+    Guest(9000, "debian-12-template", "pve1", "qemu", template=True),
+    # the scratch copy of 101, as a restore test leaves it: the original's tags plus the mark
+    Guest(9900, "moxflow-scratch-media-vm", "pve1", "qemu", "running",
+          tags=("media", "moxflow-scratch")),
+    # marked, but outside any scratch range and with the original's name: the mark decides
+    Guest(500, "media-vm", "pve2", "lxc", "stopped", tags=("moxflow-scratch",)),
+    # on a scratch VMID but not marked: not moxflow's, selected like any guest
+    Guest(9901, "someone-elses", "pve2", "qemu", "running"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("expr", "running_only", "selected", "skipped"),
+    [
+        ("@all", False, [101, 9901], {9000: "template", 9900: "scratch", 500: "scratch"}),
+        ("@all", True, [101, 9901], {9000: "template", 9900: "scratch", 500: "scratch"}),
+        ("@tag-media", False, [101], {9900: "scratch"}),
+        ("9900,101", False, [101], {9900: "scratch"}),
+        ("media-vm", False, [101], {500: "scratch"}),
+        ("@node-pve2", False, [9901], {500: "scratch"}),
+        ("@tag-moxflow-scratch", False, [], {9900: "scratch", 500: "scratch"}),
+    ],
+)
+def test_no_job_selects_a_restore_tests_scratch_guest(
+    expr: str, running_only: bool, selected: list[int], skipped: dict[int, str]
+) -> None:
+    chosen = plan_guest_selection(SCRATCH_GUESTS, expr, running_only=running_only)
+    assert [g.vmid for g in chosen.guests] == selected
+    why = {g.vmid: ("scratch" if "scratch guest" in r else r) for g, r in chosen.skipped}
+    assert why == skipped

@@ -11,14 +11,19 @@ from prefect.futures import PrefectFuture
 from prefect.logging import get_run_logger
 
 from blocks.proxmox import proxmox_client
-from flows._run import finish
+from flows._run import finish, run_id
 from flows.params import RestoreTestParams, flow_parameters
 from moxflow.errors import (
     MoxflowError,
 )
 from moxflow.inventory import load_inventory
 from moxflow.report import Outcome, ReportRow, RunReport
-from moxflow.restore import RestoreTestPlan, check_scratch_vmid, plan_restore_test
+from moxflow.restore import (
+    RestoreTestPlan,
+    check_scratch_vmid,
+    leftover_scratch,
+    plan_restore_test,
+)
 from moxflow.selection import parse_selection
 from moxflow.snapshots import plan_guest_selection
 from tasks._retry import tuned
@@ -27,6 +32,7 @@ from tasks.restore import (
     Booted,
     Restored,
     Started,
+    destroy_leftover,
     destroy_scratch,
     list_guest_archives,
     record_passed,
@@ -77,8 +83,11 @@ def restore_test(
     report.counts_snapshots = False
     client = proxmox_client(inv)
     all_guests = list_guests(client)
-    if scratch_vmid is not None:
-        check_scratch_vmid(scratch_vmid, all_guests)  # refused before anything is restored
+    # scratch guests an earlier run left behind (moxflow's mark, not a VMID range, says which)
+    # go first, and count as free; any other guest on the scratch VMID is refused
+    leftovers = leftover_scratch(all_guests)
+    if scratch_vmid is not None:  # refused before anything is restored
+        check_scratch_vmid(scratch_vmid, [g for g in all_guests if not g.scratch])
     chosen = plan_guest_selection(all_guests, expr, running_only=False)
     for note in report.add_selection(chosen.unmatched, chosen.skipped):
         logger.warning("%s", note)
@@ -95,6 +104,7 @@ def restore_test(
     listing = tuned(list_guest_archives, inv)
     facts = [(g, listing.submit(client, g, backup_storage)) for g in chosen.guests]
     plans: list[RestoreTestPlan] = []
+    run = run_id()
     for guest, fut in facts:
         # the plan: pure, from the facts; a guest that cannot be tested fails here
         try:
@@ -107,15 +117,32 @@ def restore_test(
                     scratch_storage=rt.scratch_storage,
                     scratch_vmids=rt.vmid_range(),
                     scratch_vmid=scratch_vmid,
+                    run=run,
                 )
             )
         except MoxflowError as exc:
             logger.error("%s: %s", guest.label, exc)
             report.add(ReportRow(guest.label, Outcome.FAILED, detail=str(exc)))
     if dry_run:
+        for g in leftovers:
+            report.notes.append(f"would destroy leftover scratch guest {g.label} first")
         for plan in plans:
             report.add(_row(plan, Outcome.PLANNED, plan.describe()))
         return finish(report, artifact_key="restore-test-report", inv=inv)
+
+    # the leftovers first (each one's mark read again right before), then the tests
+    clear = tuned(destroy_leftover, inv)
+    cleared = [(g, clear.submit(client, g, rt.task_timeout)) for g in leftovers]
+    for g, done in cleared:
+        try:
+            note = done.result()
+        except MoxflowError as exc:
+            logger.error("%s: leftover scratch guest NOT destroyed: %s", g.label, exc)
+            detail = f"leftover scratch guest NOT destroyed, remove it by hand: {exc}"
+            report.add(ReportRow(g.label, Outcome.NEEDS_ATTENTION, detail=detail))
+        else:
+            logger.warning("%s", note)
+            report.notes.append(note)
 
     # apply, per guest: restore → start → wait-agent → destroy (→ record). Each step takes the
     # one before's future (Prefect waits for it and draws the edge; a step whose upstream
@@ -257,4 +284,4 @@ def check(p: RestoreTestParams) -> None:
         guests = client.resources()
     plan_guest_selection(guests, expr, running_only=False)
     if p.scratch_vmid is not None:
-        check_scratch_vmid(p.scratch_vmid, guests)
+        check_scratch_vmid(p.scratch_vmid, [g for g in guests if not g.scratch])

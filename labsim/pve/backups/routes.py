@@ -13,7 +13,9 @@ ROUTES = RouteTable()
 
 @ROUTES.route("POST", "/nodes/{node}/qemu", "/nodes/{node}/lxc")
 def create_guest(req: Request) -> Any:
-    """Only restores are simulated: ``archive`` (qemu) or ``ostemplate`` + ``restore=1``."""
+    """Only restores are simulated: ``archive`` (qemu) or ``ostemplate`` + ``restore=1``; a
+    name (a container's ``hostname``), ``tags`` and ``description`` given beside the archive
+    replace the backed-up ones, as PVE's restore keeps config options it is given."""
     req.pve.require_node(req.node)
     gtype = req.template.rsplit("/", 1)[-1]
     archive = req.get_str("archive") if gtype == "qemu" else req.get_str("ostemplate")
@@ -29,6 +31,9 @@ def create_guest(req: Request) -> Any:
         start=req.get_bool("start"),
         unique=req.get_bool("unique"),
         user=req.user,
+        name=req.get_str("name" if gtype == "qemu" else "hostname"),
+        tags=req.get_str("tags"),
+        description=req.get_str("description"),
     ).upid
 
 

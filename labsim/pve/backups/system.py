@@ -7,6 +7,7 @@ storage) or ``DIR/storage/<storage>/<node>/dump/`` (a node-local one).
 from __future__ import annotations
 
 import math
+import re
 import shutil
 import time
 from pathlib import Path
@@ -281,8 +282,12 @@ class BackupsSystem(System):
         start: bool,
         unique: bool,
         user: str,
+        name: str | None = None,
+        tags: str | None = None,
+        description: str | None = None,
     ) -> Task:
-        """``POST /nodes/{node}/qemu`` with ``archive`` (lxc: ``ostemplate`` + ``restore``)."""
+        """``POST /nodes/{node}/qemu`` with ``archive`` (lxc: ``ostemplate`` + ``restore``);
+        ``name``, ``tags`` and ``description``, when given, replace the backed-up ones."""
         kind = "VM" if gtype == "qemu" else "CT"
         emsg = f"unable to restore {kind} {vmid} -"
         existing = self.pve.guests.get(vmid)
@@ -306,11 +311,15 @@ class BackupsSystem(System):
         g = Guest(
             vmid,
             "qemu" if gtype == "qemu" else "lxc",
-            str(info.get("name") or f"restored-{vmid}"),
+            name or str(info.get("name") or f"restored-{vmid}"),
             node,
             status="stopped",
             lock="create",
-            tags=list(info.get("tags") or []),
+            tags=(
+                [t for t in re.split(r"[;, ]", tags) if t]
+                if tags is not None
+                else list(info.get("tags") or [])
+            ),
             maxdisk=int(info.get("maxdisk") or 8 * GiB),
             maxmem=int(info.get("maxmem") or 2 * GiB),
             cpus=int(info.get("cpus") or 1),
@@ -318,6 +327,8 @@ class BackupsSystem(System):
             ostype=str(info.get("ostype") or "l26"),
             storage=target,
         )
+        if description is not None:
+            g.config["description"] = description
         self.pve.guests[vmid] = g
         st = self.pve.storages[a.storage]
         prefix = "qm" if gtype == "qemu" else "vz"
