@@ -10,11 +10,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from flows.jobs.guest_snapshot import guest_snapshot
 from flows.jobs.restore_test import restore_test
 from flows.jobs.vzdump_backup import vzdump_backup
 from labsim import schema
 from labsim.client import LabClient
+from moxflow.errors import RunFailed
 from tests.flows.conftest import edit_inventory
 
 
@@ -27,7 +30,8 @@ def test_every_request_the_jobs_send_conforms_to_the_pve_schema(
     guest_snapshot(label="daily", dry_run=True, inventory=inv)
     guest_snapshot(label="daily", inventory=inv)
     fresh_lab.set_guest(104, lock="backup")
-    guest_snapshot(label="daily", lock_timeout=0.5, vmstate=True, inventory=inv)  # prunes too
+    with pytest.raises(RunFailed, match="busy"):  # 104 stays locked: busy, the others prune
+        guest_snapshot(label="daily", lock_timeout=0.5, vmstate=True, inventory=inv)
     fresh_lab.set_guest(104, lock=None)
 
     requests = fresh_lab.api_requests()
