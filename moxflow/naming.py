@@ -164,22 +164,23 @@ def validate_guest_snapname(name: str) -> str:
 
 
 _RUN_ID_RE = re.compile(r"[0-9A-Za-z-]{1,64}", re.ASCII)
-_BY_RUN_RE = re.compile(r" by run ([0-9A-Za-z-]{1,64}) \(", re.ASCII)
+_BY_RUN_RE = re.compile(r" by run ([0-9A-Za-z-]{1,64})(?=[ ;(]|$)", re.ASCII)
 
 
 def snapshot_description(label: str, created: datetime, run: str = "") -> str:
     """The description moxflow writes on a guest snapshot, starting with the marker; with
     ``run``, the flow run that takes it (so that a run racing another one for the same name
-    can tell its snapshot from the other's: :func:`snapshot_run`)."""
+    can tell its snapshot from the other's: :func:`description_run`)."""
     validate_label(label)
     stamp = _utc(created).strftime("%Y-%m-%dT%H:%M:%SZ")
     by = f" by run {run}" if run and _RUN_ID_RE.fullmatch(run) else ""
     return f"{MOXFLOW_MARKER} {label} snapshot taken {stamp}{by} (do not rename; pruned by moxflow)"
 
 
-def snapshot_run(description: str | None) -> str | None:
-    """The flow run that took a snapshot, from the description moxflow wrote on it; ``None``
-    when it does not say (taken by hand, or by a moxflow that did not write it)."""
+def description_run(description: str | None) -> str | None:
+    """The flow run a description moxflow wrote names (``... by run ID ...``: the run that
+    took a snapshot, that made a scratch guest); ``None`` when it does not say (written by
+    hand, or by a moxflow that did not write it)."""
     if not is_moxflow_description(description):
         return None
     found = _BY_RUN_RE.search(str(description))

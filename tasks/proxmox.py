@@ -24,7 +24,7 @@ from prefect.logging import get_run_logger
 
 from moxflow.errors import GuestLockedError, MoxflowError, ProxmoxUnavailableError
 from moxflow.guests import Guest
-from moxflow.naming import snapshot_run
+from moxflow.naming import description_run
 from moxflow.proxmox import GuestSnapshot, ProxmoxClient
 from moxflow.snapshots import GuestSnapshotPlan, NodeSnapshotPlan, busy_guest, guests_text
 from tasks._retry import attempt, step
@@ -150,8 +150,8 @@ def snapshot_node(
                 if found is None:
                     raise
         if found is not None:
-            owner = snapshot_run(found.description)
-            if owner is None or owner != snapshot_run(p.description):
+            owner = description_run(found.description)
+            if owner is None or owner != description_run(p.description):
                 logger.warning("%s: %s was already taken by %s", guest.label, p.snapname,
                                f"run {owner}" if owner else "someone else")  # fmt: skip
                 return AlreadyTaken(owner)

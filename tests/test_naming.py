@@ -13,12 +13,12 @@ from moxflow.errors import ConfigError, UnsafeNameError
 from moxflow.naming import (
     MOXFLOW_MARKER,
     ParsedName,
+    description_run,
     is_moxflow_description,
     owned_by_moxflow,
     parse_snapshot_name,
     snapshot_description,
     snapshot_name,
-    snapshot_run,
     validate_dataset,
     validate_guest_snapname,
     validate_host_name,
@@ -273,9 +273,9 @@ def test_a_snapshot_description_names_the_run_that_took_it() -> None:
         f"moxflow: hourly snapshot taken 2026-11-26T01:02:03Z by run {run} "
         "(do not rename; pruned by moxflow)"
     )
-    assert snapshot_run(text) == run
-    assert snapshot_run(snapshot_description("hourly", when)) is None  # an older one
-    assert snapshot_run(f"before the upgrade by run {run} (x)") is None  # not moxflow's
+    assert description_run(text) == run
+    assert description_run(snapshot_description("hourly", when)) is None  # an older one
+    assert description_run(f"before the upgrade by run {run} (x)") is None  # not moxflow's
     # a run id that is not one is left out rather than written into the description
     assert snapshot_description("hourly", when, "x (y) by run z") == snapshot_description(
         "hourly", when
