@@ -163,11 +163,28 @@ def validate_guest_snapname(name: str) -> str:
     return name
 
 
-def snapshot_description(label: str, created: datetime) -> str:
-    """The description moxflow writes on a guest snapshot, starting with the marker."""
+_RUN_ID_RE = re.compile(r"[0-9A-Za-z-]{1,64}", re.ASCII)
+_BY_RUN_RE = re.compile(r" by run ([0-9A-Za-z-]{1,64})(?=[ ;(]|$)", re.ASCII)
+
+
+def snapshot_description(label: str, created: datetime, run: str = "") -> str:
+    """The description moxflow writes on a guest snapshot, starting with the marker; with
+    ``run``, the flow run that takes it (so that a run racing another one for the same name
+    can tell its snapshot from the other's: :func:`description_run`)."""
     validate_label(label)
     stamp = _utc(created).strftime("%Y-%m-%dT%H:%M:%SZ")
-    return f"{MOXFLOW_MARKER} {label} snapshot taken {stamp} (do not rename; pruned by moxflow)"
+    by = f" by run {run}" if run and _RUN_ID_RE.fullmatch(run) else ""
+    return f"{MOXFLOW_MARKER} {label} snapshot taken {stamp}{by} (do not rename; pruned by moxflow)"
+
+
+def description_run(description: str | None) -> str | None:
+    """The flow run a description moxflow wrote names (``... by run ID ...``: the run that
+    took a snapshot, that made a scratch guest); ``None`` when it does not say (written by
+    hand, or by a moxflow that did not write it)."""
+    if not is_moxflow_description(description):
+        return None
+    found = _BY_RUN_RE.search(str(description))
+    return found.group(1) if found else None
 
 
 def is_moxflow_description(description: str | None) -> bool:

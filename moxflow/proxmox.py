@@ -451,6 +451,12 @@ class ProxmoxClient:
             hint="check the VMID or selection; `pvesh get /cluster/resources --type vm` lists them",
         )
 
+    def guest_description(self, guest: Guest) -> str:
+        """The guest's description (its config's ``description``; "" without one)."""
+        config = self.get(f"{_guest_path(guest.node, guest.type, guest.vmid)}/config")
+        value = config.get("description") if isinstance(config, dict) else None
+        return str(value) if value is not None else ""
+
     def list_snapshots(self, guest: Guest) -> list[GuestSnapshot]:
         """The guest's snapshots, oldest first, without the ``current`` pseudo entry."""
         path = _snapshot_path(guest)

@@ -257,10 +257,12 @@ def plan_guest_snapshot(
     policy: KeepPolicy,
     tz: tzinfo,
     vmstate: bool,
+    run: str = "",
 ) -> GuestSnapshotPlan:
     """Plan one guest from its snapshots: the new one counts under the keep policy as if
-    taken, and is never pruned. ``vmstate`` (RAM) is kept only for a running VM."""
-    description = snapshot_description(label, now)
+    taken, and is never pruned. ``vmstate`` (RAM) is kept only for a running VM; ``run``
+    (the flow run's id) goes into the description."""
+    description = snapshot_description(label, now, run)
     with_ram = vmstate and guest.type == "qemu" and guest.running
     new = GuestSnapshot(snapname, description, snaptime=now, vmstate=with_ram)
     plan = plan_guest_prune([*snapshots, new], label, policy, tz, just_taken=snapname)
@@ -285,6 +287,7 @@ def plan_node_snapshots(
     policy: KeepPolicy,
     tz: tzinfo,
     vmstate: bool,
+    run: str = "",
 ) -> NodeSnapshotPlan:
     """Plan the guests of one node from their snapshots (``facts``, by VMID)."""
     return NodeSnapshotPlan(
@@ -299,6 +302,7 @@ def plan_node_snapshots(
                 policy=policy,
                 tz=tz,
                 vmstate=vmstate,
+                run=run,
             )
             for guest in guests
         ),

@@ -85,6 +85,7 @@ from moxflow.zfs import (
 )
 from tasks._logging import LoggerLike
 from tasks._retry import step
+from tasks._runs import flow_run_alive
 from tasks.verify import wait_healthy
 
 LABEL = "pre-update"
@@ -201,25 +202,6 @@ def preflight(inv: Inventory, host: str, proxmox: ProxmoxClient | None) -> Prefl
             )
     except (MoxflowError, ValueError, IndexError) as exc:
         return Preflight(host=host, reachable=False, error=str(exc), snapshot_error=snapshot_error)
-
-
-def flow_run_alive(flow_run_id: str | None) -> bool:
-    """Whether the Prefect flow run that holds a host's lock is still running."""
-    if not flow_run_id:
-        return False
-    from prefect.client.orchestration import get_client
-    from prefect.exceptions import ObjectNotFound
-
-    try:
-        with get_client(sync_client=True) as client:
-            run = client.read_flow_run(uuid.UUID(flow_run_id))
-    except ObjectNotFound:
-        return False
-    except (ValueError, TypeError):
-        return False
-    except Exception:  # the API is unreachable: assume the run is alive, never break a lock
-        return True
-    return run.state is not None and not run.state.is_final()
 
 
 # --- one host's update: what its steps share ------------------------------------------------
@@ -924,7 +906,6 @@ __all__ = [
     "build",
     "confirm",
     "flake_update",
-    "flow_run_alive",
     "lock",
     "preflight",
     "prune",

@@ -24,6 +24,7 @@ from prefect.logging import get_run_logger
 
 from moxflow.errors import GuestLockedError, MoxflowError, ProxmoxUnavailableError
 from moxflow.guests import Guest
+from moxflow.naming import description_run
 from moxflow.proxmox import GuestSnapshot, ProxmoxClient
 from moxflow.snapshots import GuestSnapshotPlan, NodeSnapshotPlan, busy_guest, guests_text
 from tasks._retry import attempt, step
@@ -70,6 +71,20 @@ class GuestTaken:
     seconds: float
     error: str = ""
     locked: bool = False
+    elsewhere: bool = False  # another run took it: that run's snapshot, counted there
+
+
+@dataclass(frozen=True, slots=True)
+class AlreadyTaken:
+    """A guest's snapshot of this run's name was there already, taken by ``run`` (None:
+    the description names no run)."""
+
+    run: str | None
+
+
+def _whole_snapshot(client: ProxmoxClient, guest: Guest, name: str) -> GuestSnapshot | None:
+    """The guest's whole (not half made or deleted) snapshot ``name``, if it has one."""
+    return next((s for s in client.list_snapshots(guest) if s.name == name and s.complete), None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,19 +129,32 @@ def snapshot_node(
     and the step started less than ``lock_timeout`` seconds ago; after that such a guest is
     reported (a locked one as busy, with its lock). A retry first reads what an earlier
     attempt did: a guest that has a whole snapshot of this run's name is taken, not twice.
+    A snapshot of that name another run took (its description names that run: two runs of
+    the same label at once) is that run's, reported as such, never counted as taken here.
     """
     logger = get_run_logger()
     tries = attempt().number
 
-    def one(p: GuestSnapshotPlan) -> float:
+    def one(p: GuestSnapshotPlan) -> float | AlreadyTaken:
         started = time.monotonic()
         guest = p.guest
-        done = tries > 1 and any(
-            s.name == p.snapname and s.complete for s in client.list_snapshots(guest)
-        )
-        if not done:
-            upid = client.create_snapshot(guest, p.snapname, p.description, vmstate=p.vmstate)
-            client.wait_task(upid, timeout=TASK_TIMEOUT, node=guest.node)
+        found = _whole_snapshot(client, guest, p.snapname) if tries > 1 else None
+        if found is None:
+            try:
+                upid = client.create_snapshot(guest, p.snapname, p.description, vmstate=p.vmstate)
+                client.wait_task(upid, timeout=TASK_TIMEOUT, node=guest.node)
+            except MoxflowError as exc:
+                if "already used" not in str(exc):
+                    raise
+                found = _whole_snapshot(client, guest, p.snapname)
+                if found is None:
+                    raise
+        if found is not None:
+            owner = description_run(found.description)
+            if owner is None or owner != description_run(p.description):
+                logger.warning("%s: %s was already taken by %s", guest.label, p.snapname,
+                               f"run {owner}" if owner else "someone else")  # fmt: skip
+                return AlreadyTaken(owner)
         logger.info("%s: took %s", guest.label, p.snapname)
         return time.monotonic() - started
 
@@ -137,7 +165,11 @@ def snapshot_node(
     out: dict[int, GuestTaken] = {}
     for p, result in zip(plan.guests, results, strict=True):
         target = p.guest.label
-        if not isinstance(result, MoxflowError):
+        if isinstance(result, AlreadyTaken):
+            by = f"run {result.run}" if result.run else "someone else (not this run)"
+            why = f"{p.snapname} already taken by {by}; not counted here"
+            out[p.guest.vmid] = GuestTaken(False, 0.0, why, elsewhere=True)
+        elif not isinstance(result, MoxflowError):
             out[p.guest.vmid] = GuestTaken(True, round(result, 3))
         elif isinstance(result, GuestLockedError):
             why = busy_guest(p.guest, result.message, tries, elapsed)

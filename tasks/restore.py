@@ -23,11 +23,12 @@ from prefect.logging import get_run_logger
 from moxflow.backups import Archive, mark_restore_tested
 from moxflow.errors import ConfigError, MoxflowError, ProxmoxError
 from moxflow.guests import SCRATCH_TAG, Guest, GuestType
-from moxflow.naming import snapshot_description, snapshot_name
+from moxflow.naming import description_run, snapshot_description, snapshot_name
 from moxflow.proxmox import ProxmoxClient, parse_upid
 from moxflow.report import Outcome, ReportRow
 from moxflow.restore import RestorePlan, RestoreTestPlan, restore_request
 from tasks._retry import attempt, step
+from tasks._runs import flow_run_alive
 from tasks.backups import list_archives
 
 PRE_RESTORE_LABEL = "pre-restore"
@@ -165,10 +166,15 @@ class Booted:
 
 
 @step("restore-test-leftover", "{guest.label}: destroy leftover scratch")
-def destroy_leftover(client: ProxmoxClient, guest: Guest, task_timeout: float) -> str:
+def destroy_leftover(client: ProxmoxClient, guest: Guest, task_timeout: float, run: str) -> str:
     """Destroy a scratch guest an earlier restore test left behind (``leftover_scratch``),
     once its mark is read again right before; what was done, in words. Retried (Prefect) on a
-    passing failure: one an earlier attempt destroyed is gone."""
+    passing failure: one an earlier attempt destroyed is gone. One whose restore test is
+    still running (its description names that run; ``run``: this one) is that test's, and
+    left alone."""
+    owner = description_run(client.guest_description(guest))
+    if owner and owner != run and flow_run_alive(owner):
+        return f"scratch guest {guest.label} is restore test run {owner}'s, still running; left"
     done = destroy(client, guest.vmid, task_timeout)
     if done == "nothing to clean up":
         return f"leftover scratch guest {guest.label} was gone already"

@@ -13,6 +13,7 @@ from moxflow.errors import ConfigError, UnsafeNameError
 from moxflow.naming import (
     MOXFLOW_MARKER,
     ParsedName,
+    description_run,
     is_moxflow_description,
     owned_by_moxflow,
     parse_snapshot_name,
@@ -262,6 +263,23 @@ def test_snapshot_description() -> None:
     assert text.startswith(MOXFLOW_MARKER)
     assert is_moxflow_description(text)
     assert is_moxflow_description(text + "\n")
+
+
+def test_a_snapshot_description_names_the_run_that_took_it() -> None:
+    when = datetime(2026, 11, 26, 1, 2, 3, tzinfo=UTC)
+    run = "0f6a1b7e-3c55-4c1e-9a5e-8d2f7c9b1a00"
+    text = snapshot_description("hourly", when, run)
+    assert text == (
+        f"moxflow: hourly snapshot taken 2026-11-26T01:02:03Z by run {run} "
+        "(do not rename; pruned by moxflow)"
+    )
+    assert description_run(text) == run
+    assert description_run(snapshot_description("hourly", when)) is None  # an older one
+    assert description_run(f"before the upgrade by run {run} (x)") is None  # not moxflow's
+    # a run id that is not one is left out rather than written into the description
+    assert snapshot_description("hourly", when, "x (y) by run z") == snapshot_description(
+        "hourly", when
+    )
 
 
 @pytest.mark.parametrize("desc", [None, "", "before the upgrade", "made by moxflow", "moxflow"])

@@ -13,7 +13,7 @@ from prefect.logging import get_run_logger
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from blocks.proxmox import proxmox_client
-from flows._run import finish
+from flows._run import finish, run_id
 from flows.params import GuestSnapshotParams, flow_parameters
 from moxflow.errors import (
     MoxflowError,
@@ -99,6 +99,7 @@ def guest_snapshot(
     tz = ZoneInfo(inv.timezone)
     now = utc_now()
     snapname = snapshot_name(label, now)
+    run = run_id()  # written into each snapshot's description: whose snapshot it is
 
     client = proxmox_client(inv, max_connections=2 * limit + 2)  # the lanes' connections
     chosen = plan_guest_selection(list_guests(client), expr, running_only=running)
@@ -147,6 +148,7 @@ def guest_snapshot(
                 policy=policy,
                 tz=tz,
                 vmstate=with_ram,
+                run=run,
             )
             if dry_run:
                 report.extend(_planned(gp) for gp in plan.guests)
@@ -206,6 +208,7 @@ def _rows(
         target, t = p.guest.label, took[p.guest.vmid]
         if not t.taken:
             outcome = Outcome.BUSY if t.locked else Outcome.FAILED
+            outcome = Outcome.SKIPPED if t.elsewhere else outcome
             rows.append(ReportRow(target, outcome, detail=t.error, seconds=t.seconds))
         elif isinstance(done, MoxflowError):
             detail = f"snapshot taken, prune failed: {done}"

@@ -132,7 +132,7 @@ def restore_test(
 
     # the leftovers first (each one's mark read again right before), then the tests
     clear = tuned(destroy_leftover, inv)
-    cleared = [(g, clear.submit(client, g, rt.task_timeout)) for g in leftovers]
+    cleared = [(g, clear.submit(client, g, rt.task_timeout, run)) for g in leftovers]
     for g, done in cleared:
         try:
             note = done.result()

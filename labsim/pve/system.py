@@ -151,10 +151,11 @@ class PveSystem(System):
         return g
 
     def set_guest(self, vmid: int, fields: dict[str, Any]) -> Guest:
-        """Change guest fields directly (tests): lock, status, node, tags, pool, ..."""
+        """Change guest fields directly (tests): lock, status, node, tags, pool, ...;
+        ``description`` is the config's."""
         allowed = {
             "name", "node", "status", "lock", "tags", "pool", "template", "agent",
-            "hastate", "maxdisk", "maxmem", "cpus",
+            "hastate", "maxdisk", "maxmem", "cpus", "description",
         }  # fmt: skip
         unknown = set(fields) - allowed
         if unknown:
@@ -177,6 +178,9 @@ class PveSystem(System):
                         g.agent_ready_at = time.monotonic() + self.lab.duration("agent")
                 if key == "lock" and value == "":
                     value = None
+                if key == "description":
+                    g.config["description"] = str(value)
+                    continue
                 setattr(g, key, value)
             self.lab.settle()
             return g

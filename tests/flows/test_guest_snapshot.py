@@ -320,3 +320,49 @@ def test_an_api_5xx_on_a_step_is_retried_by_prefect(
     # the retry found 100's snapshot taken by the first attempt: one snapshot each
     assert len(moxflow_snaps(fresh_lab.state(), 100)) == 1
     assert len(moxflow_snaps(fresh_lab.state(), 101)) == 1
+
+
+def test_a_snapshot_another_run_took_is_that_runs_not_this_ones(
+    fresh_lab: LabClient, lab_inventory: Path
+) -> None:
+    """Two runs of one label in the same second want the same name: the one that comes
+    second finds it taken by the first (its description names that run) and says so; it
+    does not count it as its own. Its own earlier attempt's snapshot it does count."""
+    from concurrent.futures import ThreadPoolExecutor
+    from datetime import UTC, datetime
+
+    from prefect import flow
+
+    from blocks.proxmox import proxmox_client
+    from moxflow.inventory import load_inventory
+    from moxflow.naming import snapshot_description, snapshot_name
+    from moxflow.retention import KeepPolicy
+    from moxflow.snapshots import plan_node_snapshots
+    from tasks.proxmox import snapshot_node
+
+    now = datetime(2026, 12, 6, 3, 0, 0, tzinfo=UTC)
+    name = snapshot_name("daily", now)
+    inv = load_inventory(lab_inventory)
+    with proxmox_client(inv) as client:
+        guests = {g.vmid: g for g in client.resources()}
+        first, mine = guests[100], guests[101]
+        for guest, run in ((first, "run-a"), (mine, "run-b")):  # a's, and b's own earlier
+            upid = client.create_snapshot(guest, name, snapshot_description("daily", now, run))
+            client.wait_task(upid, timeout=30, node=guest.node)
+        plan = plan_node_snapshots(
+            "pve1", [first, mine], {100: [], 101: []}, label="daily", snapname=name, now=now,
+            policy=KeepPolicy.parse("keep-last=3"), tz=UTC, vmstate=False, run="run-b",
+        )  # fmt: skip
+
+        @flow(name="race-b")
+        def second_run() -> object:
+            with ThreadPoolExecutor(2) as lanes:
+                return snapshot_node.fn(client, plan, lanes, 5.0)
+
+        taken = second_run()
+    assert isinstance(taken, dict)
+    assert not taken[100].taken and taken[100].elsewhere
+    assert f"{name} already taken by run run-a" in taken[100].error
+    # 101's snapshot names run b: on a first attempt it is still not taken twice
+    assert taken[101].taken
+    assert moxflow_snaps(fresh_lab.state(), 100) == {name}  # one snapshot, not two

@@ -98,3 +98,31 @@ def test_a_guest_on_a_scratch_vmid_without_the_mark_is_never_destroyed(
     assert touched and set(touched) == {9901}
     assert not [r for r in lab.api_requests()[since:] if re.search(r"/9900(/|$)", r["path"])
                 and r["method"] != "GET"]  # fmt: skip
+
+
+def test_a_scratch_guest_of_a_restore_test_still_running_is_left_alone(
+    fast_lab: LabClient, lab_inventory: Path
+) -> None:
+    """Two restore tests at once: the second does not take the first's scratch guest for a
+    leftover (its description names a run that is still running); it tests on another VMID."""
+    from prefect import flow
+    from prefect.client.orchestration import get_client
+    from prefect.states import Running
+
+    @flow(name="restore-test-elsewhere")
+    def other() -> None:
+        return None
+
+    lab = fast_lab
+    leave_scratch_behind(lab, lab_inventory)
+    with get_client(sync_client=True) as client:
+        running = client.create_flow_run(other, state=Running())
+    text = lab.state()["guests"]["9900"]["config"]["description"]
+    lab.set_guest(9900, description=re.sub(r"by run [0-9a-f-]+", f"by run {running.id}", text))
+    before = stable(lab.guest(9900))
+    report = restore_test(select="101", inventory=str(lab_inventory))
+    assert isinstance(report, RunReport)
+    [row] = report.rows
+    assert row.outcome is Outcome.OK and row.cell("scratch") == "9901"
+    assert any(f"run {running.id}'s, still running; left" in n for n in report.notes)
+    assert stable(lab.guest(9900)) == before
