@@ -29,6 +29,8 @@ if TYPE_CHECKING:
     from prefect.client.schemas.objects import ConcurrencyLimitConfig
     from prefect.deployments.runner import RunnerDeployment
 
+    from moxflow.inventory import Inventory
+
 WORK_POOL = "moxflow"
 """The process work pool that ``prefect.yaml`` deploys onto."""
 
@@ -194,7 +196,8 @@ def inventory_schedules(
     out = {d.full_name: d.cron for d in definitions}
     if not inventory_path(inventory).is_file():
         return out
-    overrides = load_inventory(inventory).schedules
+    inv = load_inventory(inventory)
+    overrides = inv.schedules
     unknown = sorted(set(overrides) - set(out))
     if unknown:
         raise ConfigError(
@@ -202,7 +205,25 @@ def inventory_schedules(
             f"known: {', '.join(out)}",
             setting="schedules",
         )
-    return out | overrides
+    idle: dict[str, str] = {}
+    for d in definitions:
+        why = nothing_to_do(inv, d.flow_name)
+        if why and d.full_name not in overrides:
+            print(f"moxflow: {d.full_name}: schedule off ({why})", file=sys.stderr)
+            idle[d.full_name] = OFF
+    return out | idle | overrides
+
+
+def nothing_to_do(inv: Inventory, flow_name: str) -> str:
+    """Why the inventory gives the job ``flow_name`` nothing to do ("" when it does): its
+    schedule is then off (a run would only fail saying so), unless [schedules] sets one."""
+    if flow_name == "zfs-snapshot" and not inv.zfs.datasets:
+        return "no [[zfs.datasets]] in the inventory"
+    if flow_name == "nixos-update" and not inv.nixos.hosts:
+        return "no [nixos.hosts] in the inventory"
+    if flow_name in ("guest-snapshot", "vzdump-backup", "restore-test") and inv.proxmox is None:
+        return "no [proxmox] in the inventory"
+    return ""
 
 
 def template_key(full_name: str) -> str:

@@ -11,8 +11,12 @@ from moxflow.errors import ParseError
 GuestType = Literal["qemu", "lxc"]
 
 SCRATCH_TAG = "moxflow-scratch"
-"""The tag moxflow writes on a restore test's scratch guest: the mark that makes it moxflow's
-own (left out of every job's selection, destroyed by the next restore test if left behind)."""
+"""The tag moxflow writes on a restore test's scratch guest: with the name prefix, the mark
+that makes it moxflow's own (left out of every job's selection, destroyed by the next restore
+test if left behind within the scratch VMIDs)."""
+SCRATCH_PREFIX = "moxflow-scratch-"
+"""How a scratch guest's name (a container's hostname) starts: the other half of the mark, so
+that a tag alone (set by hand, or copied by a clone) does not make a guest moxflow's."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,9 +45,9 @@ class Guest:
 
     @property
     def scratch(self) -> bool:
-        """Whether this is a restore test's scratch guest: it carries moxflow's mark (the tag
-        ``moxflow-scratch``), whatever its VMID."""
-        return SCRATCH_TAG in self.tags
+        """Whether this is a restore test's scratch guest: it carries moxflow's mark, the tag
+        ``moxflow-scratch`` and a name starting ``moxflow-scratch-``."""
+        return SCRATCH_TAG in self.tags and self.name.startswith(SCRATCH_PREFIX)
 
     @classmethod
     def from_resource(cls, item: Mapping[str, Any]) -> Guest:

@@ -13,7 +13,7 @@ from typing import Any
 
 from moxflow.backups import Archive, Volid, parse_volid
 from moxflow.errors import ConfigError, ParseError
-from moxflow.guests import SCRATCH_TAG, Guest, GuestType
+from moxflow.guests import SCRATCH_PREFIX, SCRATCH_TAG, Guest, GuestType
 from moxflow.naming import MOXFLOW_MARKER
 
 __all__ = [
@@ -37,7 +37,6 @@ __all__ = [
 MIN_VMID = 100
 MAX_VMID = 999_999_999
 _RANGE_RE = re.compile(r"^\s*([0-9]+)\s*(?::\s*([0-9]+)\s*)?$")
-SCRATCH_PREFIX = "moxflow-scratch-"
 _NAME_MAX = 63  # one DNS label: a name PVE accepts as a VM name and as a container's hostname
 
 
@@ -167,11 +166,13 @@ def scratch_marks(guest: Guest, archive: Archive, run: str = "") -> dict[str, st
     }
 
 
-def leftover_scratch(guests: Iterable[Guest]) -> list[Guest]:
-    """The scratch guests an earlier restore test left behind: every guest carrying moxflow's
-    mark (the tag ``moxflow-scratch``), by VMID. Only the mark counts: a guest on a scratch
-    VMID without it is someone else's, and never destroyed."""
-    return sorted((g for g in guests if g.scratch), key=lambda g: g.vmid)
+def leftover_scratch(guests: Iterable[Guest], vmids: Iterable[int]) -> list[Guest]:
+    """The scratch guests an earlier restore test left behind: the guests on the scratch
+    VMIDs ``vmids`` carrying moxflow's mark (the tag ``moxflow-scratch`` and the name
+    prefix), by VMID. A guest there without the mark is someone else's, and never destroyed;
+    one with the mark elsewhere is left alone too."""
+    allowed = set(vmids)
+    return sorted((g for g in guests if g.scratch and g.vmid in allowed), key=lambda g: g.vmid)
 
 
 def restore_request(

@@ -22,7 +22,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 from prefect.logging import get_run_logger
 
-from moxflow.errors import GuestLockedError, MoxflowError, ProxmoxUnavailableError
+from moxflow.errors import GuestLockedError, MoxflowError, ProxmoxError, ProxmoxUnavailableError
 from moxflow.guests import Guest
 from moxflow.naming import description_run
 from moxflow.proxmox import GuestSnapshot, ProxmoxClient
@@ -76,10 +76,10 @@ class GuestTaken:
 
 @dataclass(frozen=True, slots=True)
 class AlreadyTaken:
-    """A guest's snapshot of this run's name was there already, taken by ``run`` (None:
-    the description names no run)."""
+    """A guest's snapshot of this run's name was there already, taken by the flow run
+    ``run`` (another run of the same label in the same second)."""
 
-    run: str | None
+    run: str
 
 
 def _whole_snapshot(client: ProxmoxClient, guest: Guest, name: str) -> GuestSnapshot | None:
@@ -151,9 +151,14 @@ def snapshot_node(
                     raise
         if found is not None:
             owner = description_run(found.description)
-            if owner is None or owner != description_run(p.description):
-                logger.warning("%s: %s was already taken by %s", guest.label, p.snapname,
-                               f"run {owner}" if owner else "someone else")  # fmt: skip
+            if owner is None:  # by hand, another tool, an older moxflow: not a run's to count
+                raise ProxmoxError(
+                    f"a snapshot named {p.snapname} that no moxflow run claims is on the guest",
+                    hint="rename or delete it; until then the guest gets no snapshot this period",
+                )
+            if owner != description_run(p.description):
+                logger.warning("%s: %s was already taken by run %s", guest.label, p.snapname,
+                               owner)  # fmt: skip
                 return AlreadyTaken(owner)
         logger.info("%s: took %s", guest.label, p.snapname)
         return time.monotonic() - started
@@ -166,8 +171,7 @@ def snapshot_node(
     for p, result in zip(plan.guests, results, strict=True):
         target = p.guest.label
         if isinstance(result, AlreadyTaken):
-            by = f"run {result.run}" if result.run else "someone else (not this run)"
-            why = f"{p.snapname} already taken by {by}; not counted here"
+            why = f"{p.snapname} already taken by run {result.run}; counted by that run"
             out[p.guest.vmid] = GuestTaken(False, 0.0, why, elsewhere=True)
         elif not isinstance(result, MoxflowError):
             out[p.guest.vmid] = GuestTaken(True, round(result, 3))

@@ -29,6 +29,7 @@ from prefect.client.schemas.schedules import CronSchedule, IntervalSchedule
 
 from deployments import render, serve
 from deployments.definitions import (
+    DEFINITION_BY_NAME,
     DEFINITIONS,
     WORK_POOL,
     deploy_settings,
@@ -142,6 +143,26 @@ def test_schedules_from_the_inventory_are_checked(lab_inventory: Path) -> None:
     assert inventory_schedules(inv.parent / "missing.toml") == {
         d.full_name: d.cron for d in DEFINITIONS
     }
+
+
+def test_a_job_with_nothing_to_do_gets_no_schedule(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A homelab without ZFS datasets or NixOS hosts: those jobs' schedules are off (a run
+    would only fail saying so); the others keep theirs; [schedules] still decides."""
+    inv = tmp_path / "inventory.toml"
+    base = (
+        '[proxmox]\nhost = "pve.lan"\ntoken_id = "root@pam!moxflow"\n'
+        'token_secret = "env:PVE_TOKEN"\n'
+    )
+    inv.write_text(base)
+    got = inventory_schedules(inv)
+    assert got["zfs-snapshot/hourly"] == got["zfs-snapshot/daily"] == "off"
+    assert got["nixos-update/weekly"] == "off"
+    assert got["vzdump-backup/nightly"] == DEFINITION_BY_NAME["vzdump-backup/nightly"].cron
+    assert "zfs-snapshot/hourly: schedule off (no [[zfs.datasets]]" in capsys.readouterr().err
+    inv.write_text(base + '[schedules]\n"nixos-update/weekly" = "0 3 * * 0"\n')
+    assert inventory_schedules(inv)["nixos-update/weekly"] == "0 3 * * 0"  # asked for: kept
 
 
 # -- prefect.yaml -------------------------------------------------------------------------

@@ -261,6 +261,24 @@ def test_inf_and_nan_are_refused_naming_the_setting(
     assert f"{setting}: inf and nan are not allowed here; write a plain number" in str(err)
 
 
+@pytest.mark.parametrize(
+    ("text", "setting"),
+    [
+        ("[health]\nrestore_test_max_age_days = 1e300\n", "health.restore_test_max_age_days"),
+        ("[health]\nnixos_max_age_days = 1e12\n", "health.nixos_max_age_days"),
+        ("[health]\noffsite_max_age_hours = 1e9\n", "health.offsite_max_age_hours"),
+        ("[health.label_hours]\nslow = 1e9\n", "health.label_hours.slow"),
+        ("[health]\nsnapshot_grace = 1e9\n", "health.snapshot_grace"),
+        ("[backups]\nmax_age_hours = 1e9\n", "backups.max_age_hours"),
+    ],
+)
+def test_an_age_longer_than_a_year_is_refused(tmp_path: Path, text: str, setting: str) -> None:
+    """These become timedeltas subtracted from now: a huge one overflows the clock."""
+    err = config_error(tmp_path, MINIMAL + text)
+    assert err.setting == setting
+    assert "less than or equal to" in str(err)
+
+
 def test_a_timeout_longer_than_a_year_is_refused(tmp_path: Path) -> None:
     err = config_error(tmp_path, MINIMAL + "[ssh]\ncommand_timeout = 1e300\n")
     assert err.setting == "ssh.command_timeout"

@@ -57,11 +57,16 @@ snapshot = { method = "proxmox", vmid = 101 }
 [backups]
 storage = "local"
 task_timeout = 3600.0
+max_age_hours = 26.0
 [retries]
 attempts = 3
 delays = [1.0, 5.0]
 [health]
 snapshot_grace = 1.5
+offsite_max_age_hours = 48.0
+restore_test_max_age_days = 8.0
+nixos_max_age_days = 14.0
+label_hours = { twice-daily = 12.0 }
 """
 
 

@@ -190,7 +190,8 @@ def test_the_scratch_vmid_is_checked_again_right_before_the_restore() -> None:
         fixed.scratch_now(taken)
 
 
-# A scratch guest is moxflow's own by its mark (the tag moxflow-scratch), never by its VMID.
+# A scratch guest is moxflow's own by its mark (the tag moxflow-scratch and the name prefix),
+# and a leftover one is cleared only on a scratch VMID.
 LEFTOVER = Guest(9901, "moxflow-scratch-media-vm", "pve1", "qemu", "running",
                  tags=("moxflow-scratch",))  # fmt: skip
 
@@ -217,7 +218,13 @@ def test_the_scratch_guest_is_marked_as_moxflows_own_in_the_restore_request() ->
     [
         (GUESTS, []),  # 9900 is on a scratch VMID, but not marked: someone else's
         ([*GUESTS, LEFTOVER], [9901]),
-        ([*GUESTS, Guest(500, "old", "pve2", "lxc", tags=("a", "moxflow-scratch"))], [500]),
+        # marked, but not on a scratch VMID: left alone
+        (
+            [*GUESTS, Guest(500, "moxflow-scratch-old", "pve2", "lxc", tags=("moxflow-scratch",))],
+            [],
+        ),
+        # the tag alone (by hand, a clone) is not the mark
+        ([*GUESTS, Guest(9903, "old", "pve2", "lxc", tags=("a", "moxflow-scratch"))], []),
         ([*GUESTS, Guest(9902, "moxflow-scratch-dns", "pve1", "lxc", tags=("dns",))], []),
     ],
 )
@@ -226,7 +233,7 @@ def test_only_marked_guests_are_left_over_scratch_guests(
 ) -> None:
     from moxflow.restore import leftover_scratch
 
-    assert [g.vmid for g in leftover_scratch(guests)] == leftovers
+    assert [g.vmid for g in leftover_scratch(guests, range(9900, 9910))] == leftovers
 
 
 def test_a_left_over_scratch_guest_counts_as_free_and_an_unmarked_one_is_refused() -> None:

@@ -130,15 +130,18 @@ def test_guests_are_grouped_by_node_in_order() -> None:
 
 
 # Every job selects through plan_guest_selection: a restore test's scratch guest (marked with
-# the tag moxflow-scratch) is never selected, whatever the expression, its name or its VMID.
+# the tag moxflow-scratch and a name starting moxflow-scratch-) is never selected, whatever the
+# expression or its VMID; the tag alone (set by hand, copied by a clone) is not the mark.
 SCRATCH_GUESTS = [
     Guest(101, "media-vm", "pve1", "qemu", "running", tags=("media",)),
     Guest(9000, "debian-12-template", "pve1", "qemu", template=True),
     # the scratch copy of 101, as a restore test leaves it: the original's tags plus the mark
     Guest(9900, "moxflow-scratch-media-vm", "pve1", "qemu", "running",
           tags=("media", "moxflow-scratch")),
-    # marked, but outside any scratch range and with the original's name: the mark decides
-    Guest(500, "media-vm", "pve2", "lxc", "stopped", tags=("moxflow-scratch",)),
+    # marked, but outside any scratch range: the mark decides
+    Guest(500, "moxflow-scratch-old", "pve2", "lxc", "stopped", tags=("moxflow-scratch",)),
+    # the tag without the name: not moxflow's, selected like any guest
+    Guest(501, "media-vm", "pve1", "qemu", "running", tags=("moxflow-scratch",)),
     # on a scratch VMID but not marked: not moxflow's, selected like any guest
     Guest(9901, "someone-elses", "pve2", "qemu", "running"),
 ]  # fmt: skip
@@ -147,13 +150,13 @@ SCRATCH_GUESTS = [
 @pytest.mark.parametrize(
     ("expr", "running_only", "selected", "skipped"),
     [
-        ("@all", False, [101, 9901], {9000: "template", 9900: "scratch", 500: "scratch"}),
-        ("@all", True, [101, 9901], {9000: "template", 9900: "scratch", 500: "scratch"}),
+        ("@all", False, [101, 501, 9901], {9000: "template", 9900: "scratch", 500: "scratch"}),
+        ("@all", True, [101, 501, 9901], {9000: "template", 9900: "scratch", 500: "scratch"}),
         ("@tag-media", False, [101], {9900: "scratch"}),
         ("9900,101", False, [101], {9900: "scratch"}),
-        ("media-vm", False, [101], {500: "scratch"}),
+        ("media-vm", False, [101, 501], {}),
         ("@node-pve2", False, [9901], {500: "scratch"}),
-        ("@tag-moxflow-scratch", False, [], {9900: "scratch", 500: "scratch"}),
+        ("@tag-moxflow-scratch", False, [501], {9900: "scratch", 500: "scratch"}),
     ],
 )
 def test_no_job_selects_a_restore_tests_scratch_guest(

@@ -83,9 +83,10 @@ def restore_test(
     report.counts_snapshots = False
     client = proxmox_client(inv)
     all_guests = list_guests(client)
-    # scratch guests an earlier run left behind (moxflow's mark, not a VMID range, says which)
+    # scratch guests an earlier run left behind (moxflow's mark on a scratch VMID says which)
     # go first, and count as free; any other guest on the scratch VMID is refused
-    leftovers = leftover_scratch(all_guests)
+    scratch_vmids = [*rt.vmid_range(), *([scratch_vmid] if scratch_vmid is not None else [])]
+    leftovers = leftover_scratch(all_guests, scratch_vmids)
     if scratch_vmid is not None:  # refused before anything is restored
         check_scratch_vmid(scratch_vmid, [g for g in all_guests if not g.scratch])
     chosen = plan_guest_selection(all_guests, expr, running_only=False)

@@ -9,6 +9,7 @@ from pydantic import AfterValidator, Field, field_validator
 
 from moxflow.errors import ConfigError
 from moxflow.inventory.fields import (
+    HOURS_MAX,
     HostName,
     PolicyText,
     RemotePath,
@@ -91,6 +92,7 @@ class BackupSettings(Section):
     max_age_hours: float = Field(
         default=26.0,
         gt=0,
+        le=HOURS_MAX,
         description="A guest whose newest backup is older than this makes the run fail.",
     )
     size_drop_ratio: float = Field(

@@ -26,13 +26,14 @@ __all__ = [
     "SECONDS_MAX",
     "Address",
     "DatasetName",
+    "Days",
     "HostName",
+    "Hours",
     "Label",
     "Login",
     "Policies",
     "PolicyText",
     "Port",
-    "PositiveNumber",
     "RemotePath",
     "Seconds",
     "Section",
@@ -140,7 +141,10 @@ Port = Annotated[int, Field(ge=1, le=65535)]
 SECONDS_MAX = 366 * 86400.0
 """The longest wait or timeout a setting may ask for (a year), so that none overflows a clock."""
 Seconds = Annotated[float, Field(gt=0, le=SECONDS_MAX)]
-PositiveNumber = Annotated[float, Field(gt=0)]
+HOURS_MAX = 366 * 24.0
+"""The longest age a setting in hours may allow (a year): a longer one overflows the clock."""
+Hours = Annotated[float, Field(gt=0, le=HOURS_MAX)]
+Days = Annotated[float, Field(gt=0, le=HOURS_MAX / 24)]
 Policies = dict[Label, PolicyText]
 
 POLICIES_HELP = (

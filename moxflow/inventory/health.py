@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from moxflow.inventory.fields import Label, PositiveNumber, Section
+from moxflow.inventory.fields import Days, Hours, Label, Section
 
 __all__ = ["LABEL_PERIOD_HOURS", "HealthSettings"]
 
@@ -22,18 +22,18 @@ LABEL_PERIOD_HOURS: dict[str, float] = {
 class HealthSettings(Section):
     """What the daily health report checks, and when it calls something too old."""
 
-    backup_max_age_hours: PositiveNumber | None = Field(
+    backup_max_age_hours: Hours | None = Field(
         default=None,
         description=(
             "A guest's newest backup older than this fails the report; "
             "default: [backups] max_age_hours."
         ),
     )
-    offsite_max_age_hours: PositiveNumber = Field(
+    offsite_max_age_hours: Hours = Field(
         default=48.0,
         description="A guest's newest offsite copy older than this fails (with [offsite] set).",
     )
-    restore_test_max_age_days: PositiveNumber = Field(
+    restore_test_max_age_days: Days = Field(
         default=8.0,
         description=(
             "Days since a guest's last passed restore test (of a backup still listed) after "
@@ -43,12 +43,13 @@ class HealthSettings(Section):
     snapshot_grace: float = Field(
         default=1.5,
         ge=1.0,
+        le=100.0,
         description=(
             "The newest snapshot of a label may be this many of the label's periods old, "
             "e.g. 1.5: an hourly snapshot 90 minutes old is still fine, a daily one 36 hours."
         ),
     )
-    label_hours: dict[Label, PositiveNumber] = Field(
+    label_hours: dict[Label, Hours] = Field(
         default_factory=dict,
         description=(
             "Period in hours of labels other than frequently, hourly, daily, weekly, monthly "
@@ -57,7 +58,7 @@ class HealthSettings(Section):
             "(pre-update: taken on events) are listed as not judged."
         ),
     )
-    nixos_max_age_days: PositiveNumber = Field(
+    nixos_max_age_days: Days = Field(
         default=14.0,
         description="A NixOS host whose current generation is older than this fails.",
     )

@@ -365,4 +365,15 @@ def test_a_snapshot_another_run_took_is_that_runs_not_this_ones(
     assert f"{name} already taken by run run-a" in taken[100].error
     # 101's snapshot names run b: on a first attempt it is still not taken twice
     assert taken[101].taken
+    # one that names no run (by hand, another tool) is no run's: a failure saying what to do
+    with proxmox_client(inv) as client:
+        upid = client.create_snapshot(guests[102], name, "before the upgrade")
+        client.wait_task(upid, timeout=30, node=guests[102].node)
+        plan = plan_node_snapshots(
+            "pve2", [guests[102]], {102: []}, label="daily", snapname=name, now=now,
+            policy=KeepPolicy.parse("keep-last=3"), tz=UTC, vmstate=False, run="run-b",
+        )  # fmt: skip
+        other = second_run()
+    assert isinstance(other, dict) and not other[102].taken and not other[102].elsewhere
+    assert "no moxflow run claims" in other[102].error and "rename or delete" in other[102].error
     assert moxflow_snaps(fresh_lab.state(), 100) == {name}  # one snapshot, not two
