@@ -342,10 +342,10 @@ def _roll(
         for row in _wave(runs, wave_no):
             report.add(row)
             logger.info("%s: %s", row.target, row.line())
-            if row.failed:
+            if not row.ok:  # failed, or busy (another run has it): not updated either way
                 failed.add(row.target)
         if failed and stopped is None and not continue_on_failure:
-            stopped = f"{', '.join(sorted(failed))} failed in wave {wave_no}"
+            stopped = f"{', '.join(sorted(failed))} not updated in wave {wave_no}"
 
 
 def _host_run(

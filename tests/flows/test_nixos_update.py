@@ -310,6 +310,42 @@ def test_a_host_being_updated_by_another_run_is_busy_and_the_run_not_ok(
     assert lock_dir(fresh_lab, "media").exists()  # the other run's lock is not broken
 
 
+def test_a_busy_canary_stops_the_roll(fresh_lab: LabClient, inv: Path) -> None:
+    """The canary is busy (another live run holds it): no canary result, so the later waves
+    do not start, as after a failed canary."""
+    from prefect import flow
+    from prefect.client.orchestration import get_client
+    from prefect.states import Running
+
+    from moxflow.inventory import load_inventory
+    from moxflow.nixos import plan_update
+
+    @flow(name="someone-else")
+    def other() -> None:
+        return None
+
+    plan = plan_update(load_inventory(inv), [], max_parallel=None)
+    [canary] = plan.waves[0]
+    with get_client(sync_client=True) as client:
+        run_ = client.create_flow_run(other, state=Running())
+    journal = {
+        "run_id": uuid.uuid4().hex, "flow_run_id": str(run_.id), "host": canary,
+        "phase": "built", "old_generation": 1, "new_generation": None, "snapshot": None,
+        "started": "2026-11-26T01:00:00+00:00",
+    }  # fmt: skip
+    lock_dir(fresh_lab, canary).mkdir(parents=True)
+    (lock_dir(fresh_lab, canary).parent / "journal.json").write_text(json.dumps(journal))
+    for host in GUEST:
+        fresh_lab.nixos(host, upstream=NEW_REV)
+    before = {h: current(fresh_lab.state(), h) for h in GUEST}
+    report = run_failing(inv)
+    assert outcome(report, canary) is Outcome.BUSY
+    for host in (h for h in GUEST if h != canary):
+        assert outcome(report, host) is Outcome.SKIPPED
+        assert f"not started: {canary} not updated in wave 1" in detail(report, host)
+    assert {h: current(fresh_lab.state(), h) for h in GUEST} == before
+
+
 def test_a_run_killed_after_the_switch_is_recognised_and_cleaned_up(
     fresh_lab: LabClient, inv: Path
 ) -> None:
