@@ -49,8 +49,8 @@ def _quiet_paramiko() -> None:
     """Keep paramiko's transport thread from logging its own traceback of a dropped
     connection: the ``SshConnectError`` raised here already says what happened. A level set
     on purpose (to debug paramiko) is left alone."""
-    paramiko_log = logging.getLogger("paramiko.transport")  # the rest of paramiko still logs
-    if paramiko_log.level == logging.NOTSET == logging.getLogger("paramiko").level:
+    paramiko_log = logging.getLogger("paramiko")
+    if paramiko_log.level == logging.NOTSET:
         paramiko_log.setLevel(logging.CRITICAL)
 
 
