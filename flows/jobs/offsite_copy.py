@@ -10,17 +10,16 @@ from prefect.logging import get_run_logger
 
 from blocks.proxmox import proxmox_client
 from flows._run import finish
+from flows.jobs._backups import list_node_backups
 from flows.jobs._offsite import copy_offsite_steps, preview_offsite
 from flows.params import OffsiteCopyParams, flow_parameters
-from moxflow.backups import Archive, split_by_node
-from moxflow.errors import ConfigError, MoxflowError
-from moxflow.guests import Guest
+from moxflow.errors import ConfigError
 from moxflow.inventory import OffsiteSettings, load_inventory
-from moxflow.report import Outcome, ReportRow, RunReport
+from moxflow.report import RunReport
 from moxflow.selection import parse_selection
 from moxflow.snapshots import plan_guest_selection
 from tasks._retry import tuned
-from tasks.backups import list_backups, list_offsite_copies
+from tasks.backups import list_offsite_copies
 from tasks.proxmox import list_guests
 
 
@@ -64,26 +63,10 @@ def offsite_copy(
     chosen = plan_guest_selection(list_guests(client), expr, running_only=False)
     for note in report.add_selection(chosen.unmatched, chosen.skipped):
         logger.warning("%s", note)
-    by_node = split_by_node(chosen.guests)
-    listing = tuned(list_backups, inv)
-    facts = {
-        node: listing.submit(client, node, store, tuple(g.vmid for g in guests))
-        for node, guests in by_node.items()
-    }
     folder = tuned(list_offsite_copies, inv).submit(inv, off.host)
-    archives: dict[int, list[Archive]] = {}
-    listed: list[Guest] = []
-    for node, guests in by_node.items():
-        try:
-            found = facts[node].result()
-        except MoxflowError as exc:
-            logger.error("%s: cannot list the backups on %s: %s", node, store, exc)
-            report.extend(
-                ReportRow(f"{g.label} offsite", Outcome.FAILED, detail=str(exc)) for g in guests
-            )
-            continue
-        listed.extend(guests)
-        archives.update((g.vmid, found.get(g.vmid, [])) for g in guests)
+    listed, archives = list_node_backups(
+        inv, client, chosen.guests, store, report, row_suffix=" offsite"
+    )
 
     # the plan (pure), and with --dry-run nothing more
     if dry_run:

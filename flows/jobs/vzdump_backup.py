@@ -16,6 +16,7 @@ from prefect.utilities.annotations import allow_failure
 
 from blocks.proxmox import proxmox_client
 from flows._run import finish
+from flows.jobs._backups import list_node_backups
 from flows.jobs._offsite import copy_offsite_steps, preview_offsite
 from flows.params import VzdumpBackupParams, flow_parameters
 from moxflow.backups import (
@@ -27,12 +28,10 @@ from moxflow.backups import (
     dump_failure,
     plan_backups,
     planned_backup_row,
-    split_by_node,
 )
 from moxflow.errors import (
     MoxflowError,
 )
-from moxflow.guests import Guest
 from moxflow.inventory import Inventory, load_inventory
 from moxflow.proxmox import ProxmoxClient
 from moxflow.report import Outcome, ReportRow, RunReport, format_names, format_size
@@ -46,7 +45,6 @@ from tasks.backups import (
     OffsitePruned,
     Pruned,
     Verified,
-    list_backups,
     list_offsite_copies,
     prune_backups,
     publish_coverage,
@@ -123,12 +121,6 @@ def vzdump_backup(
     chosen = plan_guest_selection(list_guests(client), expr, running_only=False)
     for note in report.add_selection(chosen.unmatched, chosen.skipped):
         logger.warning("%s", note)
-    by_node = split_by_node(chosen.guests)
-    listing = tuned(list_backups, inv)
-    facts = {
-        node: listing.submit(client, node, job.storage, tuple(g.vmid for g in guests))
-        for node, guests in by_node.items()
-    }
     off = inv.offsite if offsite else None
     if not offsite:
         report.notes.append("offsite copy skipped (--no-offsite)")
@@ -137,17 +129,8 @@ def vzdump_backup(
         if off is not None and chosen.guests
         else None
     )
-    before: dict[int, list[Archive]] = {g.vmid: [] for g in chosen.guests}
-    listed: list[Guest] = []
-    for node, guests in by_node.items():
-        try:
-            found = facts[node].result()
-        except MoxflowError as exc:
-            logger.error("%s: cannot list the backups on %s: %s", node, job.storage, exc)
-            report.extend(ReportRow(g.label, Outcome.FAILED, detail=str(exc)) for g in guests)
-            continue
-        listed.extend(guests)
-        before.update((g.vmid, found.get(g.vmid, [])) for g in guests)
+    listed, found = list_node_backups(inv, client, chosen.guests, job.storage, report)
+    before: dict[int, list[Archive]] = {g.vmid: [] for g in chosen.guests} | found
 
     # the plan: pure, from the facts
     plan = plan_backups(listed, before, job.storage, job.policy, tz)
