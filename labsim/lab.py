@@ -1,7 +1,8 @@
 """The simulated homelab: the core (``labsim.core``) with the lab's own systems plugged in.
 
 In order: the Proxmox cluster (``labsim.pve``), the offsite host, ZFS on the machine hosts,
-NixOS hosts and backups (``labsim.pve.backups``); systems from outside labsim come after.
+NixOS hosts, backups (``labsim.pve.backups``) and apt on the nodes (``labsim.pve.apt``);
+systems from outside labsim come after.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from labsim.hosts.nixos import NixosSpec
 from labsim.hosts.nixos.system import NixosSystem
 from labsim.hosts.offsite import OffsiteSystem
 from labsim.hosts.zfs.system import ZfsSystem
+from labsim.pve.apt.system import AptSystem
 from labsim.pve.backups.system import BackupsSystem
 from labsim.pve.model import Guest, Node
 from labsim.pve.system import PveSystem
@@ -23,7 +25,14 @@ __all__ = ["Lab", "LabOptions", "default_systems"]
 
 def default_systems() -> list[System]:
     """The lab's own systems, in the order they build."""
-    return [PveSystem(), OffsiteSystem(), ZfsSystem(), NixosSystem(), BackupsSystem()]
+    return [
+        PveSystem(),
+        OffsiteSystem(),
+        ZfsSystem(),
+        NixosSystem(),
+        BackupsSystem(),
+        AptSystem(),
+    ]
 
 
 class Lab(LabCore):

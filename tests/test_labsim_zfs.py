@@ -698,10 +698,14 @@ def test_state_json_round_trip(pve1: ZfsState) -> None:
 def test_default_topology_per_host() -> None:
     assert sorted(default_zfs_state("pve2", NOW).datasets) == [
         "rpool",
+        "rpool/ROOT",
+        "rpool/ROOT/pve-1",
         "rpool/data",
         "rpool/data/vm-102-disk-0",
     ]
     assert sorted(default_zfs_state("nas", NOW).datasets) == ["tank", "tank/backups"]
+    # a generated topology's node hosts have their root dataset
+    assert "rpool/ROOT/pve-1" in default_zfs_state("pve5", NOW).datasets
     empty = default_zfs_state("builder", NOW)
     assert empty.datasets == {}
     assert zfs(empty, "list") == (0, "", "no datasets available\n")

@@ -25,9 +25,13 @@ PVE_REPOID = "d6b9a6f1ac4b8e3a"
 KERNEL = "6.14.11-4-pve"
 # installed versions of the packages the lab's nodes can have updates for
 PACKAGE_VERSIONS = {
+    "proxmox-ve": "9.1.0",
     "pve-manager": "9.1.1",
     "proxmox-kernel-6.14": "6.14.11-4",
+    f"proxmox-kernel-{KERNEL}-signed": "6.14.11-4",
     "libpve-common-perl": "9.0.9",
+    "pve-ha-manager": "5.0.5",
+    "qemu-server": "9.0.30",
     "openssl": "3.5.1-1",
     "tzdata": "2025b-4",
 }
@@ -36,6 +40,15 @@ DEBIAN_PACKAGES = frozenset({"openssl", "tzdata"})
 DEFAULT_PENDING = {
     "pve1": {"pve-manager": "9.1.2", "openssl": "3.5.1-1+deb13u1"},
     "pve2": {},
+}
+# what the package mirror offers beyond that; pve1's cached list (``pending``) predates the
+# new kernel, so an ``apt-get update`` (or ``POST /nodes/{node}/apt/update``) shows it
+NEW_KERNEL = "6.14.11-5-pve"
+DEFAULT_MIRROR = {
+    "pve-manager": "9.1.2",
+    "openssl": "3.5.1-1+deb13u1",
+    "proxmox-kernel-6.14": "6.14.11-5",
+    f"proxmox-kernel-{NEW_KERNEL}-signed": "6.14.11-5",
 }
 
 # Snapshot names PVE refuses before it starts a task.
@@ -226,7 +239,7 @@ class Guest:
 
 @dataclass
 class Node:
-    """A cluster node, with its pending package updates."""
+    """A cluster node, with its packages (``labsim.pve.apt`` installs them) and kernels."""
 
     name: str
     nodeid: int
@@ -240,14 +253,25 @@ class Node:
     kernel_running: str = KERNEL
     kernel_installed: str = KERNEL
     boot_time: float = 0.0  # wall clock
-    # upgradable packages, as ``GET /nodes/{node}/apt/update`` lists them (name -> new version)
+    # upgradable packages, as ``GET /nodes/{node}/apt/update`` lists them (name -> new version):
+    # the node's cached list, refreshed by ``apt-get update`` and after an upgrade
     pending: dict[str, str] = field(default_factory=dict)
+    installed: dict[str, str] = field(default_factory=lambda: dict(PACKAGE_VERSIONS))
+    mirror: dict[str, str] = field(default_factory=dict)  # what the package mirror offers
+    held: list[str] = field(default_factory=list)  # apt-mark hold
+    half_configured: list[str] = field(default_factory=list)  # an upgrade that broke off
+    kernels: list[str] = field(default_factory=lambda: [KERNEL])  # installed kernel ABIs
+    kernel_pin: str | None = None  # proxmox-boot-tool kernel pin
+    kernel_next_boot: str | None = None  # proxmox-boot-tool kernel pin --next-boot
+    boot_id: str = ""
+    reboots: int = 0
 
     def pending_updates(self) -> list[dict[str, Any]]:
-        """``GET /nodes/{node}/apt/update``: one entry per upgradable package."""
+        """``GET /nodes/{node}/apt/update``: one entry per upgradable package (a package
+        the upgrade pulls in new, such as a new kernel ABI, has no ``OldVersion``)."""
         out = []
         for package, version in sorted(self.pending.items()):
-            old = PACKAGE_VERSIONS.get(package, "0")
+            old = self.installed.get(package)
             origin = "Debian" if package in DEBIAN_PACKAGES else "Proxmox"
             out.append(
                 {
@@ -255,13 +279,14 @@ class Node:
                     "Title": f"{package} (simulated)",
                     "Description": f"{package} (simulated by labsim)",
                     "Version": version,
-                    "OldVersion": old,
                     "Origin": origin,
                     "Priority": "optional",
                     "Section": "admin",
                     "Arch": "amd64",
                 }
             )
+            if old is not None:
+                out[-1]["OldVersion"] = old
         return out
 
     def uptime(self, now: float) -> int:

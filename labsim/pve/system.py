@@ -37,6 +37,7 @@ class PveSystem(System):
     def __init__(self) -> None:
         self.images: list[GuestImages] = []
         self.cluster = ""
+        self.qdevice = False
         self.nodes: dict[str, Node] = {}
         self.guests: dict[int, Guest] = {}
         self.storages: dict[str, Storage] = {}
@@ -48,6 +49,7 @@ class PveSystem(System):
         else:
             topo = generated_topology(now, opts.nodes, opts.guests_per_node)
         self.cluster = topo.cluster
+        self.qdevice = topo.qdevice
         self.nodes = topo.nodes
         self.guests = topo.guests
         self.storages = topo.storages
@@ -79,10 +81,17 @@ class PveSystem(System):
 
         return [ControlOp("set_guest", set_guest, (Arg("vmid", "the guest", type="int"),))]
 
+    def quorate(self) -> bool:
+        """Whether the online nodes (and the QDevice's vote) are more than half the votes."""
+        votes = sum(1 for n in self.nodes.values() if n.status == "online") + self.qdevice
+        return votes * 2 > len(self.nodes) + self.qdevice
+
     def to_json(self) -> dict[str, Any]:
         now = time.time()
         return {
             "cluster": self.cluster,
+            "qdevice": self.qdevice,
+            "quorate": self.quorate(),
             "nodes": {n: node.to_json(now) for n, node in self.nodes.items()},
             "guests": {str(v): g.to_json(now) for v, g in sorted(self.guests.items())},
             "storages": {s: st.to_json() for s, st in self.storages.items()},

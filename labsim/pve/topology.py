@@ -6,7 +6,10 @@ from dataclasses import dataclass
 
 from labsim.pve.model import (
     CLUSTER_NAME,
+    DEFAULT_MIRROR,
     DEFAULT_PENDING,
+    NEW_KERNEL,
+    PACKAGE_VERSIONS,
     GiB,
     Guest,
     GuestType,
@@ -24,6 +27,25 @@ class Topology:
     guests: dict[int, Guest]
     storages: dict[str, Storage]
     hosts: list[str]
+    qdevice: bool = False  # a corosync QDevice adds a vote (a 2-node cluster needs one)
+
+
+def behind(node: Node) -> Node:
+    """``node`` with updates waiting on the mirror (a new kernel among them); its cached
+    list knows all but the kernel."""
+    node.mirror = dict(DEFAULT_MIRROR)
+    node.pending = dict(DEFAULT_PENDING["pve1"])
+    return node
+
+
+def up_to_date(node: Node) -> Node:
+    """``node`` already upgraded to what the mirror offers, running the new kernel."""
+    node.installed = {**PACKAGE_VERSIONS, **DEFAULT_MIRROR}
+    node.mirror = dict(node.installed)
+    node.kernels = sorted({*node.kernels, NEW_KERNEL})
+    node.kernel_running = node.kernel_installed = NEW_KERNEL
+    node.pending = {}
+    return node
 
 
 # --- topologies -------------------------------------------------------------------------------
@@ -69,12 +91,8 @@ def default_topology(now: float) -> Topology:
     (the offsite host is the offsite system's)."""
     boot = now - 12 * 86400
     nodes = {
-        "pve1": Node(
-            "pve1", 1, "192.168.100.11", boot_time=boot, pending=dict(DEFAULT_PENDING["pve1"])
-        ),
-        "pve2": Node(
-            "pve2", 2, "192.168.100.12", boot_time=boot, pending=dict(DEFAULT_PENDING["pve2"])
-        ),
+        "pve1": behind(Node("pve1", 1, "192.168.100.11", boot_time=boot)),
+        "pve2": up_to_date(Node("pve2", 2, "192.168.100.12", boot_time=boot)),
     }
     up = now - 3 * 86400
     guests = [
@@ -86,9 +104,10 @@ def default_topology(now: float) -> Topology:
               maxmem=16 * GiB, cpus=8, agent=True, started_at=up),
         Guest(103, "qemu", "win11-gaming", "pve2", status="stopped",
               tags=["windows", "gaming", "nosnap"], maxdisk=256 * GiB, maxmem=32 * GiB,
-              cpus=8, agent=True, ostype="win11"),
+              cpus=8, agent=True, ostype="win11",
+              config={"hostpci0": "0000:01:00.0,pcie=1,x-vga=1"}),
         Guest(104, "qemu", "homeassistant", "pve2", pool="apps", maxdisk=32 * GiB,
-              maxmem=4 * GiB, cpus=2, agent=True, started_at=up),
+              maxmem=4 * GiB, cpus=2, agent=True, started_at=up, hastate="started"),
         Guest(105, "lxc", "backup-ct", "pve2", status="stopped", maxdisk=16 * GiB,
               maxmem=1 * GiB, cpus=1, ostype="debian"),
         Guest(9000, "qemu", "debian-12-template", "pve1", status="stopped", template=True,
@@ -109,6 +128,7 @@ def default_topology(now: float) -> Topology:
         {g.vmid: g for g in guests},
         _storages(),
         ["pve1", "pve2", "nas"],
+        qdevice=True,
     )
 
 
@@ -126,11 +146,13 @@ _POOLS = ("apps", None, "infra", None)
 
 def generated_topology(now: float, nodes: int, guests_per_node: int) -> Topology:
     """``nodes`` nodes × ``guests_per_node`` guests (mixed qemu/lxc, varied tags and pools,
-    every seventh stopped) plus one template per node, for benchmarks."""
+    every seventh stopped, every fifth running VM HA-managed, every eleventh VM with a PCI
+    device) plus one template per node, for benchmarks. Every node has updates waiting (a
+    new kernel among them); a 2-node cluster has a QDevice."""
     boot = now - 12 * 86400
     up = now - 86400
     node_map = {
-        f"pve{i}": Node(f"pve{i}", i, f"192.168.100.{10 + i}", boot_time=boot)
+        f"pve{i}": behind(Node(f"pve{i}", i, f"192.168.100.{10 + i}", boot_time=boot))
         for i in range(1, nodes + 1)
     }
     guests: dict[int, Guest] = {}
@@ -154,10 +176,16 @@ def generated_topology(now: float, nodes: int, guests_per_node: int) -> Topology
                 ostype="l26" if gtype == "qemu" else "debian",
                 started_at=None if stopped else up,
             )
+            if gtype == "qemu" and not stopped and vmid % 5 == 0:
+                guests[vmid].hastate = "started"
+            elif gtype == "qemu" and vmid % 11 == 0:
+                guests[vmid].config["hostpci0"] = "0000:01:00.0,pcie=1"
             vmid += 1
         tid = 9000 + i - 1
         guests[tid] = Guest(
             tid, "qemu", f"template-{name}", name, status="stopped", template=True,
             maxdisk=16 * GiB, agent=True,
         )  # fmt: skip
-    return Topology(CLUSTER_NAME, node_map, guests, _storages(), [*node_map, "nas"])
+    return Topology(
+        CLUSTER_NAME, node_map, guests, _storages(), [*node_map, "nas"], qdevice=nodes == 2
+    )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import calendar
 import hashlib
+import re
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -263,6 +264,8 @@ def default_zfs_state(host: str, now: float) -> ZfsState:
     if host == "pve2":
         b = _Builder(host, _utc("2025-03-15T10:02:11"), now)
         b.pool("rpool", 224 * _GIB, "2025-03-15T10:02:11")
+        b.dataset("rpool/ROOT", "2025-03-15T10:02:12", 96 * 1024)
+        b.dataset("rpool/ROOT/pve-1", "2025-03-15T10:02:12", 5_512_441_856, mountpoint="/")
         b.dataset("rpool/data", "2025-03-15T10:02:12", 96 * 1024)
         b.dataset(
             "rpool/data/vm-102-disk-0",
@@ -276,5 +279,12 @@ def default_zfs_state(host: str, now: float) -> ZfsState:
         b = _Builder(host, _utc("2024-11-02T16:20:00"), now)
         b.pool("tank", 7 * _TIB, "2024-11-02T16:20:00")
         b.dataset("tank/backups", "2024-11-02T16:25:31", 2_528_876_743_475)
+        return b.state
+    if re.fullmatch(r"pve\d+", host):  # a node of a generated topology: its root dataset
+        b = _Builder(host, _utc("2025-03-16T08:00:00"), now)
+        b.pool("rpool", 224 * _GIB, "2025-03-16T08:00:00")
+        b.dataset("rpool/ROOT", "2025-03-16T08:00:01", 96 * 1024)
+        b.dataset("rpool/ROOT/pve-1", "2025-03-16T08:00:01", 5_368_709_120, mountpoint="/")
+        b.dataset("rpool/data", "2025-03-16T08:00:01", 96 * 1024)
         return b.state
     return ZfsState(txg_epoch=now, txg=1)

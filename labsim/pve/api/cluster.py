@@ -22,7 +22,6 @@ def get_version(req: Request) -> Any:
 @ROUTES.route("GET", "/cluster/status")
 def get_cluster_status(req: Request) -> Any:
     lab = req.pve
-    online = sum(1 for n in lab.nodes.values() if n.status == "online")
     out: list[dict[str, Any]] = [
         {
             "type": "cluster",
@@ -30,7 +29,7 @@ def get_cluster_status(req: Request) -> Any:
             "name": lab.cluster,
             "nodes": len(lab.nodes),
             "version": len(lab.nodes) + 1,
-            "quorate": 1 if online * 2 > len(lab.nodes) else 0,
+            "quorate": 1 if lab.quorate() else 0,
         }
     ]
     first = next(iter(lab.nodes), None)
@@ -184,7 +183,7 @@ def get_node_status(req: Request) -> Any:
         "cpu": 0.05,
         "loadavg": ["0.31", "0.27", "0.25"],
         "kversion": f"Linux {n.kernel_running} #1 SMP PREEMPT_DYNAMIC PMX",
-        "pveversion": f"pve-manager/{PVE_VERSION}/{PVE_REPOID}",
+        "pveversion": f"pve-manager/{n.installed.get('pve-manager', PVE_VERSION)}/{PVE_REPOID}",
         "current-kernel": {
             "sysname": "Linux",
             "release": n.kernel_running,
