@@ -59,3 +59,16 @@ _.finished  # moxflow/report.py RunReport, with started
 # TO BE WIRED OR DELETED in files others are changing (issue 11, item 4): only the tests
 # use these today, or nothing does. Remove each line when its file is done.
 _.warnings  # moxflow/proxmox.py TaskStatus
+
+# wired by flows/jobs/proxmox_update.py (issue 13): the flow that reads these is being built
+_.proxmox_update_policy
+_.proxmox_update_nodes
+_.reboot_timeout
+_.upgrade_timeout
+_.migration_timeout
+_.shutdown_timeout
+_.maintenance_timeout
+_.reboot  # until moxflow/pveupdate.py reads them (same issue)
+_.root_dataset
+_.two_node_without_qdevice
+_.fallback_for
