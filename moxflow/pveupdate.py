@@ -10,7 +10,7 @@ shapes are the ones of ``shared/reference/proxmox-ve-api-schema.json`` and the f
 (``guide/facts-proxmox-update.md``); every builder returns an argument list, which the SSH
 runner quotes once.
 
-Decisions this module encodes (docs/internals.md repeats them for users):
+Decisions this module encodes (the flow's docs should repeat them for users):
 
 - A **held** package (``apt-mark showhold``) is a warning, not a refusal: ``dist-upgrade``
   keeps it at its version, which is what a hold asks for. A **broken** dpkg state
