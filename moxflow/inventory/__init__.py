@@ -12,8 +12,8 @@ The package, bottom up:
   by the resolver ``blocks/`` registers (the core imports no Prefect);
 - ``fields``: field types shared by the sections (addresses, names, paths, policies);
 - one module per section: ``proxmox``, ``ssh``, ``hosts``, ``zfs``, ``guest_snapshots``,
-  ``nixos`` (with the health checks), ``backups`` (with offsite and restore tests),
-  ``notifications``, ``health``, ``retries``, ``schedules``;
+  ``nixos`` (with the health checks), ``proxmox_update``, ``backups`` (with offsite and
+  restore tests), ``notifications``, ``health``, ``retries``, ``schedules``;
 - ``model``: the :class:`Inventory` and its checks across sections;
 - ``loader``: ``load_inventory()`` and its error messages.
 """
@@ -47,6 +47,7 @@ from moxflow.inventory.nixos import (
 )
 from moxflow.inventory.notifications import NotificationSettings, NotifyOn
 from moxflow.inventory.proxmox import ProxmoxSettings
+from moxflow.inventory.proxmox_update import ProxmoxUpdateSettings
 from moxflow.inventory.retries import RetrySettings
 from moxflow.inventory.schedules import DeploymentName, Schedule
 from moxflow.inventory.secrets import (
@@ -79,6 +80,7 @@ __all__ = [
     "OffsiteSettings",
     "ProxmoxSettings",
     "ProxmoxSnapshotMethod",
+    "ProxmoxUpdateSettings",
     "RestoreTestSettings",
     "RetrySettings",
     "Schedule",

@@ -7,7 +7,7 @@ environment variables, then the TOML file :func:`reading` names (the loader sets
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 from pathlib import Path
@@ -31,6 +31,7 @@ from moxflow.inventory.hosts import HostSettings
 from moxflow.inventory.nixos import NixosHost, NixosSettings, ZfsSnapshotMethod
 from moxflow.inventory.notifications import NotificationSettings
 from moxflow.inventory.proxmox import ProxmoxSettings
+from moxflow.inventory.proxmox_update import ProxmoxUpdateSettings
 from moxflow.inventory.retries import RetrySettings
 from moxflow.inventory.schedules import DeploymentName, Schedule
 from moxflow.inventory.secrets import resolve_path
@@ -100,6 +101,10 @@ class Inventory(BaseSettings):
     nixos: NixosSettings = Field(
         default_factory=NixosSettings,
         description="NixOS hosts to update with automatic rollback, and how.",
+    )
+    proxmox_update: ProxmoxUpdateSettings = Field(
+        default_factory=ProxmoxUpdateSettings,
+        description="Rolling Proxmox VE host updates: nodes, guests, reboots, time limits.",
     )
     notifications: NotificationSettings = Field(
         default_factory=NotificationSettings,
@@ -251,6 +256,28 @@ class Inventory(BaseSettings):
             raise validation_error("NixosSettings", problems)
         return nixos
 
+    @field_validator("proxmox_update")
+    @classmethod
+    def _update_nodes_are_hosts(
+        cls, update: ProxmoxUpdateSettings, info: ValidationInfo
+    ) -> ProxmoxUpdateSettings:
+        hosts = info.data.get("hosts")
+        if hosts is None:
+            return update  # [hosts] itself is invalid; that error is reported already
+        known = ", ".join(sorted(hosts)) or "none yet"
+        problems: list[tuple[tuple[int | str, ...], str]] = [
+            (
+                ("nodes", i),
+                f"{name!r} is not a [hosts] name; the upgrade runs over SSH: add a "
+                f"[hosts.{name}] table with its address or use one of: {known}",
+            )
+            for i, name in enumerate(update.nodes)
+            if name not in hosts
+        ]
+        if problems:
+            raise validation_error("ProxmoxUpdateSettings", problems)
+        return update
+
     @model_validator(mode="after")
     def _resolve_paths(self) -> Inventory:
         current = _INVENTORY_FILE.get()
@@ -346,6 +373,44 @@ class Inventory(BaseSettings):
             setting=f"guest_snapshots.policies.{label}",
             hint=f'add {label} = "keep-..." to [guest_snapshots.policies]',
         )
+
+    def proxmox_update_policy(self, label: str) -> KeepPolicy:
+        """The keep policy for ``label`` snapshots of the nodes' root dataset, from
+        [proxmox_update.policies]."""
+        validate_label(label)
+        if label in self.proxmox_update.policies:
+            return KeepPolicy.parse(
+                self.proxmox_update.policies[label],
+                setting=f"proxmox_update.policies.{label}",
+            )
+        raise ConfigError(
+            f"no keep policy for {label!r} snapshots of the nodes' root dataset",
+            setting=f"proxmox_update.policies.{label}",
+            hint=f'add {label} = "keep-..." to [proxmox_update.policies]',
+        )
+
+    def proxmox_update_nodes(self, cluster_nodes: Sequence[str]) -> list[str]:
+        """The nodes a Proxmox update covers: [proxmox_update] nodes, else every node of
+        ``cluster_nodes``; ``ConfigError`` for a node the cluster does not have, or one
+        without a [hosts] table (the upgrade runs over SSH)."""
+        chosen = list(self.proxmox_update.nodes) or sorted(cluster_nodes)
+        unknown = [n for n in chosen if n not in set(cluster_nodes)]
+        if unknown:
+            raise ConfigError(
+                f"not nodes of the cluster: {', '.join(unknown)}; its nodes: "
+                f"{', '.join(sorted(cluster_nodes)) or 'none'}",
+                setting="proxmox_update.nodes",
+            )
+        missing = [n for n in chosen if n not in self.hosts]
+        if missing:
+            raise ConfigError(
+                f"no [hosts] table for node{'s' if len(missing) > 1 else ''} "
+                f"{', '.join(missing)}: moxflow upgrades a node over SSH",
+                setting="hosts",
+                hint=f"add [hosts.{missing[0]}] with its address, or list the nodes to update "
+                "in [proxmox_update] nodes",
+            )
+        return chosen
 
     def nixos_host(self, name: str) -> NixosHost:
         """The NixOS host ``name``; ``ConfigError`` listing the known ones if there is none."""

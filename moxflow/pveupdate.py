@@ -1,0 +1,1337 @@
+"""Proxmox VE host updates, without I/O: parsers of the API's and the node's answers, argv
+builders, the pre-flight verdict, the reboot decision, the guest and roll planners, the
+verdicts after the reboot and the next steps after a failure.
+
+A node's update is: pre-flight (whole cluster), snapshot of the root dataset, guests leave
+(HA node maintenance for HA-managed guests, the others by policy), ``apt-get dist-upgrade``
+over SSH, a reboot only when needed (proven by a new ``boot_id`` or a reset uptime, never by
+the node answering), verify, leave maintenance, guests return; then the next node. The API
+shapes are the ones of ``shared/reference/proxmox-ve-api-schema.json`` and the facts file
+(``guide/facts-proxmox-update.md``); every builder returns an argument list, which the SSH
+runner quotes once.
+
+Decisions this module encodes (the flow's docs should repeat them for users):
+
+- A **held** package (``apt-mark showhold``) is a warning, not a refusal: ``dist-upgrade``
+  keeps it at its version, which is what a hold asks for. A **broken** dpkg state
+  (``dpkg --audit`` prints anything, or a package half installed) refuses the node.
+- A guest with **local disks** cannot move: moxflow never copies disks with
+  ``with-local-disks``; such a guest, and one with local resources (passthrough), follows its
+  fallback (``shutdown`` or ``leave``).
+- Nodes roll in inventory order when ``[proxmox_update] nodes`` lists them, else fewest
+  running guests first (the least to move while nothing is upgraded yet), then by name.
+- The QDevice is read from ``GET /cluster/config/qdevice`` (``{}`` without one): the
+  ``/cluster/status`` rows list nodes and the cluster only, never the QDevice.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+from collections.abc import Collection, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, tzinfo
+from functools import cmp_to_key
+from typing import Any, Literal
+
+from moxflow.errors import ParseError
+from moxflow.guests import Guest, GuestType
+from moxflow.inventory.proxmox_update import (
+    FallbackPolicy,
+    GuestPolicy,
+    ProxmoxUpdateSettings,
+    RebootPolicy,
+    TwoNodePolicy,
+)
+from moxflow.naming import validate_dataset, validate_host_name, validate_zfs_snapname
+from moxflow.zfs import snapshot_argv
+
+__all__ = [
+    "BLOCKING_TASK_TYPES",
+    "DPKG_LOG",
+    "SNAPSHOT_LABEL",
+    "ClusterNode",
+    "ClusterStatus",
+    "DpkgAudit",
+    "GuestStep",
+    "HaService",
+    "HaStatus",
+    "InstalledPackages",
+    "KernelList",
+    "MigratePrecheck",
+    "NodeFacts",
+    "NodePlan",
+    "NodeStatus",
+    "PendingPackage",
+    "Preflight",
+    "RebootDecision",
+    "RebootProof",
+    "RollPlan",
+    "RunningTask",
+    "TargetNode",
+    "Verdict",
+    "autoremove_argv",
+    "boot_id_argv",
+    "compare_versions",
+    "decide_reboot",
+    "dist_upgrade_argv",
+    "dpkg_audit_argv",
+    "dpkg_log_argv",
+    "failed_units_argv",
+    "failure_next_steps",
+    "held_packages_argv",
+    "kernel_abi",
+    "kernel_list_argv",
+    "last_upgrade",
+    "maintenance_argv",
+    "parse_apt_updates",
+    "parse_apt_versions",
+    "parse_boot_id",
+    "parse_cluster_status",
+    "parse_dpkg_audit",
+    "parse_failed_units",
+    "parse_ha_status",
+    "parse_held_packages",
+    "parse_kernel_list",
+    "parse_migrate_precheck",
+    "parse_node_status",
+    "parse_qdevice",
+    "parse_running_tasks",
+    "plan_guests",
+    "plan_roll",
+    "preflight",
+    "prove_reboot",
+    "pveversion_argv",
+    "return_steps",
+    "root_snapshot_argv",
+    "verify_guests",
+    "verify_node",
+]
+
+SNAPSHOT_LABEL = "pre-update"
+"""The label of the root dataset's snapshot taken before a node's upgrade."""
+
+DPKG_LOG = "/var/log/dpkg.log"
+
+BLOCKING_TASK_TYPES = frozenset(
+    {
+        "vzdump",
+        "qmigrate",
+        "vzmigrate",
+        "hamigrate",
+        "migrateall",
+        "qmrestore",
+        "vzrestore",
+        "qmclone",
+        "vzclone",
+        "qmsnapshot",
+        "vzsnapshot",
+        "qmdelsnapshot",
+        "vzdelsnapshot",
+        "qmrollback",
+        "vzrollback",
+        "qmmove",
+        "move_volume",
+        "stopall",
+        "startall",
+        "aptupdate",
+        "imgcopy",
+    }
+)
+"""Task types that refuse a roll while running: backups, migrations, restores, clones,
+snapshots, disk moves, bulk start/stop and package list refreshes. Console sessions
+(``vncproxy``, ``termproxy``, ...) and guest start/stop run for long or often and do not."""
+
+_KERNEL_PACKAGE_RE = re.compile(r"(?:proxmox|pve)-kernel-(?P<rest>[0-9].*)", re.ASCII)
+_KERNEL_ABI_RE = re.compile(r"(?P<abi>[0-9]+\.[0-9]+\.[0-9]+-[0-9]+-pve)(?:-signed)?", re.ASCII)
+_BROKEN_STATES = frozenset({"UnPacked", "HalfConfigured", "HalfInstalled"})
+
+
+# --- versions ------------------------------------------------------------------------------
+
+
+def _order(c: str) -> int:
+    if c == "~":
+        return -1
+    if c.isdigit():
+        return 0
+    if c.isalpha():
+        return ord(c)
+    return ord(c) + 256
+
+
+def _compare_part(a: str, b: str) -> int:
+    """dpkg's ``verrevcmp``: non-digit runs by character order (``~`` lowest), digit runs
+    as numbers."""
+    i = j = 0
+    while i < len(a) or j < len(b):
+        while (i < len(a) and not a[i].isdigit()) or (j < len(b) and not b[j].isdigit()):
+            ac = _order(a[i]) if i < len(a) else 0
+            bc = _order(b[j]) if j < len(b) else 0
+            if ac != bc:
+                return -1 if ac < bc else 1
+            i += 1
+            j += 1
+        start_i, start_j = i, j
+        while i < len(a) and a[i].isdigit():
+            i += 1
+        while j < len(b) and b[j].isdigit():
+            j += 1
+        x, y = int(a[start_i:i] or 0), int(b[start_j:j] or 0)
+        if x != y:
+            return -1 if x < y else 1
+    return 0
+
+
+def compare_versions(a: str, b: str) -> int:
+    """Compare two Debian package versions (``[epoch:]upstream[-revision]``) or kernel
+    releases the way dpkg does: negative, 0 or positive."""
+
+    def split(v: str) -> tuple[int, str, str]:
+        epoch, colon, rest = v.strip().partition(":")
+        if not colon:
+            epoch, rest = "0", v.strip()
+        upstream, dash, revision = rest.rpartition("-")
+        if not dash:
+            upstream, revision = rest, ""
+        return (int(epoch) if epoch.isdigit() else 0), upstream, revision
+
+    ea, ua, ra = split(a)
+    eb, ub, rb = split(b)
+    if ea != eb:
+        return -1 if ea < eb else 1
+    return _compare_part(ua, ub) or _compare_part(ra, rb)
+
+
+def _newest(versions: Iterable[str]) -> str | None:
+    ordered = sorted(versions, key=cmp_to_key(compare_versions))
+    return ordered[-1] if ordered else None
+
+
+def kernel_abi(package: str) -> str | None:
+    """The kernel release a kernel image package installs (``proxmox-kernel-6.8.12-5-pve-
+    signed`` → ``6.8.12-5-pve``); ``None`` for a meta package (``proxmox-kernel-6.8``) or
+    any other package."""
+    m = _KERNEL_PACKAGE_RE.fullmatch(package)
+    if not m:
+        return None
+    abi = _KERNEL_ABI_RE.fullmatch(m["rest"])
+    return abi["abi"] if abi else None
+
+
+# --- parsers of API answers ------------------------------------------------------------------
+
+
+def _bad(source: str, problem: str, data: Any) -> ParseError:
+    return ParseError(f"{source}: {problem}", source=source, text=repr(data)[:2000])
+
+
+def _list(source: str, data: Any) -> list[Mapping[str, Any]]:
+    if data is None:
+        return []
+    if not isinstance(data, list) or not all(isinstance(i, Mapping) for i in data):
+        raise _bad(source, "expected a list of objects", data)
+    return data
+
+
+def _text(source: str, item: Mapping[str, Any], key: str) -> str:
+    value = item.get(key)
+    if not isinstance(value, str) or not value:
+        raise _bad(source, f"{key} should be text, got {value!r}", item)
+    return value
+
+
+def _flag(value: Any) -> bool:
+    """A PVE boolean: ``1``/``0``, ``true``/``false`` or missing (false)."""
+    if isinstance(value, str):
+        return value.strip().lower() in ("1", "true", "yes")
+    return bool(value)
+
+
+@dataclass(frozen=True, slots=True)
+class PendingPackage:
+    """One package ``apt-get dist-upgrade`` would install or upgrade (``GET /nodes/{n}/apt/
+    update``); ``old_version`` is ``None`` for a new package (a new kernel ABI)."""
+
+    name: str
+    old_version: str | None
+    new_version: str
+
+    @property
+    def kernel(self) -> bool:
+        """Whether it is a kernel (``proxmox-kernel-*``/``pve-kernel-*``, image or meta
+        package; not ``proxmox-kernel-helper``)."""
+        return _KERNEL_PACKAGE_RE.fullmatch(self.name) is not None
+
+    def __str__(self) -> str:
+        return f"{self.name} {self.old_version or '(new)'} → {self.new_version}"
+
+
+def parse_apt_updates(data: Any) -> list[PendingPackage]:
+    """The pending packages from ``GET /nodes/{n}/apt/update``, sorted by name."""
+    source = "apt/update"
+    found: list[PendingPackage] = []
+    for item in _list(source, data):
+        old = item.get("OldVersion")
+        found.append(
+            PendingPackage(
+                name=_text(source, item, "Package"),
+                old_version=str(old) if old else None,
+                new_version=_text(source, item, "Version"),
+            )
+        )
+    return sorted(found, key=lambda p: p.name)
+
+
+@dataclass(frozen=True, slots=True)
+class InstalledPackages:
+    """``GET /nodes/{n}/apt/versions``: installed versions of Proxmox's packages, the running
+    kernel (``uname -r``), the running API server's version, installed kernel releases
+    (newest first) and packages dpkg left half done (name → state)."""
+
+    versions: Mapping[str, str]
+    running_kernel: str | None
+    manager_version: str | None
+    kernels: tuple[str, ...] = ()
+    broken: Mapping[str, str] = field(default_factory=dict)
+
+
+def parse_apt_versions(data: Any) -> InstalledPackages:
+    """Parse ``GET /nodes/{n}/apt/versions``. An installed package's version is its
+    ``OldVersion`` (``Version`` is the candidate), as ``pveversion -v`` prints it."""
+    source = "apt/versions"
+    versions: dict[str, str] = {}
+    broken: dict[str, str] = {}
+    kernels: list[str] = []
+    running: str | None = None
+    manager: str | None = None
+    for item in _list(source, data):
+        name = _text(source, item, "Package")
+        state = str(item.get("CurrentState") or "")
+        if item.get("RunningKernel"):
+            running = str(item["RunningKernel"])
+        if item.get("ManagerVersion"):
+            manager = str(item["ManagerVersion"])
+        if state in _BROKEN_STATES:
+            broken[name] = state
+        if state in ("NotInstalled", "ConfigFiles", ""):
+            continue
+        installed = item.get("OldVersion") or item.get("Version")
+        if isinstance(installed, str) and installed:
+            versions[name] = installed
+        abi = kernel_abi(name)
+        if abi is not None and state == "Installed":
+            kernels.append(abi)
+    ordered = sorted(set(kernels), key=cmp_to_key(compare_versions), reverse=True)
+    return InstalledPackages(versions, running, manager, tuple(ordered), broken)
+
+
+@dataclass(frozen=True, slots=True)
+class NodeStatus:
+    """``GET /nodes/{n}/status``: the running kernel release, seconds since boot and
+    ``pve-manager/<ver>/<repoid>``."""
+
+    kernel_release: str
+    uptime: int
+    pveversion: str
+
+    @property
+    def manager_version(self) -> str | None:
+        """``8.2.7`` out of ``pve-manager/8.2.7/3e0176e6bb2ade3b``."""
+        parts = self.pveversion.split("/")
+        return parts[1] if len(parts) >= 2 and parts[1] else None
+
+
+def parse_node_status(data: Any) -> NodeStatus:
+    """Parse ``GET /nodes/{n}/status``; the kernel from ``current-kernel.release``, else
+    from the legacy ``kversion`` (``Linux <release> <version>``)."""
+    source = "nodes/status"
+    if not isinstance(data, Mapping):
+        raise _bad(source, "expected an object", data)
+    kernel = data.get("current-kernel")
+    release = kernel.get("release") if isinstance(kernel, Mapping) else None
+    if not release and isinstance(data.get("kversion"), str):
+        words = data["kversion"].split()
+        release = words[1] if len(words) > 1 else None
+    if not isinstance(release, str) or not release:
+        raise _bad(source, "no running kernel (current-kernel.release, kversion)", data)
+    uptime = data.get("uptime")
+    if isinstance(uptime, bool) or not isinstance(uptime, int | float) or uptime < 0:
+        raise _bad(source, f"uptime should be seconds, got {uptime!r}", data)
+    return NodeStatus(release, int(uptime), str(data.get("pveversion") or ""))
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterNode:
+    """One node row of ``GET /cluster/status``."""
+
+    name: str
+    online: bool
+    local: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterStatus:
+    """``GET /cluster/status``: the cluster's name (``None`` for a single node, which has no
+    cluster row and is always quorate), quorum and nodes sorted by name."""
+
+    name: str | None
+    quorate: bool
+    nodes: tuple[ClusterNode, ...]
+
+    @property
+    def offline(self) -> list[str]:
+        """Names of the nodes that are not online."""
+        return [n.name for n in self.nodes if not n.online]
+
+
+def parse_cluster_status(data: Any) -> ClusterStatus:
+    """Parse ``GET /cluster/status`` (booleans come as 0/1)."""
+    source = "cluster/status"
+    name: str | None = None
+    quorate = True
+    nodes: list[ClusterNode] = []
+    for item in _list(source, data):
+        kind = item.get("type")
+        if kind == "cluster":
+            name = _text(source, item, "name")
+            quorate = _flag(item.get("quorate"))
+        elif kind == "node":
+            nodes.append(
+                ClusterNode(
+                    _text(source, item, "name"),
+                    _flag(item.get("online")),
+                    _flag(item.get("local")),
+                )
+            )
+    if not nodes:
+        raise _bad(source, "no node rows", data)
+    return ClusterStatus(name, quorate, tuple(sorted(nodes, key=lambda n: n.name)))
+
+
+def parse_qdevice(data: Any) -> str | None:
+    """The QDevice's state from ``GET /cluster/config/qdevice`` (``Connected``, ...), or
+    ``None`` without a QDevice (``{}``: no corosync-qdevice socket on the answering node)."""
+    if data is None:
+        return None
+    if not isinstance(data, Mapping):
+        raise _bad("cluster/config/qdevice", "expected an object", data)
+    if not data:
+        return None
+    return str(data.get("State") or "configured")
+
+
+@dataclass(frozen=True, slots=True)
+class HaService:
+    """One HA resource (``vm:100``, ``ct:101``) and where the CRM has it."""
+
+    sid: str
+    node: str
+    state: str
+
+    @property
+    def vmid(self) -> int | None:
+        """The guest id of ``vm:N``/``ct:N``."""
+        _, _, tail = self.sid.partition(":")
+        return int(tail) if tail.isdigit() else None
+
+
+@dataclass(frozen=True, slots=True)
+class HaStatus:
+    """``GET /cluster/ha/status/manager_status``. Without a master (no HA resource ever, or
+    ``{}``/null) nothing acts on node maintenance: :attr:`active` is false."""
+
+    master: str | None = None
+    nodes: Mapping[str, str] = field(default_factory=dict)
+    lrm_modes: Mapping[str, str] = field(default_factory=dict)
+    services: tuple[HaService, ...] = ()
+    maintenance_requested: frozenset[str] = frozenset()
+
+    @property
+    def active(self) -> bool:
+        """Whether a CRM master exists to act on maintenance requests."""
+        return self.master is not None
+
+    @property
+    def managed(self) -> frozenset[int]:
+        """VMIDs of the HA-managed guests."""
+        return frozenset(s.vmid for s in self.services if s.vmid is not None)
+
+    def services_on(self, node: str) -> list[HaService]:
+        """The HA services the CRM still has on ``node``: maintenance is done when none is."""
+        return [s for s in self.services if s.node == node]
+
+
+def parse_ha_status(data: Any) -> HaStatus:
+    """Parse ``GET /cluster/ha/status/manager_status``; ``{}``/null give an inactive status."""
+    source = "ha/status/manager_status"
+    if data is None:
+        return HaStatus()
+    if not isinstance(data, Mapping):
+        raise _bad(source, "expected an object", data)
+    manager = data.get("manager_status") or {}
+    lrm = data.get("lrm_status") or {}
+    if not isinstance(manager, Mapping) or not isinstance(lrm, Mapping):
+        raise _bad(source, "manager_status and lrm_status should be objects", data)
+    node_status = manager.get("node_status") or {}
+    service_status = manager.get("service_status") or {}
+    requests = manager.get("node_request") or {}
+    if not all(isinstance(x, Mapping) for x in (node_status, service_status, requests)):
+        raise _bad(source, "node_status, service_status and node_request should be objects", data)
+    services = [
+        HaService(str(sid), str(s.get("node") or ""), str(s.get("state") or ""))
+        for sid, s in service_status.items()
+        if isinstance(s, Mapping)
+    ]
+    master = manager.get("master_node")
+    return HaStatus(
+        master=str(master) if master else None,
+        nodes={str(k): str(v) for k, v in node_status.items()},
+        lrm_modes={
+            str(k): str(v.get("mode") or "") for k, v in lrm.items() if isinstance(v, Mapping)
+        },
+        services=tuple(sorted(services, key=lambda s: s.sid)),
+        maintenance_requested=frozenset(
+            str(n)
+            for n, r in requests.items()
+            if isinstance(r, Mapping) and _flag(r.get("maintenance"))
+        ),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class MigratePrecheck:
+    """``GET /nodes/{n}/{qemu|lxc}/{id}/migrate``: whether and where a guest can move."""
+
+    running: bool
+    allowed_nodes: tuple[str, ...]
+    not_allowed: Mapping[str, str] = field(default_factory=dict)
+    local_disks: tuple[str, ...] = ()
+    local_resources: tuple[str, ...] = ()
+
+    @property
+    def blocker(self) -> str | None:
+        """Why the guest cannot move at all (moxflow never copies local disks), or None."""
+        if self.local_resources:
+            return f"local resources: {', '.join(self.local_resources)}"
+        if self.local_disks:
+            return f"local disks: {', '.join(self.local_disks)}"
+        return None
+
+
+def parse_migrate_precheck(data: Any) -> MigratePrecheck:
+    """Parse the migration pre-check of a VM (``allowed_nodes``, ``local_disks``, ...) or a
+    container (``allowed-nodes``, ``not-allowed-nodes``)."""
+    source = "migrate precheck"
+    if not isinstance(data, Mapping):
+        raise _bad(source, "expected an object", data)
+    allowed = data.get("allowed_nodes", data.get("allowed-nodes")) or []
+    refused = data.get("not_allowed_nodes", data.get("not-allowed-nodes")) or {}
+    if not isinstance(allowed, list) or not isinstance(refused, Mapping):
+        raise _bad(source, "allowed/not allowed nodes are not a list and an object", data)
+    not_allowed: dict[str, str] = {}
+    for node, why in refused.items():
+        parts: list[str] = []
+        if isinstance(why, Mapping):
+            if why.get("unavailable_storages"):
+                parts.append("storages " + ", ".join(map(str, why["unavailable_storages"])))
+            if why.get("unavailable-resources"):
+                parts.append("resources " + ", ".join(map(str, why["unavailable-resources"])))
+            for blocking in why.get("blocking-ha-resources") or []:
+                if isinstance(blocking, Mapping):
+                    parts.append(f"HA {blocking.get('sid')} ({blocking.get('cause')})")
+        not_allowed[str(node)] = "; ".join(parts) or "not allowed"
+    disks = [
+        str(d.get("volid"))
+        for d in data.get("local_disks") or []
+        if isinstance(d, Mapping) and d.get("volid")
+    ]
+    return MigratePrecheck(
+        running=_flag(data.get("running")),
+        allowed_nodes=tuple(sorted(str(n) for n in allowed)),
+        not_allowed=not_allowed,
+        local_disks=tuple(disks),
+        local_resources=tuple(str(r) for r in data.get("local_resources") or []),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class RunningTask:
+    """A task still running on a node (no ``endtime`` yet)."""
+
+    node: str
+    type: str
+    id: str
+    upid: str
+
+    def __str__(self) -> str:
+        return f"{self.type}{' ' + self.id if self.id else ''} on {self.node}"
+
+
+def parse_running_tasks(data: Any) -> list[RunningTask]:
+    """The running tasks in ``GET /cluster/tasks`` or ``GET /nodes/{n}/tasks?source=active``
+    (rows without ``endtime``, or with ``status`` ``running``)."""
+    source = "tasks"
+    found: list[RunningTask] = []
+    for item in _list(source, data):
+        status = item.get("status")
+        if item.get("endtime") and status not in (None, "running"):
+            continue
+        if status not in (None, "", "running"):
+            continue
+        found.append(
+            RunningTask(
+                node=str(item.get("node") or ""),
+                type=str(item.get("type") or ""),
+                id=str(item.get("id") or ""),
+                upid=str(item.get("upid") or ""),
+            )
+        )
+    return found
+
+
+# --- parsers of command output -------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class KernelList:
+    """``proxmox-boot-tool kernel list``: the selected kernels and the pins."""
+
+    manual: tuple[str, ...] = ()
+    automatic: tuple[str, ...] = ()
+    pinned: str | None = None
+    next_boot_pin: str | None = None
+
+    @property
+    def next_boot(self) -> str | None:
+        """The kernel the next boot starts: a next-boot pin, else the pin, else a manually
+        selected kernel (the newest), else the newest automatically selected one."""
+        return self.next_boot_pin or self.pinned or _newest(self.manual) or _newest(self.automatic)
+
+
+def parse_kernel_list(stdout: str) -> KernelList:
+    """Parse ``proxmox-boot-tool kernel list``; entries may be indented (``^\\s*[0-9]``),
+    ``None.`` marks an empty list."""
+    sections: dict[str, list[str]] = {}
+    current: str | None = None
+    for line in stdout.splitlines():
+        text = line.strip()
+        if text.endswith(":") and not text[:1].isdigit():
+            current = text[:-1].lower()
+            sections.setdefault(current, [])
+        elif current is not None and re.match(r"[0-9]", text):
+            sections[current].append(text.split()[0])
+    if "automatically selected kernels" not in sections:
+        raise ParseError(
+            "proxmox-boot-tool kernel list: no 'Automatically selected kernels:' section",
+            source="proxmox-boot-tool kernel list",
+            text=stdout,
+        )
+    pinned = sections.get("pinned kernel") or []
+    next_boot = sections.get("kernel pinned on next-boot") or []
+    return KernelList(
+        manual=tuple(sections.get("manually selected kernels", [])),
+        automatic=tuple(sections["automatically selected kernels"]),
+        pinned=pinned[0] if pinned else None,
+        next_boot_pin=next_boot[0] if next_boot else None,
+    )
+
+
+def parse_failed_units(stdout: str) -> frozenset[str]:
+    """Unit names from ``systemctl list-units --state=failed --plain --no-legend``."""
+    units: set[str] = set()
+    for line in stdout.splitlines():
+        words = line.replace("●", " ").split()
+        if words:
+            units.add(words[0])
+    return frozenset(units)
+
+
+@dataclass(frozen=True, slots=True)
+class DpkgAudit:
+    """``dpkg --audit``: silent when dpkg is sound; else the packages it names, and its text."""
+
+    packages: tuple[str, ...] = ()
+    text: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return not self.text.strip()
+
+    def __str__(self) -> str:
+        if self.ok:
+            return "dpkg is sound"
+        return "dpkg --audit: " + (", ".join(self.packages) or self.text.strip().splitlines()[0])
+
+
+def parse_dpkg_audit(stdout: str) -> DpkgAudit:
+    """Parse ``dpkg --audit``: package lines are indented (`` pve-manager   Description``)."""
+    packages = [
+        line.split()[0] for line in stdout.splitlines() if line.startswith(" ") and line.strip()
+    ]
+    return DpkgAudit(tuple(dict.fromkeys(packages)), stdout)
+
+
+def parse_held_packages(stdout: str) -> tuple[str, ...]:
+    """Package names from ``apt-mark showhold``, one a line, sorted."""
+    return tuple(sorted({line.strip() for line in stdout.splitlines() if line.strip()}))
+
+
+def parse_boot_id(stdout: str) -> str:
+    """The boot id from ``/proc/sys/kernel/random/boot_id`` (a UUID)."""
+    text = stdout.strip().lower()
+    if not re.fullmatch(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", text):
+        raise ParseError(f"not a boot id: {stdout!r}", source="boot_id", text=stdout)
+    return text
+
+
+_DPKG_LOG_RE = re.compile(
+    r"(?P<when>\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}) (?:upgrade|install) \S+ \S+ \S+", re.ASCII
+)
+
+
+def last_upgrade(log: str, tz: tzinfo) -> datetime | None:
+    """When dpkg last upgraded or installed a package, from ``/var/log/dpkg.log`` lines
+    (``YYYY-MM-DD HH:MM:SS upgrade pkg:arch old new``, the host's local time ``tz``);
+    ``None`` when there is no such line."""
+    latest: datetime | None = None
+    for line in log.splitlines():
+        m = _DPKG_LOG_RE.match(line.strip())
+        if m:
+            when = datetime.strptime(m["when"], "%Y-%m-%d %H:%M:%S").replace(tzinfo=tz)
+            latest = when if latest is None or when > latest else latest
+    return latest
+
+
+# --- commands ------------------------------------------------------------------------------
+
+_APT_ENV = ["env", "DEBIAN_FRONTEND=noninteractive"]
+_KEEP_CONFIGS = ["-o", "Dpkg::Options::=--force-confdef", "-o", "Dpkg::Options::=--force-confold"]
+
+
+def dist_upgrade_argv() -> list[str]:
+    """``env DEBIAN_FRONTEND=noninteractive apt-get -y -o Dpkg::Options::=--force-confdef
+    -o Dpkg::Options::=--force-confold dist-upgrade`` (never ``apt upgrade``: it installs no
+    new package, so no new kernel); changed config files keep the local version."""
+    return [*_APT_ENV, "apt-get", "-y", *_KEEP_CONFIGS, "dist-upgrade"]
+
+
+def autoremove_argv() -> list[str]:
+    """``env DEBIAN_FRONTEND=noninteractive apt-get -y autoremove``."""
+    return [*_APT_ENV, "apt-get", "-y", "autoremove"]
+
+
+def maintenance_argv(node: str, enable: bool) -> list[str]:
+    """``ha-manager crm-command node-maintenance enable|disable NODE`` (only queues it)."""
+    action = "enable" if enable else "disable"
+    return ["ha-manager", "crm-command", "node-maintenance", action, validate_host_name(node)]
+
+
+def root_snapshot_argv(dataset: str, name: str) -> list[str]:
+    """``zfs snapshot DATASET@NAME`` of a node's root dataset."""
+    return snapshot_argv(dataset, name)
+
+
+def kernel_list_argv() -> list[str]:
+    """``proxmox-boot-tool kernel list``; parse with :func:`parse_kernel_list`."""
+    return ["proxmox-boot-tool", "kernel", "list"]
+
+
+def pveversion_argv() -> list[str]:
+    """``pveversion``: answers only when the node's Proxmox packages are usable."""
+    return ["pveversion"]
+
+
+def failed_units_argv() -> list[str]:
+    """The failed units, one a line; parse with :func:`parse_failed_units`."""
+    return ["systemctl", "list-units", "--state=failed", "--plain", "--no-legend", "--no-pager"]
+
+
+def dpkg_audit_argv() -> list[str]:
+    """``dpkg --audit``; parse with :func:`parse_dpkg_audit`."""
+    return ["dpkg", "--audit"]
+
+
+def held_packages_argv() -> list[str]:
+    """``apt-mark showhold``; parse with :func:`parse_held_packages`."""
+    return ["apt-mark", "showhold"]
+
+
+def boot_id_argv() -> list[str]:
+    """``cat /proc/sys/kernel/random/boot_id``: changes with every boot."""
+    return ["cat", "/proc/sys/kernel/random/boot_id"]
+
+
+def dpkg_log_argv() -> list[str]:
+    """The upgrade and install lines of dpkg's log (exit 1 when none: run without check);
+    read with :func:`last_upgrade`."""
+    return ["grep", "-h", "-E", "^[0-9-]+ [0-9:]+ (upgrade|install) ", DPKG_LOG]
+
+
+# --- pre-flight ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Preflight:
+    """Whether the roll may start; ``reasons`` refuse it, ``warnings`` are only reported."""
+
+    reasons: tuple[str, ...] = ()
+    warnings: tuple[str, ...] = ()
+
+    @property
+    def ok(self) -> bool:
+        return not self.reasons
+
+    def __str__(self) -> str:
+        head = "pre-flight passed" if self.ok else "refused: " + "; ".join(self.reasons)
+        return head + ("; warnings: " + "; ".join(self.warnings) if self.warnings else "")
+
+
+def preflight(
+    cluster: ClusterStatus,
+    ha: HaStatus,
+    tasks: Iterable[RunningTask],
+    *,
+    qdevice: str | None,
+    two_node: TwoNodePolicy,
+    dpkg: Mapping[str, DpkgAudit] | None = None,
+    held: Mapping[str, Sequence[str]] | None = None,
+    broken: Mapping[str, Mapping[str, str]] | None = None,
+) -> Preflight:
+    """Judge the whole cluster before any change.
+
+    Refuses: a cluster that is not quorate; a node offline; a backup, migration or other
+    task of :data:`BLOCKING_TASK_TYPES` running; an HA node not ``online``; a two-node
+    cluster without a connected QDevice (unless ``two_node`` is ``allow``, and never with HA
+    resources, whose watchdog fences a node that loses quorum); a node whose dpkg is broken
+    (``dpkg``: ``dpkg --audit`` per node; ``broken``: half installed packages from
+    :func:`parse_apt_versions`). Held packages (``held`` per node) are warnings.
+    """
+    reasons: list[str] = []
+    warnings: list[str] = []
+    if not cluster.quorate:
+        reasons.append(f"cluster {cluster.name} is not quorate")
+    if cluster.offline:
+        reasons.append(f"node offline: {', '.join(cluster.offline)}")
+    for node, state in sorted(ha.nodes.items()):
+        if state != "online" and node not in cluster.offline:
+            reasons.append(f"HA reports node {node} {state}")
+    busy = [t for t in tasks if t.type in BLOCKING_TASK_TYPES]
+    if busy:
+        reasons.append("tasks running: " + ", ".join(str(t) for t in busy))
+    if len(cluster.nodes) == 2 and qdevice != "Connected":
+        qd = "no QDevice" if qdevice is None else f"its QDevice is {qdevice}"
+        if two_node == "refuse":
+            reasons.append(
+                f"two-node cluster with {qd}: it loses quorum while a node reboots "
+                '(set [proxmox_update] two_node_without_qdevice = "allow" to accept that, '
+                "or add a QDevice)"
+            )
+        elif ha.services:
+            reasons.append(
+                f"two-node cluster with {qd} and HA resources: a node that loses quorum "
+                "during maintenance is fenced; add a QDevice"
+            )
+        else:
+            warnings.append(f"two-node cluster with {qd}: quorum is lost while a node reboots")
+    for node, audit in sorted((dpkg or {}).items()):
+        if not audit.ok:
+            reasons.append(f"{node}: dpkg is broken ({audit}); run dpkg --configure -a")
+    for node, states in sorted((broken or {}).items()):
+        if states:
+            half = ", ".join(f"{p} {s}" for p, s in sorted(states.items()))
+            reasons.append(f"{node}: packages half installed: {half}")
+    for node, names in sorted((held or {}).items()):
+        if names:
+            warnings.append(f"{node}: held packages stay at their version: {', '.join(names)}")
+    return Preflight(tuple(reasons), tuple(warnings))
+
+
+# --- reboot --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class RebootDecision:
+    """Whether the node reboots after its upgrade, the kernel it should run afterwards, and
+    why; ``pending``: a reboot would be needed but the policy is ``never``."""
+
+    reboot: bool
+    reason: str
+    expected_kernel: str
+    pending: bool = False
+
+
+def decide_reboot(
+    policy: RebootPolicy,
+    running_kernel: str,
+    next_boot: str | None,
+    pending: Iterable[PendingPackage] = (),
+    pinned: bool = False,
+) -> RebootDecision:
+    """Decide on a reboot. ``next_boot`` is the kernel the node boots next as installed now
+    (:attr:`KernelList.next_boot`); a kernel image in ``pending`` newer than it boots instead
+    unless a pin holds the boot (``pinned``). ``auto`` reboots iff that kernel differs from
+    ``running_kernel``; ``always`` and ``never`` say so."""
+    new_abis = [abi for p in pending if (abi := kernel_abi(p.name)) is not None]
+    candidates = [k for k in (next_boot, *([] if pinned else new_abis)) if k]
+    expected = _newest(candidates) if not pinned else (next_boot or None)
+    expected = expected or running_kernel
+    if expected != running_kernel:
+        newer = [a for a in new_abis if a == expected]
+        why = (
+            f"new kernel {expected} is being installed (running {running_kernel})"
+            if newer
+            else f"kernel {expected} is installed and boots next (running {running_kernel})"
+        )
+        needed = True
+    else:
+        why = f"the running kernel {running_kernel} is the one that boots next"
+        needed = False
+    if policy == "always":
+        return RebootDecision(True, f"reboot = always; {why}", expected)
+    if policy == "never":
+        if needed:
+            return RebootDecision(False, f"reboot pending (reboot = never): {why}", expected, True)
+        return RebootDecision(False, f"no reboot needed: {why}", expected)
+    return RebootDecision(needed, why if needed else f"no reboot needed: {why}", expected)
+
+
+@dataclass(frozen=True, slots=True)
+class RebootProof:
+    """Whether a node has rebooted since the request, and how that is known."""
+
+    rebooted: bool
+    reason: str
+
+
+def prove_reboot(
+    requested: datetime,
+    observed: datetime,
+    uptime: float | None,
+    boot_id_before: str | None = None,
+    boot_id_now: str | None = None,
+) -> RebootProof:
+    """A reboot is proven by a changed boot id, or by an uptime (seen at ``observed``)
+    shorter than the time since the request; a node that merely answers proves nothing
+    (it keeps answering for tens of seconds after ``reboot`` returns)."""
+    if boot_id_before and boot_id_now:
+        if boot_id_now != boot_id_before:
+            return RebootProof(True, f"boot id changed ({boot_id_before} → {boot_id_now})")
+        return RebootProof(False, "same boot id as before the request: not rebooted yet")
+    if uptime is None:
+        return RebootProof(False, "no uptime seen yet (node not answering)")
+    since = (observed - requested).total_seconds()
+    if uptime < since:
+        return RebootProof(True, f"uptime {uptime:.0f} s < {since:.0f} s since the request")
+    return RebootProof(
+        False, f"uptime {uptime:.0f} s ≥ {since:.0f} s since the request: not rebooted yet"
+    )
+
+
+# --- guests --------------------------------------------------------------------------------
+
+GuestAction = Literal["ha", "migrate", "shutdown", "leave", "start"]
+MigrationMode = Literal["online", "restart", "offline"]
+
+
+@dataclass(frozen=True, slots=True)
+class GuestStep:
+    """What happens to one guest: ``ha`` (HA maintenance moves it), ``migrate`` from
+    ``source`` to ``target`` in ``mode``, ``shutdown`` (started again afterwards), ``leave``,
+    or, on the way back, ``start``. ``reason`` says why, e.g. why it could not migrate."""
+
+    vmid: int
+    name: str
+    type: GuestType
+    action: GuestAction
+    source: str
+    target: str | None = None
+    mode: MigrationMode | None = None
+    reason: str = ""
+
+    @property
+    def label(self) -> str:
+        return f"{self.vmid} ({self.name})" if self.name else str(self.vmid)
+
+    def __str__(self) -> str:
+        kind = "VM" if self.type == "qemu" else "CT"
+        if self.action == "migrate":
+            text = f"{kind} {self.label}: migrate {self.mode} {self.source} → {self.target}"
+        elif self.action == "ha":
+            text = f"{kind} {self.label}: moved by HA node maintenance"
+        elif self.action == "shutdown":
+            text = f"{kind} {self.label}: shut down, started again afterwards"
+        elif self.action == "start":
+            text = f"{kind} {self.label}: start on {self.source}"
+        else:
+            text = f"{kind} {self.label}: left as it is"
+        return f"{text} ({self.reason})" if self.reason else text
+
+
+@dataclass(frozen=True, slots=True)
+class TargetNode:
+    """A node that might receive guests: its pve-manager version, whether this roll has
+    upgraded it already, and how many guests run on it."""
+
+    name: str
+    online: bool = True
+    version: str | None = None
+    upgraded: bool = False
+    running: int = 0
+    maintenance: bool = False
+
+
+def _fallback_step(guest: Guest, node: str, fallback: FallbackPolicy, why: str) -> GuestStep:
+    if fallback == "shutdown" and guest.running:
+        return GuestStep(guest.vmid, guest.name, guest.type, "shutdown", node, reason=why)
+    why = f"{why}; stopped already" if not guest.running else f"{why}; fallback leave"
+    return GuestStep(guest.vmid, guest.name, guest.type, "leave", node, reason=why)
+
+
+def plan_guests(
+    node: str,
+    guests: Iterable[Guest],
+    settings: ProxmoxUpdateSettings,
+    *,
+    others: Iterable[TargetNode] = (),
+    version: str | None = None,
+    ha: HaStatus | None = None,
+    prechecks: Mapping[int, MigratePrecheck] | None = None,
+    policy: GuestPolicy | None = None,
+) -> list[GuestStep]:
+    """What happens to each guest of ``node`` (sorted by VMID) while it is updated.
+
+    HA-managed guests go with HA node maintenance when a CRM master is there to act. The
+    others follow ``policy`` (default ``settings.guests``): ``migrate`` online (running VMs),
+    in restart mode (running containers) or offline (stopped guests) to the node of
+    ``others`` that is online, not in maintenance, runs the same or a newer version than
+    ``version`` and is allowed by the guest's pre-check; upgraded nodes first, then the one
+    with fewest running guests (counting those planned to arrive), then by name. A guest
+    that cannot move (local disks or resources, no node) follows its fallback. Templates
+    stay.
+    """
+    chosen = policy or settings.guests
+    ha_guests = ha.managed if ha is not None and ha.active else frozenset()
+    load = {t.name: t.running for t in others}
+    targets = [
+        t
+        for t in others
+        if t.name != node
+        and t.online
+        and not t.maintenance
+        and (version is None or t.version is None or compare_versions(t.version, version) >= 0)
+    ]
+    steps: list[GuestStep] = []
+    for guest in sorted(guests, key=lambda g: g.vmid):
+        if guest.node != node:
+            continue
+        if guest.template:
+            steps.append(
+                GuestStep(guest.vmid, guest.name, guest.type, "leave", node, reason="template")
+            )
+            continue
+        if guest.vmid in ha_guests:
+            steps.append(GuestStep(guest.vmid, guest.name, guest.type, "ha", node))
+            continue
+        if chosen == "leave":
+            steps.append(GuestStep(guest.vmid, guest.name, guest.type, "leave", node))
+            continue
+        if chosen == "shutdown":
+            steps.append(_fallback_step(guest, node, "shutdown", "guests = shutdown"))
+            continue
+        fallback = settings.fallback_for(guest.vmid, guest.name)
+        check = (prechecks or {}).get(guest.vmid)
+        if check is not None and check.blocker:
+            steps.append(_fallback_step(guest, node, fallback, f"cannot migrate: {check.blocker}"))
+            continue
+        allowed = [
+            t
+            for t in targets
+            if check is None or not check.allowed_nodes or t.name in check.allowed_nodes
+        ]
+        if not allowed:
+            steps.append(
+                _fallback_step(guest, node, fallback, "cannot migrate: no node can take it")
+            )
+            continue
+        best = min(allowed, key=lambda t: (not t.upgraded, load[t.name], t.name))
+        mode: MigrationMode = (
+            "offline" if not guest.running else "online" if guest.type == "qemu" else "restart"
+        )
+        if guest.running:
+            load[best.name] += 1
+        steps.append(
+            GuestStep(guest.vmid, guest.name, guest.type, "migrate", node, best.name, mode)
+        )
+    return steps
+
+
+def return_steps(steps: Iterable[GuestStep]) -> list[GuestStep]:
+    """The way back once the node is up again: each migrated guest from its target to its
+    node, in the same mode; each shut-down guest started. HA guests come back when
+    maintenance is disabled; guests left alone need nothing."""
+    back: list[GuestStep] = []
+    for s in steps:
+        if s.action == "migrate" and s.target is not None:
+            back.append(
+                GuestStep(s.vmid, s.name, s.type, "migrate", s.target, s.source, s.mode, "return")
+            )
+        elif s.action == "shutdown":
+            back.append(GuestStep(s.vmid, s.name, s.type, "start", s.source, reason="return"))
+    return back
+
+
+# --- the plan of a roll --------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class NodeFacts:
+    """What the roll planner needs to know of one node, read before any change."""
+
+    name: str
+    running_kernel: str
+    pending: tuple[PendingPackage, ...] = ()
+    kernels: KernelList | None = None
+    version: str | None = None
+    new_version: str | None = None
+    guests: tuple[Guest, ...] = ()
+    prechecks: Mapping[int, MigratePrecheck] = field(default_factory=dict)
+    held: tuple[str, ...] = ()
+    online: bool = True
+
+    @property
+    def running_guests(self) -> int:
+        return sum(1 for g in self.guests if g.node == self.name and g.running)
+
+
+@dataclass(frozen=True, slots=True)
+class NodePlan:
+    """One node's update: packages, reboot, guests out and back, and the snapshot; a node
+    with ``skip`` set is left alone for that reason."""
+
+    node: str
+    packages: tuple[PendingPackage, ...] = ()
+    reboot: RebootDecision | None = None
+    guests: tuple[GuestStep, ...] = ()
+    returns: tuple[GuestStep, ...] = ()
+    maintenance: bool = False
+    snapshot: str | None = None
+    skip: str | None = None
+
+    def describe(self) -> list[str]:
+        """The node's part of the ``--dry-run`` text."""
+        if self.skip:
+            return [f"{self.node}: skipped ({self.skip})"]
+        count = len(self.packages)
+        lines = [f"{self.node}: {count} package{'s' if count != 1 else ''} to upgrade"]
+        lines.extend(f"    {p}" for p in self.packages)
+        if self.snapshot:
+            lines.append(f"  snapshot: {self.snapshot}")
+        if self.maintenance:
+            lines.append("  HA node maintenance: enabled during the update")
+        if self.reboot is not None:
+            lines.append(
+                f"  reboot: {'yes' if self.reboot.reboot else 'no'} ({self.reboot.reason})"
+            )
+        lines.extend(f"  guest {s}" for s in self.guests)
+        lines.extend(f"  back: {s}" for s in self.returns)
+        return lines
+
+
+@dataclass(frozen=True, slots=True)
+class RollPlan:
+    """The whole roll: the pre-flight verdict and the nodes in the order they are updated."""
+
+    preflight: Preflight
+    nodes: tuple[NodePlan, ...]
+
+    @property
+    def to_update(self) -> list[NodePlan]:
+        return [n for n in self.nodes if not n.skip]
+
+    def describe(self) -> list[str]:
+        """The ``--dry-run`` text: the verdict, then each node."""
+        lines = [f"Proxmox update: {len(self.to_update)} of {len(self.nodes)} nodes to update"]
+        lines.append(str(self.preflight))
+        for number, plan in enumerate(self.nodes, 1):
+            first, *rest = plan.describe()
+            lines.append(f"{number}. {first}")
+            lines.extend(rest)
+        return lines
+
+
+def plan_roll(
+    facts: Sequence[NodeFacts],
+    settings: ProxmoxUpdateSettings,
+    verdict: Preflight,
+    *,
+    ha: HaStatus | None = None,
+    snapshot: str | None = None,
+    policy: GuestPolicy | None = None,
+    reboot: RebootPolicy | None = None,
+) -> RollPlan:
+    """Plan the roll over ``facts`` (the nodes to update).
+
+    Order: ``settings.nodes`` when it lists them, else fewest running guests first, then by
+    name. A node with nothing to upgrade, or offline, is skipped with the reason. Each
+    node's guests go to nodes already planned (upgraded, at ``new_version``) first.
+    ``snapshot`` is the root snapshot's name (known at run time; the dry run passes one made
+    from its own time).
+    """
+    if settings.nodes:
+        rank = {n: i for i, n in enumerate(settings.nodes)}
+        ordered = sorted(facts, key=lambda f: (rank.get(f.name, len(rank)), f.name))
+    else:
+        ordered = sorted(facts, key=lambda f: (f.running_guests, f.name))
+    dataset = validate_dataset(settings.root_dataset)
+    done: set[str] = set()
+    plans: list[NodePlan] = []
+    for node in ordered:
+        if not node.online:
+            plans.append(NodePlan(node.name, skip="offline"))
+            continue
+        if not node.pending:
+            plans.append(NodePlan(node.name, skip="nothing to upgrade"))
+            continue
+        others = [
+            TargetNode(
+                o.name,
+                o.online,
+                o.new_version if o.name in done and o.new_version else o.version,
+                o.name in done,
+                o.running_guests,
+                maintenance=ha is not None and ha.nodes.get(o.name) == "maintenance",
+            )
+            for o in facts
+            if o.name != node.name
+        ]
+        steps = plan_guests(
+            node.name,
+            node.guests,
+            settings,
+            others=others,
+            version=node.version,
+            ha=ha,
+            prechecks=node.prechecks,
+            policy=policy,
+        )
+        kernels = node.kernels
+        decision = decide_reboot(
+            reboot or settings.reboot,
+            node.running_kernel,
+            kernels.next_boot if kernels else None,
+            node.pending,
+            pinned=bool(kernels and (kernels.pinned or kernels.next_boot_pin)),
+        )
+        name = None
+        if snapshot is not None:
+            name = f"{dataset}@{validate_zfs_snapname(snapshot)}"
+        plans.append(
+            NodePlan(
+                node.name,
+                packages=node.pending,
+                reboot=decision,
+                guests=tuple(steps),
+                returns=tuple(return_steps(steps)),
+                maintenance=ha is not None and ha.active,
+                snapshot=name,
+            )
+        )
+        done.add(node.name)
+    return RollPlan(verdict, tuple(plans))
+
+
+# --- verify --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """Whether a node (or its guests) passed a check after its update; ``reasons`` say why
+    not."""
+
+    ok: bool
+    reasons: tuple[str, ...] = ()
+
+    def __str__(self) -> str:
+        return "healthy" if self.ok else "unhealthy: " + "; ".join(self.reasons)
+
+
+def verify_node(
+    node: str,
+    cluster: ClusterStatus,
+    running_kernel: str,
+    expected_kernel: str,
+    failed_before: Collection[str],
+    failed_now: Collection[str],
+) -> Verdict:
+    """Judge a node back from its update: online in the cluster, the cluster quorate, the
+    expected kernel running, and no systemd unit failed that had not failed before."""
+    problems: list[str] = []
+    row = next((n for n in cluster.nodes if n.name == node), None)
+    if row is None or not row.online:
+        problems.append(f"{node} is not online in the cluster")
+    if not cluster.quorate:
+        problems.append("the cluster is not quorate")
+    if running_kernel != expected_kernel:
+        problems.append(f"kernel {running_kernel} is running, expected {expected_kernel}")
+    fresh = sorted(set(failed_now) - set(failed_before))
+    if fresh:
+        problems.append(f"units failed since the update: {', '.join(fresh)}")
+    return Verdict(not problems, tuple(problems))
+
+
+def verify_guests(before: Iterable[Guest], now: Iterable[Guest]) -> Verdict:
+    """Judge the guests after they returned: each on the node it was on, and running if it
+    was running before."""
+    current = {g.vmid: g for g in now}
+    problems: list[str] = []
+    for g in sorted(before, key=lambda g: g.vmid):
+        seen = current.get(g.vmid)
+        if seen is None:
+            problems.append(f"guest {g.label} is gone")
+            continue
+        if seen.node != g.node:
+            problems.append(f"guest {g.label} is on {seen.node}, was on {g.node}")
+        if g.running and not seen.running:
+            problems.append(f"guest {g.label} is {seen.status}, was running")
+    return Verdict(not problems, tuple(problems))
+
+
+# --- failure -------------------------------------------------------------------------------
+
+
+def failure_next_steps(
+    node: str,
+    dataset: str,
+    snapshot: str | None,
+    old_kernel: str | None,
+    maintenance: bool = True,
+) -> list[str]:
+    """What a person does after the roll stopped on ``node``: boot the previous kernel
+    (kernels live on the EFI partitions, so a root rollback does not bring it back), roll
+    the root dataset back only as a disaster procedure from a rescue system, and leave HA
+    maintenance once the node is healthy."""
+    steps: list[str] = [f"{node} stopped the roll; the nodes after it were not touched."]
+    if old_kernel:
+        pin = shlex.join(["proxmox-boot-tool", "kernel", "pin", old_kernel, "--next-boot"])
+        steps.append(
+            f"to boot the previous kernel once: `{pin}` then `proxmox-boot-tool refresh` "
+            "and reboot (drop --next-boot to keep it)"
+        )
+    if snapshot:
+        full = f"{validate_dataset(dataset)}@{validate_zfs_snapname(snapshot)}"
+        rollback = ["zfs", "rollback", "-r", full]
+        steps.append(
+            f"the root file system before the update is the snapshot {full}; only as a "
+            f"disaster procedure, from a rescue system: `{shlex.join(rollback)}`"
+            " (this also rewinds the node's copy of /etc/pve; pin the old kernel as above, "
+            "since the EFI partitions keep the new one)"
+        )
+    else:
+        steps.append("no root snapshot was taken")
+    if maintenance:
+        steps.append(
+            f"{node} stays in HA maintenance; once healthy: "
+            f"`{shlex.join(maintenance_argv(node, enable=False))}`"
+        )
+    return steps
