@@ -62,6 +62,10 @@ demo-stop: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest
 
+# the tests that wait on real time (a killed run's lease running out: over a minute)
+test-slow: $(STAMP)
+	$(BIN)/python -m pytest -m slow
+
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .

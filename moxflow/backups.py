@@ -20,6 +20,7 @@ from moxflow.errors import (
     ParseError,
     ProxmoxTaskError,
     ProxmoxTaskTimeout,
+    TargetBusyError,
     is_transient,
 )
 from moxflow.guests import Guest
@@ -445,6 +446,8 @@ def planned_backup_row(dump: GuestDump, job: BackupJob, removed: Sequence[str]) 
 
 def dump_failure(exc: MoxflowError, retry_timeout: float) -> str:
     """A guest's report detail for a vzdump that did not end well."""
+    if isinstance(exc, TargetBusyError):
+        return f"not backed up: {exc}"
     if isinstance(exc, ProxmoxTaskTimeout):
         return f"vzdump timed out and was stopped: {exc}"
     if isinstance(exc, ProxmoxTaskError):

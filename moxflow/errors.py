@@ -24,6 +24,7 @@ The tree (``transient`` errors are the ones worth retrying with backoff)::
     │   ├── SshTimeout               the command did not finish in time
     │   └── SshChecksumError         a file copied over SSH arrived different (SHA-256)
     ├── WebhookError                 a notification webhook failed (5xx, 408, 429: transient)
+    ├── TargetBusyError              another moxflow run holds the target's slot (after a wait)
     └── RunFailed                    a flow finished with failed targets; carries the report
 
 Every error carries what a person needs to act: the host, command or endpoint, the exit code
@@ -169,6 +170,24 @@ class ProxmoxTaskError(ProxmoxError):
 
 class ProxmoxTaskTimeout(ProxmoxError):
     """A Proxmox task was still running when the wait ran out; it may still finish."""
+
+
+# --- between runs --------------------------------------------------------------------------
+
+
+class TargetBusyError(MoxflowError):
+    """Another moxflow run holds the target (its Prefect concurrency slot) and did not let
+    go within the wait. Not retried: the step already waited; the target is reported busy."""
+
+    def __init__(self, targets: Sequence[str], waited: float, lease: float) -> None:
+        waiting = f"waited {waited:g}s" if waited > 0 else "tried once"
+        super().__init__(
+            f"another moxflow run holds {', '.join(targets)} (a Prefect concurrency limit); "
+            f"{waiting}",
+            hint="the Prefect UI's Concurrency page shows the slots in use; a run that died "
+            f"frees its slot within {lease:g}s; the next run does this target",
+        )
+        self.targets = tuple(targets)
 
 
 # --- SSH -----------------------------------------------------------------------------------

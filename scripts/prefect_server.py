@@ -9,6 +9,8 @@ import time
 import urllib.request
 from pathlib import Path
 
+from tasks.targets import LEASE_STORAGE
+
 
 def free_port() -> int:
     """A free TCP port on loopback."""
@@ -37,6 +39,7 @@ def start_server(
     env["PREFECT_API_URL"] = f"http://127.0.0.1:{port}/api"
     env.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     env.setdefault("PREFECT_UI_ENABLED", "false")
+    env.setdefault("PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE", LEASE_STORAGE)
     env["PREFECT_API_LOG_RETRYABLE_ERRORS"] = "true"  # counted by busy_refusals
     log_path = home / "server.log"
     with log_path.open("wb") as log:  # the server keeps its own copy of the descriptor

@@ -7,7 +7,13 @@ import uuid
 
 
 def flow_run_alive(flow_run_id: str | None) -> bool:
-    """Whether the Prefect flow run that holds a host's lock is still running."""
+    """Whether the Prefect flow run that left a mark may still be acting on it.
+
+    Finished, crashed, cancelled, unknown: no. *Cancelling*: no either. The callers hold the
+    target's Prefect slot (:mod:`tasks.targets`), so a run still alive would hold it
+    instead, and a run killed outright stays *Cancelling* for ever once someone cancels it
+    (``prefect flow-run cancel``, as docs/operating.md says to). *Running* (or pending,
+    paused): yes, as a run on a worker that died looks, until a person cancels it."""
     if not flow_run_id:
         return False
     from prefect.client.orchestration import get_client
@@ -22,4 +28,5 @@ def flow_run_alive(flow_run_id: str | None) -> bool:
         return False
     except Exception:  # the API is unreachable: assume the run is alive, never break a lock
         return True
-    return run.state is not None and not run.state.is_final()
+    state = run.state
+    return state is not None and not state.is_final() and not state.is_cancelling()

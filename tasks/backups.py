@@ -61,6 +61,7 @@ from moxflow.retention import KeepPolicy
 from moxflow.ssh import SshRunner
 from tasks._logging import LoggerLike, run_logger
 from tasks._retry import step
+from tasks.targets import guest_target, hold
 
 __all__ = [
     "BackupJob",  # defined in moxflow.backups; imported from here by older code
@@ -191,14 +192,17 @@ def vzdump_guest(
     itself, and only after looking on the storage for an archive the earlier attempt made:
     a locked guest or an unavailable API is waited out with backoff for
     ``job.retry_timeout`` seconds, a dump that failed is run once more. A task still running
-    at ``job.task_timeout`` is stopped so that it frees the node's lock. ``storage_gate``
+    at ``job.task_timeout`` is stopped so that it frees the node's lock. The guest's target
+    slot (:mod:`tasks.targets`) is held throughout: a run that holds it for longer than
+    ``job.retry_timeout`` leaves this guest busy (``TargetBusy``). ``storage_gate``
     caps how many dumps write to the storage at once. Raises ``ProxmoxTaskTimeout`` (the
     task was stopped), ``ProxmoxTaskError`` (it failed twice) or the last other error.
     """
     logger = run_logger("moxflow.backups")
     gate: AbstractContextManager[Any] = storage_gate if storage_gate is not None else nullcontext()
     guest, storage, target = dump.guest, dump.storage, dump.target
-    with gate:
+    # the guest's slot first (another job changing it: wait, bounded), then the storage's
+    with hold([guest_target(guest.vmid)], wait=job.retry_timeout), gate:
         t0 = time.monotonic()
         started = datetime.now(UTC)
         previous = dump.previous

@@ -22,12 +22,19 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 from prefect.logging import get_run_logger
 
-from moxflow.errors import GuestLockedError, MoxflowError, ProxmoxError, ProxmoxUnavailableError
+from moxflow.errors import (
+    GuestLockedError,
+    MoxflowError,
+    ProxmoxError,
+    ProxmoxUnavailableError,
+    TargetBusyError,
+)
 from moxflow.guests import Guest
 from moxflow.naming import description_run
 from moxflow.proxmox import GuestSnapshot, ProxmoxClient
 from moxflow.snapshots import GuestSnapshotPlan, NodeSnapshotPlan, busy_guest, guests_text
 from tasks._retry import attempt, step
+from tasks.targets import guest_target, hold
 
 T = TypeVar("T")
 Item = TypeVar("Item")
@@ -127,7 +134,9 @@ def snapshot_node(
 
     Retried (Prefect) while a guest failed for a passing reason (locked, the API unavailable)
     and the step started less than ``lock_timeout`` seconds ago; after that such a guest is
-    reported (a locked one as busy, with its lock). A retry first reads what an earlier
+    reported (a locked one as busy, with its lock). Each guest's target slot
+    (:mod:`tasks.targets`) is held while its snapshot is taken; a guest another moxflow run
+    holds for longer than ``lock_timeout`` is busy. A retry first reads what an earlier
     attempt did: a guest that has a whole snapshot of this run's name is taken, not twice.
     A snapshot of that name another run took (its description names that run: two runs of
     the same label at once) is that run's, reported as such, never counted as taken here.
@@ -136,6 +145,10 @@ def snapshot_node(
     tries = attempt().number
 
     def one(p: GuestSnapshotPlan) -> float | AlreadyTaken:
+        with hold([guest_target(p.guest.vmid)], wait=lock_timeout):
+            return take(p)
+
+    def take(p: GuestSnapshotPlan) -> float | AlreadyTaken:
         started = time.monotonic()
         guest = p.guest
         found = _whole_snapshot(client, guest, p.snapname) if tries > 1 else None
@@ -175,6 +188,9 @@ def snapshot_node(
             out[p.guest.vmid] = GuestTaken(False, 0.0, why, elsewhere=True)
         elif not isinstance(result, MoxflowError):
             out[p.guest.vmid] = GuestTaken(True, round(result, 3))
+        elif isinstance(result, TargetBusyError):  # another moxflow run has the guest
+            logger.warning("%s: %s", target, result)
+            out[p.guest.vmid] = GuestTaken(False, 0.0, str(result), locked=True)
         elif isinstance(result, GuestLockedError):
             why = busy_guest(p.guest, result.message, tries, elapsed)
             logger.warning("%s: still locked after %d tries: %s", target, tries, result)
@@ -203,6 +219,10 @@ def prune_node(
     todo = [p for p in plan.guests if p.prune and taken.get(p.guest.vmid, _NOT_TAKEN).taken]
 
     def one(p: GuestSnapshotPlan) -> tuple[GuestPruned, list[MoxflowError]]:
+        with hold([guest_target(p.guest.vmid)]):
+            return delete(p)
+
+    def delete(p: GuestSnapshotPlan) -> tuple[GuestPruned, list[MoxflowError]]:
         started = time.monotonic()
         removed: list[str] = []
         failures: list[str] = []

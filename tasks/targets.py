@@ -7,21 +7,25 @@ with a lease. The lease is renewed while its holder runs and expires with it: a 
 half-way frees its targets within :data:`LEASE_SECONDS` (plus the server's lease sweep,
 every 15 s), with nothing left to clean by hand. The limits show on the Prefect UI's
 *Concurrency* page, with the slots in use. A second run waits for a held target (bounded),
-then leaves it as busy (:class:`TargetBusy`), never as done.
+then leaves it as busy (:class:`~moxflow.errors.TargetBusyError`), never as done.
 
 The limits are created on first use (Prefect 3 no longer creates them implicitly). The
 server keeps leases in memory unless ``PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE`` names the
-file storage (the compose file and moxflow's own server set it): with memory storage, a
-server restart while a target is held leaves its slot taken (docs/operating.md).
+file storage (:data:`LEASE_STORAGE`: the compose file and moxflow's own servers set it): with
+memory storage, a server restart while a target is held leaves its slot taken
+(docs/operating.md). Expired leases are swept by the server's repossessor service, which a
+``prefect server start`` runs; an ephemeral server (tests, a temporary one) does not.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 import uuid
 from collections.abc import Iterator, Sequence
-from contextlib import ExitStack, contextmanager, suppress
+from contextlib import AbstractContextManager, ExitStack, contextmanager, suppress
 
+import httpx
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
 from prefect.client.schemas.objects import ConcurrencyLeaseHolder
@@ -30,7 +34,7 @@ from prefect.concurrency.sync import concurrency
 from prefect.context import FlowRunContext
 from prefect.exceptions import ObjectAlreadyExists
 
-from moxflow.errors import MoxflowError
+from moxflow.errors import TargetBusyError
 
 LEASE_SECONDS = 60.0
 """How long a held slot outlives its holder's last renewal (renewed every 45 s)."""
@@ -40,22 +44,29 @@ TARGET_WAIT = 120.0
 
 PREFIX = "moxflow-"
 
+LEASE_STORAGE = "prefect.server.concurrency.lease_storage.filesystem"
+"""``PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE`` for a long-lived server: leases on disk (in
+PREFECT_HOME), so that a restart neither forgets who holds a slot nor strands it."""
+
+
+class _QuietRefusals(logging.Filter):
+    """Drops Prefect's ERROR line for a slot request that failed ("Service
+    'ConcurrencySlotAcquisitionWithLeaseService' failed to process item"): the same failure
+    reaches :func:`hold` as an exception, which reports it in the run's words (busy)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args if isinstance(record.args, tuple) else ()
+        return not (args and args[0] == "ConcurrencySlotAcquisitionWithLeaseService")
+
+
+logging.getLogger("prefect._internal.concurrency").addFilter(_QuietRefusals())
+
 _known: set[tuple[str, str]] = set()  # (API URL, limit name): made or seen by this process
 _known_lock = threading.Lock()
 
 
-class TargetBusy(MoxflowError):
-    """Another moxflow run holds the target (its Prefect concurrency slot) and did not let go
-    within the wait. Not retried: the step already waited."""
-
-    def __init__(self, targets: Sequence[str], waited: float) -> None:
-        names = ", ".join(targets)
-        super().__init__(
-            f"another moxflow run holds {names} (Prefect concurrency limit; waited {waited:.0f}s)",
-            hint="the Prefect UI's Concurrency page shows it; a run that died frees it within "
-            f"{LEASE_SECONDS:.0f}s; the next run does this target",
-        )
-        self.targets = tuple(targets)
+SCRATCH_TARGET = f"{PREFIX}scratch-guests"
+"""The slot of the restore tests' scratch guests (the scratch VMID range): one test at a time."""
 
 
 def guest_target(vmid: int) -> str:
@@ -104,37 +115,80 @@ def _holder() -> ConcurrencyLeaseHolder | None:
     return ConcurrencyLeaseHolder(type="flow_run", id=uuid.UUID(str(run.id)))
 
 
+def _held(names: Sequence[str]) -> list[str]:
+    """Which of ``names`` another run holds now."""
+    held: list[str] = []
+    with get_client(sync_client=True) as client:
+        for name in names:
+            try:
+                limit = client.read_global_concurrency_limit_by_name(name)
+            except Exception as exc:  # only the message depends on it
+                logging.getLogger("moxflow").debug("could not read %s: %s", name, exc)
+                continue
+            if limit.active_slots >= limit.limit:
+                held.append(name)
+    return held
+
+
+def _refused(exc: ConcurrencySlotAcquisitionError) -> bool:
+    """The server said the slots are taken (423), as opposed to the limits not existing."""
+    cause = exc.__cause__
+    return isinstance(cause, httpx.HTTPStatusError) and cause.response.status_code == 423
+
+
+def _slots(names: list[str], wait: float | None) -> AbstractContextManager[None]:
+    """Prefect's context manager for the slots: wait up to ``wait`` seconds, or (None) make
+    one request, however long the server takes to answer it."""
+    return concurrency(
+        names,
+        occupy=1,
+        timeout_seconds=wait,
+        max_retries=None if wait is not None else 0,
+        lease_duration=LEASE_SECONDS,
+        strict=True,
+        holder=_holder(),
+        raise_on_lease_renewal_failure=False,
+    )
+
+
+def _take(names: list[str], wait: float) -> ExitStack[bool | None]:
+    """The slots, entered; ``TargetBusyError`` when another run holds one of them."""
+    stack = ExitStack()
+    try:
+        stack.enter_context(_slots(names, wait if wait > 0 else None))
+        return stack
+    except TimeoutError:
+        pass  # held, or the server was slow to answer (SQLite busy): tell which below
+    except ConcurrencySlotAcquisitionError as exc:
+        if not _refused(exc):
+            raise
+    held = _held(names)
+    if held:
+        raise TargetBusyError(held, wait, LEASE_SECONDS)
+    try:  # free now: one request, not cut short by the wait
+        stack.enter_context(_slots(names, None))
+        return stack
+    except ConcurrencySlotAcquisitionError as exc:
+        if not _refused(exc):
+            raise
+        raise TargetBusyError(names, wait, LEASE_SECONDS) from exc
+
+
 @contextmanager
 def hold(targets: Sequence[str], *, wait: float = TARGET_WAIT) -> Iterator[None]:
     """Hold every slot of ``targets`` (all or none, taken together) for the block; wait up to
-    ``wait`` seconds for a run that holds one, else raise :class:`TargetBusy`."""
+    ``wait`` seconds (0: one try) for a run that holds one, else raise ``TargetBusyError``."""
     names = sorted(set(targets))
     if not names:
         yield
         return
     _ensure(names)
-    slots = ExitStack()
-    for attempt in range(2):
-        try:
-            slots.enter_context(
-                concurrency(
-                    names,
-                    occupy=1,
-                    timeout_seconds=max(wait, 0.001),
-                    lease_duration=LEASE_SECONDS,
-                    strict=True,
-                    holder=_holder(),
-                    raise_on_lease_renewal_failure=False,
-                )
-            )
-        except TimeoutError as exc:
-            raise TargetBusy(names, wait) from exc
-        except ConcurrencySlotAcquisitionError:
-            if attempt:
-                raise
-            _forget(names)  # deleted by hand since this process made them: make them again
-            _ensure(names)
-            continue
-        break
+    try:
+        slots = _take(names, wait)
+    except ConcurrencySlotAcquisitionError:
+        # not refused: the limits are gone (deleted by hand since this process made them)
+        _forget(names)
+        _ensure(names)
+        slots = _take(names, wait)
     with slots:
         yield

@@ -365,6 +365,18 @@ def test_compose_prefect_is_the_tested_version_on_postgres() -> None:
     assert "FROM python:3.11-slim" in dockerfile
 
 
+def test_compose_prefect_keeps_concurrency_leases_on_a_volume() -> None:
+    """moxflow's per-target slots (tasks/targets.py) are leases: kept in memory, a server
+    restart would strand every slot held at that moment."""
+    from tasks.targets import LEASE_STORAGE
+
+    prefect = compose()["services"]["prefect"]
+    env = prefect["environment"]
+    assert env["PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE"] == LEASE_STORAGE
+    assert f"prefect:{env['PREFECT_HOME']}" in prefect["volumes"]
+    assert "prefect" in compose()["volumes"]
+
+
 def test_compose_worker_mounts_inventory_and_ssh_read_only() -> None:
     worker = compose()["services"]["worker"]
     assert worker["build"]["context"] == "."

@@ -20,9 +20,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from blocks.proxmox import proxmox_client
 from flows._run import finish
 from flows.params import NixosUpdateParams, flow_parameters
-from moxflow.errors import (
-    MoxflowError,
-)
+from moxflow.errors import MoxflowError, TargetBusyError
 from moxflow.inventory import Inventory, ProxmoxSnapshotMethod, load_inventory
 from moxflow.nixos import (
     RecoveryState,
@@ -58,6 +56,7 @@ from tasks.nixos import (
     verify,
     wait_for_dead_man,
 )
+from tasks.targets import guest_target, hold, host_target
 
 HOW = {
     "wait-for-dead-man": "dead-man timer",
@@ -91,11 +90,15 @@ def update_host(host: str, wave: int, run: HostRun) -> ReportRow | State[ReportR
     """One host, step by step: lock → snapshot → flake-update → build → arm-dead-man →
     switch → verify → confirm → prune → unlock, or after a failed verification the recovery
     steps. The snapshot and the flake update are undone when the build fails
-    or there is nothing to update. The run is Failed when the host did not end up updated
-    (or up to date): failed, or busy (another run holds its lock)."""
+    or there is nothing to update. The host's target slots (:mod:`tasks.targets`) are held
+    throughout. The run is Failed when the host did not end up updated (or up to date):
+    failed, or busy (another run holds its slot or its lock)."""
     run.begun()
     try:
-        row = _update(run)
+        with hold(_targets(run.inv, host), wait=run.inv.nixos.lock_wait):
+            row = _update(run)
+    except TargetBusyError as exc:  # another moxflow run has the host (or its guest)
+        row = run.row(Outcome.BUSY, f"not updated: {exc}")
     except MoxflowError as exc:
         row = run.row(Outcome.FAILED, str(exc))
     finally:
@@ -103,6 +106,13 @@ def update_host(host: str, wave: int, run: HostRun) -> ReportRow | State[ReportR
     if not row.ok:
         return Failed(message=f"{host}: {row.outcome.value}", data=row)
     return Completed(message=row.outcome.value, data=row)
+
+
+def _targets(inv: Inventory, host: str) -> list[str]:
+    """The slots an update of ``host`` holds: the host, and the guest it is, if it is one."""
+    method = inv.nixos_host(host).snapshot
+    vmid = [guest_target(method.vmid)] if isinstance(method, ProxmoxSnapshotMethod) else []
+    return [host_target(host), *vmid]
 
 
 def _update(run: HostRun) -> ReportRow:

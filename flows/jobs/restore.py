@@ -11,9 +11,7 @@ from prefect.logging import get_run_logger
 from blocks.proxmox import proxmox_client
 from flows._run import finish
 from flows.params import RestoreParams, flow_parameters
-from moxflow.errors import (
-    ConfigError,
-)
+from moxflow.errors import ConfigError, TargetBusyError
 from moxflow.inventory import Inventory, load_inventory
 from moxflow.proxmox import ProxmoxClient
 from moxflow.report import Outcome, ReportRow, RunReport
@@ -25,6 +23,7 @@ from moxflow.restore import (
 )
 from tasks.backups import list_archives
 from tasks.restore import restore_guest
+from tasks.targets import guest_target, hold
 
 
 def _first_online_node(client: ProxmoxClient) -> str:
@@ -117,7 +116,11 @@ def restore(
             )
         )
     else:
-        report.add(restore_guest(client, plan, inv.restore_test.task_timeout))
+        try:
+            with hold([guest_target(plan.target)]):  # no other moxflow job changes it meanwhile
+                report.add(restore_guest(client, plan, inv.restore_test.task_timeout))
+        except TargetBusyError as exc:
+            report.add(ReportRow(str(plan.target), Outcome.BUSY, detail=f"not restored: {exc}"))
     return finish(report, artifact_key="restore-report", inv=inv)
 
 

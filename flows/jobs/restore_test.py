@@ -13,10 +13,10 @@ from prefect.logging import get_run_logger
 from blocks.proxmox import proxmox_client
 from flows._run import finish, run_id
 from flows.params import RestoreTestParams, flow_parameters
-from moxflow.errors import (
-    MoxflowError,
-)
-from moxflow.inventory import load_inventory
+from moxflow.errors import MoxflowError, TargetBusyError
+from moxflow.guests import Guest
+from moxflow.inventory import Inventory, load_inventory
+from moxflow.proxmox import ProxmoxClient
 from moxflow.report import Outcome, ReportRow, RunReport
 from moxflow.restore import (
     RestoreTestPlan,
@@ -41,6 +41,7 @@ from tasks.restore import (
     start_scratch,
     wait_agent,
 )
+from tasks.targets import SCRATCH_TARGET, hold
 
 
 @flow(
@@ -131,6 +132,30 @@ def restore_test(
             report.add(_row(plan, Outcome.PLANNED, plan.describe()))
         return finish(report, artifact_key="restore-test-report", inv=inv)
 
+    # the scratch guests' slot is held for the whole apply: two restore tests never pick the
+    # same scratch VMID or destroy each other's scratch guest (no other job selects one)
+    try:
+        with hold([SCRATCH_TARGET]):
+            _apply(report, inv, client, leftovers, plans, run)
+    except TargetBusyError as exc:
+        logger.error("%s", exc)
+        for plan in plans:
+            report.add(_row(plan, Outcome.BUSY, f"not tested: {exc}"))
+    return finish(report, artifact_key="restore-test-report", inv=inv)
+
+
+def _apply(
+    report: RunReport,
+    inv: Inventory,
+    client: ProxmoxClient,
+    leftovers: list[Guest],
+    plans: list[RestoreTestPlan],
+    run: str,
+) -> None:
+    """Destroy the leftovers, then per guest restore → start → wait-agent → destroy → record;
+    each guest's row goes to ``report``."""
+    logger = get_run_logger()
+    rt = inv.restore_test
     # the leftovers first (each one's mark read again right before), then the tests
     clear = tuned(destroy_leftover, inv)
     cleared = [(g, clear.submit(client, g, rt.task_timeout, run)) for g in leftovers]
@@ -176,7 +201,6 @@ def restore_test(
         log = logger.info if row.outcome is Outcome.OK else logger.error
         log("%s: %s", row.target, row.detail)
         report.add(row)
-    return finish(report, artifact_key="restore-test-report", inv=inv)
 
 
 def _row(

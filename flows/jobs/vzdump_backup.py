@@ -29,9 +29,7 @@ from moxflow.backups import (
     plan_backups,
     planned_backup_row,
 )
-from moxflow.errors import (
-    MoxflowError,
-)
+from moxflow.errors import MoxflowError, TargetBusyError
 from moxflow.inventory import Inventory, load_inventory
 from moxflow.proxmox import ProxmoxClient
 from moxflow.report import Outcome, ReportRow, RunReport, format_names, format_size
@@ -300,7 +298,8 @@ def _row(
     except MoxflowError as exc:
         verified.wait()  # never started: its vzdump failed
         detail = dump_failure(exc, job.retry_timeout)
-        return ReportRow(dump.target, Outcome.FAILED, detail=detail), None
+        busy = isinstance(exc, TargetBusyError)  # not done, and not OK: another run holds the guest
+        return ReportRow(dump.target, Outcome.BUSY if busy else Outcome.FAILED, detail=detail), None
     try:
         v = verified.result()
     except MoxflowError as exc:

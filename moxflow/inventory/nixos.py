@@ -305,8 +305,8 @@ class NixosSettings(Section):
     lock_wait: NonNegativeSeconds = Field(
         default=0.0,
         description=(
-            "Seconds a run waits for another run's lock on a host before skipping the host; "
-            "0 skips at once."
+            "Seconds a run waits for another run that holds a host (its slot in Prefect, or "
+            "its lock on the host) before leaving the host as busy; 0 tries once."
         ),
     )
     profile: RemotePath = Field(

@@ -310,6 +310,68 @@ def test_a_host_being_updated_by_another_run_is_busy_and_the_run_not_ok(
     assert lock_dir(fresh_lab, "media").exists()  # the other run's lock is not broken
 
 
+def test_cancelling_a_dead_run_as_the_docs_say_frees_its_host(
+    fresh_lab: LabClient, inv: Path
+) -> None:
+    """docs/operating.md: a host busy for a run that died on a worker (Prefect still shows it
+    Running) is freed by cancelling that run. `prefect flow-run cancel` leaves a run with no
+    process *Cancelling* for ever; the next run, holding the host's slot, cleans up after it
+    and updates the host."""
+    from prefect import flow
+    from prefect.client.orchestration import get_client
+    from prefect.states import Cancelling, Running
+
+    @flow(name="died-on-a-worker")
+    def other() -> None:
+        return None
+
+    with get_client(sync_client=True) as client:
+        run_ = client.create_flow_run(other, state=Running())
+    journal = {
+        "run_id": uuid.uuid4().hex,
+        "flow_run_id": str(run_.id),
+        "host": "media",
+        "phase": "built",
+        "old_generation": 1,
+        "new_generation": None,
+        "snapshot": None,
+        "started": "2026-11-26T01:00:00+00:00",
+    }
+    lock_dir(fresh_lab, "media").mkdir(parents=True)
+    (lock_dir(fresh_lab, "media").parent / "journal.json").write_text(json.dumps(journal))
+    fresh_lab.nixos("media", upstream=NEW_REV)
+    before = current(fresh_lab.state(), "media")
+    busy = nixos_update(inventory=str(inv), only=["media"], return_state=True)
+    assert outcome(busy.result(raise_on_failure=False).report, "media") is Outcome.BUSY
+    with get_client(sync_client=True) as client:  # what `prefect flow-run cancel ID` does
+        client.set_flow_run_state(run_.id, Cancelling(), force=True)
+        assert client.read_flow_run(run_.id).state.is_cancelling()  # type: ignore[union-attr]
+    report = run(inv, only=["media"])
+    assert outcome(report, "media") is Outcome.OK
+    assert "found an interrupted run" in detail(report, "media")
+    assert current(fresh_lab.state(), "media") > before
+    assert not lock_dir(fresh_lab, "media").exists()
+
+
+def test_a_host_another_run_holds_is_busy_before_its_lock_is_read(
+    fresh_lab: LabClient, inv: Path
+) -> None:
+    """Another moxflow run holding the host's slot (tasks.targets, as every update of it
+    does) leaves the host alone: busy, nothing read or changed on it, no lock taken."""
+    from tasks.targets import hold, host_target
+
+    fresh_lab.nixos("media", upstream=NEW_REV)
+    before = current(fresh_lab.state(), "media")
+    with hold([host_target("media")]):  # [nixos] lock_wait = 0: one try
+        state = nixos_update(inventory=str(inv), only=["media"], return_state=True)
+    report = state.result(raise_on_failure=False).report
+    assert state.is_failed()
+    assert outcome(report, "media") is Outcome.BUSY
+    assert "another moxflow run holds moxflow-host-media" in detail(report, "media")
+    assert current(fresh_lab.state(), "media") == before
+    assert not lock_dir(fresh_lab, "media").exists()
+
+
 def test_a_busy_canary_stops_the_roll(fresh_lab: LabClient, inv: Path) -> None:
     """The canary is busy (another live run holds it): no canary result, so the later waves
     do not start, as after a failed canary."""

@@ -28,6 +28,7 @@ from typing import Any, NoReturn
 import pytest
 
 from labsim.client import LabClient
+from tasks.targets import LEASE_STORAGE
 from tests.system.stack import (
     DB_NAME,
     DB_USER,
@@ -141,6 +142,8 @@ def prefect_stack(
         PREFECT_UI_ENABLED="false",
         PREFECT_SERVER_UI_API_URL=api_url,
         PREFECT_CLI_PROMPT="false",
+        # as docker-compose.yml: leases on disk survive a server restart
+        PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE=LEASE_STORAGE,
     )
     server = start(
         "prefect server",

@@ -1,0 +1,92 @@
+"""One mutating job per target (tasks/targets.py): a guest, host or scratch range another
+moxflow run holds is left alone and reported busy by every job; the slots are Prefect global
+concurrency limits anyone can see. (A holder killed outright frees its slot by itself:
+tests/system/test_leases.py, against a real server.)"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from prefect.client.orchestration import get_client
+
+from flows.jobs.guest_snapshot import guest_snapshot
+from flows.jobs.restore_test import restore_test
+from flows.jobs.vzdump_backup import vzdump_backup
+from labsim.client import LabClient
+from moxflow.report import Outcome, RunReport
+from tasks.targets import SCRATCH_TARGET, guest_target, hold
+from tests.flows.conftest import guest_snapshots
+
+
+def rows(report: RunReport) -> dict[int, tuple[Outcome, str]]:
+    """Each guest's row (a backup's coverage rows aside)."""
+    return {
+        int(r.target.split()[0]): (r.outcome, r.detail)
+        for r in report.rows
+        if not r.target.endswith("coverage")
+    }
+
+
+def test_a_guest_another_run_holds_is_busy_for_snapshots_and_backups(
+    fresh_lab: LabClient, lab_inventory: Path
+) -> None:
+    """Guest 101 held (as a running backup, restore or update of it holds it): the snapshot
+    and backup runs leave it alone, say who holds it, do the others, and end not OK."""
+    before = fresh_lab.state()
+    with hold([guest_target(101)]):
+        snap = guest_snapshot(
+            label="daily",
+            select="100,101",
+            lock_timeout=0.5,
+            inventory=str(lab_inventory),
+            return_state=True,
+        )
+        dump = vzdump_backup(
+            select="101,100",
+            offsite=False,
+            lock_timeout=0.5,
+            inventory=str(lab_inventory),
+            return_state=True,
+        )
+    state = fresh_lab.state()
+    for run in (snap, dump):
+        assert run.is_failed()
+        report = run.result(raise_on_failure=False).report
+        outcome, why = rows(report)[101]
+        assert outcome is Outcome.BUSY
+        assert "another moxflow run holds moxflow-guest-101" in why
+        assert rows(report)[100][0] is Outcome.OK
+    assert guest_snapshots(state, 101) == guest_snapshots(before, 101)
+    archives = [a for s in state["storages"].values() for a in s["archives"]]
+    assert not any(a["vmid"] == 101 for a in archives if a not in _archives(before))
+    assert any(a["vmid"] == 100 for a in archives if a not in _archives(before))
+
+
+def _archives(state: dict[str, object]) -> list[object]:
+    return [a for s in state["storages"].values() for a in s["archives"]]  # type: ignore[attr-defined]
+
+
+def test_a_restore_test_waits_for_no_other_restore_test(
+    fresh_lab: LabClient, lab_inventory: Path
+) -> None:
+    """Two restore tests never share the scratch range: while one holds it, the other
+    restores nothing and reports each guest busy."""
+    before = set(fresh_lab.state()["guests"])
+    with hold([SCRATCH_TARGET], wait=0):
+        run = restore_test(select="101", inventory=str(lab_inventory), return_state=True)
+    assert run.is_failed()
+    report = run.result(raise_on_failure=False).report
+    assert [r.outcome for r in report.rows] == [Outcome.BUSY]
+    assert f"another moxflow run holds {SCRATCH_TARGET}" in report.rows[0].detail
+    assert set(fresh_lab.state()["guests"]) == before  # no scratch guest was made
+
+
+def test_the_slots_are_prefect_global_concurrency_limits(
+    fresh_lab: LabClient, lab_inventory: Path
+) -> None:
+    """A run leaves a limit of 1 per target it changed on the server (the UI's Concurrency
+    page), with no slot in use once it is over."""
+    guest_snapshot(label="daily", select="102", inventory=str(lab_inventory))
+    with get_client(sync_client=True) as client:
+        limit = client.read_global_concurrency_limit_by_name(guest_target(102))
+    assert (limit.limit, limit.active_slots) == (1, 0)
