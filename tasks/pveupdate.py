@@ -353,10 +353,9 @@ def guests_leave(run: NodeRun, upstream: object) -> int:
 
 @dataclass(frozen=True, slots=True)
 class Upgraded:
-    """What ``apt-get dist-upgrade`` did, and how long it took."""
+    """How long ``apt-get dist-upgrade`` and ``autoremove`` took."""
 
     seconds: float
-    audit_after: str
 
 
 @step("pveupdate-upgrade", "{run.node}: upgrade")
@@ -389,7 +388,7 @@ def upgrade(run: NodeRun, upstream: object) -> Upgraded:
         removed = ssh.run(autoremove_argv(), timeout=limit, check=False)
         log.info("%s: apt-get autoremove (exit %d):\n%s", run.node, removed.exit_code,
                  removed.stdout)  # fmt: skip
-    return Upgraded(time.monotonic() - started, str(after))
+    return Upgraded(time.monotonic() - started)
 
 
 @dataclass(frozen=True, slots=True)
