@@ -54,6 +54,8 @@ class Definition:
     """When it runs, in the inventory's time zone."""
     description: str
     parameters: Mapping[str, Any] = field(default_factory=dict)
+    off: bool = False
+    """Off unless the inventory's [schedules] turns it on (a job that reboots machines)."""
     """Default parameters; everything else is the flow's own default."""
 
     @property
@@ -114,6 +116,18 @@ DEFINITIONS: tuple[Definition, ...] = (
         cron="0 3 * * 6",
         description="Every Saturday at 03:00: update the NixOS hosts, canary first, "
         "with snapshot, verification and automatic rollback.",
+    ),
+    # Proxmox node updates: weekly, Sunday 03:00, off by default (they reboot the nodes):
+    # [schedules] "proxmox-update/weekly" = "0 3 * * 0" turns it on.
+    Definition(
+        flow_name="proxmox-update",
+        name="weekly",
+        entrypoint="flows/jobs/proxmox_update.py:proxmox_update",
+        cron="0 3 * * 0",
+        description="Every Sunday at 03:00 (off by default): update the Proxmox nodes one "
+        "at a time, with a root snapshot, guests moved away and back, a reboot when the "
+        "kernel changed, and verification.",
+        off=True,
     ),
     Definition(
         flow_name="vzdump-backup",
@@ -193,7 +207,7 @@ def inventory_schedules(
     from moxflow.errors import ConfigError
     from moxflow.inventory import inventory_path, load_inventory
 
-    out = {d.full_name: d.cron for d in definitions}
+    out = {d.full_name: OFF if d.off else d.cron for d in definitions}
     if not inventory_path(inventory).is_file():
         return out
     inv = load_inventory(inventory)
@@ -221,6 +235,9 @@ def nothing_to_do(inv: Inventory, flow_name: str) -> str:
         return "no [[zfs.datasets]] in the inventory"
     if flow_name == "nixos-update" and not inv.nixos.hosts:
         return "no [nixos.hosts] in the inventory"
+    if flow_name == "proxmox-update":
+        return 'off by default (it reboots nodes); [schedules] "proxmox-update/weekly" turns it on'
+
     if flow_name in ("guest-snapshot", "vzdump-backup", "restore-test") and inv.proxmox is None:
         return "no [proxmox] in the inventory"
     return ""

@@ -31,6 +31,7 @@ __all__ = [
     "HealthReportParams",
     "NixosUpdateParams",
     "OffsiteCopyParams",
+    "ProxmoxUpdateParams",
     "RestoreParams",
     "RestoreTestParams",
     "VzdumpBackupParams",
@@ -152,6 +153,28 @@ class NixosUpdateParams(FlowParams):
     force: bool = Field(
         default=False,
         description="rebuild and switch even when `nix flake update` changed nothing",
+    )
+    dry_run: DryRun = False
+    inventory: InventoryFile = None
+
+
+class ProxmoxUpdateParams(FlowParams):
+    """Update the Proxmox nodes one at a time: snapshot, guests leave, upgrade, reboot, verify."""
+
+    only: Annotated[list[str] | None, Cli(metavar="NODE")] = Field(
+        default=None,
+        description="update only these nodes (repeat or comma-separate; default: "
+        "[proxmox_update] nodes, else every node)",
+    )
+    guests: Literal["migrate", "shutdown", "leave"] | None = Field(
+        default=None,
+        description="what happens to guests HA does not manage: migrate away and back, shut "
+        "down and start again, or leave running (default: [proxmox_update] guests)",
+    )
+    reboot: Literal["auto", "always", "never"] | None = Field(
+        default=None,
+        description="reboot after the upgrade: auto (when the kernel changed), always, never "
+        "(default: [proxmox_update] reboot)",
     )
     dry_run: DryRun = False
     inventory: InventoryFile = None

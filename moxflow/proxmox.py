@@ -597,6 +597,63 @@ class ProxmoxClient:
         path = f"/nodes/{node}/apt/update"
         return self._expect_list(path, self.get(path))
 
+    def node_status(self, node: str) -> dict[str, Any]:
+        """``GET /nodes/{node}/status``: uptime, running kernel, pve-manager version, ...
+        (``moxflow.pveupdate.parse_node_status`` reads it)."""
+        path = f"/nodes/{node}/status"
+        return self._expect_dict(path, self.get(path))
+
+    def reboot_node(self, node: str) -> None:
+        """``POST /nodes/{node}/status command=reboot``: answers null, not a task; the node
+        goes on answering for a while (prove the reboot by its uptime)."""
+        self.post(f"/nodes/{node}/status", command="reboot")
+
+    def apt_update(self, node: str) -> str:
+        """``POST /nodes/{node}/apt/update``: start refreshing the package lists (an
+        ``aptupdate`` task); its UPID."""
+        path = f"/nodes/{node}/apt/update"
+        return self._expect_upid("POST", path, self.post(path))
+
+    def apt_versions(self, node: str) -> list[Any]:
+        """``GET /nodes/{node}/apt/versions``: installed versions of Proxmox's packages, raw."""
+        path = f"/nodes/{node}/apt/versions"
+        return self._expect_list(path, self.get(path))
+
+    def cluster_status(self) -> list[Any]:
+        """``GET /cluster/status``: the cluster row (quorum) and one row per node, raw."""
+        return self._expect_list("/cluster/status", self.get("/cluster/status"))
+
+    def qdevice(self) -> dict[str, Any]:
+        """``GET /cluster/config/qdevice``: the QDevice's status, ``{}`` without one."""
+        path = "/cluster/config/qdevice"
+        return self._expect_dict(path, self.get(path))
+
+    def ha_manager_status(self) -> Any:
+        """``GET /cluster/ha/status/manager_status``, raw (``{}`` while no CRM is master)."""
+        return self.get("/cluster/ha/status/manager_status")
+
+    def active_tasks(self, node: str) -> list[Any]:
+        """``GET /nodes/{node}/tasks?source=active``: the node's running tasks, raw."""
+        path = f"/nodes/{node}/tasks"
+        return self._expect_list(path, self.get(path, source="active"))
+
+    def migrate_precheck(self, node: str, gtype: GuestType, vmid: int) -> dict[str, Any]:
+        """``GET .../{type}/{vmid}/migrate``: whether and where a guest can migrate, raw."""
+        path = f"{_guest_path(node, gtype, vmid)}/migrate"
+        return self._expect_dict(path, self.get(path))
+
+    def migrate(self, node: str, gtype: GuestType, vmid: int, target: str, **params: Any) -> str:
+        """``POST .../{type}/{vmid}/migrate`` to ``target`` (``online`` for a VM, ``restart``
+        for a container, ...): its UPID (``qmigrate``, ``vzmigrate``, or ``hamigrate``, which
+        only queues the move for an HA-managed guest)."""
+        path = f"{_guest_path(node, gtype, vmid)}/migrate"
+        return self._expect_upid("POST", path, self.post(path, target=target, **params))
+
+    def shutdown(self, node: str, gtype: GuestType, vmid: int, timeout: int) -> str:
+        """``POST .../status/shutdown`` (clean, ``forceStop`` after ``timeout`` s): its UPID."""
+        path = f"{_guest_path(node, gtype, vmid)}/status/shutdown"
+        return self._expect_upid("POST", path, self.post(path, timeout=timeout, forceStop=1))
+
     def version(self) -> dict[str, Any]:
         """``GET /version``: needs a valid token, so it checks the credentials too."""
         data = self.get("/version")
@@ -727,6 +784,14 @@ class ProxmoxClient:
         if not isinstance(data, list):
             raise ParseError("expected a list", source=path, text=repr(data))
         return data
+
+    @staticmethod
+    def _expect_dict(path: str, data: Any) -> dict[str, Any]:
+        if data is None:
+            return {}
+        if not isinstance(data, Mapping):
+            raise ParseError("expected an object", source=path, text=repr(data))
+        return dict(data)
 
     @staticmethod
     def _expect_upid(method: str, path: str, data: Any) -> str:

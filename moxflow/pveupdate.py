@@ -71,7 +71,6 @@ __all__ = [
     "TargetNode",
     "Verdict",
     "autoremove_argv",
-    "boot_id_argv",
     "compare_versions",
     "decide_reboot",
     "dist_upgrade_argv",
@@ -86,7 +85,6 @@ __all__ = [
     "maintenance_argv",
     "parse_apt_updates",
     "parse_apt_versions",
-    "parse_boot_id",
     "parse_cluster_status",
     "parse_dpkg_audit",
     "parse_failed_units",
@@ -677,14 +675,6 @@ def parse_held_packages(stdout: str) -> tuple[str, ...]:
     return tuple(sorted({line.strip() for line in stdout.splitlines() if line.strip()}))
 
 
-def parse_boot_id(stdout: str) -> str:
-    """The boot id from ``/proc/sys/kernel/random/boot_id`` (a UUID)."""
-    text = stdout.strip().lower()
-    if not re.fullmatch(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", text):
-        raise ParseError(f"not a boot id: {stdout!r}", source="boot_id", text=stdout)
-    return text
-
-
 _DPKG_LOG_RE = re.compile(
     r"(?P<when>\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}) (?:upgrade|install) \S+ \S+ \S+", re.ASCII
 )
@@ -755,11 +745,6 @@ def dpkg_audit_argv() -> list[str]:
 def held_packages_argv() -> list[str]:
     """``apt-mark showhold``; parse with :func:`parse_held_packages`."""
     return ["apt-mark", "showhold"]
-
-
-def boot_id_argv() -> list[str]:
-    """``cat /proc/sys/kernel/random/boot_id``: changes with every boot."""
-    return ["cat", "/proc/sys/kernel/random/boot_id"]
 
 
 def dpkg_log_argv() -> list[str]:

@@ -140,12 +140,20 @@ RESTORE_TEST_COLUMNS = (
     *(Column("boot"), Column("agent"), OUTCOME, DETAIL),
 )
 RESTORE_COLUMNS = (Column("archive"), Column("target", "target vmid"), OUTCOME, DETAIL)
+PROXMOX_UPDATE_COLUMNS = (
+    Column("target", "node"),
+    Column("packages"),  # how many packages the upgrade installs
+    Column("reboot"),  # yes, no, or pending (needed but --reboot never)
+    Column("snapshot"),  # the pre-update snapshot of the root dataset
+    *(OUTCOME, DETAIL),
+)
 HEALTH_COLUMNS = (TARGET, Column("kind"), Column("last"), Column("limit"), OUTCOME, DETAIL)
 
 JOB_COLUMNS: Mapping[str, tuple[Column, ...]] = {
     "zfs-snapshot": SNAPSHOT_COLUMNS,
     "guest-snapshot": SNAPSHOT_COLUMNS,
     "nixos-update": NIXOS_COLUMNS,
+    "proxmox-update": PROXMOX_UPDATE_COLUMNS,
     "vzdump-backup": BACKUP_COLUMNS,
     "offsite-copy": BACKUP_COLUMNS,
     "restore-test": RESTORE_TEST_COLUMNS,

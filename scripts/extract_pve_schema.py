@@ -43,13 +43,14 @@ SUBSET: dict[str, tuple[str, ...]] = {
     "/nodes/{node}/startall": ("POST",),
     "/cluster/ha/status/manager_status": ("GET",),
     "/cluster/ha/status/current": ("GET",),
+    "/cluster/config/qdevice": ("GET",),
 }
 for _t in ("qemu", "lxc"):
     SUBSET |= {
         f"/nodes/{{node}}/{_t}": ("GET", "POST"),
         f"/nodes/{{node}}/{_t}/{{vmid}}": ("DELETE",),
         f"/nodes/{{node}}/{_t}/{{vmid}}/config": ("GET",),
-        f"/nodes/{{node}}/{_t}/{{vmid}}/migrate": ("GET", "POST") if _t == "qemu" else ("POST",),
+        f"/nodes/{{node}}/{_t}/{{vmid}}/migrate": ("GET", "POST"),
         f"/nodes/{{node}}/{_t}/{{vmid}}/status/current": ("GET",),
         f"/nodes/{{node}}/{_t}/{{vmid}}/status/start": ("POST",),
         f"/nodes/{{node}}/{_t}/{{vmid}}/status/stop": ("POST",),

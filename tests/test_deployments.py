@@ -125,8 +125,10 @@ def test_deploy_step_reads_moxflow_inventory(
     assert settings["active_restore_test_weekly"] is False  # "off": registered, inactive
     assert settings["cron_restore_test_weekly"] == "0 5 * * 0"
     assert sum(k.startswith("cron_") for k in settings) == len(DEFINITIONS)
+    off = sum(d.off for d in DEFINITIONS)  # proxmox-update/weekly: off by default
+    assert settings["active_proxmox_update_weekly"] is False
     assert sum(v is True for k, v in settings.items() if k.startswith("active_")) == (
-        len(DEFINITIONS) - 1
+        len(DEFINITIONS) - 1 - off
     )
 
 
@@ -141,7 +143,7 @@ def test_schedules_from_the_inventory_are_checked(lab_inventory: Path) -> None:
     with pytest.raises(ConfigError, match="not a cron schedule"):
         inventory_schedules(inv)
     assert inventory_schedules(inv.parent / "missing.toml") == {
-        d.full_name: d.cron for d in DEFINITIONS
+        d.full_name: "off" if d.off else d.cron for d in DEFINITIONS
     }
 
 
@@ -287,7 +289,7 @@ def test_serve_list_shows_the_inventory_timezone(
     berlin.write_text(lab_inventory.read_text().replace('"UTC"', '"Europe/Berlin"', 1))
     assert serve.main(["--list", "--inventory", str(berlin)]) == 0
     out = capsys.readouterr().out
-    assert out.count("(Europe/Berlin)") == len(DEFINITIONS)
+    assert out.count("(Europe/Berlin)") == len([d for d in DEFINITIONS if not d.off])
 
 
 @pytest.mark.parametrize(

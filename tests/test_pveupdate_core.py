@@ -38,7 +38,6 @@ from moxflow.pveupdate import (
     maintenance_argv,
     parse_apt_updates,
     parse_apt_versions,
-    parse_boot_id,
     parse_cluster_status,
     parse_dpkg_audit,
     parse_failed_units,
@@ -303,14 +302,6 @@ def test_parse_dpkg_audit() -> None:
 def test_parse_held_packages() -> None:
     assert parse_held_packages("proxmox-ve\nzfsutils-linux\n\n") == ("proxmox-ve", "zfsutils-linux")
     assert parse_held_packages("") == ()
-
-
-def test_parse_boot_id() -> None:
-    assert parse_boot_id("5B1C2F0E-9D1A-4A51-8F3B-0C6E2D7A9B10\n") == (
-        "5b1c2f0e-9d1a-4a51-8f3b-0c6e2d7a9b10"
-    )
-    with pytest.raises(ParseError):
-        parse_boot_id("cat: no such file\n")
 
 
 def test_last_upgrade() -> None:

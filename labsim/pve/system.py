@@ -392,9 +392,11 @@ class PveSystem(System):
     # -- guest power ---------------------------------------------------------------------------
 
     def guest_power(self, node: str, gtype: str, vmid: int, action: str, *, user: str) -> Task:
-        """``POST .../status/start`` or ``.../status/stop``: a qmstart/qmstop (vz...) task."""
+        """``POST .../status/start``, ``.../status/stop`` or ``.../status/shutdown``: a
+        qmstart/qmstop/qmshutdown (vz...) task (a clean shutdown ends as a stop does)."""
         prefix = "qm" if gtype == "qemu" else "vz"
         ttype = f"{prefix}{action}"
+        action = "stop" if action == "shutdown" else action
         g = self.guest_on(node, gtype, vmid)
         if g is None:
             raise PveError(500, self.missing_config(node, gtype, vmid))

@@ -147,8 +147,9 @@ _POOLS = ("apps", None, "infra", None)
 def generated_topology(now: float, nodes: int, guests_per_node: int) -> Topology:
     """``nodes`` nodes × ``guests_per_node`` guests (mixed qemu/lxc, varied tags and pools,
     every seventh stopped, every fifth running VM HA-managed, every eleventh VM with a PCI
-    device) plus one template per node, for benchmarks. Every node has updates waiting (a
-    new kernel among them); a 2-node cluster has a QDevice."""
+    device, all on the shared ``ceph-vm`` storage but every fourth on ``local-zfs``) plus
+    one template per node, for benchmarks. Every node has updates waiting (a new kernel
+    among them); a 2-node cluster has a QDevice."""
     boot = now - 12 * 86400
     up = now - 86400
     node_map = {
@@ -175,6 +176,7 @@ def generated_topology(now: float, nodes: int, guests_per_node: int) -> Topology
                 agent=gtype == "qemu",
                 ostype="l26" if gtype == "qemu" else "debian",
                 started_at=None if stopped else up,
+                storage="local-zfs" if vmid % 4 == 3 else "ceph-vm",
             )
             if gtype == "qemu" and not stopped and vmid % 5 == 0:
                 guests[vmid].hastate = "started"
@@ -186,6 +188,12 @@ def generated_topology(now: float, nodes: int, guests_per_node: int) -> Topology
             tid, "qemu", f"template-{name}", name, status="stopped", template=True,
             maxdisk=16 * GiB, agent=True,
         )  # fmt: skip
+    storages = _storages()
+    # shared, so its guests can migrate (those of every fourth VMID stay on local-zfs)
+    storages["ceph-vm"] = Storage(
+        "ceph-vm", "rbd", ["images", "rootdir"], shared=True, total=8192 * GiB,
+        bandwidth=800 * MiB,
+    )  # fmt: skip
     return Topology(
-        CLUSTER_NAME, node_map, guests, _storages(), [*node_map, "nas"], qdevice=nodes == 2
+        CLUSTER_NAME, node_map, guests, storages, [*node_map, "nas"], qdevice=nodes == 2
     )

@@ -230,6 +230,12 @@ def stop_guest(req: Request) -> Any:
     return req.pve.guest_power(req.node, req.gtype, req.vmid, "stop", user=req.user).upid
 
 
+@ROUTES.route("POST", *both("/{vmid}/status/shutdown"))
+def shutdown_guest(req: Request) -> Any:
+    req.pve.require_node(req.node)
+    return req.pve.guest_power(req.node, req.gtype, req.vmid, "shutdown", user=req.user).upid
+
+
 @ROUTES.route("DELETE", *both("/{vmid}"))
 def destroy_guest(req: Request) -> Any:
     req.pve.require_node(req.node)

@@ -137,6 +137,41 @@ def local_disks(req: Request, g: Guest) -> list[dict[str, Any]]:
     ]
 
 
+@ROUTES.route("GET", "/cluster/config/qdevice")
+def get_qdevice(req: Request) -> Any:
+    """The QDevice's status as ``corosync-qdevice-tool -sv`` gives it; ``{}`` without one."""
+    if not req.pve.qdevice:
+        return {}
+    return {
+        "Algorithm": "Fifty-Fifty split",
+        "Connected clients": str(sum(n.status == "online" for n in req.pve.nodes.values())),
+        "QNetd host": "192.168.100.5:5403",
+        "State": "Connected",
+        "Tie-breaker": "Node with lowest node ID",
+    }
+
+
+def _allowed(req: Request) -> tuple[list[str], list[str]]:
+    """The other nodes: online ones (allowed), the rest."""
+    allowed = [n for n, node in req.pve.nodes.items() if n != req.node and node.status == "online"]
+    others = [n for n in req.pve.nodes if n != req.node and n not in allowed]
+    return allowed, others
+
+
+@ROUTES.route("GET", "/nodes/{node}/lxc/{vmid}/migrate")
+def get_lxc_migrate_precheck(req: Request) -> Any:
+    """A container's pre-check (PVE 9.1): hyphenated keys, no local disk list."""
+    req.pve.require_node(req.node)
+    g = req.pve.load_guest(req.node, "lxc", req.vmid)
+    allowed, others = _allowed(req)
+    return {
+        "running": g.status == "running",
+        "allowed-nodes": allowed,
+        "not-allowed-nodes": {n: {"blocking-ha-resources": []} for n in others},
+        "dependent-ha-resources": [],
+    }
+
+
 @ROUTES.route("GET", "/nodes/{node}/qemu/{vmid}/migrate")
 def get_migrate_precheck(req: Request) -> Any:
     req.pve.require_node(req.node)

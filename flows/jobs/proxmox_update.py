@@ -1,0 +1,260 @@
+"""The proxmox-update flow; what it does and its command line: ``flows/proxmox_update.py``."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from prefect import flow
+from prefect.client.schemas.objects import State
+from prefect.logging import get_run_logger
+from prefect.states import Completed, Failed
+from prefect.task_runners import ThreadPoolTaskRunner
+
+from blocks.proxmox import proxmox_client
+from flows._run import finish
+from flows.params import ProxmoxUpdateParams, flow_parameters
+from moxflow.errors import ConfigError, MoxflowError
+from moxflow.inventory import Inventory, load_inventory
+from moxflow.inventory.proxmox_update import GuestPolicy, RebootPolicy
+from moxflow.naming import snapshot_name
+from moxflow.proxmox import ProxmoxClient
+from moxflow.pveupdate import (
+    SNAPSHOT_LABEL,
+    NodePlan,
+    RollPlan,
+    failure_next_steps,
+    parse_cluster_status,
+    plan_roll,
+    preflight,
+)
+from moxflow.report import Outcome, ReportRow, RunReport
+from moxflow.snapshots import utc_now
+from tasks._retry import tuned
+from tasks.pveupdate import (
+    ClusterFacts,
+    NodeRun,
+    NodeState,
+    cluster_facts,
+    guests_leave,
+    guests_return,
+    node_facts,
+    reboot,
+    refresh_lists,
+    snapshot,
+    upgrade,
+    verify,
+)
+from tasks.targets import TargetBusy, hold, node_target
+
+JOB = "proxmox-update"
+
+
+def _cells(plan: NodePlan, snap: str | None = None) -> dict[str, str]:
+    """The report cells of a node: packages, reboot, snapshot."""
+    count = len(plan.packages)
+    reboot_text = ""
+    if plan.reboot is not None:
+        reboot_text = "yes" if plan.reboot.reboot else "pending" if plan.reboot.pending else "no"
+    return {
+        "packages": str(count) if count else "",
+        "reboot": reboot_text,
+        "snapshot": snap or "",
+    }
+
+
+@flow(name="proxmox-update-node", flow_run_name="{node}", validate_parameters=False)
+def update_node(node: str, run: NodeRun) -> ReportRow | State[ReportRow]:
+    """One node, step by step: snapshot → guests-leave → upgrade → reboot (when needed) →
+    verify → guests-return, holding the node's slot the whole time. Failed when the node did
+    not end up updated: failed (the roll stops) or busy (another run holds it)."""
+    try:
+        with hold([node_target(node)]):
+            row = _chain(run)
+    except TargetBusy as exc:
+        row = ReportRow(node, Outcome.BUSY, detail=str(exc), cells=_cells(run.plan))
+    if not row.ok:
+        return Failed(message=f"{node}: {row.outcome.value}", data=row)
+    return Completed(message=row.outcome.value, data=row)
+
+
+def _chain(run: NodeRun) -> ReportRow:
+    inv, plan = run.inv, run.plan
+    try:
+        snap = tuned(snapshot, inv)(run)
+        left = guests_leave(run, snap)
+        done: object = upgrade(run, left)
+        if plan.reboot is not None and plan.reboot.reboot:
+            done = reboot(run, done)
+        verified = tuned(verify, inv)(run, done)
+        guests_return(run, verified)
+    except MoxflowError as exc:
+        return ReportRow(
+            plan.node, Outcome.FAILED, detail=str(exc), cells=_cells(plan, run.snapshot)
+        )
+    why = f"; {plan.reboot.reason}" if plan.reboot is not None else ""
+    notes = f"; {'; '.join(run.notes)}" if run.notes else ""
+    text = f"{len(plan.packages)} packages upgraded{why}{notes}"
+    return ReportRow(plan.node, Outcome.OK, detail=text, cells=_cells(plan, run.snapshot))
+
+
+def _nodes(inv: Inventory, client: ProxmoxClient, only: list[str] | None) -> list[str]:
+    """The nodes this run covers: [proxmox_update] nodes (else every node), cut by --only."""
+    cluster = parse_cluster_status(client.cluster_status())
+    chosen = inv.proxmox_update_nodes([n.name for n in cluster.nodes])
+    if only:
+        unknown = [n for n in only if n not in chosen]
+        if unknown:
+            raise ConfigError(
+                f"--only names nodes this job does not update: {', '.join(unknown)}; "
+                f"it updates: {', '.join(chosen)}",
+                setting="only",
+            )
+        chosen = [n for n in chosen if n in only]
+    return chosen
+
+
+@flow(
+    name=JOB,
+    description="Update the Proxmox VE nodes one at a time, snapshot-guarded and verified.",
+    task_runner=ThreadPoolTaskRunner(max_workers=8),  # type: ignore[arg-type]
+)
+@flow_parameters(ProxmoxUpdateParams)
+def proxmox_update(
+    *,
+    only: list[str] | None = None,
+    guests: GuestPolicy | None = None,
+    reboot: RebootPolicy | None = None,
+    dry_run: bool = False,
+    inventory: str | None = None,
+) -> RunReport | State[Any]:
+    """Pre-flight the cluster, plan the roll, then one ``proxmox-update-node`` subflow run
+    per node, one at a time; the first failure stops the roll."""
+    p = ProxmoxUpdateParams(
+        only=only, guests=guests, reboot=reboot, dry_run=dry_run, inventory=inventory
+    )
+    logger = get_run_logger()
+    inv = load_inventory(p.inventory)
+    settings = inv.proxmox_update
+    report = RunReport(job=JOB, label="update", dry_run=p.dry_run, counts_snapshots=False)
+    now, tz = utc_now(), ZoneInfo(inv.timezone)
+    with proxmox_client(inv) as client:
+        nodes = _nodes(inv, client, p.only)
+        facts = cluster_facts(client, nodes)
+        online = {n.name for n in facts.cluster.nodes if n.online}
+        states: dict[str, NodeState] = {}
+        refused: list[str] = []
+        policy = p.guests or settings.guests
+        for node in nodes:
+            if node not in online:
+                continue
+            try:
+                tuned(refresh_lists, inv)(client, node)
+                states[node] = tuned(node_facts, inv)(
+                    inv, client, node, facts.guests, policy == "migrate"
+                )
+            except MoxflowError as exc:
+                refused.append(f"{node}: {exc}")
+                report.add(ReportRow(node, Outcome.FAILED, detail=f"pre-flight: {exc}"))
+        plan = _plan(facts, states, inv, now, p)
+        for line in plan.describe():
+            logger.info("%s", line)
+        report.notes.extend(plan.describe())
+        if refused or not plan.preflight.ok:
+            why = "; ".join([*refused, *plan.preflight.reasons])
+            if not plan.preflight.ok:
+                report.add(ReportRow("cluster", Outcome.FAILED, detail=f"refused: {why}"))
+            for n in plan.nodes:
+                if all(r.target != n.node for r in report.rows):
+                    report.add(ReportRow(n.node, Outcome.SKIPPED, detail="not started: refused"))
+            return finish(report, artifact_key="proxmox-update-report", inv=inv)
+        if p.dry_run:
+            for n in plan.nodes:
+                outcome = Outcome.SKIPPED if n.skip else Outcome.PLANNED
+                detail = n.skip or " | ".join(line.strip() for line in n.describe()[1:])
+                report.add(ReportRow(n.node, outcome, detail=detail, cells=_cells(n, n.snapshot)))
+            return finish(report, artifact_key="proxmox-update-report", inv=inv)
+        _roll(report, inv, client, plan, states, now, tz)
+    return finish(report, artifact_key="proxmox-update-report", inv=inv)
+
+
+def _plan(
+    facts: ClusterFacts,
+    states: dict[str, NodeState],
+    inv: Inventory,
+    now: datetime,
+    p: ProxmoxUpdateParams,
+) -> RollPlan:
+    """The pre-flight verdict and the roll's plan from the facts (pure)."""
+    settings = inv.proxmox_update
+    verdict = preflight(
+        facts.cluster,
+        facts.ha,
+        facts.tasks,
+        qdevice=facts.qdevice,
+        two_node=settings.two_node_without_qdevice,
+        dpkg={n: s.audit for n, s in states.items()},
+        held={n: s.facts.held for n, s in states.items()},
+        broken={n: s.installed.broken for n, s in states.items()},
+    )
+    online = [n for n in facts.cluster.nodes if n.online]
+    # HA maintenance needs another node to move the HA services to
+    ha = facts.ha if len(online) > 1 else None
+    return plan_roll(
+        [s.facts for s in states.values()],
+        settings,
+        verdict,
+        ha=ha,
+        snapshot=snapshot_name(SNAPSHOT_LABEL, now),
+        policy=p.guests,
+        reboot=p.reboot,
+    )
+
+
+def _roll(
+    report: RunReport,
+    inv: Inventory,
+    client: ProxmoxClient,
+    plan: RollPlan,
+    states: dict[str, NodeState],
+    now: datetime,
+    tz: ZoneInfo,
+) -> None:
+    """The nodes in the plan's order, one subflow run each; the first failure stops it."""
+    logger = get_run_logger()
+    stopped: str | None = None
+    for n in plan.nodes:
+        if stopped is not None:
+            report.add(ReportRow(n.node, Outcome.SKIPPED, detail=f"not started: {stopped}"))
+            continue
+        if n.skip:
+            report.add(ReportRow(n.node, Outcome.SKIPPED, detail=n.skip, cells=_cells(n)))
+            continue
+        run = NodeRun(inv, client, n, states[n.node], now, tz)
+        state = update_node(n.node, run, return_state=True)
+        row = state.result(raise_on_failure=False)
+        if not isinstance(row, ReportRow):
+            row = ReportRow(n.node, Outcome.FAILED, detail=f"the node's update crashed: {row}")
+        report.add(row)
+        logger.info("%s: %s", row.target, row.line())
+        if not row.ok:
+            stopped = f"{n.node} {row.outcome.value}"
+            if row.outcome is not Outcome.BUSY:
+                snapname = run.snapshot.partition("@")[2] if run.snapshot else None
+                report.notes.extend(
+                    failure_next_steps(
+                        n.node,
+                        inv.proxmox_update.root_dataset,
+                        snapname,
+                        states[n.node].facts.running_kernel,
+                        maintenance=run.maintenance,
+                    )
+                )
+
+
+def check(p: ProxmoxUpdateParams) -> None:
+    """Bad input fails here, before the flow starts: the inventory, the token, the nodes."""
+    inv = load_inventory(p.inventory)
+    with proxmox_client(inv) as client:
+        _nodes(inv, client, p.only)

@@ -1,0 +1,42 @@
+"""Update the Proxmox VE nodes one at a time: snapshot, guests leave, upgrade, reboot, verify.
+
+Pre-flight for the whole cluster first, before any change: quorate, every node online, no
+backup, migration or other blocking task running, no broken dpkg, and a two-node cluster
+only with a QDevice ([proxmox_update] two_node_without_qdevice). The package lists are
+refreshed through the API (the aptupdate task); a node with nothing to upgrade is skipped.
+--dry-run stops there and shows per node the packages (current → new), whether it reboots
+and why, and what happens to each guest.
+
+Then, one node at a time (a subflow run per node, named after it):
+
+  snapshot       zfs snapshot of its root dataset (label pre-update, pruned by
+                 [proxmox_update.policies])
+  guests-leave   HA node maintenance for HA-managed guests (waits until none is left on
+                 it); the others migrate (online VMs, containers in restart mode), shut
+                 down, or stay, by --guests; a guest with local disks or passthrough
+                 follows its fallback ([proxmox_update] fallback, default_fallback)
+  upgrade        apt-get dist-upgrade non-interactively over SSH (then autoremove);
+                 dpkg --audit before and after; the whole output in the run's log
+  reboot         only when the kernel it boots next is not the running one (or
+                 --reboot always); proven by the API's uptime, then online, SSH,
+                 pveversion and quorum, within [proxmox_update] reboot_timeout
+  verify         online, quorate, the expected kernel, no newly failed systemd unit
+  guests-return  leave maintenance, migrate back, start what was shut down; every guest
+                 where it was and running as before
+
+The first failure stops the roll: the nodes after it are not started, the failed node stays
+in maintenance with its snapshot kept, and the report says what to do next (boot the
+previous kernel with proxmox-boot-tool kernel pin, the snapshot to roll back to from a
+rescue system, how to leave maintenance). A node another moxflow run holds is busy.
+"""
+
+from __future__ import annotations
+
+from flows._cli import Command
+from flows.params import ProxmoxUpdateParams
+
+command = Command("proxmox_update", ProxmoxUpdateParams, __doc__ or "")
+main = command.main
+
+if __name__ == "__main__":
+    command.exit()

@@ -1,0 +1,514 @@
+"""Prefect tasks for rolling Proxmox VE host updates: the facts (cluster, then per node), and
+each node's steps, one task run each, named ``<node>: <step>``: snapshot → guests-leave →
+upgrade → reboot → verify → guests-return (``moxflow.pveupdate`` decides, these only act).
+
+Facts and the snapshot are idempotent and retried on transient errors. The upgrade changes
+packages and is not blindly retried (``apt-get`` half way through leaves dpkg to configure:
+an attempt after a dropped connection would meet its lock); the reboot and the guest moves
+are not retried either (a second request reboots twice or moves a guest that already left):
+each waits, bounded, and checks what happened instead.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, tzinfo
+from typing import Any, TypeVar
+
+from prefect.logging import get_run_logger
+
+from blocks.ssh import ssh_runner
+from moxflow.errors import MoxflowError, ProxmoxTaskError, SshCommandError, SshError
+from moxflow.guests import Guest
+from moxflow.inventory import Inventory, ProxmoxUpdateSettings
+from moxflow.naming import snapshot_name
+from moxflow.proxmox import ProxmoxClient
+from moxflow.pveupdate import (
+    SNAPSHOT_LABEL,
+    ClusterStatus,
+    DpkgAudit,
+    GuestStep,
+    HaStatus,
+    InstalledPackages,
+    KernelList,
+    MigratePrecheck,
+    NodeFacts,
+    NodePlan,
+    RunningTask,
+    Verdict,
+    autoremove_argv,
+    dist_upgrade_argv,
+    dpkg_audit_argv,
+    failed_units_argv,
+    held_packages_argv,
+    kernel_list_argv,
+    maintenance_argv,
+    parse_apt_updates,
+    parse_apt_versions,
+    parse_cluster_status,
+    parse_dpkg_audit,
+    parse_failed_units,
+    parse_ha_status,
+    parse_held_packages,
+    parse_kernel_list,
+    parse_migrate_precheck,
+    parse_node_status,
+    parse_qdevice,
+    parse_running_tasks,
+    prove_reboot,
+    pveversion_argv,
+    root_snapshot_argv,
+    verify_guests,
+    verify_node,
+)
+from moxflow.snapshots import DatasetJob, plan_dataset_snapshot
+from moxflow.zfs import ZfsSnapshot, destroy_argv, list_snapshots_argv, parse_snapshot_list
+from tasks._retry import step
+from tasks.targets import guest_target, hold
+
+T = TypeVar("T")
+
+POLL = 0.1
+"""Seconds between two looks while waiting for a node or a guest (the waits are bounded)."""
+
+APT_TASK_TIMEOUT = 300.0
+
+
+class UpdateStepFailed(MoxflowError):
+    """A step of a node's update failed; the roll stops there (``node``, ``step``)."""
+
+    def __init__(self, node: str, step: str, message: str, *, hint: str | None = None) -> None:
+        super().__init__(f"{node}: {step}: {message}", hint=hint)
+        self.node = node
+        self.step = step
+
+
+# --- facts -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterFacts:
+    """The whole cluster before any change."""
+
+    cluster: ClusterStatus
+    ha: HaStatus
+    qdevice: str | None
+    tasks: tuple[RunningTask, ...]
+    guests: tuple[Guest, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class NodeState:
+    """One node before any change: what the planner needs (``facts``) and what pre-flight
+    and verification compare against."""
+
+    facts: NodeFacts
+    installed: InstalledPackages
+    audit: DpkgAudit
+    failed_units: frozenset[str]
+    uptime: int
+
+
+@step("pveupdate-cluster", "cluster: facts")
+def cluster_facts(client: ProxmoxClient, nodes: Sequence[str]) -> ClusterFacts:
+    """Quorum, nodes, QDevice, HA, the running tasks of ``nodes`` and every guest; read-only."""
+    cluster = parse_cluster_status(client.cluster_status())
+    online = {n.name for n in cluster.nodes if n.online}
+    tasks: list[RunningTask] = []
+    for node in nodes:
+        if node in online:
+            for t in parse_running_tasks(client.active_tasks(node)):
+                tasks.append(RunningTask(t.node or node, t.type, t.id, t.upid))
+    return ClusterFacts(
+        cluster=cluster,
+        ha=parse_ha_status(client.ha_manager_status()),
+        qdevice=parse_qdevice(client.qdevice()),
+        tasks=tuple(tasks),
+        guests=tuple(client.resources()),
+    )
+
+
+@step("pveupdate-refresh", "{node}: refresh package lists")
+def refresh_lists(client: ProxmoxClient, node: str) -> None:
+    """``POST /nodes/{node}/apt/update`` and wait for its ``aptupdate`` task: the node's
+    list of pending upgrades is then current. A failure on the enterprise repository (no
+    subscription) says so and what to do."""
+    upid = client.apt_update(node)
+    try:
+        client.wait_task(upid, timeout=APT_TASK_TIMEOUT)
+    except ProxmoxTaskError as exc:
+        text = str(exc)
+        if "enterprise.proxmox.com" in text or "401" in text:
+            raise UpdateStepFailed(
+                node,
+                "refresh package lists",
+                "apt-get update failed on the enterprise repository "
+                "(https://enterprise.proxmox.com/debian/pve: 401 Unauthorized, no subscription)",
+                hint="add a subscription key, or disable pve-enterprise and enable the "
+                "pve-no-subscription repository (Node → Updates → Repositories)",
+            ) from exc
+        raise UpdateStepFailed(node, "refresh package lists", text) from exc
+
+
+@step("pveupdate-facts", "{node}: facts")
+def node_facts(
+    inv: Inventory, client: ProxmoxClient, node: str, guests: Sequence[Guest], migrate: bool
+) -> NodeState:
+    """A node's facts, read-only: pending upgrades, installed versions and the running kernel
+    (API); the kernel list, failed units, ``dpkg --audit`` and held packages (SSH); with
+    ``migrate``, each guest's migration pre-check."""
+    pending = parse_apt_updates(client.pending_updates(node))
+    installed = parse_apt_versions(client.apt_versions(node))
+    status = parse_node_status(client.node_status(node))
+    with ssh_runner(inv, node) as ssh:
+        kernels: KernelList | None = parse_kernel_list(ssh.run(kernel_list_argv()).stdout)
+        failed = parse_failed_units(ssh.run(failed_units_argv()).stdout)
+        audit = parse_dpkg_audit(ssh.run(dpkg_audit_argv()).stdout)
+        held = parse_held_packages(ssh.run(held_packages_argv()).stdout)
+    mine = tuple(g for g in guests if g.node == node)
+    prechecks: dict[int, MigratePrecheck] = {}
+    if migrate:
+        for g in mine:
+            if not g.template:
+                prechecks[g.vmid] = parse_migrate_precheck(
+                    client.migrate_precheck(node, g.type, g.vmid)
+                )
+    version = installed.versions.get("pve-manager") or status.manager_version
+    new = next((p.new_version for p in pending if p.name == "pve-manager"), None)
+    facts = NodeFacts(
+        name=node,
+        running_kernel=status.kernel_release,
+        pending=tuple(pending),
+        kernels=kernels,
+        version=version,
+        new_version=new or version,
+        guests=mine,
+        prechecks=prechecks,
+        held=held,
+    )
+    return NodeState(facts, installed, audit, failed, status.uptime)
+
+
+# --- one node's run --------------------------------------------------------------------------
+
+
+@dataclass
+class NodeRun:
+    """One node's update as the steps share it: the plan, the facts before, and what the
+    steps did so far (the snapshot taken, whether maintenance is on, guests moved)."""
+
+    inv: Inventory
+    client: ProxmoxClient
+    plan: NodePlan
+    state: NodeState
+    now: datetime
+    tz: tzinfo
+    snapshot: str | None = None
+    maintenance: bool = False
+    moved: list[GuestStep] = field(default_factory=list)
+    rebooted: bool = False
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def node(self) -> str:
+        return self.plan.node
+
+    @property
+    def settings(self) -> ProxmoxUpdateSettings:
+        return self.inv.proxmox_update
+
+
+def _wait(what: str, node: str, step_name: str, timeout: float, check: Callable[[], T | None]) -> T:
+    """Call ``check`` until it returns something (not None), at most ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            found = check()
+        except (MoxflowError, OSError) as exc:
+            if not getattr(exc, "transient", True) and not isinstance(exc, SshError):
+                raise
+            found = None
+        if found is not None:
+            return found
+        if time.monotonic() >= deadline:
+            raise UpdateStepFailed(node, step_name, f"{what}: not within {timeout:g} s")
+        time.sleep(POLL)
+
+
+@step("pveupdate-snapshot", "{run.node}: snapshot")
+def snapshot(run: NodeRun) -> str:
+    """``zfs snapshot`` of the node's root dataset (label ``pre-update``, a moxflow name),
+    then prune moxflow's own ``pre-update`` snapshots there by the policy (never the new one).
+    Idempotent: the name carries the run's time; one that exists is an earlier attempt's."""
+    log = get_run_logger()
+    dataset = run.settings.root_dataset
+    name = snapshot_name(SNAPSHOT_LABEL, run.now)
+    job = DatasetJob(run.node, dataset, False, run.inv.proxmox_update_policy(SNAPSHOT_LABEL))
+    with ssh_runner(run.inv, run.node) as ssh:
+        listed = parse_snapshot_list(ssh.run(list_snapshots_argv(dataset)).stdout)
+        facts: dict[str, list[ZfsSnapshot]] = {dataset: [s for s in listed if s.dataset == dataset]}
+        plan = plan_dataset_snapshot(job, facts, SNAPSHOT_LABEL, name, run.now, run.tz)
+        try:
+            ssh.run(root_snapshot_argv(dataset, name))
+        except SshCommandError as exc:
+            if "dataset already exists" not in (exc.stderr or ""):
+                raise
+        run.snapshot = plan.taken
+        log.info("%s: took %s", run.node, plan.taken)
+        for full in plan.prune:
+            ds, _, snap = full.partition("@")
+            try:
+                ssh.run(destroy_argv(ds, snap))
+                log.info("%s: pruned %s", run.node, full)
+            except SshCommandError as exc:
+                run.notes.append(f"could not prune {full}: {(exc.stderr or '').strip()}")
+    return plan.taken
+
+
+def _ha(run: NodeRun) -> HaStatus:
+    return parse_ha_status(run.client.ha_manager_status())
+
+
+def _guest(run: NodeRun, vmid: int) -> Guest | None:
+    return next((g for g in run.client.resources() if g.vmid == vmid), None)
+
+
+def _migrate(run: NodeRun, s: GuestStep, step_name: str) -> None:
+    """One guest from ``s.source`` to ``s.target``, its slot held; waits until the guest is
+    on the target (an HA migration's task ends when the move is only queued)."""
+    assert s.target is not None
+    params: dict[str, Any] = {}
+    if s.mode == "online":
+        params["online"] = 1
+    elif s.mode == "restart":
+        params["restart"] = 1
+        params["timeout"] = int(run.settings.shutdown_timeout)
+    timeout = run.settings.migration_timeout
+    with hold([guest_target(s.vmid)]):
+        upid = run.client.migrate(s.source, s.type, s.vmid, s.target, **params)
+        run.client.wait_task(upid, timeout=timeout)
+        target = s.target
+
+        def arrived() -> bool | None:
+            g = _guest(run, s.vmid)
+            return True if g is not None and g.node == target else None
+
+        _wait(f"{s.label} on {target}", run.node, step_name, timeout, arrived)
+    get_run_logger().info("%s: %s", run.node, s)
+
+
+def _power(run: NodeRun, s: GuestStep, action: str) -> None:
+    with hold([guest_target(s.vmid)]):
+        if action == "start":
+            upid = run.client.power(s.source, s.type, s.vmid, "start")
+            run.client.wait_task(upid, timeout=run.settings.shutdown_timeout)
+        else:
+            timeout = run.settings.shutdown_timeout
+            upid = run.client.shutdown(s.source, s.type, s.vmid, int(timeout))
+            run.client.wait_task(upid, timeout=timeout + 30)
+    get_run_logger().info("%s: %s", run.node, s)
+
+
+@step("pveupdate-guests-leave", "{run.node}: guests-leave")
+def guests_leave(run: NodeRun, upstream: object) -> int:
+    """HA node maintenance (when HA guests are there), waiting until the CRM has moved every
+    HA service away; then each other guest migrated, shut down or left, by the plan. Not
+    retried: a guest already on its way would be asked twice; the roll stops instead."""
+    log = get_run_logger()
+    step_name = "guests-leave"
+    if run.plan.maintenance:
+        with ssh_runner(run.inv, run.node) as ssh:
+            ssh.run(maintenance_argv(run.node, enable=True))
+        run.maintenance = True
+
+        def drained() -> bool | None:
+            ha = _ha(run)
+            done = ha.lrm_modes.get(run.node) == "maintenance" and not ha.services_on(run.node)
+            return True if done else None
+
+        _wait(
+            "HA maintenance moving the HA services away",
+            run.node,
+            step_name,
+            run.settings.maintenance_timeout,
+            drained,
+        )
+        log.info("%s: in HA maintenance, no HA service left on it", run.node)
+    for s in run.plan.guests:
+        try:
+            if s.action == "migrate":
+                _migrate(run, s, step_name)
+                run.moved.append(s)
+            elif s.action == "shutdown":
+                _power(run, s, "shutdown")
+                run.moved.append(s)
+            else:
+                log.info("%s: %s", run.node, s)
+        except MoxflowError as exc:
+            raise UpdateStepFailed(run.node, step_name, f"{s.label}: {exc}") from exc
+    return len(run.moved)
+
+
+@dataclass(frozen=True, slots=True)
+class Upgraded:
+    """How long ``apt-get dist-upgrade`` and ``autoremove`` took."""
+
+    seconds: float
+
+
+@step("pveupdate-upgrade", "{run.node}: upgrade")
+def upgrade(run: NodeRun, upstream: object) -> Upgraded:
+    """``dpkg --audit``, then ``apt-get dist-upgrade`` non-interactively (keeping changed
+    config files) and ``autoremove`` over SSH, the whole output in the run's log, then
+    ``dpkg --audit`` again. Not idempotent and never blindly retried: a second attempt would
+    meet dpkg half way; a broken dpkg state stops the roll with what to run."""
+    log = get_run_logger()
+    started = time.monotonic()
+    limit = run.settings.upgrade_timeout
+    with ssh_runner(run.inv, run.node) as ssh:
+        before = parse_dpkg_audit(ssh.run(dpkg_audit_argv()).stdout)
+        if not before.ok:
+            raise UpdateStepFailed(
+                run.node, "upgrade", f"refused: {before}", hint="run dpkg --configure -a"
+            )
+        result = ssh.run(dist_upgrade_argv(), timeout=limit, check=False)
+        log.info("%s: apt-get dist-upgrade (exit %d):\n%s", run.node, result.exit_code,
+                 result.stdout + (result.stderr or ""))  # fmt: skip
+        after = parse_dpkg_audit(ssh.run(dpkg_audit_argv()).stdout)
+        if result.exit_code != 0 or not after.ok:
+            tail = (result.stderr or "").strip().splitlines()[-1:] or ["no error output"]
+            raise UpdateStepFailed(
+                run.node,
+                "upgrade",
+                f"apt-get dist-upgrade failed (exit {result.exit_code}): {tail[0]}; {after}",
+                hint="look at the run's log; `dpkg --configure -a` finishes what was unpacked",
+            )
+        removed = ssh.run(autoremove_argv(), timeout=limit, check=False)
+        log.info("%s: apt-get autoremove (exit %d):\n%s", run.node, removed.exit_code,
+                 removed.stdout)  # fmt: skip
+    return Upgraded(time.monotonic() - started)
+
+
+@dataclass(frozen=True, slots=True)
+class Rebooted:
+    """How a reboot ended: proven (and why), back, and how long it took."""
+
+    proof: str
+    seconds: float
+
+
+@step("pveupdate-reboot", "{run.node}: reboot")
+def reboot(run: NodeRun, upstream: object) -> Rebooted:
+    """Request the reboot through the API, prove it by the API's uptime (smaller than the
+    time since the request: a node that merely answers proves nothing), then wait until it
+    is online in the API, SSH answers, ``pveversion`` responds and the cluster is quorate.
+    Bounded by ``reboot_timeout``. Not retried: a second request would reboot it twice."""
+    log = get_run_logger()
+    node = run.node
+    started = time.monotonic()
+    requested = datetime.now(UTC)
+    run.client.reboot_node(node)
+    log.info("%s: reboot requested: %s", node, run.plan.reboot.reason if run.plan.reboot else "")
+    deadline = started + run.settings.reboot_timeout
+
+    def left() -> float:
+        return max(0.001, deadline - time.monotonic())
+
+    def proven() -> str | None:
+        uptime = parse_node_status(run.client.node_status(node)).uptime
+        proof = prove_reboot(requested, datetime.now(UTC), uptime)
+        return proof.reason if proof.rebooted else None
+
+    proof = _wait("the reboot (uptime reset)", node, "reboot", left(), proven)
+    run.rebooted = True
+    log.info("%s: rebooted: %s", node, proof)
+
+    def back() -> bool | None:
+        cluster = parse_cluster_status(run.client.cluster_status())
+        row = next((n for n in cluster.nodes if n.name == node), None)
+        if row is None or not row.online or not cluster.quorate:
+            return None
+        with ssh_runner(run.inv, node) as ssh:
+            ssh.run(pveversion_argv())
+        return True
+
+    _wait("online, SSH, pveversion and quorum after the reboot", node, "reboot", left(), back)
+    return Rebooted(proof, time.monotonic() - started)
+
+
+@step("pveupdate-verify", "{run.node}: verify")
+def verify(run: NodeRun, upstream: object) -> Verdict:
+    """The node back from its update: online, the cluster quorate, the expected kernel (the
+    one it boots, when it rebooted; else the one it ran), no newly failed unit."""
+    cluster = parse_cluster_status(run.client.cluster_status())
+    status = parse_node_status(run.client.node_status(run.node))
+    with ssh_runner(run.inv, run.node) as ssh:
+        failed = parse_failed_units(ssh.run(failed_units_argv()).stdout)
+    decision = run.plan.reboot
+    expected = run.state.facts.running_kernel
+    if decision is not None and run.rebooted:
+        expected = decision.expected_kernel
+    verdict = verify_node(
+        run.node, cluster, status.kernel_release, expected, run.state.failed_units, failed
+    )
+    if not verdict.ok:
+        raise UpdateStepFailed(run.node, "verify", str(verdict))
+    return verdict
+
+
+@step("pveupdate-guests-return", "{run.node}: guests-return")
+def guests_return(run: NodeRun, upstream: object) -> Verdict:
+    """Leave HA maintenance (the CRM moves the HA services back; waits for them), migrate
+    back what left, start what was shut down, and start what the reboot stopped; then the
+    guests must be where they were and running as before."""
+    log = get_run_logger()
+    step_name = "guests-return"
+    before = [g for g in run.state.facts.guests if not g.template]
+    if run.maintenance:
+        with ssh_runner(run.inv, run.node) as ssh:
+            ssh.run(maintenance_argv(run.node, enable=False))
+        ha_here = {g.vmid for g in before} & _ha(run).managed
+
+        def home() -> bool | None:
+            ha = _ha(run)
+            if ha.lrm_modes.get(run.node) == "maintenance":
+                return None
+            where = {s.vmid: s.node for s in ha.services}
+            return True if all(where.get(v) == run.node for v in ha_here) else None
+
+        _wait(
+            "HA services back after maintenance",
+            run.node,
+            step_name,
+            run.settings.maintenance_timeout,
+            home,
+        )
+        run.maintenance = False
+        log.info("%s: left HA maintenance; HA services back", run.node)
+    for s in run.plan.returns:
+        try:
+            if s.action == "migrate":
+                _migrate(run, s, step_name)
+            elif s.action == "start":
+                _power(run, s, "start")
+        except MoxflowError as exc:
+            raise UpdateStepFailed(run.node, step_name, f"{s.label}: {exc}") from exc
+    # a reboot stops the guests left running that do not start on boot: start them again
+    now = {g.vmid: g for g in run.client.resources()}
+    for g in before:
+        seen = now.get(g.vmid)
+        if g.running and seen is not None and seen.node == g.node and not seen.running:
+            back = GuestStep(g.vmid, g.name, g.type, "start", g.node, reason="stopped by reboot")
+            _power(run, back, "start")
+
+    def settled() -> Verdict | None:
+        verdict = verify_guests(before, run.client.resources())
+        return verdict if verdict.ok else None
+
+    try:
+        return _wait("guests back as before", run.node, step_name, 10.0, settled)
+    except UpdateStepFailed:
+        verdict = verify_guests(before, run.client.resources())
+        raise UpdateStepFailed(run.node, step_name, str(verdict)) from None

@@ -1,0 +1,228 @@
+"""End to end: flows.proxmox_update against a 3-node lab (and a 1-node and the default
+2-node one). Each test asserts the lab's state afterwards: packages, kernels, reboots, where
+each guest is and whether it runs, HA maintenance, the root dataset's snapshots.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from blocks.proxmox import proxmox_client
+from flows.jobs.proxmox_update import proxmox_update
+from labsim.client import LabClient, start_lab, wait_until
+from moxflow.errors import RunFailed
+from moxflow.inventory import load_inventory
+from moxflow.report import Outcome, RunReport
+from tests.conftest import LAB_TIME_SCALE
+from tests.flows.conftest import step_runs, subflow_runs, zfs_snapshots
+
+NEW_KERNEL = "6.14.11-5-pve"
+ROOT = "rpool/ROOT/pve-1"
+CHAIN = ["snapshot", "guests-leave", "upgrade", "reboot", "verify", "guests-return"]
+
+
+def _start(tmp: Path, nodes: int) -> LabClient:
+    return start_lab(tmp, nodes=nodes, guests_per_node=3, time_scale=LAB_TIME_SCALE)
+
+
+@pytest.fixture(scope="module")
+def lab3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabClient]:
+    lab = _start(tmp_path_factory.mktemp("lab3"), 3)
+    try:
+        yield lab
+    finally:
+        lab.stop()
+
+
+@pytest.fixture
+def pve(lab3: LabClient) -> LabClient:
+    lab3.reset()
+    return lab3
+
+
+def inventory(lab: LabClient, name: str, extra: str = "") -> Path:
+    """The lab's inventory with a [proxmox_update] section: nodes in order, short waits."""
+    nodes = sorted(h for h, v in lab.state()["hosts"].items() if v.get("apt"))
+    order = ", ".join(f'"{n}"' for n in nodes)
+    text = (lab.dir / "inventory.toml").read_text()
+    text += f"\n[proxmox_update]\nnodes = [{order}]\nreboot_timeout = 4.0\n{extra}\n"
+    dst = lab.dir / f"{name}-pveupdate.toml"
+    dst.write_text(text)
+    return dst
+
+
+def run(inv: Path, **params: Any) -> RunReport:
+    return proxmox_update(inventory=str(inv), **params)
+
+
+def run_failing(inv: Path, **params: Any) -> RunReport:
+    with pytest.raises(RunFailed) as info:
+        proxmox_update(inventory=str(inv), **params)
+    report = info.value.report
+    assert isinstance(report, RunReport)
+    return report
+
+
+def row(report: RunReport, target: str) -> Any:
+    return next(r for r in report.rows if r.target == target)
+
+
+def apt(state: dict[str, Any], node: str) -> dict[str, Any]:
+    return dict(state["hosts"][node]["apt"])
+
+
+def placement(state: dict[str, Any]) -> dict[str, tuple[str, str]]:
+    return {k: (g["node"], g["status"]) for k, g in state["guests"].items()}
+
+
+def pre_update(state: dict[str, Any], node: str) -> list[str]:
+    return [n for n in zfs_snapshots(state, node) if n.startswith(f"{ROOT}@moxflow-pre-update-")]
+
+
+def test_full_roll_with_migration_ends_where_it_began(pve: LabClient, tmp_path: Path) -> None:
+    before = pve.state()
+    state = proxmox_update(inventory=str(inventory(pve, tmp_path.name)), return_state=True)
+    assert state.is_completed()
+    after = pve.state()
+    for node in ("pve1", "pve2", "pve3"):
+        a = apt(after, node)
+        assert a["pending"] == {} and a["kernel_running"] == NEW_KERNEL
+        assert a["reboots"] == 1 and not a["maintenance"] and a["status"] == "online"
+        assert len(pre_update(after, node)) == 1
+    assert placement(after) == placement(before)  # where they began, running as before
+    # guests really moved: migrations were sent, and the local-disk VMs were shut down
+    posts = {(r["method"], r["path"]) for r in pve.api_requests()}
+    assert ("POST", "/nodes/pve1/lxc/102/migrate") in posts
+    assert ("POST", "/nodes/pve2/qemu/104/migrate") in posts
+    assert ("POST", "/nodes/pve2/qemu/103/status/shutdown") in posts  # local disk: fallback
+    # the run's task runs, read back from the Prefect server: the chain per node
+    subflows = subflow_runs(state)
+    assert set(subflows) == {"pve1", "pve2", "pve3"}
+    for node, flow_run in subflows.items():
+        names = [r.name for r in step_runs(flow_run)]
+        assert names == [f"{node}: {s}" for s in CHAIN]
+
+
+def test_idle_node_skipped_and_reboot_only_for_a_new_kernel(pve: LabClient, tmp_path: Path) -> None:
+    pve.control("apt_pending", node="pve3", clear=True, refresh=True)  # nothing to do
+    pve.control("apt_pending", node="pve2", clear=True, packages="pve-manager=9.1.2")
+    report = run(inventory(pve, tmp_path.name))
+    st = pve.state()
+    assert row(report, "pve3").outcome is Outcome.SKIPPED
+    assert apt(st, "pve3")["reboots"] == 0 and pre_update(st, "pve3") == []
+    assert apt(st, "pve2")["installed"]["pve-manager"] == "9.1.2"
+    assert apt(st, "pve2")["reboots"] == 0  # no new kernel: no reboot
+    assert apt(st, "pve1")["reboots"] == 1 and apt(st, "pve1")["kernel_running"] == NEW_KERNEL
+    assert row(report, "pve2").cell("reboot") == "no"
+
+
+def test_upgrade_failing_on_node_2_stops_the_roll(pve: LabClient, tmp_path: Path) -> None:
+    pve.control("apt_node", node="pve2", break_upgrade="on")
+    before = pve.state()
+    report = run_failing(inventory(pve, tmp_path.name))
+    st = pve.state()
+    assert row(report, "pve1").outcome is Outcome.OK
+    assert row(report, "pve2").outcome is Outcome.FAILED
+    assert row(report, "pve3").outcome is Outcome.SKIPPED
+    assert "not started" in row(report, "pve3").detail
+    untouched = ("installed", "kernel_running", "reboots", "maintenance", "half_configured")
+    assert {k: apt(st, "pve3")[k] for k in untouched} == {
+        k: apt(before, "pve3")[k] for k in untouched
+    }
+    assert pre_update(st, "pve3") == []
+    assert apt(st, "pve2")["maintenance"] is True  # stays in maintenance
+    [snap] = pre_update(st, "pve2")
+    assert apt(st, "pve2")["half_configured"]
+    text = "\n".join(report.notes)
+    assert snap in text and "proxmox-boot-tool kernel pin 6.14.11-4-pve" in text
+    assert "node-maintenance disable pve2" in text
+
+
+def test_node_never_back_times_out_into_the_same_state(pve: LabClient, tmp_path: Path) -> None:
+    pve.control("apt_node", node="pve1", never_back="on")
+    report = run_failing(inventory(pve, tmp_path.name))
+    st = pve.state()
+    assert row(report, "pve1").outcome is Outcome.FAILED
+    assert "reboot" in row(report, "pve1").detail
+    assert {row(report, n).outcome for n in ("pve2", "pve3")} == {Outcome.SKIPPED}
+    assert apt(st, "pve1")["maintenance"] is True and len(pre_update(st, "pve1")) == 1
+    assert apt(st, "pve2")["reboots"] == 0 and pre_update(st, "pve2") == []
+
+
+def test_lingering_node_is_not_taken_as_rebooted(pve: LabClient, tmp_path: Path) -> None:
+    # it answers (old kernel, old uptime) for 40 × 0.025 = 1 s after the request
+    pve.control("apt_node", node="pve1", linger=40.0)
+    report = run(inventory(pve, tmp_path.name), only=["pve1"])
+    st = pve.state()
+    assert row(report, "pve1").outcome is Outcome.OK
+    assert apt(st, "pve1")["reboots"] == 1 and apt(st, "pve1")["kernel_running"] == NEW_KERNEL
+
+
+def test_not_quorate_refused_before_any_change(pve: LabClient, tmp_path: Path) -> None:
+    inv = inventory(pve, tmp_path.name)
+    for node in ("pve2", "pve3"):
+        pve.control("apt_node", node=node, never_back="on")
+    with proxmox_client(load_inventory(str(inv))) as client:
+        client.reboot_node("pve2")
+        client.reboot_node("pve3")
+    wait_until(lambda: apt(pve.state(), "pve3")["status"] == "offline", timeout=5)
+    report = run_failing(inv)
+    st = pve.state()
+    assert "not quorate" in row(report, "cluster").detail
+    assert pre_update(st, "pve1") == [] and apt(st, "pve1")["maintenance"] is False
+    assert apt(st, "pve1")["pending"] and apt(st, "pve1")["kernel_running"] != NEW_KERNEL
+
+
+def test_two_nodes_without_qdevice_refused(fresh_lab: LabClient, tmp_path: Path) -> None:
+    fresh_lab.control("qdevice", state="absent")
+    inv = inventory(fresh_lab, tmp_path.name)
+    report = run_failing(inv)
+    st = fresh_lab.state()
+    assert "two-node cluster with no QDevice" in row(report, "cluster").detail
+    assert pre_update(st, "pve1") == [] and apt(st, "pve1")["reboots"] == 0
+
+
+def test_local_disk_guest_follows_its_fallback(pve: LabClient, tmp_path: Path) -> None:
+    inv = inventory(pve, tmp_path.name, '[proxmox_update.fallback]\n107 = "leave"\n')
+    report = run(inv, only=["pve3"])
+    assert row(report, "pve3").outcome is Outcome.OK
+    posts = {(r["method"], r["path"]) for r in pve.api_requests()}
+    assert ("POST", "/nodes/pve3/qemu/107/status/shutdown") not in posts  # left running
+    assert ("POST", "/nodes/pve3/qemu/107/migrate") not in posts
+    assert placement(pve.state())["107"] == ("pve3", "running")  # started after the reboot
+
+
+@pytest.mark.parametrize("guests", ["leave", "shutdown"])
+def test_single_host(tmp_path: Path, guests: str) -> None:
+    lab = _start(tmp_path / "lab1", 1)
+    try:
+        before = placement(lab.state())
+        report = run(inventory(lab, "single"), guests=guests)
+        st = lab.state()
+        assert row(report, "pve1").outcome is Outcome.OK
+        assert apt(st, "pve1")["kernel_running"] == NEW_KERNEL
+        assert placement(st) == before
+        posts = [r["path"] for r in lab.api_requests() if r["method"] == "POST"]
+        shut = [p for p in posts if p.endswith("/status/shutdown")]
+        assert bool(shut) == (guests == "shutdown")
+    finally:
+        lab.stop()
+
+
+def test_dry_run_changes_nothing_and_shows_versions(pve: LabClient, tmp_path: Path) -> None:
+    before = pve.state()
+    report = run(inventory(pve, tmp_path.name), dry_run=True)
+    after = pve.state()
+    assert {r.outcome for r in report.rows} == {Outcome.PLANNED}
+    for node in ("pve1", "pve2", "pve3"):
+        assert apt(after, node)["installed"] == apt(before, node)["installed"]
+        assert pre_update(after, node) == []
+    assert placement(after) == placement(before)
+    text = report.to_text()
+    assert "pve-manager 9.1.1 → 9.1.2" in text
+    assert f"reboot: yes (new kernel {NEW_KERNEL} is being installed" in text
+    assert "VM 103 (vm-103): shut down" in text and "migrate online pve2 → pve1" in text
