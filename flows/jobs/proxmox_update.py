@@ -15,7 +15,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from blocks.proxmox import proxmox_client
 from flows._run import finish
 from flows.params import ProxmoxUpdateParams, flow_parameters
-from moxflow.errors import ConfigError, MoxflowError
+from moxflow.errors import ConfigError, MoxflowError, TargetBusyError
 from moxflow.inventory import Inventory, load_inventory
 from moxflow.inventory.proxmox_update import GuestPolicy, RebootPolicy
 from moxflow.naming import snapshot_name
@@ -46,7 +46,7 @@ from tasks.pveupdate import (
     upgrade,
     verify,
 )
-from tasks.targets import TargetBusy, hold, node_target
+from tasks.targets import hold, node_target
 
 JOB = "proxmox-update"
 
@@ -72,7 +72,7 @@ def update_node(node: str, run: NodeRun) -> ReportRow | State[ReportRow]:
     try:
         with hold([node_target(node)]):
             row = _chain(run)
-    except TargetBusy as exc:
+    except TargetBusyError as exc:
         row = ReportRow(node, Outcome.BUSY, detail=str(exc), cells=_cells(run.plan))
     if not row.ok:
         return Failed(message=f"{node}: {row.outcome.value}", data=row)
