@@ -11,7 +11,7 @@ import logging
 import re
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -129,6 +129,25 @@ def parse_upid(text: str) -> Upid:
         user=m["user"],
         text=text.strip(),
     )
+
+
+def running_task_of(rows: Iterable[Any], *, task_type: str, vmid: int, user: str) -> Upid | None:
+    """The oldest task of ``task_type`` on guest ``vmid`` that ``user`` (a token,
+    ``USER@REALM!TOKENID``) started and that still runs, among the rows of
+    ``GET /nodes/{node}/tasks?source=active``: a task an earlier moxflow run left running."""
+    found: list[Upid] = []
+    for item in rows:
+        if not isinstance(item, Mapping) or item.get("endtime"):
+            continue
+        if item.get("status") not in (None, "", "running"):
+            continue
+        try:
+            upid = parse_upid(str(item.get("upid", "")))
+        except ParseError:
+            continue
+        if upid.type == task_type and upid.id == str(vmid) and upid.user == user:
+            found.append(upid)
+    return min(found, key=lambda u: (u.starttime, u.text)) if found else None
 
 
 def task_succeeded(exitstatus: str | None) -> bool:
@@ -631,6 +650,15 @@ class ProxmoxClient:
     def ha_manager_status(self) -> Any:
         """``GET /cluster/ha/status/manager_status``, raw (``{}`` while no CRM is master)."""
         return self.get("/cluster/ha/status/manager_status")
+
+    def running_task(self, node: str, task_type: str, vmid: int) -> Upid | None:
+        """A task of ``task_type`` on guest ``vmid`` that this token started and that still
+        runs on ``node`` (an earlier run's, when looked up before starting one)."""
+        path = f"/nodes/{node}/tasks"
+        rows = self._expect_list(
+            path, self.get(path, source="active", typefilter=task_type, vmid=vmid)
+        )
+        return running_task_of(rows, task_type=task_type, vmid=vmid, user=self.token_id)
 
     def active_tasks(self, node: str) -> list[Any]:
         """``GET /nodes/{node}/tasks?source=active``: the node's running tasks, raw."""

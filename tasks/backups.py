@@ -171,6 +171,7 @@ class Dumped:
     upid: str | None
     dumped: float | None
     seconds: float
+    adopted: str = ""  # the vzdump of an earlier run this step waited for instead of a second
 
 
 @task(
@@ -188,7 +189,9 @@ def vzdump_guest(
     """Back up one guest with vzdump on its node and wait for the task to end.
 
     Never retried by Prefect: starting a vzdump is not idempotent (a second start makes a
-    second archive, or queues behind the first on the node's lock). The step tries again
+    second archive, or queues behind the first on the node's lock). A vzdump of the guest an
+    earlier (killed) run left running is waited for and its archive taken, not doubled. The
+    step tries again
     itself, and only after looking on the storage for an archive the earlier attempt made:
     a locked guest or an unavailable API is waited out with backoff for
     ``job.retry_timeout`` seconds, a dump that failed is run once more. A task still running
@@ -212,6 +215,11 @@ def vzdump_guest(
         tries = 0
         delay = BACKOFF_START
         deadline = t0 + job.retry_timeout
+        adopted = _adopt(client, dump, job, logger)
+        if adopted is not None:
+            return Dumped(
+                adopted.started, adopted.upid, None, time.monotonic() - t0, adopted.adopted
+            )
         while True:
             tries += 1
             try:
@@ -242,6 +250,40 @@ def vzdump_guest(
                 logger.warning("%s: %s; trying again in %.1fs", target, exc, delay)
                 time.sleep(delay)
                 delay = min(delay * 2, BACKOFF_MAX)
+
+
+def _adopt(
+    client: ProxmoxClient, dump: GuestDump, job: BackupJob, logger: LoggerLike
+) -> Dumped | None:
+    """An earlier run's vzdump of the guest still running (the run was killed; PVE's task
+    was not): wait for it instead of queueing a second one behind it on the node's lock, and
+    take its archive when it ends well. None: there is none, or it left no archive here (the
+    step then makes its own)."""
+    guest, target = dump.guest, dump.target
+    orphan = client.running_task(guest.node, "vzdump", guest.vmid)
+    if orphan is None:
+        return None
+    age = (datetime.now(UTC) - orphan.starttime).total_seconds()
+    logger.warning(
+        "%s: waiting for task %s of an earlier run (running for %.0fs) instead of starting "
+        "a second vzdump",
+        target,
+        orphan,
+        age,
+    )
+    t0 = time.monotonic()
+    try:
+        client.wait_task(str(orphan), timeout=job.task_timeout, node=guest.node)
+    except ProxmoxTaskError as exc:
+        logger.warning("%s: the earlier run's vzdump failed (%s); starting one", target, exc)
+        return None
+    listing = list_archives(client, guest.node, dump.storage, guest.vmid)
+    if find_new_archive(listing, guest.vmid, dump.known, orphan.starttime) is None:
+        logger.warning("%s: the earlier run's vzdump left no archive here; starting one", target)
+        return None
+    note = f"adopted vzdump {orphan} of an earlier run (found running for {age:.0f}s)"
+    logger.info("%s: %s", target, note)
+    return Dumped(orphan.starttime, str(orphan), None, time.monotonic() - t0, note)
 
 
 @dataclass(frozen=True, slots=True)

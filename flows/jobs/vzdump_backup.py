@@ -317,6 +317,8 @@ def _row(
         kept, removed = len(done.archives), done.removed
         names = f", pruned {len(removed)}: {format_names(removed)}" if removed else ""
         detail = f"verified, on {guest.node}; {kept} backup(s) on {storage}{names}"
+    if took.adopted:  # recovered from an earlier run: say so
+        detail = f"{took.adopted}; {detail}"
     new = v.archive
     row = ReportRow(
         target=dump.target,

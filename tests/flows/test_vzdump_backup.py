@@ -258,6 +258,29 @@ def test_a_hanging_dump_is_timed_out_stopped_and_the_node_goes_on(
     assert lab.guest(100)["lock"] is None and lab.state()["vzdump_locks"] == {}
 
 
+def test_a_dump_an_earlier_run_left_running_is_adopted_not_doubled(
+    fast_lab: LabClient, lab_inventory: Path
+) -> None:
+    """A run killed during a vzdump leaves PVE's task running. The next run waits for that
+    task (naming its UPID), takes its archive, and starts no second vzdump of the guest."""
+    from blocks.proxmox import proxmox_client
+
+    lab = fast_lab
+    before = {n for n, a in archives(lab).items() if a["vmid"] == 101}
+    lab.fault(target="task", type="vzdump", id="101", action="slow", delay=3.0, times=1)
+    with proxmox_client(load_inventory(lab_inventory)) as client:  # the killed run's
+        orphan = client.vzdump("pve1", 101, storage="nas-backup", mode="snapshot")
+    lab.clear_api_requests()
+    report = vzdump_backup(select="101", offsite=False, inventory=str(lab_inventory))
+    (row,) = [r for r in report.rows if r.target == "101 (media-vm)"]
+    assert row.outcome is Outcome.OK
+    assert f"adopted vzdump {orphan} of an earlier run" in row.detail
+    starts = [r for r in lab.api_requests() if r["method"] == "POST" and "vzdump" in r["path"]]
+    assert starts == []  # no second vzdump
+    new = {n for n, a in archives(lab).items() if a["vmid"] == 101} - before
+    assert len(new) == 1 and row.taken in new
+
+
 def test_ok_instead_of_a_upid_is_a_failure_not_a_success(
     fast_lab: LabClient, lab_inventory: Path
 ) -> None:
