@@ -1,0 +1,121 @@
+"""A NixOS update killed outright (SIGKILL, as a crash or the OOM killer does) at each
+dangerous point, then the runs that follow, as docs/operating.md tells a user to go on.
+
+A killed ad-hoc run stays *Running* in Prefect, and its host's slot stays taken until its
+lease runs out (tests/system/test_leases.py proves the server's sweep frees it; the test
+server here has no sweep, so each test resets the slot as the sweep would). Then:
+
+1. the next run leaves the host **busy** (never OK), naming the dead run;
+2. the user cancels that run (`prefect flow-run cancel`: it stays *Cancelling*);
+3. the next run recognises what the dead run left, cleans up, and updates the host.
+Nothing is lost: no generation the update did not verify stays active, no lock, no timer.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.actions import GlobalConcurrencyLimitUpdate
+from prefect.settings import PREFECT_API_URL
+from prefect.states import Cancelling
+
+from flows.jobs.nixos_update import nixos_update
+from labsim.client import LabClient, wait_until
+from moxflow.report import Outcome, RunReport
+from tasks.targets import guest_target, host_target
+from tests.flows.test_nixos_update import (
+    NEW_REV,
+    assert_settled,
+    current,
+    detail,
+    inventory_with,
+    lock_dir,
+    nixos,
+    outcome,
+)
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _ran(lab: LabClient, prefix: str) -> bool:
+    return any(c["host"] == "media" and c["command"].startswith(prefix) for c in lab.commands())
+
+
+POINTS: dict[str, Callable[[LabClient, int], bool]] = {
+    # the snapshot is taken and the flake update has begun
+    "after the snapshot": lambda lab, old: _ran(lab, "nix flake"),
+    # the build runs (it takes a while here)
+    "during the build": lambda lab, old: _ran(lab, "nixos-rebuild build"),
+    # the new generation is active, not yet verified (the dead-man timer is armed)
+    "right after the switch": lambda lab, old: current(lab.state(), "media") != old,
+}
+
+
+def _free_slots(name: str) -> None:
+    """What the server's lease sweep does once the dead run's lease has run out."""
+    with get_client(sync_client=True) as client:
+        client.update_global_concurrency_limit(name, GlobalConcurrencyLimitUpdate(active_slots=0))
+
+
+@pytest.mark.parametrize("point", list(POINTS))
+def test_a_nixos_update_killed_at_a_dangerous_point_is_recovered(
+    fresh_lab: LabClient, tmp_path: Path, point: str
+) -> None:
+    lab = fresh_lab
+    inv = inventory_with(lab, tmp_path.name, confirm_timeout=200.0)
+    lab.nixos("media", upstream=NEW_REV, build_seconds=120.0)  # 3 s of real time
+    old = current(lab.state(), "media")
+    child = subprocess.Popen(
+        [sys.executable, "-m", "flows.nixos_update", "--inventory", str(inv), "--only", "media"],
+        cwd=ROOT,
+        env={**os.environ, "PREFECT_API_URL": str(PREFECT_API_URL.value())},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_until(lambda: POINTS[point](lab, old) or child.poll() is not None, 60)
+        assert child.poll() is None, f"the run ended before {point}"
+        child.send_signal(signal.SIGKILL)
+        child.wait(10)
+    finally:
+        child.kill()
+    lab.nixos("media", build_seconds=0.0)
+    for slot in (host_target("media"), guest_target(101)):
+        _free_slots(slot)
+
+    # 1. busy, naming the dead run: it is still Running as far as Prefect knows
+    busy = nixos_update(inventory=str(inv), only=["media"], return_state=True)
+    assert busy.is_failed()
+    report: RunReport = busy.result(raise_on_failure=False).report
+    assert outcome(report, "media") is Outcome.BUSY
+    dead = _dead_run_id(detail(report, "media"))
+    # 2. cancel it, as the docs say
+    with get_client(sync_client=True) as client:
+        client.set_flow_run_state(dead, Cancelling(), force=True)
+    # 3. recovered and updated
+    done = nixos_update(inventory=str(inv), only=["media"], return_state=True)
+    report = done.result(raise_on_failure=False)
+    assert done.is_completed(), report
+    assert outcome(report, "media") is Outcome.OK
+    assert "found an interrupted run" in detail(report, "media")
+    state = nixos(lab.state(), "media")
+    assert state["flake_rev"] == NEW_REV
+    assert_settled(lab, "media", state["current"])
+    assert state["current"] != old
+    assert not lock_dir(lab, "media").exists()
+
+
+def _dead_run_id(why: str) -> uuid.UUID:
+    """The flow run a busy row names: ``another run (flow run ID) is updating media``."""
+    marker = "(flow run "
+    assert marker in why, why
+    start = why.index(marker) + len(marker)
+    return uuid.UUID(why[start : why.index(")", start)])
