@@ -169,12 +169,19 @@ class Booted:
 def destroy_leftover(client: ProxmoxClient, guest: Guest, task_timeout: float, run: str) -> str:
     """Destroy a scratch guest an earlier restore test left behind (``leftover_scratch``),
     once its mark is read again right before; what was done, in words. Retried (Prefect) on a
-    passing failure: one an earlier attempt destroyed is gone. One whose restore test is
-    still running (its description names that run; ``run``: this one) is that test's, and
-    left alone."""
+    passing failure: one an earlier attempt destroyed is gone.
+
+    The caller holds the scratch guests' slot (``tasks.targets.SCRATCH_TARGET``), so no
+    other restore test is live: a scratch guest whose run Prefect still shows running (its
+    description names the run; ``run``: this one) was left by a run that died without
+    Prefect hearing of it, and goes too."""
     owner = description_run(client.guest_description(guest))
     if owner and owner != run and flow_run_alive(owner):
-        return f"scratch guest {guest.label} is restore test run {owner}'s, still running; left"
+        get_run_logger().warning(
+            "%s: run %s still shows as running, but holds no slot: it died; cleaning up",
+            guest.label,
+            owner,
+        )
     done = destroy(client, guest.vmid, task_timeout)
     if done == "nothing to clean up":
         return f"leftover scratch guest {guest.label} was gone already"
