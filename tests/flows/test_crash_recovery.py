@@ -1,5 +1,7 @@
-"""A NixOS update killed outright (SIGKILL, as a crash or the OOM killer does) at each
-dangerous point, then the runs that follow, as docs/operating.md tells a user to go on.
+"""Runs killed outright (SIGKILL, as a crash or the OOM killer does) at each dangerous
+point, then the runs that follow. A backup killed during its vzdump: the next run adopts the
+dump still running in Proxmox. A restore test killed with its scratch guest up: the next
+one destroys that guest. A NixOS update, as docs/operating.md tells a user to go on:
 
 A killed ad-hoc run stays *Running* in Prefect, and its host's slot stays taken until its
 lease runs out (tests/system/test_leases.py proves the server's sweep frees it; the test
@@ -28,9 +30,11 @@ from prefect.settings import PREFECT_API_URL
 from prefect.states import Cancelling
 
 from flows.jobs.nixos_update import nixos_update
+from flows.jobs.restore_test import restore_test
+from flows.jobs.vzdump_backup import vzdump_backup
 from labsim.client import LabClient, wait_until
 from moxflow.report import Outcome, RunReport
-from tasks.targets import guest_target, host_target
+from tasks.targets import SCRATCH_TARGET, guest_target, host_target
 from tests.flows.test_nixos_update import (
     NEW_REV,
     assert_settled,
@@ -111,6 +115,75 @@ def test_a_nixos_update_killed_at_a_dangerous_point_is_recovered(
     assert_settled(lab, "media", state["current"])
     assert state["current"] != old
     assert not lock_dir(lab, "media").exists()
+
+
+def _kill_when(args: list[str], ready: Callable[[], bool]) -> None:
+    """Run ``python -m ARGS`` (an ad-hoc run on the test server) and SIGKILL it once
+    ``ready()``."""
+    child = subprocess.Popen(
+        [sys.executable, "-m", *args],
+        cwd=ROOT,
+        env={**os.environ, "PREFECT_API_URL": str(PREFECT_API_URL.value())},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_until(lambda: ready() or child.poll() is not None, 60)
+        assert child.poll() is None, "the run ended before the point to kill it at"
+        child.send_signal(signal.SIGKILL)
+        child.wait(10)
+    finally:
+        child.kill()
+
+
+def test_a_backup_killed_during_its_vzdump_is_finished_by_the_next_run(
+    fresh_lab: LabClient, lab_inventory: Path
+) -> None:
+    """The killed run's vzdump goes on in Proxmox: the next run waits for that task and
+    takes its archive (one archive, one vzdump), and copies it offsite."""
+    lab = fresh_lab
+    lab.set_storage("nas-backup", bandwidth=10**13)
+    lab.fault(target="task", type="vzdump", id="101", action="slow", delay=4.0, times=1)
+    before = {a["filename"] for a in lab.state()["storages"]["nas-backup"]["archives"]}
+    args = ["flows.vzdump_backup", "--inventory", str(lab_inventory), "--select", "101"]
+    _kill_when(args, lambda: any(t.get("type") == "vzdump" for t in _tasks(lab)))
+    _free_slots(guest_target(101))
+    report = vzdump_backup(select="101", inventory=str(lab_inventory))
+    (row,) = [r for r in report.rows if r.target == "101 (media-vm)"]
+    assert row.outcome is Outcome.OK and "of an earlier run" in row.detail
+    new = {
+        a["filename"]
+        for a in lab.state()["storages"]["nas-backup"]["archives"]
+        if a["filename"] not in before
+    }
+    assert new == {row.taken}
+    assert sum(1 for t in _tasks(lab) if t.get("type") == "vzdump") == 1
+    offsite = Path(lab.info["offsite"]["path"])
+    assert (offsite / str(row.taken)).exists()
+    assert not list(offsite.glob("*.part"))
+
+
+def test_a_restore_test_killed_with_its_scratch_guest_up_is_cleaned_by_the_next(
+    fresh_lab: LabClient, lab_inventory: Path
+) -> None:
+    """Killed while the scratch guest boots: the next restore test destroys that scratch
+    guest (by moxflow's mark), never an original, and tests again."""
+    lab = fresh_lab
+    originals = {v for v, g in lab.state()["guests"].items() if not g["name"].startswith("moxflow")}
+    args = ["flows.restore_test", "--inventory", str(lab_inventory), "--select", "101"]
+    _kill_when(args, lambda: "9900" in lab.state()["guests"])
+    _free_slots(SCRATCH_TARGET)
+    report = restore_test(select="101", inventory=str(lab_inventory))
+    assert [r.outcome for r in report.rows] == [Outcome.OK]
+    assert any("leftover scratch guest 9900" in n and "destroyed" in n for n in report.notes)
+    guests = lab.state()["guests"]
+    assert originals <= set(guests)
+    assert not [v for v, g in guests.items() if g["name"].startswith("moxflow-scratch")]
+
+
+def _tasks(lab: LabClient) -> list[dict[str, object]]:
+    tasks: list[dict[str, object]] = lab.state()["tasks"]
+    return tasks
 
 
 def _dead_run_id(why: str) -> uuid.UUID:
