@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import TypeVar
 
 from prefect import task
@@ -123,6 +124,29 @@ def list_node_snapshots(client: ProxmoxClient, batch: NodeGuests, lanes: Executo
     return Listed(snapshots, errors)
 
 
+def wait_for_earlier_task(client: ProxmoxClient, guest: Guest, op: str) -> bool:
+    """A guest found locked: when the lock is a task of ``op`` (``snapshot``, ``restore``,
+    ...) that this token started and that still runs (a killed earlier run's), wait for it
+    to end, naming its UPID and age, and say True (try again now). False: no such task (the
+    lock is someone else's; the caller's retries deal with it)."""
+    task_type = ("qm" if guest.type == "qemu" else "vz") + op
+    orphan = client.running_task(guest.node, task_type, guest.vmid)
+    if orphan is None:
+        return False
+    logger = get_run_logger()
+    age = (datetime.now(UTC) - orphan.starttime).total_seconds()
+    logger.warning(
+        "%s: waiting for task %s of an earlier run (running for %.0fs)", guest.label, orphan, age
+    )
+    try:
+        client.wait_task(str(orphan), timeout=TASK_TIMEOUT, node=guest.node)
+    except ProxmoxError as exc:  # its own failure: it ended, which is what this waits for
+        if isinstance(exc, ProxmoxUnavailableError):
+            raise
+        logger.warning("%s: the earlier run's task ended badly: %s", guest.label, exc)
+    return True
+
+
 @step("guest-snapshot", "{plan.node}: snapshot {plan.size}")
 def snapshot_node(
     client: ProxmoxClient,
@@ -152,10 +176,19 @@ def snapshot_node(
         started = time.monotonic()
         guest = p.guest
         found = _whole_snapshot(client, guest, p.snapname) if tries > 1 else None
+
+        def create() -> None:
+            upid = client.create_snapshot(guest, p.snapname, p.description, vmstate=p.vmstate)
+            client.wait_task(upid, timeout=TASK_TIMEOUT, node=guest.node)
+
         if found is None:
             try:
-                upid = client.create_snapshot(guest, p.snapname, p.description, vmstate=p.vmstate)
-                client.wait_task(upid, timeout=TASK_TIMEOUT, node=guest.node)
+                try:
+                    create()
+                except GuestLockedError:
+                    if not wait_for_earlier_task(client, guest, "snapshot"):
+                        raise
+                    create()  # the earlier run's snapshot task has ended: once more
             except MoxflowError as exc:
                 if "already used" not in str(exc):
                     raise

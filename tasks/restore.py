@@ -21,7 +21,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.logging import get_run_logger
 
 from moxflow.backups import Archive, mark_restore_tested
-from moxflow.errors import ConfigError, MoxflowError, ProxmoxError
+from moxflow.errors import ConfigError, GuestLockedError, MoxflowError, ProxmoxError
 from moxflow.guests import SCRATCH_TAG, Guest, GuestType
 from moxflow.naming import description_run, snapshot_description, snapshot_name
 from moxflow.proxmox import ProxmoxClient, parse_upid
@@ -30,6 +30,7 @@ from moxflow.restore import RestorePlan, RestoreTestPlan, restore_request
 from tasks._retry import attempt, step
 from tasks._runs import flow_run_alive
 from tasks.backups import list_archives
+from tasks.proxmox import wait_for_earlier_task
 
 PRE_RESTORE_LABEL = "pre-restore"
 POLL_START = 0.05
@@ -182,7 +183,12 @@ def destroy_leftover(client: ProxmoxClient, guest: Guest, task_timeout: float, r
             guest.label,
             owner,
         )
-    done = destroy(client, guest.vmid, task_timeout)
+    try:
+        done = destroy(client, guest.vmid, task_timeout)
+    except GuestLockedError:  # the dead run's restore may still be writing it
+        if not wait_for_earlier_task(client, guest, "restore"):
+            raise
+        done = destroy(client, guest.vmid, task_timeout)
     if done == "nothing to clean up":
         return f"leftover scratch guest {guest.label} was gone already"
     get_run_logger().info("%s: leftover scratch guest destroyed", guest.label)

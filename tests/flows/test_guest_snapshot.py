@@ -185,6 +185,42 @@ def test_locked_guest_is_retried_then_busy_while_others_go_on(
     assert moxflow_snaps(fresh_lab.state(), 101) == set()
 
 
+def test_a_snapshot_task_an_earlier_run_left_is_waited_for_by_its_upid(
+    fresh_lab: LabClient, lab_inventory: Path
+) -> None:
+    """A run killed while Proxmox took a snapshot leaves the task running and the guest
+    locked. The next run finds that task (this token's), waits for it, naming its UPID,
+    and then takes its own snapshot in the same step: no blind retry, not busy."""
+    from blocks.proxmox import proxmox_client
+    from moxflow.inventory import load_inventory
+
+    fresh_lab.fault(target="task", type="qmsnapshot", id="101", action="slow", delay=8.0, times=1)
+    with proxmox_client(load_inventory(lab_inventory)) as client:
+        guest = next(g for g in client.resources() if g.vmid == 101)
+        orphan = client.create_snapshot(guest, "moxflow-daily-20261201-000000", "moxflow: x")
+    state = guest_snapshot(
+        label="daily", select="101", inventory=str(lab_inventory), return_state=True
+    )
+    report = state.result()
+    assert by_vmid(report) == {101: Outcome.OK}
+    assert len(moxflow_snaps(fresh_lab.state(), 101)) == 2  # the earlier run's, and this one
+    [run] = [r for name, r in task_runs(state).items() if name.startswith("pve1: snapshot")]
+    assert "Retrying" not in state_names(run.id)
+    logs = _logs(run.id)
+    assert any(f"waiting for task {orphan} of an earlier run" in m for m in logs), logs
+
+
+def _logs(task_run_id: object) -> list[str]:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterTaskRunId
+    from prefect.logging.handlers import APILogWorker
+
+    APILogWorker.drain_all(timeout=5)
+    with get_client(sync_client=True) as client:
+        logs = client.read_logs(LogFilter(task_run_id=LogFilterTaskRunId(any_=[task_run_id])))
+    return [entry.message for entry in logs]
+
+
 def test_lock_that_clears_is_retried_to_success(fresh_lab: LabClient, lab_inventory: Path) -> None:
     fresh_lab.fault(
         target="task",
