@@ -49,8 +49,23 @@ class ExpectedFailureFilter(logging.Filter):
         return not (isinstance(exc, RunFailed) and "unexpected exception" in record.getMessage())
 
 
+class StepFailureTracebackFilter(logging.Filter):
+    """Keeps Prefect's "Task run failed with exception: ..." line for a step that failed
+    with a moxflow error (an unreachable host, a busy guest, a failed task: each says what
+    happened and what to do), without the traceback under it. Any other exception keeps
+    its traceback: that one is a bug."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, MoxflowError):
+            record.exc_info = None
+            record.exc_text = None
+        return True
+
+
 # every flow module imports this one, so the engine has loaded it before it runs the flow
 logging.getLogger("prefect.flow_runs").addFilter(ExpectedFailureFilter())
+logging.getLogger("prefect.task_runs").addFilter(StepFailureTracebackFilter())
 
 _HEARTBEAT_ENV = ("PREFECT_FLOWS_HEARTBEAT_FREQUENCY", "PREFECT_RUNNER_HEARTBEAT_FREQUENCY")
 

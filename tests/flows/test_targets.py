@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from prefect.client.orchestration import get_client
 
 from flows.jobs.guest_snapshot import guest_snapshot
@@ -28,10 +29,11 @@ def rows(report: RunReport) -> dict[int, tuple[Outcome, str]]:
 
 
 def test_a_guest_another_run_holds_is_busy_for_snapshots_and_backups(
-    fresh_lab: LabClient, lab_inventory: Path
+    fresh_lab: LabClient, lab_inventory: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Guest 101 held (as a running backup, restore or update of it holds it): the snapshot
-    and backup runs leave it alone, say who holds it, do the others, and end not OK."""
+    and backup runs leave it alone, say who holds it, do the others, and end not OK. The
+    failed step's log line says so without a traceback."""
     before = fresh_lab.state()
     with hold([guest_target(101)]):
         snap = guest_snapshot(
@@ -48,6 +50,8 @@ def test_a_guest_another_run_holds_is_busy_for_snapshots_and_backups(
             inventory=str(lab_inventory),
             return_state=True,
         )
+    failed = [r for r in caplog.records if "failed with exception: TargetBusyError" in r.message]
+    assert failed and all(r.exc_info is None and not r.exc_text for r in failed)
     state = fresh_lab.state()
     for run in (snap, dump):
         assert run.is_failed()
