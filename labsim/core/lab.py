@@ -283,6 +283,7 @@ class LabCore:
         starttime = int(wall_now)
         upid = f"UPID:{node}:{pid:08X}:{pstart:08X}:{starttime:08X}:{ttype}:{tid}:{user}:"
         task = Task(upid, node, pid, pstart, starttime, ttype, tid, user, mono, mono, kind)
+        task.begun = wall_now
         task.args = dict(args or {})
         task.log.extend(log)
         if fail_now is not None:

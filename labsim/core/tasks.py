@@ -27,6 +27,7 @@ class Task:
     exitstatus: str | None = None
     endtime: int | None = None
     ended: float | None = None  # wall clock, to the microsecond (endtime is whole seconds)
+    begun: float = 0.0  # wall clock at the start, to the microsecond (starttime is whole seconds)
     log: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
@@ -43,5 +44,6 @@ class Task:
             "exitstatus": self.exitstatus,
             "endtime": self.endtime,
             "ended": self.ended,
+            "begun": self.begun,
             "log": list(self.log),
         }
