@@ -217,7 +217,6 @@ def test_parse_ha_status() -> None:
     assert ha.active and ha.master == "pve2"
     assert ha.nodes == {"pve1": "maintenance", "pve2": "online", "pve3": "online"}
     assert ha.lrm_modes["pve1"] == "maintenance"
-    assert ha.maintenance_requested == {"pve1"}
     assert ha.managed == {100, 101}
     # the LRM says maintenance, but vm:100 is still on pve1: not done yet
     assert [s.sid for s in ha.services_on("pve1")] == ["vm:100"]

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from blocks.proxmox import proxmox_client
+from flows.jobs.health_report import health_report
 from flows.jobs.proxmox_update import proxmox_update
 from labsim.client import LabClient, start_lab, wait_until
 from moxflow.errors import RunFailed
@@ -49,7 +50,9 @@ def inventory(lab: LabClient, name: str, extra: str = "") -> Path:
     nodes = sorted(h for h, v in lab.state()["hosts"].items() if v.get("apt"))
     order = ", ".join(f'"{n}"' for n in nodes)
     text = (lab.dir / "inventory.toml").read_text()
-    text += f"\n[proxmox_update]\nnodes = [{order}]\nreboot_timeout = 4.0\n{extra}\n"
+    head = "[proxmox_update]\n"  # the lab's own section names each node's dpkg log
+    assert head in text
+    text = text.replace(head, f"{head}nodes = [{order}]\nreboot_timeout = 4.0\n") + f"\n{extra}\n"
     dst = lab.dir / f"{name}-pveupdate.toml"
     dst.write_text(text)
     return dst
@@ -226,3 +229,28 @@ def test_dry_run_changes_nothing_and_shows_versions(pve: LabClient, tmp_path: Pa
     assert "pve-manager 9.1.1 → 9.1.2" in text
     assert f"reboot: yes (new kernel {NEW_KERNEL} is being installed" in text
     assert "VM 103 (vm-103): shut down" in text and "migrate online pve2 → pve1" in text
+
+
+def test_health_report_after_an_upgrade_without_reboot(pve: LabClient, tmp_path: Path) -> None:
+    inv = inventory(pve, tmp_path.name)
+    run(inv, only=["pve1"], reboot="never", guests="leave")
+    st = pve.state()
+    assert apt(st, "pve1")["reboots"] == 0 and apt(st, "pve1")["pending"] == {}
+    report = health_report(only=["nodes"], inventory=str(inv))
+    assert isinstance(report, RunReport) and report.ok
+    rows = {r.target: r for r in report.rows}
+    # reboot pending: the new kernel is installed and boots next, the old one still runs
+    assert rows["pve1 reboot"].detail == (
+        f"reboot pending: running 6.14.11-4-pve, {NEW_KERNEL} boots next"
+    )
+    assert rows["pve2 reboot"].detail.startswith("no reboot pending")
+    # the last upgrade: the lines the upgrade just appended to pve1's dpkg log
+    log = Path(apt(st, "pve1")["dpkg_log"]).read_text().splitlines()
+    assert any(line.endswith(" upgrade pve-manager:amd64 9.1.1 9.1.2") for line in log)
+    assert rows["pve1 last upgrade"].detail == f"dpkg's log: {log[-1][:19]}"
+    assert rows["pve1 last upgrade"].cell("last") == "0m ago"
+    assert rows["pve2 last upgrade"].cell("last") == "10d ago"
+    # pending updates: none left on pve1; pve2 still has its own
+    assert rows["pve1 node updates"].detail == "0 pending"
+    pending = len(apt(st, "pve2")["pending"])
+    assert pending and rows["pve2 node updates"].detail.startswith(f"{pending} pending: ")
