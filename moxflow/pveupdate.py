@@ -1144,8 +1144,11 @@ def plan_roll(
     snapshot: str | None = None,
     policy: GuestPolicy | None = None,
     reboot: RebootPolicy | None = None,
+    bystanders: Sequence[NodeFacts] = (),
 ) -> RollPlan:
-    """Plan the roll over ``facts`` (the nodes to update).
+    """Plan the roll over ``facts`` (the nodes to update); ``bystanders`` are the cluster's
+    other nodes, not updated by this roll (``--only``) but migration targets like the rest
+    when they run the same or a newer version.
 
     Order: ``settings.nodes`` when it lists them, else fewest running guests first, then by
     name. A node with nothing to upgrade, or offline, is skipped with the reason. Each
@@ -1177,7 +1180,7 @@ def plan_roll(
                 o.running_guests,
                 maintenance=ha is not None and ha.nodes.get(o.name) == "maintenance",
             )
-            for o in facts
+            for o in (*facts, *bystanders)
             if o.name != node.name
         ]
         steps = plan_guests(

@@ -665,6 +665,26 @@ def test_plan_roll_keeps_the_inventory_order() -> None:
     assert [n.node for n in plan.nodes] == ["pve2", "pve1"]
 
 
+def test_plan_roll_sends_guests_to_bystanders_of_the_same_or_a_newer_version() -> None:
+    """--only pve1: pve2 and pve3 are not updated, but take guests when their version is at
+    least pve1's; a bystander on an older version never does."""
+    older = NodeFacts("pve2", "6.8.12-4-pve", version="8.2.2", new_version="8.2.2")
+    same = NodeFacts("pve3", "6.8.12-4-pve", version="8.2.4", new_version="8.2.4")
+    plan = plan_roll(
+        [facts("pve1", [vm(100, "pve1"), ct(101, "pve1")])],
+        ProxmoxUpdateSettings(),
+        Preflight(),
+        bystanders=[older, same],
+    )
+    assert [n.node for n in plan.nodes] == ["pve1"]  # bystanders are not planned
+    assert [(s.action, s.target) for s in plan.nodes[0].guests] == [
+        ("migrate", "pve3"),
+        ("migrate", "pve3"),
+    ]
+    alone = plan_roll([facts("pve1", [vm(100, "pve1")])], ProxmoxUpdateSettings(), Preflight())
+    assert [s.action for s in alone.nodes[0].guests] == ["shutdown"]  # nowhere to go
+
+
 def test_dry_run_text() -> None:
     nodes = [facts("pve1", [vm(100, "pve1")]), facts("pve2", [], pending=())]
     ha = HaStatus(master="pve2")

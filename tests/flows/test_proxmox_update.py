@@ -18,6 +18,7 @@ from labsim.client import LabClient, start_lab, wait_until
 from moxflow.errors import RunFailed
 from moxflow.inventory import load_inventory
 from moxflow.report import Outcome, RunReport
+from tasks.targets import hold, node_target
 from tests.conftest import LAB_TIME_SCALE
 from tests.flows.conftest import step_runs, subflow_runs, zfs_snapshots
 
@@ -189,14 +190,65 @@ def test_two_nodes_without_qdevice_refused(fresh_lab: LabClient, tmp_path: Path)
     assert pre_update(st, "pve1") == [] and apt(st, "pve1")["reboots"] == 0
 
 
-def test_local_disk_guest_follows_its_fallback(pve: LabClient, tmp_path: Path) -> None:
+def test_only_one_node_its_guests_go_to_the_others_and_a_local_disk_follows_its_fallback(
+    pve: LabClient, tmp_path: Path
+) -> None:
+    """--only pve3: pve1 and pve2 are not updated but still take pve3's guests (same
+    version); VM 107 has a local disk and its fallback leaves it running."""
+    before = pve.state()
     inv = inventory(pve, tmp_path.name, '[proxmox_update.fallback]\n107 = "leave"\n')
     report = run(inv, only=["pve3"])
+    st = pve.state()
     assert row(report, "pve3").outcome is Outcome.OK
-    posts = {(r["method"], r["path"]) for r in pve.api_requests()}
-    assert ("POST", "/nodes/pve3/qemu/107/status/shutdown") not in posts  # left running
-    assert ("POST", "/nodes/pve3/qemu/107/migrate") not in posts
-    assert placement(pve.state())["107"] == ("pve3", "running")  # started after the reboot
+    assert [r.target for r in report.rows] == ["pve3"]
+    posts = [r["path"] for r in pve.api_requests() if r["method"] == "POST"]
+    away = [p for p in posts if p.startswith("/nodes/pve3/") and p.endswith("/migrate")]
+    back = [p for p in posts if p.startswith(("/nodes/pve1/", "/nodes/pve2/")) and "migrate" in p]
+    assert away and len(back) == len(away)  # moved to the nodes --only left out, and back
+    assert "/nodes/pve3/qemu/107/migrate" not in away
+    assert "/nodes/pve3/qemu/107/status/shutdown" not in posts  # left running
+    assert placement(st)["107"] == ("pve3", "running")  # started after the reboot
+    assert placement(st) == placement(before)
+    for node in ("pve1", "pve2"):  # not updated
+        assert apt(st, node)["installed"] == apt(before, node)["installed"]
+        assert apt(st, node)["reboots"] == 0 and pre_update(st, node) == []
+
+
+def test_a_node_another_run_holds_is_busy_and_untouched(pve: LabClient, tmp_path: Path) -> None:
+    before = pve.state()
+    with hold([node_target("pve2")], wait=0):
+        state = proxmox_update(
+            inventory=str(inventory(pve, tmp_path.name)),
+            only=["pve2"],
+            lock_timeout=0.5,
+            return_state=True,
+        )
+    assert state.is_failed()
+    report = state.result(raise_on_failure=False).report
+    assert row(report, "pve2").outcome is Outcome.BUSY and not report.ok
+    assert "another moxflow run holds moxflow-node-pve2" in row(report, "pve2").detail
+    st = pve.state()
+    keys = ("installed", "kernel_running", "reboots", "maintenance", "half_configured")
+    assert {k: apt(st, "pve2")[k] for k in keys} == {k: apt(before, "pve2")[k] for k in keys}
+    assert pre_update(st, "pve2") == [] and placement(st) == placement(before)
+
+
+def test_enterprise_repository_fails_pre_flight_before_any_change(
+    pve: LabClient, tmp_path: Path
+) -> None:
+    pve.control("apt_node", node="pve2", enterprise_repo="on")
+    before = pve.state()
+    report = run_failing(inventory(pve, tmp_path.name))
+    st = pve.state()
+    detail = row(report, "pve2").detail
+    assert row(report, "pve2").outcome is Outcome.FAILED and detail.startswith("pre-flight: ")
+    assert "apt-get update failed on the enterprise repository" in detail
+    assert "https://enterprise.proxmox.com/debian/pve" in detail
+    assert {row(report, n).outcome for n in ("pve1", "pve3")} == {Outcome.SKIPPED}
+    for node in ("pve1", "pve2", "pve3"):
+        assert apt(st, node)["installed"] == apt(before, node)["installed"]
+        assert apt(st, node)["reboots"] == 0 and pre_update(st, node) == []
+    assert placement(st) == placement(before)
 
 
 @pytest.mark.parametrize("guests", ["leave", "shutdown"])
