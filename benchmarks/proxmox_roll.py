@@ -41,7 +41,7 @@ elapsed = time.perf_counter() - t0
 result = report.result(raise_on_failure=False)
 rows = getattr(result, "rows", None) or getattr(getattr(result, "report", None), "rows", [])
 print(json.dumps({"seconds": elapsed, "ok": report.is_completed(),
-                  "rows": [r.line() for r in rows]}))
+                  "rows": [f"{r.target}: {r.line()}" for r in rows]}))
 """
 
 
