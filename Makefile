@@ -84,6 +84,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/backup_window.py
 	$(BIN)/python benchmarks/adhoc.py
 	$(BIN)/python benchmarks/task_overhead.py
+	$(BIN)/python benchmarks/proxmox_roll.py
 
 clean:
 	-@test -x $(BIN)/python && $(BIN)/python -m scripts.demo --stop > /dev/null 2>&1

@@ -60,9 +60,3 @@ _.LEASE_STORAGE  # tasks/targets.py: read by scripts/prefect_server.py (not scan
 # TO BE WIRED OR DELETED in files others are changing (issue 11, item 4): only the tests
 # use these today, or nothing does. Remove each line when its file is done.
 _.warnings  # moxflow/proxmox.py TaskStatus
-
-# issue 13: still to be wired by the health report (last upgrade from dpkg's log); only
-# the tests use these today
-_.maintenance_requested
-_.last_upgrade
-_.dpkg_log_argv

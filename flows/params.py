@@ -176,6 +176,11 @@ class ProxmoxUpdateParams(FlowParams):
         description="reboot after the upgrade: auto (when the kernel changed), always, never "
         "(default: [proxmox_update] reboot)",
     )
+    lock_timeout: LockTimeout = Field(
+        default=120.0,
+        description="seconds to wait for a node another moxflow run holds; then it is busy "
+        "and the roll stops",
+    )
     dry_run: DryRun = False
     inventory: InventoryFile = None
 

@@ -1,9 +1,10 @@
 """The fleet at a glance: pure checks behind the daily health report.
 
 ``tasks/health.py`` reads the facts (storage listings, the offsite folder, snapshot lists,
-NixOS generations, pending node updates) and hands them to these functions; each returns
-``Check`` rows that say what was looked at, how old it is, what the limit is, and whether it
-passed; ``check_row`` makes each one a line of the run's report. Nothing here does I/O.
+NixOS generations, each node's pending updates, last upgrade and kernels) and hands them to
+these functions; each returns ``Check`` rows that say what was looked at, how old it is,
+what the limit is, and whether it passed; ``check_row`` makes each one a line of the run's
+report. Nothing here does I/O.
 
 Like sanoid's ``--monitor-snapshots``, a snapshot label is judged by its newest snapshot:
 it passes while that snapshot is younger than ``grace`` × the label's period.
@@ -27,9 +28,11 @@ __all__ = [
     "backup_checks",
     "check_row",
     "checks_summary",
+    "last_upgrade_check",
     "locked_nixpkgs_time",
     "nixos_check",
     "node_check",
+    "reboot_check",
     "snapshot_check",
 ]
 
@@ -38,7 +41,8 @@ __all__ = [
 class Check:
     """One line of the health report."""
 
-    kind: str  # backup | offsite | restore test | LABEL snapshots | nixos | node updates
+    kind: str  # backup | offsite | restore test | LABEL snapshots | nixos | node updates |
+    # last upgrade | reboot
     target: str  # a guest, dataset, NixOS host or node
     last: datetime | None  # when it last happened; None: never (or not applicable)
     limit: timedelta | None  # how old ``last`` may be; None: shown, not judged
@@ -165,6 +169,24 @@ def node_check(node: str, pending: Sequence[Mapping[str, Any]], max_pending: int
     if max_pending is not None:
         detail += f" (limit {max_pending})"
     return Check("node updates", node, None, None, ok, detail, "ok" if ok else "TOO MANY")
+
+
+def last_upgrade_check(node: str, last: datetime | None) -> Check:
+    """When dpkg last upgraded or installed a package on a Proxmox node (its log): shown, not
+    judged (the update job and its schedule decide when)."""
+    detail = f"dpkg's log: {last:%Y-%m-%d %H:%M:%S}" if last else "no upgrade in dpkg's log"
+    return Check("last upgrade", node, last, None, True, detail)
+
+
+def reboot_check(node: str, running: str, next_boot: str | None) -> Check:
+    """Whether a Proxmox node waits for a reboot: the kernel it boots next (pins included)
+    is not the one it runs, as after an upgrade run with ``--reboot never``. Shown, not
+    judged: the reboot is the owner's call."""
+    if next_boot and next_boot != running:
+        detail = f"reboot pending: running {running}, {next_boot} boots next"
+    else:
+        detail = f"no reboot pending: running {running}, the kernel that boots next"
+    return Check("reboot", node, None, None, True, detail)
 
 
 def check_row(check: Check, now: datetime) -> ReportRow:

@@ -48,7 +48,6 @@ from moxflow.zfs import snapshot_argv
 
 __all__ = [
     "BLOCKING_TASK_TYPES",
-    "DPKG_LOG",
     "SNAPSHOT_LABEL",
     "ClusterNode",
     "ClusterStatus",
@@ -108,8 +107,6 @@ __all__ = [
 
 SNAPSHOT_LABEL = "pre-update"
 """The label of the root dataset's snapshot taken before a node's upgrade."""
-
-DPKG_LOG = "/var/log/dpkg.log"
 
 BLOCKING_TASK_TYPES = frozenset(
     {
@@ -443,7 +440,6 @@ class HaStatus:
     nodes: Mapping[str, str] = field(default_factory=dict)
     lrm_modes: Mapping[str, str] = field(default_factory=dict)
     services: tuple[HaService, ...] = ()
-    maintenance_requested: frozenset[str] = frozenset()
 
     @property
     def active(self) -> bool:
@@ -473,9 +469,8 @@ def parse_ha_status(data: Any) -> HaStatus:
         raise _bad(source, "manager_status and lrm_status should be objects", data)
     node_status = manager.get("node_status") or {}
     service_status = manager.get("service_status") or {}
-    requests = manager.get("node_request") or {}
-    if not all(isinstance(x, Mapping) for x in (node_status, service_status, requests)):
-        raise _bad(source, "node_status, service_status and node_request should be objects", data)
+    if not all(isinstance(x, Mapping) for x in (node_status, service_status)):
+        raise _bad(source, "node_status and service_status should be objects", data)
     services = [
         HaService(str(sid), str(s.get("node") or ""), str(s.get("state") or ""))
         for sid, s in service_status.items()
@@ -489,11 +484,6 @@ def parse_ha_status(data: Any) -> HaStatus:
             str(k): str(v.get("mode") or "") for k, v in lrm.items() if isinstance(v, Mapping)
         },
         services=tuple(sorted(services, key=lambda s: s.sid)),
-        maintenance_requested=frozenset(
-            str(n)
-            for n, r in requests.items()
-            if isinstance(r, Mapping) and _flag(r.get("maintenance"))
-        ),
     )
 
 
@@ -747,10 +737,10 @@ def held_packages_argv() -> list[str]:
     return ["apt-mark", "showhold"]
 
 
-def dpkg_log_argv() -> list[str]:
-    """The upgrade and install lines of dpkg's log (exit 1 when none: run without check);
-    read with :func:`last_upgrade`."""
-    return ["grep", "-h", "-E", "^[0-9-]+ [0-9:]+ (upgrade|install) ", DPKG_LOG]
+def dpkg_log_argv(path: str) -> list[str]:
+    """The upgrade and install lines of dpkg's log at ``path`` (exit 1 when none, 2 when it
+    cannot be read: run without check); read with :func:`last_upgrade`."""
+    return ["grep", "-h", "-E", "^[0-9-]+ [0-9:]+ (upgrade|install) ", "--", path]
 
 
 # --- pre-flight ----------------------------------------------------------------------------
@@ -1154,8 +1144,11 @@ def plan_roll(
     snapshot: str | None = None,
     policy: GuestPolicy | None = None,
     reboot: RebootPolicy | None = None,
+    bystanders: Sequence[NodeFacts] = (),
 ) -> RollPlan:
-    """Plan the roll over ``facts`` (the nodes to update).
+    """Plan the roll over ``facts`` (the nodes to update); ``bystanders`` are the cluster's
+    other nodes, not updated by this roll (``--only``) but migration targets like the rest
+    when they run the same or a newer version.
 
     Order: ``settings.nodes`` when it lists them, else fewest running guests first, then by
     name. A node with nothing to upgrade, or offline, is skipped with the reason. Each
@@ -1187,7 +1180,7 @@ def plan_roll(
                 o.running_guests,
                 maintenance=ha is not None and ha.nodes.get(o.name) == "maintenance",
             )
-            for o in facts
+            for o in (*facts, *bystanders)
             if o.name != node.name
         ]
         steps = plan_guests(

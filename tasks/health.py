@@ -1,10 +1,11 @@
 """Prefect tasks of the health report: read the fleet's facts and judge them.
 
 Every task here only reads: storage listings, ``ls`` of the offsite folder, ``zfs list``,
-guest snapshot lists, ``nixos-rebuild list-generations``, ``flake.lock`` and
+guest snapshot lists, ``nixos-rebuild list-generations``, ``flake.lock``,
 ``GET /nodes/{node}/apt/update`` (the cached list Proxmox refreshes daily; it does not run
-``apt update``). A fact that cannot be read becomes a failed check naming the error; the
-other checks go on.
+``apt update``), each node's running kernel (``GET /nodes/{node}/status``) and, over SSH,
+the kernel it boots next and dpkg's log. A fact that cannot be read becomes a failed check
+naming the error; the other checks go on.
 """
 
 from __future__ import annotations
@@ -23,9 +24,11 @@ from moxflow.errors import MoxflowError, SshCommandError
 from moxflow.fleet import (
     Check,
     backup_checks,
+    last_upgrade_check,
     locked_nixpkgs_time,
     nixos_check,
     node_check,
+    reboot_check,
     snapshot_check,
 )
 from moxflow.guests import Guest
@@ -39,6 +42,13 @@ from moxflow.nixos import (
     read_checked_argv,
 )
 from moxflow.proxmox import ProxmoxClient
+from moxflow.pveupdate import (
+    dpkg_log_argv,
+    kernel_list_argv,
+    last_upgrade,
+    parse_kernel_list,
+    parse_node_status,
+)
 from moxflow.ssh import SshRunner
 from moxflow.zfs import list_snapshots_argv, parse_snapshot_list
 from tasks.backups import list_archives, list_offsite
@@ -219,7 +229,9 @@ def check_nixos(inv: Inventory, now: datetime) -> list[Check]:
 
 @task(name="health-node-updates", cache_policy=NO_CACHE)
 def check_nodes(inv: Inventory, client: ProxmoxClient) -> list[Check]:
-    """Per Proxmox node: its pending package updates (Proxmox's cached list)."""
+    """Per Proxmox node: its pending package updates (Proxmox's cached list), when dpkg last
+    upgraded a package and whether a reboot is pending (the kernel that boots next is not the
+    running one); the last two over SSH, for nodes that are [hosts]."""
     logger = get_run_logger()
     out: list[Check] = []
     try:
@@ -233,7 +245,35 @@ def check_nodes(inv: Inventory, client: ProxmoxClient) -> list[Check]:
         except MoxflowError as exc:
             logger.error("%s: cannot read pending updates: %s", node, exc)
             out.append(_error("node updates", node, exc))
-            continue
-        items = [p for p in pending if isinstance(p, dict)]
-        out.append(node_check(node, items, inv.health.node_max_pending_updates))
+        else:
+            items = [p for p in pending if isinstance(p, dict)]
+            out.append(node_check(node, items, inv.health.node_max_pending_updates))
+        if node in inv.hosts:
+            out += _node_state_checks(inv, client, node)
+        else:
+            logger.info("%s is not in [hosts]: last upgrade and reboot not read", node)
+    return out
+
+
+def _node_state_checks(inv: Inventory, client: ProxmoxClient, node: str) -> list[Check]:
+    """A node's last upgrade (dpkg's log) and pending reboot (running vs next-boot kernel)."""
+    logger = get_run_logger()
+    path = inv.proxmox_update.dpkg_log_of(node)
+    try:
+        running = parse_node_status(client.node_status(node)).kernel_release
+        with ssh_runner(inv, node) as runner:
+            kernels = parse_kernel_list(runner.run(kernel_list_argv()).stdout)
+            log = runner.run(dpkg_log_argv(path), check=False)
+    except MoxflowError as exc:
+        logger.error("%s: cannot read its kernels and dpkg's log: %s", node, exc)
+        return [_error("last upgrade", node, exc), _error("reboot", node, exc)]
+    out = [reboot_check(node, running, kernels.next_boot)]
+    if log.exit_code > 1:  # 1: no matching line; 2: the log cannot be read
+        logger.error("%s: cannot read %s: %s", node, path, log.stderr.strip())
+        why = log.stderr.strip() or f"grep exited {log.exit_code}"
+        out.insert(
+            0, Check("last upgrade", node, None, None, False, f"cannot read: {why}", "ERROR")
+        )
+    else:
+        out.insert(0, last_upgrade_check(node, last_upgrade(log.stdout, inv.tz)))
     return out

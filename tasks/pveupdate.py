@@ -191,6 +191,17 @@ def node_facts(
     return NodeState(facts, installed, audit, failed, status.uptime)
 
 
+@step("pveupdate-bystander", "{node}: facts (migration target)")
+def bystander_facts(client: ProxmoxClient, node: str, guests: Sequence[Guest]) -> NodeFacts:
+    """A node this roll does not update (``--only``) but may move guests to: its installed
+    pve-manager (API) and its guests; nothing is refreshed or read over SSH."""
+    installed = parse_apt_versions(client.apt_versions(node))
+    status = parse_node_status(client.node_status(node))
+    version = installed.versions.get("pve-manager") or status.manager_version
+    mine = tuple(g for g in guests if g.node == node)
+    return NodeFacts(node, status.kernel_release, version=version, new_version=version, guests=mine)
+
+
 # --- one node's run --------------------------------------------------------------------------
 
 

@@ -13,9 +13,11 @@ from moxflow.fleet import (
     backup_checks,
     check_row,
     checks_summary,
+    last_upgrade_check,
     locked_nixpkgs_time,
     nixos_check,
     node_check,
+    reboot_check,
     snapshot_check,
 )
 from moxflow.guests import Guest
@@ -175,6 +177,19 @@ def test_node_updates_are_judged_only_with_a_limit() -> None:
     judged = node_check("pve1", pending, 5)
     assert not judged.ok and judged.status == "TOO MANY" and judged.detail.endswith("(limit 5)")
     assert node_check("pve2", [], 0).ok
+
+
+def test_last_upgrade_and_reboot_are_shown_not_judged() -> None:
+    when = datetime(2026, 7, 1, 10, 32, 10, tzinfo=UTC)
+    last = last_upgrade_check("pve1", when)
+    assert last.ok and last.last == when and last.detail == "dpkg's log: 2026-07-01 10:32:10"
+    assert last.cells(when + timedelta(days=3))["last"] == "3d ago"
+    never = last_upgrade_check("pve1", None)
+    assert never.ok and never.detail == "no upgrade in dpkg's log"
+    pending = reboot_check("pve1", "6.14.11-4-pve", "6.14.11-5-pve")
+    assert pending.ok and pending.detail.startswith("reboot pending: running 6.14.11-4-pve")
+    assert reboot_check("pve1", "6.14.11-5-pve", "6.14.11-5-pve").detail.startswith("no reboot")
+    assert reboot_check("pve1", "6.14.11-5-pve", None).detail.startswith("no reboot")
 
 
 def test_the_health_report_has_its_own_columns_not_the_snapshot_ones() -> None:

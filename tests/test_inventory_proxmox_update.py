@@ -100,6 +100,8 @@ def test_pre_update_snapshots_have_a_default_policy(tmp_path: Path) -> None:
         ('two_node_without_qdevice = "yes"\n', "proxmox_update.two_node_without_qdevice"),
         ('root_dataset = "rpool/ROOT/pve-1@x"\n', "proxmox_update.root_dataset"),
         ("reboot_timeout = 0\n", "proxmox_update.reboot_timeout"),
+        ('dpkg_log = "var/log/dpkg.log"\n', "proxmox_update.dpkg_log"),
+        ('dpkg_log = "/var/log/{node}; rm -rf /"\n', "proxmox_update.dpkg_log"),
         ('policies = { pre-update = "keep-lots=3" }\n', "proxmox_update.policies.pre-update"),
         ("colour = 1\n", "proxmox_update.colour"),
     ],
@@ -108,6 +110,12 @@ def test_setting_errors(tmp_path: Path, text: str, expected: str) -> None:
     with pytest.raises(ConfigError) as info:
         load(tmp_path, "[proxmox_update]\n" + text)
     assert expected in str(info.value)
+
+
+def test_dpkg_log_per_node(tmp_path: Path) -> None:
+    assert load(tmp_path, "").proxmox_update.dpkg_log_of("pve1") == "/var/log/dpkg.log"
+    inv = load(tmp_path, '[proxmox_update]\ndpkg_log = "/srv/logs/{node}/dpkg.log"\n')
+    assert inv.proxmox_update.dpkg_log_of("pve2") == "/srv/logs/pve2/dpkg.log"
 
 
 def test_nodes_default_to_the_whole_cluster(tmp_path: Path) -> None:

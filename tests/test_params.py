@@ -19,6 +19,7 @@ JOBS: dict[str, type[FlowParams]] = {
     "flows.restore_test:restore_test": fp.RestoreTestParams,
     "flows.restore:restore": fp.RestoreParams,
     "flows.health_report:health_report": fp.HealthReportParams,
+    "flows.proxmox_update:proxmox_update": fp.ProxmoxUpdateParams,
 }
 
 

@@ -584,6 +584,71 @@ def test_snapshot_helpers_build_the_right_calls(wire: Wire) -> None:
     ]
 
 
+def test_node_update_helpers_build_the_right_calls(wire: Wire) -> None:
+    """The calls of the Proxmox update job: each method, path and parameter on the wire, and
+    what comes back (raw data, a UPID, or nothing for a reboot)."""
+    apt_upid = UPID.replace("qmsnapshot:101", "aptupdate:")
+    gets: dict[str, Any] = {
+        "/nodes/pve1/status": {"uptime": 42, "current-kernel": {"release": "6.14.11-5-pve"}},
+        "/nodes/pve1/apt/versions": [{"Package": "pve-manager", "OldVersion": "9.1.1"}],
+        "/cluster/status": [{"type": "cluster", "quorate": 1}],
+        "/cluster/config/qdevice": {},
+        "/cluster/ha/status/manager_status": {"manager_status": {"master_node": "pve2"}},
+        "/nodes/pve1/tasks": [{"upid": UPID, "type": "vzdump"}],
+        "/nodes/pve1/qemu/101/migrate": {"running": 1, "allowed_nodes": ["pve2"]},
+    }
+    for path, data in gets.items():
+        wire.routes[path] = lambda req, data=data: Reply(body={"data": data})
+    posts = {
+        "/nodes/pve1/status": None,
+        "/nodes/pve1/apt/update": apt_upid,
+        "/nodes/pve1/qemu/101/migrate": UPID,
+        "/nodes/pve1/lxc/100/migrate": UPID,
+        "/nodes/pve1/qemu/101/status/shutdown": UPID,
+    }
+    for path, upid in posts.items():
+        get = gets.get(path)
+        wire.routes[path] = lambda req, get=get, upid=upid: Reply(
+            body={"data": get if req.method == "GET" else upid}
+        )
+    client = wire.client()
+    assert client.node_status("pve1")["uptime"] == 42
+    assert client.apt_versions("pve1") == gets["/nodes/pve1/apt/versions"]
+    assert client.cluster_status() == gets["/cluster/status"]
+    assert client.qdevice() == {}
+    assert client.ha_manager_status() == gets["/cluster/ha/status/manager_status"]
+    assert client.active_tasks("pve1") == gets["/nodes/pve1/tasks"]
+    assert client.migrate_precheck("pve1", "qemu", 101)["allowed_nodes"] == ["pve2"]
+    assert client.reboot_node("pve1") is None
+    assert client.apt_update("pve1") == apt_upid
+    assert client.migrate("pve1", "qemu", 101, "pve2", online=True) == UPID
+    assert client.migrate("pve1", "lxc", 100, "pve2", restart=True, timeout=60) == UPID
+    assert client.shutdown("pve1", "qemu", 101, timeout=180) == UPID
+    assert [(s.path, s.params) for s in wire.seen if s.method == "GET"] == [
+        *((path, {"source": ["active"]} if path.endswith("/tasks") else {}) for path in gets)
+    ]
+    assert [(s.method, s.path, s.params) for s in wire.seen if s.method != "GET"] == [
+        ("POST", "/nodes/pve1/status", {"command": ["reboot"]}),
+        ("POST", "/nodes/pve1/apt/update", {}),
+        ("POST", "/nodes/pve1/qemu/101/migrate", {"target": ["pve2"], "online": ["1"]}),
+        (
+            "POST",
+            "/nodes/pve1/lxc/100/migrate",
+            {"target": ["pve2"], "restart": ["1"], "timeout": ["60"]},
+        ),
+        ("POST", "/nodes/pve1/qemu/101/status/shutdown", {"timeout": ["180"], "forceStop": ["1"]}),
+    ]
+
+
+def test_a_node_update_call_answered_with_the_wrong_shape_is_a_parse_error(wire: Wire) -> None:
+    wire.queue("/cluster/status", Reply(body={"data": {"quorate": 1}}))
+    wire.queue("/nodes/pve1/apt/update", Reply(body={"data": None}))
+    with pytest.raises(ParseError):
+        wire.client().cluster_status()
+    with pytest.raises(ParseError, match="instead of a task id"):
+        wire.client().apt_update("pve1")
+
+
 @pytest.mark.parametrize("name", ["../../status/stop", "a", "current", "Snap 1", "x" * 41])
 def test_a_snapshot_name_proxmox_would_refuse_never_reaches_the_url(wire: Wire, name: str) -> None:
     vm = Guest(vmid=101, name="media-vm", node="pve1", type="qemu")

@@ -217,7 +217,6 @@ def test_parse_ha_status() -> None:
     assert ha.active and ha.master == "pve2"
     assert ha.nodes == {"pve1": "maintenance", "pve2": "online", "pve3": "online"}
     assert ha.lrm_modes["pve1"] == "maintenance"
-    assert ha.maintenance_requested == {"pve1"}
     assert ha.managed == {100, 101}
     # the LRM says maintenance, but vm:100 is still on pve1: not done yet
     assert [s.sid for s in ha.services_on("pve1")] == ["vm:100"]
@@ -664,6 +663,26 @@ def test_plan_roll_keeps_the_inventory_order() -> None:
     nodes = [facts("pve1", []), facts("pve2", [vm(200, "pve2")])]
     plan = plan_roll(nodes, ProxmoxUpdateSettings(nodes=["pve2", "pve1"]), Preflight())
     assert [n.node for n in plan.nodes] == ["pve2", "pve1"]
+
+
+def test_plan_roll_sends_guests_to_bystanders_of_the_same_or_a_newer_version() -> None:
+    """--only pve1: pve2 and pve3 are not updated, but take guests when their version is at
+    least pve1's; a bystander on an older version never does."""
+    older = NodeFacts("pve2", "6.8.12-4-pve", version="8.2.2", new_version="8.2.2")
+    same = NodeFacts("pve3", "6.8.12-4-pve", version="8.2.4", new_version="8.2.4")
+    plan = plan_roll(
+        [facts("pve1", [vm(100, "pve1"), ct(101, "pve1")])],
+        ProxmoxUpdateSettings(),
+        Preflight(),
+        bystanders=[older, same],
+    )
+    assert [n.node for n in plan.nodes] == ["pve1"]  # bystanders are not planned
+    assert [(s.action, s.target) for s in plan.nodes[0].guests] == [
+        ("migrate", "pve3"),
+        ("migrate", "pve3"),
+    ]
+    alone = plan_roll([facts("pve1", [vm(100, "pve1")])], ProxmoxUpdateSettings(), Preflight())
+    assert [s.action for s in alone.nodes[0].guests] == ["shutdown"]  # nowhere to go
 
 
 def test_dry_run_text() -> None:

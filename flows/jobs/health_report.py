@@ -108,7 +108,9 @@ def health_report(
             + (f", offsite on {inv.offsite.host}" if inv.offsite else ""),
             "snapshots": f"{len(inv.zfs.datasets)} dataset(s), {len(sets.snapshotted)} guest(s)",
             "nixos": f"{len(inv.nixos.hosts)} NixOS host(s)",
-            "nodes": "every Proxmox node's pending updates" if client else "no [proxmox]",
+            "nodes": "every Proxmox node's pending updates, last upgrade and pending reboot"
+            if client
+            else "no [proxmox]",
         }
         for kind in kinds:
             # the kinds of check, not targets yet: the plan says what will be looked at

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -22,6 +23,7 @@ from moxflow.naming import snapshot_name
 from moxflow.proxmox import ProxmoxClient
 from moxflow.pveupdate import (
     SNAPSHOT_LABEL,
+    NodeFacts,
     NodePlan,
     RollPlan,
     failure_next_steps,
@@ -36,6 +38,7 @@ from tasks.pveupdate import (
     ClusterFacts,
     NodeRun,
     NodeState,
+    bystander_facts,
     cluster_facts,
     guests_leave,
     guests_return,
@@ -65,12 +68,13 @@ def _cells(plan: NodePlan, snap: str | None = None) -> dict[str, str]:
 
 
 @flow(name="proxmox-update-node", flow_run_name="{node}", validate_parameters=False)
-def update_node(node: str, run: NodeRun) -> ReportRow | State[ReportRow]:
+def update_node(node: str, run: NodeRun, wait: float) -> ReportRow | State[ReportRow]:
     """One node, step by step: snapshot → guests-leave → upgrade → reboot (when needed) →
     verify → guests-return, holding the node's slot the whole time. Failed when the node did
-    not end up updated: failed (the roll stops) or busy (another run holds it)."""
+    not end up updated: failed (the roll stops) or busy (another run holds it longer than
+    ``wait`` seconds)."""
     try:
-        with hold([node_target(node)]):
+        with hold([node_target(node)], wait=wait):
             row = _chain(run)
     except TargetBusyError as exc:
         row = ReportRow(node, Outcome.BUSY, detail=str(exc), cells=_cells(run.plan))
@@ -126,13 +130,19 @@ def proxmox_update(
     only: list[str] | None = None,
     guests: GuestPolicy | None = None,
     reboot: RebootPolicy | None = None,
+    lock_timeout: float = 120.0,
     dry_run: bool = False,
     inventory: str | None = None,
 ) -> RunReport | State[Any]:
     """Pre-flight the cluster, plan the roll, then one ``proxmox-update-node`` subflow run
     per node, one at a time; the first failure stops the roll."""
     p = ProxmoxUpdateParams(
-        only=only, guests=guests, reboot=reboot, dry_run=dry_run, inventory=inventory
+        only=only,
+        guests=guests,
+        reboot=reboot,
+        lock_timeout=lock_timeout,
+        dry_run=dry_run,
+        inventory=inventory,
     )
     logger = get_run_logger()
     inv = load_inventory(p.inventory)
@@ -157,7 +167,14 @@ def proxmox_update(
             except MoxflowError as exc:
                 refused.append(f"{node}: {exc}")
                 report.add(ReportRow(node, Outcome.FAILED, detail=f"pre-flight: {exc}"))
-        plan = _plan(facts, states, inv, now, p)
+        # the nodes --only leaves out still take guests (the planner checks their versions)
+        bystanders: list[NodeFacts] = []
+        for other in sorted(online - set(nodes)) if policy == "migrate" and not refused else ():
+            try:
+                bystanders.append(tuned(bystander_facts, inv)(client, other, facts.guests))
+            except MoxflowError as exc:
+                logger.warning("%s: not a migration target (%s)", other, exc)
+        plan = _plan(facts, states, inv, now, p, bystanders)
         for line in plan.describe():
             logger.info("%s", line)
         report.notes.extend(plan.describe())
@@ -175,7 +192,7 @@ def proxmox_update(
                 detail = n.skip or " | ".join(line.strip() for line in n.describe()[1:])
                 report.add(ReportRow(n.node, outcome, detail=detail, cells=_cells(n, n.snapshot)))
             return finish(report, artifact_key="proxmox-update-report", inv=inv)
-        _roll(report, inv, client, plan, states, now, tz)
+        _roll(report, inv, client, plan, states, now, tz, p.lock_timeout)
     return finish(report, artifact_key="proxmox-update-report", inv=inv)
 
 
@@ -185,6 +202,7 @@ def _plan(
     inv: Inventory,
     now: datetime,
     p: ProxmoxUpdateParams,
+    bystanders: Sequence[NodeFacts] = (),
 ) -> RollPlan:
     """The pre-flight verdict and the roll's plan from the facts (pure)."""
     settings = inv.proxmox_update
@@ -209,6 +227,7 @@ def _plan(
         snapshot=snapshot_name(SNAPSHOT_LABEL, now),
         policy=p.guests,
         reboot=p.reboot,
+        bystanders=bystanders,
     )
 
 
@@ -220,6 +239,7 @@ def _roll(
     states: dict[str, NodeState],
     now: datetime,
     tz: ZoneInfo,
+    wait: float,
 ) -> None:
     """The nodes in the plan's order, one subflow run each; the first failure stops it."""
     logger = get_run_logger()
@@ -232,7 +252,7 @@ def _roll(
             report.add(ReportRow(n.node, Outcome.SKIPPED, detail=n.skip, cells=_cells(n)))
             continue
         run = NodeRun(inv, client, n, states[n.node], now, tz)
-        state = update_node(n.node, run, return_state=True)
+        state = update_node(n.node, run, wait, return_state=True)
         row = state.result(raise_on_failure=False)
         if not isinstance(row, ReportRow):
             row = ReportRow(n.node, Outcome.FAILED, detail=f"the node's update crashed: {row}")

@@ -3,21 +3,21 @@ and the restore tests of the newest ones."""
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Literal
 
-from pydantic import AfterValidator, Field, field_validator
+from pydantic import Field, field_validator
 
 from moxflow.errors import ConfigError
 from moxflow.inventory.fields import (
     HOURS_MAX,
     HostName,
+    NodePath,
     PolicyText,
     RemotePath,
     Seconds,
     Section,
     StorageName,
     check_selection,
-    validate_remote_path,
 )
 from moxflow.restore import parse_vmid_range
 
@@ -30,15 +30,6 @@ __all__ = [
 
 DEFAULT_NOTES_TEMPLATE = "{{guestname}} {{vmid}} {{node}} moxflow"
 """The notes of a backup moxflow made: it marks the archive as moxflow's."""
-
-
-def _check_storage_path(value: str) -> str:
-    # ``{node}`` stands for the node's name on a node-local storage
-    validate_remote_path(value.replace("{node}", "node"))
-    return value
-
-
-StoragePath = Annotated[str, AfterValidator(_check_storage_path)]
 
 
 class BackupSettings(Section):
@@ -107,7 +98,7 @@ class BackupSettings(Section):
     task_timeout: Seconds = Field(
         default=4 * 3600.0, description="Seconds one vzdump task may run before it is given up."
     )
-    storage_paths: dict[StorageName, StoragePath] = Field(
+    storage_paths: dict[StorageName, NodePath] = Field(
         default_factory=dict,
         description=(
             "Folder of each storage's archives as seen on a node, for the offsite copy; "

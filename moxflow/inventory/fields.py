@@ -31,6 +31,7 @@ __all__ = [
     "Hours",
     "Label",
     "Login",
+    "NodePath",
     "Policies",
     "PolicyText",
     "Port",
@@ -136,6 +137,16 @@ PolicyText = Annotated[str, AfterValidator(_check_policy)]
 HostName = Annotated[str, AfterValidator(validate_host_name)]
 DatasetName = Annotated[str, AfterValidator(validate_dataset)]
 RemotePath = Annotated[str, AfterValidator(validate_remote_path)]
+
+
+def _check_node_path(value: str) -> str:
+    # ``{node}`` stands for the node's name (a node-local storage, a per-node log)
+    validate_remote_path(value.replace("{node}", "node"))
+    return value
+
+
+NodePath = Annotated[str, AfterValidator(_check_node_path)]
+"""An absolute path on a Proxmox node in which ``{node}`` stands for the node's name."""
 StorageName = Annotated[str, Field(pattern=r"^[A-Za-z][A-Za-z0-9_.-]{0,63}$")]
 Port = Annotated[int, Field(ge=1, le=65535)]
 SECONDS_MAX = 366 * 86400.0

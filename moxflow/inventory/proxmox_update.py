@@ -2,8 +2,9 @@
 
 What happens to each node's guests (``guests``, with a ``fallback`` per guest that cannot
 move), when a node reboots (``reboot``), which root dataset is snapshotted first and how long
-those ``pre-update`` snapshots are kept, how long each bounded wait may last, and whether a
-two-node cluster without a QDevice may be rolled at all.
+those ``pre-update`` snapshots are kept, how long each bounded wait may last, whether a
+two-node cluster without a QDevice may be rolled at all, and where dpkg's log is (the health
+report reads the last upgrade from it).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from moxflow.inventory.fields import (
     POLICIES_HELP,
     DatasetName,
     HostName,
+    NodePath,
     Policies,
     Seconds,
     Section,
@@ -105,6 +107,13 @@ class ProxmoxUpdateSettings(Section):
             '"allow" to accept that (never with HA resources, which get a node fenced).'
         ),
     )
+    dpkg_log: NodePath = Field(
+        default="/var/log/dpkg.log",
+        description=(
+            "dpkg's log on each node, where the health report reads when packages were last "
+            "upgraded; {node} stands for the node's name."
+        ),
+    )
     reboot_timeout: Seconds = Field(
         default=900.0,
         description=(
@@ -147,6 +156,10 @@ class ProxmoxUpdateSettings(Section):
                     f"{key!r} is neither a VMID nor a guest name (letters, digits, '-', '.')"
                 )
         return fallback
+
+    def dpkg_log_of(self, node: str) -> str:
+        """Where dpkg's log is on ``node``."""
+        return self.dpkg_log.replace("{node}", node)
 
     def fallback_for(self, vmid: int, name: str = "") -> FallbackPolicy:
         """The fallback of guest ``vmid`` (called ``name``): its VMID's entry, else its

@@ -90,8 +90,17 @@ def test_passes_on_a_lab_whose_jobs_ran(fast_lab: LabClient, lab_inventory: Path
     pairs = [(t["target"], t["kind"]) for t in report.table()]
     assert len(set(pairs)) == len(pairs) == len(report.rows)
     assert not any("fleet health" in n or n.startswith("CHECK") for n in report.notes)
-    pve1 = [line for line in lines if line.startswith("pve1 ")]
+    pve1 = [line for line in lines if line.split()[:3] == ["pve1", "node", "updates"]]
     assert len(pve1) == 1 and pve1[0].split()[:6] == ["pve1", "node", "updates", "—", "—", "ok"]
+    # each node's last upgrade is the newest upgrade/install line of its own dpkg log (the
+    # lab's pve1 last upgraded 9 days before it started, pve2 a day earlier), no reboot waits
+    for node, age in (("pve1", "9d ago"), ("pve2", "10d ago")):
+        log = Path(before["hosts"][node]["apt"]["dpkg_log"]).read_text().splitlines()
+        newest = next(ln for ln in reversed(log) if " install " in ln or " upgrade " in ln)
+        last = rows[f"{node} last upgrade"]
+        assert last.outcome is Outcome.OK and f"dpkg's log: {newest[:19]}" in last.detail
+        assert last.cell("last") == age
+        assert rows[f"{node} reboot"].detail.startswith("no reboot pending: running ")
     # the limits as the rules say them: 1.5 x the label's period
     media = {r.cell("kind"): r for r in report.rows if r.cell("target") == "pve1:tank/media"}
     assert media["hourly snapshots"].cell("limit") == "90m"

@@ -12,11 +12,13 @@ from typing import Any
 import pytest
 
 from blocks.proxmox import proxmox_client
+from flows.jobs.health_report import health_report
 from flows.jobs.proxmox_update import proxmox_update
 from labsim.client import LabClient, start_lab, wait_until
 from moxflow.errors import RunFailed
 from moxflow.inventory import load_inventory
 from moxflow.report import Outcome, RunReport
+from tasks.targets import hold, node_target
 from tests.conftest import LAB_TIME_SCALE
 from tests.flows.conftest import step_runs, subflow_runs, zfs_snapshots
 
@@ -44,12 +46,17 @@ def pve(lab3: LabClient) -> LabClient:
     return lab3
 
 
-def inventory(lab: LabClient, name: str, extra: str = "") -> Path:
+def inventory(lab: LabClient, name: str, extra: str = "", reboot_timeout: float = 4.0) -> Path:
     """The lab's inventory with a [proxmox_update] section: nodes in order, short waits."""
     nodes = sorted(h for h, v in lab.state()["hosts"].items() if v.get("apt"))
     order = ", ".join(f'"{n}"' for n in nodes)
     text = (lab.dir / "inventory.toml").read_text()
-    text += f"\n[proxmox_update]\nnodes = [{order}]\nreboot_timeout = 4.0\n{extra}\n"
+    head = "[proxmox_update]\n"  # the lab's own section names each node's dpkg log
+    assert head in text
+    text = (
+        text.replace(head, f"{head}nodes = [{order}]\nreboot_timeout = {reboot_timeout}\n")
+        + f"\n{extra}\n"
+    )
     dst = lab.dir / f"{name}-pveupdate.toml"
     dst.write_text(text)
     return dst
@@ -107,8 +114,13 @@ def test_full_roll_with_migration_ends_where_it_began(pve: LabClient, tmp_path: 
         assert names == [f"{node}: {s}" for s in CHAIN]
 
 
-def test_idle_node_skipped_and_reboot_only_for_a_new_kernel(pve: LabClient, tmp_path: Path) -> None:
+def test_idle_node_skipped_reboot_only_for_a_new_kernel_and_a_lingering_node_waited_for(
+    pve: LabClient, tmp_path: Path
+) -> None:
     pve.control("apt_pending", node="pve3", clear=True, refresh=True)  # nothing to do
+    # pve1 answers (old kernel, old uptime) for 40 × 0.025 = 1 s after the reboot request:
+    # not taken as rebooted until its uptime says so
+    pve.control("apt_node", node="pve1", linger=40.0)
     pve.control("apt_pending", node="pve2", clear=True, packages="pve-manager=9.1.2")
     report = run(inventory(pve, tmp_path.name))
     st = pve.state()
@@ -116,6 +128,7 @@ def test_idle_node_skipped_and_reboot_only_for_a_new_kernel(pve: LabClient, tmp_
     assert apt(st, "pve3")["reboots"] == 0 and pre_update(st, "pve3") == []
     assert apt(st, "pve2")["installed"]["pve-manager"] == "9.1.2"
     assert apt(st, "pve2")["reboots"] == 0  # no new kernel: no reboot
+    assert row(report, "pve1").outcome is Outcome.OK
     assert apt(st, "pve1")["reboots"] == 1 and apt(st, "pve1")["kernel_running"] == NEW_KERNEL
     assert row(report, "pve2").cell("reboot") == "no"
 
@@ -144,22 +157,13 @@ def test_upgrade_failing_on_node_2_stops_the_roll(pve: LabClient, tmp_path: Path
 
 def test_node_never_back_times_out_into_the_same_state(pve: LabClient, tmp_path: Path) -> None:
     pve.control("apt_node", node="pve1", never_back="on")
-    report = run_failing(inventory(pve, tmp_path.name))
+    report = run_failing(inventory(pve, tmp_path.name, reboot_timeout=1.5))
     st = pve.state()
     assert row(report, "pve1").outcome is Outcome.FAILED
     assert "reboot" in row(report, "pve1").detail
     assert {row(report, n).outcome for n in ("pve2", "pve3")} == {Outcome.SKIPPED}
     assert apt(st, "pve1")["maintenance"] is True and len(pre_update(st, "pve1")) == 1
     assert apt(st, "pve2")["reboots"] == 0 and pre_update(st, "pve2") == []
-
-
-def test_lingering_node_is_not_taken_as_rebooted(pve: LabClient, tmp_path: Path) -> None:
-    # it answers (old kernel, old uptime) for 40 × 0.025 = 1 s after the request
-    pve.control("apt_node", node="pve1", linger=40.0)
-    report = run(inventory(pve, tmp_path.name), only=["pve1"])
-    st = pve.state()
-    assert row(report, "pve1").outcome is Outcome.OK
-    assert apt(st, "pve1")["reboots"] == 1 and apt(st, "pve1")["kernel_running"] == NEW_KERNEL
 
 
 def test_not_quorate_refused_before_any_change(pve: LabClient, tmp_path: Path) -> None:
@@ -186,31 +190,88 @@ def test_two_nodes_without_qdevice_refused(fresh_lab: LabClient, tmp_path: Path)
     assert pre_update(st, "pve1") == [] and apt(st, "pve1")["reboots"] == 0
 
 
-def test_local_disk_guest_follows_its_fallback(pve: LabClient, tmp_path: Path) -> None:
+def test_only_one_node_its_guests_go_to_the_others_and_a_local_disk_follows_its_fallback(
+    pve: LabClient, tmp_path: Path
+) -> None:
+    """--only pve3: pve1 and pve2 are not updated but still take pve3's guests (same
+    version); VM 107 has a local disk and its fallback leaves it running."""
+    before = pve.state()
     inv = inventory(pve, tmp_path.name, '[proxmox_update.fallback]\n107 = "leave"\n')
     report = run(inv, only=["pve3"])
+    st = pve.state()
     assert row(report, "pve3").outcome is Outcome.OK
-    posts = {(r["method"], r["path"]) for r in pve.api_requests()}
-    assert ("POST", "/nodes/pve3/qemu/107/status/shutdown") not in posts  # left running
-    assert ("POST", "/nodes/pve3/qemu/107/migrate") not in posts
-    assert placement(pve.state())["107"] == ("pve3", "running")  # started after the reboot
+    assert [r.target for r in report.rows] == ["pve3"]
+    posts = [r["path"] for r in pve.api_requests() if r["method"] == "POST"]
+    away = [p for p in posts if p.startswith("/nodes/pve3/") and p.endswith("/migrate")]
+    back = [p for p in posts if p.startswith(("/nodes/pve1/", "/nodes/pve2/")) and "migrate" in p]
+    assert away and len(back) == len(away)  # moved to the nodes --only left out, and back
+    assert "/nodes/pve3/qemu/107/migrate" not in away
+    assert "/nodes/pve3/qemu/107/status/shutdown" not in posts  # left running
+    assert placement(st)["107"] == ("pve3", "running")  # started after the reboot
+    assert placement(st) == placement(before)
+    for node in ("pve1", "pve2"):  # not updated
+        assert apt(st, node)["installed"] == apt(before, node)["installed"]
+        assert apt(st, node)["reboots"] == 0 and pre_update(st, node) == []
+
+
+def test_a_node_another_run_holds_is_busy_and_untouched(pve: LabClient, tmp_path: Path) -> None:
+    before = pve.state()
+    with hold([node_target("pve2")], wait=0):
+        state = proxmox_update(
+            inventory=str(inventory(pve, tmp_path.name)),
+            only=["pve2"],
+            lock_timeout=0.5,
+            return_state=True,
+        )
+    assert state.is_failed()
+    report = state.result(raise_on_failure=False).report
+    assert row(report, "pve2").outcome is Outcome.BUSY and not report.ok
+    assert "another moxflow run holds moxflow-node-pve2" in row(report, "pve2").detail
+    st = pve.state()
+    keys = ("installed", "kernel_running", "reboots", "maintenance", "half_configured")
+    assert {k: apt(st, "pve2")[k] for k in keys} == {k: apt(before, "pve2")[k] for k in keys}
+    assert pre_update(st, "pve2") == [] and placement(st) == placement(before)
+
+
+def test_enterprise_repository_fails_pre_flight_before_any_change(
+    pve: LabClient, tmp_path: Path
+) -> None:
+    pve.control("apt_node", node="pve2", enterprise_repo="on")
+    before = pve.state()
+    report = run_failing(inventory(pve, tmp_path.name))
+    st = pve.state()
+    detail = row(report, "pve2").detail
+    assert row(report, "pve2").outcome is Outcome.FAILED and detail.startswith("pre-flight: ")
+    assert "apt-get update failed on the enterprise repository" in detail
+    assert "https://enterprise.proxmox.com/debian/pve" in detail
+    assert {row(report, n).outcome for n in ("pve1", "pve3")} == {Outcome.SKIPPED}
+    for node in ("pve1", "pve2", "pve3"):
+        assert apt(st, node)["installed"] == apt(before, node)["installed"]
+        assert apt(st, node)["reboots"] == 0 and pre_update(st, node) == []
+    assert placement(st) == placement(before)
+
+
+@pytest.fixture(scope="module")
+def lab1(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabClient]:
+    lab = _start(tmp_path_factory.mktemp("lab1"), 1)
+    try:
+        yield lab
+    finally:
+        lab.stop()
 
 
 @pytest.mark.parametrize("guests", ["leave", "shutdown"])
-def test_single_host(tmp_path: Path, guests: str) -> None:
-    lab = _start(tmp_path / "lab1", 1)
-    try:
-        before = placement(lab.state())
-        report = run(inventory(lab, "single"), guests=guests)
-        st = lab.state()
-        assert row(report, "pve1").outcome is Outcome.OK
-        assert apt(st, "pve1")["kernel_running"] == NEW_KERNEL
-        assert placement(st) == before
-        posts = [r["path"] for r in lab.api_requests() if r["method"] == "POST"]
-        shut = [p for p in posts if p.endswith("/status/shutdown")]
-        assert bool(shut) == (guests == "shutdown")
-    finally:
-        lab.stop()
+def test_single_host(lab1: LabClient, guests: str) -> None:
+    lab1.reset()
+    before = placement(lab1.state())
+    report = run(inventory(lab1, f"single-{guests}"), guests=guests)
+    st = lab1.state()
+    assert row(report, "pve1").outcome is Outcome.OK
+    assert apt(st, "pve1")["kernel_running"] == NEW_KERNEL
+    assert placement(st) == before
+    posts = [r["path"] for r in lab1.api_requests() if r["method"] == "POST"]
+    shut = [p for p in posts if p.endswith("/status/shutdown")]
+    assert bool(shut) == (guests == "shutdown")
 
 
 def test_dry_run_changes_nothing_and_shows_versions(pve: LabClient, tmp_path: Path) -> None:
@@ -226,3 +287,28 @@ def test_dry_run_changes_nothing_and_shows_versions(pve: LabClient, tmp_path: Pa
     assert "pve-manager 9.1.1 → 9.1.2" in text
     assert f"reboot: yes (new kernel {NEW_KERNEL} is being installed" in text
     assert "VM 103 (vm-103): shut down" in text and "migrate online pve2 → pve1" in text
+
+
+def test_health_report_after_an_upgrade_without_reboot(pve: LabClient, tmp_path: Path) -> None:
+    inv = inventory(pve, tmp_path.name)
+    run(inv, only=["pve1"], reboot="never", guests="leave")
+    st = pve.state()
+    assert apt(st, "pve1")["reboots"] == 0 and apt(st, "pve1")["pending"] == {}
+    report = health_report(only=["nodes"], inventory=str(inv))
+    assert isinstance(report, RunReport) and report.ok
+    rows = {r.target: r for r in report.rows}
+    # reboot pending: the new kernel is installed and boots next, the old one still runs
+    assert rows["pve1 reboot"].detail == (
+        f"reboot pending: running 6.14.11-4-pve, {NEW_KERNEL} boots next"
+    )
+    assert rows["pve2 reboot"].detail.startswith("no reboot pending")
+    # the last upgrade: the lines the upgrade just appended to pve1's dpkg log
+    log = Path(apt(st, "pve1")["dpkg_log"]).read_text().splitlines()
+    assert any(line.endswith(" upgrade pve-manager:amd64 9.1.1 9.1.2") for line in log)
+    assert rows["pve1 last upgrade"].detail == f"dpkg's log: {log[-1][:19]}"
+    assert rows["pve1 last upgrade"].cell("last") == "0m ago"
+    assert rows["pve2 last upgrade"].cell("last") == "10d ago"
+    # pending updates: none left on pve1; pve2 still has its own
+    assert rows["pve1 node updates"].detail == "0 pending"
+    pending = len(apt(st, "pve2")["pending"])
+    assert pending and rows["pve2 node updates"].detail.startswith(f"{pending} pending: ")

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+import time
+from collections.abc import Sequence
 from typing import Any
 
 from labsim.pve.model import DEBIAN_PACKAGES, PVE_REPOID, Node
@@ -268,3 +270,33 @@ def boot_tool_list(node: Node) -> str:
     if node.kernel_next_boot:
         text += f"\nKernel pinned on next-boot:\n{node.kernel_next_boot}\n"
     return text
+
+
+HISTORY_DAYS = 9.0
+"""How long before the lab starts its first node last upgraded (each next node a day
+earlier): the initial history of every node's dpkg log."""
+
+
+def dpkg_log_lines(
+    when: float, changes: Sequence[tuple[str, str | None, str]], configured: int
+) -> str:
+    """dpkg's log (``/var/log/dpkg.log``, the host's local time, UTC in the lab) of one run
+    that unpacked ``changes`` (package, old version or None, new version) and set up the
+    first ``configured`` of them."""
+    stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(when))
+    lines = [f"{stamp} startup archives unpack"]
+    for pkg, old, new in changes:
+        action = "upgrade" if old else "install"
+        lines += [
+            f"{stamp} {action} {pkg}:amd64 {old or '<none>'} {new}",
+            f"{stamp} status half-installed {pkg}:amd64 {old or new}",
+            f"{stamp} status unpacked {pkg}:amd64 {new}",
+        ]
+    lines.append(f"{stamp} startup packages configure")
+    for pkg, _, new in changes[:configured]:
+        lines += [
+            f"{stamp} configure {pkg}:amd64 {new} <none>",
+            f"{stamp} status half-configured {pkg}:amd64 {new}",
+            f"{stamp} status installed {pkg}:amd64 {new}",
+        ]
+    return "".join(line + "\n" for line in lines)

@@ -3,9 +3,11 @@ guest migration (issue 13). See ``labsim.pve.apt`` for the parts."""
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from labsim.core import ApiRoute, Arg, Cli, Command, ControlOp, System, Task
@@ -52,10 +54,27 @@ class AptSystem(System):
     def build(self, now: float) -> None:
         self.run = {}
         self.ha = ha.HaState()
-        for name, node in self.pve.nodes.items():
+        for i, (name, node) in enumerate(self.pve.nodes.items()):
             node.boot_id = str(uuid.uuid4())
             node.kernel_installed = packages.next_boot(node)
             self.run[name] = NodeRun()
+            log = self.dpkg_log(name)
+            if log is not None:  # its history: everything installed, days ago
+                log.parent.mkdir(parents=True, exist_ok=True)
+                when = now - (packages.HISTORY_DAYS + i) * 86400
+                changes = [(p, None, v) for p, v in sorted(node.installed.items())]
+                log.write_text(packages.dpkg_log_lines(when, changes, len(changes)))
+
+    def dpkg_log(self, node: str) -> Path | None:
+        """The real file that is ``/var/log/dpkg.log`` on ``node`` (None: nothing on disk)."""
+        return self.lab.root / "apt" / node / "dpkg.log" if self.lab.root is not None else None
+
+    def inventory(self) -> list[str]:
+        log = self.dpkg_log("NODE")
+        if log is None:
+            return []
+        path = str(log).replace("/NODE/", "/{node}/")
+        return ["", "[proxmox_update]", f"dpkg_log = {json.dumps(path)}"]
 
     def durations(self) -> dict[str, float]:
         return dict(DURATIONS)
@@ -85,7 +104,13 @@ class AptSystem(System):
             packages.refresh_pending(node)
 
     def upgraded(self, node: Node, versions: dict[str, str], configured: int) -> None:
-        """Install ``versions`` (the first ``configured`` set up, the rest only unpacked)."""
+        """Install ``versions`` (the first ``configured`` set up, the rest only unpacked), and
+        say so in the node's dpkg log."""
+        log = self.dpkg_log(node.name)
+        if log is not None and versions:
+            changes = [(p, node.installed.get(p), v) for p, v in versions.items()]
+            with log.open("a", encoding="utf-8") as f:
+                f.write(packages.dpkg_log_lines(time.time(), changes, configured))
         for i, (pkg, version) in enumerate(versions.items()):
             node.installed[pkg] = version
             if i >= configured:
@@ -296,6 +321,7 @@ class AptSystem(System):
             "rebooting": run.reboot_at is not None or run.back_at is not None,
             "down_in": None if run.reboot_at is None else max(0.0, run.reboot_at - mono),
             "maintenance": node.name in self.ha.maintenance,
+            "dpkg_log": str(log) if (log := self.dpkg_log(node.name)) is not None else None,
             "faults": {
                 "enterprise_repo": run.enterprise_repo,
                 "break_upgrade": run.break_upgrade,
