@@ -29,7 +29,6 @@ import json
 import os
 import random
 import re
-import runpy
 import shutil
 import signal
 import statistics
@@ -48,10 +47,6 @@ ROOT = Path(__file__).resolve().parent.parent
 
 TIME_SCALE = 0.025
 """The lab's clock: a 2 s snapshot task takes 0.05 s, a 200 s dead-man timer 5 s."""
-
-LEASE_SECONDS = 10.0
-"""The slot lease of a job the soak may kill (moxflow's is 60 s: a killed holder would cost a
-minute per kill); the mechanism is the same, only shorter."""
 
 REPOSSESSOR_SECONDS = 2.0
 """How often the soak's Prefect server sweeps expired leases (Prefect's default: 15 s)."""
@@ -437,7 +432,7 @@ class Soak:
         return report
 
     def _child_argv(self, job: str, params: dict[str, Any]) -> list[str]:
-        argv = [sys.executable, "-m", "scripts.soak", "--child", f"flows.{job}"]
+        argv = [sys.executable, "-m", f"flows.{job}"]
         argv += ["--inventory", str(self.inventory)]
         for key, value in params.items():
             if key == "label":
@@ -483,6 +478,8 @@ class Soak:
         from prefect.settings import PREFECT_API_URL, temporary_settings
         from prefect.states import Crashed
 
+        from tasks.targets import LEASE_SECONDS
+
         with temporary_settings(updates={PREFECT_API_URL: self.api_url}):
             with get_client(sync_client=True) as client:
                 live = client.read_flow_runs(
@@ -496,7 +493,7 @@ class Soak:
                     client.set_flow_run_state(
                         run.id, Crashed(message="the soak SIGKILLed its process"), force=True
                     )
-            bound = LEASE_SECONDS + REPOSSESSOR_SECONDS + 10
+            bound = LEASE_SECONDS + REPOSSESSOR_SECONDS + 15
             deadline = time.monotonic() + bound
             while (held := self._held_slots()) and time.monotonic() < deadline:
                 time.sleep(0.5)
@@ -697,16 +694,6 @@ def _broken(st: dict[str, Any]) -> str:
 # --- the command line ------------------------------------------------------------------------
 
 
-def child(argv: list[str]) -> None:
-    """``--child flows.JOB ARGS``: ``python -m flows.JOB ARGS`` with the soak's lease length."""
-    import tasks.targets
-
-    tasks.targets.LEASE_SECONDS = LEASE_SECONDS
-    module, *rest = argv
-    sys.argv = [module, *rest]
-    runpy.run_module(module, run_name="__main__", alter_sys=True)
-
-
 @contextlib.contextmanager
 def soak_stack(work: Path) -> Iterator[tuple[Any, str]]:
     """A lab and a `prefect server start` (sweeping leases every 2 s) under ``work``."""
@@ -728,9 +715,6 @@ def soak_stack(work: Path) -> Iterator[tuple[Any, str]]:
 
 def main(argv: list[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
-    if args[:1] == ["--child"]:
-        child(args[1:])
-        return 0
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
