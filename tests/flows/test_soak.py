@@ -24,6 +24,7 @@ def test_the_short_soak_ends_without_a_violation(fresh_lab: LabClient) -> None:
     soak = Soak(fresh_lab, url, SEED, kill_rate=0.0, say=lines.append)
 
     summary = soak.run(2)
+    print(summary.text())  # the figures (pytest -s shows them)
 
     assert summary.violations == [], summary.text()
     assert summary.iterations == 2
