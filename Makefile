@@ -10,7 +10,7 @@ STAMP  := $(VENV)/.installed-stamp
 LOCK   := constraints.txt
 LOCKVENV := .venv-lock
 
-.PHONY: demo demo-stop test lint format bench venv lock compose-validator clean
+.PHONY: demo demo-stop test lint format bench soak venv lock compose-validator clean
 
 # Installs exactly the versions in constraints.txt (the ones CI last passed with), within the
 # bounds in pyproject.toml; `make lock` refreshes the file (see docs/testing.md).
@@ -71,6 +71,11 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 	$(BIN)/python -m scripts.deadcode
+
+# the chaos soak (docs/reliability.md): the nightly pipeline against a lab injecting faults,
+# the invariants checked after each iteration; SOAK_ARGS="--iterations 30 --seed 7"
+soak: $(STAMP)
+	$(BIN)/python -m scripts.soak $(SOAK_ARGS)
 
 format: $(STAMP)
 	$(BIN)/ruff format .

@@ -1,0 +1,756 @@
+"""`make soak`: the chaos soak. The nightly pipeline, again and again, against a lab that breaks.
+
+Starts a simulated lab (its clock sped up, so an iteration takes seconds) and a Prefect server
+(`prefect server start`, which sweeps expired leases), then for each iteration, from the seed:
+guest snapshots, backups with their offsite copy, a restore test, NixOS updates and now and
+then the Proxmox host update, each on a random part of the lab, with random faults injected:
+API errors and hangs, SSH drops, slow and failing Proxmox tasks, failed builds, unhealthy
+switches, corrupted offsite copies, and kills (one job of the iteration runs as
+``python -m flows.<job>`` and is SIGKILLed at a random moment; the soak then marks its flow
+run Crashed, as a process worker does when its child dies). After each job and each
+iteration it checks the invariants of docs/reliability.md against the lab's state.
+
+It prints the iterations, the faults by kind, the recoveries (an interrupted NixOS run found
+and cleaned up, a leftover scratch guest destroyed, ...) and every violation with its
+iteration and the command that replays it; it exits 1 on any violation.
+
+    python -m scripts.soak [--iterations 200] [--seed 1] [--kill-rate 0.12] [--verbose]
+
+Each iteration's plan depends only on the seed and its number; the lab's state depends on the
+iterations before it, so a replay runs from iteration 0 up to the one that failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import json
+import os
+import random
+import re
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+
+TIME_SCALE = 0.025
+"""The lab's clock: a 2 s snapshot task takes 0.05 s, a 200 s dead-man timer 5 s."""
+
+REPOSSESSOR_SECONDS = 2.0
+"""How often the soak's Prefect server sweeps expired leases (Prefect's default: 15 s)."""
+
+SNAPSHOT_GUESTS = (100, 101, 102, 104, 105)  # the lab's guest_snapshots select: -@tag-nosnap
+BACKUP_GUESTS = (100, 101, 102, 103, 104, 105)  # not the template
+NIXOS_HOSTS = ("dns", "media", "builder")
+NODES = ("pve1", "pve2")
+SCRATCH = range(9900, 10000)  # [restore_test] scratch_vmids by default
+JOBS = ("guest_snapshot", "vzdump_backup", "restore_test", "nixos_update", "proxmox_update")
+
+FAULT_KINDS = (
+    "api-error",
+    "api-hang",
+    "ssh-drop",
+    "ssh-drop-after",
+    "slow-task",
+    "failing-task",
+    "build-fails",
+    "unhealthy-switch",
+    "corrupted-copy",
+)
+KILL = "kill"
+UNCOUNTED = (KILL, "build-fails", "unhealthy-switch")  # not lab faults: no count of hits
+
+RECOVERY_MARKS = {
+    "found an interrupted run": "NixOS: an interrupted run found and cleaned up",
+    "reverted its unverified generation": "NixOS: a dead run's unverified generation reverted",
+    "leftover scratch guest": "restore test: a leftover scratch guest destroyed",
+    "earlier run": "an earlier run's task adopted",
+    "arrived corrupted": "offsite: a corrupted copy detected and redone",
+}
+
+
+# --- the plan of an iteration ----------------------------------------------------------------
+
+
+@dataclass
+class Plan:
+    """What one iteration runs and breaks; a function of the seed and the iteration alone."""
+
+    snapshot: list[int]
+    backup: list[int]
+    nixos: list[str]
+    proxmox: str | None
+    faults: list[tuple[str, dict[str, Any]]]  # (kind, lab fault spec)
+    nixos_faults: dict[str, dict[str, Any]]  # host -> lab.nixos fields
+    kill: str | None  # the job run in a subprocess and killed
+    kill_after: float  # as a share of the job's usual duration
+    rng: random.Random
+
+
+def plan_iteration(seed: int, i: int, kill_rate: float) -> Plan:
+    rng = random.Random(f"moxflow-soak/{seed}/{i}")
+    snapshot = sorted(rng.sample(SNAPSHOT_GUESTS, rng.randint(1, 2)))
+    backup = sorted(rng.sample(BACKUP_GUESTS, rng.randint(1, 2)))
+    nixos = sorted(rng.sample(NIXOS_HOSTS, rng.randint(1, 2)))
+    proxmox = rng.choice(NODES) if rng.random() < 0.15 else None
+    count = rng.choices((0, 1, 2, 3), weights=(2, 4, 3, 1))[0]
+    faults: list[tuple[str, dict[str, Any]]] = []
+    nixos_faults: dict[str, dict[str, Any]] = {}
+    for kind in rng.sample(FAULT_KINDS, count):
+        if kind == "build-fails":
+            nixos_faults.setdefault(rng.choice(nixos), {})["build_fails"] = True
+        elif kind == "unhealthy-switch":
+            how = rng.choice(
+                ({"failed_units": ["nginx"]}, {"health_broken": True}, {"cut_network": True})
+            )
+            nixos_faults.setdefault(rng.choice(nixos), {}).update(how)
+        else:
+            faults.append((kind, _fault_spec(kind, rng, nixos)))
+    jobs = ["guest_snapshot", "vzdump_backup", "restore_test", "nixos_update"]
+    if proxmox:
+        jobs.append("proxmox_update")
+    kill = rng.choice(jobs) if rng.random() < kill_rate else None
+    return Plan(
+        snapshot, backup, nixos, proxmox, faults, nixos_faults, kill, rng.uniform(0.1, 1.0), rng
+    )
+
+
+def _fault_spec(kind: str, rng: random.Random, hosts: list[str]) -> dict[str, Any]:
+    times = rng.randint(1, 2)
+    if kind == "api-error":
+        path = rng.choice(
+            (
+                r"/snapshot$",
+                r"/snapshot/[^/]+$",
+                r"/vzdump$",
+                r"/tasks/[^/]+/status$",
+                r"/storage/[^/]+/content$",
+                r"/(qemu|lxc)$",
+                r"/status/(start|current)$",
+                r"/apt/update$",
+            )
+        )
+        status = rng.choice((500, 500, 596))
+        return {"target": "api", "path": path, "action": "error", "status": status,
+                "message": "soak: injected", "times": times}  # fmt: skip
+    if kind == "api-hang":
+        path = rng.choice((r"/tasks/[^/]+/status$", r"/(qemu|lxc)$", r"/storage/[^/]+/content$"))
+        return {"target": "api", "method": "GET", "path": path, "action": "hang", "times": 1}
+    if kind == "ssh-drop":
+        host = rng.choice([*hosts, "offsite", "pve1", "pve2"])
+        return {"target": "connect", "host": host, "action": "drop", "times": times}
+    if kind == "ssh-drop-after":
+        host, command = rng.choice(
+            [(h, r"^(nixos-rebuild|nix |systemctl)") for h in hosts]
+            + [("offsite", r"^(sh|sha256sum|mv)"), ("pve1", r"^(sh|sha256sum)")]
+        )
+        return {"target": "command", "host": host, "command": command, "action": "drop-after",
+                "times": 1}  # fmt: skip
+    if kind == "slow-task":
+        ttype = rng.choice(("qmsnapshot", "vzsnapshot", "vzdump", "qmrestore", "vzrestore"))
+        return {"target": "task", "type": ttype, "action": "slow",
+                "delay": round(rng.uniform(0.5, 3.0), 2), "times": times}  # fmt: skip
+    if kind == "failing-task":
+        ttype = rng.choice(
+            ("qmsnapshot", "vzsnapshot", "qmdelsnapshot", "vzdump", "qmrestore", "vzrestore")
+        )
+        return {"target": "task", "type": ttype, "action": "error",
+                "exitstatus": "soak: injected failure", "times": times}  # fmt: skip
+    if kind == "corrupted-copy":
+        return {"target": "command", "host": "offsite", "command": "^sha256sum", "action": "error",
+                "exit": 0, "stdout": "0" * 64 + "  x.part\n", "times": times}  # fmt: skip
+    raise ValueError(kind)
+
+
+# --- what the soak found ---------------------------------------------------------------------
+
+
+@dataclass
+class Violation:
+    iteration: int
+    invariant: str
+    detail: str
+
+    def line(self, seed: int) -> str:
+        return (
+            f"iteration {self.iteration} [{self.invariant}] {self.detail}  "
+            f"(replay: python -m scripts.soak --seed {seed} --iterations {self.iteration + 1})"
+        )
+
+
+@dataclass
+class Summary:
+    seed: int
+    iterations: int = 0
+    seconds: float = 0.0
+    faults: Counter[str] = field(default_factory=Counter)
+    fired: Counter[str] = field(default_factory=Counter)
+    recoveries: Counter[str] = field(default_factory=Counter)
+    runs: Counter[str] = field(default_factory=Counter)  # "job ok" / "job not ok" / ...
+    violations: list[Violation] = field(default_factory=list)
+
+    def text(self) -> str:
+        lines = [
+            f"soak: seed {self.seed}, {self.iterations} iterations in {self.seconds:.0f} s "
+            f"({self.seconds / max(1, self.iterations):.1f} s each)",
+            "faults injected (fired): "
+            + (
+                ", ".join(
+                    f"{k} {n} ({self.fired[k]})" if k not in UNCOUNTED else f"{k} {n}"
+                    for k, n in sorted(self.faults.items())
+                )
+                or "none"
+            ),
+            "recoveries: "
+            + (", ".join(f"{k}: {n}" for k, n in sorted(self.recoveries.items())) or "none"),
+            "runs: " + ", ".join(f"{k} {n}" for k, n in sorted(self.runs.items())),
+            f"violations: {len(self.violations)}",
+        ]
+        lines += [f"  {v.line(self.seed)}" for v in self.violations]
+        return "\n".join(lines) + "\n"
+
+
+# --- the soak --------------------------------------------------------------------------------
+
+
+def soak_inventory(lab_dir: Path) -> Path:
+    """The lab's inventory with the soak's timeouts: an API that hangs is given up after 5 s,
+    a dead-man timer of 200 s fires after 5 s of the lab's clock."""
+    text = (lab_dir / "inventory.toml").read_text()
+    for pattern, new in (
+        (r"(?m)^confirm_timeout = .*$", "confirm_timeout = 200.0"),
+        (r"(?m)^health_grace = .*$", "health_grace = 2.0"),
+        (r"(?m)^timeout = 30\.0$", "timeout = 5.0"),
+        (r"(?m)^command_timeout = .*$", "command_timeout = 60.0"),
+    ):
+        text = re.sub(pattern, new, text)
+    dst = lab_dir / "soak-inventory.toml"
+    dst.write_text(text)
+    return dst
+
+
+class Soak:
+    """The driver: runs iterations against ``lab`` with the Prefect API at ``api_url``."""
+
+    def __init__(
+        self,
+        lab: Any,
+        api_url: str,
+        seed: int,
+        *,
+        kill_rate: float = 0.12,
+        log: Path | None = None,
+        say: Callable[[str], None] = print,
+    ) -> None:
+        self.lab = lab
+        self.api_url = api_url
+        self.seed = seed
+        self.kill_rate = kill_rate
+        self.inventory = soak_inventory(lab.dir)
+        self.log = log
+        self.say = say
+        self.summary = Summary(seed)
+        self.durations: dict[str, list[float]] = {j: [] for j in JOBS}
+        state = lab.state()
+        # what moxflow did not make, at the start: it must stay as it is
+        self.foreign_guest_snaps = {
+            (int(vmid), name): snap.get("snaptime")
+            for vmid, g in state["guests"].items()
+            for name, snap in g["snapshots"].items()
+            if not name.startswith("moxflow-")
+        }
+        self.foreign_zfs_snaps = {
+            f"{host}:{ds}@{s['name']}": s["guid"]
+            for host, h in state["hosts"].items()
+            if h.get("zfs")
+            for ds, d in h["zfs"]["datasets"].items()
+            for s in d["snapshots"]
+            if not s["name"].startswith("moxflow-")
+        }
+        self.protected = {
+            a["volid"]
+            for st in state["storages"].values()
+            for a in st["archives"]
+            if a["protected"]
+        }
+        # each guest's last good backup: the newest archive at the start, then the newest
+        # one a report called OK
+        self.good: dict[int, dict[str, Any]] = {}
+        for a in self._archives(state):
+            newest = self.good.get(a["vmid"])
+            newer = newest is None or a["ctime"] > newest["ctime"]
+            if a["vmid"] in BACKUP_GUESTS and a["size"] > 0 and newer:
+                self.good[a["vmid"]] = a
+        self.killed_last: str | None = None
+
+    # -- helpers ----------------------------------------------------------------------------
+
+    @staticmethod
+    def _archives(state: dict[str, Any]) -> list[dict[str, Any]]:
+        return list(state["storages"]["nas-backup"]["archives"])
+
+    def _note(self, text: str) -> None:
+        if self.log is not None:
+            with self.log.open("a") as f:
+                f.write(text.rstrip("\n") + "\n")
+
+    def _violate(self, i: int, invariant: str, detail: str) -> None:
+        v = Violation(i, invariant, detail)
+        self.summary.violations.append(v)
+        self.say(f"  VIOLATION {v.line(self.seed)}")
+        self._note(f"VIOLATION {v.line(self.seed)}")
+
+    def _params(self, job: str, plan: Plan) -> dict[str, Any]:
+        if job == "guest_snapshot":
+            return {"label": "daily", "select": _ids(plan.snapshot), "lock_timeout": 15.0}
+        if job == "vzdump_backup":
+            return {"select": _ids(plan.backup), "lock_timeout": 15.0}
+        if job == "restore_test":
+            with_backup = [v for v in plan.backup if v in self.good] or sorted(self.good)[:1]
+            return {"select": _ids(with_backup[:1])}
+        if job == "nixos_update":
+            return {"only": plan.nixos}
+        return {"only": [plan.proxmox]}
+
+    # -- one iteration ----------------------------------------------------------------------
+
+    def iteration(self, i: int) -> None:
+        plan = plan_iteration(self.seed, i, self.kill_rate)
+        lab = self.lab
+        # the NixOS hosts' next generation: healthy unless broken below; something to update
+        for host in NIXOS_HOSTS:
+            lab.nixos(host, healthy=True)
+        for host in plan.nixos:
+            lab.nixos(host, upstream=f"soak-{self.seed}-{i}-{host}")
+        for host, fields in plan.nixos_faults.items():
+            lab.nixos(host, **fields)
+            for key in fields:
+                kind = "build-fails" if key == "build_fails" else "unhealthy-switch"
+                self.summary.faults[kind] += 1
+        if plan.proxmox:
+            lab.control(
+                "apt_pending",
+                node=plan.proxmox,
+                packages=f"pve-manager=9.1.{i + 3},openssl=3.5.{i + 2}-1",
+                refresh=True,
+            )
+        ids: dict[int, str] = {}
+        for kind, spec in plan.faults:
+            ids[lab.fault(**spec)] = kind
+            self.summary.faults[kind] += 1
+        if plan.kill:
+            self.summary.faults[KILL] += 1
+        jobs = [j for j in JOBS if j != "proxmox_update" or plan.proxmox]
+        self.say(
+            f"[{i}] snap {_ids(plan.snapshot)} backup {_ids(plan.backup)} nixos "
+            f"{','.join(plan.nixos)}{' pve ' + plan.proxmox if plan.proxmox else ''}; faults "
+            f"{[k for k, _ in plan.faults] + sorted(_nixos_kinds(plan))}"
+            + (f"; kill {plan.kill}" if plan.kill else "")
+        )
+        reports: dict[str, Any] = {}
+        for job in jobs:
+            if job == plan.kill:
+                self._run_killed(i, job, plan)
+                continue
+            report = self._run(i, job, self._params(job, plan))
+            reports[job] = report
+            if report is not None:
+                self._check_job(i, job, report)
+        # faults that did not fire go now; count the ones that did
+        state = lab.state()
+        left = {f["fault_id"]: f.get("remaining") for f in state["faults"]}
+        for fid, kind in ids.items():
+            spec = dict(plan.faults[list(ids).index(fid)][1])
+            times = spec.get("times") or 1
+            if fid not in left or (left[fid] is not None and left[fid] < times):
+                self.summary.fired[kind] += 1
+        lab.clear_faults()
+        for host in NIXOS_HOSTS:
+            lab.nixos(host, healthy=True)
+        if plan.kill:
+            self._after_kill(i)
+        self._settle()
+        self._check_iteration(i, plan, reports)
+        self.killed_last = plan.kill
+        self.summary.iterations += 1
+
+    def _settle(self) -> None:
+        """Wait (bounded) until the lab has no task running: an iteration ends when the
+        Proxmox tasks its runs started have ended, as a night ends before the next one."""
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            tasks = self.lab.state()["tasks"]
+            if not any(t.get("status") == "running" for t in tasks):
+                return
+            time.sleep(0.2)
+
+    def _run(self, i: int, job: str, params: dict[str, Any]) -> Any:
+        """Run a job in this process; its report (None: it ended without one)."""
+        import importlib
+
+        from prefect.settings import PREFECT_API_URL, temporary_settings
+
+        from moxflow.errors import MoxflowError, RunFailed
+        from moxflow.report import RunReport
+
+        flow = getattr(importlib.import_module(f"flows.jobs.{job}"), job)
+        t0 = time.monotonic()
+        report: Any = None
+        with temporary_settings(updates={PREFECT_API_URL: self.api_url}):
+            try:
+                report = flow(inventory=str(self.inventory), **params)
+            except RunFailed as exc:
+                report = exc.report
+            except MoxflowError as exc:
+                self.summary.runs[f"{job} error"] += 1
+                self._note(f"[{i}] {job} {params}: error: {exc}")
+                return None
+            except Exception:
+                self._violate(i, "no traceback", f"{job} {params}: {traceback.format_exc(-3)}")
+                return None
+        took = time.monotonic() - t0
+        self.durations[job].append(took)
+        if isinstance(report, RunReport):
+            self.summary.runs[f"{job} {'ok' if report.ok else 'not ok'}"] += 1
+            self._note(f"[{i}] {job} {params} ({took:.1f} s)\n{report.to_text()}")
+            text = " ".join([r.detail for r in report.rows] + list(report.notes))
+            for mark, what in RECOVERY_MARKS.items():
+                if mark in text:
+                    self.summary.recoveries[what] += text.count(mark)
+        return report
+
+    def _child_argv(self, job: str, params: dict[str, Any]) -> list[str]:
+        argv = [sys.executable, "-m", f"flows.{job}"]
+        argv += ["--inventory", str(self.inventory)]
+        for key, value in params.items():
+            if key == "label":
+                argv += ["--label", value]
+            elif key == "only":
+                for v in value:
+                    argv += ["--only", v]
+            else:
+                argv += [f"--{key.replace('_', '-')}", str(value)]
+        return argv
+
+    def _run_killed(self, i: int, job: str, plan: Plan) -> None:
+        """Run a job as ``python -m flows.<job>`` and SIGKILL it at a random moment."""
+        usual = statistics.median(self.durations[job]) if self.durations[job] else 6.0
+        after = 1.0 + plan.kill_after * usual
+        env = {
+            **os.environ,
+            "PREFECT_API_URL": self.api_url,
+            "PREFECT_LOGGING_LEVEL": "CRITICAL",
+            "PYTHONPATH": str(ROOT),
+        }
+        argv = self._child_argv(job, self._params(job, plan))
+        out = self.log.with_suffix(f".{i}.{job}.out") if self.log else Path(os.devnull)
+        with out.open("wb") as sink:
+            proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=sink, stderr=sink)
+        try:
+            proc.wait(timeout=after)
+            self._note(f"[{i}] {job}: ended (status {proc.returncode}) before its kill")
+            self.summary.runs[f"{job} ended before its kill"] += 1
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+            self._note(f"[{i}] {job}: SIGKILLed after {after:.1f} s")
+            self.summary.runs[f"{job} killed"] += 1
+
+    def _after_kill(self, i: int) -> None:
+        """What a process worker does when its child dies: the run goes Crashed. Then the
+        killed run's slots must come free once their lease runs out."""
+        from prefect.client.orchestration import get_client
+        from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterState
+        from prefect.client.schemas.filters import FlowRunFilterStateType as StateType
+        from prefect.client.schemas.objects import StateType as T
+        from prefect.settings import PREFECT_API_URL, temporary_settings
+        from prefect.states import Crashed
+
+        from tasks.targets import LEASE_SECONDS
+
+        with temporary_settings(updates={PREFECT_API_URL: self.api_url}):
+            with get_client(sync_client=True) as client:
+                live = client.read_flow_runs(
+                    flow_run_filter=FlowRunFilter(
+                        state=FlowRunFilterState(
+                            type=StateType(any_=[T.RUNNING, T.PENDING, T.SCHEDULED])
+                        )
+                    )
+                )
+                for run in live:
+                    client.set_flow_run_state(
+                        run.id, Crashed(message="the soak SIGKILLed its process"), force=True
+                    )
+            bound = LEASE_SECONDS + REPOSSESSOR_SECONDS + 15
+            deadline = time.monotonic() + bound
+            while (held := self._held_slots()) and time.monotonic() < deadline:
+                time.sleep(0.5)
+        if held:
+            self._violate(
+                i, "no lock outlives its holder", f"slots {held} still held {bound:g} s after kill"
+            )
+
+    def _held_slots(self) -> list[str]:
+        from prefect.client.orchestration import get_client
+
+        with get_client(sync_client=True) as client:
+            limits = client.read_global_concurrency_limits(limit=200)
+        return sorted(
+            f"{lim.name}={lim.active_slots}"
+            for lim in limits
+            if lim.name.startswith("moxflow-") and lim.active_slots
+        )
+
+    # -- the invariants ---------------------------------------------------------------------
+
+    def _check_job(self, i: int, job: str, report: Any) -> None:
+        """Nothing half-written counts as done: an OK row's artifact is in the lab."""
+        from moxflow.report import Outcome
+
+        state = self.lab.state()
+        for row in report.rows:
+            if row.outcome is not Outcome.OK:
+                continue
+            if job == "guest_snapshot" and row.taken:
+                vmid = int(row.target.split()[0])
+                snap = state["guests"][str(vmid)]["snapshots"].get(row.taken)
+                if snap is None or snap.get("snapstate"):
+                    self._violate(
+                        i,
+                        "nothing half-written counts as done",
+                        f"guest_snapshot OK for {row.target} but snapshot {row.taken} is "
+                        f"{'missing' if snap is None else snap.get('snapstate')}",
+                    )
+            elif job == "vzdump_backup" and row.taken and not row.target.endswith(" offsite"):
+                vmid = int(row.target.split()[0])
+                found = [a for a in self._archives(state) if a["filename"] == row.taken]
+                if not found or found[0]["size"] <= 0 or not Path(found[0]["path"]).is_file():
+                    self._violate(
+                        i,
+                        "nothing half-written counts as done",
+                        f"vzdump OK for {row.target} but archive {row.taken} is "
+                        f"{'missing' if not found else 'empty'}",
+                    )
+                else:
+                    self.good[vmid] = found[0]
+            elif job == "vzdump_backup" and row.target.endswith(" offsite"):
+                vmid = int(row.target.split()[0])
+                good = self.good.get(vmid)
+                if good is None:
+                    continue
+                copy = self._offsite_dir() / good["filename"]
+                if not copy.is_file() or _sha256(copy) != good["sha256"]:
+                    self._violate(
+                        i,
+                        "nothing half-written counts as done",
+                        f"offsite OK for {row.target} but the copy of {good['filename']} is "
+                        f"{'missing' if not copy.is_file() else 'not the archive (sha256)'}",
+                    )
+            elif job == "nixos_update":
+                host = row.target
+                st = state["hosts"][host]["nixos"]
+                why = _broken(st) or ("a dead-man timer armed" if st["timers"] else "")
+                if why or self._lock_dir(host).exists():
+                    self._violate(
+                        i,
+                        "nothing half-written counts as done",
+                        f"nixos OK for {host} but {why or 'its lock is still there'}",
+                    )
+        if job == "restore_test":
+            left = [g for g in state["guests"] if int(g) in SCRATCH]
+            if left:
+                self._violate(
+                    i,
+                    "no lock outlives its holder",
+                    f"scratch guest(s) {left} after a restore test",
+                )
+
+    def _offsite_dir(self) -> Path:
+        return Path(self.lab.dir) / "hosts" / "offsite" / "backups"
+
+    def _lock_dir(self, host: str) -> Path:
+        return Path(self.lab.dir) / "hosts" / host / "var" / "lib" / "moxflow" / "update.lock"
+
+    def _check_iteration(self, i: int, plan: Plan, reports: dict[str, Any]) -> None:
+        from moxflow.report import Outcome
+
+        state = self.lab.state()
+        # no snapshot moxflow did not make was touched
+        for (vmid, name), snaptime in self.foreign_guest_snaps.items():
+            snap = state["guests"].get(str(vmid), {}).get("snapshots", {}).get(name)
+            if snap is None or snap.get("snaptime") != snaptime:
+                self._violate(i, "foreign snapshots untouched", f"guest {vmid} snapshot {name}")
+        now_zfs = {
+            f"{host}:{ds}@{s['name']}": s["guid"]
+            for host, h in state["hosts"].items()
+            if h.get("zfs")
+            for ds, d in h["zfs"]["datasets"].items()
+            for s in d["snapshots"]
+        }
+        for name, guid in self.foreign_zfs_snaps.items():
+            if now_zfs.get(name) != guid:
+                self._violate(i, "foreign snapshots untouched", f"ZFS snapshot {name}")
+        archives = {a["volid"]: a for a in self._archives(state)}
+        for volid in self.protected - set(archives):
+            self._violate(i, "foreign snapshots untouched", f"protected archive {volid} removed")
+        # every guest keeps its last good backup
+        for vmid, good in sorted(self.good.items()):
+            if good["volid"] not in archives:
+                self._violate(
+                    i,
+                    "every guest keeps its last good backup",
+                    f"guest {vmid}: {good['filename']} is gone",
+                )
+        # an offsite copy under its final name is the archive it names
+        folder = self._offsite_dir()
+        by_name = {a["filename"]: a for a in archives.values()}
+        for path in sorted(folder.iterdir()) if folder.is_dir() else []:
+            a = by_name.get(path.name)
+            if a is not None and _sha256(path) != a["sha256"]:
+                self._violate(
+                    i, "nothing half-written counts as done", f"offsite {path.name}: wrong sha256"
+                )
+        # no NixOS host on a broken generation without a "needs attention" row
+        nixos = reports.get("nixos_update")
+        attention = {
+            r.target
+            for r in (nixos.rows if nixos is not None else ())
+            if r.outcome is Outcome.NEEDS_ATTENTION
+        }
+        for host in NIXOS_HOSTS:
+            st = state["hosts"][host]["nixos"]
+            why = _broken(st)
+            if why and host not in attention:
+                in_flight = plan.kill == "nixos_update" and st["timers"]
+                if not in_flight:
+                    self._violate(
+                        i, "no broken host without a needs-attention row", f"{host}: {why}"
+                    )
+        # no lock outlives its holder (no run is live now)
+        for host in NIXOS_HOSTS:
+            if self._lock_dir(host).exists() and plan.kill != "nixos_update":
+                self._violate(i, "no lock outlives its holder", f"NixOS lock on {host}")
+        scratch = [g for g in state["guests"] if int(g) in SCRATCH]
+        if scratch and plan.kill != "restore_test":
+            self._violate(i, "no lock outlives its holder", f"scratch guest(s) {scratch}")
+        held = self._held_slots_now()
+        if held:
+            self._violate(i, "no lock outlives its holder", f"Prefect slots held: {held}")
+
+    def _held_slots_now(self) -> list[str]:
+        from prefect.settings import PREFECT_API_URL, temporary_settings
+
+        with temporary_settings(updates={PREFECT_API_URL: self.api_url}):
+            return self._held_slots()
+
+    def run(self, iterations: int) -> Summary:
+        t0 = time.monotonic()
+        for i in range(iterations):
+            self.iteration(i)
+        self.summary.seconds = time.monotonic() - t0
+        return self.summary
+
+
+def _ids(vmids: list[int]) -> str:
+    return ",".join(str(v) for v in vmids)
+
+
+def _nixos_kinds(plan: Plan) -> set[str]:
+    return {
+        "build-fails" if k == "build_fails" else "unhealthy-switch"
+        for fields in plan.nixos_faults.values()
+        for k in fields
+    }
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _broken(st: dict[str, Any]) -> str:
+    """Why a NixOS host's running system is broken ('' when it is not)."""
+    running = (st.get("running") or {}).get("behaviour") or {}
+    if st["failed_units"]:
+        return f"failed units {st['failed_units']} (generation {st['current']})"
+    if st["network_cut"] or running.get("cut_network"):
+        return f"network cut (generation {st['current']})"
+    if st["health_broken"] or running.get("health_broken"):
+        return f"health check broken (generation {st['current']})"
+    return ""
+
+
+# --- the command line ------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def soak_stack(work: Path) -> Iterator[tuple[Any, str]]:
+    """A lab and a `prefect server start` (sweeping leases every 2 s) under ``work``."""
+    from labsim.client import start_lab
+    from scripts.prefect_server import start_server, stop_server
+
+    env = dict(os.environ)
+    env["PREFECT_SERVER_SERVICES_REPOSSESSOR_LOOP_SECONDS"] = str(REPOSSESSOR_SECONDS)
+    server = start_server(work / "prefect", env)
+    try:
+        lab = start_lab(work / "lab", time_scale=TIME_SCALE)
+        try:
+            yield lab, env["PREFECT_API_URL"]
+        finally:
+            lab.stop()
+    finally:
+        stop_server(server)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--iterations", type=int, default=200)
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--kill-rate", type=float, default=0.12, help="share of iterations")
+    parser.add_argument("--keep", action="store_true", help="keep the work folder")
+    parser.add_argument("--verbose", action="store_true", help="show the runs' logs")
+    ns = parser.parse_args(args)
+    if not ns.verbose:  # before Prefect is imported
+        os.environ["PREFECT_LOGGING_LEVEL"] = "CRITICAL"
+    work = Path(tempfile.mkdtemp(prefix="moxflow-soak-"))
+    log = work / "soak.log"
+    print(f"soak: seed {ns.seed}, {ns.iterations} iterations; reports in {log}", flush=True)
+    try:
+        with soak_stack(work) as (lab, url):
+            soak = Soak(
+                lab,
+                url,
+                ns.seed,
+                kill_rate=ns.kill_rate,
+                log=log,
+                say=lambda s: print(s, flush=True),
+            )
+            summary = soak.run(ns.iterations)
+    finally:
+        if not ns.keep:
+            kept = work.parent / f"{work.name}.log"
+            with contextlib.suppress(OSError):
+                shutil.copy(log, kept)
+            shutil.rmtree(work, ignore_errors=True)
+    print()
+    print(summary.text(), end="")
+    print(json.dumps({"violations": len(summary.violations)}))
+    return 1 if summary.violations else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
