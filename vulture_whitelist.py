@@ -60,3 +60,34 @@ _.LEASE_STORAGE  # tasks/targets.py: read by scripts/prefect_server.py (not scan
 # TO BE WIRED OR DELETED in files others are changing (issue 11, item 4): only the tests
 # use these today, or nothing does. Remove each line when its file is done.
 _.warnings  # moxflow/proxmox.py TaskStatus
+<<<<<<< HEAD
+=======
+
+# issue 13: still to be wired by the health report (last upgrade from dpkg's log); only
+# the tests use these today
+_.maintenance_requested
+_.last_upgrade
+_.dpkg_log_argv
+
+# issue 14: wired by flows/jobs/windows_update.py (next); the lab tests use these today
+_.agent_get_osinfo  # moxflow/proxmox.py
+_.agent_exec
+_.agent_exec_status
+_.reboot_vm
+_.exec_request  # moxflow/windows.py
+_.err_truncated
+_.parse_exec_status
+_.script_output
+_.pretty_name
+_.is_windows
+_.parse_osinfo
+_.parse_update_scan
+_.parse_install
+_.last_boot
+_.parse_reboot_pending
+_.changed
+_.parse_items
+_.parse_checks
+_.plan_round
+_.choose_snapshot
+>>>>>>> win14

@@ -1,7 +1,8 @@
 """The simulated homelab: the core (``labsim.core``) with the lab's own systems plugged in.
 
 In order: the Proxmox cluster (``labsim.pve``), the offsite host, ZFS on the machine hosts,
-NixOS hosts, backups (``labsim.pve.backups``) and apt on the nodes (``labsim.pve.apt``);
+NixOS hosts, backups (``labsim.pve.backups``), apt on the nodes (``labsim.pve.apt``) and the guest
+agent with the Windows guests (``labsim.pve.agent``);
 systems from outside labsim come after.
 """
 
@@ -15,6 +16,7 @@ from labsim.hosts.nixos import NixosSpec
 from labsim.hosts.nixos.system import NixosSystem
 from labsim.hosts.offsite import OffsiteSystem
 from labsim.hosts.zfs.system import ZfsSystem
+from labsim.pve.agent.system import AgentSystem
 from labsim.pve.apt.system import AptSystem
 from labsim.pve.backups.system import BackupsSystem
 from labsim.pve.model import Guest, Node
@@ -32,6 +34,7 @@ def default_systems() -> list[System]:
         NixosSystem(),
         BackupsSystem(),
         AptSystem(),
+        AgentSystem(),
     ]
 
 

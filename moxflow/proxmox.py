@@ -11,7 +11,7 @@ import logging
 import re
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -596,6 +596,34 @@ class ProxmoxClient:
         """Ping a VM's QEMU guest agent; raises ``ProxmoxError`` when it does not answer (``No
         QEMU guest agent configured``, ``VM 100 is not running``, ...)."""
         self.post(f"{_guest_path(node, 'qemu', vmid)}/agent/ping")
+
+    def agent_get_osinfo(self, node: str, vmid: int) -> dict[str, Any]:
+        """``GET .../agent/get-osinfo``: ``{"result": {"id": "mswindows", ...}}``, raw."""
+        path = f"{_guest_path(node, 'qemu', vmid)}/agent/get-osinfo"
+        data = self.get(path)
+        return dict(data) if isinstance(data, Mapping) else {}
+
+    def agent_exec(self, node: str, vmid: int, command: Sequence[str], input_data: str) -> int:
+        """``POST .../agent/exec``: start ``command`` (one argument per element, no shell) with
+        ``input_data`` on its stdin; the guest's pid. Not retried: a retry starts it twice."""
+        path = f"{_guest_path(node, 'qemu', vmid)}/agent/exec"
+        data = self.post(path, command=list(command), **{"input-data": input_data})
+        pid = data.get("pid") if isinstance(data, Mapping) else None
+        if not isinstance(pid, int):
+            raise ParseError(f"POST {path} answered no pid", source=path, text=repr(data)[:200])
+        return pid
+
+    def agent_exec_status(self, node: str, vmid: int, pid: int) -> dict[str, Any]:
+        """``GET .../agent/exec-status``, raw. The agent forgets a process once it has
+        reported its exit: keep the first answer with ``exited`` set."""
+        path = f"{_guest_path(node, 'qemu', vmid)}/agent/exec-status"
+        data = self.get(path, pid=pid)
+        return dict(data) if isinstance(data, Mapping) else {}
+
+    def reboot_vm(self, node: str, vmid: int) -> str:
+        """``POST .../qemu/{vmid}/status/reboot``: a clean restart (``qmreboot``); its UPID."""
+        path = f"{_guest_path(node, 'qemu', vmid)}/status/reboot"
+        return self._expect_upid("POST", path, self.post(path))
 
     def destroy(self, node: str, gtype: GuestType, vmid: int) -> str:
         """``DELETE /nodes/{node}/{type}/{vmid}``: destroy a (stopped) guest; its UPID."""

@@ -219,8 +219,13 @@ class PveSystem(System):
             return self.new_task(
                 node, ttype, str(vmid), user, kind="fail", duration=0, fail_now=fail
             )
-        g.lock = "snapshot"
         keep_ram = bool(vmstate and gtype == "qemu" and g.status == "running")
+        vfio = sorted(k for k in g.config if k.startswith("hostpci"))
+        if keep_ram and vfio:  # no pre-check in PVE: QEMU refuses to save VFIO state
+            return self.new_task(node, ttype, str(vmid), user, kind="fail", duration=0,
+                                 fail_now=f"VFIO migration is not supported ({vfio[0]}): "
+                                 "snapshot with RAM failed")  # fmt: skip
+        g.lock = "snapshot"
         g.snapshots[snapname] = Snapshot(
             snapname,
             description=description or "",
@@ -473,13 +478,3 @@ class PveSystem(System):
             del self.guests[g.vmid]
         elif g.lock == "destroyed":
             g.lock = None
-
-    def agent_ping(self, node: str, vmid: int) -> dict[str, Any]:
-        g = self.load_guest(node, "qemu", vmid)
-        if g.status != "running":
-            raise PveError(500, f"VM {vmid} is not running")
-        if not g.agent:
-            raise PveError(500, "No QEMU guest agent configured")
-        if time.monotonic() < g.agent_ready_at:
-            raise PveError(500, "QEMU guest agent is not running")
-        return {"result": {}}

@@ -1,4 +1,5 @@
-"""API routes of guests: listing, status, config, snapshots, power, destroy, the guest agent."""
+"""API routes of guests: listing, status, config, snapshots, power, destroy (the guest
+agent is ``labsim.pve.agent``)."""
 
 from __future__ import annotations
 
@@ -240,9 +241,3 @@ def shutdown_guest(req: Request) -> Any:
 def destroy_guest(req: Request) -> Any:
     req.pve.require_node(req.node)
     return req.pve.destroy(req.node, req.gtype, req.vmid, user=req.user).upid
-
-
-@ROUTES.route("POST", "/nodes/{node}/qemu/{vmid}/agent/ping")
-def agent_ping(req: Request) -> Any:
-    req.pve.require_node(req.node)
-    return req.pve.agent_ping(req.node, req.vmid)

@@ -1,0 +1,34 @@
+# moxflow: one Steam app by id, through steamcmd; the login goes in a runscript file that is
+# deleted afterwards, never on a command line.
+# stdin: {"steamcmd", "install_dir", "app_id": 1234, "username": null, "password": null}
+# stdout: {items: [{item, status, detail}]}
+$ErrorActionPreference = 'Stop'; $ProgressPreference = 'SilentlyContinue'
+[Console]::OutputEncoding = [Text.Encoding]::UTF8
+$in = [Console]::In.ReadToEnd() | ConvertFrom-Json
+$appId = [int]$in.app_id
+$dir = [string]$in.install_dir
+$item = 'steam:' + $appId
+function Done($status, $detail) {
+    [ordered]@{ items = @([ordered]@{ item = $item; status = $status; detail = $detail }) } | ConvertTo-Json -Compress -Depth 5
+    exit 0
+}
+foreach ($v in @($dir, [string]$in.username, [string]$in.password)) {
+    if ($v -match '["\r\n]') { Done 'failed' 'a value holds a quote or a line break' }
+}
+$login = 'login anonymous'
+if ($in.username) { $login = 'login "' + $in.username + '" "' + $in.password + '"' }
+$manifest = Join-Path $dir ('steamapps\appmanifest_' + $appId + '.acf')
+$before = Test-Path -LiteralPath $manifest
+$runscript = Join-Path $env:TEMP ('moxflow-steam-' + [guid]::NewGuid().ToString() + '.txt')
+$lines = @('@ShutdownOnFailedCommand 1', '@NoPromptForPassword 1', ('force_install_dir "' + $dir + '"'), $login, ('app_update ' + $appId + ' validate'), 'quit')
+try {
+    [IO.File]::WriteAllLines($runscript, [string[]]$lines)
+    $text = (& ([string]$in.steamcmd) '+runscript' $runscript 2>&1 | Out-String)
+    $code = $LASTEXITCODE
+} finally { Remove-Item -LiteralPath $runscript -Force -ErrorAction SilentlyContinue }
+if ($text -match ("App '" + $appId + "' already up to date")) { Done 'present' '' }
+if ($text -match ("Success! App '" + $appId + "' fully installed")) {
+    if ($before) { Done 'updated' '' } else { Done 'installed' '' }
+}
+$last = @($text -split "`n" | Where-Object { $_.Trim() } | Select-Object -Last 3) -join ' | '
+Done 'failed' ('steamcmd exit ' + $code + ': ' + $last)

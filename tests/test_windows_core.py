@@ -1,0 +1,188 @@
+"""``moxflow.windows`` from realistic agent JSON, and the review rules of the ``.ps1`` files."""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+
+import pytest
+
+from moxflow import windows
+from moxflow.errors import ParseError
+
+# what a PowerShell script must never contain: code built from text, or a shell in between
+FORBIDDEN = [
+    r"Invoke-Expression",
+    r"\biex\b",
+    r"ScriptBlock\]::Create",
+    r"\bcmd(\.exe)?\s+/c",
+    r"-ArgumentList",
+    r"Add-Type",
+    r"\$ExecutionContext",
+    r"-EncodedCommand",
+    r"Start-Job",
+]
+
+
+@pytest.mark.parametrize("name", windows.SCRIPTS)
+def test_every_script_is_small_reads_stdin_and_has_no_forbidden_pattern(name: str) -> None:
+    text = windows.script_text(name)
+    assert "[Console]::In.ReadToEnd()" in text
+    assert "$ErrorActionPreference = 'Stop'" in text
+    assert "ConvertTo-Json -Compress" in text
+    assert len(text) < 11_000 and text.isascii()
+    for pattern in FORBIDDEN:
+        assert not re.search(pattern, text, re.IGNORECASE), (name, pattern)
+
+
+def test_the_folder_holds_exactly_the_known_scripts() -> None:
+    assert sorted(p.name for p in windows.SCRIPTS_DIR.glob("*.ps1")) == sorted(windows.SCRIPTS)
+
+
+def test_exec_request_sends_the_file_unchanged_and_values_as_json() -> None:
+    value = "x'; $(rm -r C:\\) `n\"\ny"
+    req = windows.exec_request("steam-app.ps1", {"install_dir": value, "app_id": 730})
+    assert req.command[:5] == windows.POWERSHELL and req.command[5] == "-EncodedCommand"
+    text = base64.b64decode(req.command[6]).decode("utf-16-le")
+    assert text == (windows.SCRIPTS_DIR / "steam-app.ps1").read_text(encoding="utf-8")
+    assert json.loads(req.input_data) == {"install_dir": value, "app_id": 730}
+    with pytest.raises(ValueError, match="not one of"):
+        windows.exec_request("evil.ps1")
+    with pytest.raises(ValueError, match="64 KiB"):
+        windows.exec_request("checks.ps1", {"services": ["x" * 70_000]})
+
+
+@pytest.mark.parametrize(
+    ("raw", "ok", "describe"),
+    [
+        ({"exited": 0}, False, "still running"),
+        ({"exited": 1, "exitcode": 0, "out-data": "{}"}, True, "exit code 0"),
+        ({"exited": 1, "exitcode": 3, "out-data": "{}"}, False, "exit code 3"),
+        ({"exited": 1, "signal": -1073741819}, False, "signal 0xC0000005"),
+    ],
+)
+def test_exec_status(raw: dict[str, object], ok: bool, describe: str) -> None:
+    status = windows.parse_exec_status(raw)
+    assert (status.ok, status.describe()) == (ok, describe)
+
+
+def test_script_output_takes_the_last_json_line() -> None:
+    status = windows.parse_exec_status(
+        {"exited": 1, "exitcode": 0, "out-data": 'noise\r\n{"reboot_pending":true}\r\n'}
+    )
+    assert windows.script_output(status, "reboot-pending.ps1") == {"reboot_pending": True}
+    with pytest.raises(ParseError, match="no JSON"):
+        windows.script_output(windows.parse_exec_status({"exited": 1, "exitcode": 1}), "x")
+
+
+OSINFO = {
+    "result": {
+        "id": "mswindows",
+        "kernel-release": "26100",
+        "variant": "server",
+        "variant-id": "server",
+        "pretty-name": "Windows Server 2025 Standard",
+    }
+}
+
+
+def test_osinfo_decides_on_build_and_variant() -> None:
+    info = windows.parse_osinfo(OSINFO)
+    assert (info.is_windows, info.version) == (True, "Windows Server 2025")
+    assert (
+        windows.parse_osinfo(
+            {"result": {"id": "mswindows", "kernel-release": "19045", "variant": "client"}}
+        ).version
+        == "Windows 10"
+    )
+
+
+SCAN = {
+    "reboot_required": False,
+    "updates": [
+        {
+            "id": "a",
+            "kb": ["KB5048685"],
+            "title": "CU",
+            "size": 1,
+            "categories": ["Security Updates"],
+            "reboot": 1,
+        },
+        {
+            "id": "b",
+            "kb": ["KB890830"],
+            "title": "MSRT",
+            "size": 2,
+            "categories": ["Update Rollups"],
+            "reboot": 0,
+        },
+        {"id": "c", "kb": [], "title": "Defender", "size": 3, "categories": "Definition Updates"},
+    ],
+}
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "install", "reason"),
+    [
+        ({}, ["KB5048685", "KB890830", "c"], None),
+        ({"categories": ["security updates"]}, ["KB5048685"], None),
+        ({"failed_before": ["a", "b", "c"]}, [], "nothing applicable is pending"),
+        ({"round_no": 4}, [], "max rounds (3) reached with 3 update(s) pending"),
+    ],
+)
+def test_plan_round(kwargs: dict[str, object], install: list[str], reason: str | None) -> None:
+    scan = windows.parse_update_scan(SCAN)
+    args: dict[str, object] = {"round_no": 1, "max_rounds": 3, **kwargs}
+    plan = windows.plan_round(scan, **args)  # type: ignore[arg-type]
+    assert ([u.kb for u in plan.install], plan.reason) == (install, reason)
+
+
+def test_plan_waits_for_a_pending_reboot() -> None:
+    scan = windows.parse_update_scan({**SCAN, "reboot_required": True})
+    plan = windows.plan_round(scan, round_no=1, max_rounds=3)
+    assert plan.install == () and plan.reason == "a reboot is pending: reboot before installing"
+
+
+@pytest.mark.parametrize(
+    ("config", "ram", "consistent", "kind"),
+    [
+        ({}, True, False, "ram"),
+        ({"hostpci0": "0000:01:00.0"}, True, False, "disk-live"),
+        ({"hostpci0": "0000:01:00.0"}, True, True, "disk-shutdown"),
+        ({}, False, False, "disk-live"),
+    ],
+)
+def test_choose_snapshot(config: dict[str, str], ram: bool, consistent: bool, kind: str) -> None:
+    choice = windows.choose_snapshot(config, ram=ram, consistent=consistent)
+    assert choice.kind == kind and choice.vmstate == (kind == "ram")
+    assert ("no RAM state" in choice.reason) == (ram and bool(config))
+
+
+def test_verdict_names_every_problem() -> None:
+    run = windows.parse_install(
+        {
+            "result_code": 4,
+            "updates": [
+                {"id": "a", "kb": ["KB5048685"], "result_code": 4, "hresult": "0x80070005"}
+            ],
+        }
+    )
+    checks = windows.parse_checks(
+        {
+            "services": [{"name": "sshd", "status": "Stopped"}],
+            "ports": [{"port": 3389, "listening": False}],
+        }
+    )
+    reboot = windows.parse_reboot_pending({"reboot_pending": True, "reasons": ["windows-update"]})
+    v = windows.verdict(
+        agent_ok=True, installs=[run], reboot=reboot, checks=checks, services=["sshd"], ports=[3389]
+    )
+    assert v.problems == (
+        "KB5048685 failed (result code 4, 0x80070005)",
+        "a reboot is still pending (windows-update)",
+        "service sshd is Stopped",
+        "nothing listens on TCP 3389",
+    )
+    items = windows.parse_items({"items": [{"item": "steam:730", "status": "present"}]}, "s")
+    assert not items[0].changed
