@@ -56,18 +56,11 @@ _.pstart
 _.starttime
 _.finished  # moxflow/report.py RunReport, with started
 _.LEASE_STORAGE  # tasks/targets.py: read by scripts/prefect_server.py (not scanned)
+_.exc_text  # flows/_run.py: logging.LogRecord's, read by logging's formatters
 
 # TO BE WIRED OR DELETED in files others are changing (issue 11, item 4): only the tests
 # use these today, or nothing does. Remove each line when its file is done.
 _.warnings  # moxflow/proxmox.py TaskStatus
-<<<<<<< HEAD
-=======
-
-# issue 13: still to be wired by the health report (last upgrade from dpkg's log); only
-# the tests use these today
-_.maintenance_requested
-_.last_upgrade
-_.dpkg_log_argv
 
 # issue 14: wired by flows/jobs/windows_update.py (next); the lab tests use these today
 _.agent_get_osinfo  # moxflow/proxmox.py
@@ -90,4 +83,3 @@ _.parse_items
 _.parse_checks
 _.plan_round
 _.choose_snapshot
->>>>>>> win14
