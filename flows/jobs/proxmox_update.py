@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import AbstractContextManager, nullcontext
 from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -49,7 +50,7 @@ from tasks.pveupdate import (
     upgrade,
     verify,
 )
-from tasks.targets import hold, node_target
+from tasks.targets import SCRATCH_TARGET, hold, node_target
 
 JOB = "proxmox-update"
 
@@ -144,56 +145,79 @@ def proxmox_update(
         dry_run=dry_run,
         inventory=inventory,
     )
-    logger = get_run_logger()
     inv = load_inventory(p.inventory)
-    settings = inv.proxmox_update
     report = RunReport(job=JOB, label="update", dry_run=p.dry_run, counts_snapshots=False)
     now, tz = utc_now(), ZoneInfo(inv.timezone)
     with proxmox_client(inv) as client:
         nodes = _nodes(inv, client, p.only)
-        facts = cluster_facts(client, nodes)
-        online = {n.name for n in facts.cluster.nodes if n.online}
-        states: dict[str, NodeState] = {}
-        refused: list[str] = []
-        policy = p.guests or settings.guests
-        for node in nodes:
-            if node not in online:
-                continue
-            try:
-                tuned(refresh_lists, inv)(client, node)
-                states[node] = tuned(node_facts, inv)(
-                    inv, client, node, facts.guests, policy == "migrate"
-                )
-            except MoxflowError as exc:
-                refused.append(f"{node}: {exc}")
-                report.add(ReportRow(node, Outcome.FAILED, detail=f"pre-flight: {exc}"))
-        # the nodes --only leaves out still take guests (the planner checks their versions)
-        bystanders: list[NodeFacts] = []
-        for other in sorted(online - set(nodes)) if policy == "migrate" and not refused else ():
-            try:
-                bystanders.append(tuned(bystander_facts, inv)(client, other, facts.guests))
-            except MoxflowError as exc:
-                logger.warning("%s: not a migration target (%s)", other, exc)
-        plan = _plan(facts, states, inv, now, p, bystanders)
-        for line in plan.describe():
-            logger.info("%s", line)
-        report.notes.extend(plan.describe())
-        if refused or not plan.preflight.ok:
-            why = "; ".join([*refused, *plan.preflight.reasons])
-            if not plan.preflight.ok:
-                report.add(ReportRow("cluster", Outcome.FAILED, detail=f"refused: {why}"))
-            for n in plan.nodes:
-                if all(r.target != n.node for r in report.rows):
-                    report.add(ReportRow(n.node, Outcome.SKIPPED, detail="not started: refused"))
-            return finish(report, artifact_key="proxmox-update-report", inv=inv)
-        if p.dry_run:
-            for n in plan.nodes:
-                outcome = Outcome.SKIPPED if n.skip else Outcome.PLANNED
-                detail = n.skip or " | ".join(line.strip() for line in n.describe()[1:])
-                report.add(ReportRow(n.node, outcome, detail=detail, cells=_cells(n, n.snapshot)))
-            return finish(report, artifact_key="proxmox-update-report", inv=inv)
-        _roll(report, inv, client, plan, states, now, tz, p.lock_timeout)
+        # a restore test puts its scratch guests on these nodes: none runs during a roll
+        # (a running one is waited for, bounded), and a roll never plans for a scratch guest
+        scratch: AbstractContextManager[None] = (
+            nullcontext() if p.dry_run else hold([SCRATCH_TARGET], wait=p.lock_timeout)
+        )
+        try:
+            with scratch:
+                _update(report, inv, client, nodes, p, now, tz)
+        except TargetBusyError as exc:
+            for node in nodes:
+                report.add(ReportRow(node, Outcome.BUSY, detail=f"not started: {exc}"))
     return finish(report, artifact_key="proxmox-update-report", inv=inv)
+
+
+def _update(
+    report: RunReport,
+    inv: Inventory,
+    client: ProxmoxClient,
+    nodes: list[str],
+    p: ProxmoxUpdateParams,
+    now: datetime,
+    tz: ZoneInfo,
+) -> None:
+    """Facts, pre-flight and plan; the dry run's rows, or the roll's."""
+    logger = get_run_logger()
+    settings = inv.proxmox_update
+    facts = cluster_facts(client, nodes)
+    online = {n.name for n in facts.cluster.nodes if n.online}
+    states: dict[str, NodeState] = {}
+    refused: list[str] = []
+    policy = p.guests or settings.guests
+    for node in nodes:
+        if node not in online:
+            continue
+        try:
+            tuned(refresh_lists, inv)(client, node)
+            states[node] = tuned(node_facts, inv)(
+                inv, client, node, facts.guests, policy == "migrate"
+            )
+        except MoxflowError as exc:
+            refused.append(f"{node}: {exc}")
+            report.add(ReportRow(node, Outcome.FAILED, detail=f"pre-flight: {exc}"))
+    # the nodes --only leaves out still take guests (the planner checks their versions)
+    bystanders: list[NodeFacts] = []
+    for other in sorted(online - set(nodes)) if policy == "migrate" and not refused else ():
+        try:
+            bystanders.append(tuned(bystander_facts, inv)(client, other, facts.guests))
+        except MoxflowError as exc:
+            logger.warning("%s: not a migration target (%s)", other, exc)
+    plan = _plan(facts, states, inv, now, p, bystanders)
+    for line in plan.describe():
+        logger.info("%s", line)
+    report.notes.extend(plan.describe())
+    if refused or not plan.preflight.ok:
+        why = "; ".join([*refused, *plan.preflight.reasons])
+        if not plan.preflight.ok:
+            report.add(ReportRow("cluster", Outcome.FAILED, detail=f"refused: {why}"))
+        for n in plan.nodes:
+            if all(r.target != n.node for r in report.rows):
+                report.add(ReportRow(n.node, Outcome.SKIPPED, detail="not started: refused"))
+        return
+    if p.dry_run:
+        for n in plan.nodes:
+            outcome = Outcome.SKIPPED if n.skip else Outcome.PLANNED
+            detail = n.skip or " | ".join(line.strip() for line in n.describe()[1:])
+            report.add(ReportRow(n.node, outcome, detail=detail, cells=_cells(n, n.snapshot)))
+        return
+    _roll(report, inv, client, plan, states, now, tz, p.lock_timeout)
 
 
 def _plan(

@@ -85,6 +85,27 @@ def test_a_restore_test_waits_for_no_other_restore_test(
     assert set(fresh_lab.state()["guests"]) == before  # no scratch guest was made
 
 
+def test_a_proxmox_roll_waits_for_a_restore_test_and_is_busy_after(
+    fresh_lab: LabClient, lab_inventory: Path
+) -> None:
+    """A restore test runs (it holds the scratch slot): a Proxmox update does not read or
+    plan around its scratch guest; it waits, then leaves every node busy, nothing changed."""
+    from flows.jobs.proxmox_update import proxmox_update
+
+    before = {n: h.get("apt") for n, h in fresh_lab.state()["hosts"].items() if h.get("apt")}
+    with hold([SCRATCH_TARGET], wait=0):
+        run = proxmox_update(lock_timeout=0.5, inventory=str(lab_inventory), return_state=True)
+    assert run.is_failed()
+    report = run.result(raise_on_failure=False).report
+    assert {r.target: r.outcome for r in report.rows} == {
+        "pve1": Outcome.BUSY,
+        "pve2": Outcome.BUSY,
+    }
+    assert f"another moxflow run holds {SCRATCH_TARGET}" in report.rows[0].detail
+    after = {n: h.get("apt") for n, h in fresh_lab.state()["hosts"].items() if h.get("apt")}
+    assert after == before
+
+
 def test_the_slots_are_prefect_global_concurrency_limits(
     fresh_lab: LabClient, lab_inventory: Path
 ) -> None:
