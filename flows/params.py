@@ -241,6 +241,12 @@ class RestoreTestParams(FlowParams):
         description="restore to this VMID instead of one from [restore_test] scratch_vmids; "
         "refused when a guest uses it",
     )
+    lock_timeout: Annotated[float, Cli(metavar="SECONDS")] = Field(
+        default=120.0,
+        ge=0,
+        description="seconds to wait for another restore test (or a Proxmox update) that "
+        "holds the scratch guests before leaving every guest busy",
+    )
     dry_run: DryRun = False
     inventory: InventoryFile = None
 

@@ -35,7 +35,7 @@ from moxflow.naming import description_run
 from moxflow.proxmox import GuestSnapshot, ProxmoxClient
 from moxflow.snapshots import GuestSnapshotPlan, NodeSnapshotPlan, busy_guest, guests_text
 from tasks._retry import attempt, step
-from tasks.targets import guest_target, hold
+from tasks.targets import guest_target, hold_each
 
 T = TypeVar("T")
 Item = TypeVar("Item")
@@ -169,7 +169,7 @@ def snapshot_node(
     tries = attempt().number
 
     def one(p: GuestSnapshotPlan) -> float | AlreadyTaken:
-        with hold([guest_target(p.guest.vmid)], wait=lock_timeout):
+        with slot(guest_target(p.guest.vmid)):
             return take(p)
 
     def take(p: GuestSnapshotPlan) -> float | AlreadyTaken:
@@ -209,7 +209,8 @@ def snapshot_node(
         logger.info("%s: took %s", guest.label, p.snapname)
         return time.monotonic() - started
 
-    results = _each(plan.guests, one, lanes)
+    with hold_each([guest_target(p.guest.vmid) for p in plan.guests], wait=lock_timeout) as slot:
+        results = _each(plan.guests, one, lanes)
     failed = _failures([p.guest.label for p in plan.guests], results)
     _retry_if_passing(plan.node, "snapshot", failed, within=lock_timeout)
     elapsed = attempt().elapsed
@@ -252,7 +253,7 @@ def prune_node(
     todo = [p for p in plan.guests if p.prune and taken.get(p.guest.vmid, _NOT_TAKEN).taken]
 
     def one(p: GuestSnapshotPlan) -> tuple[GuestPruned, list[MoxflowError]]:
-        with hold([guest_target(p.guest.vmid)]):
+        with slot(guest_target(p.guest.vmid)):
             return delete(p)
 
     def delete(p: GuestSnapshotPlan) -> tuple[GuestPruned, list[MoxflowError]]:
@@ -277,7 +278,8 @@ def prune_node(
         seconds = round(time.monotonic() - started, 3)
         return GuestPruned(tuple(removed), tuple(failures), seconds), passing
 
-    results = _each(todo, one, lanes)
+    with hold_each([guest_target(p.guest.vmid) for p in todo]) as slot:
+        results = _each(todo, one, lanes)
     failed: dict[str, object] = {}
     for p, result in zip(todo, results, strict=True):
         if isinstance(result, MoxflowError):

@@ -55,6 +55,7 @@ def restore_test(
     select: str | None = None,
     storage: str | None = None,
     scratch_vmid: int | None = None,
+    lock_timeout: float = 120.0,
     dry_run: bool = False,
     inventory: str | None = None,
 ) -> RunReport | State[Any]:
@@ -64,6 +65,7 @@ def restore_test(
         select=select,
         storage=storage,
         scratch_vmid=scratch_vmid,
+        lock_timeout=lock_timeout,
         dry_run=dry_run,
         inventory=inventory,
     )
@@ -135,7 +137,7 @@ def restore_test(
     # the scratch guests' slot is held for the whole apply: two restore tests never pick the
     # same scratch VMID or destroy each other's scratch guest (no other job selects one)
     try:
-        with hold([SCRATCH_TARGET]):
+        with hold([SCRATCH_TARGET], wait=p.lock_timeout):
             _apply(report, inv, client, leftovers, plans, run)
     except TargetBusyError as exc:
         logger.error("%s", exc)

@@ -30,11 +30,13 @@ from prefect.settings import PREFECT_API_URL
 from prefect.states import Cancelling
 
 from flows.jobs.nixos_update import nixos_update
+from flows.jobs.offsite_copy import offsite_copy
 from flows.jobs.restore_test import restore_test
 from flows.jobs.vzdump_backup import vzdump_backup
 from labsim.client import LabClient, wait_until
 from moxflow.report import Outcome, RunReport
 from tasks.targets import SCRATCH_TARGET, guest_target, host_target
+from tests.flows.conftest import edit_inventory
 from tests.flows.test_nixos_update import (
     NEW_REV,
     assert_settled,
@@ -179,6 +181,31 @@ def test_a_restore_test_killed_with_its_scratch_guest_up_is_cleaned_by_the_next(
     guests = lab.state()["guests"]
     assert originals <= set(guests)
     assert not [v for v, g in guests.items() if g["name"].startswith("moxflow-scratch")]
+
+
+def test_an_offsite_copy_killed_half_way_is_redone_whole_by_the_next(
+    fresh_lab: LabClient, lab_inventory: Path, tmp_path: Path
+) -> None:
+    """Killed while a copy is being written (NAME.part on the offsite host): the next run
+    copies the archive again, checks it, and leaves no partial file; the half copy never
+    counted as a copy."""
+    lab = fresh_lab
+    inv = edit_inventory(
+        lab_inventory,
+        tmp_path,
+        {'[offsite]\nhost = "offsite"': '[offsite]\nbwlimit = 2\nhost = "offsite"'},
+    )
+    folder = Path(lab.info["offsite"]["path"])
+    args = ["flows.offsite_copy", "--inventory", str(inv), "--select", "104"]
+    _kill_when(args, lambda: any(p.name.endswith(".part") for p in folder.iterdir()))
+    assert any(p.name.endswith(".part") for p in folder.iterdir())  # killed half-way
+    report = offsite_copy(select="104", inventory=str(inv))
+    [row] = [r for r in report.rows if r.target.endswith("offsite")]
+    assert row.outcome is Outcome.OK
+    copies = [p for p in folder.iterdir() if "-104-" in p.name]
+    assert copies and not [p for p in folder.iterdir() if p.name.endswith(".part")]
+    sources = {a["filename"]: a for a in lab.state()["storages"]["nas-backup"]["archives"]}
+    assert {p.name for p in copies} <= set(sources)
 
 
 def _tasks(lab: LabClient) -> list[dict[str, object]]:

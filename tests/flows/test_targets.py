@@ -77,7 +77,9 @@ def test_a_restore_test_waits_for_no_other_restore_test(
     restores nothing and reports each guest busy."""
     before = set(fresh_lab.state()["guests"])
     with hold([SCRATCH_TARGET], wait=0):
-        run = restore_test(select="101", inventory=str(lab_inventory), return_state=True)
+        run = restore_test(
+            select="101", lock_timeout=0.5, inventory=str(lab_inventory), return_state=True
+        )
     assert run.is_failed()
     report = run.result(raise_on_failure=False).report
     assert [r.outcome for r in report.rows] == [Outcome.BUSY]

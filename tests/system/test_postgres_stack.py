@@ -128,7 +128,7 @@ def test_deploy_all_registers_every_deployment_with_its_schedule(
         assert dep.tags == ["moxflow"]
         [schedule] = dep.schedules
         # the inventory's [schedules]: a changed time, one turned off, the rest the defaults
-        cron = SCHEDULES.get(d.full_name, d.cron)
+        cron = SCHEDULES.get(d.full_name, "off" if d.off else d.cron)
         assert schedule.active is (cron != "off"), d.full_name
         assert isinstance(schedule.schedule, CronSchedule)
         assert schedule.schedule.cron == (d.cron if cron == "off" else cron)
