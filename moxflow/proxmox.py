@@ -815,6 +815,10 @@ class ProxmoxClient:
         message = f"{what} failed: {exitstatus or 'no exit status'}"
         if tail:
             message += "; log ends: " + " | ".join(tail)
+        # vzdump ends a locked guest's backup with "job errors" and says why only in its log
+        # ("ERROR: Backup of VM 101 failed - VM is locked (snapshot)"): a lock all the same
+        if any(marker in line.lower() for line in tail for marker in _LOCKED_MARKERS):
+            raise GuestLockedError(message, endpoint=path, upid=upid)
         raise ProxmoxTaskError(message, exitstatus=exitstatus, endpoint=path, upid=upid)
 
     # --- internals -----------------------------------------------------------------------

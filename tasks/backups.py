@@ -204,7 +204,8 @@ def vzdump_guest(
     logger = run_logger("moxflow.backups")
     gate: AbstractContextManager[Any] = storage_gate if storage_gate is not None else nullcontext()
     guest, storage, target = dump.guest, dump.storage, dump.target
-    # the guest's slot first (another job changing it: wait, bounded), then the storage's
+    # the guest's slot first (another run's backup or chain on it: wait, bounded), then the
+    # storage's turn; a dump is long, so the slot's three requests cost nothing to speak of
     with hold([guest_target(guest.vmid)], wait=job.retry_timeout), gate:
         t0 = time.monotonic()
         started = datetime.now(UTC)

@@ -35,7 +35,7 @@ from moxflow.naming import description_run
 from moxflow.proxmox import GuestSnapshot, ProxmoxClient
 from moxflow.snapshots import GuestSnapshotPlan, NodeSnapshotPlan, busy_guest, guests_text
 from tasks._retry import attempt, step
-from tasks.targets import guest_target, hold_each
+from tasks.targets import free_check, guest_target
 
 T = TypeVar("T")
 Item = TypeVar("Item")
@@ -158,19 +158,20 @@ def snapshot_node(
 
     Retried (Prefect) while a guest failed for a passing reason (locked, the API unavailable)
     and the step started less than ``lock_timeout`` seconds ago; after that such a guest is
-    reported (a locked one as busy, with its lock). Each guest's target slot
-    (:mod:`tasks.targets`) is held while its snapshot is taken; a guest another moxflow run
-    holds for longer than ``lock_timeout`` is busy. A retry first reads what an earlier
-    attempt did: a guest that has a whole snapshot of this run's name is taken, not twice.
-    A snapshot of that name another run took (its description names that run: two runs of
-    the same label at once) is that run's, reported as such, never counted as taken here.
+    reported (a locked one as busy, with its lock). A guest whose target slot
+    (:mod:`tasks.targets`) another moxflow run holds for a chain (a NixOS update of it, a
+    restore, a migration) is waited for, then busy after ``lock_timeout``. A retry first
+    reads what an earlier attempt did: a guest that has a whole snapshot of this run's name
+    is taken, not twice. A snapshot of that name another run took (its description names
+    that run: two runs of the same label at once) is that run's, reported as such, never
+    counted as taken here.
     """
     logger = get_run_logger()
     tries = attempt().number
 
     def one(p: GuestSnapshotPlan) -> float | AlreadyTaken:
-        with slot(guest_target(p.guest.vmid)):
-            return take(p)
+        free(guest_target(p.guest.vmid), lock_timeout)  # no chain of another run on it
+        return take(p)
 
     def take(p: GuestSnapshotPlan) -> float | AlreadyTaken:
         started = time.monotonic()
@@ -209,7 +210,7 @@ def snapshot_node(
         logger.info("%s: took %s", guest.label, p.snapname)
         return time.monotonic() - started
 
-    with hold_each([guest_target(p.guest.vmid) for p in plan.guests], wait=lock_timeout) as slot:
+    with free_check() as free:
         results = _each(plan.guests, one, lanes)
     failed = _failures([p.guest.label for p in plan.guests], results)
     _retry_if_passing(plan.node, "snapshot", failed, within=lock_timeout)
@@ -252,11 +253,9 @@ def prune_node(
     logger = get_run_logger()
     todo = [p for p in plan.guests if p.prune and taken.get(p.guest.vmid, _NOT_TAKEN).taken]
 
+    # no slot check here: deleting an older snapshot never breaks another run's chain (its
+    # own snapshot stays the newest), and Proxmox's guest lock keeps the task to itself
     def one(p: GuestSnapshotPlan) -> tuple[GuestPruned, list[MoxflowError]]:
-        with slot(guest_target(p.guest.vmid)):
-            return delete(p)
-
-    def delete(p: GuestSnapshotPlan) -> tuple[GuestPruned, list[MoxflowError]]:
         started = time.monotonic()
         removed: list[str] = []
         failures: list[str] = []
@@ -278,8 +277,7 @@ def prune_node(
         seconds = round(time.monotonic() - started, 3)
         return GuestPruned(tuple(removed), tuple(failures), seconds), passing
 
-    with hold_each([guest_target(p.guest.vmid) for p in todo]) as slot:
-        results = _each(todo, one, lanes)
+    results = _each(todo, one, lanes)
     failed: dict[str, object] = {}
     for p, result in zip(todo, results, strict=True):
         if isinstance(result, MoxflowError):

@@ -1,13 +1,16 @@
 """One mutating job per target, across runs, workers and machines.
 
-Every step that changes a guest (a snapshot, a backup, a restore onto it), a NixOS host or a
-Proxmox node first takes the target's slot: a Prefect global concurrency limit of 1 named
-after the target (``moxflow-guest-101``, ``moxflow-host-dns``, ``moxflow-node-pve1``), held
-with a lease. The lease is renewed while its holder runs and expires with it: a run killed
-half-way frees its targets within :data:`LEASE_SECONDS` (plus the server's lease sweep,
-every 15 s), with nothing left to clean by hand. The limits show on the Prefect UI's
-*Concurrency* page, with the slots in use. A second run waits for a held target (bounded),
-then leaves it as busy (:class:`~moxflow.errors.TargetBusyError`), never as done.
+Every chain of steps that changes a guest (a restore onto it, a migration, a NixOS update of
+the guest it is), a NixOS host or a Proxmox node first takes the target's slot
+(:func:`hold`): a Prefect global concurrency limit of 1 named after the target
+(``moxflow-guest-101``, ``moxflow-host-dns``, ``moxflow-node-pve1``), held with a lease. The
+lease is renewed while its holder runs and expires with it: a run killed half-way frees its
+targets within :data:`LEASE_SECONDS` (plus the server's lease sweep, every 15 s), with
+nothing left to clean by hand. The limits show on the Prefect UI's *Concurrency* page, with
+the slots in use. A second run waits for a held target (bounded), then leaves it as busy
+(:class:`~moxflow.errors.TargetBusyError`), never as done. A step that is a single Proxmox
+task on a guest (a snapshot, a vzdump) only waits for the guest's slot to be free
+(:func:`wait_free`): Proxmox's guest lock already serialises such tasks.
 
 The limits are created on first use (Prefect 3 no longer creates them implicitly). The
 server keeps leases in memory unless ``PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE`` names the
@@ -21,18 +24,19 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import AbstractContextManager, ExitStack, contextmanager, nullcontext, suppress
+from contextlib import AbstractContextManager, ExitStack, contextmanager, suppress
 
 import httpx
-from prefect.client.orchestration import get_client
+from prefect.client.orchestration import SyncPrefectClient, get_client
 from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
 from prefect.client.schemas.objects import ConcurrencyLeaseHolder
 from prefect.concurrency._asyncio import ConcurrencySlotAcquisitionError
 from prefect.concurrency.sync import concurrency
 from prefect.context import FlowRunContext
-from prefect.exceptions import ObjectAlreadyExists
+from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 
 from moxflow.errors import TargetBusyError
 
@@ -195,22 +199,40 @@ def hold(targets: Sequence[str], *, wait: float = TARGET_WAIT) -> Iterator[None]
 
 
 @contextmanager
-def hold_each(
-    targets: Sequence[str], *, wait: float = TARGET_WAIT
-) -> Iterator[Callable[[str], AbstractContextManager[None]]]:
-    """Hold a batch's targets (a node's guests in one step) for the block. When no other run
-    holds any of them, all are taken in one request (three API calls for the batch, not per
-    target); otherwise each item takes its own as it comes, waiting up to ``wait``. Yields
-    ``slot(name)``, the context manager an item enters around its work (``TargetBusyError``
-    from it: that item is busy, the others go on)."""
-    batch = ExitStack()
-    try:
-        batch.enter_context(hold(targets, wait=0))
-        together = True
-    except TargetBusyError:
-        together = False
-    with batch:
-        if together:
-            yield lambda name: nullcontext()
-        else:
-            yield lambda name: hold([name], wait=wait)
+def free_check() -> Iterator[Callable[..., None]]:
+    """``wait_free`` for a step's many guests, over one connection to the server."""
+    with get_client(sync_client=True) as client:
+        yield lambda target, wait=TARGET_WAIT: wait_free(target, wait=wait, client=client)
+
+
+def wait_free(
+    target: str, *, wait: float = TARGET_WAIT, client: SyncPrefectClient | None = None
+) -> None:
+    """Return once no run holds ``target`` (at once when none does, or the limit was never
+    made); poll up to ``wait`` seconds, else raise ``TargetBusyError``.
+
+    For a step that is one Proxmox task on a guest (a snapshot, its deletion, a vzdump):
+    Proxmox's own guest lock already keeps such tasks one at a time, so the step does not
+    take the slot (a write on the server per guest; at 1,000 guests that was several times
+    the run's ideal time); it only keeps out of a chain another run holds the guest for (a
+    NixOS update between its snapshot and its switch, a restore, a migration). Checked right
+    before the task is started: a chain that takes the slot after that finds the task
+    running (the guest is locked) and waits for it, so the chain's own snapshot stays the
+    newest."""
+    if client is None:
+        with get_client(sync_client=True) as own:
+            return wait_free(target, wait=wait, client=own)
+    deadline = time.monotonic() + wait
+    delay = 0.5
+    while True:
+        try:
+            limit = client.read_global_concurrency_limit_by_name(target)
+        except ObjectNotFound:
+            return None
+        if limit.active_slots < limit.limit:
+            return None
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise TargetBusyError([target], wait, LEASE_SECONDS)
+        time.sleep(min(delay, left))
+        delay = min(delay * 2, 5.0)

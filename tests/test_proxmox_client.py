@@ -751,6 +751,20 @@ def test_wait_task_lock_failure_is_guest_locked(wire: Wire) -> None:
     assert info.value.upid == UPID
 
 
+def test_a_vzdump_of_a_locked_guest_is_guest_locked_by_its_log(wire: Wire) -> None:
+    """vzdump says "job errors" and puts the lock only in its log, as PVE does."""
+    log = [
+        "INFO: Starting Backup of VM 101 (qemu)",
+        "ERROR: Backup of VM 101 failed - VM is locked (snapshot)",
+        "INFO: Failed at 2026-12-06 01:00:00",
+        "TASK ERROR: job errors",
+    ]
+    wire.routes[STATUS], wire.routes[LOG] = _task_route(0, "job errors", log=log)
+    with pytest.raises(GuestLockedError, match=r"VM is locked \(snapshot\)") as info:
+        wire.client().wait_task(UPID, timeout=5)
+    assert info.value.upid == UPID
+
+
 def test_wait_task_times_out_with_upid(wire: Wire) -> None:
     wire.routes[STATUS], wire.routes[LOG] = _task_route(3600)
     started = time.monotonic()

@@ -111,9 +111,9 @@ def test_a_proxmox_roll_waits_for_a_restore_test_and_is_busy_after(
 def test_the_slots_are_prefect_global_concurrency_limits(
     fresh_lab: LabClient, lab_inventory: Path
 ) -> None:
-    """A run leaves a limit of 1 per target it changed on the server (the UI's Concurrency
+    """A run leaves a limit of 1 per target it held on the server (the UI's Concurrency
     page), with no slot in use once it is over."""
-    guest_snapshot(label="daily", select="102", inventory=str(lab_inventory))
+    restore_test(select="101", inventory=str(lab_inventory))
     with get_client(sync_client=True) as client:
-        limit = client.read_global_concurrency_limit_by_name(guest_target(102))
+        limit = client.read_global_concurrency_limit_by_name(SCRATCH_TARGET)
     assert (limit.limit, limit.active_slots) == (1, 0)
