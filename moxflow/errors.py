@@ -25,6 +25,7 @@ The tree (``transient`` errors are the ones worth retrying with backoff)::
     │   └── SshChecksumError         a file copied over SSH arrived different (SHA-256)
     ├── WebhookError                 a notification webhook failed (5xx, 408, 429: transient)
     ├── TargetBusyError              another moxflow run holds the target's slot (after a wait)
+    ├── SlotServerError              the Prefect server could not give out a slot  (transient)
     └── RunFailed                    a flow finished with failed targets; carries the report
 
 Every error carries what a person needs to act: the host, command or endpoint, the exit code
@@ -188,6 +189,13 @@ class TargetBusyError(MoxflowError):
             f"frees its slot within {lease:g}s; the next run does this target",
         )
         self.targets = tuple(targets)
+
+
+class SlotServerError(MoxflowError):
+    """The Prefect server could not be asked for a target's slot (unreachable, 5xx): the
+    step did nothing; worth another try."""
+
+    transient = True
 
 
 # --- SSH -----------------------------------------------------------------------------------

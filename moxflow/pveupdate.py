@@ -1022,7 +1022,11 @@ def plan_guests(
         allowed = [
             t
             for t in targets
-            if check is None or not check.allowed_nodes or t.name in check.allowed_nodes
+            if check is None
+            or (
+                t.name not in check.not_allowed
+                and (not check.allowed_nodes or t.name in check.allowed_nodes)
+            )
         ]
         if not allowed:
             steps.append(

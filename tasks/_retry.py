@@ -37,14 +37,17 @@ def transient(task: Any, task_run: Any, state: Any) -> bool:
     return isinstance(exc, MoxflowError) and exc.transient
 
 
-def step(name: str, run_name: str) -> Callable[[Callable[P, R]], Task[P, R]]:
+def step(
+    name: str, run_name: str, *, retries: int | None = None
+) -> Callable[[Callable[P, R]], Task[P, R]]:
     """A step's task: ``name`` in Prefect, ``run_name`` ("{job.target}: snapshot") for each
-    run, never cached, retried by Prefect on transient errors only."""
+    run, never cached, retried by Prefect on transient errors only; ``retries=0`` for a step
+    that is not idempotent (and is then never run through :func:`tuned`)."""
     return task(
         name=name,
         task_run_name=run_name,
         cache_policy=NO_CACHE,
-        retries=_DEFAULTS.attempts,
+        retries=_DEFAULTS.attempts if retries is None else retries,
         retry_delay_seconds=list(_DEFAULTS.delays),
         retry_condition_fn=transient,
     )

@@ -189,6 +189,9 @@ def snapshot_node(
                 except GuestLockedError:
                     if not wait_for_earlier_task(client, guest, "snapshot"):
                         raise
+                    # the task waited for may have been a chain's (a NixOS update's own
+                    # snapshot): never land on top of it while the chain holds the guest
+                    free(guest_target(guest.vmid), lock_timeout)
                     create()  # the earlier run's snapshot task has ended: once more
             except MoxflowError as exc:
                 if "already used" not in str(exc):

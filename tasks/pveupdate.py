@@ -11,6 +11,7 @@ each waits, bounded, and checks what happened instead.
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -73,6 +74,7 @@ T = TypeVar("T")
 POLL = 0.1
 """Seconds between two looks while waiting for a node or a guest (the waits are bounded)."""
 
+_ENTERPRISE_RE = re.compile(r"https://enterprise\.proxmox\.com/\S+")
 APT_TASK_TIMEOUT = 300.0
 
 
@@ -140,17 +142,30 @@ def refresh_lists(client: ProxmoxClient, node: str) -> None:
     try:
         client.wait_task(upid, timeout=APT_TASK_TIMEOUT)
     except ProxmoxTaskError as exc:
+        # the refusal is in the task's log: "Err:5 https://enterprise.proxmox.com/debian/pve
+        # trixie InRelease" then "401  Unauthorized" (a UPID's hex fields may hold "401" too)
         text = str(exc)
-        if "enterprise.proxmox.com" in text or "401" in text:
+        repo = _refused_enterprise_repo(text.split("|"))
+        if repo is not None:
             raise UpdateStepFailed(
                 node,
                 "refresh package lists",
-                "apt-get update failed on the enterprise repository "
-                "(https://enterprise.proxmox.com/debian/pve: 401 Unauthorized, no subscription)",
-                hint="add a subscription key, or disable pve-enterprise and enable the "
-                "pve-no-subscription repository (Node → Updates → Repositories)",
+                f"apt-get update failed on the enterprise repository {repo} "
+                "(401 Unauthorized: no subscription)",
+                hint="add a subscription key, or disable that enterprise repository and enable "
+                "the matching no-subscription one (Node → Updates → Repositories)",
             ) from exc
         raise UpdateStepFailed(node, "refresh package lists", text) from exc
+
+
+def _refused_enterprise_repo(log: Sequence[str]) -> str | None:
+    """The enterprise repository apt-get update was refused on (401), from the task's log
+    lines; None when that is not why it failed."""
+    for i, line in enumerate(log):
+        found = _ENTERPRISE_RE.search(line)
+        if found and any("401" in later for later in log[i : i + 2]):
+            return found.group(0)
+    return None
 
 
 @step("pveupdate-facts", "{node}: facts")
@@ -323,7 +338,9 @@ def _power(run: NodeRun, s: GuestStep, action: str) -> None:
     get_run_logger().info("%s: %s", run.node, s)
 
 
-@step("pveupdate-guests-leave", "{run.node}: guests-leave")
+@step(
+    "pveupdate-guests-leave", "{run.node}: guests-leave", retries=0
+)  # not idempotent: never blind
 def guests_leave(run: NodeRun, upstream: object) -> int:
     """HA node maintenance (when HA guests are there), waiting until the CRM has moved every
     HA service away; then each other guest migrated, shut down or left, by the plan. Not
@@ -370,7 +387,7 @@ class Upgraded:
     seconds: float
 
 
-@step("pveupdate-upgrade", "{run.node}: upgrade")
+@step("pveupdate-upgrade", "{run.node}: upgrade", retries=0)  # not idempotent
 def upgrade(run: NodeRun, upstream: object) -> Upgraded:
     """``dpkg --audit``, then ``apt-get dist-upgrade`` non-interactively (keeping changed
     config files) and ``autoremove`` over SSH, the whole output in the run's log, then
@@ -411,7 +428,7 @@ class Rebooted:
     seconds: float
 
 
-@step("pveupdate-reboot", "{run.node}: reboot")
+@step("pveupdate-reboot", "{run.node}: reboot", retries=0)  # not idempotent
 def reboot(run: NodeRun, upstream: object) -> Rebooted:
     """Request the reboot through the API, prove it by the API's uptime (smaller than the
     time since the request: a node that merely answers proves nothing), then wait until it
@@ -470,7 +487,9 @@ def verify(run: NodeRun, upstream: object) -> Verdict:
     return verdict
 
 
-@step("pveupdate-guests-return", "{run.node}: guests-return")
+@step(
+    "pveupdate-guests-return", "{run.node}: guests-return", retries=0
+)  # not idempotent: never blind
 def guests_return(run: NodeRun, upstream: object) -> Verdict:
     """Leave HA maintenance (the CRM moves the HA services back; waits for them), migrate
     back what left, start what was shut down, and start what the reboot stopped; then the

@@ -175,7 +175,11 @@ def destroy_leftover(client: ProxmoxClient, guest: Guest, task_timeout: float, r
     The caller holds the scratch guests' slot (``tasks.targets.SCRATCH_TARGET``), so no
     other restore test is live: a scratch guest whose run Prefect still shows running (its
     description names the run; ``run``: this one) was left by a run that died without
-    Prefect hearing of it, and goes too."""
+    Prefect hearing of it, and goes too. One gone meanwhile (the run that left it was still
+    going, and cleaned up before this run had the slot) is said so."""
+    current = find_guest(client, guest.vmid)
+    if current is None or not current.scratch:
+        return f"leftover scratch guest {guest.label} was gone already"
     owner = description_run(client.guest_description(guest))
     if owner and owner != run and flow_run_alive(owner):
         get_run_logger().warning(

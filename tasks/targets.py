@@ -38,7 +38,7 @@ from prefect.concurrency.sync import concurrency
 from prefect.context import FlowRunContext
 from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 
-from moxflow.errors import TargetBusyError
+from moxflow.errors import SlotServerError, TargetBusyError
 
 LEASE_SECONDS = 60.0
 """How long a held slot outlives its holder's last renewal (renewed every 45 s)."""
@@ -186,14 +186,20 @@ def hold(targets: Sequence[str], *, wait: float = TARGET_WAIT) -> Iterator[None]
     if not names:
         yield
         return
-    _ensure(names)
     try:
-        slots = _take(names, wait)
-    except ConcurrencySlotAcquisitionError:
-        # not refused: the limits are gone (deleted by hand since this process made them)
-        _forget(names)
         _ensure(names)
-        slots = _take(names, wait)
+        try:
+            slots = _take(names, wait)
+        except ConcurrencySlotAcquisitionError:
+            # not refused: the limits are gone (deleted by hand since this process made them)
+            _forget(names)
+            _ensure(names)
+            slots = _take(names, wait)
+    except (ConcurrencySlotAcquisitionError, httpx.HTTPError) as exc:
+        raise SlotServerError(
+            f"the Prefect server could not give out {', '.join(names)}: {exc}",
+            hint="check that the Prefect server runs (PREFECT_API_URL)",
+        ) from exc
     with slots:
         yield
 
@@ -229,6 +235,11 @@ def wait_free(
             limit = client.read_global_concurrency_limit_by_name(target)
         except ObjectNotFound:
             return None
+        except httpx.HTTPError as exc:
+            raise SlotServerError(
+                f"the Prefect server could not say whether {target} is free: {exc}",
+                hint="check that the Prefect server runs (PREFECT_API_URL)",
+            ) from exc
         if limit.active_slots < limit.limit:
             return None
         left = deadline - time.monotonic()

@@ -581,6 +581,20 @@ def test_the_precheck_limits_the_targets() -> None:
     assert steps[0].target == "pve2"
 
 
+def test_a_node_the_precheck_refuses_is_never_a_target() -> None:
+    """PVE lists the nodes a guest cannot go to (a storage missing there) apart from the
+    allowed ones, which may be empty: the refused ones are out either way."""
+    check = MigratePrecheck(True, (), not_allowed={"pve2": "unavailable storages: nfs-vm"})
+    steps = plan_guests("pve1", [vm(100, "pve1")], SETTINGS, others=OTHERS, prechecks={100: check})
+    assert steps[0].action == "migrate" and steps[0].target != "pve2"
+    everywhere = {n.name: "no" for n in OTHERS}
+    refused = MigratePrecheck(True, (), not_allowed=everywhere)
+    [step] = plan_guests(
+        "pve1", [vm(100, "pve1")], SETTINGS, others=OTHERS, prechecks={100: refused}
+    )
+    assert step.action == "shutdown" and "no node can take it" in step.reason
+
+
 def test_ha_guests_go_with_maintenance_only_with_a_master() -> None:
     ha = HaStatus(master="pve2", services=parse_ha_status(data("ha_manager_status.json")).services)
     guests = [vm(100, "pve1"), vm(103, "pve1")]

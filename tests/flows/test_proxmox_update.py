@@ -312,3 +312,12 @@ def test_health_report_after_an_upgrade_without_reboot(pve: LabClient, tmp_path:
     assert rows["pve1 node updates"].detail == "0 pending"
     pending = len(apt(st, "pve2")["pending"])
     assert pending and rows["pve2 node updates"].detail.startswith(f"{pending} pending: ")
+
+
+def test_the_steps_that_must_not_repeat_are_never_retried() -> None:
+    """Leaving and returning guests, the upgrade and the reboot request are not idempotent:
+    Prefect never runs them again on its own (a second dist-upgrade, a second reboot, a
+    guest migrated back twice)."""
+    from tasks.pveupdate import guests_leave, guests_return, reboot, upgrade
+
+    assert [t.retries for t in (guests_leave, upgrade, reboot, guests_return)] == [0, 0, 0, 0]
