@@ -54,9 +54,9 @@ class Definition:
     """When it runs, in the inventory's time zone."""
     description: str
     parameters: Mapping[str, Any] = field(default_factory=dict)
+    """Default parameters; everything else is the flow's own default."""
     off: bool = False
     """Off unless the inventory's [schedules] turns it on (a job that reboots machines)."""
-    """Default parameters; everything else is the flow's own default."""
 
     @property
     def full_name(self) -> str:

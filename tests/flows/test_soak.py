@@ -31,6 +31,7 @@ def test_the_short_soak_ends_without_a_violation(fresh_lab: LabClient) -> None:
     planned = {k for i in range(2) for k, _ in plan_iteration(SEED, i, 0.0).faults}
     assert planned <= set(summary.faults)
     assert {"build-fails", "unhealthy-switch"} <= set(summary.faults)
+    assert sum(summary.fired.values()) >= 2, summary.text()  # the lab's faults really hit
     # every job of the pipeline ran (OK or not) in both iterations
     for job in ("guest_snapshot", "vzdump_backup", "restore_test", "nixos_update"):
         ran = sum(n for k, n in summary.runs.items() if k.startswith(job))
