@@ -134,12 +134,20 @@ def workers(prefect_stack: PrefectStack, deployments: dict[str, UUID]) -> Iterat
 
 def _rows(client: SyncPrefectClient, flow_run_id: UUID, job: str) -> list[dict[str, str]]:
     """The rows of the run's report table (artifact ``JOB-report``)."""
-    [artifact] = client.read_artifacts(
+    found = client.read_artifacts(
         artifact_filter=ArtifactFilter(
             key=ArtifactFilterKey(any_=[f"{job}-report"]),
             flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]),
         )
     )
+    if len(found) != 1:  # say why: the run's end state and the last lines of its log
+        run = client.read_flow_run(flow_run_id)
+        logs = client.read_logs(
+            LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])), limit=200
+        )
+        tail = [entry.message[:300] for entry in logs][-8:]
+        raise AssertionError(f"{job} run {flow_run_id}: no report; {run.state}; log: {tail}")
+    [artifact] = found
     data = artifact.data
     rows: list[dict[str, str]] = json.loads(data) if isinstance(data, str) else data
     return rows
