@@ -265,7 +265,10 @@ def plan_guest_snapshot(
     description = snapshot_description(label, now, run)
     with_ram = vmstate and guest.type == "qemu" and guest.running
     new = GuestSnapshot(snapname, description, snaptime=now, vmstate=with_ram)
-    plan = plan_guest_prune([*snapshots, new], label, policy, tz, just_taken=snapname)
+    # one of that name there already (another run of the label took it in the same second)
+    # counts once, as the new one: the snapshot step then says whose it is
+    others = [s for s in snapshots if s.name != snapname]
+    plan = plan_guest_prune([*others, new], label, policy, tz, just_taken=snapname)
     return GuestSnapshotPlan(
         guest=guest,
         snapname=snapname,

@@ -104,6 +104,23 @@ def test_a_guest_plan_counts_the_new_snapshot_and_never_prunes_it() -> None:
         assert (other.vmstate, other.prune, other.kept) == (False, (), 1)
 
 
+def test_a_snapshot_of_the_same_name_another_run_took_counts_once() -> None:
+    """Two runs of a label started in the same second: the second finds the first's snapshot
+    under its own name. It plans it once, as the new one (never pruned), not twice."""
+    from moxflow.guests import Guest
+    from moxflow.snapshots import plan_guest_snapshot
+
+    vm = Guest(101, "media-vm", "pve1", "qemu", status="running")
+    new = snapshot_name("daily", NOW)
+    theirs = GuestSnapshot(new, snapshot_description("daily", NOW, "other-run"), NOW)
+    old = GuestSnapshot.from_api(listed(1))
+    plan = plan_guest_snapshot(
+        vm, [old, theirs], label="daily", snapname=new, now=NOW, policy=KeepPolicy(last=1),
+        tz=UTC, vmstate=False,
+    )  # fmt: skip
+    assert (plan.prune, plan.kept) == ((old.name,), 1)
+
+
 def test_guests_are_grouped_by_node_in_order() -> None:
     from moxflow.guests import Guest
     from moxflow.snapshots import NodeSnapshotPlan, guests_by_node, plan_node_snapshots
