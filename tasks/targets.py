@@ -140,14 +140,15 @@ def _refused(exc: ConcurrencySlotAcquisitionError) -> bool:
     return isinstance(cause, httpx.HTTPStatusError) and cause.response.status_code == 423
 
 
-def _slots(names: list[str], wait: float | None) -> AbstractContextManager[None]:
-    """Prefect's context manager for the slots: wait up to ``wait`` seconds, or (None) make
-    one request, however long the server takes to answer it."""
+def _slots(names: list[str]) -> AbstractContextManager[None]:
+    """Prefect's context manager for the slots: one request, however long the server takes
+    to answer it. Never with Prefect's ``timeout_seconds``: a request cut short by it may
+    still be granted on the server, and that lease, never renewed and never released, holds
+    the slot until the server's sweep (a run then finds its own leaked slot "held")."""
     return concurrency(
         names,
         occupy=1,
-        timeout_seconds=wait,
-        max_retries=None if wait is not None else 0,
+        max_retries=0,
         lease_duration=LEASE_SECONDS,
         strict=True,
         holder=_holder(),
@@ -155,27 +156,29 @@ def _slots(names: list[str], wait: float | None) -> AbstractContextManager[None]
     )
 
 
+RETRY_FIRST = 0.5
+RETRY_MAX = 5.0
+"""Between two requests for a held slot: 0.5 s, doubling up to 5 s."""
+
+
 def _take(names: list[str], wait: float) -> ExitStack[bool | None]:
-    """The slots, entered; ``TargetBusyError`` when another run holds one of them."""
-    stack = ExitStack()
-    try:
-        stack.enter_context(_slots(names, wait if wait > 0 else None))
-        return stack
-    except TimeoutError:
-        pass  # held, or the server was slow to answer (SQLite busy): tell which below
-    except ConcurrencySlotAcquisitionError as exc:
-        if not _refused(exc):
-            raise
-    held = _held(names)
-    if held:
-        raise TargetBusyError(held, wait, LEASE_SECONDS)
-    try:  # free now: one request, not cut short by the wait
-        stack.enter_context(_slots(names, None))
-        return stack
-    except ConcurrencySlotAcquisitionError as exc:
-        if not _refused(exc):
-            raise
-        raise TargetBusyError(names, wait, LEASE_SECONDS) from exc
+    """The slots, entered; ``TargetBusyError`` when another run still holds one of them
+    after ``wait`` seconds (0: one request)."""
+    deadline = time.monotonic() + wait
+    delay = RETRY_FIRST
+    while True:
+        stack = ExitStack()
+        try:
+            stack.enter_context(_slots(names))
+            return stack
+        except ConcurrencySlotAcquisitionError as exc:
+            if not _refused(exc):
+                raise
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise TargetBusyError(_held(names) or names, wait, LEASE_SECONDS)
+        time.sleep(min(delay, left))
+        delay = min(delay * 2, RETRY_MAX)
 
 
 @contextmanager
