@@ -294,6 +294,7 @@ class Soak:
             if a["vmid"] in BACKUP_GUESTS and a["size"] > 0 and newer:
                 self.good[a["vmid"]] = a
         self.killed_last: str | None = None
+        self.interrupted_hosts: set[str] = set()  # a killed NixOS run's, not run on since
 
     # -- helpers ----------------------------------------------------------------------------
 
@@ -638,9 +639,14 @@ class Soak:
                     self._violate(
                         i, "no broken host without a needs-attention row", f"{host}: {why}"
                     )
-        # no lock outlives its holder (no run is live now)
+        # no lock outlives its holder (no run is live now): a killed NixOS run's lock waits
+        # for the next NixOS run on its host, which recovers it
+        if plan.kill == "nixos_update":
+            self.interrupted_hosts |= set(plan.nixos)
+        else:
+            self.interrupted_hosts -= set(plan.nixos)
         for host in NIXOS_HOSTS:
-            if self._lock_dir(host).exists() and plan.kill != "nixos_update":
+            if self._lock_dir(host).exists() and host not in self.interrupted_hosts:
                 self._violate(i, "no lock outlives its holder", f"NixOS lock on {host}")
         scratch = [g for g in state["guests"] if int(g) in SCRATCH]
         if scratch and plan.kill != "restore_test":
