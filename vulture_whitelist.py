@@ -83,3 +83,13 @@ _.parse_items
 _.parse_checks
 _.plan_round
 _.choose_snapshot
+_.windows_policy  # moxflow/inventory/: the [windows] section, read by the flow (next)
+_.drivers
+_.scan_timeout
+_.install_timeout
+_.script_timeout
+_.agent_timeout
+_.verify_grace
+_.categories_of
+_.max_rounds_of
+_.snapshot_of
