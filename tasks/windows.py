@@ -173,7 +173,10 @@ def run_script(
         return status, script_output(status, script)
     except ParseError as exc:
         raise WindowsScriptError(
-            exc.message, vm=guest.label, script=script, exit_code=status.exitcode
+            exc.message.removeprefix(f"{script}: "),
+            vm=guest.label,
+            script=script,
+            exit_code=status.exitcode,
         ) from exc
 
 
