@@ -314,7 +314,7 @@ class RestoreParams(FlowParams):
     inventory: InventoryFile = None
 
 
-HealthKind = Literal["backups", "snapshots", "nixos", "nodes"]
+HealthKind = Literal["backups", "snapshots", "nixos", "nodes", "windows"]
 HEALTH_KINDS: tuple[HealthKind, ...] = get_args(HealthKind)
 
 

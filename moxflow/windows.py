@@ -17,6 +17,7 @@ import json
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
 from functools import cache
 from pathlib import Path
 from typing import Any, Literal
@@ -62,6 +63,7 @@ __all__ = [
     "plan_round",
     "plan_vm",
     "readable_stderr",
+    "require_vms",
     "script_output",
     "script_text",
     "select_vms",
@@ -311,6 +313,7 @@ class PendingUpdate:
     size: int
     categories: tuple[str, ...]
     reboot: str  # never | always | can-request
+    released: datetime | None = None  # LastDeploymentChangeTime, UTC
 
     @property
     def kb(self) -> str:
@@ -332,6 +335,18 @@ def _strs(value: Any) -> tuple[str, ...]:
     return tuple(str(v) for v in value)
 
 
+def _utc(text: Any) -> datetime | None:
+    """An ISO 8601 time from a script (``ToString('o')``), as aware UTC; None when absent
+    or Windows' zero date (year 1)."""
+    if not text:
+        return None
+    # .NET writes seven fractional digits; Python 3.11 reads at most six
+    value = datetime.fromisoformat(re.sub(r"(\.\d{6})\d+", r"\1", str(text)).replace("Z", "+00:00"))
+    if value.year < 1970:
+        return None
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
 def parse_update_scan(out: Mapping[str, Any]) -> UpdateScan:
     """``list-updates.ps1``'s output."""
     try:
@@ -343,6 +358,7 @@ def parse_update_scan(out: Mapping[str, Any]) -> UpdateScan:
                 size=int(u.get("size") or 0),
                 categories=_strs(u.get("categories")),
                 reboot=REBOOT_BEHAVIOUR.get(int(u.get("reboot") or 0), "can-request"),
+                released=_utc(u.get("released")),
             )
             for u in out.get("updates") or ()
         )
@@ -535,6 +551,16 @@ def agent_enabled(config: Mapping[str, Any]) -> bool:
     return False
 
 
+def require_vms(keys: Sequence[str]) -> None:
+    """``ConfigError`` when the inventory names no Windows VM (said before any API call)."""
+    if not keys:
+        raise ConfigError(
+            "no [windows.vms] in the inventory: no Windows VM to update",
+            setting="windows.vms",
+            hint="add a [windows.vms.VMID] or [windows.vms.NAME] table for each Windows VM",
+        )
+
+
 def select_vms(
     keys: Sequence[str], guests: Sequence[Guest], only: Sequence[str] | None = None
 ) -> list[tuple[str, Guest]]:
@@ -542,12 +568,7 @@ def select_vms(
     VMID or a guest name) with its guest, cut by ``only`` (VMIDs or names, of those keys).
     ``ConfigError`` for a key no VM answers to, a name several guests carry, a container or a
     template, two keys for one VM, and an ``only`` that is not one of them."""
-    if not keys:
-        raise ConfigError(
-            "no [windows.vms] in the inventory: no Windows VM to update",
-            setting="windows.vms",
-            hint="add a [windows.vms.VMID] or [windows.vms.NAME] table for each Windows VM",
-        )
+    require_vms(keys)
     chosen: list[tuple[str, Guest]] = []
     problems: list[str] = []
     for key in keys:

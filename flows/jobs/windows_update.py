@@ -18,7 +18,7 @@ from moxflow.inventory import Inventory, load_inventory
 from moxflow.proxmox import ProxmoxClient
 from moxflow.report import Outcome, ReportRow, RunReport
 from moxflow.snapshots import utc_now
-from moxflow.windows import VmPlan, plan_vm, select_vms
+from moxflow.windows import VmPlan, plan_vm, require_vms, select_vms
 from tasks._retry import tuned
 from tasks.targets import guest_target, hold
 from tasks.windows import (
@@ -135,6 +135,7 @@ def _rollback(run: VmRun, cause: MoxflowError) -> ReportRow:
 
 def _vms(inv: Inventory, client: ProxmoxClient, only: list[str] | None) -> list[tuple[str, Guest]]:
     """The VMs this run covers: [windows.vms], in its order, cut by --only."""
+    require_vms(list(inv.windows.vms))
     return select_vms(list(inv.windows.vms), client.resources(), only)
 
 
@@ -220,5 +221,6 @@ def windows_update(
 def check(p: WindowsUpdateParams) -> None:
     """Bad input fails here, before the flow starts: the inventory, the token, the VMs."""
     inv = load_inventory(p.inventory)
+    require_vms(list(inv.windows.vms))  # before the token is needed
     with proxmox_client(inv) as client:
         _vms(inv, client, p.only)

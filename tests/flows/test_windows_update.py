@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from blocks.proxmox import proxmox_client
+from flows.jobs.health_report import health_report
 from flows.jobs.windows_update import windows_update
 from labsim.client import LabClient, wait_until
 from moxflow.errors import ProxmoxError, RunFailed
@@ -274,3 +275,30 @@ def test_a_vm_another_run_holds_is_busy(win: LabClient, tmp_path: Path) -> None:
     (row,) = report.rows
     assert row.outcome is Outcome.BUSY and "moxflow-guest-103" in row.detail
     assert pre_update(win) == {} and windows(win)["installed"] == []
+
+
+def test_the_health_report_shows_each_windows_vms_updates(win: LabClient, tmp_path: Path) -> None:
+    win.control("windows", vmid=VMID, clear=True, pending="KB5001:Security Updates:age=60")
+    inv = str(inventory(win, tmp_path.name))
+    with pytest.raises(RunFailed) as info:
+        health_report(only=["windows"], inventory=inv)
+    rows = {r.target: r for r in info.value.report.rows}
+    assert set(rows) == {f"{VM} windows update", f"{VM} windows pending", f"{VM} windows reboot"}
+    stale = rows[f"{VM} windows pending"]
+    assert stale.outcome is Outcome.FAILED and stale.detail.startswith("TOO OLD: 1 pending: KB5001")
+    assert stale.cell("last") == "60d ago" and stale.cell("limit") == "45d"
+    assert rows[f"{VM} windows reboot"].detail.startswith("no reboot pending; booted ")
+
+    windows_update(inventory=inv)
+    report = health_report(only=["windows"], inventory=inv)
+    rows = {r.target: r for r in report.rows}
+    assert all(r.outcome is Outcome.OK for r in report.rows)
+    last = rows[f"{VM} windows update"]  # the run just now, read from the Prefect server
+    assert last.detail == "last successful windows-update run" and last.cell("last") == "0m ago"
+    assert rows[f"{VM} windows pending"].detail == "0 pending"
+
+    win.set_guest(VMID, status="stopped")  # a stopped VM is shown, not judged
+    report = health_report(only=["windows"], inventory=inv)
+    rows = {r.target: r for r in report.rows}
+    assert rows[f"{VM} windows pending"].detail == "not read: the VM is stopped"
+    assert report.ok

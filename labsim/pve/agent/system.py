@@ -289,7 +289,10 @@ class AgentSystem(System):
                 windows,
                 (
                     Arg("vmid", "the Windows VM", type="int", required=True),
-                    Arg("pending", "updates offered: KB:CATEGORY[:reboot][:after=KB],..."),
+                    Arg(
+                        "pending",
+                        "updates offered: KB:CATEGORY[:reboot][:after=KB][:age=DAYS],...",
+                    ),
                     Arg("clear", "offer nothing else first", flag=True),
                     Arg("fail", "installing KB fails: KB=0xHRESULT (also app:ID, toolchain:NAME)"),
                     Arg(
@@ -337,11 +340,12 @@ def _redacted(data: dict[str, Any]) -> dict[str, Any]:
 
 
 def _update(spec: str, n: int) -> Update:
-    """``KB:CATEGORY[:reboot][:after=KB]`` from the control."""
+    """``KB:CATEGORY[:reboot][:after=KB][:age=DAYS]`` from the control."""
     kb, _, rest = spec.partition(":")
     parts = rest.split(":") if rest else []
     category = parts[0] if parts else "Updates"
     after = next((p.removeprefix("after=") for p in parts if p.startswith("after=")), None)
+    age = next((float(p.removeprefix("age=")) for p in parts if p.startswith("age=")), 0.0)
     uid = hashlib.sha256(kb.encode()).hexdigest()
     uid = f"{uid[:8]}-{uid[8:12]}-{uid[12:16]}-{uid[16:20]}-{uid[20:32]}"
     return Update(
@@ -352,4 +356,5 @@ def _update(spec: str, n: int) -> Update:
         category,
         reboot=1 if "reboot" in parts else 0,
         after=after,
+        released=time.time() - age * 86400,
     )
