@@ -23,7 +23,13 @@ from dataclasses import dataclass, field
 from datetime import datetime, tzinfo
 from typing import Any
 
-from moxflow.errors import MoxflowError, ParseError, ProxmoxError, WindowsScriptError
+from moxflow.errors import (
+    GuestLockedError,
+    MoxflowError,
+    ParseError,
+    ProxmoxError,
+    WindowsScriptError,
+)
 from moxflow.guests import Guest
 from moxflow.inventory import Inventory, WindowsSettings, WindowsVm
 from moxflow.naming import snapshot_description, snapshot_name
@@ -59,6 +65,7 @@ from moxflow.windows import (
 )
 from tasks._logging import LoggerLike, run_logger
 from tasks._retry import step
+from tasks.proxmox import wait_for_earlier_task
 
 SNAPSHOT_LABEL = "pre-update"
 """The label of a Windows VM's snapshot before its update (kept by [windows.policies])."""
@@ -390,8 +397,7 @@ def snapshot(run: VmRun) -> str:
             stopped = True
             _log().info("%s: shut down cleanly for a consistent snapshot", guest.label)
         if not done:
-            upid = client.create_snapshot(guest, name, description, vmstate=choice.vmstate)
-            client.wait_task(upid, timeout=TASK_TIMEOUT, node=guest.node)
+            _create_snapshot(run, name, description)
     finally:
         if stopped:  # started again whether the snapshot was taken or not
             upid = client.power(guest.node, "qemu", guest.vmid, "start")
@@ -401,6 +407,24 @@ def snapshot(run: VmRun) -> str:
     run.snapshot, run.snapshot_kind = name, choice.kind
     run.note(f"took snapshot {name}: {choice.reason}")
     return name
+
+
+def _create_snapshot(run: VmRun, name: str, description: str) -> None:
+    """Take snapshot ``name`` and wait for it; when the VM is locked by the snapshot task of
+    an earlier attempt of this step (its wait failed), wait for that task instead."""
+    client, guest = run.client, run.guest
+
+    def create() -> None:
+        upid = client.create_snapshot(guest, name, description, vmstate=run.plan.snapshot.vmstate)
+        client.wait_task(upid, timeout=TASK_TIMEOUT, node=guest.node)
+
+    try:
+        create()
+    except GuestLockedError:
+        if not wait_for_earlier_task(client, guest, "snapshot"):
+            raise
+        if not any(s.name == name and s.complete for s in client.list_snapshots(guest)):
+            create()
 
 
 @dataclass(frozen=True, slots=True)
@@ -451,28 +475,13 @@ def install_round(run: VmRun, n: int, upstream: object) -> RoundResult:
         return RoundResult(n, plan, None, reboot=False)
     for u in plan.install:
         _log().info("%s: round %d installs %s", run.label, n, describe_update(u))
-    status, out = run_script(
-        client,
-        guest,
-        "install-updates.ps1",
-        {"ids": [u.id for u in plan.install]},
-        timeout=settings.install_timeout,
-    )
-    result = parse_install(out)
+    status, result = _install(run, [u.id for u in plan.install])
     if status.exitcode == 3:  # a reboot came first after all
         run.note(f"round {n}: Windows wants a reboot before it installs anything")
         return RoundResult(n, plan, None, reboot=True)
     if status.exitcode == 4:
         run.note(f"round {n}: Windows Update no longer offers the planned updates")
         return RoundResult(n, plan, None, reboot=False)
-    if status.exitcode == 5:
-        raise WindowsScriptError(
-            "the Windows Update installer is busy",
-            vm=run.label,
-            script="install-updates.ps1",
-            exit_code=5,
-            hint="Windows is installing updates by itself; the next run tries again",
-        )
     run.rounds.append(result)
     for done in result.updates:
         text = f"{done.kb} {done.result} (result code {done.result_code}, {done.hresult})"
@@ -484,6 +493,32 @@ def install_round(run: VmRun, n: int, upstream: object) -> RoundResult:
         + (", a reboot needed" if reboot_needed else "")
     )
     return RoundResult(n, plan, result, reboot=reboot_needed)
+
+
+def _install(run: VmRun, ids: list[str]) -> tuple[ExecStatus, InstallRun]:
+    """``install-updates.ps1`` with ``ids``; while the installer is busy (exit 5: Windows is
+    installing by itself, or finishing what a reboot started; the script then changed
+    nothing) it is asked again, with backoff, within [windows] install_timeout."""
+    client, guest, settings = run.client, run.guest, run.settings
+    started = time.monotonic()
+    deadline = started + settings.install_timeout
+    while True:
+        left = max(1.0, deadline - time.monotonic())
+        status, out = run_script(client, guest, "install-updates.ps1", {"ids": ids}, timeout=left)
+        if status.exitcode != 5:
+            return status, parse_install(out)
+        now = time.monotonic()
+        if now >= deadline:
+            raise WindowsScriptError(
+                f"the Windows Update installer stayed busy for {settings.install_timeout:g} s",
+                vm=run.label,
+                script="install-updates.ps1",
+                exit_code=5,
+                hint="Windows is installing updates by itself; the next run tries again",
+            )
+        _log().info("%s: the Windows Update installer is busy; asking again", run.label)
+        delay = poll_delay(now - started, None, floor=POLL_FLOOR, cap=60.0)
+        time.sleep(min(delay, max(0.0, deadline - now)))
 
 
 @step("windows-reboot", "{run.label}: reboot {n}", retries=0)  # a retry would reboot twice

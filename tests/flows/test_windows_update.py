@@ -302,3 +302,13 @@ def test_the_health_report_shows_each_windows_vms_updates(win: LabClient, tmp_pa
     rows = {r.target: r for r in report.rows}
     assert rows[f"{VM} windows pending"].detail == "not read: the VM is stopped"
     assert report.ok
+
+
+def test_a_busy_installer_is_asked_again(win: LabClient, tmp_path: Path) -> None:
+    """After a reboot Windows may still be finishing; the install waits for it."""
+    win.control("windows", vmid=VMID, clear=True, pending="KB5001:Security Updates", busy=2)
+    report = windows_update(inventory=str(inventory(win, tmp_path.name)))
+    assert report.rows[0].outcome is Outcome.OK
+    after = windows(win)
+    assert after["installed"] == ["KB5001"] and after["faults"]["busy"] == 0
+    assert [e["script"] for e in after["execs"]].count("install-updates.ps1") == 3
