@@ -402,8 +402,8 @@ def snapshot(run: VmRun) -> str:
         if stopped:  # started again whether the snapshot was taken or not
             upid = client.power(guest.node, "qemu", guest.vmid, "start")
             client.wait_task(upid, timeout=TASK_TIMEOUT, node=guest.node)
-    if stopped:
-        wait_agent(client, guest, run.settings, what="snapshot")
+    if stopped:  # a new boot: what the first reboot's proof compares with
+        run.last_boot = wait_agent(client, guest, run.settings, what="snapshot").last_boot
     run.snapshot, run.snapshot_kind = name, choice.kind
     run.note(f"took snapshot {name}: {choice.reason}")
     return name
@@ -446,7 +446,8 @@ class RoundResult:
 def install_round(run: VmRun, n: int, upstream: object) -> RoundResult:
     """Search again (``list-updates.ps1``), plan the round (the chosen categories, never an
     update that failed earlier in this run) and install it (``install-updates.ps1``: the
-    Windows Update API downloads and installs them as SYSTEM); each update's result code.
+    Windows Update API downloads and installs them as SYSTEM); each update's result code;
+    then whether a reboot is pending (the updates say so, or ``reboot-pending.ps1`` does).
     A reboot pending first ends the round at once, for the reboot step. Not retried: a
     second install while the first still runs meets a busy installer."""
     client, guest, settings = run.client, run.guest, run.settings
@@ -487,6 +488,11 @@ def install_round(run: VmRun, n: int, upstream: object) -> RoundResult:
         text = f"{done.kb} {done.result} (result code {done.result_code}, {done.hresult})"
         (_log().error if done.failed else _log().info)("%s: round %d: %s", run.label, n, text)
     reboot_needed = result.reboot_required or any(u.reboot_required for u in result.updates)
+    if not reboot_needed:  # another installer's pending reboot counts too (verify checks it)
+        _, out = run_script(
+            client, guest, "reboot-pending.ps1", {}, timeout=settings.script_timeout
+        )
+        reboot_needed = parse_reboot_pending(out).pending
     ok = len(result.updates) - len(result.failed)
     run.note(
         f"round {n}: {ok} installed, {len(result.failed)} failed"

@@ -104,9 +104,12 @@ def _chain(run: VmRun) -> ReportRow:
 
 
 def _rounds(run: VmRun, upstream: object) -> object:
-    """Install rounds, each followed by a reboot when it needs one, until a round needs
-    none, an update failed, or the plan's max rounds are done."""
+    """A reboot first when one was pending before the run; then install rounds, each
+    followed by a reboot when one is pending, until a round needs none, an update failed,
+    or the plan's max rounds are done."""
     done = upstream
+    if run.plan.reboot_first:
+        done = reboot(run, 1, done)
     for n in range(1, run.plan.max_rounds + 1):
         result = install_round(run, n, done)
         done = result

@@ -19,6 +19,7 @@ from moxflow.errors import ProxmoxError, RunFailed
 from moxflow.inventory import load_inventory
 from moxflow.report import Outcome, RunReport
 from tasks.targets import guest_target, hold
+from tasks.windows import run_script
 from tests.flows.conftest import guest_snapshots, step_runs, subflow_runs
 from tests.flows.test_conformance import check_requests
 
@@ -312,3 +313,21 @@ def test_a_busy_installer_is_asked_again(win: LabClient, tmp_path: Path) -> None
     after = windows(win)
     assert after["installed"] == ["KB5001"] and after["faults"]["busy"] == 0
     assert [e["script"] for e in after["execs"]].count("install-updates.ps1") == 3
+
+
+def test_a_reboot_pending_before_the_run_comes_first(win: LabClient, tmp_path: Path) -> None:
+    """Someone installed the cumulative update by hand and did not reboot: the run reboots
+    first, then installs what that reboot shows (the .NET update)."""
+    client = proxmox_client(load_inventory(win.dir / "inventory.toml"))
+    guest = client.guest(VMID)
+    _, scan = run_script(client, guest, "list-updates.ps1", {}, timeout=10)
+    cumulative = next(u["id"] for u in scan["updates"] if u["kb"] == ["KB5048685"])
+    run_script(client, guest, "install-updates.ps1", {"ids": [cumulative]}, timeout=10)
+    assert windows(win)["reboot_pending"] is True
+    inv = inventory(win, tmp_path.name)
+    dry = windows_update(inventory=str(inv), dry_run=True)
+    assert "a reboot first (one is pending)" in dry.rows[0].detail + " ".join(dry.notes)
+    state = windows_update(inventory=str(inv), return_state=True)
+    assert state.is_completed()
+    assert windows(win)["installed"] == ["KB5048685", "KB890830", "KB2267602", "KB5049624"]
+    assert chain(state)[:3] == ["snapshot", "reboot 1", "install round 1"]
