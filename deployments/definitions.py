@@ -153,10 +153,23 @@ DEFINITIONS: tuple[Definition, ...] = (
         description="Every day at 07:00: check every guest's backup, offsite copy and restore "
         "test, the snapshots, NixOS and Proxmox updates against the [health] limits.",
     ),
+    # Windows updates: monthly, the 16th at 04:00, off by default (they reboot the VMs):
+    # Patch Tuesday (the second Tuesday) falls on the 8th to 14th, so the 16th always follows
+    # it by a day or more ("the day after Patch Tuesday", "0 4 9-15 * 3", needs cron's
+    # day_or=False, which a schedule in [schedules] cannot say). [schedules]
+    # "windows-update/monthly" = "0 4 16 * *" turns it on.
+    Definition(
+        flow_name="windows-update",
+        name="monthly",
+        entrypoint="flows/jobs/windows_update.py:windows_update",
+        cron="0 4 16 * *",
+        description="Every month on the 16th at 04:00 (off by default): update the Windows "
+        "VMs through the guest agent, with a snapshot, install rounds and reboots, "
+        "verification, and a rollback on failure.",
+        off=True,
+    ),
     # Later jobs plug in here, one Definition each (then `python -m deployments.render >
-    # prefect.yaml`). The defaults issue 5 asks for:
-    #   proxmox-update/weekly    "0 5 * * 6"    after the NixOS updates
-    #   windows-update/monthly   "0 4 9-15 * 3" with day_or=False: the day after Patch Tuesday
+    # prefect.yaml`).
 )
 
 OFF = "off"
@@ -237,6 +250,10 @@ def nothing_to_do(inv: Inventory, flow_name: str) -> str:
         return "no [nixos.hosts] in the inventory"
     if flow_name == "proxmox-update":
         return 'off by default (it reboots nodes); [schedules] "proxmox-update/weekly" turns it on'
+    if flow_name == "windows-update":
+        return (
+            'off by default (it reboots the VMs); [schedules] "windows-update/monthly" turns it on'
+        )
 
     if flow_name in ("guest-snapshot", "vzdump-backup", "restore-test") and inv.proxmox is None:
         return "no [proxmox] in the inventory"

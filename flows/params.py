@@ -185,6 +185,35 @@ class ProxmoxUpdateParams(FlowParams):
     inventory: InventoryFile = None
 
 
+class WindowsUpdateParams(FlowParams):
+    """Update the Windows VMs through the guest agent: snapshot, install rounds, reboot,
+    verify, commit or roll back."""
+
+    only: Annotated[list[str] | None, Cli(metavar="VMID|NAME")] = Field(
+        default=None,
+        description="update only these of the [windows.vms] VMs, by VMID or name (repeat or "
+        "comma-separate)",
+    )
+    categories: Annotated[list[str] | None, Cli(metavar="CATEGORY")] = Field(
+        default=None,
+        description="install only updates of these categories, e.g. 'Security Updates' "
+        "(repeat or comma-separate; default: [windows] categories, else all)",
+    )
+    max_rounds: Annotated[int | None, Cli(metavar="N")] = Field(
+        default=None,
+        ge=1,
+        le=20,
+        description="install rounds at most per VM, each ending in a reboot when one is "
+        "needed (default: [windows] max_rounds)",
+    )
+    lock_timeout: LockTimeout = Field(
+        default=120.0,
+        description="seconds to wait for a VM another moxflow run holds; then it is busy",
+    )
+    dry_run: DryRun = False
+    inventory: InventoryFile = None
+
+
 class VzdumpBackupParams(FlowParams):
     """Back up the selected guests with vzdump; verify, prune, copy offsite, report coverage."""
 
@@ -285,7 +314,7 @@ class RestoreParams(FlowParams):
     inventory: InventoryFile = None
 
 
-HealthKind = Literal["backups", "snapshots", "nixos", "nodes"]
+HealthKind = Literal["backups", "snapshots", "nixos", "nodes", "windows"]
 HEALTH_KINDS: tuple[HealthKind, ...] = get_args(HealthKind)
 
 

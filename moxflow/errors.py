@@ -23,6 +23,8 @@ The tree (``transient`` errors are the ones worth retrying with backoff)::
     │   ├── SshCommandError          the command exited non-zero
     │   ├── SshTimeout               the command did not finish in time
     │   └── SshChecksumError         a file copied over SSH arrived different (SHA-256)
+    ├── WindowsScriptError           a script in a Windows VM (through the guest agent) exited
+    │                                non-zero, crashed, or was lost; names the VM and script
     ├── WebhookError                 a notification webhook failed (5xx, 408, 429: transient)
     ├── TargetBusyError              another moxflow run holds the target's slot (after a wait)
     ├── SlotServerError              the Prefect server could not give out a slot  (transient)
@@ -259,6 +261,48 @@ class SshTimeout(SshError):
 
 class SshChecksumError(SshError):
     """A file copied over SSH does not have its source's SHA-256 (damaged on the way)."""
+
+
+# --- Windows guests -------------------------------------------------------------------------
+
+
+class WindowsScriptError(MoxflowError):
+    """A script moxflow ran in a Windows VM through the QEMU guest agent failed: it exited
+    with a code it must not end with, crashed (an NTSTATUS in ``signal``), did not end in
+    time, or the agent forgot it (the guest restarted). Carries the VM, the script, how it
+    ended and the end of its stderr. Never retried blindly: the script may have acted."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        vm: str,
+        script: str,
+        exit_code: int | None = None,
+        signal: int | None = None,
+        stderr: str | None = None,
+        hint: str | None = None,
+    ) -> None:
+        super().__init__(message, hint=hint)
+        self.vm = vm
+        self.script = script
+        self.exit_code = exit_code
+        self.signal = signal
+        self.stderr = stderr
+
+    def __str__(self) -> str:
+        parts = [f"{self.vm}: {self.script}"]
+        if self.signal is not None:
+            parts.append(f"signal 0x{self.signal & 0xFFFFFFFF:08X}")
+        elif self.exit_code is not None:
+            parts.append(f"exit code {self.exit_code}")
+        text = f"{' '.join(parts)}: {self.message}"
+        err = (self.stderr or "").strip()
+        if err and err not in self.message:
+            text += f": {err}"
+        if self.hint:
+            text += f" ({self.hint})"
+        return text
 
 
 # --- notifications -------------------------------------------------------------------------

@@ -22,6 +22,7 @@ from moxflow.errors import ParseError
 from moxflow.guests import Guest
 from moxflow.nixos import locked_input
 from moxflow.report import EMPTY, Outcome, ReportRow, format_age, format_span
+from moxflow.windows import RebootState, UpdateScan
 
 __all__ = [
     "Check",
@@ -34,6 +35,7 @@ __all__ = [
     "node_check",
     "reboot_check",
     "snapshot_check",
+    "windows_checks",
 ]
 
 
@@ -42,7 +44,7 @@ class Check:
     """One line of the health report."""
 
     kind: str  # backup | offsite | restore test | LABEL snapshots | nixos | node updates |
-    # last upgrade | reboot
+    # last upgrade | reboot | windows update | windows pending | windows reboot
     target: str  # a guest, dataset, NixOS host or node
     last: datetime | None  # when it last happened; None: never (or not applicable)
     limit: timedelta | None  # how old ``last`` may be; None: shown, not judged
@@ -187,6 +189,49 @@ def reboot_check(node: str, running: str, next_boot: str | None) -> Check:
     else:
         detail = f"no reboot pending: running {running}, the kernel that boots next"
     return Check("reboot", node, None, None, True, detail)
+
+
+def windows_checks(
+    vm: str,
+    last_run: datetime | None,
+    scan: UpdateScan | None,
+    reboot: RebootState | None,
+    *,
+    now: datetime,
+    limit: timedelta,
+    why_unread: str = "",
+) -> list[Check]:
+    """A Windows VM's health: its last successful update run (shown), the updates Windows
+    Update offers it with the oldest one's release against ``limit`` (judged), and whether
+    a reboot is pending (shown). Without ``scan`` (the VM is stopped, ``why_unread``) the
+    last two are shown as not read."""
+    run = "last successful windows-update run" if last_run else "no successful windows-update run"
+    out = [Check("windows update", vm, last_run, None, True, run)]
+    if scan is None or reboot is None:
+        unread = f"not read: {why_unread}" if why_unread else "not read"
+        out.append(Check("windows pending", vm, None, None, True, unread))
+        out.append(Check("windows reboot", vm, None, None, True, unread))
+        return out
+    dated = sorted((u.released, u.kb) for u in scan.updates if u.released is not None)
+    if not scan.updates:
+        out.append(Check("windows pending", vm, None, None, True, "0 pending"))
+    else:
+        oldest, kb = dated[0] if dated else (None, scan.updates[0].kb)
+        kbs = ", ".join(u.kb for u in scan.updates[:5])
+        more = f" and {len(scan.updates) - 5} more" if len(scan.updates) > 5 else ""
+        detail = f"{len(scan.updates)} pending: {kbs}{more}; oldest {kb}"
+        if oldest is None:
+            out.append(Check("windows pending", vm, None, None, True, detail + " (no date)"))
+        else:
+            detail += f", released {oldest:%Y-%m-%d}"
+            out.append(_judge("windows pending", vm, oldest, limit, now, detail))
+    waiting = reboot.pending or scan.reboot_required
+    reasons = ", ".join(reboot.reasons) or "Windows Update"
+    detail = f"reboot pending ({reasons})" if waiting else "no reboot pending"
+    out.append(
+        Check("windows reboot", vm, None, None, True, f"{detail}; booted {reboot.last_boot}")
+    )
+    return out
 
 
 def check_row(check: Check, now: datetime) -> ReportRow:

@@ -470,6 +470,12 @@ class ProxmoxClient:
             hint="check the VMID or selection; `pvesh get /cluster/resources --type vm` lists them",
         )
 
+    def guest_config(self, node: str, gtype: GuestType, vmid: int) -> dict[str, Any]:
+        """``GET .../{type}/{vmid}/config``: the guest's current configuration, raw (``agent``,
+        ``hostpci0``, ...)."""
+        path = f"{_guest_path(node, gtype, vmid)}/config"
+        return self._expect_dict(path, self.get(path))
+
     def guest_description(self, guest: Guest) -> str:
         """The guest's description (its config's ``description``; "" without one)."""
         config = self.get(f"{_guest_path(guest.node, guest.type, guest.vmid)}/config")
@@ -603,9 +609,12 @@ class ProxmoxClient:
         data = self.get(path)
         return dict(data) if isinstance(data, Mapping) else {}
 
-    def agent_exec(self, node: str, vmid: int, command: Sequence[str], input_data: str) -> int:
+    def agent_exec(
+        self, node: str, vmid: int, command: Sequence[str], input_data: str | None = None
+    ) -> int:
         """``POST .../agent/exec``: start ``command`` (one argument per element, no shell) with
-        ``input_data`` on its stdin; the guest's pid. Not retried: a retry starts it twice."""
+        ``input_data`` on its stdin (none: no stdin); the guest's pid. Not retried: a retry
+        starts it twice."""
         path = f"{_guest_path(node, 'qemu', vmid)}/agent/exec"
         data = self.post(path, command=list(command), **{"input-data": input_data})
         pid = data.get("pid") if isinstance(data, Mapping) else None

@@ -147,6 +147,13 @@ PROXMOX_UPDATE_COLUMNS = (
     Column("snapshot"),  # the pre-update snapshot of the root dataset
     *(OUTCOME, DETAIL),
 )
+WINDOWS_UPDATE_COLUMNS = (
+    Column("target", "vm"),
+    Column("updates"),  # "3 installed, 1 failed", or in a dry run "4 to install"
+    Column("reboots"),
+    Column("snapshot"),  # the pre-update snapshot and its kind
+    *(OUTCOME, DETAIL),
+)
 HEALTH_COLUMNS = (TARGET, Column("kind"), Column("last"), Column("limit"), OUTCOME, DETAIL)
 
 JOB_COLUMNS: Mapping[str, tuple[Column, ...]] = {
@@ -154,6 +161,7 @@ JOB_COLUMNS: Mapping[str, tuple[Column, ...]] = {
     "guest-snapshot": SNAPSHOT_COLUMNS,
     "nixos-update": NIXOS_COLUMNS,
     "proxmox-update": PROXMOX_UPDATE_COLUMNS,
+    "windows-update": WINDOWS_UPDATE_COLUMNS,
     "vzdump-backup": BACKUP_COLUMNS,
     "offsite-copy": BACKUP_COLUMNS,
     "restore-test": RESTORE_TEST_COLUMNS,

@@ -4,23 +4,30 @@ moxflow runs only its own reviewed PowerShell files (``moxflow/windows_scripts/*
 Windows VM, sent unchanged as ``-EncodedCommand`` (UTF-16LE, base64); every value travels as
 JSON on the process's stdin (the exec call's ``input-data``), never inside the code. Here:
 the exec request for a script, the parse of ``exec-status`` and of each script's JSON output
-into typed results, the plan of an update round, the snapshot kind a VM can have, and the
-verdict after an update. No I/O beyond reading the packaged scripts.
+into typed results (and of PowerShell's CLIXML stderr into text), which of the inventory's
+VMs a run covers, the plan of a VM and of each update round, the snapshot kind a VM can
+have, and the verdict after an update. No I/O beyond reading the packaged scripts.
 """
 
 from __future__ import annotations
 
 import base64
+import html
 import json
+import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
 from functools import cache
 from pathlib import Path
 from typing import Any, Literal
 
-from moxflow.errors import ParseError
+from moxflow.errors import ConfigError, ParseError
+from moxflow.guests import Guest
+from moxflow.report import format_size
 
 __all__ = [
+    "EXIT_CODES",
     "INPUT_DATA_MAX",
     "LOG_TRIM",
     "POWERSHELL",
@@ -39,7 +46,10 @@ __all__ = [
     "SnapshotChoice",
     "UpdateScan",
     "Verdict",
+    "VmPlan",
+    "agent_enabled",
     "choose_snapshot",
+    "describe_update",
     "encode_command",
     "exec_request",
     "has_passthrough",
@@ -51,8 +61,12 @@ __all__ = [
     "parse_reboot_pending",
     "parse_update_scan",
     "plan_round",
+    "plan_vm",
+    "readable_stderr",
+    "require_vms",
     "script_output",
     "script_text",
+    "select_vms",
     "trim",
     "verdict",
 ]
@@ -77,6 +91,10 @@ COMMAND_LINE_MAX = 32767
 """CreateProcess's limit of a whole command line."""
 LOG_TRIM = 16384
 """How much of a stream a run's log keeps (characters, the end of it)."""
+
+EXIT_CODES: Mapping[str, tuple[int, ...]] = {"install-updates.ps1": (0, 3, 4, 5)}
+"""The exit codes a script may end with and still have answered (its JSON says why: 3 a
+reboot comes first, 4 nothing to install, 5 the installer is busy); every other script: 0."""
 
 # WU OperationResultCode
 RESULT_CODES = {
@@ -137,6 +155,23 @@ def trim(text: str, limit: int = LOG_TRIM) -> str:
     if len(text) <= limit:
         return text
     return f"[{len(text) - limit} characters cut]\n" + text[-limit:]
+
+
+_CLIXML_ERROR = re.compile(r'<S S="Error">(.*?)</S>', re.DOTALL)
+_CLIXML_ESCAPE = re.compile(r"_x([0-9A-Fa-f]{4})_")
+
+
+def readable_stderr(text: str) -> str:
+    """A script's stderr for a person: PowerShell with redirected output writes its errors
+    as ``#< CLIXML`` (``<S S="Error">`` lines, line breaks as ``_x000D__x000A_``); their
+    text, else ``text`` as it is."""
+    if not text.lstrip().startswith("#< CLIXML"):
+        return text
+    parts = _CLIXML_ERROR.findall(text)
+    if not parts:
+        return text
+    joined = "".join(html.unescape(p) for p in parts)
+    return _CLIXML_ESCAPE.sub(lambda m: chr(int(m.group(1), 16)), joined).strip()
 
 
 # --- exec-status ------------------------------------------------------------------------------
@@ -278,6 +313,7 @@ class PendingUpdate:
     size: int
     categories: tuple[str, ...]
     reboot: str  # never | always | can-request
+    released: datetime | None = None  # LastDeploymentChangeTime, UTC
 
     @property
     def kb(self) -> str:
@@ -299,6 +335,18 @@ def _strs(value: Any) -> tuple[str, ...]:
     return tuple(str(v) for v in value)
 
 
+def _utc(text: Any) -> datetime | None:
+    """An ISO 8601 time from a script (``ToString('o')``), as aware UTC; None when absent
+    or Windows' zero date (year 1)."""
+    if not text:
+        return None
+    # .NET writes seven fractional digits; Python 3.11 reads at most six
+    value = datetime.fromisoformat(re.sub(r"(\.\d{6})\d+", r"\1", str(text)).replace("Z", "+00:00"))
+    if value.year < 1970:
+        return None
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
 def parse_update_scan(out: Mapping[str, Any]) -> UpdateScan:
     """``list-updates.ps1``'s output."""
     try:
@@ -310,6 +358,7 @@ def parse_update_scan(out: Mapping[str, Any]) -> UpdateScan:
                 size=int(u.get("size") or 0),
                 categories=_strs(u.get("categories")),
                 reboot=REBOOT_BEHAVIOUR.get(int(u.get("reboot") or 0), "can-request"),
+                released=_utc(u.get("released")),
             )
             for u in out.get("updates") or ()
         )
@@ -484,6 +533,79 @@ def plan_round(
     return RoundPlan(round_no, tuple(install), tuple(skipped), reason)
 
 
+def describe_update(u: PendingUpdate) -> str:
+    """One line for a plan and a log: KB, title, size, categories, reboot behaviour."""
+    cats = ", ".join(u.categories) or "no category"
+    name = u.title if u.kb in u.title else f"{u.kb} {u.title}".strip()
+    return f"{name} ({format_size(u.size)}, {cats}, reboot: {u.reboot})"
+
+
+def agent_enabled(config: Mapping[str, Any]) -> bool:
+    """Whether a VM config enables the QEMU guest agent (``agent: 1``, ``enabled=1,...``)."""
+    for part in str(config.get("agent", "0")).split(","):
+        key, eq, value = part.strip().partition("=")
+        if not eq:
+            return key in ("1", "on", "yes", "true")
+        if key == "enabled":
+            return value.strip() in ("1", "on", "yes", "true")
+    return False
+
+
+def require_vms(keys: Sequence[str]) -> None:
+    """``ConfigError`` when the inventory names no Windows VM (said before any API call)."""
+    if not keys:
+        raise ConfigError(
+            "no [windows.vms] in the inventory: no Windows VM to update",
+            setting="windows.vms",
+            hint="add a [windows.vms.VMID] or [windows.vms.NAME] table for each Windows VM",
+        )
+
+
+def select_vms(
+    keys: Sequence[str], guests: Sequence[Guest], only: Sequence[str] | None = None
+) -> list[tuple[str, Guest]]:
+    """The Windows VMs a run covers, in the inventory's order: each [windows.vms] key (a
+    VMID or a guest name) with its guest, cut by ``only`` (VMIDs or names, of those keys).
+    ``ConfigError`` for a key no VM answers to, a name several guests carry, a container or a
+    template, two keys for one VM, and an ``only`` that is not one of them."""
+    require_vms(keys)
+    chosen: list[tuple[str, Guest]] = []
+    problems: list[str] = []
+    for key in keys:
+        found = [g for g in guests if (str(g.vmid) == key if key.isdigit() else g.name == key)]
+        if not found:
+            problems.append(f"{key}: no guest with this {'VMID' if key.isdigit() else 'name'}")
+        elif len(found) > 1:
+            problems.append(
+                f"{key}: {len(found)} guests carry this name ("
+                + ", ".join(str(g.vmid) for g in found)
+                + "); use the VMID as the key"
+            )
+        elif found[0].type != "qemu" or found[0].template:
+            what = "a template" if found[0].template else "a container"
+            problems.append(f"{key}: guest {found[0].label} is {what}, not a Windows VM")
+        else:
+            twice = next((k for k, g in chosen if g.vmid == found[0].vmid), None)
+            if twice is not None:
+                problems.append(f"{key}: guest {found[0].label} is listed as {twice} already")
+            else:
+                chosen.append((key, found[0]))
+    if problems:
+        raise ConfigError("; ".join(problems), setting="windows.vms")
+    if only:
+        names = {n: [k for k, g in chosen if n in (k, str(g.vmid), g.name)] for n in only}
+        unknown = [n for n, hits in names.items() if not hits]
+        if unknown:
+            raise ConfigError(
+                f"--only names VMs this job does not update: {', '.join(unknown)}; it updates: "
+                + ", ".join(g.label for _, g in chosen),
+                setting="only",
+            )
+        wanted = {k for hits in names.values() for k in hits}
+        chosen = [(k, g) for k, g in chosen if k in wanted]
+    return chosen
+
+
 def has_passthrough(config: Mapping[str, Any]) -> bool:
     """Whether a VM config passes a PCI device through (``hostpci0``...)."""
     return any(str(k).startswith("hostpci") for k in config)
@@ -520,6 +642,70 @@ def choose_snapshot(
     )
 
 
+@dataclass(frozen=True)
+class VmPlan:
+    """What a run does to one Windows VM, from its pre-flight facts: the updates the first
+    round installs (and those left out), whether a reboot comes first, the snapshot it gets;
+    ``skip`` says why nothing is done (then no snapshot is taken)."""
+
+    label: str
+    os: str
+    scan: UpdateScan
+    first: RoundPlan
+    snapshot: SnapshotChoice
+    reboot_first: bool
+    max_rounds: int
+    categories: tuple[str, ...] = ()
+    skip: str | None = None
+
+    @property
+    def install(self) -> tuple[PendingUpdate, ...]:
+        return self.first.install
+
+    def describe(self) -> list[str]:
+        """The plan, a line each: the VM, then each update to install or left out."""
+        if self.skip:
+            return [f"{self.label} ({self.os}): {self.skip}"]
+        head = f"{self.label} ({self.os}): {len(self.install)} update(s) to install"
+        if self.reboot_first:
+            head += ", a reboot first (one is pending)"
+        head += f", at most {self.max_rounds} round(s); snapshot: {self.snapshot.reason}"
+        lines = [head]
+        lines += [f"  install {describe_update(u)}" for u in self.install]
+        lines += [f"  leave {describe_update(u)}: {why}" for u, why in self.first.skipped]
+        return lines
+
+
+def plan_vm(
+    label: str,
+    os: str,
+    scan: UpdateScan,
+    config: Mapping[str, Any],
+    *,
+    reboot_pending: bool,
+    ram: bool,
+    consistent: bool,
+    categories: Sequence[str] = (),
+    max_rounds: int = 3,
+) -> VmPlan:
+    """The plan of one VM: round 1 of ``scan`` (as :func:`plan_round` would install it once
+    any pending reboot is done), a reboot first when one is pending, the snapshot
+    :func:`choose_snapshot` gives; nothing at all when nothing applicable is pending and no
+    reboot is."""
+    reboot_first = scan.reboot_required or reboot_pending
+    ready = replace(scan, reboot_required=False)
+    first = plan_round(ready, round_no=1, max_rounds=max_rounds, categories=categories)
+    snapshot = choose_snapshot(config, ram=ram, consistent=consistent)
+    skip = None
+    if not first.install and not reboot_first:
+        skip = first.reason or "nothing applicable is pending"
+        if first.skipped:
+            skip += f" ({len(first.skipped)} update(s) left out)"
+    return VmPlan(
+        label, os, scan, first, snapshot, reboot_first, max_rounds, tuple(categories), skip
+    )
+
+
 # --- verdict ----------------------------------------------------------------------------------
 
 
@@ -538,9 +724,11 @@ def verdict(
     services: Sequence[str] = (),
     ports: Sequence[int] = (),
     commands: Mapping[str, ExecStatus] | None = None,
+    expect: Mapping[str, int] | None = None,
 ) -> Verdict:
     """Whether an updated VM is healthy: the agent answers, no update failed, no reboot is
-    pending, every service runs, every port listens, every command exited 0."""
+    pending, every service runs, every port listens, every command exited with its code in
+    ``expect`` (0 when it has none)."""
     problems: list[str] = []
     if not agent_ok:
         problems.append("the guest agent does not answer")
@@ -556,6 +744,7 @@ def verdict(
                 problems.append(f"service {name} is {status}")
         problems += [f"nothing listens on TCP {p}" for p in ports if not checks.ports.get(p)]
     for name, ended in (commands or {}).items():
-        if not ended.ok:
-            problems.append(f"command {name}: {ended.describe()}")
+        wanted = (expect or {}).get(name, 0)
+        if not (ended.exited and ended.signal is None and ended.exitcode == wanted):
+            problems.append(f"command {name}: {ended.describe()}, not exit code {wanted}")
     return Verdict(not problems, tuple(problems))

@@ -4,8 +4,10 @@ Every task here only reads: storage listings, ``ls`` of the offsite folder, ``zf
 guest snapshot lists, ``nixos-rebuild list-generations``, ``flake.lock``,
 ``GET /nodes/{node}/apt/update`` (the cached list Proxmox refreshes daily; it does not run
 ``apt update``), each node's running kernel (``GET /nodes/{node}/status``) and, over SSH,
-the kernel it boots next and dpkg's log. A fact that cannot be read becomes a failed check
-naming the error; the other checks go on.
+the kernel it boots next and dpkg's log; per running Windows VM of [windows.vms], through
+its guest agent, ``reboot-pending.ps1`` and ``list-updates.ps1`` (a Windows Update search,
+which installs nothing), and from the Prefect server its last successful update run. A fact
+that cannot be read becomes a failed check naming the error; the other checks go on.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from moxflow.fleet import (
     node_check,
     reboot_check,
     snapshot_check,
+    windows_checks,
 )
 from moxflow.guests import Guest
 from moxflow.inventory import Inventory
@@ -50,8 +53,10 @@ from moxflow.pveupdate import (
     parse_node_status,
 )
 from moxflow.ssh import SshRunner
+from moxflow.windows import parse_reboot_pending, parse_update_scan, select_vms
 from moxflow.zfs import list_snapshots_argv, parse_snapshot_list
 from tasks.backups import list_archives, list_offsite
+from tasks.windows import run_script
 
 
 @dataclass(frozen=True, slots=True)
@@ -276,4 +281,78 @@ def _node_state_checks(inv: Inventory, client: ProxmoxClient, node: str) -> list
         )
     else:
         out.insert(0, last_upgrade_check(node, last_upgrade(log.stdout, inv.tz)))
+    return out
+
+
+UPDATE_VM_FLOW = "windows-update-vm"
+"""The flow of one VM's Windows update: a Completed run of it, named after the VM, is a
+successful update (``flows/jobs/windows_update.py``)."""
+
+
+def _last_update_run(label: str) -> datetime | None:
+    """When the newest Completed ``windows-update-vm`` run of VM ``label`` ended."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (
+        FlowFilter,
+        FlowFilterName,
+        FlowRunFilter,
+        FlowRunFilterName,
+        FlowRunFilterState,
+        FlowRunFilterStateType,
+    )
+    from prefect.client.schemas.objects import StateType
+    from prefect.client.schemas.sorting import FlowRunSort
+
+    with get_client(sync_client=True) as client:
+        runs = client.read_flow_runs(
+            flow_filter=FlowFilter(name=FlowFilterName(any_=[UPDATE_VM_FLOW])),
+            flow_run_filter=FlowRunFilter(
+                name=FlowRunFilterName(any_=[label]),
+                state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.COMPLETED])),
+            ),
+            sort=FlowRunSort.END_TIME_DESC,
+            limit=1,
+        )
+    return runs[0].end_time if runs else None
+
+
+@task(name="health-windows", cache_policy=NO_CACHE)
+def check_windows(inv: Inventory, client: ProxmoxClient, now: datetime) -> list[Check]:
+    """Per Windows VM of [windows.vms]: its last successful update run (the Prefect
+    server's), the updates Windows Update offers it and the oldest one's release, and
+    whether a reboot is pending (both through its guest agent, when it runs)."""
+    logger = get_run_logger()
+    settings, limit = inv.windows, timedelta(days=inv.health.windows_pending_max_age_days)
+    try:
+        vms = select_vms(list(settings.vms), client.resources())
+    except MoxflowError as exc:
+        logger.error("cannot find the Windows VMs: %s", exc)
+        return [_error("windows update", "windows", exc)]
+    out: list[Check] = []
+    for _, guest in vms:
+        try:
+            last = _last_update_run(guest.label)
+        except Exception as exc:  # the server's answer only adds a date; the rest goes on
+            logger.warning("%s: cannot read its update runs: %s", guest.label, exc)
+            last = None
+        if not guest.running:
+            why = f"the VM is {guest.status}"
+            out += windows_checks(guest.label, last, None, None, now=now, limit=limit,
+                                  why_unread=why)  # fmt: skip
+            continue
+        try:
+            _, out_reboot = run_script(
+                client, guest, "reboot-pending.ps1", {}, timeout=settings.script_timeout
+            )
+            _, out_scan = run_script(
+                client, guest, "list-updates.ps1", {"drivers": settings.drivers},
+                timeout=settings.scan_timeout,
+            )  # fmt: skip
+            reboot, scan = parse_reboot_pending(out_reboot), parse_update_scan(out_scan)
+        except MoxflowError as exc:
+            logger.error("%s: cannot read its updates: %s", guest.label, exc)
+            out += windows_checks(guest.label, last, None, None, now=now, limit=limit)[:1]
+            out.append(_error("windows pending", guest.label, exc))
+            continue
+        out += windows_checks(guest.label, last, scan, reboot, now=now, limit=limit)
     return out

@@ -35,6 +35,14 @@ OPTIONS = {
     "flows.restore_test": ["--inventory", "--dry-run", "--select", "--scratch-vmid", "--storage"],
     "flows.restore": ["--vmid", "--backup", "--target-vmid", "--force", "--storage", "--node"],
     "flows.health_report": ["--inventory", "--dry-run", "--only"],
+    "flows.windows_update": [
+        "--inventory",
+        "--dry-run",
+        "--only",
+        "--categories",
+        "--max-rounds",
+        "--lock-timeout",
+    ],
 }
 
 

@@ -19,6 +19,7 @@ JOBS: dict[str, list[str]] = {
     "restore_test": [],
     "restore": ["--vmid", "100"],
     "health_report": [],
+    "windows_update": [],
 }
 
 ONE_HOST = '[hosts.pve1]\naddress = "10.0.0.2"\n'
@@ -60,6 +61,7 @@ def test_an_empty_inventory_is_a_usage_error(
         ("restore_test", "the inventory has no [proxmox] section"),
         ("restore", "the inventory has no [proxmox] section"),
         ("offsite_copy", "offsite"),
+        ("windows_update", "no [windows.vms] in the inventory"),
     ],
 )
 def test_no_job_configured_for_the_flow_is_a_usage_error(

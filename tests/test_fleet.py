@@ -19,10 +19,12 @@ from moxflow.fleet import (
     node_check,
     reboot_check,
     snapshot_check,
+    windows_checks,
 )
 from moxflow.guests import Guest
 from moxflow.inventory import HealthSettings
 from moxflow.report import Outcome, ReportRow, RunReport
+from moxflow.windows import parse_reboot_pending, parse_update_scan
 
 NOW = datetime(2026, 11, 26, 7, 0, 0, tzinfo=UTC)
 H = timedelta(hours=1)
@@ -260,4 +262,42 @@ def test_only_the_backed_up_guests_are_judged_for_backups() -> None:
         ("101 (media)", "backup"),
         ("101 (media)", "offsite"),
         ("104 (ha)", "restore test"),
+    ]
+
+
+def test_a_windows_vm_is_judged_by_its_oldest_pending_update() -> None:
+    scan = parse_update_scan(
+        {
+            "reboot_required": True,
+            "updates": [
+                {"id": "a", "kb": ["KB1"], "released": "2026-10-01T18:00:00.0000000Z"},
+                {"id": "b", "kb": ["KB2"], "released": "2026-11-20T18:00:00.0000000Z"},
+            ],
+        }
+    )
+    reboot = parse_reboot_pending({"reboot_pending": False, "last_boot": "2026-11-25T06:00:00Z"})
+    ran = NOW - timedelta(days=40)
+    run, pending, waits = windows_checks(
+        "103 (w)", ran, scan, reboot, now=NOW, limit=timedelta(days=45)
+    )
+    assert (run.kind, run.last, run.ok) == ("windows update", ran, True)
+    assert pending.kind == "windows pending" and not pending.ok and pending.status == "TOO OLD"
+    assert pending.detail == "2 pending: KB1, KB2; oldest KB1, released 2026-10-01"
+    assert waits.ok and waits.detail.startswith("reboot pending (Windows Update)")
+    fine = windows_checks("103 (w)", None, parse_update_scan({}), reboot, now=NOW,
+                          limit=timedelta(days=45))  # fmt: skip
+    assert [c.detail for c in fine] == [
+        "no successful windows-update run",
+        "0 pending",
+        "no reboot pending; booted 2026-11-25T06:00:00Z",
+    ]
+    assert all(c.ok for c in fine)
+
+
+def test_a_stopped_windows_vm_is_shown_not_judged() -> None:
+    checks = windows_checks("103 (w)", None, None, None, now=NOW, limit=timedelta(days=45),
+                            why_unread="the VM is stopped")  # fmt: skip
+    assert [(c.kind, c.ok, c.detail) for c in checks[1:]] == [
+        ("windows pending", True, "not read: the VM is stopped"),
+        ("windows reboot", True, "not read: the VM is stopped"),
     ]

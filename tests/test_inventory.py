@@ -28,6 +28,9 @@ from moxflow.inventory import (
     SecretRef,
     SshSettings,
     SshTarget,
+    WindowsCheck,
+    WindowsSettings,
+    WindowsVm,
     ZfsDataset,
     ZfsSettings,
     ZfsSnapshotMethod,
@@ -818,6 +821,9 @@ def all_models() -> list[type[BaseModel]]:
         ZfsSnapshotMethod,
         NoSnapshotMethod,
         HealthCheck,
+        WindowsSettings,
+        WindowsVm,
+        WindowsCheck,
     ]
 
 

@@ -20,6 +20,7 @@ JOBS: dict[str, type[FlowParams]] = {
     "flows.restore:restore": fp.RestoreParams,
     "flows.health_report:health_report": fp.HealthReportParams,
     "flows.proxmox_update:proxmox_update": fp.ProxmoxUpdateParams,
+    "flows.windows_update:windows_update": fp.WindowsUpdateParams,
 }
 
 

@@ -9,7 +9,8 @@ import re
 import pytest
 
 from moxflow import windows
-from moxflow.errors import ParseError
+from moxflow.errors import ConfigError, ParseError
+from moxflow.guests import Guest
 
 # what a PowerShell script must never contain: code built from text, or a shell in between
 FORBIDDEN = [
@@ -186,3 +187,128 @@ def test_verdict_names_every_problem() -> None:
     )
     items = windows.parse_items({"items": [{"item": "steam:730", "status": "present"}]}, "s")
     assert not items[0].changed
+
+
+# --- what the windows-update flow plans with --------------------------------------------------
+
+
+def _guest(vmid: int, name: str, gtype: str = "qemu", template: bool = False) -> Guest:
+    return Guest(vmid, name, "pve1", gtype, "running", template=template)  # type: ignore[arg-type]
+
+
+GUESTS = [
+    _guest(103, "win11-gaming"),
+    _guest(104, "win11-office"),
+    _guest(105, "twin"),
+    _guest(106, "twin"),
+    _guest(107, "ct", gtype="lxc"),
+    _guest(9000, "tpl", template=True),
+]
+
+
+def test_select_vms_by_vmid_or_name_in_the_inventorys_order() -> None:
+    chosen = windows.select_vms(["win11-office", "103"], GUESTS)
+    assert [(k, g.vmid) for k, g in chosen] == [("win11-office", 104), ("103", 103)]
+    only = windows.select_vms(["win11-office", "103"], GUESTS, ["win11-gaming"])
+    assert [k for k, _ in only] == ["103"]
+    assert [k for k, _ in windows.select_vms(["103", "104"], GUESTS, ["104"])] == ["104"]
+
+
+@pytest.mark.parametrize(
+    ("keys", "only", "message"),
+    [
+        ([], None, "no [windows.vms] in the inventory"),
+        (["999"], None, "999: no guest with this VMID"),
+        (["nope"], None, "nope: no guest with this name"),
+        (["twin"], None, "twin: 2 guests carry this name (105, 106); use the VMID"),
+        (["ct"], None, "guest 107 (ct) is a container, not a Windows VM"),
+        (["tpl"], None, "guest 9000 (tpl) is a template"),
+        (["103", "win11-gaming"], None, "win11-gaming: guest 103 (win11-gaming) is listed as 103"),
+        (["103"], ["104"], "--only names VMs this job does not update: 104; it updates: 103"),
+    ],
+)
+def test_select_vms_refuses_clearly(keys: list[str], only: list[str] | None, message: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        windows.select_vms(keys, GUESTS, only)
+    assert message in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("agent", "enabled"),
+    [
+        ("1", True),
+        ("0", False),
+        ("enabled=1,fstrim_cloned_disks=1", True),
+        ("enabled=0,type=virtio", False),
+        ("1,freeze-fs-on-backup=0", True),
+        (None, False),
+    ],
+)
+def test_agent_enabled(agent: str | None, enabled: bool) -> None:
+    config = {} if agent is None else {"agent": agent}
+    assert windows.agent_enabled(config) is enabled
+
+
+OFFERED = windows.parse_update_scan(
+    {
+        "reboot_required": False,
+        "updates": [
+            {"id": "a", "kb": ["KB1"], "title": "Cumulative (KB1)", "size": 2**20,
+             "categories": ["Security Updates"], "reboot": 1},
+            {"id": "b", "kb": ["KB2"], "title": "Defender", "size": 0,
+             "categories": ["Definition Updates"]},
+        ],
+    }
+)  # fmt: skip
+
+
+def test_plan_vm_lists_what_it_installs_and_leaves() -> None:
+    plan = windows.plan_vm(
+        "103 (w)", "Windows 11, build 22631", OFFERED, {"hostpci0": "0000:01:00.0"},
+        reboot_pending=False, ram=True, consistent=False, categories=["security updates"],
+    )  # fmt: skip
+    assert [u.kb for u in plan.install] == ["KB1"] and plan.skip is None
+    assert plan.snapshot.kind == "disk-live"
+    lines = plan.describe()
+    assert "1 update(s) to install" in lines[0] and "no RAM state" in lines[0]
+    assert lines[1] == "  install Cumulative (KB1) (1.0 MiB, Security Updates, reboot: always)"
+    assert lines[2].startswith("  leave KB2 Defender (0 B, Definition Updates, reboot: never)")
+    assert "not chosen" in lines[2]
+
+
+def test_plan_vm_skips_when_nothing_applies_and_reboots_first_when_pending() -> None:
+    plan = windows.plan_vm(
+        "103 (w)", "W", OFFERED, {}, reboot_pending=False, ram=True, consistent=False,
+        categories=["Drivers"],
+    )  # fmt: skip
+    assert plan.skip == "nothing applicable is pending (2 update(s) left out)"
+    assert plan.describe() == ["103 (w) (W): nothing applicable is pending (2 update(s) left out)"]
+    empty = windows.UpdateScan(False, ())
+    pending = windows.plan_vm(
+        "103 (w)", "W", empty, {}, reboot_pending=True, ram=True, consistent=False
+    )
+    assert pending.skip is None and pending.reboot_first
+    assert pending.snapshot.kind == "ram"
+
+
+def test_readable_stderr_of_powershell_clixml() -> None:
+    clixml = (
+        '#< CLIXML\r\n<Objs Version="1.1.0.1" xmlns="http://schemas.microsoft.com/powershell/2004/04">'
+        '<S S="Error">Exception calling "Search" with "1" argument(s): '
+        "&quot;0x80072EE2&quot;_x000D__x000A_</S>"
+        '<S S="Error">At line:9 char:1_x000D__x000A_</S></Objs>'
+    )
+    assert windows.readable_stderr(clixml) == (
+        'Exception calling "Search" with "1" argument(s): "0x80072EE2"\r\nAt line:9 char:1'
+    )
+    assert windows.readable_stderr("plain text\n") == "plain text\n"
+
+
+def test_verdict_takes_a_commands_expected_exit_code() -> None:
+    ended = windows.ExecStatus(exited=True, exitcode=3)
+    ok = windows.verdict(
+        agent_ok=True, installs=[], reboot=None, commands={"c": ended}, expect={"c": 3}
+    )
+    assert ok.ok
+    bad = windows.verdict(agent_ok=True, installs=[], reboot=None, commands={"c": ended})
+    assert bad.problems == ("command c: exit code 3, not exit code 0",)

@@ -29,6 +29,7 @@ from tasks.health import (
     check_guest_snapshots,
     check_nixos,
     check_nodes,
+    check_windows,
     check_zfs_snapshots,
 )
 from tasks.proxmox import list_guests
@@ -64,7 +65,7 @@ def guest_sets(inv: Inventory, guests: Sequence[Guest]) -> GuestSets:
 @flow(
     name="health-report",
     description="The fleet at a glance: backup, offsite and restore-test ages, snapshots "
-    "within policy, NixOS and Proxmox updates; Failed when a limit is crossed.",
+    "within policy, NixOS, Proxmox and Windows updates; Failed when a limit is crossed.",
 )
 @flow_parameters(HealthReportParams)
 def health_report(
@@ -111,6 +112,12 @@ def health_report(
             "nodes": "every Proxmox node's pending updates, last upgrade and pending reboot"
             if client
             else "no [proxmox]",
+            "windows": f"{len(inv.windows.vms)} Windows VM(s): last update run, pending "
+            "updates and their age, pending reboot"
+            if inv.windows.vms and client
+            else "no [windows.vms]"
+            if client
+            else "no [proxmox]",
         }
         for kind in kinds:
             # the kinds of check, not targets yet: the plan says what will be looked at
@@ -129,6 +136,8 @@ def health_report(
         futures.append(check_nixos.submit(inv, now))
     if "nodes" in kinds and client is not None:
         futures.append(check_nodes.submit(inv, client))
+    if "windows" in kinds and client is not None and inv.windows.vms:
+        futures.append(check_windows.submit(inv, client, now))
     checks: list[Check] = [c for fut in futures for c in fut.result()]
     logger.info(checks_summary(checks))
     report.extend(check_row(c, now) for c in checks)

@@ -12,8 +12,9 @@ The package, bottom up:
   by the resolver ``blocks/`` registers (the core imports no Prefect);
 - ``fields``: field types shared by the sections (addresses, names, paths, policies);
 - one module per section: ``proxmox``, ``ssh``, ``hosts``, ``zfs``, ``guest_snapshots``,
-  ``nixos`` (with the health checks), ``proxmox_update``, ``backups`` (with offsite and
-  restore tests), ``notifications``, ``health``, ``retries``, ``schedules``;
+  ``nixos`` (with the health checks), ``proxmox_update``, ``windows`` (with its checks),
+  ``backups`` (with offsite and restore tests), ``notifications``, ``health``, ``retries``,
+  ``schedules``;
 - ``model``: the :class:`Inventory` and its checks across sections;
 - ``loader``: ``load_inventory()`` and its error messages.
 """
@@ -57,6 +58,7 @@ from moxflow.inventory.secrets import (
     register_block_resolver,
 )
 from moxflow.inventory.ssh import SshSettings, SshTarget
+from moxflow.inventory.windows import WindowsCheck, WindowsSettings, WindowsVm
 from moxflow.inventory.zfs import ZfsDataset, ZfsSettings
 
 __all__ = [
@@ -89,6 +91,9 @@ __all__ = [
     "SnapshotMethod",
     "SshSettings",
     "SshTarget",
+    "WindowsCheck",
+    "WindowsSettings",
+    "WindowsVm",
     "ZfsDataset",
     "ZfsSettings",
     "ZfsSnapshotMethod",

@@ -71,6 +71,15 @@ class HealthSettings(Section):
         ),
     )
 
+    windows_pending_max_age_days: Days = Field(
+        default=45.0,
+        description=(
+            "A Windows VM of [windows.vms] with an update pending that Microsoft released "
+            "longer ago than this fails (a month between update runs, and two weeks more); "
+            "a VM that is not running is shown, not judged."
+        ),
+    )
+
     def period(self, label: str) -> float | None:
         """The label's period in hours, None when unknown."""
         return self.label_hours.get(label, LABEL_PERIOD_HOURS.get(label))

@@ -36,6 +36,7 @@ from moxflow.inventory.retries import RetrySettings
 from moxflow.inventory.schedules import DeploymentName, Schedule
 from moxflow.inventory.secrets import resolve_path
 from moxflow.inventory.ssh import SshSettings, SshTarget
+from moxflow.inventory.windows import WindowsSettings
 from moxflow.inventory.zfs import ZfsDataset, ZfsSettings
 from moxflow.naming import validate_label
 from moxflow.retention import KeepPolicy
@@ -105,6 +106,10 @@ class Inventory(BaseSettings):
     proxmox_update: ProxmoxUpdateSettings = Field(
         default_factory=ProxmoxUpdateSettings,
         description="Rolling Proxmox VE host updates: nodes, guests, reboots, time limits.",
+    )
+    windows: WindowsSettings = Field(
+        default_factory=WindowsSettings,
+        description="Windows VMs updated through the QEMU guest agent, snapshot-guarded.",
     )
     notifications: NotificationSettings = Field(
         default_factory=NotificationSettings,
@@ -411,6 +416,20 @@ class Inventory(BaseSettings):
                 "in [proxmox_update] nodes",
             )
         return chosen
+
+    def windows_policy(self, label: str) -> KeepPolicy:
+        """The keep policy for ``label`` snapshots of the Windows VMs, from
+        [windows.policies]."""
+        validate_label(label)
+        if label in self.windows.policies:
+            return KeepPolicy.parse(
+                self.windows.policies[label], setting=f"windows.policies.{label}"
+            )
+        raise ConfigError(
+            f"no keep policy for {label!r} snapshots of the Windows VMs",
+            setting=f"windows.policies.{label}",
+            hint=f'add {label} = "keep-..." to [windows.policies]',
+        )
 
     def nixos_host(self, name: str) -> NixosHost:
         """The NixOS host ``name``; ``ConfigError`` listing the known ones if there is none."""

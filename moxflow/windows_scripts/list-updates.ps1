@@ -17,6 +17,7 @@ $updates = @(foreach ($u in $found.Updates) {
         categories = @(foreach ($c in $u.Categories) { [string]$c.Name })
         reboot = [int]$u.InstallationBehavior.RebootBehavior
         downloaded = [bool]$u.IsDownloaded
+        released = $u.LastDeploymentChangeTime.ToUniversalTime().ToString('o')
     }
 })
 $pending = [bool](New-Object -ComObject Microsoft.Update.SystemInfo).RebootRequired

@@ -190,7 +190,7 @@ def test_dry_run_lists_the_checks_and_reads_only_the_guests(
     report = health_report(dry_run=True, inventory=str(lab_inventory))
     assert isinstance(report, RunReport)
     assert {r.target: r.outcome for r in report.rows} == {
-        k: Outcome.PLANNED for k in ("backups", "snapshots", "nixos", "nodes")
+        k: Outcome.PLANNED for k in ("backups", "snapshots", "nixos", "nodes", "windows")
     }
     paths = {r["path"] for r in fast_lab.api_requests()[start:]}
     assert paths == {"/cluster/resources"}

@@ -21,6 +21,7 @@ class Update:
     category: str
     reboot: int = 0  # RebootBehavior: 0 never, 1 always, 2 can request
     after: str | None = None
+    released: float = field(default_factory=time.time)  # LastDeploymentChangeTime
 
     def to_json(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -29,7 +30,9 @@ class Update:
 def default_updates() -> list[Update]:
     """What the default Windows guest has pending: a cumulative update (reboot), the
     malicious software removal tool, a Defender definition update, and a .NET update that
-    appears only after the cumulative one."""
+    appears only after the cumulative one; released 20 days ago, the definition 1 day ago."""
+    day = 86400.0
+    month_ago, yesterday = time.time() - 20 * day, time.time() - day
     return [
         Update(
             "6f1c0a1e-0001-4c6b-9d10-000000000001",
@@ -39,6 +42,7 @@ def default_updates() -> list[Update]:
             812 * 2**20,
             "Security Updates",
             reboot=1,
+            released=month_ago,
         ),
         Update(
             "6f1c0a1e-0002-4c6b-9d10-000000000002",
@@ -46,6 +50,7 @@ def default_updates() -> list[Update]:
             "Windows Malicious Software Removal Tool x64 - v5.131 (KB890830)",
             74 * 2**20,
             "Update Rollups",
+            released=month_ago,
         ),
         Update(
             "6f1c0a1e-0003-4c6b-9d10-000000000003",
@@ -54,6 +59,7 @@ def default_updates() -> list[Update]:
             "(Version 1.421.123.0)",
             96 * 2**20,
             "Definition Updates",
+            released=yesterday,
         ),
         Update(
             "6f1c0a1e-0004-4c6b-9d10-000000000004",
@@ -63,6 +69,7 @@ def default_updates() -> list[Update]:
             "Updates",
             reboot=2,
             after="KB5048685",
+            released=month_ago,
         ),
     ]
 

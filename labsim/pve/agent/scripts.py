@@ -65,6 +65,7 @@ def _list_updates(win: WindowsState, data: dict[str, Any], fails: dict[str, int]
             "categories": [u.category],
             "reboot": u.reboot,
             "downloaded": False,
+            "released": datetime.fromtimestamp(u.released, UTC).isoformat(),
         }
         for u in win.visible()
     ]

@@ -53,6 +53,7 @@ class AgentRun:
     agent_off: bool = False
     hang: bool = False
     truncate: int = OUTPUT_MAX
+    busy: int = 0  # the next N install-updates.ps1 find the installer busy (exit 5)
     execs: list[dict[str, Any]] = field(default_factory=list)
 
 
@@ -173,7 +174,12 @@ class AgentSystem(System):
         if win is None or proc.script is None:
             proc.result = proc.result or (1, "", "labsim: not a Windows guest\r\n")
             return
-        proc.result = scripts.run(proc.script, proc.data, win, self.agent_run(vmid).fails)
+        run = self.agent_run(vmid)
+        if proc.script == "install-updates.ps1" and run.busy > 0 and not win.reboot_pending:
+            run.busy -= 1  # Windows installs by itself: the script changes nothing
+            proc.result = (5, '{"error":"installer-busy","updates":[]}\r\n', "")
+            return
+        proc.result = scripts.run(proc.script, proc.data, win, run.fails)
 
     def after_tasks(self, mono: float) -> None:
         for vmid, run in self.run.items():
@@ -276,10 +282,13 @@ class AgentSystem(System):
                         setattr(run, key, msg[key] == "on")
                 if msg.get("truncate") is not None:
                     run.truncate = int(msg["truncate"])
+                if msg.get("busy") is not None:
+                    run.busy = int(msg["busy"])
                 if msg.get("reset_faults"):
                     run.fails.clear()
                     run.never_back = run.agent_off = run.hang = False
                     run.truncate = OUTPUT_MAX
+                    run.busy = 0
                 return self.vm_json(vmid)
 
         onoff = ("on", "off")
@@ -289,7 +298,10 @@ class AgentSystem(System):
                 windows,
                 (
                     Arg("vmid", "the Windows VM", type="int", required=True),
-                    Arg("pending", "updates offered: KB:CATEGORY[:reboot][:after=KB],..."),
+                    Arg(
+                        "pending",
+                        "updates offered: KB:CATEGORY[:reboot][:after=KB][:age=DAYS],...",
+                    ),
                     Arg("clear", "offer nothing else first", flag=True),
                     Arg("fail", "installing KB fails: KB=0xHRESULT (also app:ID, toolchain:NAME)"),
                     Arg(
@@ -298,6 +310,7 @@ class AgentSystem(System):
                     Arg("agent_off", "the guest agent does not answer", choices=onoff),
                     Arg("hang", "every agent command times out", choices=onoff),
                     Arg("truncate", "cut exec output past this many bytes", type="int"),
+                    Arg("busy", "the next N installs find the installer busy", type="int"),
                     Arg("reset_faults", "clear every fault", flag=True),
                 ),
                 Cli(
@@ -305,7 +318,7 @@ class AgentSystem(System):
                     "set a Windows VM's updates and agent faults",
                     "Set what Windows Update offers a Windows VM, make an update (or a Steam "
                     "app, a toolchain) fail, a reboot never come back, the agent be off or "
-                    "hang, exec output be truncated.",
+                    "hang, exec output be truncated, the update installer be busy.",
                 ),
             )
         ]
@@ -322,6 +335,7 @@ class AgentSystem(System):
                 "agent_off": run.agent_off,
                 "hang": run.hang,
                 "truncate": run.truncate,
+                "busy": run.busy,
             },
         }
 
@@ -337,11 +351,12 @@ def _redacted(data: dict[str, Any]) -> dict[str, Any]:
 
 
 def _update(spec: str, n: int) -> Update:
-    """``KB:CATEGORY[:reboot][:after=KB]`` from the control."""
+    """``KB:CATEGORY[:reboot][:after=KB][:age=DAYS]`` from the control."""
     kb, _, rest = spec.partition(":")
     parts = rest.split(":") if rest else []
     category = parts[0] if parts else "Updates"
     after = next((p.removeprefix("after=") for p in parts if p.startswith("after=")), None)
+    age = next((float(p.removeprefix("age=")) for p in parts if p.startswith("age=")), 0.0)
     uid = hashlib.sha256(kb.encode()).hexdigest()
     uid = f"{uid[:8]}-{uid[8:12]}-{uid[12:16]}-{uid[16:20]}-{uid[20:32]}"
     return Update(
@@ -352,4 +367,5 @@ def _update(spec: str, n: int) -> Update:
         category,
         reboot=1 if "reboot" in parts else 0,
         after=after,
+        released=time.time() - age * 86400,
     )

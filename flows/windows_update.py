@@ -1,0 +1,43 @@
+"""Update the Windows VMs through the QEMU guest agent, snapshot-guarded and verified.
+
+Only the Proxmox API and the guest agent: no network path into Windows. Pre-flight for each
+VM of [windows.vms] first, before any change: the VM runs, its agent is configured and
+answers, get-osinfo says Windows; then whether a reboot is pending and which updates
+Windows Update offers (title, KB, size, category, reboot behaviour). A VM with nothing
+applicable pending is skipped (no snapshot). --dry-run stops there and shows them.
+
+Then, one VM at a time (a subflow run per VM, named after it, holding the VM):
+
+  snapshot         with RAM state where [windows] snapshot_ram asks and the VM can save it
+                   (PCI passthrough cannot: disk only, said in the report); with
+                   snapshot_consistent a disk-only snapshot is taken with the VM shut down
+                   cleanly, then started again
+  install round N  search again, then download and install the chosen updates with the
+                   Windows Update API (as SYSTEM, through agent/exec; exec-status polled
+                   with backoff, its end read once); each update's result code
+  reboot N         when the round needs one: through the API, then wait (bounded) for the
+                   agent and a new boot time; then the next round, until nothing
+                   applicable is pending or --max-rounds
+  verify           the agent answers, no update failed, no reboot pending, and the VM's
+                   [[windows.vms.KEY.checks]] pass (service running, TCP port listening,
+                   a command's exit code)
+  commit           the snapshot stays; older pre-update snapshots go by [windows.policies]
+  rollback         (instead of commit, after any failure) back to the snapshot, the VM
+                   started, its agent answering again; the run is Failed with each failed
+                   update's KB and result code
+
+Every script is one of moxflow/windows_scripts/*.ps1, sent unchanged; its values travel as
+JSON on its stdin. Its stdout and stderr are in the run's log (the last 16384 characters of
+each). A VM another moxflow run holds (waited for up to --lock-timeout seconds) is busy.
+"""
+
+from __future__ import annotations
+
+from flows._cli import Command
+from flows.params import WindowsUpdateParams
+
+command = Command("windows_update", WindowsUpdateParams, __doc__ or "")
+main = command.main
+
+if __name__ == "__main__":
+    command.exit()
