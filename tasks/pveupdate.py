@@ -21,7 +21,13 @@ from typing import Any, TypeVar
 from prefect.logging import get_run_logger
 
 from blocks.ssh import ssh_runner
-from moxflow.errors import MoxflowError, ProxmoxTaskError, SshCommandError, SshError
+from moxflow.errors import (
+    MoxflowError,
+    ProxmoxTaskError,
+    SshCommandError,
+    SshError,
+    UpdateStepFailed,
+)
 from moxflow.guests import Guest
 from moxflow.inventory import Inventory, ProxmoxUpdateSettings
 from moxflow.naming import snapshot_name
@@ -76,15 +82,6 @@ POLL = 0.1
 
 _ENTERPRISE_RE = re.compile(r"https://enterprise\.proxmox\.com/\S+")
 APT_TASK_TIMEOUT = 300.0
-
-
-class UpdateStepFailed(MoxflowError):
-    """A step of a node's update failed; the roll stops there (``node``, ``step``)."""
-
-    def __init__(self, node: str, step: str, message: str, *, hint: str | None = None) -> None:
-        super().__init__(f"{node}: {step}: {message}", hint=hint)
-        self.node = node
-        self.step = step
 
 
 # --- facts -----------------------------------------------------------------------------------
@@ -305,7 +302,8 @@ def _guest(run: NodeRun, vmid: int) -> Guest | None:
 def _migrate(run: NodeRun, s: GuestStep, step_name: str) -> None:
     """One guest from ``s.source`` to ``s.target``, its slot held; waits until the guest is
     on the target (an HA migration's task ends when the move is only queued)."""
-    assert s.target is not None
+    if s.target is None:
+        raise UpdateStepFailed(run.node, step_name, f"{s.label}: a migration without a target")
     params: dict[str, Any] = {}
     if s.mode == "online":
         params["online"] = 1
