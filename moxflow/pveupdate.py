@@ -4,8 +4,8 @@ verdicts after the reboot and the next steps after a failure.
 
 A node's update is: pre-flight (whole cluster), snapshot of the root dataset, guests leave
 (HA node maintenance for HA-managed guests, the others by policy), ``apt-get dist-upgrade``
-over SSH, a reboot only when needed (proven by a new ``boot_id`` or a reset uptime, never by
-the node answering), verify, leave maintenance, guests return; then the next node. The API
+over SSH, a reboot only when needed (proven by a reset uptime, never by the node
+answering), verify, leave maintenance, guests return; then the next node. The API
 shapes are the ones of ``shared/reference/proxmox-ve-api-schema.json`` and the facts file
 (``guide/facts-proxmox-update.md``); every builder returns an argument list, which the SSH
 runner quotes once.
@@ -879,20 +879,11 @@ class RebootProof:
     reason: str
 
 
-def prove_reboot(
-    requested: datetime,
-    observed: datetime,
-    uptime: float | None,
-    boot_id_before: str | None = None,
-    boot_id_now: str | None = None,
-) -> RebootProof:
-    """A reboot is proven by a changed boot id, or by an uptime (seen at ``observed``)
-    shorter than the time since the request; a node that merely answers proves nothing
-    (it keeps answering for tens of seconds after ``reboot`` returns)."""
-    if boot_id_before and boot_id_now:
-        if boot_id_now != boot_id_before:
-            return RebootProof(True, f"boot id changed ({boot_id_before} → {boot_id_now})")
-        return RebootProof(False, "same boot id as before the request: not rebooted yet")
+def prove_reboot(requested: datetime, observed: datetime, uptime: float | None) -> RebootProof:
+    """A reboot is proven by the node's uptime (``GET /nodes/{n}/status``, seen at
+    ``observed``) shorter than the time since the request; a node that merely answers proves
+    nothing (it keeps answering for tens of seconds after ``reboot`` returns). The API gives
+    no boot id, and the uptime needs neither SSH nor synchronised clocks."""
     if uptime is None:
         return RebootProof(False, "no uptime seen yet (node not answering)")
     since = (observed - requested).total_seconds()
@@ -1076,7 +1067,6 @@ class NodeFacts:
     guests: tuple[Guest, ...] = ()
     prechecks: Mapping[int, MigratePrecheck] = field(default_factory=dict)
     held: tuple[str, ...] = ()
-    online: bool = True
 
     @property
     def running_guests(self) -> int:
@@ -1155,7 +1145,8 @@ def plan_roll(
     when they run the same or a newer version.
 
     Order: ``settings.nodes`` when it lists them, else fewest running guests first, then by
-    name. A node with nothing to upgrade, or offline, is skipped with the reason. Each
+    name. A node with nothing to upgrade is skipped with the reason (an offline node has no
+    facts: pre-flight refuses the roll). Each
     node's guests go to nodes already planned (upgraded, at ``new_version``) first.
     ``snapshot`` is the root snapshot's name (known at run time; the dry run passes one made
     from its own time).
@@ -1169,19 +1160,15 @@ def plan_roll(
     done: set[str] = set()
     plans: list[NodePlan] = []
     for node in ordered:
-        if not node.online:
-            plans.append(NodePlan(node.name, skip="offline"))
-            continue
         if not node.pending:
             plans.append(NodePlan(node.name, skip="nothing to upgrade"))
             continue
         others = [
             TargetNode(
                 o.name,
-                o.online,
-                o.new_version if o.name in done and o.new_version else o.version,
-                o.name in done,
-                o.running_guests,
+                version=o.new_version if o.name in done and o.new_version else o.version,
+                upgraded=o.name in done,
+                running=o.running_guests,
                 maintenance=ha is not None and ha.nodes.get(o.name) == "maintenance",
             )
             for o in (*facts, *bystanders)
