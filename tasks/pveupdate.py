@@ -31,6 +31,7 @@ from moxflow.errors import (
 from moxflow.guests import Guest
 from moxflow.inventory import Inventory, ProxmoxUpdateSettings
 from moxflow.naming import snapshot_name
+from moxflow.pacing import poll_until
 from moxflow.proxmox import ProxmoxClient
 from moxflow.pveupdate import (
     SNAPSHOT_LABEL,
@@ -76,9 +77,6 @@ from tasks._retry import step
 from tasks.targets import guest_target, hold
 
 T = TypeVar("T")
-
-POLL = 0.1
-"""Seconds between two looks while waiting for a node or a guest (the waits are bounded)."""
 
 _ENTERPRISE_RE = re.compile(r"https://enterprise\.proxmox\.com/\S+")
 APT_TASK_TIMEOUT = 300.0
@@ -245,20 +243,23 @@ class NodeRun:
 
 
 def _wait(what: str, node: str, step_name: str, timeout: float, check: Callable[[], T | None]) -> T:
-    """Call ``check`` until it returns something (not None), at most ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
+    """Call ``check`` until it returns something (not None), at most ``timeout`` seconds,
+    with backoff (``moxflow.pacing.poll_until``: 0.5 s apart at first, sooner under a short
+    bound, doubling to 5 s, the last look at the bound). A transient API error or a refused
+    SSH connection (a node rebooting) counts as not yet."""
+
+    def look() -> T | None:
         try:
-            found = check()
+            return check()
         except (MoxflowError, OSError) as exc:
             if not getattr(exc, "transient", True) and not isinstance(exc, SshError):
                 raise
-            found = None
-        if found is not None:
-            return found
-        if time.monotonic() >= deadline:
-            raise UpdateStepFailed(node, step_name, f"{what}: not within {timeout:g} s")
-        time.sleep(POLL)
+            return None
+
+    found = poll_until(look, timeout)
+    if found is None:
+        raise UpdateStepFailed(node, step_name, f"{what}: not within {timeout:g} s")
+    return found
 
 
 @step("pveupdate-snapshot", "{run.node}: snapshot")

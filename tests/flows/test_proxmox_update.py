@@ -131,6 +131,12 @@ def test_idle_node_skipped_reboot_only_for_a_new_kernel_and_a_lingering_node_wai
     assert row(report, "pve1").outcome is Outcome.OK
     assert apt(st, "pve1")["reboots"] == 1 and apt(st, "pve1")["kernel_running"] == NEW_KERNEL
     assert row(report, "pve2").cell("reboot") == "no"
+    # waited for with backoff (0.2 s, doubling: the reboot_timeout of 4 s is short), not
+    # looked at every 0.1 s: facts, about four looks over the lingering second, verify
+    looks = [
+        r for r in pve.api_requests() if r["method"] == "GET" and r["path"] == "/nodes/pve1/status"
+    ]
+    assert len(looks) <= 8
 
 
 def test_upgrade_failing_on_node_2_stops_the_roll(pve: LabClient, tmp_path: Path) -> None:
