@@ -21,8 +21,9 @@ Then, one node at a time (a subflow run per node, named after it):
                  --reboot always); proven by the API's uptime, then online, SSH,
                  pveversion and quorum, within [proxmox_update] reboot_timeout
   verify         online, quorate, the expected kernel, no newly failed systemd unit
-  guests-return  leave maintenance, migrate back, start what was shut down; every guest
-                 where it was and running as before
+  guests-return  leave maintenance, migrate back, start what was shut down (one onboot
+                 already started counts as back); every guest where it was and running
+                 as before
 
 The first failure stops the roll: the nodes after it are not started, the failed node stays
 in maintenance with its snapshot kept, and the report says what to do next (boot the

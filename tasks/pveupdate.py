@@ -23,6 +23,7 @@ from prefect.logging import get_run_logger
 from blocks.ssh import ssh_runner
 from moxflow.errors import (
     MoxflowError,
+    ProxmoxError,
     ProxmoxTaskError,
     SshCommandError,
     SshError,
@@ -325,11 +326,30 @@ def _migrate(run: NodeRun, s: GuestStep, step_name: str) -> None:
     get_run_logger().info("%s: %s", run.node, s)
 
 
+def _running_on(run: NodeRun, s: GuestStep) -> bool:
+    g = _guest(run, s.vmid)
+    return g is not None and g.node == s.source and g.running
+
+
 def _power(run: NodeRun, s: GuestStep, action: str) -> None:
+    """Shut a guest down cleanly, or start it. A guest to start that runs already on its
+    node (``onboot`` started it when the node booted) is done, not a failure: it is not
+    asked to start (PVE would refuse: "VM 101 already running" as a failed task, "CT 102
+    already running" as an error), and a start refused because the boot got there first
+    counts once the guest is seen running."""
     with hold([guest_target(s.vmid)]):
         if action == "start":
-            upid = run.client.power(s.source, s.type, s.vmid, "start")
-            run.client.wait_task(upid, timeout=run.settings.shutdown_timeout)
+            if _running_on(run, s):
+                get_run_logger().info("%s: %s: already running (started on boot)", run.node, s)
+                return
+            try:
+                upid = run.client.power(s.source, s.type, s.vmid, "start")
+                run.client.wait_task(upid, timeout=run.settings.shutdown_timeout)
+            except ProxmoxError:
+                if not _running_on(run, s):
+                    raise
+                get_run_logger().info("%s: %s: already running (started on boot)", run.node, s)
+                return
         else:
             timeout = run.settings.shutdown_timeout
             upid = run.client.shutdown(s.source, s.type, s.vmid, int(timeout))

@@ -249,3 +249,21 @@ def test_apt_pending_control_and_state(fresh_lab: LabClient) -> None:
     state = lab.state()
     assert state["qdevice"] is True and state["quorate"] is True
     assert state["ha"]["maintenance"] == []
+
+
+def test_boot_starts_onboot_guests_and_a_running_ct_refuses_to_start(
+    fresh_lab: LabClient,
+) -> None:
+    """pve-guests at boot starts every onboot=1 guest of the node, stopped before or not;
+    starting a running container is refused at once, a running VM's start task fails."""
+    lab = fresh_lab
+    lab.set_guest(105, onboot=1)  # a stopped container on pve2
+    assert _data(lab, "GET", "/nodes/pve2/lxc/105/config")["onboot"] == "1"
+    assert _data(lab, "POST", "/nodes/pve2/status", command="reboot") is None
+    wait_until(lambda: lab.state()["hosts"]["pve2"]["apt"]["reboots"] == 1)
+    assert lab.guest(105)["status"] == "running"
+    assert lab.guest(102)["status"] == "stopped"  # running before, no onboot: stays down
+    resp = _api(lab, "POST", "/nodes/pve2/lxc/105/status/start")
+    assert (resp.status_code, resp.reason) == (500, "CT 105 already running")
+    upid = _data(lab, "POST", "/nodes/pve1/qemu/101/status/start")
+    assert _task(lab, upid)["exitstatus"] == "VM 101 already running"

@@ -220,6 +220,26 @@ def test_only_one_node_its_guests_go_to_the_others_and_a_local_disk_follows_its_
         assert apt(st, node)["reboots"] == 0 and pre_update(st, node) == []
 
 
+def test_guests_onboot_already_started_are_back_not_a_failure(
+    pve: LabClient, tmp_path: Path
+) -> None:
+    """VM 103 and CT 105 have onboot=1: shut down for pve2's update, they run again as soon
+    as it boots, before guests-return would start them; "already running" is their return,
+    not a failure. VM 104 (no onboot) is started by moxflow."""
+    for vmid in (103, 105):
+        pve.set_guest(vmid, onboot=1)
+    before = placement(pve.state())
+    report = run(inventory(pve, tmp_path.name), only=["pve2"], guests="shutdown")
+    st = pve.state()
+    assert row(report, "pve2").outcome is Outcome.OK, row(report, "pve2").detail
+    assert apt(st, "pve2")["reboots"] == 1
+    assert placement(st) == before
+    posts = [r["path"] for r in pve.api_requests() if r["method"] == "POST"]
+    for path in ("/nodes/pve2/qemu/103", "/nodes/pve2/lxc/105", "/nodes/pve2/qemu/104"):
+        assert f"{path}/status/shutdown" in posts
+    assert "/nodes/pve2/qemu/104/status/start" in posts
+
+
 def test_a_node_another_run_holds_is_busy_and_untouched(pve: LabClient, tmp_path: Path) -> None:
     before = pve.state()
     with hold([node_target("pve2")], wait=0):

@@ -36,7 +36,7 @@ class NodeRun:
     break_upgrade: bool = False  # the next dist-upgrade fails half-way
     never_back: bool = False  # a reboot never ends
     linger: float = 0.0  # extra seconds (before the time scale) it answers after reboot
-    restart: tuple[int, ...] = ()  # guests to start again when it is back
+    restart: tuple[int, ...] = ()  # HA guests (frozen) to start again when it is back
     upgrading: bool = False  # dpkg's lock is taken
 
 
@@ -139,9 +139,8 @@ class AptSystem(System):
         for g in self.pve.guests.values():
             if g.node != node.name or g.status != "running":
                 continue
-            if g.hastate or str(g.config.get("onboot", "0")) == "1":
+            if g.hastate:  # frozen (shutdown_policy=conditional): started again by HA
                 restart.append(g.vmid)
-            if g.hastate:
                 self.ha.frozen.add(g.vmid)
             g.status, g.started_at = "stopped", None
         run.restart = tuple(restart)
@@ -158,7 +157,17 @@ class AptSystem(System):
         node.kernel_running = packages.next_boot(node)
         node.kernel_next_boot = None  # --next-boot lasts one boot
         node.kernel_installed = packages.next_boot(node)
-        for vmid in run.restart:
+        # pve-guests at boot: startall starts every guest of the node with onboot=1, whether
+        # or not it ran before the reboot (HA decides for its own guests)
+        onboot = [
+            g.vmid
+            for g in self.pve.guests.values()
+            if g.node == node.name
+            and not g.hastate
+            and not g.template
+            and str(g.config.get("onboot", "0")) == "1"
+        ]
+        for vmid in (*run.restart, *onboot):
             g = self.pve.guests.get(vmid)
             if g is not None and g.node == node.name:
                 g.status, g.started_at = "running", time.time()
