@@ -26,9 +26,10 @@ Then, one node at a time (a subflow run per node, named after it):
                  as before
 
 The first failure stops the roll: the nodes after it are not started, the failed node stays
-in maintenance with its snapshot kept, and the report says what to do next (boot the
-previous kernel with proxmox-boot-tool kernel pin, the snapshot to roll back to from a
-rescue system, how to leave maintenance). A node another moxflow run holds (waited for up to
+in maintenance with its snapshot kept, and the report says what to do next (the guests it
+sent away or shut down, each with the command that brings it back; once the upgrade ran,
+boot the previous kernel with proxmox-boot-tool kernel pin, the snapshot to roll back to
+from a rescue system; how to leave maintenance). A node another moxflow run holds (waited for up to
 --lock-timeout seconds) is busy, and stops the roll the same way.
 """
 

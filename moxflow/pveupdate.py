@@ -1269,25 +1269,49 @@ def verify_guests(before: Iterable[Guest], now: Iterable[Guest]) -> Verdict:
 # --- failure -------------------------------------------------------------------------------
 
 
+def _way_back(s: GuestStep) -> str:
+    """How a person brings back a guest a failed roll left away from its node."""
+    tool = "qm" if s.type == "qemu" else "pct"
+    if s.action == "migrate" and s.target is not None:
+        flags = {"online": ["--online"], "restart": ["--restart"]}.get(s.mode or "", [])
+        argv = [tool, "migrate", str(s.vmid), validate_host_name(s.source), *flags]
+        return (
+            f"{s.label} was migrated to {s.target}; to bring it back, on {s.target}: "
+            f"`{shlex.join(argv)}`"
+        )
+    if s.action == "shutdown":
+        argv = [tool, "start", str(s.vmid)]
+        return f"{s.label} was shut down; to start it again, on {s.source}: `{shlex.join(argv)}`"
+    return f"{s.label} was moved by HA node maintenance; it returns when maintenance is disabled"
+
+
 def failure_next_steps(
     node: str,
     dataset: str,
     snapshot: str | None,
     old_kernel: str | None,
+    *,
+    upgraded: bool,
     maintenance: bool = True,
+    away: Sequence[GuestStep] = (),
 ) -> list[str]:
-    """What a person does after the roll stopped on ``node``: boot the previous kernel
-    (kernels live on the EFI partitions, so a root rollback does not bring it back), roll
-    the root dataset back only as a disaster procedure from a rescue system, and leave HA
-    maintenance once the node is healthy."""
+    """What a person does after the roll stopped on ``node``: bring back the guests still
+    ``away`` (migrated, shut down, or moved by HA maintenance: each with its command); when
+    the upgrade ran (``upgraded``), boot the previous kernel (kernels live on the EFI
+    partitions, so a root rollback does not bring it back) and, only as a disaster procedure
+    from a rescue system, roll the root dataset back; leave HA maintenance once the node is
+    healthy. Before the upgrade ran no package changed: no kernel to pin, nothing to roll
+    back."""
     steps: list[str] = [f"{node} stopped the roll; the nodes after it were not touched."]
-    if old_kernel:
+    if upgraded and old_kernel:
         pin = shlex.join(["proxmox-boot-tool", "kernel", "pin", old_kernel, "--next-boot"])
         steps.append(
             f"to boot the previous kernel once: `{pin}` then `proxmox-boot-tool refresh` "
             "and reboot (drop --next-boot to keep it)"
         )
-    if snapshot:
+    if not snapshot:
+        steps.append("no root snapshot was taken")
+    elif upgraded:
         full = f"{validate_dataset(dataset)}@{validate_zfs_snapname(snapshot)}"
         rollback = ["zfs", "rollback", "-r", full]
         steps.append(
@@ -1297,7 +1321,11 @@ def failure_next_steps(
             "since the EFI partitions keep the new one)"
         )
     else:
-        steps.append("no root snapshot was taken")
+        full = f"{validate_dataset(dataset)}@{validate_zfs_snapname(snapshot)}"
+        steps.append(f"no package was changed; the root snapshot {full} is kept")
+    for s in sorted(away, key=lambda s: s.vmid):
+        if s.action != "ha" or maintenance:
+            steps.append(f"{'VM' if s.type == 'qemu' else 'CT'} {_way_back(s)}")
     if maintenance:
         steps.append(
             f"{node} stays in HA maintenance; once healthy: "

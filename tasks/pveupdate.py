@@ -220,7 +220,8 @@ def bystander_facts(client: ProxmoxClient, node: str, guests: Sequence[Guest]) -
 @dataclass
 class NodeRun:
     """One node's update as the steps share it: the plan, the facts before, and what the
-    steps did so far (the snapshot taken, whether maintenance is on, guests moved)."""
+    steps did so far: the snapshot taken, whether maintenance is on, the guests still away
+    (migrated or shut down, until each is back), whether ``apt-get dist-upgrade`` ran."""
 
     inv: Inventory
     client: ProxmoxClient
@@ -230,7 +231,8 @@ class NodeRun:
     tz: tzinfo
     snapshot: str | None = None
     maintenance: bool = False
-    moved: list[GuestStep] = field(default_factory=list)
+    away: list[GuestStep] = field(default_factory=list)
+    upgrade_ran: bool = False
     rebooted: bool = False
     notes: list[str] = field(default_factory=list)
 
@@ -388,15 +390,15 @@ def guests_leave(run: NodeRun, upstream: object) -> int:
         try:
             if s.action == "migrate":
                 _migrate(run, s, step_name)
-                run.moved.append(s)
+                run.away.append(s)
             elif s.action == "shutdown":
                 _power(run, s, "shutdown")
-                run.moved.append(s)
+                run.away.append(s)
             else:
                 log.info("%s: %s", run.node, s)
         except MoxflowError as exc:
             raise UpdateStepFailed(run.node, step_name, f"{s.label}: {exc}") from exc
-    return len(run.moved)
+    return len(run.away)
 
 
 @dataclass(frozen=True, slots=True)
@@ -421,6 +423,7 @@ def upgrade(run: NodeRun, upstream: object) -> Upgraded:
             raise UpdateStepFailed(
                 run.node, "upgrade", f"refused: {before}", hint="run dpkg --configure -a"
             )
+        run.upgrade_ran = True  # from here on packages may have changed, a kernel among them
         result = ssh.run(dist_upgrade_argv(), timeout=limit, check=False)
         log.info("%s: apt-get dist-upgrade (exit %d):\n%s", run.node, result.exit_code,
                  result.stdout + (result.stderr or ""))  # fmt: skip
@@ -545,6 +548,7 @@ def guests_return(run: NodeRun, upstream: object) -> Verdict:
                 _power(run, s, "start")
         except MoxflowError as exc:
             raise UpdateStepFailed(run.node, step_name, f"{s.label}: {exc}") from exc
+        run.away = [a for a in run.away if a.vmid != s.vmid]
     # a reboot stops the guests left running that do not start on boot: start them again
     now = {g.vmid: g for g in run.client.resources()}
     for g in before:

@@ -17,6 +17,7 @@ from moxflow.pveupdate import (
     ClusterNode,
     ClusterStatus,
     DpkgAudit,
+    GuestStep,
     HaStatus,
     MigratePrecheck,
     NodeFacts,
@@ -758,7 +759,11 @@ def test_verify_guests() -> None:
 
 def test_failure_next_steps() -> None:
     steps = failure_next_steps(
-        "pve2", "rpool/ROOT/pve-1", "moxflow-pre-update-20241120-103000", "6.8.12-4-pve"
+        "pve2",
+        "rpool/ROOT/pve-1",
+        "moxflow-pre-update-20241120-103000",
+        "6.8.12-4-pve",
+        upgraded=True,
     )
     joined = "\n".join(steps)
     assert (
@@ -771,6 +776,51 @@ def test_failure_next_steps() -> None:
 
 
 def test_failure_next_steps_without_snapshot_or_maintenance() -> None:
-    steps = failure_next_steps("pve", "rpool/ROOT/pve-1", None, None, maintenance=False)
-    assert steps[1] == "no root snapshot was taken"
+    steps = failure_next_steps(
+        "pve", "rpool/ROOT/pve-1", None, "6.8.12-4-pve", upgraded=True, maintenance=False
+    )
+    assert steps[2] == "no root snapshot was taken"
     assert not any("maintenance" in s for s in steps)
+
+
+def test_failure_next_steps_before_the_upgrade_offer_no_kernel_pin() -> None:
+    """The roll stopped before apt-get dist-upgrade ran (guests-leave failed): no package
+    changed, so there is no previous kernel to boot and nothing to roll back."""
+    steps = failure_next_steps(
+        "pve2", "rpool/ROOT/pve-1", "moxflow-pre-update-20241120-103000", "6.8.12-4-pve",
+        upgraded=False,
+    )  # fmt: skip
+    joined = "\n".join(steps)
+    assert "proxmox-boot-tool" not in joined and "zfs rollback" not in joined
+    assert (
+        "no package was changed; the root snapshot "
+        "rpool/ROOT/pve-1@moxflow-pre-update-20241120-103000 is kept"
+    ) in joined
+
+
+def test_failure_next_steps_name_each_guest_left_away_and_how_to_bring_it_back() -> None:
+    away = [
+        GuestStep(104, "web", "qemu", "migrate", "pve2", "pve3", "online"),
+        GuestStep(105, "db", "lxc", "migrate", "pve2", "pve1", "restart"),
+        GuestStep(107, "", "qemu", "migrate", "pve2", "pve1", "offline"),
+        GuestStep(103, "gpu", "qemu", "shutdown", "pve2"),
+        GuestStep(108, "ct", "lxc", "shutdown", "pve2"),
+        GuestStep(100, "ha", "qemu", "ha", "pve2"),
+    ]
+    steps = failure_next_steps("pve2", "rpool/ROOT/pve-1", None, None, upgraded=False, away=away)
+    assert steps[2:-1] == [
+        "VM 100 (ha) was moved by HA node maintenance; it returns when maintenance is disabled",
+        "VM 103 (gpu) was shut down; to start it again, on pve2: `qm start 103`",
+        "VM 104 (web) was migrated to pve3; to bring it back, on pve3: "
+        "`qm migrate 104 pve2 --online`",
+        "CT 105 (db) was migrated to pve1; to bring it back, on pve1: "
+        "`pct migrate 105 pve2 --restart`",
+        "VM 107 was migrated to pve1; to bring it back, on pve1: `qm migrate 107 pve2`",
+        "CT 108 (ct) was shut down; to start it again, on pve2: `pct start 108`",
+    ]
+    assert steps[-1].startswith("pve2 stays in HA maintenance")
+    # out of maintenance (it never got there): no HA line
+    calm = failure_next_steps(
+        "pve2", "rpool/ROOT/pve-1", None, None, upgraded=False, maintenance=False, away=away
+    )
+    assert not any("HA" in s for s in calm)

@@ -286,13 +286,16 @@ def _roll(
             stopped = f"{n.node} {row.outcome.value}"
             if row.outcome is not Outcome.BUSY:
                 snapname = run.snapshot.partition("@")[2] if run.snapshot else None
+                ha_moved = [s for s in n.guests if s.action == "ha"] if run.maintenance else []
                 report.notes.extend(
                     failure_next_steps(
                         n.node,
                         inv.proxmox_update.root_dataset,
                         snapname,
                         states[n.node].facts.running_kernel,
+                        upgraded=run.upgrade_ran,
                         maintenance=run.maintenance,
+                        away=[*run.away, *ha_moved],
                     )
                 )
 

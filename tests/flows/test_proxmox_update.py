@@ -159,6 +159,34 @@ def test_upgrade_failing_on_node_2_stops_the_roll(pve: LabClient, tmp_path: Path
     text = "\n".join(report.notes)
     assert snap in text and "proxmox-boot-tool kernel pin 6.14.11-4-pve" in text
     assert "node-maintenance disable pve2" in text
+    # the guests it sent away, each with the way back (they stay where they went)
+    assert "VM 103 (vm-103) was shut down; to start it again, on pve2: `qm start 103`" in text
+    assert "`qm migrate 104 pve2 --online`" in text and "`pct migrate 105 pve2 --restart`" in text
+    assert placement(st)["103"] == ("pve2", "stopped") and placement(st)["104"][0] != "pve2"
+
+
+def test_a_roll_stopped_before_the_upgrade_offers_no_kernel_pin(
+    pve: LabClient, tmp_path: Path
+) -> None:
+    """CT 102 is locked (a backup of another tool): pve1's guests-leave stops after VM 101
+    (stopped) moved. No package changed: the next steps name VM 101's way back and maintenance, and
+    offer no kernel to pin and no rollback."""
+    pve.set_guest(102, lock="backup")
+    report = run_failing(inventory(pve, tmp_path.name), only=["pve1"])
+    st = pve.state()
+    assert row(report, "pve1").outcome is Outcome.FAILED
+    assert "guests-leave" in row(report, "pve1").detail
+    assert apt(st, "pve1")["installed"] == apt(pve.state(), "pve2")["installed"]  # untouched
+    text = "\n".join(report.notes)
+    assert "proxmox-boot-tool" not in text and "zfs rollback" not in text
+    where = placement(st)["101"][0]
+    assert where != "pve1"
+    assert (
+        f"VM 101 (vm-101) was migrated to {where}; to bring it back, on {where}: "
+        "`qm migrate 101 pve1`"
+    ) in text
+    assert "VM 100 (vm-100) was moved by HA node maintenance" in text
+    assert "node-maintenance disable pve1" in text
 
 
 def test_node_never_back_times_out_into_the_same_state(pve: LabClient, tmp_path: Path) -> None:
