@@ -181,6 +181,11 @@ class ProxmoxUpdateParams(FlowParams):
         description="seconds to wait for a node another moxflow run holds; then it is busy "
         "and the roll stops",
     )
+    no_snapshot: bool = Field(
+        default=False,
+        description="do not snapshot the nodes' root datasets (nodes without a ZFS root): a "
+        "failed upgrade then has no snapshot to go back to; the report says so",
+    )
     dry_run: DryRun = False
     inventory: InventoryFile = None
 

@@ -1,8 +1,10 @@
 """Update the Proxmox VE nodes one at a time: snapshot, guests leave, upgrade, reboot, verify.
 
 Pre-flight for the whole cluster first, before any change: quorate, every node online, no
-backup, migration or other blocking task running, no broken dpkg, and a two-node cluster
-only with a QDevice ([proxmox_update] two_node_without_qdevice). The package lists are
+backup, migration or other blocking task running, no broken dpkg, each node's root dataset
+there to snapshot ([proxmox_update] root_dataset; --no-snapshot for nodes without a ZFS
+root: no snapshot then, and the report says so first), and a two-node cluster only with a
+QDevice ([proxmox_update] two_node_without_qdevice). The package lists are
 refreshed through the API (the aptupdate task); a node with nothing to upgrade is skipped.
 --dry-run stops there and shows per node the packages (current → new), whether it reboots
 and why, and what happens to each guest.

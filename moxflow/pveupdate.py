@@ -78,6 +78,7 @@ __all__ = [
     "failed_units_argv",
     "failure_next_steps",
     "held_packages_argv",
+    "judge_root_dataset",
     "kernel_abi",
     "kernel_list_argv",
     "last_upgrade",
@@ -100,6 +101,7 @@ __all__ = [
     "prove_reboot",
     "pveversion_argv",
     "return_steps",
+    "root_dataset_argv",
     "root_snapshot_argv",
     "verify_guests",
     "verify_node",
@@ -712,6 +714,23 @@ def root_snapshot_argv(dataset: str, name: str) -> list[str]:
     return snapshot_argv(dataset, name)
 
 
+def root_dataset_argv(dataset: str) -> list[str]:
+    """``zfs list -H -p -o name DATASET``: the dataset's name when it exists; judge with
+    :func:`judge_root_dataset` (run without check)."""
+    return ["zfs", "list", "-H", "-p", "-o", "name", validate_dataset(dataset)]
+
+
+def judge_root_dataset(dataset: str, exit_code: int, stdout: str, stderr: str) -> str | None:
+    """Why ``dataset`` cannot be snapshotted on a node, from :func:`root_dataset_argv`'s
+    result (``cannot open 'x': dataset does not exist``; ``zfs: command not found`` on a
+    node without ZFS); None when it exists."""
+    if exit_code == 0 and stdout.strip().splitlines()[:1] == [dataset]:
+        return None
+    said = (stderr or stdout).strip().splitlines()
+    why = said[-1] if said else f"zfs list exited {exit_code}"
+    return f"root dataset {dataset} not found ({why})"
+
+
 def kernel_list_argv() -> list[str]:
     """``proxmox-boot-tool kernel list``; parse with :func:`parse_kernel_list`."""
     return ["proxmox-boot-tool", "kernel", "list"]
@@ -772,6 +791,7 @@ def preflight(
     dpkg: Mapping[str, DpkgAudit] | None = None,
     held: Mapping[str, Sequence[str]] | None = None,
     broken: Mapping[str, Mapping[str, str]] | None = None,
+    roots: Mapping[str, str | None] | None = None,
 ) -> Preflight:
     """Judge the whole cluster before any change.
 
@@ -780,7 +800,9 @@ def preflight(
     cluster without a connected QDevice (unless ``two_node`` is ``allow``, and never with HA
     resources, whose watchdog fences a node that loses quorum); a node whose dpkg is broken
     (``dpkg``: ``dpkg --audit`` per node; ``broken``: half installed packages from
-    :func:`parse_apt_versions`). Held packages (``held`` per node) are warnings.
+    :func:`parse_apt_versions`); a node whose root dataset cannot be snapshotted (``roots``:
+    node → :func:`judge_root_dataset`; left out with ``--no-snapshot``). Held packages
+    (``held`` per node) are warnings.
     """
     reasons: list[str] = []
     warnings: list[str] = []
@@ -816,6 +838,13 @@ def preflight(
         if states:
             half = ", ".join(f"{p} {s}" for p, s in sorted(states.items()))
             reasons.append(f"{node}: packages half installed: {half}")
+    for node, problem in sorted((roots or {}).items()):
+        if problem:
+            reasons.append(
+                f"{node}: {problem}; nothing changes without the pre-update snapshot: "
+                "correct [proxmox_update] root_dataset, or, for a node without a ZFS root, "
+                "run with --no-snapshot (then there is no snapshot to go back to)"
+            )
     for node, names in sorted((held or {}).items()):
         if names:
             warnings.append(f"{node}: held packages stay at their version: {', '.join(names)}")
@@ -1086,6 +1115,7 @@ class NodePlan:
     maintenance: bool = False
     snapshot: str | None = None
     skip: str | None = None
+    no_snapshot: bool = False
 
     def describe(self) -> list[str]:
         """The node's part of the ``--dry-run`` text."""
@@ -1094,7 +1124,9 @@ class NodePlan:
         count = len(self.packages)
         lines = [f"{self.node}: {count} package{'s' if count != 1 else ''} to upgrade"]
         lines.extend(f"    {p}" for p in self.packages)
-        if self.snapshot:
+        if self.no_snapshot:
+            lines.append("  snapshot: NONE (--no-snapshot: nothing to roll back to)")
+        elif self.snapshot:
             lines.append(f"  snapshot: {self.snapshot}")
         if self.maintenance:
             lines.append("  HA node maintenance: enabled during the update")
@@ -1139,6 +1171,7 @@ def plan_roll(
     policy: GuestPolicy | None = None,
     reboot: RebootPolicy | None = None,
     bystanders: Sequence[NodeFacts] = (),
+    no_snapshot: bool = False,
 ) -> RollPlan:
     """Plan the roll over ``facts`` (the nodes to update); ``bystanders`` are the cluster's
     other nodes, not updated by this roll (``--only``) but migration targets like the rest
@@ -1149,7 +1182,7 @@ def plan_roll(
     facts: pre-flight refuses the roll). Each
     node's guests go to nodes already planned (upgraded, at ``new_version``) first.
     ``snapshot`` is the root snapshot's name (known at run time; the dry run passes one made
-    from its own time).
+    from its own time); ``no_snapshot`` (``--no-snapshot``) plans none.
     """
     if settings.nodes:
         rank = {n: i for i, n in enumerate(settings.nodes)}
@@ -1193,7 +1226,7 @@ def plan_roll(
             pinned=bool(kernels and (kernels.pinned or kernels.next_boot_pin)),
         )
         name = None
-        if snapshot is not None:
+        if snapshot is not None and not no_snapshot:
             name = f"{dataset}@{validate_zfs_snapname(snapshot)}"
         plans.append(
             NodePlan(
@@ -1204,6 +1237,7 @@ def plan_roll(
                 returns=tuple(return_steps(steps)),
                 maintenance=ha is not None and ha.active,
                 snapshot=name,
+                no_snapshot=no_snapshot,
             )
         )
         done.add(node.name)

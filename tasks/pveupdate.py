@@ -52,6 +52,7 @@ from moxflow.pveupdate import (
     dpkg_audit_argv,
     failed_units_argv,
     held_packages_argv,
+    judge_root_dataset,
     kernel_list_argv,
     maintenance_argv,
     parse_apt_updates,
@@ -68,6 +69,7 @@ from moxflow.pveupdate import (
     parse_running_tasks,
     prove_reboot,
     pveversion_argv,
+    root_dataset_argv,
     root_snapshot_argv,
     verify_guests,
     verify_node,
@@ -107,6 +109,7 @@ class NodeState:
     audit: DpkgAudit
     failed_units: frozenset[str]
     uptime: int
+    root_problem: str | None = None
 
 
 @step("pveupdate-cluster", "cluster: facts")
@@ -166,10 +169,16 @@ def _refused_enterprise_repo(log: Sequence[str]) -> str | None:
 
 @step("pveupdate-facts", "{node}: facts")
 def node_facts(
-    inv: Inventory, client: ProxmoxClient, node: str, guests: Sequence[Guest], migrate: bool
+    inv: Inventory,
+    client: ProxmoxClient,
+    node: str,
+    guests: Sequence[Guest],
+    migrate: bool,
+    root: str | None,
 ) -> NodeState:
     """A node's facts, read-only: pending upgrades, installed versions and the running kernel
-    (API); the kernel list, failed units, ``dpkg --audit`` and held packages (SSH); with
+    (API); the kernel list, failed units, ``dpkg --audit``, held packages and whether the
+    root dataset ``root`` exists (SSH; None: not looked for, ``--no-snapshot``); with
     ``migrate``, each guest's migration pre-check."""
     pending = parse_apt_updates(client.pending_updates(node))
     installed = parse_apt_versions(client.apt_versions(node))
@@ -179,6 +188,10 @@ def node_facts(
         failed = parse_failed_units(ssh.run(failed_units_argv()).stdout)
         audit = parse_dpkg_audit(ssh.run(dpkg_audit_argv()).stdout)
         held = parse_held_packages(ssh.run(held_packages_argv()).stdout)
+        root_problem = None
+        if root is not None:
+            found = ssh.run(root_dataset_argv(root), check=False)
+            root_problem = judge_root_dataset(root, found.exit_code, found.stdout, found.stderr)
     mine = tuple(g for g in guests if g.node == node)
     prechecks: dict[int, MigratePrecheck] = {}
     if migrate:
@@ -200,7 +213,7 @@ def node_facts(
         prechecks=prechecks,
         held=held,
     )
-    return NodeState(facts, installed, audit, failed, status.uptime)
+    return NodeState(facts, installed, audit, failed, status.uptime, root_problem)
 
 
 @step("pveupdate-bystander", "{node}: facts (migration target)")
@@ -229,6 +242,7 @@ class NodeRun:
     state: NodeState
     now: datetime
     tz: tzinfo
+    no_snapshot: bool = False
     snapshot: str | None = None
     maintenance: bool = False
     away: list[GuestStep] = field(default_factory=list)
@@ -266,11 +280,16 @@ def _wait(what: str, node: str, step_name: str, timeout: float, check: Callable[
 
 
 @step("pveupdate-snapshot", "{run.node}: snapshot")
-def snapshot(run: NodeRun) -> str:
+def snapshot(run: NodeRun) -> str | None:
     """``zfs snapshot`` of the node's root dataset (label ``pre-update``, a moxflow name),
     then prune moxflow's own ``pre-update`` snapshots there by the policy (never the new one).
-    Idempotent: the name carries the run's time; one that exists is an earlier attempt's."""
+    Idempotent: the name carries the run's time; one that exists is an earlier attempt's.
+    With ``--no-snapshot`` it takes none, and says so (None)."""
     log = get_run_logger()
+    if run.no_snapshot:
+        log.warning("%s: NO root snapshot (--no-snapshot): nothing to roll back to", run.node)
+        run.notes.append("no root snapshot (--no-snapshot)")
+        return None
     dataset = run.settings.root_dataset
     name = snapshot_name(SNAPSHOT_LABEL, run.now)
     job = DatasetJob(run.node, dataset, False, run.inv.proxmox_update_policy(SNAPSHOT_LABEL))

@@ -35,6 +35,15 @@ OPTIONS = {
     "flows.restore_test": ["--inventory", "--dry-run", "--select", "--scratch-vmid", "--storage"],
     "flows.restore": ["--vmid", "--backup", "--target-vmid", "--force", "--storage", "--node"],
     "flows.health_report": ["--inventory", "--dry-run", "--only"],
+    "flows.proxmox_update": [
+        "--inventory",
+        "--dry-run",
+        "--only",
+        "--guests",
+        "--reboot",
+        "--lock-timeout",
+        "--no-snapshot",
+    ],
 }
 
 

@@ -33,6 +33,7 @@ from moxflow.pveupdate import (
     failed_units_argv,
     failure_next_steps,
     held_packages_argv,
+    judge_root_dataset,
     kernel_abi,
     kernel_list_argv,
     last_upgrade,
@@ -55,6 +56,7 @@ from moxflow.pveupdate import (
     prove_reboot,
     pveversion_argv,
     return_steps,
+    root_dataset_argv,
     root_snapshot_argv,
     verify_guests,
     verify_node,
@@ -341,6 +343,38 @@ def test_commands() -> None:
     assert held_packages_argv() == ["apt-mark", "showhold"]
 
 
+@pytest.mark.parametrize(
+    ("exit_code", "stdout", "stderr", "problem"),
+    [
+        (0, "rpool/ROOT/pve-1\n", "", None),
+        (
+            1,
+            "",
+            "cannot open 'rpool/ROOT/pve-1': dataset does not exist\n",
+            "root dataset rpool/ROOT/pve-1 not found "
+            "(cannot open 'rpool/ROOT/pve-1': dataset does not exist)",
+        ),
+        (
+            127,
+            "",
+            "sh: 1: zfs: not found\n",
+            "root dataset rpool/ROOT/pve-1 not found (sh: 1: zfs: not found)",
+        ),
+        (0, "rpool/ROOT\n", "", "root dataset rpool/ROOT/pve-1 not found (rpool/ROOT)"),
+    ],
+)
+def test_judge_root_dataset(exit_code: int, stdout: str, stderr: str, problem: str | None) -> None:
+    assert root_dataset_argv("rpool/ROOT/pve-1") == [
+        *("zfs", "list", "-H", "-p", "-o", "name", "rpool/ROOT/pve-1")
+    ]
+    assert judge_root_dataset("rpool/ROOT/pve-1", exit_code, stdout, stderr) == problem
+
+
+def test_root_dataset_refuses_hostile_names() -> None:
+    with pytest.raises(UnsafeNameError):
+        root_dataset_argv("rpool/ROOT;reboot")
+
+
 @pytest.mark.parametrize("node", ["pve1;reboot", "-x", ""])
 def test_maintenance_refuses_hostile_names(node: str) -> None:
     with pytest.raises(UnsafeNameError):
@@ -388,6 +422,12 @@ def test_a_healthy_cluster_passes() -> None:
         ),
         ({"broken": {"pve1": {"libpve-storage-perl": "HalfConfigured"}}}, "half installed"),
         ({"ha": HaStatus(master="pve1", nodes={"pve3": "fence"})}, "HA reports node pve3 fence"),
+        (
+            {"roots": {"pve1": None, "pve2": "root dataset rpool/ROOT/pve-1 not found (x)"}},
+            "pve2: root dataset rpool/ROOT/pve-1 not found (x); nothing changes without the "
+            "pre-update snapshot: correct [proxmox_update] root_dataset, or, for a node "
+            "without a ZFS root, run with --no-snapshot",
+        ),
     ],
 )
 def test_refusals(kwargs: dict[str, Any], reason: str) -> None:
@@ -712,6 +752,17 @@ def test_dry_run_text() -> None:
     assert "  HA node maintenance: enabled during the update" in lines
     assert any(line.startswith("  reboot: no (reboot pending (reboot = never)") for line in lines)
     assert "  guest VM 100 (g100): migrate online pve1 → pve2" in lines
+
+
+def test_no_snapshot_plans_none_and_says_so() -> None:
+    nodes = [facts("pve1", [vm(100, "pve1")])]
+    name = "moxflow-pre-update-20241120-103000"
+    plan = plan_roll(nodes, ProxmoxUpdateSettings(), Preflight(), snapshot=name, no_snapshot=True)
+    [pve1] = plan.nodes
+    assert pve1.snapshot is None and pve1.no_snapshot
+    assert "  snapshot: NONE (--no-snapshot: nothing to roll back to)" in plan.describe()
+    taken = plan_roll(nodes, ProxmoxUpdateSettings(), Preflight(), snapshot=name)
+    assert taken.nodes[0].snapshot == f"rpool/ROOT/pve-1@{name}"
 
 
 def test_plan_roll_refuses_a_hostile_snapshot_name() -> None:

@@ -53,6 +53,10 @@ from tasks.pveupdate import (
 from tasks.targets import SCRATCH_TARGET, hold, node_target
 
 JOB = "proxmox-update"
+NO_SNAPSHOT = (
+    "WARNING: --no-snapshot: no node's root dataset is snapshotted before its upgrade; "
+    "a failed upgrade has no snapshot to go back to"
+)
 
 
 def _cells(plan: NodePlan, snap: str | None = None) -> dict[str, str]:
@@ -64,7 +68,7 @@ def _cells(plan: NodePlan, snap: str | None = None) -> dict[str, str]:
     return {
         "packages": str(count) if count else "",
         "reboot": reboot_text,
-        "snapshot": snap or "",
+        "snapshot": snap or ("NONE (--no-snapshot)" if plan.no_snapshot else ""),
     }
 
 
@@ -132,6 +136,7 @@ def proxmox_update(
     guests: GuestPolicy | None = None,
     reboot: RebootPolicy | None = None,
     lock_timeout: float = 120.0,
+    no_snapshot: bool = False,
     dry_run: bool = False,
     inventory: str | None = None,
 ) -> RunReport | State[Any]:
@@ -142,11 +147,15 @@ def proxmox_update(
         guests=guests,
         reboot=reboot,
         lock_timeout=lock_timeout,
+        no_snapshot=no_snapshot,
         dry_run=dry_run,
         inventory=inventory,
     )
     inv = load_inventory(p.inventory)
     report = RunReport(job=JOB, label="update", dry_run=p.dry_run, counts_snapshots=False)
+    if p.no_snapshot:
+        report.notes.append(NO_SNAPSHOT)
+        get_run_logger().warning("%s", NO_SNAPSHOT)
     now, tz = utc_now(), ZoneInfo(inv.timezone)
     with proxmox_client(inv) as client:
         nodes = _nodes(inv, client, p.only)
@@ -186,8 +195,9 @@ def _update(
             continue
         try:
             tuned(refresh_lists, inv)(client, node)
+            root = None if p.no_snapshot else settings.root_dataset
             states[node] = tuned(node_facts, inv)(
-                inv, client, node, facts.guests, policy == "migrate"
+                inv, client, node, facts.guests, policy == "migrate", root
             )
         except MoxflowError as exc:
             refused.append(f"{node}: {exc}")
@@ -217,7 +227,7 @@ def _update(
             detail = n.skip or " | ".join(line.strip() for line in n.describe()[1:])
             report.add(ReportRow(n.node, outcome, detail=detail, cells=_cells(n, n.snapshot)))
         return
-    _roll(report, inv, client, plan, states, now, tz, p.lock_timeout)
+    _roll(report, inv, client, plan, states, now, tz, p.lock_timeout, p.no_snapshot)
 
 
 def _plan(
@@ -239,6 +249,7 @@ def _plan(
         dpkg={n: s.audit for n, s in states.items()},
         held={n: s.facts.held for n, s in states.items()},
         broken={n: s.installed.broken for n, s in states.items()},
+        roots={n: s.root_problem for n, s in states.items()},
     )
     online = [n for n in facts.cluster.nodes if n.online]
     # HA maintenance needs another node to move the HA services to
@@ -252,6 +263,7 @@ def _plan(
         policy=p.guests,
         reboot=p.reboot,
         bystanders=bystanders,
+        no_snapshot=p.no_snapshot,
     )
 
 
@@ -264,6 +276,7 @@ def _roll(
     now: datetime,
     tz: ZoneInfo,
     wait: float,
+    no_snapshot: bool = False,
 ) -> None:
     """The nodes in the plan's order, one subflow run each; the first failure stops it."""
     logger = get_run_logger()
@@ -275,7 +288,7 @@ def _roll(
         if n.skip:
             report.add(ReportRow(n.node, Outcome.SKIPPED, detail=n.skip, cells=_cells(n)))
             continue
-        run = NodeRun(inv, client, n, states[n.node], now, tz)
+        run = NodeRun(inv, client, n, states[n.node], now, tz, no_snapshot)
         state = update_node(n.node, run, wait, return_state=True)
         row = state.result(raise_on_failure=False)
         if not isinstance(row, ReportRow):

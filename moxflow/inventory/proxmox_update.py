@@ -89,7 +89,9 @@ class ProxmoxUpdateSettings(Section):
         default="rpool/ROOT/pve-1",
         description=(
             "The ZFS dataset of each node's root file system, snapshotted before its upgrade "
-            "(label pre-update). It does not hold the kernels, which live on the EFI partitions."
+            "(label pre-update); pre-flight refuses a node that does not have it (run with "
+            "--no-snapshot for nodes without a ZFS root). It does not hold the kernels, which "
+            "live on the EFI partitions."
         ),
     )
     policies: Policies = Field(

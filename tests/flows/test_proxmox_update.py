@@ -268,6 +268,39 @@ def test_guests_onboot_already_started_are_back_not_a_failure(
     assert "/nodes/pve2/qemu/104/status/start" in posts
 
 
+def test_a_missing_root_dataset_is_refused_before_any_change_unless_no_snapshot(
+    pve: LabClient, tmp_path: Path
+) -> None:
+    """The inventory names a root dataset the nodes do not have: pre-flight refuses, naming
+    it and --no-snapshot, before any change. With --no-snapshot the node is updated without
+    a snapshot, and the report says so loudly."""
+    before = pve.state()
+    bad = "rpool/ROOT/debian"
+    inv = inventory(pve, tmp_path.name, reboot_timeout=4.0).read_text()
+    inv = inv.replace("[proxmox_update]\n", f'[proxmox_update]\nroot_dataset = "{bad}"\n', 1)
+    path = pve.dir / f"{tmp_path.name}-root.toml"
+    path.write_text(inv)
+    report = run_failing(path)
+    st = pve.state()
+    refused = row(report, "cluster").detail
+    assert f"root dataset {bad} not found (cannot open '{bad}': dataset does not exist)" in refused
+    assert "--no-snapshot" in refused
+    assert {row(report, n).outcome for n in ("pve1", "pve2", "pve3")} == {Outcome.SKIPPED}
+    for node in ("pve1", "pve2", "pve3"):
+        assert apt(st, node)["installed"] == apt(before, node)["installed"]
+        assert apt(st, node)["maintenance"] is False and pre_update(st, node) == []
+    assert placement(st) == placement(before)
+
+    report = run(path, only=["pve1"], no_snapshot=True)
+    st = pve.state()
+    assert row(report, "pve1").outcome is Outcome.OK
+    assert apt(st, "pve1")["pending"] == {} and apt(st, "pve1")["reboots"] == 1
+    assert pre_update(st, "pve1") == []
+    assert report.notes[0].startswith("WARNING: --no-snapshot: no node's root dataset is")
+    assert row(report, "pve1").cell("snapshot") == "NONE (--no-snapshot)"
+    assert "no root snapshot (--no-snapshot)" in row(report, "pve1").detail
+
+
 def test_a_node_another_run_holds_is_busy_and_untouched(pve: LabClient, tmp_path: Path) -> None:
     before = pve.state()
     with hold([node_target("pve2")], wait=0):
