@@ -20,12 +20,13 @@ Then, one node at a time (a subflow run per node, named after it):
   upgrade        apt-get dist-upgrade non-interactively over SSH (then autoremove);
                  dpkg --audit before and after; the whole output in the run's log
   reboot         only when the kernel it boots next is not the running one (or
-                 --reboot always); proven by the API's uptime, then online, SSH,
-                 pveversion and quorum, within [proxmox_update] reboot_timeout
+                 --reboot always); proven by the API's uptime, then online, quorum,
+                 SSH, pveversion and the cluster services (pve-cluster, pveproxy,
+                 pvedaemon, pve-ha-lrm active), within [proxmox_update] reboot_timeout
   verify         online, quorate, the expected kernel, no newly failed systemd unit
-  guests-return  leave maintenance, migrate back, start what was shut down (one onboot
-                 already started counts as back); every guest where it was and running
-                 as before
+  guests-return  leave maintenance (once pve-ha-lrm runs again), migrate back, start
+                 what was shut down (one onboot already started counts as back); every
+                 guest where it was and running as before
 
 The first failure stops the roll: the nodes after it are not started, the failed node stays
 in maintenance with its snapshot kept, and the report says what to do next (the guests it

@@ -48,6 +48,7 @@ from moxflow.zfs import snapshot_argv
 
 __all__ = [
     "BLOCKING_TASK_TYPES",
+    "CLUSTER_SERVICES",
     "SNAPSHOT_LABEL",
     "ClusterNode",
     "ClusterStatus",
@@ -83,6 +84,7 @@ __all__ = [
     "kernel_list_argv",
     "last_upgrade",
     "maintenance_argv",
+    "not_active",
     "parse_apt_updates",
     "parse_apt_versions",
     "parse_cluster_status",
@@ -95,6 +97,7 @@ __all__ = [
     "parse_node_status",
     "parse_qdevice",
     "parse_running_tasks",
+    "parse_service_states",
     "plan_guests",
     "plan_roll",
     "preflight",
@@ -103,6 +106,7 @@ __all__ = [
     "return_steps",
     "root_dataset_argv",
     "root_snapshot_argv",
+    "services_argv",
     "verify_guests",
     "verify_node",
 ]
@@ -138,6 +142,11 @@ BLOCKING_TASK_TYPES = frozenset(
 """Task types that refuse a roll while running: backups, migrations, restores, clones,
 snapshots, disk moves, bulk start/stop and package list refreshes. Console sessions
 (``vncproxy``, ``termproxy``, ...) and guest start/stop run for long or often and do not."""
+
+CLUSTER_SERVICES = ("pve-cluster", "pveproxy", "pvedaemon", "pve-ha-lrm")
+"""The services a node back from its reboot must run before the roll goes on: the cluster
+file system, the API (proxy and daemon) and the HA local resource manager (maintenance is
+only left once it runs again)."""
 
 _KERNEL_PACKAGE_RE = re.compile(r"(?:proxmox|pve)-kernel-(?P<rest>[0-9].*)", re.ASCII)
 _KERNEL_ABI_RE = re.compile(r"(?P<abi>[0-9]+\.[0-9]+\.[0-9]+-[0-9]+-pve)(?:-signed)?", re.ASCII)
@@ -662,6 +671,19 @@ def parse_dpkg_audit(stdout: str) -> DpkgAudit:
     return DpkgAudit(tuple(dict.fromkeys(packages)), stdout)
 
 
+def parse_service_states(units: Sequence[str], stdout: str) -> dict[str, str]:
+    """Each unit's state from ``systemctl is-active UNIT...`` (one word a line, in the order
+    asked: ``active``, ``activating``, ``inactive``, ``failed``, ...); ``unknown`` for a
+    unit it did not answer for."""
+    words = [line.strip() for line in stdout.splitlines() if line.strip()]
+    return {u: (words[i] if i < len(words) else "unknown") for i, u in enumerate(units)}
+
+
+def not_active(states: Mapping[str, str]) -> list[str]:
+    """``unit state`` of each unit in ``states`` that is not ``active``."""
+    return [f"{u} {state}" for u, state in states.items() if state != "active"]
+
+
 def parse_held_packages(stdout: str) -> tuple[str, ...]:
     """Package names from ``apt-mark showhold``, one a line, sorted."""
     return tuple(sorted({line.strip() for line in stdout.splitlines() if line.strip()}))
@@ -729,6 +751,12 @@ def judge_root_dataset(dataset: str, exit_code: int, stdout: str, stderr: str) -
     said = (stderr or stdout).strip().splitlines()
     why = said[-1] if said else f"zfs list exited {exit_code}"
     return f"root dataset {dataset} not found ({why})"
+
+
+def services_argv(units: Sequence[str] = CLUSTER_SERVICES) -> list[str]:
+    """``systemctl is-active UNIT...`` (exit 3 unless all are active: run without check);
+    parse with :func:`parse_service_states`."""
+    return ["systemctl", "is-active", *units]
 
 
 def kernel_list_argv() -> list[str]:

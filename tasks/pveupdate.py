@@ -35,6 +35,7 @@ from moxflow.naming import snapshot_name
 from moxflow.pacing import poll_until
 from moxflow.proxmox import ProxmoxClient
 from moxflow.pveupdate import (
+    CLUSTER_SERVICES,
     SNAPSHOT_LABEL,
     ClusterStatus,
     DpkgAudit,
@@ -55,6 +56,7 @@ from moxflow.pveupdate import (
     judge_root_dataset,
     kernel_list_argv,
     maintenance_argv,
+    not_active,
     parse_apt_updates,
     parse_apt_versions,
     parse_cluster_status,
@@ -67,10 +69,12 @@ from moxflow.pveupdate import (
     parse_node_status,
     parse_qdevice,
     parse_running_tasks,
+    parse_service_states,
     prove_reboot,
     pveversion_argv,
     root_dataset_argv,
     root_snapshot_argv,
+    services_argv,
     verify_guests,
     verify_node,
 )
@@ -259,11 +263,27 @@ class NodeRun:
         return self.inv.proxmox_update
 
 
-def _wait(what: str, node: str, step_name: str, timeout: float, check: Callable[[], T | None]) -> T:
+@dataclass
+class Seen:
+    """What a wait's last look saw that was not yet what it waits for (for its timeout)."""
+
+    why: str = ""
+
+
+def _wait(
+    what: str,
+    node: str,
+    step_name: str,
+    timeout: float,
+    check: Callable[[], T | None],
+    seen: Seen | None = None,
+) -> T:
     """Call ``check`` until it returns something (not None), at most ``timeout`` seconds,
     with backoff (``moxflow.pacing.poll_until``: 0.5 s apart at first, sooner under a short
     bound, doubling to 5 s, the last look at the bound). A transient API error or a refused
-    SSH connection (a node rebooting) counts as not yet."""
+    SSH connection (a node rebooting) counts as not yet. The timeout's error says what the
+    last look saw (``seen``, which ``check`` fills in)."""
+    seen = seen if seen is not None else Seen()
 
     def look() -> T | None:
         try:
@@ -271,12 +291,22 @@ def _wait(what: str, node: str, step_name: str, timeout: float, check: Callable[
         except (MoxflowError, OSError) as exc:
             if not getattr(exc, "transient", True) and not isinstance(exc, SshError):
                 raise
+            seen.why = str(exc)
             return None
 
     found = poll_until(look, timeout)
     if found is None:
-        raise UpdateStepFailed(node, step_name, f"{what}: not within {timeout:g} s")
+        last = f"; last seen: {seen.why}" if seen.why else ""
+        raise UpdateStepFailed(node, step_name, f"{what}: not within {timeout:g} s{last}")
     return found
+
+
+def _services_down(run: NodeRun, units: Sequence[str] = CLUSTER_SERVICES) -> list[str]:
+    """``unit state`` of each of ``units`` not active on the node (``systemctl is-active``
+    over SSH)."""
+    with ssh_runner(run.inv, run.node) as ssh:
+        answer = ssh.run(services_argv(units), check=False)
+    return not_active(parse_service_states(units, answer.stdout))
 
 
 @step("pveupdate-snapshot", "{run.node}: snapshot")
@@ -473,8 +503,10 @@ class Rebooted:
 def reboot(run: NodeRun, upstream: object) -> Rebooted:
     """Request the reboot through the API, prove it by the API's uptime (smaller than the
     time since the request: a node that merely answers proves nothing), then wait until it
-    is online in the API, SSH answers, ``pveversion`` responds and the cluster is quorate.
-    Bounded by ``reboot_timeout``. Not retried: a second request would reboot it twice."""
+    is online in the API, the cluster quorate, SSH answers, ``pveversion`` responds and the
+    cluster services run (``systemctl is-active pve-cluster pveproxy pvedaemon pve-ha-lrm``:
+    they activate a while after SSH is up). Bounded by ``reboot_timeout``. Not retried: a
+    second request would reboot it twice."""
     log = get_run_logger()
     node = run.node
     started = time.monotonic()
@@ -495,16 +527,24 @@ def reboot(run: NodeRun, upstream: object) -> Rebooted:
     run.rebooted = True
     log.info("%s: rebooted: %s", node, proof)
 
+    seen = Seen()
+
     def back() -> bool | None:
         cluster = parse_cluster_status(run.client.cluster_status())
         row = next((n for n in cluster.nodes if n.name == node), None)
         if row is None or not row.online or not cluster.quorate:
+            seen.why = "not online in the cluster" if cluster.quorate else "no quorum"
             return None
         with ssh_runner(run.inv, node) as ssh:
             ssh.run(pveversion_argv())
+        down = _services_down(run)
+        if down:
+            seen.why = "not active: " + ", ".join(down)
+            return None
         return True
 
-    _wait("online, SSH, pveversion and quorum after the reboot", node, "reboot", left(), back)
+    what = "online, quorum, SSH, pveversion and the cluster services after the reboot"
+    _wait(what, node, "reboot", left(), back, seen)
     return Rebooted(proof, time.monotonic() - started)
 
 
@@ -532,13 +572,31 @@ def verify(run: NodeRun, upstream: object) -> Verdict:
     "pveupdate-guests-return", "{run.node}: guests-return", retries=0
 )  # not idempotent: never blind
 def guests_return(run: NodeRun, upstream: object) -> Verdict:
-    """Leave HA maintenance (the CRM moves the HA services back; waits for them), migrate
-    back what left, start what was shut down, and start what the reboot stopped; then the
-    guests must be where they were and running as before."""
+    """Leave HA maintenance once ``pve-ha-lrm`` is active on the node (the CRM moves the HA
+    services back; waits for them), migrate back what left, start what was shut down, and
+    start what the reboot stopped; then the guests must be where they were and running as
+    before."""
     log = get_run_logger()
     step_name = "guests-return"
     before = [g for g in run.state.facts.guests if not g.template]
     if run.maintenance:
+        # never leave maintenance before the LRM runs again (an upgrade of pve-ha-manager
+        # restarts it; after a reboot it starts late): the CRM would hand it the services
+        lrm = Seen()
+
+        def lrm_up() -> bool | None:
+            down = _services_down(run, ["pve-ha-lrm"])
+            lrm.why = ", ".join(down)
+            return None if down else True
+
+        _wait(
+            "pve-ha-lrm active before leaving HA maintenance",
+            run.node,
+            step_name,
+            run.settings.maintenance_timeout,
+            lrm_up,
+            lrm,
+        )
         with ssh_runner(run.inv, run.node) as ssh:
             ssh.run(maintenance_argv(run.node, enable=False))
         ha_here = {g.vmid for g in before} & _ha(run).managed
@@ -576,12 +634,11 @@ def guests_return(run: NodeRun, upstream: object) -> Verdict:
             back = GuestStep(g.vmid, g.name, g.type, "start", g.node, reason="stopped by reboot")
             _power(run, back, "start")
 
+    last = Seen()
+
     def settled() -> Verdict | None:
         verdict = verify_guests(before, run.client.resources())
+        last.why = str(verdict)
         return verdict if verdict.ok else None
 
-    try:
-        return _wait("guests back as before", run.node, step_name, 10.0, settled)
-    except UpdateStepFailed:
-        verdict = verify_guests(before, run.client.resources())
-        raise UpdateStepFailed(run.node, step_name, str(verdict)) from None
+    return _wait("guests back as before", run.node, step_name, 10.0, settled, last)

@@ -10,6 +10,7 @@ import requests
 
 from labsim.client import LabClient, wait_until
 from moxflow.ssh import SshRunner
+from tests.conftest import LAB_TIME_SCALE
 
 
 def _api(lab: LabClient, method: str, path: str, **params: Any) -> requests.Response:
@@ -267,3 +268,30 @@ def test_boot_starts_onboot_guests_and_a_running_ct_refuses_to_start(
     assert (resp.status_code, resp.reason) == (500, "CT 105 already running")
     upid = _data(lab, "POST", "/nodes/pve1/qemu/101/status/start")
     assert _task(lab, upid)["exitstatus"] == "VM 101 already running"
+
+
+def test_services_activate_after_ssh_and_a_late_unit_stays_activating(
+    fresh_lab: LabClient,
+) -> None:
+    """After a boot SSH and pve-cluster answer first; pveproxy, pvedaemon and pve-ha-lrm
+    activate a while later (the ``services`` duration). A node's ``late_unit`` stays
+    activating after its next boot (or the restart an upgrade of its package makes)."""
+    lab = fresh_lab
+    units = ("pve-cluster", "pveproxy", "pvedaemon", "pve-ha-lrm")
+    lab.set_time_scale(0.2)  # the services take 0.8 s after the boot: seen from here
+    try:
+        assert _data(lab, "POST", "/nodes/pve2/status", command="reboot") is None
+        wait_until(lambda: _apt(lab, "pve2")["reboots"] == 1, timeout=20)
+        rc, out, _ = _ssh(lab, "pve2", "systemctl", "is-active", *units)
+        assert rc == 3 and out.splitlines()[0] == "active" and "activating" in out
+        wait_until(lambda: _ssh(lab, "pve2", "systemctl", "is-active", *units)[0] == 0)
+    finally:
+        lab.set_time_scale(LAB_TIME_SCALE)
+    lab.control("apt_node", node="pve1", late_unit="pve-ha-lrm")
+    assert _data(lab, "POST", "/nodes/pve1/status", command="reboot") is None
+    wait_until(lambda: _apt(lab, "pve1")["reboots"] == 1)
+    wait_until(lambda: _apt(lab, "pve1")["units"]["pveproxy"] == "active")
+    assert _ssh(lab, "pve1", "systemctl", "is-active", "pve-ha-lrm")[1] == "activating\n"
+    assert "pve-ha-lrm.service loaded activating start" in _ssh(lab, "pve1", "systemctl")[1]
+    lab.control("apt_node", node="pve1", late_unit="")
+    assert _ssh(lab, "pve1", "systemctl", "is-active", "pve-ha-lrm") == (0, "active\n", "")

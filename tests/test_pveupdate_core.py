@@ -14,6 +14,7 @@ from moxflow.errors import ParseError, UnsafeNameError
 from moxflow.guests import Guest
 from moxflow.inventory import ProxmoxUpdateSettings
 from moxflow.pveupdate import (
+    CLUSTER_SERVICES,
     ClusterNode,
     ClusterStatus,
     DpkgAudit,
@@ -38,6 +39,7 @@ from moxflow.pveupdate import (
     kernel_list_argv,
     last_upgrade,
     maintenance_argv,
+    not_active,
     parse_apt_updates,
     parse_apt_versions,
     parse_cluster_status,
@@ -50,6 +52,7 @@ from moxflow.pveupdate import (
     parse_node_status,
     parse_qdevice,
     parse_running_tasks,
+    parse_service_states,
     plan_guests,
     plan_roll,
     preflight,
@@ -58,6 +61,7 @@ from moxflow.pveupdate import (
     return_steps,
     root_dataset_argv,
     root_snapshot_argv,
+    services_argv,
     verify_guests,
     verify_node,
 )
@@ -292,6 +296,23 @@ def test_parse_failed_units() -> None:
     }
     assert parse_failed_units("") == frozenset()
     assert parse_failed_units("● x.service loaded failed failed X\n") == {"x.service"}
+
+
+def test_parse_service_states() -> None:
+    assert services_argv() == [
+        *("systemctl", "is-active", "pve-cluster", "pveproxy", "pvedaemon", "pve-ha-lrm")
+    ]
+    states = parse_service_states(CLUSTER_SERVICES, "active\nactive\nactivating\n")
+    assert states == {
+        "pve-cluster": "active",
+        "pveproxy": "active",
+        "pvedaemon": "activating",
+        "pve-ha-lrm": "unknown",  # no answer for it
+    }
+    assert not_active(states) == ["pvedaemon activating", "pve-ha-lrm unknown"]
+    all_up = parse_service_states(CLUSTER_SERVICES, "active\n" * 4)
+    assert not_active(all_up) == []
+    assert not_active(parse_service_states(["pve-ha-lrm"], "failed\n")) == ["pve-ha-lrm failed"]
 
 
 def test_parse_dpkg_audit() -> None:

@@ -46,15 +46,20 @@ def pve(lab3: LabClient) -> LabClient:
     return lab3
 
 
-def inventory(lab: LabClient, name: str, extra: str = "", reboot_timeout: float = 4.0) -> Path:
-    """The lab's inventory with a [proxmox_update] section: nodes in order, short waits."""
+def inventory(
+    lab: LabClient, name: str, extra: str = "", reboot_timeout: float = 4.0, settings: str = ""
+) -> Path:
+    """The lab's inventory with a [proxmox_update] section: nodes in order, short waits, and
+    ``settings`` (lines of that section)."""
     nodes = sorted(h for h, v in lab.state()["hosts"].items() if v.get("apt"))
     order = ", ".join(f'"{n}"' for n in nodes)
     text = (lab.dir / "inventory.toml").read_text()
     head = "[proxmox_update]\n"  # the lab's own section names each node's dpkg log
     assert head in text
     text = (
-        text.replace(head, f"{head}nodes = [{order}]\nreboot_timeout = {reboot_timeout}\n")
+        text.replace(
+            head, f"{head}nodes = [{order}]\nreboot_timeout = {reboot_timeout}\n{settings}"
+        )
         + f"\n{extra}\n"
     )
     dst = lab.dir / f"{name}-pveupdate.toml"
@@ -200,6 +205,41 @@ def test_node_never_back_times_out_into_the_same_state(pve: LabClient, tmp_path:
     assert apt(st, "pve2")["reboots"] == 0 and pre_update(st, "pve2") == []
 
 
+def test_a_node_whose_lrm_does_not_come_up_after_its_reboot_stops_the_roll(
+    pve: LabClient, tmp_path: Path
+) -> None:
+    """pve1 answers SSH and pveversion after its reboot, but pve-ha-lrm stays activating:
+    not back. The reboot step runs out of time naming the service; pve1 stays in HA
+    maintenance (never left while its LRM is down); pve2 and pve3 are not started."""
+    pve.control("apt_node", node="pve1", late_unit="pve-ha-lrm")
+    report = run_failing(inventory(pve, tmp_path.name, reboot_timeout=2.0))
+    st = pve.state()
+    detail = row(report, "pve1").detail
+    assert row(report, "pve1").outcome is Outcome.FAILED
+    assert "pve1: reboot: " in detail and "not active: pve-ha-lrm activating" in detail
+    assert apt(st, "pve1")["reboots"] == 1 and apt(st, "pve1")["maintenance"] is True
+    assert apt(st, "pve1")["units"]["pve-ha-lrm"] == "activating"
+    assert apt(st, "pve1")["units"]["pveproxy"] == "active"  # the others came up
+    assert {row(report, n).outcome for n in ("pve2", "pve3")} == {Outcome.SKIPPED}
+
+
+def test_maintenance_is_left_only_once_the_lrm_runs_again(pve: LabClient, tmp_path: Path) -> None:
+    """No reboot, but the upgrade of pve-ha-manager restarts pve-ha-lrm, which stays
+    activating: guests-return waits for it and never asks to leave maintenance."""
+    pve.control("apt_pending", node="pve1", packages="pve-ha-manager=5.0.6", refresh=True)
+    pve.control("apt_node", node="pve1", late_unit="pve-ha-lrm")
+    inv = inventory(pve, tmp_path.name, settings="maintenance_timeout = 1.5\n")
+    report = run_failing(inv, only=["pve1"], reboot="never")
+    st = pve.state()
+    detail = row(report, "pve1").detail
+    assert "pve1: guests-return: pve-ha-lrm active before leaving HA maintenance" in detail
+    assert "last seen: pve-ha-lrm activating" in detail
+    assert apt(st, "pve1")["installed"]["pve-ha-manager"] == "5.0.6"
+    assert apt(st, "pve1")["reboots"] == 0 and apt(st, "pve1")["maintenance"] is True
+    commands = [c["command"] for c in pve.commands() if c["host"] == "pve1"]
+    assert not any("node-maintenance disable" in c for c in commands)
+
+
 def test_not_quorate_refused_before_any_change(pve: LabClient, tmp_path: Path) -> None:
     inv = inventory(pve, tmp_path.name)
     for node in ("pve2", "pve3"):
@@ -276,10 +316,7 @@ def test_a_missing_root_dataset_is_refused_before_any_change_unless_no_snapshot(
     a snapshot, and the report says so loudly."""
     before = pve.state()
     bad = "rpool/ROOT/debian"
-    inv = inventory(pve, tmp_path.name, reboot_timeout=4.0).read_text()
-    inv = inv.replace("[proxmox_update]\n", f'[proxmox_update]\nroot_dataset = "{bad}"\n', 1)
-    path = pve.dir / f"{tmp_path.name}-root.toml"
-    path.write_text(inv)
+    path = inventory(pve, tmp_path.name, settings=f'root_dataset = "{bad}"\n')
     report = run_failing(path)
     st = pve.state()
     refused = row(report, "cluster").detail

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +23,17 @@ DURATIONS: dict[str, float] = {
     "reboot": 8.0,  # down until it is back
     "migrate": 3.0,  # qmigrate / vzmigrate, and each HA relocation
     "maintenance": 2.0,  # the CRM applies a node-maintenance request after this
+    "services": 4.0,  # after a boot (or an upgrade's restart) the PVE services activate
 }
+
+# the units a package's upgrade restarts (its postinst: reload-or-restart)
+RESTARTS: dict[str, tuple[str, ...]] = {
+    "pve-manager": ("pveproxy", "pvedaemon", "pvestatd"),
+    "pve-ha-manager": ("pve-ha-lrm", "pve-ha-crm"),
+    "pve-cluster": ("pve-cluster",),
+}
+# the units that activate late after a boot: all of them but these
+EARLY_UNITS = frozenset({"pve-cluster", "corosync", "ssh", "sshd", "chrony", "cron", "zfs-zed"})
 
 
 @dataclass
@@ -38,6 +48,9 @@ class NodeRun:
     linger: float = 0.0  # extra seconds (before the time scale) it answers after reboot
     restart: tuple[int, ...] = ()  # HA guests (frozen) to start again when it is back
     upgrading: bool = False  # dpkg's lock is taken
+    late_unit: str | None = None  # after the next (re)start it stays activating (a fault)
+    activating: dict[str, float] = field(default_factory=dict)  # unit -> monotonic active at
+    stuck: set[str] = field(default_factory=set)  # units activating until the fault clears
 
 
 class AptSystem(System):
@@ -120,6 +133,29 @@ class AptSystem(System):
                 node.kernels.append(abi)
         node.kernel_installed = packages.next_boot(node)
         packages.refresh_pending(node)  # dpkg's status is newer than the cache
+        restarted = {u for p in versions for u in RESTARTS.get(p, ())}
+        self._restart_units(node, restarted, time.monotonic())
+
+    # -- services ------------------------------------------------------------------------------
+
+    def _restart_units(self, node: Node, units: set[str], mono: float) -> None:
+        """``units`` restart: activating for the ``services`` duration (for good, the
+        node's ``late_unit`` among them)."""
+        run = self.run[node.name]
+        for unit in units:
+            run.activating[unit] = mono + self.lab.duration("services")
+            if unit == run.late_unit:
+                run.stuck.add(unit)
+
+    def unit_state(self, node: Node, unit: str) -> str:
+        """``systemctl is-active``'s word for a unit of the node."""
+        name = unit.removesuffix(".service")
+        if name not in commands.UNITS:
+            return "inactive"
+        run = self.run[node.name]
+        if name in run.stuck or run.activating.get(name, 0.0) > time.monotonic():
+            return "activating"
+        return "active"
 
     # -- reboots -------------------------------------------------------------------------------
 
@@ -157,6 +193,9 @@ class AptSystem(System):
         node.kernel_running = packages.next_boot(node)
         node.kernel_next_boot = None  # --next-boot lasts one boot
         node.kernel_installed = packages.next_boot(node)
+        late = {u for u in commands.UNITS if u not in EARLY_UNITS}
+        run.activating.clear()
+        self._restart_units(node, late, time.monotonic())
         # pve-guests at boot: startall starts every guest of the node with onboot=1, whether
         # or not it ran before the reboot (HA decides for its own guests)
         onboot = [
@@ -240,6 +279,13 @@ class AptSystem(System):
                         setattr(run, key, msg[key] == "on")
                 if msg.get("linger") is not None:
                     run.linger = float(msg["linger"])
+                if msg.get("late_unit") is not None:
+                    unit = str(msg["late_unit"]).removesuffix(".service")
+                    if unit and unit not in commands.UNITS:
+                        raise ValueError(f"no unit {unit} on a node")
+                    run.late_unit = unit or None
+                    if not unit:
+                        run.stuck.clear()
                 if msg.get("hold") and msg["hold"] not in node.held:
                     node.held.append(str(msg["hold"]))
                 if msg.get("unhold") in node.held:
@@ -281,6 +327,10 @@ class AptSystem(System):
                     Arg("break_upgrade", "the next dist-upgrade fails half-way", choices=onoff),
                     Arg("never_back", "a reboot never ends", choices=onoff),
                     Arg("linger", "seconds it still answers after reboot", type="float"),
+                    Arg(
+                        "late_unit",
+                        "this unit stays activating after the next boot or restart ('' clears)",
+                    ),
                     Arg("hold", "apt-mark hold this package"),
                     Arg("unhold", "apt-mark unhold this package"),
                 ),
@@ -289,7 +339,7 @@ class AptSystem(System):
                     "set a node's update faults and held packages",
                     "Set a node's conditions: enterprise repo without subscription, a "
                     "dist-upgrade that breaks off, a reboot that never ends, a late "
-                    "reboot, held packages.",
+                    "reboot, a service that does not come up, held packages.",
                 ),
             ),
             ControlOp(
@@ -336,7 +386,9 @@ class AptSystem(System):
                 "break_upgrade": run.break_upgrade,
                 "never_back": run.never_back,
                 "linger": run.linger,
+                "late_unit": run.late_unit,
             },
+            "units": {u: self.unit_state(node, u) for u in commands.UNITS},
         }
 
     def host_fields(self) -> tuple[str, ...]:
