@@ -29,7 +29,7 @@ from __future__ import annotations
 import re
 import shlex
 from collections.abc import Collection, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, tzinfo
 from functools import cmp_to_key
 from typing import Any, Literal
@@ -49,6 +49,7 @@ from moxflow.zfs import snapshot_argv
 __all__ = [
     "BLOCKING_TASK_TYPES",
     "CLUSTER_SERVICES",
+    "HA_STALE_AFTER",
     "SNAPSHOT_LABEL",
     "ClusterNode",
     "ClusterStatus",
@@ -79,6 +80,7 @@ __all__ = [
     "failed_units_argv",
     "failure_next_steps",
     "held_packages_argv",
+    "judge_ha_status",
     "judge_root_dataset",
     "kernel_abi",
     "kernel_list_argv",
@@ -442,20 +444,30 @@ class HaService:
         return int(tail) if tail.isdigit() else None
 
 
+HA_STALE_AFTER = 30.0
+"""Seconds after which the manager status is old: ``ha-manager status`` then says ``old
+timestamp - dead?`` of its master (PVE's API does the same)."""
+
+
 @dataclass(frozen=True, slots=True)
 class HaStatus:
-    """``GET /cluster/ha/status/manager_status``. Without a master (no HA resource ever, or
-    ``{}``/null) nothing acts on node maintenance: :attr:`active` is false."""
+    """``GET /cluster/ha/status/manager_status``: what the CRM master last wrote, and when
+    (``timestamp``, epoch seconds). Without a master (no HA resource ever, or ``{}``/null)
+    nothing acts on node maintenance: :attr:`active` is false. ``stale`` (set by
+    :func:`judge_ha_status`) says why the status is not from a current master: then nothing
+    in it is trusted and nothing acts on maintenance either."""
 
     master: str | None = None
     nodes: Mapping[str, str] = field(default_factory=dict)
     lrm_modes: Mapping[str, str] = field(default_factory=dict)
     services: tuple[HaService, ...] = ()
+    timestamp: float | None = None
+    stale: str | None = None
 
     @property
     def active(self) -> bool:
-        """Whether a CRM master exists to act on maintenance requests."""
-        return self.master is not None
+        """Whether a current CRM master exists to act on maintenance requests."""
+        return self.master is not None and self.stale is None
 
     @property
     def managed(self) -> frozenset[int]:
@@ -488,7 +500,9 @@ def parse_ha_status(data: Any) -> HaStatus:
         if isinstance(s, Mapping)
     ]
     master = manager.get("master_node")
+    stamp = manager.get("timestamp")
     return HaStatus(
+        timestamp=float(stamp) if isinstance(stamp, int | float) and stamp > 0 else None,
         master=str(master) if master else None,
         nodes={str(k): str(v) for k, v in node_status.items()},
         lrm_modes={
@@ -496,6 +510,31 @@ def parse_ha_status(data: Any) -> HaStatus:
         },
         services=tuple(sorted(services, key=lambda s: s.sid)),
     )
+
+
+def judge_ha_status(ha: HaStatus, cluster: ClusterStatus, now: float) -> HaStatus:
+    """``ha`` with :attr:`HaStatus.stale` set when it is not from a current master: its
+    master node is not online in ``cluster``, it has no timestamp, or the timestamp is more
+    than :data:`HA_STALE_AFTER` seconds before ``now`` (epoch seconds; the controller's
+    clock against the master's, both kept by NTP). A dead master leaves its last status
+    behind, maintenance and services as they were then. A status without a master stays as
+    it is (inactive)."""
+    if ha.master is None:
+        return ha
+    row = next((n for n in cluster.nodes if n.name == ha.master), None)
+    why: str | None = None
+    if row is None or not row.online:
+        why = f"its master {ha.master} is not online"
+    elif ha.timestamp is None:
+        why = f"its master {ha.master} wrote no timestamp"
+    elif now - ha.timestamp > HA_STALE_AFTER:
+        why = (
+            f"its master {ha.master} last wrote it {now - ha.timestamp:.0f} s ago "
+            "('old timestamp - dead?': is pve-ha-crm running?)"
+        )
+    if why is None:
+        return ha
+    return replace(ha, stale=f"the HA manager status is stale: {why}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -824,7 +863,9 @@ def preflight(
     """Judge the whole cluster before any change.
 
     Refuses: a cluster that is not quorate; a node offline; a backup, migration or other
-    task of :data:`BLOCKING_TASK_TYPES` running; an HA node not ``online``; a two-node
+    task of :data:`BLOCKING_TASK_TYPES` running; an HA node not ``online``; HA resources
+    with a stale manager status (``ha`` judged by :func:`judge_ha_status`: no current
+    master would act on maintenance; a stale status without HA resources is an idle CRM); a two-node
     cluster without a connected QDevice (unless ``two_node`` is ``allow``, and never with HA
     resources, whose watchdog fences a node that loses quorum); a node whose dpkg is broken
     (``dpkg``: ``dpkg --audit`` per node; ``broken``: half installed packages from
@@ -838,7 +879,12 @@ def preflight(
         reasons.append(f"cluster {cluster.name} is not quorate")
     if cluster.offline:
         reasons.append(f"node offline: {', '.join(cluster.offline)}")
-    for node, state in sorted(ha.nodes.items()):
+    if ha.stale and ha.services:
+        reasons.append(
+            f"{ha.stale}; the HA-managed guests leave through HA node maintenance, which "
+            "needs a current CRM master"
+        )
+    for node, state in sorted(ha.nodes.items()) if not ha.stale else ():
         if state != "online" and node not in cluster.offline:
             reasons.append(f"HA reports node {node} {state}")
     busy = [t for t in tasks if t.type in BLOCKING_TASK_TYPES]

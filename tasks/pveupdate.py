@@ -53,6 +53,7 @@ from moxflow.pveupdate import (
     dpkg_audit_argv,
     failed_units_argv,
     held_packages_argv,
+    judge_ha_status,
     judge_root_dataset,
     kernel_list_argv,
     maintenance_argv,
@@ -118,7 +119,8 @@ class NodeState:
 
 @step("pveupdate-cluster", "cluster: facts")
 def cluster_facts(client: ProxmoxClient, nodes: Sequence[str]) -> ClusterFacts:
-    """Quorum, nodes, QDevice, HA, the running tasks of ``nodes`` and every guest; read-only."""
+    """Quorum, nodes, QDevice, HA (judged: a status not from a current master is marked
+    stale), the running tasks of ``nodes`` and every guest; read-only."""
     cluster = parse_cluster_status(client.cluster_status())
     online = {n.name for n in cluster.nodes if n.online}
     tasks: list[RunningTask] = []
@@ -128,7 +130,7 @@ def cluster_facts(client: ProxmoxClient, nodes: Sequence[str]) -> ClusterFacts:
                 tasks.append(RunningTask(t.node or node, t.type, t.id, t.upid))
     return ClusterFacts(
         cluster=cluster,
-        ha=parse_ha_status(client.ha_manager_status()),
+        ha=judge_ha_status(parse_ha_status(client.ha_manager_status()), cluster, time.time()),
         qdevice=parse_qdevice(client.qdevice()),
         tasks=tuple(tasks),
         # a restore test's scratch guests are its own: never moved, stopped or waited for
@@ -344,8 +346,16 @@ def snapshot(run: NodeRun) -> str | None:
     return plan.taken
 
 
-def _ha(run: NodeRun) -> HaStatus:
-    return parse_ha_status(run.client.ha_manager_status())
+def _ha(run: NodeRun, seen: Seen | None = None) -> HaStatus | None:
+    """The HA manager status now, when it comes from a current master; None (and why, in
+    ``seen``) when it is stale: a dead master's last status is not trusted."""
+    cluster = parse_cluster_status(run.client.cluster_status())
+    ha = judge_ha_status(parse_ha_status(run.client.ha_manager_status()), cluster, time.time())
+    if ha.stale:
+        if seen is not None:
+            seen.why = ha.stale
+        return None
+    return ha
 
 
 def _guest(run: NodeRun, vmid: int) -> Guest | None:
@@ -422,10 +432,16 @@ def guests_leave(run: NodeRun, upstream: object) -> int:
             ssh.run(maintenance_argv(run.node, enable=True))
         run.maintenance = True
 
+        seen = Seen()
+
         def drained() -> bool | None:
-            ha = _ha(run)
-            done = ha.lrm_modes.get(run.node) == "maintenance" and not ha.services_on(run.node)
-            return True if done else None
+            ha = _ha(run, seen)
+            if ha is None:
+                return None
+            left = [s.sid for s in ha.services_on(run.node)]
+            mode = ha.lrm_modes.get(run.node)
+            seen.why = f"LRM mode {mode}" + (f", still here: {', '.join(left)}" if left else "")
+            return True if mode == "maintenance" and not left else None
 
         _wait(
             "HA maintenance moving the HA services away",
@@ -433,6 +449,7 @@ def guests_leave(run: NodeRun, upstream: object) -> int:
             step_name,
             run.settings.maintenance_timeout,
             drained,
+            seen,
         )
         log.info("%s: in HA maintenance, no HA service left on it", run.node)
     for s in run.plan.guests:
@@ -599,14 +616,18 @@ def guests_return(run: NodeRun, upstream: object) -> Verdict:
         )
         with ssh_runner(run.inv, run.node) as ssh:
             ssh.run(maintenance_argv(run.node, enable=False))
-        ha_here = {g.vmid for g in before} & _ha(run).managed
+        ha_here = {s.vmid for s in run.plan.guests if s.action == "ha"}
+        ha_seen = Seen()
 
         def home() -> bool | None:
-            ha = _ha(run)
-            if ha.lrm_modes.get(run.node) == "maintenance":
+            ha = _ha(run, ha_seen)
+            if ha is None:
                 return None
             where = {s.vmid: s.node for s in ha.services}
-            return True if all(where.get(v) == run.node for v in ha_here) else None
+            away = sorted(v for v in ha_here if where.get(v) != run.node)
+            mode = ha.lrm_modes.get(run.node)
+            ha_seen.why = f"LRM mode {mode}" + (f", not back: {away}" if away else "")
+            return True if mode != "maintenance" and not away else None
 
         _wait(
             "HA services back after maintenance",
@@ -614,6 +635,7 @@ def guests_return(run: NodeRun, upstream: object) -> Verdict:
             step_name,
             run.settings.maintenance_timeout,
             home,
+            ha_seen,
         )
         run.maintenance = False
         log.info("%s: left HA maintenance; HA services back", run.node)

@@ -295,3 +295,42 @@ def test_services_activate_after_ssh_and_a_late_unit_stays_activating(
     assert "pve-ha-lrm.service loaded activating start" in _ssh(lab, "pve1", "systemctl")[1]
     lab.control("apt_node", node="pve1", late_unit="")
     assert _ssh(lab, "pve1", "systemctl", "is-active", "pve-ha-lrm") == (0, "active\n", "")
+
+
+def test_the_manager_status_is_what_the_last_master_wrote(fresh_lab: LabClient) -> None:
+    """While pve1's CRM is master the status is current; with every pve-ha-crm stopped it
+    keeps its master and ages (in lab seconds: 30 s are 0.75 s here) and maintenance
+    requests wait; once the CRM runs again they are applied."""
+    lab = fresh_lab
+
+    def status() -> dict[str, Any]:
+        ms: dict[str, Any] = _data(lab, "GET", "/cluster/ha/status/manager_status")[
+            "manager_status"
+        ]
+        return ms
+
+    assert status()["master_node"] == "pve1" and time.time() - status()["timestamp"] < 2
+    lab.control("ha_crm", state="stopped")
+    wait_until(lambda: time.time() - status()["timestamp"] > 31)
+    assert status()["master_node"] == "pve1"
+    assert "old timestamp - dead?" in _ssh(lab, "pve2", "ha-manager", "status")[1]
+    current = {r["id"]: r for r in _data(lab, "GET", "/cluster/ha/status/current")}
+    assert "old timestamp - dead?" in current["master"]["status"]
+    _ssh(lab, "pve1", "ha-manager", "crm-command", "node-maintenance", "enable", "pve2")
+    time.sleep(lab.state()["durations"]["maintenance"] * LAB_TIME_SCALE * 4)
+    assert lab.state()["ha"]["maintenance"] == []  # no master: only queued
+    lab.control("ha_crm", state="running")
+    assert time.time() - status()["timestamp"] < 2
+    wait_until(lambda: lab.state()["ha"]["maintenance"] == ["pve2"])
+
+
+def test_a_dead_masters_status_stays_until_another_crm_takes_over(fresh_lab: LabClient) -> None:
+    lab = fresh_lab
+    lab.control("apt_node", node="pve1", never_back="on")
+    assert _data(lab, "POST", "/nodes/pve1/status", command="reboot") is None
+    wait_until(lambda: _apt(lab, "pve1")["status"] == "offline")
+    ms = _data(lab, "GET", "/cluster/ha/status/manager_status")["manager_status"]
+    assert ms["master_node"] == "pve1"  # written by pve1 before it went down
+    wait_until(lambda: lab.state()["ha"]["master"] == "pve2")  # its lock expired
+    ms = _data(lab, "GET", "/cluster/ha/status/manager_status")["manager_status"]
+    assert ms["master_node"] == "pve2" and time.time() - ms["timestamp"] < 2

@@ -4,6 +4,7 @@ facts in, verdicts, decisions and plans out."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,7 @@ from moxflow.pveupdate import (
     failed_units_argv,
     failure_next_steps,
     held_packages_argv,
+    judge_ha_status,
     judge_root_dataset,
     kernel_abi,
     kernel_list_argv,
@@ -227,6 +229,47 @@ def test_parse_ha_status() -> None:
     assert ha.managed == {100, 101}
     # the LRM says maintenance, but vm:100 is still on pve1: not done yet
     assert [s.sid for s in ha.services_on("pve1")] == ["vm:100"]
+
+
+STAMP = 1732100000.0
+
+
+@pytest.mark.parametrize(
+    ("master", "online", "age", "stale"),
+    [
+        ("pve2", True, 5.0, None),  # a current master
+        ("pve2", True, 30.0, None),  # PVE's limit: still active
+        ("pve2", True, 31.0, "its master pve2 last wrote it 31 s ago ('old timestamp - dead?"),
+        ("pve2", False, 1.0, "its master pve2 is not online"),  # a dead master's last word
+        ("pve9", True, 1.0, "its master pve9 is not online"),  # not a node of the cluster
+    ],
+)
+def test_the_ha_status_counts_only_from_a_current_master(
+    master: str, online: bool, age: float, stale: str | None
+) -> None:
+    ha = replace(parse_ha_status(data("ha_manager_status.json")), master=master)
+    assert ha.timestamp == STAMP and ha.active
+    cluster = ClusterStatus(
+        "homelab",
+        True,
+        (ClusterNode("pve1", True), ClusterNode("pve2", online), ClusterNode("pve3", True)),
+    )
+    judged = judge_ha_status(ha, cluster, STAMP + age)
+    if stale is None:
+        assert judged == ha and judged.active
+    else:
+        assert judged.stale is not None and judged.stale.startswith(
+            f"the HA manager status is stale: {stale}"
+        )
+        assert not judged.active  # nothing acts on maintenance, nothing in it is trusted
+
+
+def test_an_ha_status_without_a_timestamp_is_stale_and_none_without_master_is_not() -> None:
+    bare = HaStatus(master="pve1")
+    assert judge_ha_status(bare, THREE, STAMP).stale == (
+        "the HA manager status is stale: its master pve1 wrote no timestamp"
+    )
+    assert judge_ha_status(HaStatus(), THREE, STAMP) == HaStatus()
 
 
 @pytest.mark.parametrize("raw", [{}, None, {"manager_status": {}, "lrm_status": {}}])
@@ -462,6 +505,25 @@ def test_refusals(kwargs: dict[str, Any], reason: str) -> None:
     )
     assert not verdict.ok
     assert any(reason in r for r in verdict.reasons), verdict.reasons
+
+
+def test_a_stale_ha_status_refuses_when_ha_manages_guests() -> None:
+    """A dead master's last status (its maintenance and service positions as they were) is
+    not trusted: with HA resources nothing would move them; without, the CRM is idle and
+    the roll needs no maintenance, but the old node states refuse nothing."""
+    ha = parse_ha_status(data("ha_manager_status.json"))  # pve1 in maintenance back then
+    stale = judge_ha_status(ha, THREE, STAMP + 3600)
+    verdict = preflight(THREE, stale, [], qdevice=None, two_node="refuse")
+    assert verdict.reasons == (
+        f"{stale.stale}; the HA-managed guests leave through HA node maintenance, which "
+        "needs a current CRM master",
+    )
+    idle = replace(stale, services=())
+    assert preflight(THREE, idle, [], qdevice=None, two_node="refuse").ok
+    plan = plan_roll(
+        [facts("pve1", [vm(100, "pve1")])], ProxmoxUpdateSettings(), Preflight(), ha=idle
+    )
+    assert not plan.nodes[0].maintenance
 
 
 def test_console_sessions_do_not_refuse() -> None:

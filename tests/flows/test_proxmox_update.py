@@ -5,6 +5,7 @@ each guest is and whether it runs, HA maintenance, the root dataset's snapshots.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -253,6 +254,29 @@ def test_not_quorate_refused_before_any_change(pve: LabClient, tmp_path: Path) -
     assert "not quorate" in row(report, "cluster").detail
     assert pre_update(st, "pve1") == [] and apt(st, "pve1")["maintenance"] is False
     assert apt(st, "pve1")["pending"] and apt(st, "pve1")["kernel_running"] != NEW_KERNEL
+
+
+def test_a_stale_ha_manager_status_is_refused_before_any_change(
+    pve: LabClient, tmp_path: Path
+) -> None:
+    """pve-ha-crm runs nowhere: the manager status is what pve1 wrote over 30 s ago (in lab
+    time), maintenance and services as they were. Nothing would act on maintenance, and VM
+    100 is HA-managed: the roll is refused in pre-flight, nothing changed."""
+    before = pve.state()
+    pve.control("ha_crm", state="stopped")
+    wait_until(
+        lambda: time.time() - pve.state()["ha"]["status"]["manager_status"]["timestamp"] > 31
+    )
+    report = run_failing(inventory(pve, tmp_path.name))
+    st = pve.state()
+    refused = row(report, "cluster").detail
+    assert "the HA manager status is stale: its master pve1 last wrote it" in refused
+    assert "is pve-ha-crm running?" in refused
+    for node in ("pve1", "pve2", "pve3"):
+        assert apt(st, node)["installed"] == apt(before, node)["installed"]
+        assert pre_update(st, node) == [] and apt(st, node)["maintenance"] is False
+    assert st["ha"]["requests"] == []  # no maintenance request queued
+    assert placement(st) == placement(before)
 
 
 def test_two_nodes_without_qdevice_refused(fresh_lab: LabClient, tmp_path: Path) -> None:

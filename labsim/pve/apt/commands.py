@@ -259,7 +259,7 @@ def systemctl(system: AptSystem, node: Node, argv: list[str]) -> Result:
 def ha_manager(system: AptSystem, node: Node, argv: list[str]) -> Result:
     args = argv[1:]
     if args[:1] == ["status"]:
-        return 0, ha.status_text(system.pve, system.ha), ""
+        return 0, ha.status_text(system.pve, system.ha, system.lab.time_scale), ""
     if args[:2] == ["crm-command", "node-maintenance"] and len(args) == 4:
         action, target = args[2], args[3]
         if action not in ("enable", "disable"):

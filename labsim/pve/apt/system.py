@@ -24,6 +24,7 @@ DURATIONS: dict[str, float] = {
     "migrate": 3.0,  # qmigrate / vzmigrate, and each HA relocation
     "maintenance": 2.0,  # the CRM applies a node-maintenance request after this
     "services": 4.0,  # after a boot (or an upgrade's restart) the PVE services activate
+    "crm_failover": 20.0,  # a dead CRM master's lock expires; another node's CRM takes over
 }
 
 # the units a package's upgrade restarts (its postinst: reload-or-restart)
@@ -223,7 +224,9 @@ class AptSystem(System):
                 self._go_down(node, mono)
             if run.back_at is not None and run.back_at <= mono:
                 self._come_back(node)
-        ha.tick(self.pve, self.ha, mono, self.lab.duration("migrate"))
+        ha.tick(
+            self.pve, self.ha, mono, self.lab.duration("migrate"), self.lab.duration("crm_failover")
+        )
 
     def ssh_refused(self, host: str) -> bool:
         node = self.pve.nodes.get(host)
@@ -292,6 +295,14 @@ class AptSystem(System):
                     node.held.remove(str(msg["unhold"]))
                 return self.node_json(node)
 
+        def crm(msg: dict[str, Any]) -> dict[str, Any]:
+            with self.lab.lock:
+                self.lab.tick()
+                self.ha.crm_stopped = msg["state"] == "stopped"
+                self.lab.tick()
+                state: dict[str, Any] = self.to_json()["ha"]
+                return state
+
         def qdevice(msg: dict[str, Any]) -> dict[str, Any]:
             with self.lab.lock:
                 self.lab.tick()
@@ -340,6 +351,25 @@ class AptSystem(System):
                     "Set a node's conditions: enterprise repo without subscription, a "
                     "dist-upgrade that breaks off, a reboot that never ends, a late "
                     "reboot, a service that does not come up, held packages.",
+                ),
+            ),
+            ControlOp(
+                "ha_crm",
+                crm,
+                (
+                    Arg(
+                        "state",
+                        "running or stopped",
+                        required=True,
+                        choices=("running", "stopped"),
+                    ),
+                ),
+                Cli(
+                    "ha-crm",
+                    "stop or start pve-ha-crm on every node",
+                    "Stop (or start again) the HA cluster resource manager on every node: no "
+                    "master acts on maintenance requests, and the manager status keeps what "
+                    "the last master wrote, growing old.",
                 ),
             ),
             ControlOp(
@@ -404,6 +434,8 @@ class AptSystem(System):
                 "maintenance": sorted(self.ha.maintenance),
                 "requests": [{"node": n, "action": a} for _, n, a in self.ha.requests],
                 "moves": {str(v): m.target for v, m in self.ha.moves.items()},
-                "status": ha.manager_status(self.pve, self.ha),
+                "status": ha.manager_status(self.pve, self.ha, self.lab.time_scale),
+                "master": self.ha.master,
+                "crm_stopped": self.ha.crm_stopped,
             }
         }
