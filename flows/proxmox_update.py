@@ -14,8 +14,10 @@ Then, one node at a time (a subflow run per node, named after it):
   snapshot       zfs snapshot of its root dataset (label pre-update, pruned by
                  [proxmox_update.policies])
   guests-leave   HA node maintenance for HA-managed guests (waits until none is left on
-                 it); the others migrate (online VMs, containers in restart mode), shut
-                 down, or stay, by --guests; a guest with local disks or passthrough
+                 it); the others migrate (online VMs, containers in restart mode; only
+                 to a node running the same or newer pve-manager, qemu-server and
+                 pve-qemu-kvm, or pve-container), shut down, or stay, by --guests; a
+                 guest with local disks or passthrough, or that no node can take,
                  follows its fallback ([proxmox_update] fallback, default_fallback)
   upgrade        apt-get dist-upgrade non-interactively over SSH (then autoremove);
                  dpkg --audit before and after; the whole output in the run's log

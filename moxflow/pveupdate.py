@@ -50,6 +50,7 @@ __all__ = [
     "BLOCKING_TASK_TYPES",
     "CLUSTER_SERVICES",
     "HA_STALE_AFTER",
+    "MIGRATION_PACKAGES",
     "SNAPSHOT_LABEL",
     "ClusterNode",
     "ClusterStatus",
@@ -1037,17 +1038,39 @@ class GuestStep:
         return f"{text} ({self.reason})" if self.reason else text
 
 
+MIGRATION_PACKAGES: Mapping[GuestType, tuple[str, ...]] = {
+    "qemu": ("pve-manager", "qemu-server", "pve-qemu-kvm"),
+    "lxc": ("pve-manager", "pve-container"),
+}
+"""The packages a migration target must run in the same or a newer version than the source
+(Proxmox supports migrating to the same or a newer version only): the manager, and the VM
+tools and QEMU for a VM, the container tools for a container."""
+
+
 @dataclass(frozen=True, slots=True)
 class TargetNode:
-    """A node that might receive guests: its pve-manager version, whether this roll has
-    upgraded it already, and how many guests run on it."""
+    """A node that might receive guests: its package versions (installed, or as this roll
+    upgraded them), whether this roll has upgraded it already, and how many guests run on
+    it."""
 
     name: str
     online: bool = True
-    version: str | None = None
+    versions: Mapping[str, str] = field(default_factory=dict)
     upgraded: bool = False
     running: int = 0
     maintenance: bool = False
+
+    def older(self, kind: GuestType, versions: Mapping[str, str]) -> list[str]:
+        """The packages of :data:`MIGRATION_PACKAGES` this node runs older than ``versions``
+        (the source's), as ``name mine < theirs``; a package either side does not know is
+        not compared."""
+        return [
+            f"{p} {self.versions[p]} < {versions[p]}"
+            for p in MIGRATION_PACKAGES[kind]
+            if p in self.versions
+            and p in versions
+            and compare_versions(self.versions[p], versions[p]) < 0
+        ]
 
 
 def _fallback_step(guest: Guest, node: str, fallback: FallbackPolicy, why: str) -> GuestStep:
@@ -1063,7 +1086,7 @@ def plan_guests(
     settings: ProxmoxUpdateSettings,
     *,
     others: Iterable[TargetNode] = (),
-    version: str | None = None,
+    versions: Mapping[str, str] | None = None,
     ha: HaStatus | None = None,
     prechecks: Mapping[int, MigratePrecheck] | None = None,
     policy: GuestPolicy | None = None,
@@ -1073,23 +1096,18 @@ def plan_guests(
     HA-managed guests go with HA node maintenance when a CRM master is there to act. The
     others follow ``policy`` (default ``settings.guests``): ``migrate`` online (running VMs),
     in restart mode (running containers) or offline (stopped guests) to the node of
-    ``others`` that is online, not in maintenance, runs the same or a newer version than
-    ``version`` and is allowed by the guest's pre-check; upgraded nodes first, then the one
+    ``others`` that is online, not in maintenance, runs the guest's
+    :data:`MIGRATION_PACKAGES` in the same or a newer version than ``versions`` (the
+    node's own) and is allowed by the guest's pre-check; upgraded nodes first, then the one
     with fewest running guests (counting those planned to arrive), then by name. A guest
     that cannot move (local disks or resources, no node) follows its fallback. Templates
     stay.
     """
+    mine = versions or {}
     chosen = policy or settings.guests
     ha_guests = ha.managed if ha is not None and ha.active else frozenset()
     load = {t.name: t.running for t in others}
-    targets = [
-        t
-        for t in others
-        if t.name != node
-        and t.online
-        and not t.maintenance
-        and (version is None or t.version is None or compare_versions(t.version, version) >= 0)
-    ]
+    targets = [t for t in others if t.name != node and t.online and not t.maintenance]
     steps: list[GuestStep] = []
     for guest in sorted(guests, key=lambda g: g.vmid):
         if guest.node != node:
@@ -1113,7 +1131,7 @@ def plan_guests(
         if check is not None and check.blocker:
             steps.append(_fallback_step(guest, node, fallback, f"cannot migrate: {check.blocker}"))
             continue
-        allowed = [
+        possible = [
             t
             for t in targets
             if check is None
@@ -1122,10 +1140,14 @@ def plan_guests(
                 and (not check.allowed_nodes or t.name in check.allowed_nodes)
             )
         ]
+        too_old = {t.name: old for t in possible if (old := t.older(guest.type, mine))}
+        allowed = [t for t in possible if t.name not in too_old]
         if not allowed:
-            steps.append(
-                _fallback_step(guest, node, fallback, "cannot migrate: no node can take it")
-            )
+            why = "cannot migrate: no node can take it"
+            if too_old:
+                olds = "; ".join(f"{n}: {', '.join(o)}" for n, o in sorted(too_old.items()))
+                why += f" (older packages: {olds})"
+            steps.append(_fallback_step(guest, node, fallback, why))
             continue
         best = min(allowed, key=lambda t: (not t.upgraded, load[t.name], t.name))
         mode: MigrationMode = (
@@ -1165,8 +1187,7 @@ class NodeFacts:
     running_kernel: str
     pending: tuple[PendingPackage, ...] = ()
     kernels: KernelList | None = None
-    version: str | None = None
-    new_version: str | None = None
+    versions: Mapping[str, str] = field(default_factory=dict)
     guests: tuple[Guest, ...] = ()
     prechecks: Mapping[int, MigratePrecheck] = field(default_factory=dict)
     held: tuple[str, ...] = ()
@@ -1174,6 +1195,13 @@ class NodeFacts:
     @property
     def running_guests(self) -> int:
         return sum(1 for g in self.guests if g.node == self.name and g.running)
+
+    @property
+    def new_versions(self) -> dict[str, str]:
+        """The versions it is expected to run once upgraded: the installed ones with the
+        pending upgrades applied (a held package stays behind in fact: after a node's
+        upgrade its real versions are read again, see ``actual`` of :func:`plan_roll`)."""
+        return {**self.versions, **{p.name: p.new_version for p in self.pending}}
 
 
 @dataclass(frozen=True, slots=True)
@@ -1235,6 +1263,14 @@ class RollPlan:
         return lines
 
 
+def _versions_of(
+    node: NodeFacts, upgraded: bool, actual: Mapping[str, Mapping[str, str]]
+) -> Mapping[str, str]:
+    if node.name in actual:
+        return actual[node.name]
+    return node.new_versions if upgraded else node.versions
+
+
 def plan_roll(
     facts: Sequence[NodeFacts],
     settings: ProxmoxUpdateSettings,
@@ -1246,15 +1282,18 @@ def plan_roll(
     reboot: RebootPolicy | None = None,
     bystanders: Sequence[NodeFacts] = (),
     no_snapshot: bool = False,
+    actual: Mapping[str, Mapping[str, str]] | None = None,
 ) -> RollPlan:
     """Plan the roll over ``facts`` (the nodes to update); ``bystanders`` are the cluster's
     other nodes, not updated by this roll (``--only``) but migration targets like the rest
-    when they run the same or a newer version.
+    when they run the same or newer versions (:data:`MIGRATION_PACKAGES`).
 
     Order: ``settings.nodes`` when it lists them, else fewest running guests first, then by
     name. A node with nothing to upgrade is skipped with the reason (an offline node has no
-    facts: pre-flight refuses the roll). Each
-    node's guests go to nodes already planned (upgraded, at ``new_version``) first.
+    facts: pre-flight refuses the roll). Each node's guests go to nodes already planned
+    first: upgraded, at their :attr:`NodeFacts.new_versions`, or at ``actual`` (node →
+    installed versions read after its upgrade: the plan for the later nodes is made again
+    with what it really runs, a held package behind).
     ``snapshot`` is the root snapshot's name (known at run time; the dry run passes one made
     from its own time); ``no_snapshot`` (``--no-snapshot``) plans none.
     """
@@ -1273,7 +1312,7 @@ def plan_roll(
         others = [
             TargetNode(
                 o.name,
-                version=o.new_version if o.name in done and o.new_version else o.version,
+                versions=_versions_of(o, o.name in done, actual or {}),
                 upgraded=o.name in done,
                 running=o.running_guests,
                 maintenance=ha is not None and ha.nodes.get(o.name) == "maintenance",
@@ -1286,7 +1325,7 @@ def plan_roll(
             node.guests,
             settings,
             others=others,
-            version=node.version,
+            versions=node.versions,
             ha=ha,
             prechecks=node.prechecks,
             policy=policy,

@@ -206,15 +206,12 @@ def node_facts(
                 prechecks[g.vmid] = parse_migrate_precheck(
                     client.migrate_precheck(node, g.type, g.vmid)
                 )
-    version = installed.versions.get("pve-manager") or status.manager_version
-    new = next((p.new_version for p in pending if p.name == "pve-manager"), None)
     facts = NodeFacts(
         name=node,
         running_kernel=status.kernel_release,
         pending=tuple(pending),
         kernels=kernels,
-        version=version,
-        new_version=new or version,
+        versions=_versions(installed, status.manager_version),
         guests=mine,
         prechecks=prechecks,
         held=held,
@@ -225,12 +222,30 @@ def node_facts(
 @step("pveupdate-bystander", "{node}: facts (migration target)")
 def bystander_facts(client: ProxmoxClient, node: str, guests: Sequence[Guest]) -> NodeFacts:
     """A node this roll does not update (``--only``) but may move guests to: its installed
-    pve-manager (API) and its guests; nothing is refreshed or read over SSH."""
+    package versions (API) and its guests; nothing is refreshed or read over SSH."""
     installed = parse_apt_versions(client.apt_versions(node))
     status = parse_node_status(client.node_status(node))
-    version = installed.versions.get("pve-manager") or status.manager_version
     mine = tuple(g for g in guests if g.node == node)
-    return NodeFacts(node, status.kernel_release, version=version, new_version=version, guests=mine)
+    versions = _versions(installed, status.manager_version)
+    return NodeFacts(node, status.kernel_release, versions=versions, guests=mine)
+
+
+def _versions(installed: InstalledPackages, manager: str | None) -> dict[str, str]:
+    """Installed package versions; pve-manager from the node's status when the list lacks
+    it."""
+    versions = dict(installed.versions)
+    if "pve-manager" not in versions and manager:
+        versions["pve-manager"] = manager
+    return versions
+
+
+@step("pveupdate-versions", "{node}: installed versions")
+def node_versions(client: ProxmoxClient, node: str) -> dict[str, str]:
+    """What a node runs after its update (``GET /nodes/{node}/apt/versions``, read-only):
+    the plan for the nodes after it sends guests there only by these real versions (a held
+    package, say, stayed behind)."""
+    status = parse_node_status(client.node_status(node))
+    return _versions(parse_apt_versions(client.apt_versions(node)), status.manager_version)
 
 
 # --- one node's run --------------------------------------------------------------------------

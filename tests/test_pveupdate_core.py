@@ -630,9 +630,15 @@ def test_prove_reboot(uptime: float | None, after: int, rebooted: bool) -> None:
 # --- guests --------------------------------------------------------------------------------
 
 SETTINGS = ProxmoxUpdateSettings(fallback={"105": "leave"})
+PVE1 = {
+    "pve-manager": "8.2.4",
+    "qemu-server": "8.2.4",
+    "pve-qemu-kvm": "9.0.2-3",
+    "pve-container": "5.1.12",
+}
 OTHERS = [
-    TargetNode("pve2", version="8.2.4", running=3),
-    TargetNode("pve3", version="8.2.4", running=1),
+    TargetNode("pve2", versions={"pve-manager": "8.2.4"}, running=3),
+    TargetNode("pve3", versions={"pve-manager": "8.2.4"}, running=1),
 ]
 
 
@@ -644,7 +650,7 @@ def test_plan_guests_migrates_by_kind_and_balances() -> None:
         vm(103, "pve1"),
         vm(200, "pve2"),
     ]
-    steps = plan_guests("pve1", guests, SETTINGS, others=OTHERS, version="8.2.4")
+    steps = plan_guests("pve1", guests, SETTINGS, others=OTHERS, versions=PVE1)
     assert [str(s) for s in steps] == [
         "VM 100 (g100): migrate online pve1 → pve3",
         "CT 101 (g101): migrate restart pve1 → pve3",
@@ -655,16 +661,62 @@ def test_plan_guests_migrates_by_kind_and_balances() -> None:
 
 def test_plan_guests_prefers_upgraded_nodes_and_never_an_older_one() -> None:
     others = [
-        TargetNode("pve2", version="8.2.7", upgraded=True, running=5),
-        TargetNode("pve3", version="8.2.4", running=0),
-        TargetNode("pve4", version="8.1.0", running=0),
+        TargetNode("pve2", versions={"pve-manager": "8.2.7"}, upgraded=True, running=5),
+        TargetNode("pve3", versions={"pve-manager": "8.2.4"}, running=0),
+        TargetNode("pve4", versions={"pve-manager": "8.1.0"}, running=0),
     ]
-    steps = plan_guests("pve1", [vm(100, "pve1")], SETTINGS, others=others, version="8.2.4")
+    steps = plan_guests("pve1", [vm(100, "pve1")], SETTINGS, others=others, versions=PVE1)
     assert steps[0].target == "pve2"
-    only_old = [TargetNode("pve4", version="8.1.0")]
-    fallback = plan_guests("pve1", [vm(100, "pve1")], SETTINGS, others=only_old, version="8.2.4")
+    only_old = [TargetNode("pve4", versions={"pve-manager": "8.1.0"})]
+    fallback = plan_guests("pve1", [vm(100, "pve1")], SETTINGS, others=only_old, versions=PVE1)
     assert fallback[0].action == "shutdown"
     assert "no node can take it" in fallback[0].reason
+
+
+@pytest.mark.parametrize(
+    ("target", "vm_to", "ct_to"),
+    [
+        ({}, "pve2", "pve2"),  # the same versions
+        ({"qemu-server": "8.2.3"}, None, "pve2"),  # older VM tools: no VM, containers fine
+        ({"pve-qemu-kvm": "9.0.2-2"}, None, "pve2"),  # older QEMU: no VM
+        ({"pve-container": "5.1.11"}, "pve2", None),  # older container tools: no container
+        ({"pve-manager": "8.2.3"}, None, None),  # older manager: nothing
+        ({"qemu-server": "8.3.0", "pve-container": "5.2.0"}, "pve2", "pve2"),  # newer
+    ],
+)
+def test_a_target_runs_each_package_of_the_guest_kind_the_same_or_newer(
+    target: dict[str, str], vm_to: str | None, ct_to: str | None
+) -> None:
+    others = [TargetNode("pve2", versions={**PVE1, **target})]
+    steps = plan_guests(
+        "pve1", [vm(100, "pve1"), ct(101, "pve1")], SETTINGS, others=others, versions=PVE1
+    )
+    assert [s.target for s in steps] == [vm_to, ct_to]
+    for s in steps:
+        if s.target is None:
+            assert s.action == "shutdown"
+            assert "cannot migrate: no node can take it (older packages: pve2: " in s.reason
+
+
+def test_the_plan_for_later_nodes_uses_the_versions_read_after_an_upgrade() -> None:
+    """pve1 was to get qemu-server 8.2.5 (pending) but held it at 8.2.4: once its real
+    versions are read, pve2's VM (already at 8.2.5) can no longer go there; its container
+    still can."""
+    pending = (*NEW_KERNEL, PendingPackage("qemu-server", "8.2.4", "8.2.5"))
+    pve1 = replace(facts("pve1", []), pending=pending)
+    pve2 = replace(
+        facts("pve2", [vm(200, "pve2"), ct(201, "pve2")]),
+        versions={**PVE1, "qemu-server": "8.2.5"},
+    )
+    settings = ProxmoxUpdateSettings(nodes=["pve1", "pve2"])
+    predicted = plan_roll([pve1, pve2], settings, Preflight())
+    assert [s.target for s in predicted.nodes[1].guests] == ["pve1", "pve1"]
+    real = {**pve1.new_versions, "qemu-server": "8.2.4"}
+    again = plan_roll([pve1, pve2], settings, Preflight(), actual={"pve1": real})
+    [vm_step, ct_step] = again.nodes[1].guests
+    assert (vm_step.action, vm_step.target) == ("shutdown", None)
+    assert "pve1: qemu-server 8.2.4 < 8.2.5" in vm_step.reason
+    assert (ct_step.action, ct_step.target) == ("migrate", "pve1")
 
 
 def test_plan_guests_skips_offline_and_maintenance_nodes() -> None:
@@ -766,8 +818,7 @@ def facts(
         kernels=parse_kernel_list(
             text("kernel_list_pinned.txt").replace("Pinned kernel:\n6.8.8-2-pve\n", "")
         ),
-        version="8.2.4",
-        new_version="8.2.7",
+        versions=PVE1,
         guests=tuple(guests),
     )
 
@@ -803,8 +854,8 @@ def test_plan_roll_keeps_the_inventory_order() -> None:
 def test_plan_roll_sends_guests_to_bystanders_of_the_same_or_a_newer_version() -> None:
     """--only pve1: pve2 and pve3 are not updated, but take guests when their version is at
     least pve1's; a bystander on an older version never does."""
-    older = NodeFacts("pve2", "6.8.12-4-pve", version="8.2.2", new_version="8.2.2")
-    same = NodeFacts("pve3", "6.8.12-4-pve", version="8.2.4", new_version="8.2.4")
+    older = NodeFacts("pve2", "6.8.12-4-pve", versions={**PVE1, "pve-manager": "8.2.2"})
+    same = NodeFacts("pve3", "6.8.12-4-pve", versions=PVE1)
     plan = plan_roll(
         [facts("pve1", [vm(100, "pve1"), ct(101, "pve1")])],
         ProxmoxUpdateSettings(),

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from datetime import datetime
 from typing import Any
@@ -44,6 +44,7 @@ from tasks.pveupdate import (
     guests_leave,
     guests_return,
     node_facts,
+    node_versions,
     reboot,
     refresh_lists,
     snapshot,
@@ -227,7 +228,11 @@ def _update(
             detail = n.skip or " | ".join(line.strip() for line in n.describe()[1:])
             report.add(ReportRow(n.node, outcome, detail=detail, cells=_cells(n, n.snapshot)))
         return
-    _roll(report, inv, client, plan, states, now, tz, p.lock_timeout, p.no_snapshot)
+
+    def replan(actual: Mapping[str, Mapping[str, str]]) -> RollPlan:
+        return _plan(facts, states, inv, now, p, bystanders, actual)
+
+    _roll(report, inv, client, plan, states, now, tz, p.lock_timeout, p.no_snapshot, replan)
 
 
 def _plan(
@@ -237,8 +242,10 @@ def _plan(
     now: datetime,
     p: ProxmoxUpdateParams,
     bystanders: Sequence[NodeFacts] = (),
+    actual: Mapping[str, Mapping[str, str]] | None = None,
 ) -> RollPlan:
-    """The pre-flight verdict and the roll's plan from the facts (pure)."""
+    """The pre-flight verdict and the roll's plan from the facts (pure); ``actual``: the
+    installed versions of the nodes this roll updated so far."""
     settings = inv.proxmox_update
     verdict = preflight(
         facts.cluster,
@@ -264,6 +271,7 @@ def _plan(
         reboot=p.reboot,
         bystanders=bystanders,
         no_snapshot=p.no_snapshot,
+        actual=actual,
     )
 
 
@@ -276,12 +284,17 @@ def _roll(
     now: datetime,
     tz: ZoneInfo,
     wait: float,
-    no_snapshot: bool = False,
+    no_snapshot: bool,
+    replan: Callable[[Mapping[str, Mapping[str, str]]], RollPlan],
 ) -> None:
-    """The nodes in the plan's order, one subflow run each; the first failure stops it."""
+    """The nodes in the plan's order, one subflow run each; the first failure stops it.
+    After each node its installed versions are read again and the later nodes planned
+    anew with them (guests go only to nodes that really run the same or newer versions)."""
     logger = get_run_logger()
     stopped: str | None = None
-    for n in plan.nodes:
+    actual: dict[str, dict[str, str]] = {}
+    for name in [n.node for n in plan.nodes]:
+        n = next(x for x in plan.nodes if x.node == name)
         if stopped is not None:
             report.add(ReportRow(n.node, Outcome.SKIPPED, detail=f"not started: {stopped}"))
             continue
@@ -311,6 +324,28 @@ def _roll(
                         away=[*run.away, *ha_moved],
                     )
                 )
+            continue
+        try:
+            actual[n.node] = tuned(node_versions, inv)(client, n.node)
+        except MoxflowError as exc:
+            stopped = f"{n.node}'s installed versions unknown"
+            report.add(
+                ReportRow(
+                    "roll",
+                    Outcome.FAILED,
+                    detail=f"stopped after {n.node}: its installed versions could not be "
+                    f"read, so no guest can be sent there safely: {exc}",
+                )
+            )
+            continue
+        before = plan
+        plan = replan(actual)
+        for later in plan.nodes:
+            old = next(x for x in before.nodes if x.node == later.node)
+            if later.node not in actual and later.guests != old.guests:
+                text = f"{later.node}: planned again with {n.node}'s installed versions"
+                logger.info("%s:\n%s", text, "\n".join(later.describe()[1:]))
+                report.notes.append(text)
 
 
 def check(p: ProxmoxUpdateParams) -> None:

@@ -21,7 +21,7 @@ from moxflow.inventory import load_inventory
 from moxflow.report import Outcome, RunReport
 from tasks.targets import hold, node_target
 from tests.conftest import LAB_TIME_SCALE
-from tests.flows.conftest import step_runs, subflow_runs, zfs_snapshots
+from tests.flows.conftest import step_runs, subflow_runs, task_runs, zfs_snapshots
 
 NEW_KERNEL = "6.14.11-5-pve"
 ROOT = "rpool/ROOT/pve-1"
@@ -360,6 +360,38 @@ def test_a_missing_root_dataset_is_refused_before_any_change_unless_no_snapshot(
     assert report.notes[0].startswith("WARNING: --no-snapshot: no node's root dataset is")
     assert row(report, "pve1").cell("snapshot") == "NONE (--no-snapshot)"
     assert "no root snapshot (--no-snapshot)" in row(report, "pve1").detail
+
+
+def test_guests_go_only_to_nodes_that_really_run_the_same_or_newer_packages(
+    pve: LabClient, tmp_path: Path
+) -> None:
+    """pve2 runs qemu-server 9.0.31 already; pve1 is offered it too but holds it at 9.0.30.
+    The plan made before the roll would send pve2's VM 104 to pve1 (upgraded first); once
+    pve1's installed versions are read after its upgrade, VM 104 has no node running
+    qemu-server 9.0.31 or newer and follows its fallback (shut down), while CT 105 (its
+    container tools are the same everywhere) still goes to pve1."""
+    pve.control("apt_pending", node="pve2", clear=True, packages="qemu-server=9.0.31")
+    assert pve.exec("pve2", ["apt-get", "update"])[0] == 0
+    assert pve.exec("pve2", ["apt-get", "-y", "dist-upgrade"])[0] == 0
+    pve.control("apt_pending", node="pve2", packages="pve-manager=9.1.2", refresh=True)
+    pve.control("apt_pending", node="pve1", packages="qemu-server=9.0.31", refresh=True)
+    pve.control("apt_node", node="pve1", hold="qemu-server")
+    before = pve.state()
+    assert apt(before, "pve2")["installed"]["qemu-server"] == "9.0.31"
+    state = proxmox_update(
+        inventory=str(inventory(pve, tmp_path.name)), reboot="never", return_state=True
+    )
+    assert state.is_completed()
+    report = state.result()
+    st = pve.state()
+    assert apt(st, "pve1")["installed"]["qemu-server"] == "9.0.30"  # held
+    assert "pve2: planned again with pve1's installed versions" in report.notes
+    posts = {r["path"]: r for r in pve.api_requests() if r["method"] == "POST"}
+    assert "/nodes/pve2/qemu/104/migrate" not in posts
+    assert "/nodes/pve2/qemu/104/status/shutdown" in posts
+    assert posts["/nodes/pve2/lxc/105/migrate"]["params"]["target"] == "pve1"
+    assert placement(st) == placement(before)
+    assert "pve1: installed versions" in task_runs(state)
 
 
 def test_a_node_another_run_holds_is_busy_and_untouched(pve: LabClient, tmp_path: Path) -> None:
