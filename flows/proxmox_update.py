@@ -34,8 +34,12 @@ The first failure stops the roll: the nodes after it are not started, the failed
 in maintenance with its snapshot kept, and the report says what to do next (the guests it
 sent away or shut down, each with the command that brings it back; once the upgrade ran,
 boot the previous kernel with proxmox-boot-tool kernel pin, the snapshot to roll back to
-from a rescue system; how to leave maintenance). A node another moxflow run holds (waited for up to
---lock-timeout seconds) is busy, and stops the roll the same way.
+from a rescue system; how to leave maintenance).
+
+A node's roll holds the slots of the node and of its guests from its snapshot to its
+guests' return (another run's backup of such a guest waits, then is busy). A node another
+moxflow run holds, or one of its guests (waited for up to --lock-timeout seconds), is busy,
+and stops the roll the same way.
 """
 
 from __future__ import annotations

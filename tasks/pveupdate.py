@@ -82,7 +82,6 @@ from moxflow.pveupdate import (
 from moxflow.snapshots import DatasetJob, plan_dataset_snapshot
 from moxflow.zfs import ZfsSnapshot, destroy_argv, list_snapshots_argv, parse_snapshot_list
 from tasks._retry import step
-from tasks.targets import guest_target, hold
 
 T = TypeVar("T")
 
@@ -378,8 +377,9 @@ def _guest(run: NodeRun, vmid: int) -> Guest | None:
 
 
 def _migrate(run: NodeRun, s: GuestStep, step_name: str) -> None:
-    """One guest from ``s.source`` to ``s.target``, its slot held; waits until the guest is
-    on the target (an HA migration's task ends when the move is only queued)."""
+    """One guest from ``s.source`` to ``s.target`` (its slot held by the node's chain); waits
+    until the guest is on the target (an HA migration's task ends when the move is only
+    queued)."""
     if s.target is None:
         raise UpdateStepFailed(run.node, step_name, f"{s.label}: a migration without a target")
     params: dict[str, Any] = {}
@@ -389,16 +389,15 @@ def _migrate(run: NodeRun, s: GuestStep, step_name: str) -> None:
         params["restart"] = 1
         params["timeout"] = int(run.settings.shutdown_timeout)
     timeout = run.settings.migration_timeout
-    with hold([guest_target(s.vmid)]):
-        upid = run.client.migrate(s.source, s.type, s.vmid, s.target, **params)
-        run.client.wait_task(upid, timeout=timeout)
-        target = s.target
+    upid = run.client.migrate(s.source, s.type, s.vmid, s.target, **params)
+    run.client.wait_task(upid, timeout=timeout)
+    target = s.target
 
-        def arrived() -> bool | None:
-            g = _guest(run, s.vmid)
-            return True if g is not None and g.node == target else None
+    def arrived() -> bool | None:
+        g = _guest(run, s.vmid)
+        return True if g is not None and g.node == target else None
 
-        _wait(f"{s.label} on {target}", run.node, step_name, timeout, arrived)
+    _wait(f"{s.label} on {target}", run.node, step_name, timeout, arrived)
     get_run_logger().info("%s: %s", run.node, s)
 
 
@@ -412,24 +411,23 @@ def _power(run: NodeRun, s: GuestStep, action: str) -> None:
     node (``onboot`` started it when the node booted) is done, not a failure: it is not
     asked to start (PVE would refuse: "VM 101 already running" as a failed task, "CT 102
     already running" as an error), and a start refused because the boot got there first
-    counts once the guest is seen running."""
-    with hold([guest_target(s.vmid)]):
-        if action == "start":
-            if _running_on(run, s):
-                get_run_logger().info("%s: %s: already running (started on boot)", run.node, s)
-                return
-            try:
-                upid = run.client.power(s.source, s.type, s.vmid, "start")
-                run.client.wait_task(upid, timeout=run.settings.shutdown_timeout)
-            except ProxmoxError:
-                if not _running_on(run, s):
-                    raise
-                get_run_logger().info("%s: %s: already running (started on boot)", run.node, s)
-                return
-        else:
-            timeout = run.settings.shutdown_timeout
-            upid = run.client.shutdown(s.source, s.type, s.vmid, int(timeout))
-            run.client.wait_task(upid, timeout=timeout + 30)
+    counts once the guest is seen running. The guest's slot is held by the node's chain."""
+    if action == "start":
+        if _running_on(run, s):
+            get_run_logger().info("%s: %s: already running (started on boot)", run.node, s)
+            return
+        try:
+            upid = run.client.power(s.source, s.type, s.vmid, "start")
+            run.client.wait_task(upid, timeout=run.settings.shutdown_timeout)
+        except ProxmoxError:
+            if not _running_on(run, s):
+                raise
+            get_run_logger().info("%s: %s: already running (started on boot)", run.node, s)
+            return
+    else:
+        timeout = run.settings.shutdown_timeout
+        upid = run.client.shutdown(s.source, s.type, s.vmid, int(timeout))
+        run.client.wait_task(upid, timeout=timeout + 30)
     get_run_logger().info("%s: %s", run.node, s)
 
 

@@ -51,7 +51,7 @@ from tasks.pveupdate import (
     upgrade,
     verify,
 )
-from tasks.targets import SCRATCH_TARGET, hold, node_target
+from tasks.targets import SCRATCH_TARGET, guest_target, hold, node_target
 
 JOB = "proxmox-update"
 NO_SNAPSHOT = (
@@ -76,11 +76,14 @@ def _cells(plan: NodePlan, snap: str | None = None) -> dict[str, str]:
 @flow(name="proxmox-update-node", flow_run_name="{node}", validate_parameters=False)
 def update_node(node: str, run: NodeRun, wait: float) -> ReportRow | State[ReportRow]:
     """One node, step by step: snapshot → guests-leave → upgrade → reboot (when needed) →
-    verify → guests-return, holding the node's slot the whole time. Failed when the node did
-    not end up updated: failed (the roll stops) or busy (another run holds it longer than
-    ``wait`` seconds)."""
+    verify → guests-return, holding the slots of the node and of each of its guests the
+    whole time: no other moxflow run (a backup, a snapshot, a restore) touches a guest while
+    it is away, shut down, or on a node that reboots. Failed when the node did not end up
+    updated: failed (the roll stops) or busy (another run holds the node or one of its
+    guests longer than ``wait`` seconds)."""
+    targets = [node_target(node), *(guest_target(g.vmid) for g in run.state.facts.guests)]
     try:
-        with hold([node_target(node)], wait=wait):
+        with hold(targets, wait=wait):
             row = _chain(run)
     except TargetBusyError as exc:
         row = ReportRow(node, Outcome.BUSY, detail=str(exc), cells=_cells(run.plan))

@@ -431,6 +431,40 @@ def test_enterprise_repository_fails_pre_flight_before_any_change(
     assert placement(st) == placement(before)
 
 
+def test_a_nodes_guests_are_held_for_its_whole_chain(pve: LabClient, tmp_path: Path) -> None:
+    """While pve1's roll waits for its reboot (pve1 keeps answering for 6 s), CT 102 runs
+    on another node, migrated there for the update: another run's backup of it waits for
+    its slot, then leaves it busy (nothing dumped); the roll ends well and brings it home."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from flows.jobs.vzdump_backup import vzdump_backup
+
+    pve.control("apt_node", node="pve1", linger=240.0)  # 240 × 0.025 = 6 s
+    inv = inventory(pve, tmp_path.name, reboot_timeout=20.0)
+    archives = {a["volid"] for s in pve.state()["storages"].values() for a in s["archives"]}
+    with ThreadPoolExecutor(1) as lane:
+        roll = lane.submit(proxmox_update, inventory=str(inv), only=["pve1"], return_state=True)
+        wait_until(lambda: apt(pve.state(), "pve1")["rebooting"] or roll.done(), timeout=60)
+        assert not roll.done(), roll.result()
+        away = placement(pve.state())["102"][0]
+        assert away != "pve1"  # migrated for the update, not back yet
+        dump = vzdump_backup(
+            select="102", offsite=False, lock_timeout=0.5, inventory=str(inv), return_state=True
+        )
+        assert apt(pve.state(), "pve1")["rebooting"]  # the roll was mid-chain all along
+        state = roll.result(timeout=120)
+    assert state.is_completed()
+    assert dump.is_failed()
+    rows = dump.result(raise_on_failure=False).report.rows
+    [busy] = [r for r in rows if r.target == "102 (ct-102)"]
+    assert busy.outcome is Outcome.BUSY
+    assert "another moxflow run holds moxflow-guest-102" in busy.detail
+    st = pve.state()
+    new = [a for s in st["storages"].values() for a in s["archives"] if a["volid"] not in archives]
+    assert not any(a["vmid"] == 102 for a in new)
+    assert placement(st)["102"][0] == "pve1"
+
+
 @pytest.fixture(scope="module")
 def lab1(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabClient]:
     lab = _start(tmp_path_factory.mktemp("lab1"), 1)
