@@ -296,7 +296,8 @@ def _roll(
     logger = get_run_logger()
     stopped: str | None = None
     actual: dict[str, dict[str, str]] = {}
-    for name in [n.node for n in plan.nodes]:
+    names = [n.node for n in plan.nodes]
+    for i, name in enumerate(names):
         n = next(x for x in plan.nodes if x.node == name)
         if stopped is not None:
             report.add(ReportRow(n.node, Outcome.SKIPPED, detail=f"not started: {stopped}"))
@@ -328,6 +329,8 @@ def _roll(
                     )
                 )
             continue
+        if all(x.skip for x in plan.nodes if x.node in names[i + 1 :]):
+            continue  # no node after it to plan for
         try:
             actual[n.node] = tuned(node_versions, inv)(client, n.node)
         except MoxflowError as exc:
