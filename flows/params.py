@@ -178,8 +178,13 @@ class ProxmoxUpdateParams(FlowParams):
     )
     lock_timeout: LockTimeout = Field(
         default=120.0,
-        description="seconds to wait for a node another moxflow run holds; then it is busy "
-        "and the roll stops",
+        description="seconds to wait for a node (or one of its guests) another moxflow run "
+        "holds; then it is busy and the roll stops",
+    )
+    no_snapshot: bool = Field(
+        default=False,
+        description="do not snapshot the nodes' root datasets (nodes without a ZFS root): a "
+        "failed upgrade then has no snapshot to go back to; the report says so",
     )
     dry_run: DryRun = False
     inventory: InventoryFile = None

@@ -1,8 +1,10 @@
 """Update the Proxmox VE nodes one at a time: snapshot, guests leave, upgrade, reboot, verify.
 
 Pre-flight for the whole cluster first, before any change: quorate, every node online, no
-backup, migration or other blocking task running, no broken dpkg, and a two-node cluster
-only with a QDevice ([proxmox_update] two_node_without_qdevice). The package lists are
+backup, migration or other blocking task running, no broken dpkg, each node's root dataset
+there to snapshot ([proxmox_update] root_dataset; --no-snapshot for nodes without a ZFS
+root: no snapshot then, and the report says so first), and a two-node cluster only with a
+QDevice ([proxmox_update] two_node_without_qdevice). The package lists are
 refreshed through the API (the aptupdate task); a node with nothing to upgrade is skipped.
 --dry-run stops there and shows per node the packages (current → new), whether it reboots
 and why, and what happens to each guest.
@@ -12,23 +14,32 @@ Then, one node at a time (a subflow run per node, named after it):
   snapshot       zfs snapshot of its root dataset (label pre-update, pruned by
                  [proxmox_update.policies])
   guests-leave   HA node maintenance for HA-managed guests (waits until none is left on
-                 it); the others migrate (online VMs, containers in restart mode), shut
-                 down, or stay, by --guests; a guest with local disks or passthrough
+                 it); the others migrate (online VMs, containers in restart mode; only
+                 to a node running the same or newer pve-manager, qemu-server and
+                 pve-qemu-kvm, or pve-container), shut down, or stay, by --guests; a
+                 guest with local disks or passthrough, or that no node can take,
                  follows its fallback ([proxmox_update] fallback, default_fallback)
   upgrade        apt-get dist-upgrade non-interactively over SSH (then autoremove);
                  dpkg --audit before and after; the whole output in the run's log
   reboot         only when the kernel it boots next is not the running one (or
-                 --reboot always); proven by the API's uptime, then online, SSH,
-                 pveversion and quorum, within [proxmox_update] reboot_timeout
+                 --reboot always); proven by the API's uptime, then online, quorum,
+                 SSH, pveversion and the cluster services (pve-cluster, pveproxy,
+                 pvedaemon, pve-ha-lrm active), within [proxmox_update] reboot_timeout
   verify         online, quorate, the expected kernel, no newly failed systemd unit
-  guests-return  leave maintenance, migrate back, start what was shut down; every guest
-                 where it was and running as before
+  guests-return  leave maintenance (once pve-ha-lrm runs again), migrate back, start
+                 what was shut down (one onboot already started counts as back); every
+                 guest where it was and running as before
 
 The first failure stops the roll: the nodes after it are not started, the failed node stays
-in maintenance with its snapshot kept, and the report says what to do next (boot the
-previous kernel with proxmox-boot-tool kernel pin, the snapshot to roll back to from a
-rescue system, how to leave maintenance). A node another moxflow run holds (waited for up to
---lock-timeout seconds) is busy, and stops the roll the same way.
+in maintenance with its snapshot kept, and the report says what to do next (the guests it
+sent away or shut down, each with the command that brings it back; once the upgrade ran,
+boot the previous kernel with proxmox-boot-tool kernel pin, the snapshot to roll back to
+from a rescue system; how to leave maintenance).
+
+A node's roll holds the slots of the node and of its guests from its snapshot to its
+guests' return (another run's backup of such a guest waits, then is busy). A node another
+moxflow run holds, or one of its guests (waited for up to --lock-timeout seconds), is busy,
+and stops the roll the same way.
 """
 
 from __future__ import annotations

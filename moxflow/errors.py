@@ -26,6 +26,7 @@ The tree (``transient`` errors are the ones worth retrying with backoff)::
     ├── WindowsScriptError           a script in a Windows VM (through the guest agent) exited
     │                                non-zero, crashed, or was lost; names the VM and script
     ├── WebhookError                 a notification webhook failed (5xx, 408, 429: transient)
+    ├── UpdateStepFailed             a step of a Proxmox node's update failed; the roll stops
     ├── TargetBusyError              another moxflow run holds the target's slot (after a wait)
     ├── SlotServerError              the Prefect server could not give out a slot  (transient)
     └── RunFailed                    a flow finished with failed targets; carries the report
@@ -173,6 +174,20 @@ class ProxmoxTaskError(ProxmoxError):
 
 class ProxmoxTaskTimeout(ProxmoxError):
     """A Proxmox task was still running when the wait ran out; it may still finish."""
+
+
+# --- steps --------------------------------------------------------------------------------
+
+
+class UpdateStepFailed(MoxflowError):
+    """A step of a Proxmox node's update failed (``node``, ``step``: ``upgrade``,
+    ``reboot``, ...); the roll stops there. Never retried: the step already waited or
+    checked what happened."""
+
+    def __init__(self, node: str, step: str, message: str, *, hint: str | None = None) -> None:
+        super().__init__(f"{node}: {step}: {message}", hint=hint)
+        self.node = node
+        self.step = step
 
 
 # --- between runs --------------------------------------------------------------------------

@@ -8,6 +8,8 @@ Pure and Prefect-free, with the clock and the sleep injectable so tests run on a
   5 % of the elapsed time around the expected end.
 - ``DumpEstimator`` learns, within one backup run, how long a vzdump on a storage takes, so
   that each dump's wait gets such a hint.
+- ``poll_until`` waits for a condition (a node back, a guest arrived) with ``backoff``: looks
+  0.5 s apart at first (sooner under a short bound), doubling to 5 s, the last at the bound.
 """
 
 from __future__ import annotations
@@ -16,18 +18,25 @@ import math
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import TypeVar
 
 __all__ = [
+    "BACKOFF_CAP",
+    "BACKOFF_FIRST",
     "POLL_CAP",
     "POLL_EARLY_GAP",
     "POLL_FLOOR",
     "POLL_HINT_CAP",
     "DumpEstimator",
     "Pacer",
+    "backoff",
     "poll_delay",
+    "poll_until",
 ]
+
+T = TypeVar("T")
 
 # Without a hint: poll at a tenth of the time already waited, within these bounds (seconds).
 POLL_FLOOR = 0.02
@@ -83,6 +92,50 @@ def poll_delay(
         return max(floor, gap / max(1, steps))
     slack = min(POLL_SLACK, POLL_SHARE * expect)
     return min(hint_cap, max(floor, slack, POLL_SHARE * elapsed))
+
+
+# A wait for a condition: the first gap BACKOFF_FIRST, or BACKOFF_SHARE of the bound when that
+# is shorter (a bound scaled down, as in a time-scaled lab, keeps its proportions), then
+# doubling up to BACKOFF_CAP.
+BACKOFF_FIRST = 0.5
+BACKOFF_CAP = 5.0
+BACKOFF_SHARE = 0.05
+
+
+def backoff(
+    timeout: float, *, first: float = BACKOFF_FIRST, cap: float = BACKOFF_CAP
+) -> Iterator[float]:
+    """The gaps between the looks of a wait bounded by ``timeout`` seconds: ``first`` (at
+    most ``cap`` and 5 % of ``timeout``, at least :data:`POLL_FLOOR`), doubling up to
+    ``cap``."""
+    delay = max(POLL_FLOOR, min(first, cap, BACKOFF_SHARE * timeout))
+    while True:
+        yield delay
+        delay = min(delay * 2, cap)
+
+
+def poll_until(
+    check: Callable[[], T | None],
+    timeout: float,
+    *,
+    first: float = BACKOFF_FIRST,
+    cap: float = BACKOFF_CAP,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+) -> T | None:
+    """Call ``check`` until it returns something other than None, and return that; None when
+    ``timeout`` seconds passed without. Looks at once, then after each gap of
+    :func:`backoff`, never sleeping past the deadline, and once more at it."""
+    deadline = clock() + timeout
+    for delay in backoff(timeout, first=first, cap=cap):
+        found = check()
+        if found is not None:
+            return found
+        left = deadline - clock()
+        if left <= 0:
+            return None
+        sleep(min(delay, left))
+    return None  # pragma: no cover - backoff never ends
 
 
 class Pacer:

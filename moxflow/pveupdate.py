@@ -4,8 +4,8 @@ verdicts after the reboot and the next steps after a failure.
 
 A node's update is: pre-flight (whole cluster), snapshot of the root dataset, guests leave
 (HA node maintenance for HA-managed guests, the others by policy), ``apt-get dist-upgrade``
-over SSH, a reboot only when needed (proven by a new ``boot_id`` or a reset uptime, never by
-the node answering), verify, leave maintenance, guests return; then the next node. The API
+over SSH, a reboot only when needed (proven by a reset uptime, never by the node
+answering), verify, leave maintenance, guests return; then the next node. The API
 shapes are the ones of ``shared/reference/proxmox-ve-api-schema.json`` and the facts file
 (``guide/facts-proxmox-update.md``); every builder returns an argument list, which the SSH
 runner quotes once.
@@ -29,7 +29,7 @@ from __future__ import annotations
 import re
 import shlex
 from collections.abc import Collection, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, tzinfo
 from functools import cmp_to_key
 from typing import Any, Literal
@@ -48,6 +48,9 @@ from moxflow.zfs import snapshot_argv
 
 __all__ = [
     "BLOCKING_TASK_TYPES",
+    "CLUSTER_SERVICES",
+    "HA_STALE_AFTER",
+    "MIGRATION_PACKAGES",
     "SNAPSHOT_LABEL",
     "ClusterNode",
     "ClusterStatus",
@@ -78,10 +81,13 @@ __all__ = [
     "failed_units_argv",
     "failure_next_steps",
     "held_packages_argv",
+    "judge_ha_status",
+    "judge_root_dataset",
     "kernel_abi",
     "kernel_list_argv",
     "last_upgrade",
     "maintenance_argv",
+    "not_active",
     "parse_apt_updates",
     "parse_apt_versions",
     "parse_cluster_status",
@@ -94,13 +100,16 @@ __all__ = [
     "parse_node_status",
     "parse_qdevice",
     "parse_running_tasks",
+    "parse_service_states",
     "plan_guests",
     "plan_roll",
     "preflight",
     "prove_reboot",
     "pveversion_argv",
     "return_steps",
+    "root_dataset_argv",
     "root_snapshot_argv",
+    "services_argv",
     "verify_guests",
     "verify_node",
 ]
@@ -136,6 +145,11 @@ BLOCKING_TASK_TYPES = frozenset(
 """Task types that refuse a roll while running: backups, migrations, restores, clones,
 snapshots, disk moves, bulk start/stop and package list refreshes. Console sessions
 (``vncproxy``, ``termproxy``, ...) and guest start/stop run for long or often and do not."""
+
+CLUSTER_SERVICES = ("pve-cluster", "pveproxy", "pvedaemon", "pve-ha-lrm")
+"""The services a node back from its reboot must run before the roll goes on: the cluster
+file system, the API (proxy and daemon) and the HA local resource manager (maintenance is
+only left once it runs again)."""
 
 _KERNEL_PACKAGE_RE = re.compile(r"(?:proxmox|pve)-kernel-(?P<rest>[0-9].*)", re.ASCII)
 _KERNEL_ABI_RE = re.compile(r"(?P<abi>[0-9]+\.[0-9]+\.[0-9]+-[0-9]+-pve)(?:-signed)?", re.ASCII)
@@ -431,20 +445,30 @@ class HaService:
         return int(tail) if tail.isdigit() else None
 
 
+HA_STALE_AFTER = 30.0
+"""Seconds after which the manager status is old: ``ha-manager status`` then says ``old
+timestamp - dead?`` of its master (PVE's API does the same)."""
+
+
 @dataclass(frozen=True, slots=True)
 class HaStatus:
-    """``GET /cluster/ha/status/manager_status``. Without a master (no HA resource ever, or
-    ``{}``/null) nothing acts on node maintenance: :attr:`active` is false."""
+    """``GET /cluster/ha/status/manager_status``: what the CRM master last wrote, and when
+    (``timestamp``, epoch seconds). Without a master (no HA resource ever, or ``{}``/null)
+    nothing acts on node maintenance: :attr:`active` is false. ``stale`` (set by
+    :func:`judge_ha_status`) says why the status is not from a current master: then nothing
+    in it is trusted and nothing acts on maintenance either."""
 
     master: str | None = None
     nodes: Mapping[str, str] = field(default_factory=dict)
     lrm_modes: Mapping[str, str] = field(default_factory=dict)
     services: tuple[HaService, ...] = ()
+    timestamp: float | None = None
+    stale: str | None = None
 
     @property
     def active(self) -> bool:
-        """Whether a CRM master exists to act on maintenance requests."""
-        return self.master is not None
+        """Whether a current CRM master exists to act on maintenance requests."""
+        return self.master is not None and self.stale is None
 
     @property
     def managed(self) -> frozenset[int]:
@@ -477,7 +501,9 @@ def parse_ha_status(data: Any) -> HaStatus:
         if isinstance(s, Mapping)
     ]
     master = manager.get("master_node")
+    stamp = manager.get("timestamp")
     return HaStatus(
+        timestamp=float(stamp) if isinstance(stamp, int | float) and stamp > 0 else None,
         master=str(master) if master else None,
         nodes={str(k): str(v) for k, v in node_status.items()},
         lrm_modes={
@@ -485,6 +511,31 @@ def parse_ha_status(data: Any) -> HaStatus:
         },
         services=tuple(sorted(services, key=lambda s: s.sid)),
     )
+
+
+def judge_ha_status(ha: HaStatus, cluster: ClusterStatus, now: float) -> HaStatus:
+    """``ha`` with :attr:`HaStatus.stale` set when it is not from a current master: its
+    master node is not online in ``cluster``, it has no timestamp, or the timestamp is more
+    than :data:`HA_STALE_AFTER` seconds before ``now`` (epoch seconds; the controller's
+    clock against the master's, both kept by NTP). A dead master leaves its last status
+    behind, maintenance and services as they were then. A status without a master stays as
+    it is (inactive)."""
+    if ha.master is None:
+        return ha
+    row = next((n for n in cluster.nodes if n.name == ha.master), None)
+    why: str | None = None
+    if row is None or not row.online:
+        why = f"its master {ha.master} is not online"
+    elif ha.timestamp is None:
+        why = f"its master {ha.master} wrote no timestamp"
+    elif now - ha.timestamp > HA_STALE_AFTER:
+        why = (
+            f"its master {ha.master} last wrote it {now - ha.timestamp:.0f} s ago "
+            "('old timestamp - dead?': is pve-ha-crm running?)"
+        )
+    if why is None:
+        return ha
+    return replace(ha, stale=f"the HA manager status is stale: {why}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -660,6 +711,19 @@ def parse_dpkg_audit(stdout: str) -> DpkgAudit:
     return DpkgAudit(tuple(dict.fromkeys(packages)), stdout)
 
 
+def parse_service_states(units: Sequence[str], stdout: str) -> dict[str, str]:
+    """Each unit's state from ``systemctl is-active UNIT...`` (one word a line, in the order
+    asked: ``active``, ``activating``, ``inactive``, ``failed``, ...); ``unknown`` for a
+    unit it did not answer for."""
+    words = [line.strip() for line in stdout.splitlines() if line.strip()]
+    return {u: (words[i] if i < len(words) else "unknown") for i, u in enumerate(units)}
+
+
+def not_active(states: Mapping[str, str]) -> list[str]:
+    """``unit state`` of each unit in ``states`` that is not ``active``."""
+    return [f"{u} {state}" for u, state in states.items() if state != "active"]
+
+
 def parse_held_packages(stdout: str) -> tuple[str, ...]:
     """Package names from ``apt-mark showhold``, one a line, sorted."""
     return tuple(sorted({line.strip() for line in stdout.splitlines() if line.strip()}))
@@ -710,6 +774,29 @@ def maintenance_argv(node: str, enable: bool) -> list[str]:
 def root_snapshot_argv(dataset: str, name: str) -> list[str]:
     """``zfs snapshot DATASET@NAME`` of a node's root dataset."""
     return snapshot_argv(dataset, name)
+
+
+def root_dataset_argv(dataset: str) -> list[str]:
+    """``zfs list -H -p -o name DATASET``: the dataset's name when it exists; judge with
+    :func:`judge_root_dataset` (run without check)."""
+    return ["zfs", "list", "-H", "-p", "-o", "name", validate_dataset(dataset)]
+
+
+def judge_root_dataset(dataset: str, exit_code: int, stdout: str, stderr: str) -> str | None:
+    """Why ``dataset`` cannot be snapshotted on a node, from :func:`root_dataset_argv`'s
+    result (``cannot open 'x': dataset does not exist``; ``zfs: command not found`` on a
+    node without ZFS); None when it exists."""
+    if exit_code == 0 and stdout.strip().splitlines()[:1] == [dataset]:
+        return None
+    said = (stderr or stdout).strip().splitlines()
+    why = said[-1] if said else f"zfs list exited {exit_code}"
+    return f"root dataset {dataset} not found ({why})"
+
+
+def services_argv(units: Sequence[str] = CLUSTER_SERVICES) -> list[str]:
+    """``systemctl is-active UNIT...`` (exit 3 unless all are active: run without check);
+    parse with :func:`parse_service_states`."""
+    return ["systemctl", "is-active", *units]
 
 
 def kernel_list_argv() -> list[str]:
@@ -772,15 +859,20 @@ def preflight(
     dpkg: Mapping[str, DpkgAudit] | None = None,
     held: Mapping[str, Sequence[str]] | None = None,
     broken: Mapping[str, Mapping[str, str]] | None = None,
+    roots: Mapping[str, str | None] | None = None,
 ) -> Preflight:
     """Judge the whole cluster before any change.
 
     Refuses: a cluster that is not quorate; a node offline; a backup, migration or other
-    task of :data:`BLOCKING_TASK_TYPES` running; an HA node not ``online``; a two-node
+    task of :data:`BLOCKING_TASK_TYPES` running; an HA node not ``online``; HA resources
+    with a stale manager status (``ha`` judged by :func:`judge_ha_status`: no current
+    master would act on maintenance; a stale status without HA resources is an idle CRM); a two-node
     cluster without a connected QDevice (unless ``two_node`` is ``allow``, and never with HA
     resources, whose watchdog fences a node that loses quorum); a node whose dpkg is broken
     (``dpkg``: ``dpkg --audit`` per node; ``broken``: half installed packages from
-    :func:`parse_apt_versions`). Held packages (``held`` per node) are warnings.
+    :func:`parse_apt_versions`); a node whose root dataset cannot be snapshotted (``roots``:
+    node → :func:`judge_root_dataset`; left out with ``--no-snapshot``). Held packages
+    (``held`` per node) are warnings.
     """
     reasons: list[str] = []
     warnings: list[str] = []
@@ -788,7 +880,12 @@ def preflight(
         reasons.append(f"cluster {cluster.name} is not quorate")
     if cluster.offline:
         reasons.append(f"node offline: {', '.join(cluster.offline)}")
-    for node, state in sorted(ha.nodes.items()):
+    if ha.stale and ha.services:
+        reasons.append(
+            f"{ha.stale}; the HA-managed guests leave through HA node maintenance, which "
+            "needs a current CRM master"
+        )
+    for node, state in sorted(ha.nodes.items()) if not ha.stale else ():
         if state != "online" and node not in cluster.offline:
             reasons.append(f"HA reports node {node} {state}")
     busy = [t for t in tasks if t.type in BLOCKING_TASK_TYPES]
@@ -816,6 +913,13 @@ def preflight(
         if states:
             half = ", ".join(f"{p} {s}" for p, s in sorted(states.items()))
             reasons.append(f"{node}: packages half installed: {half}")
+    for node, problem in sorted((roots or {}).items()):
+        if problem:
+            reasons.append(
+                f"{node}: {problem}; nothing changes without the pre-update snapshot: "
+                "correct [proxmox_update] root_dataset, or, for a node without a ZFS root, "
+                "run with --no-snapshot (then there is no snapshot to go back to)"
+            )
     for node, names in sorted((held or {}).items()):
         if names:
             warnings.append(f"{node}: held packages stay at their version: {', '.join(names)}")
@@ -879,20 +983,11 @@ class RebootProof:
     reason: str
 
 
-def prove_reboot(
-    requested: datetime,
-    observed: datetime,
-    uptime: float | None,
-    boot_id_before: str | None = None,
-    boot_id_now: str | None = None,
-) -> RebootProof:
-    """A reboot is proven by a changed boot id, or by an uptime (seen at ``observed``)
-    shorter than the time since the request; a node that merely answers proves nothing
-    (it keeps answering for tens of seconds after ``reboot`` returns)."""
-    if boot_id_before and boot_id_now:
-        if boot_id_now != boot_id_before:
-            return RebootProof(True, f"boot id changed ({boot_id_before} → {boot_id_now})")
-        return RebootProof(False, "same boot id as before the request: not rebooted yet")
+def prove_reboot(requested: datetime, observed: datetime, uptime: float | None) -> RebootProof:
+    """A reboot is proven by the node's uptime (``GET /nodes/{n}/status``, seen at
+    ``observed``) shorter than the time since the request; a node that merely answers proves
+    nothing (it keeps answering for tens of seconds after ``reboot`` returns). The API gives
+    no boot id, and the uptime needs neither SSH nor synchronised clocks."""
     if uptime is None:
         return RebootProof(False, "no uptime seen yet (node not answering)")
     since = (observed - requested).total_seconds()
@@ -943,17 +1038,39 @@ class GuestStep:
         return f"{text} ({self.reason})" if self.reason else text
 
 
+MIGRATION_PACKAGES: Mapping[GuestType, tuple[str, ...]] = {
+    "qemu": ("pve-manager", "qemu-server", "pve-qemu-kvm"),
+    "lxc": ("pve-manager", "pve-container"),
+}
+"""The packages a migration target must run in the same or a newer version than the source
+(Proxmox supports migrating to the same or a newer version only): the manager, and the VM
+tools and QEMU for a VM, the container tools for a container."""
+
+
 @dataclass(frozen=True, slots=True)
 class TargetNode:
-    """A node that might receive guests: its pve-manager version, whether this roll has
-    upgraded it already, and how many guests run on it."""
+    """A node that might receive guests: its package versions (installed, or as this roll
+    upgraded them), whether this roll has upgraded it already, and how many guests run on
+    it."""
 
     name: str
     online: bool = True
-    version: str | None = None
+    versions: Mapping[str, str] = field(default_factory=dict)
     upgraded: bool = False
     running: int = 0
     maintenance: bool = False
+
+    def older(self, kind: GuestType, versions: Mapping[str, str]) -> list[str]:
+        """The packages of :data:`MIGRATION_PACKAGES` this node runs older than ``versions``
+        (the source's), as ``name mine < theirs``; a package either side does not know is
+        not compared."""
+        return [
+            f"{p} {self.versions[p]} < {versions[p]}"
+            for p in MIGRATION_PACKAGES[kind]
+            if p in self.versions
+            and p in versions
+            and compare_versions(self.versions[p], versions[p]) < 0
+        ]
 
 
 def _fallback_step(guest: Guest, node: str, fallback: FallbackPolicy, why: str) -> GuestStep:
@@ -969,7 +1086,7 @@ def plan_guests(
     settings: ProxmoxUpdateSettings,
     *,
     others: Iterable[TargetNode] = (),
-    version: str | None = None,
+    versions: Mapping[str, str] | None = None,
     ha: HaStatus | None = None,
     prechecks: Mapping[int, MigratePrecheck] | None = None,
     policy: GuestPolicy | None = None,
@@ -979,23 +1096,18 @@ def plan_guests(
     HA-managed guests go with HA node maintenance when a CRM master is there to act. The
     others follow ``policy`` (default ``settings.guests``): ``migrate`` online (running VMs),
     in restart mode (running containers) or offline (stopped guests) to the node of
-    ``others`` that is online, not in maintenance, runs the same or a newer version than
-    ``version`` and is allowed by the guest's pre-check; upgraded nodes first, then the one
+    ``others`` that is online, not in maintenance, runs the guest's
+    :data:`MIGRATION_PACKAGES` in the same or a newer version than ``versions`` (the
+    node's own) and is allowed by the guest's pre-check; upgraded nodes first, then the one
     with fewest running guests (counting those planned to arrive), then by name. A guest
     that cannot move (local disks or resources, no node) follows its fallback. Templates
     stay.
     """
+    mine = versions or {}
     chosen = policy or settings.guests
     ha_guests = ha.managed if ha is not None and ha.active else frozenset()
     load = {t.name: t.running for t in others}
-    targets = [
-        t
-        for t in others
-        if t.name != node
-        and t.online
-        and not t.maintenance
-        and (version is None or t.version is None or compare_versions(t.version, version) >= 0)
-    ]
+    targets = [t for t in others if t.name != node and t.online and not t.maintenance]
     steps: list[GuestStep] = []
     for guest in sorted(guests, key=lambda g: g.vmid):
         if guest.node != node:
@@ -1019,7 +1131,7 @@ def plan_guests(
         if check is not None and check.blocker:
             steps.append(_fallback_step(guest, node, fallback, f"cannot migrate: {check.blocker}"))
             continue
-        allowed = [
+        possible = [
             t
             for t in targets
             if check is None
@@ -1028,10 +1140,14 @@ def plan_guests(
                 and (not check.allowed_nodes or t.name in check.allowed_nodes)
             )
         ]
+        too_old = {t.name: old for t in possible if (old := t.older(guest.type, mine))}
+        allowed = [t for t in possible if t.name not in too_old]
         if not allowed:
-            steps.append(
-                _fallback_step(guest, node, fallback, "cannot migrate: no node can take it")
-            )
+            why = "cannot migrate: no node can take it"
+            if too_old:
+                olds = "; ".join(f"{n}: {', '.join(o)}" for n, o in sorted(too_old.items()))
+                why += f" (older packages: {olds})"
+            steps.append(_fallback_step(guest, node, fallback, why))
             continue
         best = min(allowed, key=lambda t: (not t.upgraded, load[t.name], t.name))
         mode: MigrationMode = (
@@ -1071,16 +1187,21 @@ class NodeFacts:
     running_kernel: str
     pending: tuple[PendingPackage, ...] = ()
     kernels: KernelList | None = None
-    version: str | None = None
-    new_version: str | None = None
+    versions: Mapping[str, str] = field(default_factory=dict)
     guests: tuple[Guest, ...] = ()
     prechecks: Mapping[int, MigratePrecheck] = field(default_factory=dict)
     held: tuple[str, ...] = ()
-    online: bool = True
 
     @property
     def running_guests(self) -> int:
         return sum(1 for g in self.guests if g.node == self.name and g.running)
+
+    @property
+    def new_versions(self) -> dict[str, str]:
+        """The versions it is expected to run once upgraded: the installed ones with the
+        pending upgrades applied (a held package stays behind in fact: after a node's
+        upgrade its real versions are read again, see ``actual`` of :func:`plan_roll`)."""
+        return {**self.versions, **{p.name: p.new_version for p in self.pending}}
 
 
 @dataclass(frozen=True, slots=True)
@@ -1096,6 +1217,7 @@ class NodePlan:
     maintenance: bool = False
     snapshot: str | None = None
     skip: str | None = None
+    no_snapshot: bool = False
 
     def describe(self) -> list[str]:
         """The node's part of the ``--dry-run`` text."""
@@ -1104,7 +1226,9 @@ class NodePlan:
         count = len(self.packages)
         lines = [f"{self.node}: {count} package{'s' if count != 1 else ''} to upgrade"]
         lines.extend(f"    {p}" for p in self.packages)
-        if self.snapshot:
+        if self.no_snapshot:
+            lines.append("  snapshot: NONE (--no-snapshot: nothing to roll back to)")
+        elif self.snapshot:
             lines.append(f"  snapshot: {self.snapshot}")
         if self.maintenance:
             lines.append("  HA node maintenance: enabled during the update")
@@ -1139,6 +1263,14 @@ class RollPlan:
         return lines
 
 
+def _versions_of(
+    node: NodeFacts, upgraded: bool, actual: Mapping[str, Mapping[str, str]]
+) -> Mapping[str, str]:
+    if node.name in actual:
+        return actual[node.name]
+    return node.new_versions if upgraded else node.versions
+
+
 def plan_roll(
     facts: Sequence[NodeFacts],
     settings: ProxmoxUpdateSettings,
@@ -1149,16 +1281,21 @@ def plan_roll(
     policy: GuestPolicy | None = None,
     reboot: RebootPolicy | None = None,
     bystanders: Sequence[NodeFacts] = (),
+    no_snapshot: bool = False,
+    actual: Mapping[str, Mapping[str, str]] | None = None,
 ) -> RollPlan:
     """Plan the roll over ``facts`` (the nodes to update); ``bystanders`` are the cluster's
     other nodes, not updated by this roll (``--only``) but migration targets like the rest
-    when they run the same or a newer version.
+    when they run the same or newer versions (:data:`MIGRATION_PACKAGES`).
 
     Order: ``settings.nodes`` when it lists them, else fewest running guests first, then by
-    name. A node with nothing to upgrade, or offline, is skipped with the reason. Each
-    node's guests go to nodes already planned (upgraded, at ``new_version``) first.
+    name. A node with nothing to upgrade is skipped with the reason (an offline node has no
+    facts: pre-flight refuses the roll). Each node's guests go to nodes already planned
+    first: upgraded, at their :attr:`NodeFacts.new_versions`, or at ``actual`` (node →
+    installed versions read after its upgrade: the plan for the later nodes is made again
+    with what it really runs, a held package behind).
     ``snapshot`` is the root snapshot's name (known at run time; the dry run passes one made
-    from its own time).
+    from its own time); ``no_snapshot`` (``--no-snapshot``) plans none.
     """
     if settings.nodes:
         rank = {n: i for i, n in enumerate(settings.nodes)}
@@ -1169,19 +1306,15 @@ def plan_roll(
     done: set[str] = set()
     plans: list[NodePlan] = []
     for node in ordered:
-        if not node.online:
-            plans.append(NodePlan(node.name, skip="offline"))
-            continue
         if not node.pending:
             plans.append(NodePlan(node.name, skip="nothing to upgrade"))
             continue
         others = [
             TargetNode(
                 o.name,
-                o.online,
-                o.new_version if o.name in done and o.new_version else o.version,
-                o.name in done,
-                o.running_guests,
+                versions=_versions_of(o, o.name in done, actual or {}),
+                upgraded=o.name in done,
+                running=o.running_guests,
                 maintenance=ha is not None and ha.nodes.get(o.name) == "maintenance",
             )
             for o in (*facts, *bystanders)
@@ -1192,7 +1325,7 @@ def plan_roll(
             node.guests,
             settings,
             others=others,
-            version=node.version,
+            versions=node.versions,
             ha=ha,
             prechecks=node.prechecks,
             policy=policy,
@@ -1206,7 +1339,7 @@ def plan_roll(
             pinned=bool(kernels and (kernels.pinned or kernels.next_boot_pin)),
         )
         name = None
-        if snapshot is not None:
+        if snapshot is not None and not no_snapshot:
             name = f"{dataset}@{validate_zfs_snapname(snapshot)}"
         plans.append(
             NodePlan(
@@ -1217,6 +1350,7 @@ def plan_roll(
                 returns=tuple(return_steps(steps)),
                 maintenance=ha is not None and ha.active,
                 snapshot=name,
+                no_snapshot=no_snapshot,
             )
         )
         done.add(node.name)
@@ -1282,25 +1416,49 @@ def verify_guests(before: Iterable[Guest], now: Iterable[Guest]) -> Verdict:
 # --- failure -------------------------------------------------------------------------------
 
 
+def _way_back(s: GuestStep) -> str:
+    """How a person brings back a guest a failed roll left away from its node."""
+    tool = "qm" if s.type == "qemu" else "pct"
+    if s.action == "migrate" and s.target is not None:
+        flags = {"online": ["--online"], "restart": ["--restart"]}.get(s.mode or "", [])
+        argv = [tool, "migrate", str(s.vmid), validate_host_name(s.source), *flags]
+        return (
+            f"{s.label} was migrated to {s.target}; to bring it back, on {s.target}: "
+            f"`{shlex.join(argv)}`"
+        )
+    if s.action == "shutdown":
+        argv = [tool, "start", str(s.vmid)]
+        return f"{s.label} was shut down; to start it again, on {s.source}: `{shlex.join(argv)}`"
+    return f"{s.label} was moved by HA node maintenance; it returns when maintenance is disabled"
+
+
 def failure_next_steps(
     node: str,
     dataset: str,
     snapshot: str | None,
     old_kernel: str | None,
+    *,
+    upgraded: bool,
     maintenance: bool = True,
+    away: Sequence[GuestStep] = (),
 ) -> list[str]:
-    """What a person does after the roll stopped on ``node``: boot the previous kernel
-    (kernels live on the EFI partitions, so a root rollback does not bring it back), roll
-    the root dataset back only as a disaster procedure from a rescue system, and leave HA
-    maintenance once the node is healthy."""
+    """What a person does after the roll stopped on ``node``: bring back the guests still
+    ``away`` (migrated, shut down, or moved by HA maintenance: each with its command); when
+    the upgrade ran (``upgraded``), boot the previous kernel (kernels live on the EFI
+    partitions, so a root rollback does not bring it back) and, only as a disaster procedure
+    from a rescue system, roll the root dataset back; leave HA maintenance once the node is
+    healthy. Before the upgrade ran no package changed: no kernel to pin, nothing to roll
+    back."""
     steps: list[str] = [f"{node} stopped the roll; the nodes after it were not touched."]
-    if old_kernel:
+    if upgraded and old_kernel:
         pin = shlex.join(["proxmox-boot-tool", "kernel", "pin", old_kernel, "--next-boot"])
         steps.append(
             f"to boot the previous kernel once: `{pin}` then `proxmox-boot-tool refresh` "
             "and reboot (drop --next-boot to keep it)"
         )
-    if snapshot:
+    if not snapshot:
+        steps.append("no root snapshot was taken")
+    elif upgraded:
         full = f"{validate_dataset(dataset)}@{validate_zfs_snapname(snapshot)}"
         rollback = ["zfs", "rollback", "-r", full]
         steps.append(
@@ -1310,7 +1468,11 @@ def failure_next_steps(
             "since the EFI partitions keep the new one)"
         )
     else:
-        steps.append("no root snapshot was taken")
+        full = f"{validate_dataset(dataset)}@{validate_zfs_snapname(snapshot)}"
+        steps.append(f"no package was changed; the root snapshot {full} is kept")
+    for s in sorted(away, key=lambda s: s.vmid):
+        if s.action != "ha" or maintenance:
+            steps.append(f"{'VM' if s.type == 'qemu' else 'CT'} {_way_back(s)}")
     if maintenance:
         steps.append(
             f"{node} stays in HA maintenance; once healthy: "

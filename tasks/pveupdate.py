@@ -21,12 +21,21 @@ from typing import Any, TypeVar
 from prefect.logging import get_run_logger
 
 from blocks.ssh import ssh_runner
-from moxflow.errors import MoxflowError, ProxmoxTaskError, SshCommandError, SshError
+from moxflow.errors import (
+    MoxflowError,
+    ProxmoxError,
+    ProxmoxTaskError,
+    SshCommandError,
+    SshError,
+    UpdateStepFailed,
+)
 from moxflow.guests import Guest
 from moxflow.inventory import Inventory, ProxmoxUpdateSettings
 from moxflow.naming import snapshot_name
+from moxflow.pacing import poll_until
 from moxflow.proxmox import ProxmoxClient
 from moxflow.pveupdate import (
+    CLUSTER_SERVICES,
     SNAPSHOT_LABEL,
     ClusterStatus,
     DpkgAudit,
@@ -44,8 +53,11 @@ from moxflow.pveupdate import (
     dpkg_audit_argv,
     failed_units_argv,
     held_packages_argv,
+    judge_ha_status,
+    judge_root_dataset,
     kernel_list_argv,
     maintenance_argv,
+    not_active,
     parse_apt_updates,
     parse_apt_versions,
     parse_cluster_status,
@@ -58,33 +70,23 @@ from moxflow.pveupdate import (
     parse_node_status,
     parse_qdevice,
     parse_running_tasks,
+    parse_service_states,
     prove_reboot,
     pveversion_argv,
+    root_dataset_argv,
     root_snapshot_argv,
+    services_argv,
     verify_guests,
     verify_node,
 )
 from moxflow.snapshots import DatasetJob, plan_dataset_snapshot
 from moxflow.zfs import ZfsSnapshot, destroy_argv, list_snapshots_argv, parse_snapshot_list
 from tasks._retry import step
-from tasks.targets import guest_target, hold
 
 T = TypeVar("T")
 
-POLL = 0.1
-"""Seconds between two looks while waiting for a node or a guest (the waits are bounded)."""
-
 _ENTERPRISE_RE = re.compile(r"https://enterprise\.proxmox\.com/\S+")
 APT_TASK_TIMEOUT = 300.0
-
-
-class UpdateStepFailed(MoxflowError):
-    """A step of a node's update failed; the roll stops there (``node``, ``step``)."""
-
-    def __init__(self, node: str, step: str, message: str, *, hint: str | None = None) -> None:
-        super().__init__(f"{node}: {step}: {message}", hint=hint)
-        self.node = node
-        self.step = step
 
 
 # --- facts -----------------------------------------------------------------------------------
@@ -111,11 +113,13 @@ class NodeState:
     audit: DpkgAudit
     failed_units: frozenset[str]
     uptime: int
+    root_problem: str | None = None
 
 
 @step("pveupdate-cluster", "cluster: facts")
 def cluster_facts(client: ProxmoxClient, nodes: Sequence[str]) -> ClusterFacts:
-    """Quorum, nodes, QDevice, HA, the running tasks of ``nodes`` and every guest; read-only."""
+    """Quorum, nodes, QDevice, HA (judged: a status not from a current master is marked
+    stale), the running tasks of ``nodes`` and every guest; read-only."""
     cluster = parse_cluster_status(client.cluster_status())
     online = {n.name for n in cluster.nodes if n.online}
     tasks: list[RunningTask] = []
@@ -125,7 +129,7 @@ def cluster_facts(client: ProxmoxClient, nodes: Sequence[str]) -> ClusterFacts:
                 tasks.append(RunningTask(t.node or node, t.type, t.id, t.upid))
     return ClusterFacts(
         cluster=cluster,
-        ha=parse_ha_status(client.ha_manager_status()),
+        ha=judge_ha_status(parse_ha_status(client.ha_manager_status()), cluster, time.time()),
         qdevice=parse_qdevice(client.qdevice()),
         tasks=tuple(tasks),
         # a restore test's scratch guests are its own: never moved, stopped or waited for
@@ -170,10 +174,16 @@ def _refused_enterprise_repo(log: Sequence[str]) -> str | None:
 
 @step("pveupdate-facts", "{node}: facts")
 def node_facts(
-    inv: Inventory, client: ProxmoxClient, node: str, guests: Sequence[Guest], migrate: bool
+    inv: Inventory,
+    client: ProxmoxClient,
+    node: str,
+    guests: Sequence[Guest],
+    migrate: bool,
+    root: str | None,
 ) -> NodeState:
     """A node's facts, read-only: pending upgrades, installed versions and the running kernel
-    (API); the kernel list, failed units, ``dpkg --audit`` and held packages (SSH); with
+    (API); the kernel list, failed units, ``dpkg --audit``, held packages and whether the
+    root dataset ``root`` exists (SSH; None: not looked for, ``--no-snapshot``); with
     ``migrate``, each guest's migration pre-check."""
     pending = parse_apt_updates(client.pending_updates(node))
     installed = parse_apt_versions(client.apt_versions(node))
@@ -183,6 +193,10 @@ def node_facts(
         failed = parse_failed_units(ssh.run(failed_units_argv()).stdout)
         audit = parse_dpkg_audit(ssh.run(dpkg_audit_argv()).stdout)
         held = parse_held_packages(ssh.run(held_packages_argv()).stdout)
+        root_problem = None
+        if root is not None:
+            found = ssh.run(root_dataset_argv(root), check=False)
+            root_problem = judge_root_dataset(root, found.exit_code, found.stdout, found.stderr)
     mine = tuple(g for g in guests if g.node == node)
     prechecks: dict[int, MigratePrecheck] = {}
     if migrate:
@@ -191,31 +205,46 @@ def node_facts(
                 prechecks[g.vmid] = parse_migrate_precheck(
                     client.migrate_precheck(node, g.type, g.vmid)
                 )
-    version = installed.versions.get("pve-manager") or status.manager_version
-    new = next((p.new_version for p in pending if p.name == "pve-manager"), None)
     facts = NodeFacts(
         name=node,
         running_kernel=status.kernel_release,
         pending=tuple(pending),
         kernels=kernels,
-        version=version,
-        new_version=new or version,
+        versions=_versions(installed, status.manager_version),
         guests=mine,
         prechecks=prechecks,
         held=held,
     )
-    return NodeState(facts, installed, audit, failed, status.uptime)
+    return NodeState(facts, installed, audit, failed, status.uptime, root_problem)
 
 
 @step("pveupdate-bystander", "{node}: facts (migration target)")
 def bystander_facts(client: ProxmoxClient, node: str, guests: Sequence[Guest]) -> NodeFacts:
     """A node this roll does not update (``--only``) but may move guests to: its installed
-    pve-manager (API) and its guests; nothing is refreshed or read over SSH."""
+    package versions (API) and its guests; nothing is refreshed or read over SSH."""
     installed = parse_apt_versions(client.apt_versions(node))
     status = parse_node_status(client.node_status(node))
-    version = installed.versions.get("pve-manager") or status.manager_version
     mine = tuple(g for g in guests if g.node == node)
-    return NodeFacts(node, status.kernel_release, version=version, new_version=version, guests=mine)
+    versions = _versions(installed, status.manager_version)
+    return NodeFacts(node, status.kernel_release, versions=versions, guests=mine)
+
+
+def _versions(installed: InstalledPackages, manager: str | None) -> dict[str, str]:
+    """Installed package versions; pve-manager from the node's status when the list lacks
+    it."""
+    versions = dict(installed.versions)
+    if "pve-manager" not in versions and manager:
+        versions["pve-manager"] = manager
+    return versions
+
+
+@step("pveupdate-versions", "{node}: installed versions")
+def node_versions(client: ProxmoxClient, node: str) -> dict[str, str]:
+    """What a node runs after its update (``GET /nodes/{node}/apt/versions``, read-only):
+    the plan for the nodes after it sends guests there only by these real versions (a held
+    package, say, stayed behind)."""
+    status = parse_node_status(client.node_status(node))
+    return _versions(parse_apt_versions(client.apt_versions(node)), status.manager_version)
 
 
 # --- one node's run --------------------------------------------------------------------------
@@ -224,7 +253,8 @@ def bystander_facts(client: ProxmoxClient, node: str, guests: Sequence[Guest]) -
 @dataclass
 class NodeRun:
     """One node's update as the steps share it: the plan, the facts before, and what the
-    steps did so far (the snapshot taken, whether maintenance is on, guests moved)."""
+    steps did so far: the snapshot taken, whether maintenance is on, the guests still away
+    (migrated or shut down, until each is back), whether ``apt-get dist-upgrade`` ran."""
 
     inv: Inventory
     client: ProxmoxClient
@@ -232,9 +262,11 @@ class NodeRun:
     state: NodeState
     now: datetime
     tz: tzinfo
+    no_snapshot: bool = False
     snapshot: str | None = None
     maintenance: bool = False
-    moved: list[GuestStep] = field(default_factory=list)
+    away: list[GuestStep] = field(default_factory=list)
+    upgrade_ran: bool = False
     rebooted: bool = False
     notes: list[str] = field(default_factory=list)
 
@@ -247,29 +279,63 @@ class NodeRun:
         return self.inv.proxmox_update
 
 
-def _wait(what: str, node: str, step_name: str, timeout: float, check: Callable[[], T | None]) -> T:
-    """Call ``check`` until it returns something (not None), at most ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
+@dataclass
+class Seen:
+    """What a wait's last look saw that was not yet what it waits for (for its timeout)."""
+
+    why: str = ""
+
+
+def _wait(
+    what: str,
+    node: str,
+    step_name: str,
+    timeout: float,
+    check: Callable[[], T | None],
+    seen: Seen | None = None,
+) -> T:
+    """Call ``check`` until it returns something (not None), at most ``timeout`` seconds,
+    with backoff (``moxflow.pacing.poll_until``: 0.5 s apart at first, sooner under a short
+    bound, doubling to 5 s, the last look at the bound). A transient API error or a refused
+    SSH connection (a node rebooting) counts as not yet. The timeout's error says what the
+    last look saw (``seen``, which ``check`` fills in)."""
+    seen = seen if seen is not None else Seen()
+
+    def look() -> T | None:
         try:
-            found = check()
+            return check()
         except (MoxflowError, OSError) as exc:
             if not getattr(exc, "transient", True) and not isinstance(exc, SshError):
                 raise
-            found = None
-        if found is not None:
-            return found
-        if time.monotonic() >= deadline:
-            raise UpdateStepFailed(node, step_name, f"{what}: not within {timeout:g} s")
-        time.sleep(POLL)
+            seen.why = str(exc)
+            return None
+
+    found = poll_until(look, timeout)
+    if found is None:
+        last = f"; last seen: {seen.why}" if seen.why else ""
+        raise UpdateStepFailed(node, step_name, f"{what}: not within {timeout:g} s{last}")
+    return found
+
+
+def _services_down(run: NodeRun, units: Sequence[str] = CLUSTER_SERVICES) -> list[str]:
+    """``unit state`` of each of ``units`` not active on the node (``systemctl is-active``
+    over SSH)."""
+    with ssh_runner(run.inv, run.node) as ssh:
+        answer = ssh.run(services_argv(units), check=False)
+    return not_active(parse_service_states(units, answer.stdout))
 
 
 @step("pveupdate-snapshot", "{run.node}: snapshot")
-def snapshot(run: NodeRun) -> str:
+def snapshot(run: NodeRun) -> str | None:
     """``zfs snapshot`` of the node's root dataset (label ``pre-update``, a moxflow name),
     then prune moxflow's own ``pre-update`` snapshots there by the policy (never the new one).
-    Idempotent: the name carries the run's time; one that exists is an earlier attempt's."""
+    Idempotent: the name carries the run's time; one that exists is an earlier attempt's.
+    With ``--no-snapshot`` it takes none, and says so (None)."""
     log = get_run_logger()
+    if run.no_snapshot:
+        log.warning("%s: NO root snapshot (--no-snapshot): nothing to roll back to", run.node)
+        run.notes.append("no root snapshot (--no-snapshot)")
+        return None
     dataset = run.settings.root_dataset
     name = snapshot_name(SNAPSHOT_LABEL, run.now)
     job = DatasetJob(run.node, dataset, False, run.inv.proxmox_update_policy(SNAPSHOT_LABEL))
@@ -294,8 +360,16 @@ def snapshot(run: NodeRun) -> str:
     return plan.taken
 
 
-def _ha(run: NodeRun) -> HaStatus:
-    return parse_ha_status(run.client.ha_manager_status())
+def _ha(run: NodeRun, seen: Seen | None = None) -> HaStatus | None:
+    """The HA manager status now, when it comes from a current master; None (and why, in
+    ``seen``) when it is stale: a dead master's last status is not trusted."""
+    cluster = parse_cluster_status(run.client.cluster_status())
+    ha = judge_ha_status(parse_ha_status(run.client.ha_manager_status()), cluster, time.time())
+    if ha.stale:
+        if seen is not None:
+            seen.why = ha.stale
+        return None
+    return ha
 
 
 def _guest(run: NodeRun, vmid: int) -> Guest | None:
@@ -303,9 +377,11 @@ def _guest(run: NodeRun, vmid: int) -> Guest | None:
 
 
 def _migrate(run: NodeRun, s: GuestStep, step_name: str) -> None:
-    """One guest from ``s.source`` to ``s.target``, its slot held; waits until the guest is
-    on the target (an HA migration's task ends when the move is only queued)."""
-    assert s.target is not None
+    """One guest from ``s.source`` to ``s.target`` (its slot held by the node's chain); waits
+    until the guest is on the target (an HA migration's task ends when the move is only
+    queued)."""
+    if s.target is None:
+        raise UpdateStepFailed(run.node, step_name, f"{s.label}: a migration without a target")
     params: dict[str, Any] = {}
     if s.mode == "online":
         params["online"] = 1
@@ -313,28 +389,45 @@ def _migrate(run: NodeRun, s: GuestStep, step_name: str) -> None:
         params["restart"] = 1
         params["timeout"] = int(run.settings.shutdown_timeout)
     timeout = run.settings.migration_timeout
-    with hold([guest_target(s.vmid)]):
-        upid = run.client.migrate(s.source, s.type, s.vmid, s.target, **params)
-        run.client.wait_task(upid, timeout=timeout)
-        target = s.target
+    upid = run.client.migrate(s.source, s.type, s.vmid, s.target, **params)
+    run.client.wait_task(upid, timeout=timeout)
+    target = s.target
 
-        def arrived() -> bool | None:
-            g = _guest(run, s.vmid)
-            return True if g is not None and g.node == target else None
+    def arrived() -> bool | None:
+        g = _guest(run, s.vmid)
+        return True if g is not None and g.node == target else None
 
-        _wait(f"{s.label} on {target}", run.node, step_name, timeout, arrived)
+    _wait(f"{s.label} on {target}", run.node, step_name, timeout, arrived)
     get_run_logger().info("%s: %s", run.node, s)
 
 
+def _running_on(run: NodeRun, s: GuestStep) -> bool:
+    g = _guest(run, s.vmid)
+    return g is not None and g.node == s.source and g.running
+
+
 def _power(run: NodeRun, s: GuestStep, action: str) -> None:
-    with hold([guest_target(s.vmid)]):
-        if action == "start":
+    """Shut a guest down cleanly, or start it. A guest to start that runs already on its
+    node (``onboot`` started it when the node booted) is done, not a failure: it is not
+    asked to start (PVE would refuse: "VM 101 already running" as a failed task, "CT 102
+    already running" as an error), and a start refused because the boot got there first
+    counts once the guest is seen running. The guest's slot is held by the node's chain."""
+    if action == "start":
+        if _running_on(run, s):
+            get_run_logger().info("%s: %s: already running (started on boot)", run.node, s)
+            return
+        try:
             upid = run.client.power(s.source, s.type, s.vmid, "start")
             run.client.wait_task(upid, timeout=run.settings.shutdown_timeout)
-        else:
-            timeout = run.settings.shutdown_timeout
-            upid = run.client.shutdown(s.source, s.type, s.vmid, int(timeout))
-            run.client.wait_task(upid, timeout=timeout + 30)
+        except ProxmoxError:
+            if not _running_on(run, s):
+                raise
+            get_run_logger().info("%s: %s: already running (started on boot)", run.node, s)
+            return
+    else:
+        timeout = run.settings.shutdown_timeout
+        upid = run.client.shutdown(s.source, s.type, s.vmid, int(timeout))
+        run.client.wait_task(upid, timeout=timeout + 30)
     get_run_logger().info("%s: %s", run.node, s)
 
 
@@ -352,10 +445,16 @@ def guests_leave(run: NodeRun, upstream: object) -> int:
             ssh.run(maintenance_argv(run.node, enable=True))
         run.maintenance = True
 
+        seen = Seen()
+
         def drained() -> bool | None:
-            ha = _ha(run)
-            done = ha.lrm_modes.get(run.node) == "maintenance" and not ha.services_on(run.node)
-            return True if done else None
+            ha = _ha(run, seen)
+            if ha is None:
+                return None
+            left = [s.sid for s in ha.services_on(run.node)]
+            mode = ha.lrm_modes.get(run.node)
+            seen.why = f"LRM mode {mode}" + (f", still here: {', '.join(left)}" if left else "")
+            return True if mode == "maintenance" and not left else None
 
         _wait(
             "HA maintenance moving the HA services away",
@@ -363,21 +462,22 @@ def guests_leave(run: NodeRun, upstream: object) -> int:
             step_name,
             run.settings.maintenance_timeout,
             drained,
+            seen,
         )
         log.info("%s: in HA maintenance, no HA service left on it", run.node)
     for s in run.plan.guests:
         try:
             if s.action == "migrate":
                 _migrate(run, s, step_name)
-                run.moved.append(s)
+                run.away.append(s)
             elif s.action == "shutdown":
                 _power(run, s, "shutdown")
-                run.moved.append(s)
+                run.away.append(s)
             else:
                 log.info("%s: %s", run.node, s)
         except MoxflowError as exc:
             raise UpdateStepFailed(run.node, step_name, f"{s.label}: {exc}") from exc
-    return len(run.moved)
+    return len(run.away)
 
 
 @dataclass(frozen=True, slots=True)
@@ -402,6 +502,7 @@ def upgrade(run: NodeRun, upstream: object) -> Upgraded:
             raise UpdateStepFailed(
                 run.node, "upgrade", f"refused: {before}", hint="run dpkg --configure -a"
             )
+        run.upgrade_ran = True  # from here on packages may have changed, a kernel among them
         result = ssh.run(dist_upgrade_argv(), timeout=limit, check=False)
         log.info("%s: apt-get dist-upgrade (exit %d):\n%s", run.node, result.exit_code,
                  result.stdout + (result.stderr or ""))  # fmt: skip
@@ -432,8 +533,10 @@ class Rebooted:
 def reboot(run: NodeRun, upstream: object) -> Rebooted:
     """Request the reboot through the API, prove it by the API's uptime (smaller than the
     time since the request: a node that merely answers proves nothing), then wait until it
-    is online in the API, SSH answers, ``pveversion`` responds and the cluster is quorate.
-    Bounded by ``reboot_timeout``. Not retried: a second request would reboot it twice."""
+    is online in the API, the cluster quorate, SSH answers, ``pveversion`` responds and the
+    cluster services run (``systemctl is-active pve-cluster pveproxy pvedaemon pve-ha-lrm``:
+    they activate a while after SSH is up). Bounded by ``reboot_timeout``. Not retried: a
+    second request would reboot it twice."""
     log = get_run_logger()
     node = run.node
     started = time.monotonic()
@@ -454,16 +557,24 @@ def reboot(run: NodeRun, upstream: object) -> Rebooted:
     run.rebooted = True
     log.info("%s: rebooted: %s", node, proof)
 
+    seen = Seen()
+
     def back() -> bool | None:
         cluster = parse_cluster_status(run.client.cluster_status())
         row = next((n for n in cluster.nodes if n.name == node), None)
         if row is None or not row.online or not cluster.quorate:
+            seen.why = "not online in the cluster" if cluster.quorate else "no quorum"
             return None
         with ssh_runner(run.inv, node) as ssh:
             ssh.run(pveversion_argv())
+        down = _services_down(run)
+        if down:
+            seen.why = "not active: " + ", ".join(down)
+            return None
         return True
 
-    _wait("online, SSH, pveversion and quorum after the reboot", node, "reboot", left(), back)
+    what = "online, quorum, SSH, pveversion and the cluster services after the reboot"
+    _wait(what, node, "reboot", left(), back, seen)
     return Rebooted(proof, time.monotonic() - started)
 
 
@@ -491,23 +602,45 @@ def verify(run: NodeRun, upstream: object) -> Verdict:
     "pveupdate-guests-return", "{run.node}: guests-return", retries=0
 )  # not idempotent: never blind
 def guests_return(run: NodeRun, upstream: object) -> Verdict:
-    """Leave HA maintenance (the CRM moves the HA services back; waits for them), migrate
-    back what left, start what was shut down, and start what the reboot stopped; then the
-    guests must be where they were and running as before."""
+    """Leave HA maintenance once ``pve-ha-lrm`` is active on the node (the CRM moves the HA
+    services back; waits for them), migrate back what left, start what was shut down, and
+    start what the reboot stopped; then the guests must be where they were and running as
+    before."""
     log = get_run_logger()
     step_name = "guests-return"
     before = [g for g in run.state.facts.guests if not g.template]
     if run.maintenance:
+        # never leave maintenance before the LRM runs again (an upgrade of pve-ha-manager
+        # restarts it; after a reboot it starts late): the CRM would hand it the services
+        lrm = Seen()
+
+        def lrm_up() -> bool | None:
+            down = _services_down(run, ["pve-ha-lrm"])
+            lrm.why = ", ".join(down)
+            return None if down else True
+
+        _wait(
+            "pve-ha-lrm active before leaving HA maintenance",
+            run.node,
+            step_name,
+            run.settings.maintenance_timeout,
+            lrm_up,
+            lrm,
+        )
         with ssh_runner(run.inv, run.node) as ssh:
             ssh.run(maintenance_argv(run.node, enable=False))
-        ha_here = {g.vmid for g in before} & _ha(run).managed
+        ha_here = {s.vmid for s in run.plan.guests if s.action == "ha"}
+        ha_seen = Seen()
 
         def home() -> bool | None:
-            ha = _ha(run)
-            if ha.lrm_modes.get(run.node) == "maintenance":
+            ha = _ha(run, ha_seen)
+            if ha is None:
                 return None
             where = {s.vmid: s.node for s in ha.services}
-            return True if all(where.get(v) == run.node for v in ha_here) else None
+            away = sorted(v for v in ha_here if where.get(v) != run.node)
+            mode = ha.lrm_modes.get(run.node)
+            ha_seen.why = f"LRM mode {mode}" + (f", not back: {away}" if away else "")
+            return True if mode != "maintenance" and not away else None
 
         _wait(
             "HA services back after maintenance",
@@ -515,6 +648,7 @@ def guests_return(run: NodeRun, upstream: object) -> Verdict:
             step_name,
             run.settings.maintenance_timeout,
             home,
+            ha_seen,
         )
         run.maintenance = False
         log.info("%s: left HA maintenance; HA services back", run.node)
@@ -526,6 +660,7 @@ def guests_return(run: NodeRun, upstream: object) -> Verdict:
                 _power(run, s, "start")
         except MoxflowError as exc:
             raise UpdateStepFailed(run.node, step_name, f"{s.label}: {exc}") from exc
+        run.away = [a for a in run.away if a.vmid != s.vmid]
     # a reboot stops the guests left running that do not start on boot: start them again
     now = {g.vmid: g for g in run.client.resources()}
     for g in before:
@@ -534,12 +669,11 @@ def guests_return(run: NodeRun, upstream: object) -> Verdict:
             back = GuestStep(g.vmid, g.name, g.type, "start", g.node, reason="stopped by reboot")
             _power(run, back, "start")
 
+    last = Seen()
+
     def settled() -> Verdict | None:
         verdict = verify_guests(before, run.client.resources())
+        last.why = str(verdict)
         return verdict if verdict.ok else None
 
-    try:
-        return _wait("guests back as before", run.node, step_name, 10.0, settled)
-    except UpdateStepFailed:
-        verdict = verify_guests(before, run.client.resources())
-        raise UpdateStepFailed(run.node, step_name, str(verdict)) from None
+    return _wait("guests back as before", run.node, step_name, 10.0, settled, last)

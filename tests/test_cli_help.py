@@ -43,6 +43,15 @@ OPTIONS = {
         "--max-rounds",
         "--lock-timeout",
     ],
+    "flows.proxmox_update": [
+        "--inventory",
+        "--dry-run",
+        "--only",
+        "--guests",
+        "--reboot",
+        "--lock-timeout",
+        "--no-snapshot",
+    ],
 }
 
 

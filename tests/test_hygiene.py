@@ -3,6 +3,7 @@ path of one particular machine, which a fresh clone elsewhere does not have."""
 
 from __future__ import annotations
 
+import ast
 import re
 from pathlib import Path
 
@@ -45,3 +46,38 @@ def test_one_logger_shape() -> None:
         if "class LoggerLike(" in p.read_text()
     ]
     assert defined == ["tasks/_logging.py"]
+
+
+PRODUCTION = ("moxflow", "tasks", "flows", "blocks", "deployments")
+
+
+def test_no_assert_in_production_code() -> None:
+    """``python -O`` drops asserts: what production code must hold is checked and raised as
+    an error of moxflow/errors.py (labsim, the tests' simulator, may assert)."""
+    found = []
+    for folder in PRODUCTION:
+        for path in sorted((ROOT / folder).rglob("*.py")):
+            tree = ast.parse(path.read_text(), filename=str(path))
+            found += [
+                f"{path.relative_to(ROOT)}:{node.lineno}"
+                for node in ast.walk(tree)
+                if isinstance(node, ast.Assert)
+            ]
+    assert found == [], "raise an error of moxflow/errors.py instead"
+
+
+def test_the_proxmox_update_raises_errors_of_the_one_tree() -> None:
+    """Its error classes live in moxflow/errors.py, with the tree drawn in its docstring."""
+    from moxflow import errors
+
+    for module in ("moxflow/pveupdate.py", "tasks/pveupdate.py", "flows/jobs/proxmox_update.py"):
+        tree = ast.parse((ROOT / module).read_text())
+        classes = [
+            node.name
+            for node in ast.walk(tree)
+            if isinstance(node, ast.ClassDef)
+            and any(getattr(b, "id", "").endswith(("Error", "Failed")) for b in node.bases)
+        ]
+        assert classes == [], f"{module} defines {classes}: move them to moxflow/errors.py"
+    assert issubclass(errors.UpdateStepFailed, errors.MoxflowError)
+    assert "UpdateStepFailed" in (errors.__doc__ or "")

@@ -10,6 +10,7 @@ import requests
 
 from labsim.client import LabClient, wait_until
 from moxflow.ssh import SshRunner
+from tests.conftest import LAB_TIME_SCALE
 
 
 def _api(lab: LabClient, method: str, path: str, **params: Any) -> requests.Response:
@@ -249,3 +250,87 @@ def test_apt_pending_control_and_state(fresh_lab: LabClient) -> None:
     state = lab.state()
     assert state["qdevice"] is True and state["quorate"] is True
     assert state["ha"]["maintenance"] == []
+
+
+def test_boot_starts_onboot_guests_and_a_running_ct_refuses_to_start(
+    fresh_lab: LabClient,
+) -> None:
+    """pve-guests at boot starts every onboot=1 guest of the node, stopped before or not;
+    starting a running container is refused at once, a running VM's start task fails."""
+    lab = fresh_lab
+    lab.set_guest(105, onboot=1)  # a stopped container on pve2
+    assert _data(lab, "GET", "/nodes/pve2/lxc/105/config")["onboot"] == "1"
+    assert _data(lab, "POST", "/nodes/pve2/status", command="reboot") is None
+    wait_until(lambda: lab.state()["hosts"]["pve2"]["apt"]["reboots"] == 1)
+    assert lab.guest(105)["status"] == "running"
+    assert lab.guest(102)["status"] == "stopped"  # running before, no onboot: stays down
+    resp = _api(lab, "POST", "/nodes/pve2/lxc/105/status/start")
+    assert (resp.status_code, resp.reason) == (500, "CT 105 already running")
+    upid = _data(lab, "POST", "/nodes/pve1/qemu/101/status/start")
+    assert _task(lab, upid)["exitstatus"] == "VM 101 already running"
+
+
+def test_services_activate_after_ssh_and_a_late_unit_stays_activating(
+    fresh_lab: LabClient,
+) -> None:
+    """After a boot SSH and pve-cluster answer first; pveproxy, pvedaemon and pve-ha-lrm
+    activate a while later (the ``services`` duration). A node's ``late_unit`` stays
+    activating after its next boot (or the restart an upgrade of its package makes)."""
+    lab = fresh_lab
+    units = ("pve-cluster", "pveproxy", "pvedaemon", "pve-ha-lrm")
+    lab.set_time_scale(0.2)  # the services take 0.8 s after the boot: seen from here
+    try:
+        assert _data(lab, "POST", "/nodes/pve2/status", command="reboot") is None
+        wait_until(lambda: _apt(lab, "pve2")["reboots"] == 1, timeout=20)
+        rc, out, _ = _ssh(lab, "pve2", "systemctl", "is-active", *units)
+        assert rc == 3 and out.splitlines()[0] == "active" and "activating" in out
+        wait_until(lambda: _ssh(lab, "pve2", "systemctl", "is-active", *units)[0] == 0)
+    finally:
+        lab.set_time_scale(LAB_TIME_SCALE)
+    lab.control("apt_node", node="pve1", late_unit="pve-ha-lrm")
+    assert _data(lab, "POST", "/nodes/pve1/status", command="reboot") is None
+    wait_until(lambda: _apt(lab, "pve1")["reboots"] == 1)
+    wait_until(lambda: _apt(lab, "pve1")["units"]["pveproxy"] == "active")
+    assert _ssh(lab, "pve1", "systemctl", "is-active", "pve-ha-lrm")[1] == "activating\n"
+    assert "pve-ha-lrm.service loaded activating start" in _ssh(lab, "pve1", "systemctl")[1]
+    lab.control("apt_node", node="pve1", late_unit="")
+    assert _ssh(lab, "pve1", "systemctl", "is-active", "pve-ha-lrm") == (0, "active\n", "")
+
+
+def test_the_manager_status_is_what_the_last_master_wrote(fresh_lab: LabClient) -> None:
+    """While pve1's CRM is master the status is current; with every pve-ha-crm stopped it
+    keeps its master and ages (in lab seconds: 30 s are 0.75 s here) and maintenance
+    requests wait; once the CRM runs again they are applied."""
+    lab = fresh_lab
+
+    def status() -> dict[str, Any]:
+        ms: dict[str, Any] = _data(lab, "GET", "/cluster/ha/status/manager_status")[
+            "manager_status"
+        ]
+        return ms
+
+    assert status()["master_node"] == "pve1" and time.time() - status()["timestamp"] < 2
+    lab.control("ha_crm", state="stopped")
+    wait_until(lambda: time.time() - status()["timestamp"] > 31)
+    assert status()["master_node"] == "pve1"
+    assert "old timestamp - dead?" in _ssh(lab, "pve2", "ha-manager", "status")[1]
+    current = {r["id"]: r for r in _data(lab, "GET", "/cluster/ha/status/current")}
+    assert "old timestamp - dead?" in current["master"]["status"]
+    _ssh(lab, "pve1", "ha-manager", "crm-command", "node-maintenance", "enable", "pve2")
+    time.sleep(lab.state()["durations"]["maintenance"] * LAB_TIME_SCALE * 4)
+    assert lab.state()["ha"]["maintenance"] == []  # no master: only queued
+    lab.control("ha_crm", state="running")
+    assert time.time() - status()["timestamp"] < 2
+    wait_until(lambda: lab.state()["ha"]["maintenance"] == ["pve2"])
+
+
+def test_a_dead_masters_status_stays_until_another_crm_takes_over(fresh_lab: LabClient) -> None:
+    lab = fresh_lab
+    lab.control("apt_node", node="pve1", never_back="on")
+    assert _data(lab, "POST", "/nodes/pve1/status", command="reboot") is None
+    wait_until(lambda: _apt(lab, "pve1")["status"] == "offline")
+    ms = _data(lab, "GET", "/cluster/ha/status/manager_status")["manager_status"]
+    assert ms["master_node"] == "pve1"  # written by pve1 before it went down
+    wait_until(lambda: lab.state()["ha"]["master"] == "pve2")  # its lock expired
+    ms = _data(lab, "GET", "/cluster/ha/status/manager_status")["manager_status"]
+    assert ms["master_node"] == "pve2" and time.time() - ms["timestamp"] < 2

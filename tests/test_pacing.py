@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from moxflow.pacing import DumpEstimator, Pacer
+from moxflow.pacing import DumpEstimator, Pacer, backoff, poll_until
 
 
 class FakeClock:
@@ -125,3 +125,51 @@ def test_useless_observations_are_ignored() -> None:
     est.observe("nas", 5.0, 0, 2 * GiB)  # disk size unknown: only archive sizes predict
     assert est.expect("nas", 10 * GiB) is None
     assert est.expect("nas", 10 * GiB, previous=4 * GiB) == pytest.approx(10.0)
+
+
+# --- waiting for a condition -------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("timeout", "gaps"),
+    [
+        (900.0, [0.5, 1.0, 2.0, 4.0, 5.0, 5.0]),  # a real reboot's bound
+        (4.0, [0.2, 0.4, 0.8, 1.6, 3.2, 5.0]),  # a bound scaled down (the lab): sooner looks
+        (0.1, [0.02, 0.04, 0.08, 0.16, 0.32, 0.64]),  # never below the floor
+    ],
+)
+def test_backoff_starts_small_and_doubles_to_a_cap(timeout: float, gaps: list[float]) -> None:
+    produced = backoff(timeout)
+    assert [round(next(produced), 6) for _ in gaps] == gaps
+
+
+def test_a_wait_that_never_ends_looks_rarely_and_last_at_its_bound() -> None:
+    """900 s without the condition: about 185 looks (not 9,000 at a fixed 0.1 s), no sleep
+    past the bound, and a last look right at it."""
+    clock = FakeClock()
+    looks: list[float] = []
+
+    def check() -> None:
+        looks.append(clock.now - 1000.0)
+
+    assert poll_until(check, 900.0, clock=clock, sleep=clock.sleep) is None
+    assert looks[:5] == [0.0, 0.5, 1.5, 3.5, 7.5]
+    assert looks[-1] == 900.0 and sum(clock.sleeps) == 900.0
+    assert max(clock.sleeps) == 5.0 and len(looks) < 190
+
+
+def test_a_wait_returns_what_the_check_found_at_the_next_look() -> None:
+    clock = FakeClock()
+    found = poll_until(
+        lambda: "back" if clock.now - 1000.0 >= 3.0 else None,
+        60.0,
+        clock=clock,
+        sleep=clock.sleep,
+    )
+    assert found == "back" and clock.now - 1000.0 == 3.5  # looks at 0, 0.5, 1.5, 3.5
+
+
+def test_a_condition_already_met_is_not_slept_for() -> None:
+    clock = FakeClock()
+    assert poll_until(lambda: 1, 10.0, clock=clock, sleep=clock.sleep) == 1
+    assert clock.sleeps == []

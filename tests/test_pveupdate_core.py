@@ -4,6 +4,7 @@ facts in, verdicts, decisions and plans out."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -14,9 +15,11 @@ from moxflow.errors import ParseError, UnsafeNameError
 from moxflow.guests import Guest
 from moxflow.inventory import ProxmoxUpdateSettings
 from moxflow.pveupdate import (
+    CLUSTER_SERVICES,
     ClusterNode,
     ClusterStatus,
     DpkgAudit,
+    GuestStep,
     HaStatus,
     MigratePrecheck,
     NodeFacts,
@@ -32,10 +35,13 @@ from moxflow.pveupdate import (
     failed_units_argv,
     failure_next_steps,
     held_packages_argv,
+    judge_ha_status,
+    judge_root_dataset,
     kernel_abi,
     kernel_list_argv,
     last_upgrade,
     maintenance_argv,
+    not_active,
     parse_apt_updates,
     parse_apt_versions,
     parse_cluster_status,
@@ -48,13 +54,16 @@ from moxflow.pveupdate import (
     parse_node_status,
     parse_qdevice,
     parse_running_tasks,
+    parse_service_states,
     plan_guests,
     plan_roll,
     preflight,
     prove_reboot,
     pveversion_argv,
     return_steps,
+    root_dataset_argv,
     root_snapshot_argv,
+    services_argv,
     verify_guests,
     verify_node,
 )
@@ -222,6 +231,47 @@ def test_parse_ha_status() -> None:
     assert [s.sid for s in ha.services_on("pve1")] == ["vm:100"]
 
 
+STAMP = 1732100000.0
+
+
+@pytest.mark.parametrize(
+    ("master", "online", "age", "stale"),
+    [
+        ("pve2", True, 5.0, None),  # a current master
+        ("pve2", True, 30.0, None),  # PVE's limit: still active
+        ("pve2", True, 31.0, "its master pve2 last wrote it 31 s ago ('old timestamp - dead?"),
+        ("pve2", False, 1.0, "its master pve2 is not online"),  # a dead master's last word
+        ("pve9", True, 1.0, "its master pve9 is not online"),  # not a node of the cluster
+    ],
+)
+def test_the_ha_status_counts_only_from_a_current_master(
+    master: str, online: bool, age: float, stale: str | None
+) -> None:
+    ha = replace(parse_ha_status(data("ha_manager_status.json")), master=master)
+    assert ha.timestamp == STAMP and ha.active
+    cluster = ClusterStatus(
+        "homelab",
+        True,
+        (ClusterNode("pve1", True), ClusterNode("pve2", online), ClusterNode("pve3", True)),
+    )
+    judged = judge_ha_status(ha, cluster, STAMP + age)
+    if stale is None:
+        assert judged == ha and judged.active
+    else:
+        assert judged.stale is not None and judged.stale.startswith(
+            f"the HA manager status is stale: {stale}"
+        )
+        assert not judged.active  # nothing acts on maintenance, nothing in it is trusted
+
+
+def test_an_ha_status_without_a_timestamp_is_stale_and_none_without_master_is_not() -> None:
+    bare = HaStatus(master="pve1")
+    assert judge_ha_status(bare, THREE, STAMP).stale == (
+        "the HA manager status is stale: its master pve1 wrote no timestamp"
+    )
+    assert judge_ha_status(HaStatus(), THREE, STAMP) == HaStatus()
+
+
 @pytest.mark.parametrize("raw", [{}, None, {"manager_status": {}, "lrm_status": {}}])
 def test_no_ha_manager_is_inactive_not_all_online(raw: Any) -> None:
     ha = parse_ha_status(raw)
@@ -291,6 +341,23 @@ def test_parse_failed_units() -> None:
     assert parse_failed_units("● x.service loaded failed failed X\n") == {"x.service"}
 
 
+def test_parse_service_states() -> None:
+    assert services_argv() == [
+        *("systemctl", "is-active", "pve-cluster", "pveproxy", "pvedaemon", "pve-ha-lrm")
+    ]
+    states = parse_service_states(CLUSTER_SERVICES, "active\nactive\nactivating\n")
+    assert states == {
+        "pve-cluster": "active",
+        "pveproxy": "active",
+        "pvedaemon": "activating",
+        "pve-ha-lrm": "unknown",  # no answer for it
+    }
+    assert not_active(states) == ["pvedaemon activating", "pve-ha-lrm unknown"]
+    all_up = parse_service_states(CLUSTER_SERVICES, "active\n" * 4)
+    assert not_active(all_up) == []
+    assert not_active(parse_service_states(["pve-ha-lrm"], "failed\n")) == ["pve-ha-lrm failed"]
+
+
 def test_parse_dpkg_audit() -> None:
     audit = parse_dpkg_audit(text("dpkg_audit.txt"))
     assert not audit.ok
@@ -340,6 +407,38 @@ def test_commands() -> None:
     assert held_packages_argv() == ["apt-mark", "showhold"]
 
 
+@pytest.mark.parametrize(
+    ("exit_code", "stdout", "stderr", "problem"),
+    [
+        (0, "rpool/ROOT/pve-1\n", "", None),
+        (
+            1,
+            "",
+            "cannot open 'rpool/ROOT/pve-1': dataset does not exist\n",
+            "root dataset rpool/ROOT/pve-1 not found "
+            "(cannot open 'rpool/ROOT/pve-1': dataset does not exist)",
+        ),
+        (
+            127,
+            "",
+            "sh: 1: zfs: not found\n",
+            "root dataset rpool/ROOT/pve-1 not found (sh: 1: zfs: not found)",
+        ),
+        (0, "rpool/ROOT\n", "", "root dataset rpool/ROOT/pve-1 not found (rpool/ROOT)"),
+    ],
+)
+def test_judge_root_dataset(exit_code: int, stdout: str, stderr: str, problem: str | None) -> None:
+    assert root_dataset_argv("rpool/ROOT/pve-1") == [
+        *("zfs", "list", "-H", "-p", "-o", "name", "rpool/ROOT/pve-1")
+    ]
+    assert judge_root_dataset("rpool/ROOT/pve-1", exit_code, stdout, stderr) == problem
+
+
+def test_root_dataset_refuses_hostile_names() -> None:
+    with pytest.raises(UnsafeNameError):
+        root_dataset_argv("rpool/ROOT;reboot")
+
+
 @pytest.mark.parametrize("node", ["pve1;reboot", "-x", ""])
 def test_maintenance_refuses_hostile_names(node: str) -> None:
     with pytest.raises(UnsafeNameError):
@@ -387,6 +486,12 @@ def test_a_healthy_cluster_passes() -> None:
         ),
         ({"broken": {"pve1": {"libpve-storage-perl": "HalfConfigured"}}}, "half installed"),
         ({"ha": HaStatus(master="pve1", nodes={"pve3": "fence"})}, "HA reports node pve3 fence"),
+        (
+            {"roots": {"pve1": None, "pve2": "root dataset rpool/ROOT/pve-1 not found (x)"}},
+            "pve2: root dataset rpool/ROOT/pve-1 not found (x); nothing changes without the "
+            "pre-update snapshot: correct [proxmox_update] root_dataset, or, for a node "
+            "without a ZFS root, run with --no-snapshot",
+        ),
     ],
 )
 def test_refusals(kwargs: dict[str, Any], reason: str) -> None:
@@ -400,6 +505,25 @@ def test_refusals(kwargs: dict[str, Any], reason: str) -> None:
     )
     assert not verdict.ok
     assert any(reason in r for r in verdict.reasons), verdict.reasons
+
+
+def test_a_stale_ha_status_refuses_when_ha_manages_guests() -> None:
+    """A dead master's last status (its maintenance and service positions as they were) is
+    not trusted: with HA resources nothing would move them; without, the CRM is idle and
+    the roll needs no maintenance, but the old node states refuse nothing."""
+    ha = parse_ha_status(data("ha_manager_status.json"))  # pve1 in maintenance back then
+    stale = judge_ha_status(ha, THREE, STAMP + 3600)
+    verdict = preflight(THREE, stale, [], qdevice=None, two_node="refuse")
+    assert verdict.reasons == (
+        f"{stale.stale}; the HA-managed guests leave through HA node maintenance, which "
+        "needs a current CRM master",
+    )
+    idle = replace(stale, services=())
+    assert preflight(THREE, idle, [], qdevice=None, two_node="refuse").ok
+    plan = plan_roll(
+        [facts("pve1", [vm(100, "pve1")])], ProxmoxUpdateSettings(), Preflight(), ha=idle
+    )
+    assert not plan.nodes[0].maintenance
 
 
 def test_console_sessions_do_not_refuse() -> None:
@@ -489,19 +613,16 @@ T = datetime(2024, 11, 20, 10, 40, tzinfo=UTC)
 
 
 @pytest.mark.parametrize(
-    ("uptime", "after", "before_id", "now_id", "rebooted"),
+    ("uptime", "after", "rebooted"),
     [
-        (1209650.0, 30, None, None, False),  # still answering, the old uptime
-        (20.0, 90, None, None, True),  # uptime reset
-        (None, 60, None, None, False),  # offline
-        (1209700.0, 90, "a", "b", True),  # a new boot id wins
-        (5.0, 90, "a", "a", False),  # same boot id: not rebooted whatever the uptime says
+        (1209650.0, 30, False),  # still answering, the old uptime
+        (20.0, 90, True),  # uptime reset
+        (90.0, 90, False),  # up as long as since the request: not this reboot
+        (None, 60, False),  # offline
     ],
 )
-def test_prove_reboot(
-    uptime: float | None, after: int, before_id: str | None, now_id: str | None, rebooted: bool
-) -> None:
-    proof = prove_reboot(T, T + timedelta(seconds=after), uptime, before_id, now_id)
+def test_prove_reboot(uptime: float | None, after: int, rebooted: bool) -> None:
+    proof = prove_reboot(T, T + timedelta(seconds=after), uptime)
     assert proof.rebooted is rebooted
     assert proof.reason
 
@@ -509,9 +630,15 @@ def test_prove_reboot(
 # --- guests --------------------------------------------------------------------------------
 
 SETTINGS = ProxmoxUpdateSettings(fallback={"105": "leave"})
+PVE1 = {
+    "pve-manager": "8.2.4",
+    "qemu-server": "8.2.4",
+    "pve-qemu-kvm": "9.0.2-3",
+    "pve-container": "5.1.12",
+}
 OTHERS = [
-    TargetNode("pve2", version="8.2.4", running=3),
-    TargetNode("pve3", version="8.2.4", running=1),
+    TargetNode("pve2", versions={"pve-manager": "8.2.4"}, running=3),
+    TargetNode("pve3", versions={"pve-manager": "8.2.4"}, running=1),
 ]
 
 
@@ -523,7 +650,7 @@ def test_plan_guests_migrates_by_kind_and_balances() -> None:
         vm(103, "pve1"),
         vm(200, "pve2"),
     ]
-    steps = plan_guests("pve1", guests, SETTINGS, others=OTHERS, version="8.2.4")
+    steps = plan_guests("pve1", guests, SETTINGS, others=OTHERS, versions=PVE1)
     assert [str(s) for s in steps] == [
         "VM 100 (g100): migrate online pve1 → pve3",
         "CT 101 (g101): migrate restart pve1 → pve3",
@@ -534,16 +661,62 @@ def test_plan_guests_migrates_by_kind_and_balances() -> None:
 
 def test_plan_guests_prefers_upgraded_nodes_and_never_an_older_one() -> None:
     others = [
-        TargetNode("pve2", version="8.2.7", upgraded=True, running=5),
-        TargetNode("pve3", version="8.2.4", running=0),
-        TargetNode("pve4", version="8.1.0", running=0),
+        TargetNode("pve2", versions={"pve-manager": "8.2.7"}, upgraded=True, running=5),
+        TargetNode("pve3", versions={"pve-manager": "8.2.4"}, running=0),
+        TargetNode("pve4", versions={"pve-manager": "8.1.0"}, running=0),
     ]
-    steps = plan_guests("pve1", [vm(100, "pve1")], SETTINGS, others=others, version="8.2.4")
+    steps = plan_guests("pve1", [vm(100, "pve1")], SETTINGS, others=others, versions=PVE1)
     assert steps[0].target == "pve2"
-    only_old = [TargetNode("pve4", version="8.1.0")]
-    fallback = plan_guests("pve1", [vm(100, "pve1")], SETTINGS, others=only_old, version="8.2.4")
+    only_old = [TargetNode("pve4", versions={"pve-manager": "8.1.0"})]
+    fallback = plan_guests("pve1", [vm(100, "pve1")], SETTINGS, others=only_old, versions=PVE1)
     assert fallback[0].action == "shutdown"
     assert "no node can take it" in fallback[0].reason
+
+
+@pytest.mark.parametrize(
+    ("target", "vm_to", "ct_to"),
+    [
+        ({}, "pve2", "pve2"),  # the same versions
+        ({"qemu-server": "8.2.3"}, None, "pve2"),  # older VM tools: no VM, containers fine
+        ({"pve-qemu-kvm": "9.0.2-2"}, None, "pve2"),  # older QEMU: no VM
+        ({"pve-container": "5.1.11"}, "pve2", None),  # older container tools: no container
+        ({"pve-manager": "8.2.3"}, None, None),  # older manager: nothing
+        ({"qemu-server": "8.3.0", "pve-container": "5.2.0"}, "pve2", "pve2"),  # newer
+    ],
+)
+def test_a_target_runs_each_package_of_the_guest_kind_the_same_or_newer(
+    target: dict[str, str], vm_to: str | None, ct_to: str | None
+) -> None:
+    others = [TargetNode("pve2", versions={**PVE1, **target})]
+    steps = plan_guests(
+        "pve1", [vm(100, "pve1"), ct(101, "pve1")], SETTINGS, others=others, versions=PVE1
+    )
+    assert [s.target for s in steps] == [vm_to, ct_to]
+    for s in steps:
+        if s.target is None:
+            assert s.action == "shutdown"
+            assert "cannot migrate: no node can take it (older packages: pve2: " in s.reason
+
+
+def test_the_plan_for_later_nodes_uses_the_versions_read_after_an_upgrade() -> None:
+    """pve1 was to get qemu-server 8.2.5 (pending) but held it at 8.2.4: once its real
+    versions are read, pve2's VM (already at 8.2.5) can no longer go there; its container
+    still can."""
+    pending = (*NEW_KERNEL, PendingPackage("qemu-server", "8.2.4", "8.2.5"))
+    pve1 = replace(facts("pve1", []), pending=pending)
+    pve2 = replace(
+        facts("pve2", [vm(200, "pve2"), ct(201, "pve2")]),
+        versions={**PVE1, "qemu-server": "8.2.5"},
+    )
+    settings = ProxmoxUpdateSettings(nodes=["pve1", "pve2"])
+    predicted = plan_roll([pve1, pve2], settings, Preflight())
+    assert [s.target for s in predicted.nodes[1].guests] == ["pve1", "pve1"]
+    real = {**pve1.new_versions, "qemu-server": "8.2.4"}
+    again = plan_roll([pve1, pve2], settings, Preflight(), actual={"pve1": real})
+    [vm_step, ct_step] = again.nodes[1].guests
+    assert (vm_step.action, vm_step.target) == ("shutdown", None)
+    assert "pve1: qemu-server 8.2.4 < 8.2.5" in vm_step.reason
+    assert (ct_step.action, ct_step.target) == ("migrate", "pve1")
 
 
 def test_plan_guests_skips_offline_and_maintenance_nodes() -> None:
@@ -645,8 +818,7 @@ def facts(
         kernels=parse_kernel_list(
             text("kernel_list_pinned.txt").replace("Pinned kernel:\n6.8.8-2-pve\n", "")
         ),
-        version="8.2.4",
-        new_version="8.2.7",
+        versions=PVE1,
         guests=tuple(guests),
     )
 
@@ -682,8 +854,8 @@ def test_plan_roll_keeps_the_inventory_order() -> None:
 def test_plan_roll_sends_guests_to_bystanders_of_the_same_or_a_newer_version() -> None:
     """--only pve1: pve2 and pve3 are not updated, but take guests when their version is at
     least pve1's; a bystander on an older version never does."""
-    older = NodeFacts("pve2", "6.8.12-4-pve", version="8.2.2", new_version="8.2.2")
-    same = NodeFacts("pve3", "6.8.12-4-pve", version="8.2.4", new_version="8.2.4")
+    older = NodeFacts("pve2", "6.8.12-4-pve", versions={**PVE1, "pve-manager": "8.2.2"})
+    same = NodeFacts("pve3", "6.8.12-4-pve", versions=PVE1)
     plan = plan_roll(
         [facts("pve1", [vm(100, "pve1"), ct(101, "pve1")])],
         ProxmoxUpdateSettings(),
@@ -714,6 +886,17 @@ def test_dry_run_text() -> None:
     assert "  HA node maintenance: enabled during the update" in lines
     assert any(line.startswith("  reboot: no (reboot pending (reboot = never)") for line in lines)
     assert "  guest VM 100 (g100): migrate online pve1 → pve2" in lines
+
+
+def test_no_snapshot_plans_none_and_says_so() -> None:
+    nodes = [facts("pve1", [vm(100, "pve1")])]
+    name = "moxflow-pre-update-20241120-103000"
+    plan = plan_roll(nodes, ProxmoxUpdateSettings(), Preflight(), snapshot=name, no_snapshot=True)
+    [pve1] = plan.nodes
+    assert pve1.snapshot is None and pve1.no_snapshot
+    assert "  snapshot: NONE (--no-snapshot: nothing to roll back to)" in plan.describe()
+    taken = plan_roll(nodes, ProxmoxUpdateSettings(), Preflight(), snapshot=name)
+    assert taken.nodes[0].snapshot == f"rpool/ROOT/pve-1@{name}"
 
 
 def test_plan_roll_refuses_a_hostile_snapshot_name() -> None:
@@ -761,7 +944,11 @@ def test_verify_guests() -> None:
 
 def test_failure_next_steps() -> None:
     steps = failure_next_steps(
-        "pve2", "rpool/ROOT/pve-1", "moxflow-pre-update-20241120-103000", "6.8.12-4-pve"
+        "pve2",
+        "rpool/ROOT/pve-1",
+        "moxflow-pre-update-20241120-103000",
+        "6.8.12-4-pve",
+        upgraded=True,
     )
     joined = "\n".join(steps)
     assert (
@@ -774,6 +961,51 @@ def test_failure_next_steps() -> None:
 
 
 def test_failure_next_steps_without_snapshot_or_maintenance() -> None:
-    steps = failure_next_steps("pve", "rpool/ROOT/pve-1", None, None, maintenance=False)
-    assert steps[1] == "no root snapshot was taken"
+    steps = failure_next_steps(
+        "pve", "rpool/ROOT/pve-1", None, "6.8.12-4-pve", upgraded=True, maintenance=False
+    )
+    assert steps[2] == "no root snapshot was taken"
     assert not any("maintenance" in s for s in steps)
+
+
+def test_failure_next_steps_before_the_upgrade_offer_no_kernel_pin() -> None:
+    """The roll stopped before apt-get dist-upgrade ran (guests-leave failed): no package
+    changed, so there is no previous kernel to boot and nothing to roll back."""
+    steps = failure_next_steps(
+        "pve2", "rpool/ROOT/pve-1", "moxflow-pre-update-20241120-103000", "6.8.12-4-pve",
+        upgraded=False,
+    )  # fmt: skip
+    joined = "\n".join(steps)
+    assert "proxmox-boot-tool" not in joined and "zfs rollback" not in joined
+    assert (
+        "no package was changed; the root snapshot "
+        "rpool/ROOT/pve-1@moxflow-pre-update-20241120-103000 is kept"
+    ) in joined
+
+
+def test_failure_next_steps_name_each_guest_left_away_and_how_to_bring_it_back() -> None:
+    away = [
+        GuestStep(104, "web", "qemu", "migrate", "pve2", "pve3", "online"),
+        GuestStep(105, "db", "lxc", "migrate", "pve2", "pve1", "restart"),
+        GuestStep(107, "", "qemu", "migrate", "pve2", "pve1", "offline"),
+        GuestStep(103, "gpu", "qemu", "shutdown", "pve2"),
+        GuestStep(108, "ct", "lxc", "shutdown", "pve2"),
+        GuestStep(100, "ha", "qemu", "ha", "pve2"),
+    ]
+    steps = failure_next_steps("pve2", "rpool/ROOT/pve-1", None, None, upgraded=False, away=away)
+    assert steps[2:-1] == [
+        "VM 100 (ha) was moved by HA node maintenance; it returns when maintenance is disabled",
+        "VM 103 (gpu) was shut down; to start it again, on pve2: `qm start 103`",
+        "VM 104 (web) was migrated to pve3; to bring it back, on pve3: "
+        "`qm migrate 104 pve2 --online`",
+        "CT 105 (db) was migrated to pve1; to bring it back, on pve1: "
+        "`pct migrate 105 pve2 --restart`",
+        "VM 107 was migrated to pve1; to bring it back, on pve1: `qm migrate 107 pve2`",
+        "CT 108 (ct) was shut down; to start it again, on pve2: `pct start 108`",
+    ]
+    assert steps[-1].startswith("pve2 stays in HA maintenance")
+    # out of maintenance (it never got there): no HA line
+    calm = failure_next_steps(
+        "pve2", "rpool/ROOT/pve-1", None, None, upgraded=False, maintenance=False, away=away
+    )
+    assert not any("HA" in s for s in calm)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from datetime import datetime
 from typing import Any
@@ -44,15 +44,20 @@ from tasks.pveupdate import (
     guests_leave,
     guests_return,
     node_facts,
+    node_versions,
     reboot,
     refresh_lists,
     snapshot,
     upgrade,
     verify,
 )
-from tasks.targets import SCRATCH_TARGET, hold, node_target
+from tasks.targets import SCRATCH_TARGET, guest_target, hold, node_target
 
 JOB = "proxmox-update"
+NO_SNAPSHOT = (
+    "WARNING: --no-snapshot: no node's root dataset is snapshotted before its upgrade; "
+    "a failed upgrade has no snapshot to go back to"
+)
 
 
 def _cells(plan: NodePlan, snap: str | None = None) -> dict[str, str]:
@@ -64,18 +69,21 @@ def _cells(plan: NodePlan, snap: str | None = None) -> dict[str, str]:
     return {
         "packages": str(count) if count else "",
         "reboot": reboot_text,
-        "snapshot": snap or "",
+        "snapshot": snap or ("NONE (--no-snapshot)" if plan.no_snapshot else ""),
     }
 
 
 @flow(name="proxmox-update-node", flow_run_name="{node}", validate_parameters=False)
 def update_node(node: str, run: NodeRun, wait: float) -> ReportRow | State[ReportRow]:
     """One node, step by step: snapshot → guests-leave → upgrade → reboot (when needed) →
-    verify → guests-return, holding the node's slot the whole time. Failed when the node did
-    not end up updated: failed (the roll stops) or busy (another run holds it longer than
-    ``wait`` seconds)."""
+    verify → guests-return, holding the slots of the node and of each of its guests the
+    whole time: no other moxflow run (a backup, a snapshot, a restore) touches a guest while
+    it is away, shut down, or on a node that reboots. Failed when the node did not end up
+    updated: failed (the roll stops) or busy (another run holds the node or one of its
+    guests longer than ``wait`` seconds)."""
+    targets = [node_target(node), *(guest_target(g.vmid) for g in run.state.facts.guests)]
     try:
-        with hold([node_target(node)], wait=wait):
+        with hold(targets, wait=wait):
             row = _chain(run)
     except TargetBusyError as exc:
         row = ReportRow(node, Outcome.BUSY, detail=str(exc), cells=_cells(run.plan))
@@ -132,6 +140,7 @@ def proxmox_update(
     guests: GuestPolicy | None = None,
     reboot: RebootPolicy | None = None,
     lock_timeout: float = 120.0,
+    no_snapshot: bool = False,
     dry_run: bool = False,
     inventory: str | None = None,
 ) -> RunReport | State[Any]:
@@ -142,11 +151,15 @@ def proxmox_update(
         guests=guests,
         reboot=reboot,
         lock_timeout=lock_timeout,
+        no_snapshot=no_snapshot,
         dry_run=dry_run,
         inventory=inventory,
     )
     inv = load_inventory(p.inventory)
     report = RunReport(job=JOB, label="update", dry_run=p.dry_run, counts_snapshots=False)
+    if p.no_snapshot:
+        report.notes.append(NO_SNAPSHOT)
+        get_run_logger().warning("%s", NO_SNAPSHOT)
     now, tz = utc_now(), ZoneInfo(inv.timezone)
     with proxmox_client(inv) as client:
         nodes = _nodes(inv, client, p.only)
@@ -186,8 +199,9 @@ def _update(
             continue
         try:
             tuned(refresh_lists, inv)(client, node)
+            root = None if p.no_snapshot else settings.root_dataset
             states[node] = tuned(node_facts, inv)(
-                inv, client, node, facts.guests, policy == "migrate"
+                inv, client, node, facts.guests, policy == "migrate", root
             )
         except MoxflowError as exc:
             refused.append(f"{node}: {exc}")
@@ -217,7 +231,11 @@ def _update(
             detail = n.skip or " | ".join(line.strip() for line in n.describe()[1:])
             report.add(ReportRow(n.node, outcome, detail=detail, cells=_cells(n, n.snapshot)))
         return
-    _roll(report, inv, client, plan, states, now, tz, p.lock_timeout)
+
+    def replan(actual: Mapping[str, Mapping[str, str]]) -> RollPlan:
+        return _plan(facts, states, inv, now, p, bystanders, actual)
+
+    _roll(report, inv, client, plan, states, now, tz, p.lock_timeout, p.no_snapshot, replan)
 
 
 def _plan(
@@ -227,8 +245,10 @@ def _plan(
     now: datetime,
     p: ProxmoxUpdateParams,
     bystanders: Sequence[NodeFacts] = (),
+    actual: Mapping[str, Mapping[str, str]] | None = None,
 ) -> RollPlan:
-    """The pre-flight verdict and the roll's plan from the facts (pure)."""
+    """The pre-flight verdict and the roll's plan from the facts (pure); ``actual``: the
+    installed versions of the nodes this roll updated so far."""
     settings = inv.proxmox_update
     verdict = preflight(
         facts.cluster,
@@ -239,6 +259,7 @@ def _plan(
         dpkg={n: s.audit for n, s in states.items()},
         held={n: s.facts.held for n, s in states.items()},
         broken={n: s.installed.broken for n, s in states.items()},
+        roots={n: s.root_problem for n, s in states.items()},
     )
     online = [n for n in facts.cluster.nodes if n.online]
     # HA maintenance needs another node to move the HA services to
@@ -252,6 +273,8 @@ def _plan(
         policy=p.guests,
         reboot=p.reboot,
         bystanders=bystanders,
+        no_snapshot=p.no_snapshot,
+        actual=actual,
     )
 
 
@@ -264,18 +287,25 @@ def _roll(
     now: datetime,
     tz: ZoneInfo,
     wait: float,
+    no_snapshot: bool,
+    replan: Callable[[Mapping[str, Mapping[str, str]]], RollPlan],
 ) -> None:
-    """The nodes in the plan's order, one subflow run each; the first failure stops it."""
+    """The nodes in the plan's order, one subflow run each; the first failure stops it.
+    After each node its installed versions are read again and the later nodes planned
+    anew with them (guests go only to nodes that really run the same or newer versions)."""
     logger = get_run_logger()
     stopped: str | None = None
-    for n in plan.nodes:
+    actual: dict[str, dict[str, str]] = {}
+    names = [n.node for n in plan.nodes]
+    for i, name in enumerate(names):
+        n = next(x for x in plan.nodes if x.node == name)
         if stopped is not None:
             report.add(ReportRow(n.node, Outcome.SKIPPED, detail=f"not started: {stopped}"))
             continue
         if n.skip:
             report.add(ReportRow(n.node, Outcome.SKIPPED, detail=n.skip, cells=_cells(n)))
             continue
-        run = NodeRun(inv, client, n, states[n.node], now, tz)
+        run = NodeRun(inv, client, n, states[n.node], now, tz, no_snapshot)
         state = update_node(n.node, run, wait, return_state=True)
         row = state.result(raise_on_failure=False)
         if not isinstance(row, ReportRow):
@@ -286,15 +316,42 @@ def _roll(
             stopped = f"{n.node} {row.outcome.value}"
             if row.outcome is not Outcome.BUSY:
                 snapname = run.snapshot.partition("@")[2] if run.snapshot else None
+                ha_moved = [s for s in n.guests if s.action == "ha"] if run.maintenance else []
                 report.notes.extend(
                     failure_next_steps(
                         n.node,
                         inv.proxmox_update.root_dataset,
                         snapname,
                         states[n.node].facts.running_kernel,
+                        upgraded=run.upgrade_ran,
                         maintenance=run.maintenance,
+                        away=[*run.away, *ha_moved],
                     )
                 )
+            continue
+        if all(x.skip for x in plan.nodes if x.node in names[i + 1 :]):
+            continue  # no node after it to plan for
+        try:
+            actual[n.node] = tuned(node_versions, inv)(client, n.node)
+        except MoxflowError as exc:
+            stopped = f"{n.node}'s installed versions unknown"
+            report.add(
+                ReportRow(
+                    "roll",
+                    Outcome.FAILED,
+                    detail=f"stopped after {n.node}: its installed versions could not be "
+                    f"read, so no guest can be sent there safely: {exc}",
+                )
+            )
+            continue
+        before = plan
+        plan = replan(actual)
+        for later in plan.nodes:
+            old = next(x for x in before.nodes if x.node == later.node)
+            if later.node not in actual and later.guests != old.guests:
+                text = f"{later.node}: planned again with {n.node}'s installed versions"
+                logger.info("%s:\n%s", text, "\n".join(later.describe()[1:]))
+                report.notes.append(text)
 
 
 def check(p: ProxmoxUpdateParams) -> None:

@@ -32,6 +32,8 @@ PACKAGE_VERSIONS = {
     "libpve-common-perl": "9.0.9",
     "pve-ha-manager": "5.0.5",
     "qemu-server": "9.0.30",
+    "pve-qemu-kvm": "10.1.2-4",
+    "pve-container": "6.0.18",
     "openssl": "3.5.1-1",
     "tzdata": "2025b-4",
 }

@@ -161,10 +161,10 @@ class PveSystem(System):
 
     def set_guest(self, vmid: int, fields: dict[str, Any]) -> Guest:
         """Change guest fields directly (tests): lock, status, node, tags, pool, ...;
-        ``description`` is the config's."""
+        ``description`` and ``onboot`` (0/1: started when its node boots) are the config's."""
         allowed = {
             "name", "node", "status", "lock", "tags", "pool", "template", "agent",
-            "hastate", "maxdisk", "maxmem", "cpus", "description",
+            "hastate", "maxdisk", "maxmem", "cpus", "description", "onboot",
         }  # fmt: skip
         unknown = set(fields) - allowed
         if unknown:
@@ -187,8 +187,8 @@ class PveSystem(System):
                         g.agent_ready_at = time.monotonic() + self.lab.duration("agent")
                 if key == "lock" and value == "":
                     value = None
-                if key == "description":
-                    g.config["description"] = str(value)
+                if key in ("description", "onboot"):
+                    g.config[key] = str(int(value)) if key == "onboot" else str(value)
                     continue
                 setattr(g, key, value)
             self.lab.settle()
@@ -398,13 +398,17 @@ class PveSystem(System):
 
     def guest_power(self, node: str, gtype: str, vmid: int, action: str, *, user: str) -> Task:
         """``POST .../status/start``, ``.../status/stop`` or ``.../status/shutdown``: a
-        qmstart/qmstop/qmshutdown (vz...) task (a clean shutdown ends as a stop does)."""
+        qmstart/qmstop/qmshutdown (vz...) task (a clean shutdown ends as a stop does). A
+        running VM's start fails its task ("VM 101 already running"); a running container's
+        is refused at once (HTTP 500 "CT 102 already running"), as PVE does."""
         prefix = "qm" if gtype == "qemu" else "vz"
         ttype = f"{prefix}{action}"
         action = "stop" if action == "shutdown" else action
         g = self.guest_on(node, gtype, vmid)
         if g is None:
             raise PveError(500, self.missing_config(node, gtype, vmid))
+        if action == "start" and gtype == "lxc" and g.status == "running" and not g.template:
+            raise PveError(500, f"CT {vmid} already running")  # refused before any task
         fail: str | None = None
         if g.template:
             fail = f"you can't {action} a {'vm' if gtype == 'qemu' else 'ct'} if it's a template"

@@ -89,7 +89,9 @@ class ProxmoxUpdateSettings(Section):
         default="rpool/ROOT/pve-1",
         description=(
             "The ZFS dataset of each node's root file system, snapshotted before its upgrade "
-            "(label pre-update). It does not hold the kernels, which live on the EFI partitions."
+            "(label pre-update); pre-flight refuses a node that does not have it (run with "
+            "--no-snapshot for nodes without a ZFS root). It does not hold the kernels, which "
+            "live on the EFI partitions."
         ),
     )
     policies: Policies = Field(
@@ -118,7 +120,8 @@ class ProxmoxUpdateSettings(Section):
         default=900.0,
         description=(
             "Seconds a node may take from the reboot request until it is proven rebooted and "
-            "back (API, SSH, pveversion)."
+            "back (API, quorum, SSH, pveversion, and pve-cluster, pveproxy, pvedaemon and "
+            "pve-ha-lrm active)."
         ),
     )
     upgrade_timeout: Seconds = Field(
@@ -135,7 +138,8 @@ class ProxmoxUpdateSettings(Section):
         default=600.0,
         description=(
             "Seconds HA node maintenance may take to move the HA-managed guests away (and, "
-            "when disabled, back)."
+            "when disabled, back); also how long pve-ha-lrm may take to run again before "
+            "maintenance is left."
         ),
     )
 

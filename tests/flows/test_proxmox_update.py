@@ -5,6 +5,7 @@ each guest is and whether it runs, HA maintenance, the root dataset's snapshots.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,7 @@ from moxflow.inventory import load_inventory
 from moxflow.report import Outcome, RunReport
 from tasks.targets import hold, node_target
 from tests.conftest import LAB_TIME_SCALE
-from tests.flows.conftest import step_runs, subflow_runs, zfs_snapshots
+from tests.flows.conftest import step_runs, subflow_runs, task_runs, zfs_snapshots
 
 NEW_KERNEL = "6.14.11-5-pve"
 ROOT = "rpool/ROOT/pve-1"
@@ -46,15 +47,20 @@ def pve(lab3: LabClient) -> LabClient:
     return lab3
 
 
-def inventory(lab: LabClient, name: str, extra: str = "", reboot_timeout: float = 4.0) -> Path:
-    """The lab's inventory with a [proxmox_update] section: nodes in order, short waits."""
+def inventory(
+    lab: LabClient, name: str, extra: str = "", reboot_timeout: float = 4.0, settings: str = ""
+) -> Path:
+    """The lab's inventory with a [proxmox_update] section: nodes in order, short waits, and
+    ``settings`` (lines of that section)."""
     nodes = sorted(h for h, v in lab.state()["hosts"].items() if v.get("apt"))
     order = ", ".join(f'"{n}"' for n in nodes)
     text = (lab.dir / "inventory.toml").read_text()
     head = "[proxmox_update]\n"  # the lab's own section names each node's dpkg log
     assert head in text
     text = (
-        text.replace(head, f"{head}nodes = [{order}]\nreboot_timeout = {reboot_timeout}\n")
+        text.replace(
+            head, f"{head}nodes = [{order}]\nreboot_timeout = {reboot_timeout}\n{settings}"
+        )
         + f"\n{extra}\n"
     )
     dst = lab.dir / f"{name}-pveupdate.toml"
@@ -131,6 +137,12 @@ def test_idle_node_skipped_reboot_only_for_a_new_kernel_and_a_lingering_node_wai
     assert row(report, "pve1").outcome is Outcome.OK
     assert apt(st, "pve1")["reboots"] == 1 and apt(st, "pve1")["kernel_running"] == NEW_KERNEL
     assert row(report, "pve2").cell("reboot") == "no"
+    # waited for with backoff (0.2 s, doubling: the reboot_timeout of 4 s is short), not
+    # looked at every 0.1 s: facts, about four looks over the lingering second, verify
+    looks = [
+        r for r in pve.api_requests() if r["method"] == "GET" and r["path"] == "/nodes/pve1/status"
+    ]
+    assert len(looks) <= 8
 
 
 def test_upgrade_failing_on_node_2_stops_the_roll(pve: LabClient, tmp_path: Path) -> None:
@@ -153,6 +165,34 @@ def test_upgrade_failing_on_node_2_stops_the_roll(pve: LabClient, tmp_path: Path
     text = "\n".join(report.notes)
     assert snap in text and "proxmox-boot-tool kernel pin 6.14.11-4-pve" in text
     assert "node-maintenance disable pve2" in text
+    # the guests it sent away, each with the way back (they stay where they went)
+    assert "VM 103 (vm-103) was shut down; to start it again, on pve2: `qm start 103`" in text
+    assert "`qm migrate 104 pve2 --online`" in text and "`pct migrate 105 pve2 --restart`" in text
+    assert placement(st)["103"] == ("pve2", "stopped") and placement(st)["104"][0] != "pve2"
+
+
+def test_a_roll_stopped_before_the_upgrade_offers_no_kernel_pin(
+    pve: LabClient, tmp_path: Path
+) -> None:
+    """CT 102 is locked (a backup of another tool): pve1's guests-leave stops after VM 101
+    (stopped) moved. No package changed: the next steps name VM 101's way back and maintenance, and
+    offer no kernel to pin and no rollback."""
+    pve.set_guest(102, lock="backup")
+    report = run_failing(inventory(pve, tmp_path.name), only=["pve1"])
+    st = pve.state()
+    assert row(report, "pve1").outcome is Outcome.FAILED
+    assert "guests-leave" in row(report, "pve1").detail
+    assert apt(st, "pve1")["installed"] == apt(pve.state(), "pve2")["installed"]  # untouched
+    text = "\n".join(report.notes)
+    assert "proxmox-boot-tool" not in text and "zfs rollback" not in text
+    where = placement(st)["101"][0]
+    assert where != "pve1"
+    assert (
+        f"VM 101 (vm-101) was migrated to {where}; to bring it back, on {where}: "
+        "`qm migrate 101 pve1`"
+    ) in text
+    assert "VM 100 (vm-100) was moved by HA node maintenance" in text
+    assert "node-maintenance disable pve1" in text
 
 
 def test_node_never_back_times_out_into_the_same_state(pve: LabClient, tmp_path: Path) -> None:
@@ -164,6 +204,41 @@ def test_node_never_back_times_out_into_the_same_state(pve: LabClient, tmp_path:
     assert {row(report, n).outcome for n in ("pve2", "pve3")} == {Outcome.SKIPPED}
     assert apt(st, "pve1")["maintenance"] is True and len(pre_update(st, "pve1")) == 1
     assert apt(st, "pve2")["reboots"] == 0 and pre_update(st, "pve2") == []
+
+
+def test_a_node_whose_lrm_does_not_come_up_after_its_reboot_stops_the_roll(
+    pve: LabClient, tmp_path: Path
+) -> None:
+    """pve1 answers SSH and pveversion after its reboot, but pve-ha-lrm stays activating:
+    not back. The reboot step runs out of time naming the service; pve1 stays in HA
+    maintenance (never left while its LRM is down); pve2 and pve3 are not started."""
+    pve.control("apt_node", node="pve1", late_unit="pve-ha-lrm")
+    report = run_failing(inventory(pve, tmp_path.name, reboot_timeout=2.0))
+    st = pve.state()
+    detail = row(report, "pve1").detail
+    assert row(report, "pve1").outcome is Outcome.FAILED
+    assert "pve1: reboot: " in detail and "not active: pve-ha-lrm activating" in detail
+    assert apt(st, "pve1")["reboots"] == 1 and apt(st, "pve1")["maintenance"] is True
+    assert apt(st, "pve1")["units"]["pve-ha-lrm"] == "activating"
+    assert apt(st, "pve1")["units"]["pveproxy"] == "active"  # the others came up
+    assert {row(report, n).outcome for n in ("pve2", "pve3")} == {Outcome.SKIPPED}
+
+
+def test_maintenance_is_left_only_once_the_lrm_runs_again(pve: LabClient, tmp_path: Path) -> None:
+    """No reboot, but the upgrade of pve-ha-manager restarts pve-ha-lrm, which stays
+    activating: guests-return waits for it and never asks to leave maintenance."""
+    pve.control("apt_pending", node="pve1", packages="pve-ha-manager=5.0.6", refresh=True)
+    pve.control("apt_node", node="pve1", late_unit="pve-ha-lrm")
+    inv = inventory(pve, tmp_path.name, settings="maintenance_timeout = 1.5\n")
+    report = run_failing(inv, only=["pve1"], reboot="never")
+    st = pve.state()
+    detail = row(report, "pve1").detail
+    assert "pve1: guests-return: pve-ha-lrm active before leaving HA maintenance" in detail
+    assert "last seen: pve-ha-lrm activating" in detail
+    assert apt(st, "pve1")["installed"]["pve-ha-manager"] == "5.0.6"
+    assert apt(st, "pve1")["reboots"] == 0 and apt(st, "pve1")["maintenance"] is True
+    commands = [c["command"] for c in pve.commands() if c["host"] == "pve1"]
+    assert not any("node-maintenance disable" in c for c in commands)
 
 
 def test_not_quorate_refused_before_any_change(pve: LabClient, tmp_path: Path) -> None:
@@ -179,6 +254,29 @@ def test_not_quorate_refused_before_any_change(pve: LabClient, tmp_path: Path) -
     assert "not quorate" in row(report, "cluster").detail
     assert pre_update(st, "pve1") == [] and apt(st, "pve1")["maintenance"] is False
     assert apt(st, "pve1")["pending"] and apt(st, "pve1")["kernel_running"] != NEW_KERNEL
+
+
+def test_a_stale_ha_manager_status_is_refused_before_any_change(
+    pve: LabClient, tmp_path: Path
+) -> None:
+    """pve-ha-crm runs nowhere: the manager status is what pve1 wrote over 30 s ago (in lab
+    time), maintenance and services as they were. Nothing would act on maintenance, and VM
+    100 is HA-managed: the roll is refused in pre-flight, nothing changed."""
+    before = pve.state()
+    pve.control("ha_crm", state="stopped")
+    wait_until(
+        lambda: time.time() - pve.state()["ha"]["status"]["manager_status"]["timestamp"] > 31
+    )
+    report = run_failing(inventory(pve, tmp_path.name))
+    st = pve.state()
+    refused = row(report, "cluster").detail
+    assert "the HA manager status is stale: its master pve1 last wrote it" in refused
+    assert "is pve-ha-crm running?" in refused
+    for node in ("pve1", "pve2", "pve3"):
+        assert apt(st, node)["installed"] == apt(before, node)["installed"]
+        assert pre_update(st, node) == [] and apt(st, node)["maintenance"] is False
+    assert st["ha"]["requests"] == []  # no maintenance request queued
+    assert placement(st) == placement(before)
 
 
 def test_two_nodes_without_qdevice_refused(fresh_lab: LabClient, tmp_path: Path) -> None:
@@ -212,6 +310,88 @@ def test_only_one_node_its_guests_go_to_the_others_and_a_local_disk_follows_its_
     for node in ("pve1", "pve2"):  # not updated
         assert apt(st, node)["installed"] == apt(before, node)["installed"]
         assert apt(st, node)["reboots"] == 0 and pre_update(st, node) == []
+
+
+def test_guests_onboot_already_started_are_back_not_a_failure(
+    pve: LabClient, tmp_path: Path
+) -> None:
+    """VM 103 and CT 105 have onboot=1: shut down for pve2's update, they run again as soon
+    as it boots, before guests-return would start them; "already running" is their return,
+    not a failure. VM 104 (no onboot) is started by moxflow."""
+    for vmid in (103, 105):
+        pve.set_guest(vmid, onboot=1)
+    before = placement(pve.state())
+    report = run(inventory(pve, tmp_path.name), only=["pve2"], guests="shutdown")
+    st = pve.state()
+    assert row(report, "pve2").outcome is Outcome.OK, row(report, "pve2").detail
+    assert apt(st, "pve2")["reboots"] == 1
+    assert placement(st) == before
+    posts = [r["path"] for r in pve.api_requests() if r["method"] == "POST"]
+    for path in ("/nodes/pve2/qemu/103", "/nodes/pve2/lxc/105", "/nodes/pve2/qemu/104"):
+        assert f"{path}/status/shutdown" in posts
+    assert "/nodes/pve2/qemu/104/status/start" in posts
+
+
+def test_a_missing_root_dataset_is_refused_before_any_change_unless_no_snapshot(
+    pve: LabClient, tmp_path: Path
+) -> None:
+    """The inventory names a root dataset the nodes do not have: pre-flight refuses, naming
+    it and --no-snapshot, before any change. With --no-snapshot the node is updated without
+    a snapshot, and the report says so loudly."""
+    before = pve.state()
+    bad = "rpool/ROOT/debian"
+    path = inventory(pve, tmp_path.name, settings=f'root_dataset = "{bad}"\n')
+    report = run_failing(path)
+    st = pve.state()
+    refused = row(report, "cluster").detail
+    assert f"root dataset {bad} not found (cannot open '{bad}': dataset does not exist)" in refused
+    assert "--no-snapshot" in refused
+    assert {row(report, n).outcome for n in ("pve1", "pve2", "pve3")} == {Outcome.SKIPPED}
+    for node in ("pve1", "pve2", "pve3"):
+        assert apt(st, node)["installed"] == apt(before, node)["installed"]
+        assert apt(st, node)["maintenance"] is False and pre_update(st, node) == []
+    assert placement(st) == placement(before)
+
+    report = run(path, only=["pve1"], no_snapshot=True)
+    st = pve.state()
+    assert row(report, "pve1").outcome is Outcome.OK
+    assert apt(st, "pve1")["pending"] == {} and apt(st, "pve1")["reboots"] == 1
+    assert pre_update(st, "pve1") == []
+    assert report.notes[0].startswith("WARNING: --no-snapshot: no node's root dataset is")
+    assert row(report, "pve1").cell("snapshot") == "NONE (--no-snapshot)"
+    assert "no root snapshot (--no-snapshot)" in row(report, "pve1").detail
+
+
+def test_guests_go_only_to_nodes_that_really_run_the_same_or_newer_packages(
+    pve: LabClient, tmp_path: Path
+) -> None:
+    """pve2 runs qemu-server 9.0.31 already; pve1 is offered it too but holds it at 9.0.30.
+    The plan made before the roll would send pve2's VM 104 to pve1 (upgraded first); once
+    pve1's installed versions are read after its upgrade, VM 104 has no node running
+    qemu-server 9.0.31 or newer and follows its fallback (shut down), while CT 105 (its
+    container tools are the same everywhere) still goes to pve1."""
+    pve.control("apt_pending", node="pve2", clear=True, packages="qemu-server=9.0.31")
+    assert pve.exec("pve2", ["apt-get", "update"])[0] == 0
+    assert pve.exec("pve2", ["apt-get", "-y", "dist-upgrade"])[0] == 0
+    pve.control("apt_pending", node="pve2", packages="pve-manager=9.1.2", refresh=True)
+    pve.control("apt_pending", node="pve1", packages="qemu-server=9.0.31", refresh=True)
+    pve.control("apt_node", node="pve1", hold="qemu-server")
+    before = pve.state()
+    assert apt(before, "pve2")["installed"]["qemu-server"] == "9.0.31"
+    state = proxmox_update(
+        inventory=str(inventory(pve, tmp_path.name)), reboot="never", return_state=True
+    )
+    assert state.is_completed()
+    report = state.result()
+    st = pve.state()
+    assert apt(st, "pve1")["installed"]["qemu-server"] == "9.0.30"  # held
+    assert "pve2: planned again with pve1's installed versions" in report.notes
+    posts = {r["path"]: r for r in pve.api_requests() if r["method"] == "POST"}
+    assert "/nodes/pve2/qemu/104/migrate" not in posts
+    assert "/nodes/pve2/qemu/104/status/shutdown" in posts
+    assert posts["/nodes/pve2/lxc/105/migrate"]["params"]["target"] == "pve1"
+    assert placement(st) == placement(before)
+    assert "pve1: installed versions" in task_runs(state)
 
 
 def test_a_node_another_run_holds_is_busy_and_untouched(pve: LabClient, tmp_path: Path) -> None:
@@ -249,6 +429,40 @@ def test_enterprise_repository_fails_pre_flight_before_any_change(
         assert apt(st, node)["installed"] == apt(before, node)["installed"]
         assert apt(st, node)["reboots"] == 0 and pre_update(st, node) == []
     assert placement(st) == placement(before)
+
+
+def test_a_nodes_guests_are_held_for_its_whole_chain(pve: LabClient, tmp_path: Path) -> None:
+    """While pve1's roll waits for its reboot (pve1 keeps answering for 6 s), CT 102 runs
+    on another node, migrated there for the update: another run's backup of it waits for
+    its slot, then leaves it busy (nothing dumped); the roll ends well and brings it home."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from flows.jobs.vzdump_backup import vzdump_backup
+
+    pve.control("apt_node", node="pve1", linger=240.0)  # 240 × 0.025 = 6 s
+    inv = inventory(pve, tmp_path.name, reboot_timeout=20.0)
+    archives = {a["volid"] for s in pve.state()["storages"].values() for a in s["archives"]}
+    with ThreadPoolExecutor(1) as lane:
+        roll = lane.submit(proxmox_update, inventory=str(inv), only=["pve1"], return_state=True)
+        wait_until(lambda: apt(pve.state(), "pve1")["rebooting"] or roll.done(), timeout=60)
+        assert not roll.done(), roll.result()
+        away = placement(pve.state())["102"][0]
+        assert away != "pve1"  # migrated for the update, not back yet
+        dump = vzdump_backup(
+            select="102", offsite=False, lock_timeout=0.5, inventory=str(inv), return_state=True
+        )
+        assert apt(pve.state(), "pve1")["rebooting"]  # the roll was mid-chain all along
+        state = roll.result(timeout=120)
+    assert state.is_completed()
+    assert dump.is_failed()
+    rows = dump.result(raise_on_failure=False).report.rows
+    [busy] = [r for r in rows if r.target == "102 (ct-102)"]
+    assert busy.outcome is Outcome.BUSY
+    assert "another moxflow run holds moxflow-guest-102" in busy.detail
+    st = pve.state()
+    new = [a for s in st["storages"].values() for a in s["archives"] if a["volid"] not in archives]
+    assert not any(a["vmid"] == 102 for a in new)
+    assert placement(st)["102"][0] == "pve1"
 
 
 @pytest.fixture(scope="module")

@@ -67,12 +67,17 @@ def post_node_status(req: Request) -> Any:
 
 @ROUTES.route("GET", "/cluster/ha/status/manager_status")
 def get_manager_status(req: Request) -> Any:
-    return ha.manager_status(req.pve, _apt(req).ha)
+    return ha.manager_status(req.pve, _apt(req).ha, req.lab.time_scale)
+
+
+def _age_word(timestamp: float) -> str:
+    """PVE's word for a status written at ``timestamp``: old past 30 s."""
+    return "active" if time.time() - timestamp <= 30 else "old timestamp - dead?"
 
 
 @ROUTES.route("GET", "/cluster/ha/status/current")
 def get_ha_current(req: Request) -> Any:
-    data = ha.manager_status(req.pve, _apt(req).ha)
+    data = ha.manager_status(req.pve, _apt(req).ha, req.lab.time_scale)
     quorate = 1 if req.pve.quorate() else 0
     out: list[dict[str, Any]] = [
         {
@@ -91,7 +96,8 @@ def get_ha_current(req: Request) -> Any:
             "id": "master",
             "type": "master",
             "node": ms["master_node"],
-            "status": f"{ms['master_node']} (active, {time.ctime()})",
+            "status": f"{ms['master_node']} ({_age_word(ms['timestamp'])}, "
+            f"{time.ctime(ms['timestamp'])})",
         }
     )
     for name, lrm in data["lrm_status"].items():

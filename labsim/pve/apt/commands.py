@@ -238,14 +238,18 @@ def systemctl(system: AptSystem, node: Node, argv: list[str]) -> Result:
     args = [a for a in argv[1:] if not a.startswith("-")]
     verb = args[0] if args else "list-units"
     if verb == "is-active":
-        states = ["active" if u.removesuffix(".service") in UNITS else "inactive" for u in args[1:]]
+        states = [system.unit_state(node, u) for u in args[1:]]
         quiet = "-q" in argv or "--quiet" in argv
         rc = 0 if states and all(s == "active" for s in states) else 3
         return rc, "" if quiet else "".join(s + "\n" for s in states), ""
     if verb == "list-units":
         if any(a == "--failed" or (a.startswith("--state=") and "failed" in a) for a in argv):
             return 0, "", ""
-        out = "".join(f"{u}.service loaded active running {u}\n" for u in UNITS)
+        out = ""
+        for u in UNITS:
+            state = system.unit_state(node, u)
+            sub = "running" if state == "active" else "start"
+            out += f"{u}.service loaded {state} {sub} {u}\n"
         return 0, out, ""
     if verb == "is-failed":
         return 1, "".join("active\n" for _ in args[1:]), ""
@@ -255,7 +259,7 @@ def systemctl(system: AptSystem, node: Node, argv: list[str]) -> Result:
 def ha_manager(system: AptSystem, node: Node, argv: list[str]) -> Result:
     args = argv[1:]
     if args[:1] == ["status"]:
-        return 0, ha.status_text(system.pve, system.ha), ""
+        return 0, ha.status_text(system.pve, system.ha, system.lab.time_scale), ""
     if args[:2] == ["crm-command", "node-maintenance"] and len(args) == 4:
         action, target = args[2], args[3]
         if action not in ("enable", "disable"):

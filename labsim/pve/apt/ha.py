@@ -5,6 +5,13 @@ the CRM master after the ``maintenance`` duration, only for an online node and o
 the cluster is quorate and has HA resources. The LRM reports ``maintenance`` at once; its
 services then move off one by one (each after the ``migrate`` duration) to online nodes not
 in maintenance. Maintenance survives reboots; disabling it moves the services back.
+
+The manager status is what the CRM master last wrote: while a master runs it is current;
+when its node goes down (or every ``pve-ha-crm`` stops, a fault) it stays as it was, with
+its old ``master_node`` and ``timestamp``, until another node's CRM takes over once the dead
+master's lock expired (the ``crm_failover`` duration). Its age is told in lab seconds (the
+wall-clock age over the time scale), so a status a few real tenths of a second old in a
+fast lab reads as ``old timestamp - dead?`` (over 30 s) as it would on PVE.
 """
 
 from __future__ import annotations
@@ -34,22 +41,34 @@ class HaState:
     moves: dict[int, Move] = field(default_factory=dict)
     origin: dict[int, str] = field(default_factory=dict)  # where maintenance moved it from
     frozen: set[int] = field(default_factory=set)  # HA services of a rebooting node
+    master: str | None = None  # the node whose CRM last wrote the manager status
+    written: float | None = None  # monotonic: when it last did
+    status: dict[str, Any] = field(default_factory=dict)  # what it wrote (node, services)
+    crm_stopped: bool = False  # a fault: pve-ha-crm runs on no node
 
 
 def services(pve: PveSystem) -> list[Guest]:
     return [g for _, g in sorted(pve.guests.items()) if g.hastate]
 
 
-def master(pve: PveSystem) -> str | None:
-    """The CRM master: only when HA resources exist, on the first online node."""
-    if not services(pve) or not pve.quorate():
+def elect(pve: PveSystem, ha: HaState, mono: float, failover_s: float) -> str | None:
+    """The CRM master now (None: none acts): only with HA resources, quorum and a running
+    ``pve-ha-crm``. The master stays while its node is online; a dead master's lock expires
+    ``failover_s`` after its last write, then the first online node's CRM takes over (at
+    once when there never was one)."""
+    if not services(pve) or not pve.quorate() or ha.crm_stopped:
         return None
-    return next((n for n, node in pve.nodes.items() if node.status == "online"), None)
+    if ha.master is not None and pve.nodes[ha.master].status == "online":
+        return ha.master
+    if ha.master is not None and ha.written is not None and mono < ha.written + failover_s:
+        return None
+    ha.master = next((n for n, node in pve.nodes.items() if node.status == "online"), None)
+    return ha.master
 
 
-def tick(pve: PveSystem, ha: HaState, mono: float, migrate_s: float) -> None:
-    """Apply due requests, plan evacuations and finish due moves."""
-    crm = master(pve)
+def tick(pve: PveSystem, ha: HaState, mono: float, migrate_s: float, failover_s: float) -> None:
+    """Apply due requests, plan evacuations, finish due moves; the master writes its status."""
+    crm = elect(pve, ha, mono, failover_s)
     due = [r for r in ha.requests if r[0] <= mono]
     if crm is not None:
         for req in due:
@@ -85,6 +104,9 @@ def tick(pve: PveSystem, ha: HaState, mono: float, migrate_s: float) -> None:
         g.node = move.target
         if g.lock == "migrate":
             g.lock = None
+    if crm is not None:
+        ha.written = mono
+        ha.status = _written(pve, ha)
 
 
 def _target(pve: PveSystem, ha: HaState, source: str) -> str | None:
@@ -94,26 +116,15 @@ def _target(pve: PveSystem, ha: HaState, source: str) -> str | None:
     return None
 
 
-def manager_status(pve: PveSystem, ha: HaState) -> dict[str, Any]:
-    """``GET /cluster/ha/status/manager_status`` (``{}`` while no CRM was ever master)."""
-    crm = master(pve)
-    if crm is None and not services(pve):
-        return {}
-    now = int(time.time())
+def _written(pve: PveSystem, ha: HaState) -> dict[str, Any]:
+    """What the CRM master writes: the nodes' and the services' states, the requests."""
     node_status: dict[str, str] = {}
-    lrm: dict[str, Any] = {}
     for name, node in pve.nodes.items():
         online = node.status == "online"
         if name in ha.maintenance and online:
             node_status[name] = "maintenance"
         else:
             node_status[name] = "online" if online else "unknown"
-        mine = any(g.node == name for g in services(pve))
-        lrm[name] = {
-            "mode": "maintenance" if name in ha.maintenance else "active",
-            "state": ("active" if mine else "wait_for_agent_lock") if online else "lost_agent_lock",
-            "timestamp": now if online else int(node.boot_time),
-        }
     service_status: dict[str, Any] = {}
     for g in services(pve):
         sid = f"{'vm' if g.type == 'qemu' else 'ct'}:{g.vmid}"
@@ -126,12 +137,35 @@ def manager_status(pve: PveSystem, ha: HaState) -> dict[str, Any]:
         if g.vmid in ha.moves:
             entry["target"] = ha.moves[g.vmid].target
         service_status[sid] = entry
-    manager: dict[str, Any] = {
-        "master_node": crm or next(iter(pve.nodes)),
+    return {
         "node_status": node_status,
         "service_status": service_status,
         "node_request": {n: {"maintenance": 1} for n in sorted(ha.maintenance)},
-        "timestamp": now,
+    }
+
+
+def manager_status(pve: PveSystem, ha: HaState, scale: float = 1.0) -> dict[str, Any]:
+    """``GET /cluster/ha/status/manager_status``: ``{}`` without HA resources or while no
+    CRM was ever master; else what the master last wrote, its ``timestamp`` that many lab
+    seconds ago (``scale``: the lab's time scale), with each node's LRM status (live: each
+    LRM writes its own)."""
+    if not services(pve) or ha.master is None or ha.written is None:
+        return {}
+    wall = time.time()
+    age = max(0.0, time.monotonic() - ha.written) / (scale or 1.0)
+    lrm: dict[str, Any] = {}
+    for name, node in pve.nodes.items():
+        online = node.status == "online"
+        mine = any(g.node == name for g in services(pve))
+        lrm[name] = {
+            "mode": "maintenance" if name in ha.maintenance else "active",
+            "state": ("active" if mine else "wait_for_agent_lock") if online else "lost_agent_lock",
+            "timestamp": int(wall) if online else int(node.boot_time),
+        }
+    manager: dict[str, Any] = {
+        "master_node": ha.master,
+        **ha.status,
+        "timestamp": int(wall - age),
     }
     return {
         "manager_status": manager,
@@ -140,16 +174,18 @@ def manager_status(pve: PveSystem, ha: HaState) -> dict[str, Any]:
     }
 
 
-def status_text(pve: PveSystem, ha: HaState) -> str:
+def status_text(pve: PveSystem, ha: HaState, scale: float = 1.0) -> str:
     """``ha-manager status``."""
-    data = manager_status(pve, ha)
+    data = manager_status(pve, ha, scale)
     if not data:
         return "quorum OK\n" if pve.quorate() else "quorum No quorum\n"
     when = time.strftime("%a %b %d %H:%M:%S %Y")
     ms = data["manager_status"]
+    written = time.strftime("%a %b %d %H:%M:%S %Y", time.localtime(ms["timestamp"]))
+    master_state = "active" if time.time() - ms["timestamp"] <= 30 else "old timestamp - dead?"
     lines = [
         f"quorum {'OK' if pve.quorate() else 'No quorum'}",
-        f"master {ms['master_node']} (active, {when})",
+        f"master {ms['master_node']} ({master_state}, {written})",
     ]
     for name, lrm in data["lrm_status"].items():
         mode = "maintenance mode" if lrm["mode"] == "maintenance" else lrm["state"]

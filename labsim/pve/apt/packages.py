@@ -23,6 +23,8 @@ TITLES = {
     "pve-manager": "Proxmox Virtual Environment Management Tools",
     "pve-ha-manager": "Proxmox VE HA Manager",
     "qemu-server": "Qemu Server Tools",
+    "pve-qemu-kvm": "Full virtualization on x86 hardware",
+    "pve-container": "Proxmox VE Container management tool",
     "libpve-common-perl": "Proxmox VE base library",
     "openssl": "Secure Sockets Layer toolkit - cryptographic utility",
     "tzdata": "time zone and daylight-saving time data",

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +23,18 @@ DURATIONS: dict[str, float] = {
     "reboot": 8.0,  # down until it is back
     "migrate": 3.0,  # qmigrate / vzmigrate, and each HA relocation
     "maintenance": 2.0,  # the CRM applies a node-maintenance request after this
+    "services": 4.0,  # after a boot (or an upgrade's restart) the PVE services activate
+    "crm_failover": 20.0,  # a dead CRM master's lock expires; another node's CRM takes over
 }
+
+# the units a package's upgrade restarts (its postinst: reload-or-restart)
+RESTARTS: dict[str, tuple[str, ...]] = {
+    "pve-manager": ("pveproxy", "pvedaemon", "pvestatd"),
+    "pve-ha-manager": ("pve-ha-lrm", "pve-ha-crm"),
+    "pve-cluster": ("pve-cluster",),
+}
+# the units that activate late after a boot: all of them but these
+EARLY_UNITS = frozenset({"pve-cluster", "corosync", "ssh", "sshd", "chrony", "cron", "zfs-zed"})
 
 
 @dataclass
@@ -36,8 +47,11 @@ class NodeRun:
     break_upgrade: bool = False  # the next dist-upgrade fails half-way
     never_back: bool = False  # a reboot never ends
     linger: float = 0.0  # extra seconds (before the time scale) it answers after reboot
-    restart: tuple[int, ...] = ()  # guests to start again when it is back
+    restart: tuple[int, ...] = ()  # HA guests (frozen) to start again when it is back
     upgrading: bool = False  # dpkg's lock is taken
+    late_unit: str | None = None  # after the next (re)start it stays activating (a fault)
+    activating: dict[str, float] = field(default_factory=dict)  # unit -> monotonic active at
+    stuck: set[str] = field(default_factory=set)  # units activating until the fault clears
 
 
 class AptSystem(System):
@@ -120,6 +134,29 @@ class AptSystem(System):
                 node.kernels.append(abi)
         node.kernel_installed = packages.next_boot(node)
         packages.refresh_pending(node)  # dpkg's status is newer than the cache
+        restarted = {u for p in versions for u in RESTARTS.get(p, ())}
+        self._restart_units(node, restarted, time.monotonic())
+
+    # -- services ------------------------------------------------------------------------------
+
+    def _restart_units(self, node: Node, units: set[str], mono: float) -> None:
+        """``units`` restart: activating for the ``services`` duration (for good, the
+        node's ``late_unit`` among them)."""
+        run = self.run[node.name]
+        for unit in units:
+            run.activating[unit] = mono + self.lab.duration("services")
+            if unit == run.late_unit:
+                run.stuck.add(unit)
+
+    def unit_state(self, node: Node, unit: str) -> str:
+        """``systemctl is-active``'s word for a unit of the node."""
+        name = unit.removesuffix(".service")
+        if name not in commands.UNITS:
+            return "inactive"
+        run = self.run[node.name]
+        if name in run.stuck or run.activating.get(name, 0.0) > time.monotonic():
+            return "activating"
+        return "active"
 
     # -- reboots -------------------------------------------------------------------------------
 
@@ -139,9 +176,8 @@ class AptSystem(System):
         for g in self.pve.guests.values():
             if g.node != node.name or g.status != "running":
                 continue
-            if g.hastate or str(g.config.get("onboot", "0")) == "1":
+            if g.hastate:  # frozen (shutdown_policy=conditional): started again by HA
                 restart.append(g.vmid)
-            if g.hastate:
                 self.ha.frozen.add(g.vmid)
             g.status, g.started_at = "stopped", None
         run.restart = tuple(restart)
@@ -158,7 +194,20 @@ class AptSystem(System):
         node.kernel_running = packages.next_boot(node)
         node.kernel_next_boot = None  # --next-boot lasts one boot
         node.kernel_installed = packages.next_boot(node)
-        for vmid in run.restart:
+        late = {u for u in commands.UNITS if u not in EARLY_UNITS}
+        run.activating.clear()
+        self._restart_units(node, late, time.monotonic())
+        # pve-guests at boot: startall starts every guest of the node with onboot=1, whether
+        # or not it ran before the reboot (HA decides for its own guests)
+        onboot = [
+            g.vmid
+            for g in self.pve.guests.values()
+            if g.node == node.name
+            and not g.hastate
+            and not g.template
+            and str(g.config.get("onboot", "0")) == "1"
+        ]
+        for vmid in (*run.restart, *onboot):
             g = self.pve.guests.get(vmid)
             if g is not None and g.node == node.name:
                 g.status, g.started_at = "running", time.time()
@@ -175,7 +224,9 @@ class AptSystem(System):
                 self._go_down(node, mono)
             if run.back_at is not None and run.back_at <= mono:
                 self._come_back(node)
-        ha.tick(self.pve, self.ha, mono, self.lab.duration("migrate"))
+        ha.tick(
+            self.pve, self.ha, mono, self.lab.duration("migrate"), self.lab.duration("crm_failover")
+        )
 
     def ssh_refused(self, host: str) -> bool:
         node = self.pve.nodes.get(host)
@@ -231,11 +282,26 @@ class AptSystem(System):
                         setattr(run, key, msg[key] == "on")
                 if msg.get("linger") is not None:
                     run.linger = float(msg["linger"])
+                if msg.get("late_unit") is not None:
+                    unit = str(msg["late_unit"]).removesuffix(".service")
+                    if unit and unit not in commands.UNITS:
+                        raise ValueError(f"no unit {unit} on a node")
+                    run.late_unit = unit or None
+                    if not unit:
+                        run.stuck.clear()
                 if msg.get("hold") and msg["hold"] not in node.held:
                     node.held.append(str(msg["hold"]))
                 if msg.get("unhold") in node.held:
                     node.held.remove(str(msg["unhold"]))
                 return self.node_json(node)
+
+        def crm(msg: dict[str, Any]) -> dict[str, Any]:
+            with self.lab.lock:
+                self.lab.tick()
+                self.ha.crm_stopped = msg["state"] == "stopped"
+                self.lab.tick()
+                state: dict[str, Any] = self.to_json()["ha"]
+                return state
 
         def qdevice(msg: dict[str, Any]) -> dict[str, Any]:
             with self.lab.lock:
@@ -272,6 +338,10 @@ class AptSystem(System):
                     Arg("break_upgrade", "the next dist-upgrade fails half-way", choices=onoff),
                     Arg("never_back", "a reboot never ends", choices=onoff),
                     Arg("linger", "seconds it still answers after reboot", type="float"),
+                    Arg(
+                        "late_unit",
+                        "this unit stays activating after the next boot or restart ('' clears)",
+                    ),
                     Arg("hold", "apt-mark hold this package"),
                     Arg("unhold", "apt-mark unhold this package"),
                 ),
@@ -280,7 +350,26 @@ class AptSystem(System):
                     "set a node's update faults and held packages",
                     "Set a node's conditions: enterprise repo without subscription, a "
                     "dist-upgrade that breaks off, a reboot that never ends, a late "
-                    "reboot, held packages.",
+                    "reboot, a service that does not come up, held packages.",
+                ),
+            ),
+            ControlOp(
+                "ha_crm",
+                crm,
+                (
+                    Arg(
+                        "state",
+                        "running or stopped",
+                        required=True,
+                        choices=("running", "stopped"),
+                    ),
+                ),
+                Cli(
+                    "ha-crm",
+                    "stop or start pve-ha-crm on every node",
+                    "Stop (or start again) the HA cluster resource manager on every node: no "
+                    "master acts on maintenance requests, and the manager status keeps what "
+                    "the last master wrote, growing old.",
                 ),
             ),
             ControlOp(
@@ -327,7 +416,9 @@ class AptSystem(System):
                 "break_upgrade": run.break_upgrade,
                 "never_back": run.never_back,
                 "linger": run.linger,
+                "late_unit": run.late_unit,
             },
+            "units": {u: self.unit_state(node, u) for u in commands.UNITS},
         }
 
     def host_fields(self) -> tuple[str, ...]:
@@ -343,6 +434,8 @@ class AptSystem(System):
                 "maintenance": sorted(self.ha.maintenance),
                 "requests": [{"node": n, "action": a} for _, n, a in self.ha.requests],
                 "moves": {str(v): m.target for v, m in self.ha.moves.items()},
-                "status": ha.manager_status(self.pve, self.ha),
+                "status": ha.manager_status(self.pve, self.ha, self.lab.time_scale),
+                "master": self.ha.master,
+                "crm_stopped": self.ha.crm_stopped,
             }
         }
