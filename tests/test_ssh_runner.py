@@ -4,6 +4,7 @@ authentication, dropped connections and timeouts."""
 from __future__ import annotations
 
 import logging
+import re
 import socket
 import threading
 import time
@@ -253,7 +254,13 @@ def test_connection_dropped_mid_command(faulty_lab: LabClient) -> None:
         for _ in range(3):
             with pytest.raises(SshConnectError) as info:
                 runner.run(["printf", "%s", "x"])
-            assert "before the command reported an exit status" in str(info.value)
+            # which words depend on when the drop reached paramiko (under load it can be while
+            # the command's threads still read): a connection error either way, worth a retry
+            assert re.search(
+                r"connection (dropped before the command reported an exit status|broke while "
+                r"running|failed while starting the command)",
+                str(info.value),
+            ), info.value
             assert info.value.transient
         # the next run reconnects by itself
         assert runner.run(["printf", "%s", "x"]).stdout == "x"
