@@ -67,3 +67,11 @@ _.warnings  # moxflow/proxmox.py TaskStatus
 # lab tests use them today
 _.changed  # moxflow/windows.py ItemOutcome
 _.parse_items
+_.provision_timeout  # moxflow/inventory/: the provisioning settings, read by the flow (next)
+_.provisioned_vms
+_.steamcmd
+_.default_toolchain
+_.toolchains
+_.cargo_home
+_.rustup_home
+_.xml
