@@ -75,3 +75,12 @@ _.toolchains
 _.cargo_home
 _.rustup_home
 _.xml
+_.read_task_xml  # moxflow/windows_provision.py: the core of the flow (next)
+_.require_provisioning
+_.facts_request
+_.parse_provision_facts
+_.login
+_.plan_provision
+_.password_problem
+_.merge_items
+_.check_after
