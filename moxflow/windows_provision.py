@@ -269,9 +269,10 @@ class PlannedItem:
     item: str
     action: Action
     why: str = ""
+    name: str = ""  # a Steam app's name from the inventory, for people
 
     def describe(self) -> str:
-        text = f"{self.action} {self.item}"
+        text = f"{self.action} {self.item}" + (f" ({self.name})" if self.name else "")
         return f"{text}: {self.why}" if self.why else text
 
 
@@ -323,11 +324,8 @@ def _steam_units(vm: WindowsVm, facts: ProvisionFacts) -> list[Unit]:
             "username": None if app.anonymous else steam.username,
             "password": None,
         }
-        if app.name:
-            why = f"{app.name}, {why}" if why else app.name
-        units.append(
-            Unit(item, "steam-app.ps1", data, (PlannedItem(item, action, why),), not app.anonymous)
-        )
+        planned = PlannedItem(item, action, why, app.name or "")
+        units.append(Unit(item, "steam-app.ps1", data, (planned,), not app.anonymous))
     return units
 
 

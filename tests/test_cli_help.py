@@ -43,6 +43,7 @@ OPTIONS = {
         "--max-rounds",
         "--lock-timeout",
     ],
+    "flows.windows_provision": ["--inventory", "--dry-run", "--only", "--lock-timeout"],
 }
 
 

@@ -108,7 +108,7 @@ def test_a_fresh_vm_installs_everything_after_a_snapshot() -> None:
         "first: PCI passthrough: no RAM state; disk only, file systems frozen through the agent "
         "(VSS)"
     )
-    assert "  install steam:740: CS2 server, not installed in C:\\SteamApps\\740" in lines
+    assert "  install steam:740 (CS2 server): not installed in C:\\SteamApps\\740" in lines
     assert "  install steamcmd: not found at C:\\steamcmd\\steamcmd.exe" in lines
 
 
@@ -163,7 +163,7 @@ def _with(**changes: Any) -> dict[str, Any]:
             ),
             "steam:740",
             "update",
-            "CS2 server, its manifest says StateFlags 6, not 4",
+            "its manifest says StateFlags 6, not 4",
         ),
         (
             _with(default="nightly-x86_64-pc-windows-msvc (default)"),
@@ -248,8 +248,8 @@ def test_the_check_after_fails_an_item_still_to_do() -> None:
         ItemOutcome(
             "steam:740",
             "failed",
-            "reported installed, but the check after finds it still to update: CS2 server, its "
-            "manifest says StateFlags 6, not 4",
+            "reported installed, but the check after finds it still to update: its manifest "
+            "says StateFlags 6, not 4",
         ),
         outcomes[1],
         outcomes[2],
