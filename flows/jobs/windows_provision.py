@@ -114,9 +114,13 @@ def provision_vm(vm: str, run: ProvisionRun, wait: float) -> list[ReportRow] | S
             rows = _chain(run)
     except TargetBusyError as exc:
         rows = [ReportRow(vm, Outcome.BUSY, detail=f"not provisioned: {exc}")]
-    bad = [r.target.removeprefix(f"{vm}: ") for r in rows if not r.ok]
+    bad = [
+        r.target.removeprefix(f"{vm}: ") if r.target != vm else r.outcome.value
+        for r in rows
+        if not r.ok
+    ]
     if bad:
-        return Failed(message=f"{vm}: failed: {', '.join(bad)}", data=rows)
+        return Failed(message=f"{vm}: not provisioned: {', '.join(bad)}", data=rows)
     return Completed(message=f"{vm}: provisioned", data=rows)
 
 

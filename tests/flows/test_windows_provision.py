@@ -214,7 +214,10 @@ def test_a_failing_item_does_not_stop_the_others(win: LabClient, tmp_path: Path)
         **{i: "installed" for i in EVERY_ITEM if i not in ("steam:730", "toolchain:nightly")},
     }
     # the units after the failing one ran; its task run is Failed on the server, no other is
-    runs = step_runs(subflow_runs(state)[VM])
+    subflow = subflow_runs(state)[VM]
+    assert subflow.state.name == "Failed"
+    assert subflow.state.message == f"{VM}: not provisioned: steam:730, toolchain:nightly"
+    runs = step_runs(subflow)
     ended = {r.name.removeprefix(f"{VM}: "): r.state.name for r in runs}
     assert ended == {
         "snapshot": "Completed",
