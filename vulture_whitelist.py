@@ -30,6 +30,7 @@ _.vzdump_backup
 _.offsite_copy
 _.health_report
 _.windows_update
+_.windows_provision
 
 # invoke and paramiko call these on our subclasses (moxflow/ssh.py)
 _.input_sleep  # invoke.Runner
@@ -62,8 +63,3 @@ _.exc_text  # flows/_run.py: logging.LogRecord's, read by logging's formatters
 # TO BE WIRED OR DELETED in files others are changing (issue 11, item 4): only the tests
 # use these today, or nothing does. Remove each line when its file is done.
 _.warnings  # moxflow/proxmox.py TaskStatus
-
-# issue 14: provisioning (flows/windows_provision.py, not written yet) will use these; the
-# lab tests use them today
-_.changed  # moxflow/windows.py ItemOutcome
-_.parse_items

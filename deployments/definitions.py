@@ -168,6 +168,19 @@ DEFINITIONS: tuple[Definition, ...] = (
         "verification, and a rollback on failure.",
         off=True,
     ),
+    # Windows provisioning: weekly, Saturday at 05:00, off by default (it installs software
+    # and takes a snapshot when something is to change); [schedules]
+    # "windows-provision/weekly" = "0 5 * * 6" turns it on.
+    Definition(
+        flow_name="windows-provision",
+        name="weekly",
+        entrypoint="flows/jobs/windows_provision.py:windows_provision",
+        cron="0 5 * * 6",
+        description="Every Saturday at 05:00 (off by default): set up the Windows VMs through "
+        "the guest agent (Steam and games, the Rust toolchain, scheduled tasks), a snapshot "
+        "before the first change; a VM with nothing to change is left alone.",
+        off=True,
+    ),
     # Later jobs plug in here, one Definition each (then `python -m deployments.render >
     # prefect.yaml`).
 )
@@ -253,6 +266,11 @@ def nothing_to_do(inv: Inventory, flow_name: str) -> str:
     if flow_name == "windows-update":
         return (
             'off by default (it reboots the VMs); [schedules] "windows-update/monthly" turns it on'
+        )
+    if flow_name == "windows-provision":
+        return (
+            "off by default (it installs software in the VMs); [schedules] "
+            '"windows-provision/weekly" turns it on'
         )
 
     if flow_name in ("guest-snapshot", "vzdump-backup", "restore-test") and inv.proxmox is None:

@@ -35,6 +35,8 @@ __all__ = [
     "RestoreParams",
     "RestoreTestParams",
     "VzdumpBackupParams",
+    "WindowsProvisionParams",
+    "WindowsUpdateParams",
     "ZfsSnapshotParams",
     "build_parser",
     "flow_parameters",
@@ -210,6 +212,23 @@ class WindowsUpdateParams(FlowParams):
         le=20,
         description="install rounds at most per VM, each ending in a reboot when one is "
         "needed (default: [windows] max_rounds)",
+    )
+    lock_timeout: LockTimeout = Field(
+        default=120.0,
+        description="seconds to wait for a VM another moxflow run holds; then it is busy",
+    )
+    dry_run: DryRun = False
+    inventory: InventoryFile = None
+
+
+class WindowsProvisionParams(FlowParams):
+    """Provision the Windows VMs through the guest agent: Steam and games, the Rust
+    toolchain, scheduled tasks; a snapshot before the first change."""
+
+    only: Annotated[list[str] | None, Cli(metavar="VMID|NAME")] = Field(
+        default=None,
+        description="provision only these of the [windows.vms] VMs with something to set up, "
+        "by VMID or name (repeat or comma-separate)",
     )
     lock_timeout: LockTimeout = Field(
         default=120.0,

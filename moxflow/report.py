@@ -154,6 +154,11 @@ WINDOWS_UPDATE_COLUMNS = (
     Column("snapshot"),  # the pre-update snapshot and its kind
     *(OUTCOME, DETAIL),
 )
+WINDOWS_PROVISION_COLUMNS = (
+    Column("target", "item"),  # "<vm>: steam:740", "<vm>: snapshot", or the VM alone
+    Column("status"),  # installed, present, updated, failed; "taken"; in a dry run "to install"
+    *(OUTCOME, DETAIL),
+)
 HEALTH_COLUMNS = (TARGET, Column("kind"), Column("last"), Column("limit"), OUTCOME, DETAIL)
 
 JOB_COLUMNS: Mapping[str, tuple[Column, ...]] = {
@@ -162,6 +167,7 @@ JOB_COLUMNS: Mapping[str, tuple[Column, ...]] = {
     "nixos-update": NIXOS_COLUMNS,
     "proxmox-update": PROXMOX_UPDATE_COLUMNS,
     "windows-update": WINDOWS_UPDATE_COLUMNS,
+    "windows-provision": WINDOWS_PROVISION_COLUMNS,
     "vzdump-backup": BACKUP_COLUMNS,
     "offsite-copy": BACKUP_COLUMNS,
     "restore-test": RESTORE_TEST_COLUMNS,

@@ -81,6 +81,7 @@ SCRIPTS: tuple[str, ...] = (
     "steam-app.ps1",
     "rustup.ps1",
     "scheduled-task.ps1",
+    "provision-facts.ps1",
 )
 """Every script moxflow may run in a Windows guest, by file name."""
 
@@ -562,12 +563,17 @@ def require_vms(keys: Sequence[str]) -> None:
 
 
 def select_vms(
-    keys: Sequence[str], guests: Sequence[Guest], only: Sequence[str] | None = None
+    keys: Sequence[str],
+    guests: Sequence[Guest],
+    only: Sequence[str] | None = None,
+    *,
+    verb: str = "update",
 ) -> list[tuple[str, Guest]]:
     """The Windows VMs a run covers, in the inventory's order: each [windows.vms] key (a
     VMID or a guest name) with its guest, cut by ``only`` (VMIDs or names, of those keys).
     ``ConfigError`` for a key no VM answers to, a name several guests carry, a container or a
-    template, two keys for one VM, and an ``only`` that is not one of them."""
+    template, two keys for one VM, and an ``only`` that is not one of them (what the job does
+    to them: ``verb``)."""
     require_vms(keys)
     chosen: list[tuple[str, Guest]] = []
     problems: list[str] = []
@@ -597,8 +603,8 @@ def select_vms(
         unknown = [n for n, hits in names.items() if not hits]
         if unknown:
             raise ConfigError(
-                f"--only names VMs this job does not update: {', '.join(unknown)}; it updates: "
-                + ", ".join(g.label for _, g in chosen),
+                f"--only names VMs this job does not {verb}: {', '.join(unknown)}; it "
+                f"{verb}s: " + ", ".join(g.label for _, g in chosen),
                 setting="only",
             )
         wanted = {k for hits in names.values() for k in hits}

@@ -9,6 +9,11 @@ polled with backoff until the process ends; its final answer is read exactly onc
 agent forgets a process once it has reported its end), and its stdout and stderr go to the
 run's log, each cut to its last :data:`moxflow.windows.LOG_TRIM` characters.
 
+The running of a script (:func:`run_script`), the pre-flight checks
+(:func:`require_windows`), the snapshot (:func:`take_snapshot`) and the prune of older
+snapshots (:func:`prune_snapshots`) serve the provisioning tasks too
+(``tasks/windows_provision.py``).
+
 The facts, the snapshot, the verification and the commit are idempotent and retried on
 transient errors. An install round, a reboot and a rollback are not (a second install while
 the first still runs meets a busy installer; a second reboot request reboots twice): each
@@ -45,6 +50,7 @@ from moxflow.windows import (
     OsInfo,
     RebootState,
     RoundPlan,
+    SnapshotChoice,
     UpdateScan,
     Verdict,
     VmPlan,
@@ -262,18 +268,18 @@ class VmFacts:
         return f"{self.os.version}, build {self.os.build}"
 
 
-@step("windows-preflight", "{guest.label}: pre-flight")
-def preflight(inv: Inventory, client: ProxmoxClient, guest: Guest) -> VmFacts:
+def require_windows(
+    client: ProxmoxClient, guest: Guest, *, verb: str = "updates"
+) -> tuple[dict[str, Any], OsInfo]:
     """Read-only, before any change: the VM runs, its agent is configured and answers,
-    get-osinfo says Windows; then whether a reboot is pending and which updates Windows
-    Update offers (``list-updates.ps1``). A VM that fails any of these is refused."""
-    settings = inv.windows
+    get-osinfo says Windows; its config and OS. ``WindowsStepFailed`` ("pre-flight") saying
+    which is not so (what moxflow does to a running VM only: ``verb``)."""
     step_name = "pre-flight"
     if not guest.running:
         raise WindowsStepFailed(
             guest.label,
             step_name,
-            f"the VM is {guest.status}; moxflow updates a running Windows VM only",
+            f"the VM is {guest.status}; moxflow {verb} a running Windows VM only",
             hint="start it, or leave it out with --only",
         )
     config = client.guest_config(guest.node, "qemu", guest.vmid)
@@ -302,6 +308,17 @@ def preflight(inv: Inventory, client: ProxmoxClient, guest: Guest) -> VmFacts:
             f"get-osinfo says {os.pretty_name or os.id or 'nothing'}, not Windows",
             hint="list only Windows VMs in [windows.vms]",
         )
+    return config, os
+
+
+@step("windows-preflight", "{guest.label}: pre-flight")
+def preflight(inv: Inventory, client: ProxmoxClient, guest: Guest) -> VmFacts:
+    """Read-only, before any change: the VM runs, its agent is configured and answers,
+    get-osinfo says Windows (:func:`require_windows`); then whether a reboot is pending and
+    which updates Windows Update offers (``list-updates.ps1``). A VM that fails any of these
+    is refused."""
+    settings = inv.windows
+    config, os = require_windows(client, guest)
     _, out = run_script(client, guest, "reboot-pending.ps1", {}, timeout=settings.script_timeout)
     reboot = parse_reboot_pending(out)
     _, out = run_script(
@@ -377,45 +394,74 @@ class VmRun:
         _log().info("%s: %s", self.label, text)
 
 
-@step("windows-snapshot", "{run.label}: snapshot")
-def snapshot(run: VmRun) -> str:
-    """The pre-update snapshot, of the kind the plan chose: with RAM state, disk only (the
-    agent freezing the file systems), or disk only with the VM shut down cleanly first and
-    started again after (then its agent is waited for). Idempotent: the name carries the
-    run's time; a whole snapshot of that name is an earlier attempt's."""
-    client, guest, choice = run.client, run.guest, run.plan.snapshot
-    name = snapshot_name(SNAPSHOT_LABEL, run.now)
-    description = snapshot_description(SNAPSHOT_LABEL, run.now, run.run_id)
+@dataclass(frozen=True, slots=True)
+class Taken:
+    """A snapshot :func:`take_snapshot` took (or found taken by an earlier attempt), and the
+    VM's new boot time when it was shut down for it (None: it kept running)."""
+
+    name: str
+    booted: str | None
+
+
+def take_snapshot(
+    client: ProxmoxClient,
+    guest: Guest,
+    settings: WindowsSettings,
+    choice: SnapshotChoice,
+    label: str,
+    now: datetime,
+    run_id: str,
+) -> Taken:
+    """The ``label`` snapshot of a Windows VM, of the kind ``choice`` says: with RAM state,
+    disk only (the agent freezing the file systems), or disk only with the VM shut down
+    cleanly first and started again after (then its agent is waited for). Idempotent: the
+    name carries the run's time; a whole snapshot of that name is an earlier attempt's."""
+    name = snapshot_name(label, now)
+    description = snapshot_description(label, now, run_id)
     done = any(s.name == name and s.complete for s in client.list_snapshots(guest))
     stopped = False
     try:
         if not done and choice.shutdown:
             if client.guest_status(guest.node, "qemu", guest.vmid) == "running":
-                timeout = run.settings.shutdown_timeout
+                timeout = settings.shutdown_timeout
                 upid = client.shutdown(guest.node, "qemu", guest.vmid, int(timeout))
                 client.wait_task(upid, timeout=timeout + 30, node=guest.node)
             stopped = True
             _log().info("%s: shut down cleanly for a consistent snapshot", guest.label)
         if not done:
-            _create_snapshot(run, name, description)
+            _create_snapshot(client, guest, name, description, vmstate=choice.vmstate)
     finally:
         if stopped:  # started again whether the snapshot was taken or not
             upid = client.power(guest.node, "qemu", guest.vmid, "start")
             client.wait_task(upid, timeout=TASK_TIMEOUT, node=guest.node)
+    booted = None
     if stopped:  # a new boot: what the first reboot's proof compares with
-        run.last_boot = wait_agent(client, guest, run.settings, what="snapshot").last_boot
-    run.snapshot, run.snapshot_kind = name, choice.kind
-    run.note(f"took snapshot {name}: {choice.reason}")
-    return name
+        booted = wait_agent(client, guest, settings, what="snapshot").last_boot
+    return Taken(name, booted)
 
 
-def _create_snapshot(run: VmRun, name: str, description: str) -> None:
+@step("windows-snapshot", "{run.label}: snapshot")
+def snapshot(run: VmRun) -> str:
+    """The pre-update snapshot, of the kind the plan chose (:func:`take_snapshot`)."""
+    choice = run.plan.snapshot
+    taken = take_snapshot(
+        run.client, run.guest, run.settings, choice, SNAPSHOT_LABEL, run.now, run.run_id
+    )
+    if taken.booted is not None:
+        run.last_boot = taken.booted
+    run.snapshot, run.snapshot_kind = taken.name, choice.kind
+    run.note(f"took snapshot {taken.name}: {choice.reason}")
+    return taken.name
+
+
+def _create_snapshot(
+    client: ProxmoxClient, guest: Guest, name: str, description: str, *, vmstate: bool
+) -> None:
     """Take snapshot ``name`` and wait for it; when the VM is locked by the snapshot task of
     an earlier attempt of this step (its wait failed), wait for that task instead."""
-    client, guest = run.client, run.guest
 
     def create() -> None:
-        upid = client.create_snapshot(guest, name, description, vmstate=run.plan.snapshot.vmstate)
+        upid = client.create_snapshot(guest, name, description, vmstate=vmstate)
         client.wait_task(upid, timeout=TASK_TIMEOUT, node=guest.node)
 
     try:
@@ -619,15 +665,14 @@ def _verified_text(run: VmRun) -> str:
     return ", ".join(["agent answers", "no update failed", "no reboot pending", *checks])
 
 
-@step("windows-commit", "{run.label}: commit")
-def commit(run: VmRun, upstream: object) -> list[str]:
-    """Keep the update: the new snapshot stays, the VM's older ``pre-update`` snapshots go by
-    [windows.policies] (only moxflow's own, never the one just taken). Safe to retry: it
-    plans from the snapshots there."""
-    client, guest = run.client, run.guest
-    policy = run.inv.windows_policy(SNAPSHOT_LABEL)
-    plan = plan_guest_prune(client.list_snapshots(guest), SNAPSHOT_LABEL, policy, run.tz,
-                            run.snapshot)  # fmt: skip
+def prune_snapshots(
+    client: ProxmoxClient, guest: Guest, inv: Inventory, label: str, tz: tzinfo, keep: str | None
+) -> list[str]:
+    """The VM's older ``label`` snapshots removed by [windows.policies] (only moxflow's own,
+    never ``keep``, the one just taken); the names removed. Safe to retry: it plans from the
+    snapshots there."""
+    policy = inv.windows_policy(label)
+    plan = plan_guest_prune(client.list_snapshots(guest), label, policy, tz, keep)
     removed: list[str] = []
     for name in plan.remove:
         try:
@@ -636,6 +681,15 @@ def commit(run: VmRun, upstream: object) -> list[str]:
             if f"snapshot '{name}' does not exist" not in str(exc):
                 raise
         removed.append(name)
+    return removed
+
+
+@step("windows-commit", "{run.label}: commit")
+def commit(run: VmRun, upstream: object) -> list[str]:
+    """Keep the update: the new snapshot stays, the VM's older ``pre-update`` snapshots go by
+    [windows.policies] (:func:`prune_snapshots`)."""
+    removed = prune_snapshots(run.client, run.guest, run.inv, SNAPSHOT_LABEL, run.tz,
+                              run.snapshot)  # fmt: skip
     if removed:
         run.note("pruned older snapshots " + ", ".join(removed))
     return removed

@@ -52,6 +52,7 @@ OPTIONS = {
         "--lock-timeout",
         "--no-snapshot",
     ],
+    "flows.windows_provision": ["--inventory", "--dry-run", "--only", "--lock-timeout"],
 }
 
 

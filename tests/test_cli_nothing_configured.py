@@ -20,6 +20,7 @@ JOBS: dict[str, list[str]] = {
     "restore": ["--vmid", "100"],
     "health_report": [],
     "windows_update": [],
+    "windows_provision": [],
 }
 
 ONE_HOST = '[hosts.pve1]\naddress = "10.0.0.2"\n'
@@ -62,6 +63,7 @@ def test_an_empty_inventory_is_a_usage_error(
         ("restore", "the inventory has no [proxmox] section"),
         ("offsite_copy", "offsite"),
         ("windows_update", "no [windows.vms] in the inventory"),
+        ("windows_provision", "no provisioning in [windows.vms]"),
     ],
 )
 def test_no_job_configured_for_the_flow_is_a_usage_error(

@@ -25,11 +25,15 @@ from moxflow.inventory import (
     NoSnapshotMethod,
     ProxmoxSettings,
     ProxmoxSnapshotMethod,
+    RustSettings,
     SecretRef,
     SshSettings,
     SshTarget,
+    SteamApp,
+    SteamSettings,
     WindowsCheck,
     WindowsSettings,
+    WindowsTask,
     WindowsVm,
     ZfsDataset,
     ZfsSettings,
@@ -824,6 +828,10 @@ def all_models() -> list[type[BaseModel]]:
         WindowsSettings,
         WindowsVm,
         WindowsCheck,
+        SteamSettings,
+        SteamApp,
+        RustSettings,
+        WindowsTask,
     ]
 
 

@@ -147,3 +147,158 @@ def test_a_check_made_in_code_is_checked_too() -> None:
     assert WindowsCheck(port=3389).kind == "port"
     with pytest.raises(ValueError, match="exactly one"):
         WindowsCheck()
+
+
+# --- provisioning (steam, rust, scheduled_tasks of a VM) ------------------------------------
+
+
+def test_a_vms_provisioning_loads(tmp_path: Path) -> None:
+    inv = load(
+        tmp_path,
+        """\
+[windows.vms.103]
+[windows.vms.103.steam]
+username = "gamer_1"
+password = "env:STEAM_PASSWORD"
+[[windows.vms.103.steam.apps]]
+app_id = 740
+name = "CS2 server"
+[[windows.vms.103.steam.apps]]
+app_id = 730
+anonymous = false
+install_dir = "D:\\\\Games\\\\it's $(x) `y`; z"
+[windows.vms.103.rust]
+toolchains = ["nightly", "1.85.0", "nightly-2025-01-15-x86_64-pc-windows-msvc"]
+components = ["clippy", "rust-src", "llvm-tools-preview"]
+[[windows.vms.103.scheduled_tasks]]
+name = "Backup games (nightly)"
+xml = "tasks/backup games.xml"
+
+[windows.vms.win11-office]
+""",
+    )
+    win = inv.windows
+    assert win.provisioned_vms() == ["103"]
+    vm = win.vms["103"]
+    assert vm.provisioned and not win.vms["win11-office"].provisioned
+    steam = vm.steam
+    assert steam is not None and steam.password == "env:STEAM_PASSWORD"
+    assert steam.password.scheme == "env"  # a reference, never the secret
+    assert [steam.install_dir(a) for a in steam.apps] == [
+        "C:\\SteamApps\\740",
+        "D:\\Games\\it's $(x) `y`; z",  # a legal folder name: it travels as data
+    ]
+    assert vm.rust is not None and vm.rust.default_toolchain == "stable"
+    assert vm.rust.cargo_home == "C:\\Rust\\cargo"
+    assert [t.xml for t in vm.scheduled_tasks] == ["tasks/backup games.xml"]
+    assert inv.windows_policy("pre-provision") == KeepPolicy(last=3)
+
+
+def test_a_policy_left_out_keeps_its_default(tmp_path: Path) -> None:
+    inv = load(tmp_path, '[windows.policies]\npre-update = "keep-last=5"\n')
+    assert inv.windows_policy("pre-update") == KeepPolicy(last=5)
+    assert inv.windows_policy("pre-provision") == KeepPolicy(last=3)
+
+
+VM = "[windows.vms.103]\n"
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (
+            '[windows.vms.103.steam]\nsteamcmd = "steamcmd.exe"\n',
+            "windows.vms.103.steam.steamcmd: 'steamcmd.exe' is not an absolute Windows path",
+        ),
+        ('[windows.vms.103.steam]\nlibrary = "C:\\\\Games\\\\"\n', "no trailing"),
+        ('[windows.vms.103.steam]\nlibrary = "C:\\\\Games\\\\..\\\\Windows"\n', "'..' parts"),
+        ('[windows.vms.103.steam]\nlibrary = "C:\\\\a\\"b"\n', "windows.vms.103.steam.library"),
+        ('[windows.vms.103.steam]\nlibrary = "C:\\\\a:b"\n', "windows.vms.103.steam.library"),
+        ('[windows.vms.103.steam]\nlibrary = "C:/Games"\n', "windows.vms.103.steam.library"),
+        (
+            '[windows.vms.103.steam]\nusername = "me@example.org"\npassword = "env:P"\n',
+            "windows.vms.103.steam.username: 'me@example.org' is not a Steam account name",
+        ),
+        (
+            '[windows.vms.103.steam]\nusername = "me"\n',
+            "windows.vms.103.steam.password: a Steam login needs both username and password",
+        ),
+        (
+            '[windows.vms.103.steam]\nusername = "me"\npassword = "hunter2"\n',
+            "windows.vms.103.steam.password: looks like a plain secret",
+        ),
+        (
+            "[[windows.vms.103.steam.apps]]\napp_id = 730\nanonymous = false\n",
+            "windows.vms.103.steam.apps[0].anonymous: app 730 needs a Steam login: set "
+            "username and password",
+        ),
+        (
+            "[[windows.vms.103.steam.apps]]\napp_id = 740\n"
+            "[[windows.vms.103.steam.apps]]\napp_id = 740\n",
+            "windows.vms.103.steam.apps[1].app_id: app 740 is already listed as apps[0]",
+        ),
+        ("[[windows.vms.103.steam.apps]]\napp_id = 0\n", "windows.vms.103.steam.apps[0].app_id"),
+        ("[[windows.vms.103.steam.apps]]\n", "windows.vms.103.steam.apps[0].app_id: required"),
+        (
+            '[[windows.vms.103.steam.apps]]\napp_id = 740\nname = "a\\nb"\n',
+            "windows.vms.103.steam.apps[0].name",
+        ),
+        (
+            '[windows.vms.103.rust]\ndefault_toolchain = "stable; rm -rf"\n',
+            "windows.vms.103.rust.default_toolchain: 'stable; rm -rf' is not a rustup toolchain",
+        ),
+        (
+            '[windows.vms.103.rust]\ntoolchains = ["nightly", "nightly"]\n',
+            "toolchains listed twice: nightly",
+        ),
+        (
+            '[windows.vms.103.rust]\ncomponents = ["Clippy"]\n',
+            "windows.vms.103.rust.components[0]: 'Clippy' is not a rustup component name",
+        ),
+        ('[windows.vms.103.rust]\ncargo_home = "~/.cargo"\n', "windows.vms.103.rust.cargo_home"),
+        ("[windows.vms.103.rust]\nprofile = 1\n", "windows.vms.103.rust.profile: unknown setting"),
+        (
+            '[[windows.vms.103.scheduled_tasks]]\nname = "a\\"; $(x)"\nxml = "a.xml"\n',
+            "windows.vms.103.scheduled_tasks[0].name: 'a\"; $(x)' is not a scheduled task name",
+        ),
+        (
+            '[[windows.vms.103.scheduled_tasks]]\nname = "\\\\Microsoft\\\\x"\nxml = "a.xml"\n',
+            "is not a scheduled task name",
+        ),
+        (
+            '[[windows.vms.103.scheduled_tasks]]\nname = "x*"\nxml = "a.xml"\n',
+            "is not a scheduled task name",
+        ),
+        (
+            '[[windows.vms.103.scheduled_tasks]]\nname = "x"\nxml = "../etc/x.xml"\n',
+            "windows.vms.103.scheduled_tasks[0].xml: '../etc/x.xml' is not the path of a task's "
+            "XML file beside the inventory",
+        ),
+        (
+            '[[windows.vms.103.scheduled_tasks]]\nname = "x"\nxml = "/etc/x.xml"\n',
+            "windows.vms.103.scheduled_tasks[0].xml",
+        ),
+        (
+            '[[windows.vms.103.scheduled_tasks]]\nname = "x"\nxml = "C:\\\\x.xml"\n',
+            "windows.vms.103.scheduled_tasks[0].xml",
+        ),
+        (
+            '[[windows.vms.103.scheduled_tasks]]\nname = "x"\nxml = "task.txt"\n',
+            "ending in .xml",
+        ),
+        ('[[windows.vms.103.scheduled_tasks]]\nname = "x"\n', "scheduled_tasks[0].xml: required"),
+        (
+            '[[windows.vms.103.scheduled_tasks]]\nname = "Backup"\nxml = "a.xml"\n'
+            '[[windows.vms.103.scheduled_tasks]]\nname = "backup"\nxml = "b.xml"\n',
+            "windows.vms.103.scheduled_tasks[1].name: task 'backup' is already listed as "
+            "scheduled_tasks[0]",
+        ),
+        ("[windows]\nprovision_timeout = 0\n", "windows.provision_timeout"),
+        ('[windows.policies]\npre-provision = "keep"\n', "windows.policies.pre-provision"),
+    ],
+)
+def test_provisioning_setting_errors(tmp_path: Path, text: str, expected: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load(tmp_path, VM + text)
+    assert expected in str(info.value)
+    assert "hunter2" not in str(info.value)  # a plain secret is never echoed

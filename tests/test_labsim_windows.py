@@ -207,9 +207,9 @@ def test_provisioning_twice_changes_nothing(win: ProxmoxClient, fresh_lab: LabCl
         ("steam:999", "failed"),
         ("steam:740", "installed"),
         ("rustup", "installed"),
-        ("toolchain:stable", "present"),
+        ("toolchain:stable", "installed"),  # with rustup
         ("toolchain:nightly", "installed"),
-        ("default", "present"),
+        ("default:stable", "installed"),
         ("component:clippy", "installed"),
     ]
     second = provision()
@@ -217,3 +217,33 @@ def test_provisioning_twice_changes_nothing(win: ProxmoxClient, fresh_lab: LabCl
     state = _windows(fresh_lab)
     assert state["apps"] == {"740": "D:\\Games"}
     assert "s3cr3t" not in str(state["execs"])
+
+
+def test_provision_facts_see_what_the_scripts_did(win: ProxmoxClient, fresh_lab: LabClient) -> None:
+    from moxflow import windows_provision as wp
+    from moxflow.inventory import WindowsVm
+
+    vm = WindowsVm.model_validate(
+        {
+            "steam": {"apps": [{"app_id": 740}]},
+            "rust": {"toolchains": ["nightly"], "components": ["clippy", "rust-src"]},
+            "scheduled_tasks": [{"name": "Backup", "xml": "b.xml"}],
+        }
+    )
+    xml = {"Backup": "<Task/>"}
+
+    def facts() -> wp.ProvisionFacts:
+        status, _ = _run(win, "provision-facts.ps1", wp.facts_request(vm))
+        return wp.parse_provision_facts(windows.script_output(status, "provision-facts.ps1"))
+
+    before = wp.plan_units(vm, xml, facts())
+    assert {i.action for u in before for i in u.items} == {"install"}
+    for unit in before:
+        status, _ = _run(win, unit.script, dict(unit.data))
+        reported = windows.parse_items(windows.script_output(status, unit.script), unit.script)
+        assert {o.status for o in wp.merge_items(unit, reported)} == {"installed"}
+    after = wp.plan_units(vm, xml, facts())
+    assert {i.action for u in after for i in u.items} == {"present"}
+    state = _windows(fresh_lab)
+    assert state["toolchains"]["stable"] == ["cargo", "rust-std", "rustc", "clippy", "rust-src"]
+    assert all(e["rejected"] is None for e in state["execs"])

@@ -21,6 +21,7 @@ JOBS: dict[str, type[FlowParams]] = {
     "flows.health_report:health_report": fp.HealthReportParams,
     "flows.proxmox_update:proxmox_update": fp.ProxmoxUpdateParams,
     "flows.windows_update:windows_update": fp.WindowsUpdateParams,
+    "flows.windows_provision:windows_provision": fp.WindowsProvisionParams,
 }
 
 

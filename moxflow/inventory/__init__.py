@@ -12,9 +12,9 @@ The package, bottom up:
   by the resolver ``blocks/`` registers (the core imports no Prefect);
 - ``fields``: field types shared by the sections (addresses, names, paths, policies);
 - one module per section: ``proxmox``, ``ssh``, ``hosts``, ``zfs``, ``guest_snapshots``,
-  ``nixos`` (with the health checks), ``proxmox_update``, ``windows`` (with its checks),
-  ``backups`` (with offsite and restore tests), ``notifications``, ``health``, ``retries``,
-  ``schedules``;
+  ``nixos`` (with the health checks), ``proxmox_update``, ``windows`` (with its checks;
+  ``windows_provision``: what provisioning sets up in a VM), ``backups`` (with offsite and
+  restore tests), ``notifications``, ``health``, ``retries``, ``schedules``;
 - ``model``: the :class:`Inventory` and its checks across sections;
 - ``loader``: ``load_inventory()`` and its error messages.
 """
@@ -59,6 +59,7 @@ from moxflow.inventory.secrets import (
 )
 from moxflow.inventory.ssh import SshSettings, SshTarget
 from moxflow.inventory.windows import WindowsCheck, WindowsSettings, WindowsVm
+from moxflow.inventory.windows_provision import RustSettings, SteamApp, SteamSettings, WindowsTask
 from moxflow.inventory.zfs import ZfsDataset, ZfsSettings
 
 __all__ = [
@@ -85,14 +86,18 @@ __all__ = [
     "ProxmoxUpdateSettings",
     "RestoreTestSettings",
     "RetrySettings",
+    "RustSettings",
     "Schedule",
     "SecretRef",
     "SecretScheme",
     "SnapshotMethod",
     "SshSettings",
     "SshTarget",
+    "SteamApp",
+    "SteamSettings",
     "WindowsCheck",
     "WindowsSettings",
+    "WindowsTask",
     "WindowsVm",
     "ZfsDataset",
     "ZfsSettings",

@@ -109,7 +109,9 @@ class Inventory(BaseSettings):
     )
     windows: WindowsSettings = Field(
         default_factory=WindowsSettings,
-        description="Windows VMs updated through the QEMU guest agent, snapshot-guarded.",
+        description=(
+            "Windows VMs updated and provisioned through the QEMU guest agent, snapshot-guarded."
+        ),
     )
     notifications: NotificationSettings = Field(
         default_factory=NotificationSettings,

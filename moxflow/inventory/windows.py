@@ -1,11 +1,13 @@
-"""``[windows]`` and ``[windows.vms.KEY]``: Windows VMs updated through the QEMU guest agent.
+"""``[windows]`` and ``[windows.vms.KEY]``: Windows VMs updated and provisioned through the
+QEMU guest agent.
 
 Which VMs (KEY is a VMID or a guest name), which update categories, how many install rounds,
 how each VM is snapshotted first (with RAM state where configured and possible; a VM with
 PCI passthrough cannot save it), how long each bounded wait may last, and the
 ``[[windows.vms.KEY.checks]]`` that must pass after the update (a service running, a TCP
 port listening inside the guest, a command's exit code). A VM's own setting replaces the
-section's; unset, the section's applies.
+section's; unset, the section's applies. What provisioning sets up in a VM (its ``steam``,
+``rust`` and ``scheduled_tasks``) is in ``windows_provision``.
 """
 
 from __future__ import annotations
@@ -23,8 +25,13 @@ from moxflow.inventory.fields import (
     Section,
     validation_error,
 )
+from moxflow.inventory.windows_provision import RustSettings, SteamSettings, WindowsTask
 
 __all__ = ["WindowsCheck", "WindowsSettings", "WindowsVm"]
+
+DEFAULT_POLICIES = {"pre-update": "keep-last=3", "pre-provision": "keep-last=3"}
+"""The keep policies of the Windows VMs' snapshots; [windows.policies] replaces each label it
+names and keeps the others."""
 
 MAX_ROUNDS_LIMIT = 20
 """The most install rounds a setting may ask for (each may end in a reboot)."""
@@ -160,8 +167,9 @@ class WindowsCheck(Section):
 
 
 class WindowsVm(Section):
-    """One Windows VM to update, as a [windows.vms.KEY] table (KEY: its VMID or its name).
-    Each setting left out is the [windows] section's."""
+    """One Windows VM to update and provision (KEY: its VMID or its name).
+
+    Each update setting left out is the [windows] section's."""
 
     categories: Categories | None = Field(
         default=None,
@@ -191,15 +199,57 @@ class WindowsVm(Section):
             "the agent answering, no failed update and no pending reboot are always checked."
         ),
     )
+    steam: SteamSettings | None = Field(
+        default=None,
+        description=(
+            "steamcmd and Steam apps the provisioning job installs in this VM, as a "
+            "[windows.vms.KEY.steam] table."
+        ),
+    )
+    rust: RustSettings | None = Field(
+        default=None,
+        description=(
+            "The Rust toolchain the provisioning job installs in this VM (rustup), as a "
+            "[windows.vms.KEY.rust] table."
+        ),
+    )
+    scheduled_tasks: list[WindowsTask] = Field(
+        default_factory=list,
+        max_length=64,
+        description=(
+            "Scheduled tasks the provisioning job registers in this VM from XML files beside "
+            "the inventory, each a [[windows.vms.KEY.scheduled_tasks]] table."
+        ),
+    )
+
+    @property
+    def provisioned(self) -> bool:
+        """Whether the provisioning job has anything to set up in this VM."""
+        return bool(self.steam or self.rust or self.scheduled_tasks)
 
     @field_validator("categories")
     @classmethod
     def _categories_once(cls, value: list[str] | None) -> list[str] | None:
         return None if value is None else _no_twice(value)
 
+    @field_validator("scheduled_tasks")
+    @classmethod
+    def _tasks_once(cls, tasks: list[WindowsTask]) -> list[WindowsTask]:
+        problems: list[tuple[tuple[int | str, ...], str]] = []
+        seen: dict[str, int] = {}
+        for i, t in enumerate(tasks):
+            first = seen.setdefault(t.name.casefold(), i)
+            if first != i:
+                problems.append(
+                    ((i, "name"), f"task {t.name!r} is already listed as scheduled_tasks[{first}]")
+                )
+        if problems:
+            raise validation_error("WindowsVm", problems)
+        return tasks
+
 
 class WindowsSettings(Section):
-    """Windows VMs updated through the QEMU guest agent, with a snapshot and a rollback."""
+    """Windows VMs updated (snapshot, rollback) and provisioned through the QEMU guest agent."""
 
     vms: dict[str, WindowsVm] = Field(
         default_factory=dict,
@@ -246,10 +296,11 @@ class WindowsSettings(Section):
         ),
     )
     policies: Policies = Field(
-        default_factory=lambda: {"pre-update": "keep-last=3"},
+        default_factory=lambda: dict(DEFAULT_POLICIES),
         description=(
-            "Keep policy of the VMs' pre-update snapshots (default pre-update = "
-            '"keep-last=3"). ' + POLICIES_HELP
+            "Keep policy of the VMs' pre-update and pre-provision snapshots (default "
+            'pre-update = "keep-last=3", pre-provision = "keep-last=3"; a label left out keeps '
+            "its default). " + POLICIES_HELP
         ),
     )
     scan_timeout: Seconds = Field(
@@ -274,6 +325,13 @@ class WindowsSettings(Section):
     shutdown_timeout: Seconds = Field(
         default=600.0,
         description="Seconds a VM gets to shut down cleanly for a consistent snapshot.",
+    )
+    provision_timeout: Seconds = Field(
+        default=4 * 3600.0,
+        description=(
+            "Seconds one provisioning item may take (a game's download, a toolchain's "
+            "install); the provisioning facts and checks get script_timeout."
+        ),
     )
     verify_grace: Seconds = Field(
         default=300.0,
@@ -300,6 +358,16 @@ class WindowsSettings(Section):
     @classmethod
     def _categories_once(cls, value: list[str]) -> list[str]:
         return _no_twice(value)
+
+    @field_validator("policies")
+    @classmethod
+    def _default_policies(cls, value: dict[str, str]) -> dict[str, str]:
+        return {**DEFAULT_POLICIES, **value}
+
+    def provisioned_vms(self) -> list[str]:
+        """The keys of the VMs the provisioning job sets something up in, in the file's
+        order."""
+        return [key for key, vm in self.vms.items() if vm.provisioned]
 
     def categories_of(self, key: str) -> list[str]:
         """The categories VM ``key`` installs (empty: all)."""

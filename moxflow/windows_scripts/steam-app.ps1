@@ -1,5 +1,5 @@
 # moxflow: one Steam app by id, through steamcmd; the login goes in a runscript file that is
-# deleted afterwards, never on a command line.
+# deleted afterwards, never on a command line; the password never in its output.
 # stdin: {"steamcmd", "install_dir", "app_id": 1234, "username": null, "password": null}
 # stdout: {items: [{item, status, detail}]}
 $ErrorActionPreference = 'Stop'; $ProgressPreference = 'SilentlyContinue'
@@ -21,11 +21,18 @@ $manifest = Join-Path $dir ('steamapps\appmanifest_' + $appId + '.acf')
 $before = Test-Path -LiteralPath $manifest
 $runscript = Join-Path $env:TEMP ('moxflow-steam-' + [guid]::NewGuid().ToString() + '.txt')
 $lines = @('@ShutdownOnFailedCommand 1', '@NoPromptForPassword 1', ('force_install_dir "' + $dir + '"'), $login, ('app_update ' + $appId + ' validate'), 'quit')
+function Run([string]$exe, [string[]]$argv) {
+    # PowerShell 5.1 turns a native program's stderr line into a terminating error under 'Stop'
+    $ErrorActionPreference = 'Continue'
+    $text = (@(& $exe @argv 2>&1 | ForEach-Object { [string]$_ }) -join "`n")
+    [pscustomobject]@{ code = $LASTEXITCODE; text = $text }
+}
 try {
     [IO.File]::WriteAllLines($runscript, [string[]]$lines)
-    $text = (& ([string]$in.steamcmd) '+runscript' $runscript 2>&1 | Out-String)
-    $code = $LASTEXITCODE
+    $r = Run ([string]$in.steamcmd) @('+runscript', $runscript)
+    $text = $r.text; $code = $r.code
 } finally { Remove-Item -LiteralPath $runscript -Force -ErrorAction SilentlyContinue }
+if ($in.password) { $text = $text.Replace([string]$in.password, '********') }
 if ($text -match ("App '" + $appId + "' already up to date")) { Done 'present' '' }
 if ($text -match ("Success! App '" + $appId + "' fully installed")) {
     if ($before) { Done 'updated' '' } else { Done 'installed' '' }

@@ -149,32 +149,40 @@ def _steam_app(win: WindowsState, data: dict[str, Any], fails: dict[str, int]) -
                 f"steamcmd exit 8: ERROR! Failed to install app '{app}' (No subscription)",
             )
         )
-    if app in win.apps:
+    folder = str(data.get("install_dir", ""))
+    if win.apps.get(app) == folder:
         return _items((item, "present", ""))
-    win.apps[app] = str(data.get("install_dir", ""))
+    win.apps[app] = folder  # a manifest in another folder is another install
     return _items((item, "installed", ""))
 
 
 def _rustup(win: WindowsState, data: dict[str, Any], fails: dict[str, int]) -> Outcome:
     items: list[tuple[str, str, str]] = []
     default = str(data["default_toolchain"])
-    items.append(("rustup", "present" if win.rustup else "installed", ""))
-    if not win.rustup:
+    fresh = not win.rustup  # rustup-init installs the default toolchain and makes it the default
+    items.append(("rustup", "installed" if fresh else "present", ""))
+    if fresh:
         win.rustup, win.default_toolchain = True, default
         win.toolchains.setdefault(default, ["cargo", "rust-std", "rustc"])
     for t in dict.fromkeys([default, *[str(t) for t in data.get("toolchains") or []]]):
         if t in win.toolchains:
-            items.append((f"toolchain:{t}", "present", ""))
+            with_rustup = fresh and t == default
+            status = "installed" if with_rustup else "present"
+            items.append((f"toolchain:{t}", status, "with rustup" if with_rustup else ""))
         elif f"toolchain:{t}" in fails:
             items.append((f"toolchain:{t}", "failed", f"error: invalid toolchain name: '{t}'"))
         else:
             win.toolchains[t] = ["cargo", "rust-std", "rustc"]
             items.append((f"toolchain:{t}", "installed", ""))
     if win.default_toolchain == default:
-        items.append(("default", "present", default))
+        items.append(
+            (f"default:{default}", "installed", "with rustup")
+            if fresh
+            else (f"default:{default}", "present", "")
+        )
     else:
-        win.default_toolchain = default
-        items.append(("default", "updated", default))
+        before, win.default_toolchain = win.default_toolchain, default
+        items.append((f"default:{default}", "updated", _triple(before or "")))
     have = win.toolchains.setdefault(default, [])
     for c in [str(c) for c in data.get("components") or []]:
         if c in have:
@@ -183,6 +191,53 @@ def _rustup(win: WindowsState, data: dict[str, Any], fails: dict[str, int]) -> O
             have.append(c)
             items.append((f"component:{c}", "installed", ""))
     return _items(*items)
+
+
+HOST = "x86_64-pc-windows-msvc"
+
+
+def _triple(toolchain: str) -> str:
+    """How rustup lists a toolchain: with its host triple."""
+    return f"{toolchain}-{HOST}" if toolchain else ""
+
+
+def _provision_facts(win: WindowsState, data: dict[str, Any], fails: dict[str, int]) -> Outcome:
+    apps = []
+    for a in data.get("apps") or []:
+        app = int(a["app_id"])
+        installed = win.apps.get(app) == str(a["install_dir"])
+        apps.append(
+            {"app_id": app, "installed": installed, "state_flags": 4 if installed else None}
+        )
+    rustup = win.rustup and bool(data.get("cargo_home"))
+    toolchains, default, components = [], "", []
+    if rustup:
+        default = (
+            f"{_triple(win.default_toolchain or '')} (default)" if win.default_toolchain else ""
+        )
+        toolchains = [
+            _triple(t) + (" (default)" if t == win.default_toolchain else "")
+            for t in sorted(win.toolchains)
+        ]
+        wanted = str(data.get("toolchain") or "")
+        components = [  # rust-src is the same for every host: rustup lists it without one
+            c if c == "rust-src" else _triple(c) for c in win.toolchains.get(wanted, [])
+        ]
+    tasks = [
+        {"name": str(n), "exists": str(n) in win.tasks, "sha256": win.tasks.get(str(n), "")}
+        for n in data.get("tasks") or []
+    ]
+    return _out(
+        {
+            "steamcmd": win.steamcmd,
+            "apps": apps,
+            "rustup": rustup,
+            "toolchains": toolchains,
+            "default": default,
+            "components": components,
+            "tasks": tasks,
+        }
+    )
 
 
 def _task(win: WindowsState, data: dict[str, Any], fails: dict[str, int]) -> Outcome:
@@ -206,6 +261,7 @@ RUNNERS: dict[str, Callable[[WindowsState, dict[str, Any], dict[str, int]], Outc
     "steam-app.ps1": _steam_app,
     "rustup.ps1": _rustup,
     "scheduled-task.ps1": _task,
+    "provision-facts.ps1": _provision_facts,
 }
 
 
