@@ -190,9 +190,10 @@ def check_value(prop: Mapping[str, Any], value: ParamValue) -> str | None:
     else:
         num = 0
     if ptype in ("integer", "number"):
-        if "minimum" in prop and num < prop["minimum"]:
+        # the schema dump holds some bounds as strings ("16777216"): Perl compares numbers
+        if "minimum" in prop and num < float(prop["minimum"]):
             return f"value must have a minimum value of {_fmt_num(prop['minimum'])}"
-        if "maximum" in prop and num > prop["maximum"]:
+        if "maximum" in prop and num > float(prop["maximum"]):
             return f"value must have a maximum value of {_fmt_num(prop['maximum'])}"
     if ptype == "string":
         if "maxLength" in prop and len(value) > int(prop["maxLength"]):

@@ -247,3 +247,44 @@ def test_provision_facts_see_what_the_scripts_did(win: ProxmoxClient, fresh_lab:
     state = _windows(fresh_lab)
     assert state["toolchains"]["stable"] == ["cargo", "rust-std", "rustc", "clippy", "rust-src"]
     assert all(e["rejected"] is None for e in state["execs"])
+
+
+def test_file_write_replaces_and_file_read_has_its_limits(
+    win: ProxmoxClient, fresh_lab: LabClient
+) -> None:
+    """file-write opens ``wb`` (a second write replaces the file, no append), its content is
+    capped at 61440 characters by the schema (400), ``encode=0`` takes base64; file-read
+    pages by ``offset``/``count`` and says ``truncated``; a missing file is PVE's 500."""
+    from tests.test_labsim_api import Api
+
+    api = Api(fresh_lab)
+    base = f"/nodes/{NODE}/qemu/{VMID}/agent"
+    path = r"C:\ProgramData\moxflow\result.json"
+    assert api.post(f"{base}/file-write", file=path, content="first, longer").status_code == 200
+    assert api.post(f"{base}/file-write", file=path, content="second").status_code == 200
+    read = api.data(api.get(f"{base}/file-read", file=path.upper()))
+    assert read == {"content": "second", "bytes-read": 6}
+    part = api.data(api.get(f"{base}/file-read", file=path, offset=2, count=3))
+    assert part == {"content": "con", "bytes-read": 3, "truncated": True}
+    raw = base64.b64encode(b"\x00\xffbinary").decode()
+    assert api.post(f"{base}/file-write", file=path, content=raw, encode=0).status_code == 200
+    encoded = api.data(api.get(f"{base}/file-read", file=path, decode=0))
+    assert base64.b64decode(encoded["content"]) == b"\x00\xffbinary"
+    assert api.post(f"{base}/file-write", file=path, content="x" * 61441).status_code == 400
+    assert api.post(f"{base}/file-write", file=path, content="x" * 61440).status_code == 200
+    missing = api.get(f"{base}/file-read", file=r"C:\nothing.txt")
+    assert missing.status_code == 500 and "cannot find the file" in missing.reason
+    fresh_lab.control("windows", vmid=VMID, agent_off="on")
+    assert api.get(f"{base}/file-read", file=path).status_code == 500
+    api.close()
+
+
+def test_a_bound_the_schema_holds_as_a_string_is_compared_as_a_number() -> None:
+    """file-read's ``count`` has ``"maximum": "16777216"`` (a string) in the schema dump."""
+    from labsim import schema
+
+    prop = schema.endpoint("GET", "/nodes/{node}/qemu/{vmid}/agent/file-read")
+    assert prop is not None
+    count = prop["parameters"]["properties"]["count"]
+    assert schema.check_value(count, "16777216") is None
+    assert schema.check_value(count, "16777217") == "value must have a maximum value of 16777216"

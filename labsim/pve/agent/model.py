@@ -95,6 +95,7 @@ class WindowsState:
         default_factory=lambda: {"QEMU-GA": "Running", "Spooler": "Running", "sshd": "Stopped"}
     )
     ports: list[int] = field(default_factory=lambda: [3389])
+    files: dict[str, bytes] = field(default_factory=dict)  # path (case-folded) -> content
 
     def visible(self) -> list[Update]:
         """The pending updates Windows Update shows now."""

@@ -208,6 +208,25 @@ class AgentSystem(System):
 
     # -- reboots -------------------------------------------------------------------------------
 
+    def read_file(self, vmid: int, path: str) -> bytes:
+        """A file in the guest, as ``guest-file-open`` finds it (Windows paths: any case)."""
+        win = self.windows.get(vmid)
+        data = None if win is None else win.files.get(path.casefold())
+        if data is None:
+            raise PveError(
+                500,
+                f"VM {vmid} qga command 'guest-file-open' failed - failed to open file "
+                f"'{path}' (error: The system cannot find the file specified.)",
+            )
+        return data
+
+    def write_file(self, vmid: int, path: str, data: bytes) -> None:
+        """``guest-file-open`` with mode ``wb``, then one write: the file is replaced."""
+        win = self.windows.get(vmid)
+        if win is None:
+            raise PveError(500, f"VM {vmid} qga command 'guest-file-open' failed - not simulated")
+        win.files[path.casefold()] = data
+
     def reboot(self, node: str, vmid: int, user: str) -> Task:
         """``POST .../status/reboot``: a qmreboot task; the guest restarts at its end."""
         self.pve.require_node(node)
