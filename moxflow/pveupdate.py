@@ -877,6 +877,7 @@ def preflight(
     held: Mapping[str, Sequence[str]] | None = None,
     broken: Mapping[str, Mapping[str, str]] | None = None,
     roots: Mapping[str, str | None] | None = None,
+    recovering: Collection[str] = (),
 ) -> Preflight:
     """Judge the whole cluster before any change.
 
@@ -889,7 +890,8 @@ def preflight(
     (``dpkg``: ``dpkg --audit`` per node; ``broken``: half installed packages from
     :func:`parse_apt_versions`); a node whose root dataset cannot be snapshotted (``roots``:
     node → :func:`judge_root_dataset`; left out with ``--no-snapshot``). Held packages
-    (``held`` per node) are warnings.
+    (``held`` per node) are warnings. A node ``recovering`` an interrupted update may be in
+    HA maintenance (that run left it there; this one ends it).
     """
     reasons: list[str] = []
     warnings: list[str] = []
@@ -903,6 +905,8 @@ def preflight(
             "needs a current CRM master"
         )
     for node, state in sorted(ha.nodes.items()) if not ha.stale else ():
+        if state == "maintenance" and node in recovering:
+            continue
         if state != "online" and node not in cluster.offline:
             reasons.append(f"HA reports node {node} {state}")
     busy = [t for t in tasks if t.type in BLOCKING_TASK_TYPES]
