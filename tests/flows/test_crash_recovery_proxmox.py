@@ -79,8 +79,9 @@ def _reboot_requested(lab: LabClient) -> bool:
 
 POINTS: dict[str, Callable[[LabClient, dict[str, tuple[str, str]]], bool]] = {
     # guests gone, the node in maintenance; apt-get not started (its command stalls)
-    "after guests-leave": lambda lab, before: _away(lab, before)
-    and (journal(lab) or {}).get("phase") == "upgrading",
+    "after guests-leave": lambda lab, before: (
+        _away(lab, before) and (journal(lab) or {}).get("phase") == "upgrading"
+    ),
     # apt-get dist-upgrade running: it dies with its SSH session, leaving dpkg to configure
     "during the upgrade": lambda lab, before: _ran(lab, "-y -o Dpkg"),
     # the reboot requested through the API
