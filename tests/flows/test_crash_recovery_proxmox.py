@@ -121,6 +121,11 @@ def test_a_proxmox_update_killed_at_a_dangerous_point_is_recovered(
     # 2. cancelled, as docs/operating.md says
     with get_client(sync_client=True) as client:
         client.set_flow_run_state(uuid.UUID(left["flow_run_id"]), Cancelling(), force=True)
+    # the dry run shows the recovery and changes nothing
+    dry = _row(_run(inv, dry_run=True), NODE)
+    assert dry.outcome is Outcome.PLANNED
+    assert f"recover the interrupted update of run {left['flow_run_id']}" in dry.detail
+    assert journal(lab) == left
     # 3. recovered: updated, out of maintenance, every guest home and as it was
     report = _run(inv)
     row = _row(report, NODE)
@@ -136,8 +141,8 @@ def test_a_proxmox_update_killed_at_a_dangerous_point_is_recovered(
     assert journal(lab) is None
 
 
-def _run(inv: Path) -> RunReport:
-    state = proxmox_update(inventory=str(inv), only=[NODE], return_state=True)
+def _run(inv: Path, **params: Any) -> RunReport:
+    state = proxmox_update(inventory=str(inv), only=[NODE], return_state=True, **params)
     report = state.result(raise_on_failure=False)
     if not isinstance(report, RunReport):
         report = report.report
