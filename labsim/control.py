@@ -5,6 +5,8 @@ daemon register."""
 from __future__ import annotations
 
 import json
+import select
+import socket
 import socketserver
 from collections.abc import Callable
 from pathlib import Path
@@ -57,6 +59,8 @@ class ControlHandler(socketserver.StreamRequestHandler):
                     msg = json.loads(raw)
                     if not isinstance(msg, dict):
                         raise ValueError("a request is a JSON object")
+                    if msg.get("op") == "exec":
+                        msg["_gone"] = self._gone
                     reply = self.server.dispatch(msg)
                 except Exception as exc:
                     reply = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
@@ -64,3 +68,13 @@ class ControlHandler(socketserver.StreamRequestHandler):
                 self.wfile.flush()
         except (BrokenPipeError, ConnectionResetError):
             pass
+
+    def _gone(self) -> bool:
+        """Whether the client closed its end while its request runs (a shim killed with
+        its SSH session); a client sends one request and then only reads."""
+        sock = self.request
+        try:
+            ready, _, _ = select.select([sock], [], [], 0)
+            return bool(ready) and sock.recv(1, socket.MSG_PEEK) == b""
+        except OSError:
+            return True

@@ -26,6 +26,7 @@ Decisions this module encodes (the flow's docs should repeat them for users):
 
 from __future__ import annotations
 
+import json
 import re
 import shlex
 from collections.abc import Collection, Iterable, Mapping, Sequence
@@ -36,6 +37,7 @@ from typing import Any, Literal
 
 from moxflow.errors import ParseError
 from moxflow.guests import Guest, GuestType
+from moxflow.inventory.fields import validate_remote_path
 from moxflow.inventory.proxmox_update import (
     FallbackPolicy,
     GuestPolicy,
@@ -68,12 +70,16 @@ __all__ = [
     "Preflight",
     "RebootDecision",
     "RebootProof",
+    "RollJournal",
     "RollPlan",
     "RunningTask",
     "TargetNode",
     "Verdict",
     "autoremove_argv",
+    "build_roll_journal",
+    "clear_roll_journal_argv",
     "compare_versions",
+    "configure_pending_argv",
     "decide_reboot",
     "dist_upgrade_argv",
     "dpkg_audit_argv",
@@ -99,6 +105,7 @@ __all__ = [
     "parse_migrate_precheck",
     "parse_node_status",
     "parse_qdevice",
+    "parse_roll_journal",
     "parse_running_tasks",
     "parse_service_states",
     "plan_guests",
@@ -106,12 +113,15 @@ __all__ = [
     "preflight",
     "prove_reboot",
     "pveversion_argv",
+    "read_roll_journal_argv",
+    "recovery_returns",
     "return_steps",
     "root_dataset_argv",
     "root_snapshot_argv",
     "services_argv",
     "verify_guests",
     "verify_node",
+    "write_roll_journal_argv",
 ]
 
 SNAPSHOT_LABEL = "pre-update"
@@ -765,6 +775,13 @@ def autoremove_argv() -> list[str]:
     return [*_APT_ENV, "apt-get", "-y", "autoremove"]
 
 
+def configure_pending_argv() -> list[str]:
+    """``env DEBIAN_FRONTEND=noninteractive dpkg --force-confdef --force-confold
+    --configure -a``: finish what an interrupted ``apt-get`` left unpacked or half
+    configured, non-interactively and keeping changed config files, as the upgrade does."""
+    return [*_APT_ENV, "dpkg", "--force-confdef", "--force-confold", "--configure", "-a"]
+
+
 def maintenance_argv(node: str, enable: bool) -> list[str]:
     """``ha-manager crm-command node-maintenance enable|disable NODE`` (only queues it)."""
     action = "enable" if enable else "disable"
@@ -860,6 +877,7 @@ def preflight(
     held: Mapping[str, Sequence[str]] | None = None,
     broken: Mapping[str, Mapping[str, str]] | None = None,
     roots: Mapping[str, str | None] | None = None,
+    recovering: Collection[str] = (),
 ) -> Preflight:
     """Judge the whole cluster before any change.
 
@@ -872,7 +890,8 @@ def preflight(
     (``dpkg``: ``dpkg --audit`` per node; ``broken``: half installed packages from
     :func:`parse_apt_versions`); a node whose root dataset cannot be snapshotted (``roots``:
     node → :func:`judge_root_dataset`; left out with ``--no-snapshot``). Held packages
-    (``held`` per node) are warnings.
+    (``held`` per node) are warnings. A node ``recovering`` an interrupted update may be in
+    HA maintenance (that run left it there; this one ends it).
     """
     reasons: list[str] = []
     warnings: list[str] = []
@@ -886,6 +905,8 @@ def preflight(
             "needs a current CRM master"
         )
     for node, state in sorted(ha.nodes.items()) if not ha.stale else ():
+        if state == "maintenance" and node in recovering:
+            continue
         if state != "online" and node not in cluster.offline:
             reasons.append(f"HA reports node {node} {state}")
     busy = [t for t in tasks if t.type in BLOCKING_TASK_TYPES]
@@ -1176,6 +1197,195 @@ def return_steps(steps: Iterable[GuestStep]) -> list[GuestStep]:
     return back
 
 
+# --- the journal of a node's roll ----------------------------------------------------------
+
+JournalPhase = Literal["leaving", "upgrading"]
+JOURNAL_PHASES: tuple[JournalPhase, ...] = ("leaving", "upgrading")
+
+
+@dataclass(frozen=True, slots=True)
+class RollJournal:
+    """What a node's update wrote on the node before its first change (HA maintenance, a
+    guest moved): the flow run doing it, the root snapshot taken before, each guest's
+    original node and running state, and how far it got (``leaving``: guests on their way
+    out; ``upgrading``: packages may be changing). Removed once the guests are back: a
+    journal found later is an update that did not finish. ``recovered``: the runs before
+    it that were interrupted on this node (their original placement is the one kept)."""
+
+    node: str
+    flow_run_id: str
+    snapshot: str | None
+    guests: tuple[Guest, ...]
+    phase: JournalPhase = "leaving"
+    started: str = ""
+    recovered: tuple[str, ...] = ()
+
+    def advance(self, phase: JournalPhase) -> RollJournal:
+        """This journal at ``phase``."""
+        return replace(self, phase=phase)
+
+    def to_json(self) -> str:
+        """One line of JSON, written with :func:`write_roll_journal_argv`."""
+        return json.dumps(
+            {
+                "node": self.node,
+                "flow_run_id": self.flow_run_id,
+                "snapshot": self.snapshot,
+                "phase": self.phase,
+                "started": self.started,
+                "recovered": list(self.recovered),
+                "guests": [
+                    {
+                        "vmid": g.vmid,
+                        "name": g.name,
+                        "type": g.type,
+                        "node": g.node,
+                        "status": g.status,
+                    }
+                    for g in self.guests
+                ],
+            },
+            sort_keys=True,
+        )
+
+
+def parse_roll_journal(text: str) -> RollJournal | None:
+    """A node's journal as :func:`read_roll_journal_argv` printed it: None when there is
+    none (empty output), ``ParseError`` when it is not one (truncated, edited, foreign)."""
+    source = "proxmox-update journal"
+    if not text.strip():
+        return None
+    try:
+        data = json.loads(text)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ParseError(f"{source} is not JSON: {exc}", source=source, text=text) from None
+    if not isinstance(data, dict):
+        raise ParseError(f"{source} is not a JSON object", source=source, text=text)
+    try:
+        phase = data["phase"]
+        if phase not in JOURNAL_PHASES:
+            raise ValueError(f"unknown phase {phase!r}")
+        snapshot = data.get("snapshot")
+        if snapshot is not None and not isinstance(snapshot, str):
+            raise ValueError(f"snapshot {snapshot!r}")
+        guests = []
+        for g in data["guests"]:
+            kind = g["type"]
+            if kind not in ("qemu", "lxc") or not isinstance(g["vmid"], int):
+                raise ValueError(f"guest {g!r}")
+            guests.append(
+                Guest(
+                    g["vmid"],
+                    str(g.get("name") or ""),
+                    validate_host_name(g["node"]),
+                    kind,
+                    str(g["status"]),
+                )
+            )
+        runs = data.get("recovered") or []
+        if not isinstance(runs, list) or not all(isinstance(r, str) for r in runs):
+            raise ValueError(f"recovered {runs!r}")
+        node, run = data["node"], data["flow_run_id"]
+        if not isinstance(run, str) or not run:
+            raise ValueError(f"flow_run_id {run!r}")
+        return RollJournal(
+            validate_host_name(node),
+            run,
+            snapshot,
+            tuple(guests),
+            phase,
+            str(data.get("started") or ""),
+            tuple(runs),
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ParseError(f"{source}: {exc}", source=source, text=text) from None
+
+
+def build_roll_journal(
+    node: str,
+    flow_run_id: str,
+    snapshot: str | None,
+    guests: Iterable[Guest],
+    started: datetime,
+    earlier: RollJournal | None = None,
+) -> RollJournal:
+    """The journal a node's update writes before its first change: ``guests`` (the node's,
+    templates left out) where they are now. Recovering an interrupted update (``earlier``):
+    its original placement and snapshot are kept, and its run is added to ``recovered``."""
+    if earlier is not None:
+        return RollJournal(
+            node,
+            flow_run_id,
+            earlier.snapshot or snapshot,
+            earlier.guests,
+            "leaving",
+            started.isoformat(),
+            (*earlier.recovered, earlier.flow_run_id),
+        )
+    mine = tuple(
+        sorted((g for g in guests if g.node == node and not g.template), key=lambda g: g.vmid)
+    )
+    return RollJournal(node, flow_run_id, snapshot, mine, "leaving", started.isoformat())
+
+
+def write_roll_journal_argv(path: str) -> list[str]:
+    """Replace the journal at ``path`` atomically with what arrives on stdin (its folder
+    made, a copy written, then renamed over it)."""
+    path = validate_remote_path(path)
+    folder = path.rsplit("/", 1)[0] or "/"
+    tmp = f"{path}.tmp"
+    script = (
+        f"mkdir -p {shlex.quote(folder)} && cat > {shlex.quote(tmp)} && "
+        f"mv {shlex.quote(tmp)} {shlex.quote(path)}"
+    )
+    return ["/bin/sh", "-c", script]
+
+
+def read_roll_journal_argv(path: str) -> list[str]:
+    """Print the journal at ``path``, nothing when there is none (exit 0 either way)."""
+    quoted = shlex.quote(validate_remote_path(path))
+    return ["/bin/sh", "-c", f"if [ -e {quoted} ]; then cat {quoted}; fi"]
+
+
+def clear_roll_journal_argv(path: str) -> list[str]:
+    """``rm -f PATH``: the node's update finished, its guests back."""
+    return ["rm", "-f", validate_remote_path(path)]
+
+
+def recovery_returns(
+    journal: RollJournal,
+    now: Iterable[Guest],
+    *,
+    handled: Collection[int] = (),
+    ha_managed: Collection[int] = (),
+) -> list[GuestStep]:
+    """The way back to the journal's original placement from where the guests are ``now``:
+    each guest away migrated back (online if it runs, a container in restart mode, else
+    offline), each that ran and is stopped started; an HA-managed guest away comes back when
+    HA maintenance ends (``ha``). ``handled``: the guests this run's own steps bring back;
+    a guest gone from the cluster is left to verification."""
+    current = {g.vmid: g for g in now}
+    steps: list[GuestStep] = []
+    why = f"recover run {journal.flow_run_id}"
+    for g in sorted(journal.guests, key=lambda g: g.vmid):
+        seen = current.get(g.vmid)
+        if g.vmid in handled or seen is None:
+            continue
+        if seen.node != g.node:
+            if g.vmid in ha_managed:
+                steps.append(GuestStep(g.vmid, g.name, g.type, "ha", g.node, reason=why))
+                continue
+            mode: MigrationMode = (
+                "offline" if not seen.running else "online" if g.type == "qemu" else "restart"
+            )
+            steps.append(GuestStep(g.vmid, g.name, g.type, "migrate", seen.node, g.node, mode, why))
+            if g.running and not seen.running:
+                steps.append(GuestStep(g.vmid, g.name, g.type, "start", g.node, reason=why))
+        elif g.running and not seen.running:
+            steps.append(GuestStep(g.vmid, g.name, g.type, "start", g.node, reason=why))
+    return steps
+
+
 # --- the plan of a roll --------------------------------------------------------------------
 
 
@@ -1191,6 +1401,10 @@ class NodeFacts:
     guests: tuple[Guest, ...] = ()
     prechecks: Mapping[int, MigratePrecheck] = field(default_factory=dict)
     held: tuple[str, ...] = ()
+    journal: RollJournal | None = None
+    placement: tuple[Guest, ...] = ()
+    """With ``journal`` (an interrupted update of a run that is dead): where the journal's
+    guests are now."""
 
     @property
     def running_guests(self) -> int:
@@ -1218,6 +1432,14 @@ class NodePlan:
     snapshot: str | None = None
     skip: str | None = None
     no_snapshot: bool = False
+    recover: RollJournal | None = None
+
+    @property
+    def recovering(self) -> str:
+        """What this node's update recovers, for the plan and the report ("" when nothing)."""
+        if self.recover is None:
+            return ""
+        return f"recover the interrupted update of run {self.recover.flow_run_id}"
 
     def describe(self) -> list[str]:
         """The node's part of the ``--dry-run`` text."""
@@ -1225,6 +1447,12 @@ class NodePlan:
             return [f"{self.node}: skipped ({self.skip})"]
         count = len(self.packages)
         lines = [f"{self.node}: {count} package{'s' if count != 1 else ''} to upgrade"]
+        if self.recover is not None:
+            lines.append(
+                f"  {self.recovering} (phase {self.recover.phase}): finish dpkg and the "
+                "upgrade, reboot if a newer kernel boots next, verify, leave HA maintenance, "
+                "guests back where they were"
+            )
         lines.extend(f"    {p}" for p in self.packages)
         if self.no_snapshot:
             lines.append("  snapshot: NONE (--no-snapshot: nothing to roll back to)")
@@ -1306,7 +1534,7 @@ def plan_roll(
     done: set[str] = set()
     plans: list[NodePlan] = []
     for node in ordered:
-        if not node.pending:
+        if not node.pending and node.journal is None:
             plans.append(NodePlan(node.name, skip="nothing to upgrade"))
             continue
         others = [
@@ -1339,18 +1567,29 @@ def plan_roll(
             pinned=bool(kernels and (kernels.pinned or kernels.next_boot_pin)),
         )
         name = None
-        if snapshot is not None and not no_snapshot:
+        if node.journal is not None and node.journal.snapshot:
+            name = node.journal.snapshot  # the interrupted run's, from before any change
+        elif snapshot is not None and not no_snapshot:
             name = f"{dataset}@{validate_zfs_snapname(snapshot)}"
+        returns = return_steps(steps)
+        if node.journal is not None:
+            returns += recovery_returns(
+                node.journal,
+                node.placement,
+                handled={s.vmid for s in steps if s.action != "leave"},
+                ha_managed=ha.managed if ha is not None and ha.active else (),
+            )
         plans.append(
             NodePlan(
                 node.name,
                 packages=node.pending,
                 reboot=decision,
                 guests=tuple(steps),
-                returns=tuple(return_steps(steps)),
+                returns=tuple(returns),
                 maintenance=ha is not None and ha.active,
                 snapshot=name,
-                no_snapshot=no_snapshot,
+                no_snapshot=no_snapshot and name is None,
+                recover=node.journal,
             )
         )
         done.add(node.name)

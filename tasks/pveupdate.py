@@ -46,9 +46,13 @@ from moxflow.pveupdate import (
     MigratePrecheck,
     NodeFacts,
     NodePlan,
+    RollJournal,
     RunningTask,
     Verdict,
     autoremove_argv,
+    build_roll_journal,
+    clear_roll_journal_argv,
+    configure_pending_argv,
     dist_upgrade_argv,
     dpkg_audit_argv,
     failed_units_argv,
@@ -69,15 +73,18 @@ from moxflow.pveupdate import (
     parse_migrate_precheck,
     parse_node_status,
     parse_qdevice,
+    parse_roll_journal,
     parse_running_tasks,
     parse_service_states,
     prove_reboot,
     pveversion_argv,
+    read_roll_journal_argv,
     root_dataset_argv,
     root_snapshot_argv,
     services_argv,
     verify_guests,
     verify_node,
+    write_roll_journal_argv,
 )
 from moxflow.snapshots import DatasetJob, plan_dataset_snapshot
 from moxflow.zfs import ZfsSnapshot, destroy_argv, list_snapshots_argv, parse_snapshot_list
@@ -184,7 +191,8 @@ def node_facts(
     """A node's facts, read-only: pending upgrades, installed versions and the running kernel
     (API); the kernel list, failed units, ``dpkg --audit``, held packages and whether the
     root dataset ``root`` exists (SSH; None: not looked for, ``--no-snapshot``); with
-    ``migrate``, each guest's migration pre-check."""
+    ``migrate``, each guest's migration pre-check; the journal an interrupted update left
+    there (``[proxmox_update] journal``), with where its guests are now."""
     pending = parse_apt_updates(client.pending_updates(node))
     installed = parse_apt_versions(client.apt_versions(node))
     status = parse_node_status(client.node_status(node))
@@ -193,6 +201,8 @@ def node_facts(
         failed = parse_failed_units(ssh.run(failed_units_argv()).stdout)
         audit = parse_dpkg_audit(ssh.run(dpkg_audit_argv()).stdout)
         held = parse_held_packages(ssh.run(held_packages_argv()).stdout)
+        journal_path = inv.proxmox_update.journal_of(node)
+        journal = parse_roll_journal(ssh.run(read_roll_journal_argv(journal_path)).stdout)
         root_problem = None
         if root is not None:
             found = ssh.run(root_dataset_argv(root), check=False)
@@ -214,6 +224,10 @@ def node_facts(
         guests=mine,
         prechecks=prechecks,
         held=held,
+        journal=journal,
+        placement=tuple(
+            g for g in guests if journal and g.vmid in {j.vmid for j in journal.guests}
+        ),
     )
     return NodeState(facts, installed, audit, failed, status.uptime, root_problem)
 
@@ -269,6 +283,8 @@ class NodeRun:
     upgrade_ran: bool = False
     rebooted: bool = False
     notes: list[str] = field(default_factory=list)
+    flow_run_id: str = ""
+    journal: RollJournal | None = None
 
     @property
     def node(self) -> str:
@@ -277,6 +293,13 @@ class NodeRun:
     @property
     def settings(self) -> ProxmoxUpdateSettings:
         return self.inv.proxmox_update
+
+    def write_journal(self, journal: RollJournal) -> None:
+        """Replace the node's journal (atomically, over SSH)."""
+        path = self.settings.journal_of(self.node)
+        with ssh_runner(self.inv, self.node) as ssh:
+            ssh.run(write_roll_journal_argv(path), stdin=journal.to_json())
+        self.journal = journal
 
 
 @dataclass
@@ -330,8 +353,15 @@ def snapshot(run: NodeRun) -> str | None:
     """``zfs snapshot`` of the node's root dataset (label ``pre-update``, a moxflow name),
     then prune moxflow's own ``pre-update`` snapshots there by the policy (never the new one).
     Idempotent: the name carries the run's time; one that exists is an earlier attempt's.
-    With ``--no-snapshot`` it takes none, and says so (None)."""
+    With ``--no-snapshot`` it takes none, and says so (None). Recovering an interrupted
+    update, the snapshot that run took before any change is kept and used."""
     log = get_run_logger()
+    earlier = run.plan.recover
+    if earlier is not None and earlier.snapshot:
+        run.snapshot = earlier.snapshot
+        log.info("%s: kept %s, taken before run %s changed anything", run.node,
+                 earlier.snapshot, earlier.flow_run_id)  # fmt: skip
+        return earlier.snapshot
     if run.no_snapshot:
         log.warning("%s: NO root snapshot (--no-snapshot): nothing to roll back to", run.node)
         run.notes.append("no root snapshot (--no-snapshot)")
@@ -435,11 +465,24 @@ def _power(run: NodeRun, s: GuestStep, action: str) -> None:
     "pveupdate-guests-leave", "{run.node}: guests-leave", retries=0
 )  # not idempotent: never blind
 def guests_leave(run: NodeRun, upstream: object) -> int:
-    """HA node maintenance (when HA guests are there), waiting until the CRM has moved every
-    HA service away; then each other guest migrated, shut down or left, by the plan. Not
-    retried: a guest already on its way would be asked twice; the roll stops instead."""
+    """The node's journal written (before any change: the run, the snapshot, each guest's
+    node and state), then HA node maintenance (when HA guests are there), waiting until the
+    CRM has moved every HA service away; then each other guest migrated, shut down or left,
+    by the plan. Not retried: a guest already on its way would be asked twice; the roll
+    stops instead."""
     log = get_run_logger()
     step_name = "guests-leave"
+    # before the first change: the journal says where every guest was and how it ran
+    run.write_journal(
+        build_roll_journal(
+            run.node,
+            run.flow_run_id,
+            run.snapshot,
+            run.state.facts.guests,
+            datetime.now(UTC),
+            run.plan.recover,
+        )
+    )
     if run.plan.maintenance:
         with ssh_runner(run.inv, run.node) as ssh:
             ssh.run(maintenance_argv(run.node, enable=True))
@@ -491,13 +534,24 @@ class Upgraded:
 def upgrade(run: NodeRun, upstream: object) -> Upgraded:
     """``dpkg --audit``, then ``apt-get dist-upgrade`` non-interactively (keeping changed
     config files) and ``autoremove`` over SSH, the whole output in the run's log, then
-    ``dpkg --audit`` again. Not idempotent and never blindly retried: a second attempt would
-    meet dpkg half way; a broken dpkg state stops the roll with what to run."""
+    ``dpkg --audit`` again. The journal says the upgrade began. Recovering an interrupted
+    update, half-configured packages are finished first (``dpkg --configure -a``).
+    Not idempotent and never blindly retried: a second attempt would meet dpkg half way; a
+    broken dpkg state stops the roll with what to run."""
     log = get_run_logger()
     started = time.monotonic()
     limit = run.settings.upgrade_timeout
+    if run.journal is not None:
+        run.write_journal(run.journal.advance("upgrading"))
     with ssh_runner(run.inv, run.node) as ssh:
         before = parse_dpkg_audit(ssh.run(dpkg_audit_argv()).stdout)
+        if not before.ok and run.plan.recover is not None:
+            run.upgrade_ran = True
+            done = ssh.run(configure_pending_argv(), timeout=limit, check=False)
+            log.info("%s: dpkg --configure -a (exit %d):\n%s", run.node, done.exit_code,
+                     done.stdout + (done.stderr or ""))  # fmt: skip
+            run.notes.append(f"dpkg --configure -a finished {', '.join(before.packages)}")
+            before = parse_dpkg_audit(ssh.run(dpkg_audit_argv()).stdout)
         if not before.ok:
             raise UpdateStepFailed(
                 run.node, "upgrade", f"refused: {before}", hint="run dpkg --configure -a"
@@ -605,10 +659,12 @@ def guests_return(run: NodeRun, upstream: object) -> Verdict:
     """Leave HA maintenance once ``pve-ha-lrm`` is active on the node (the CRM moves the HA
     services back; waits for them), migrate back what left, start what was shut down, and
     start what the reboot stopped; then the guests must be where they were and running as
-    before."""
+    before (the journal's placement), and the journal is removed."""
     log = get_run_logger()
     step_name = "guests-return"
     before = [g for g in run.state.facts.guests if not g.template]
+    if run.journal is not None:  # where they were before any change, this run's or earlier
+        before = list(run.journal.guests)
     if run.maintenance:
         # never leave maintenance before the LRM runs again (an upgrade of pve-ha-manager
         # restarts it; after a reboot it starts late): the CRM would hand it the services
@@ -629,7 +685,7 @@ def guests_return(run: NodeRun, upstream: object) -> Verdict:
         )
         with ssh_runner(run.inv, run.node) as ssh:
             ssh.run(maintenance_argv(run.node, enable=False))
-        ha_here = {s.vmid for s in run.plan.guests if s.action == "ha"}
+        ha_here = {s.vmid for s in (*run.plan.guests, *run.plan.returns) if s.action == "ha"}
         ha_seen = Seen()
 
         def home() -> bool | None:
@@ -676,4 +732,8 @@ def guests_return(run: NodeRun, upstream: object) -> Verdict:
         last.why = str(verdict)
         return verdict if verdict.ok else None
 
-    return _wait("guests back as before", run.node, step_name, 10.0, settled, last)
+    verdict = _wait("guests back as before", run.node, step_name, 10.0, settled, last)
+    with ssh_runner(run.inv, run.node) as ssh:
+        ssh.run(clear_roll_journal_argv(run.settings.journal_of(run.node)))
+    run.journal = None
+    return verdict

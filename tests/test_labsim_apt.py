@@ -3,12 +3,14 @@ lab's keys (issue 13: rolling Proxmox host updates)."""
 
 from __future__ import annotations
 
+import contextlib
 import time
 from typing import Any
 
 import requests
 
 from labsim.client import LabClient, wait_until
+from moxflow.errors import MoxflowError
 from moxflow.ssh import SshRunner
 from tests.conftest import LAB_TIME_SCALE
 
@@ -149,6 +151,33 @@ def test_broken_upgrade_leaves_half_configured_packages(fresh_lab: LabClient) ->
     assert rc == 100 and "dpkg --configure -a" in err
     assert _ssh(lab, "pve1", "dpkg", "--configure", "-a")[0] == 0
     assert _ssh(lab, "pve1", "dpkg", "--audit")[1] == ""
+    assert _apt(lab, "pve1")["half_configured"] == []
+
+
+def test_an_upgrade_dies_with_its_ssh_session_leaving_dpkg_to_configure(
+    fresh_lab: LabClient,
+) -> None:
+    """As apt-get does on SIGHUP: the client gone (here: it gives up waiting and closes the
+    session), the upgrade stops at once with every package unpacked and none configured;
+    ``dpkg --configure -a`` (with the options the upgrade uses) finishes them."""
+    lab = fresh_lab
+    lab.control("apt_node", node="pve1", upgrade_seconds=2400.0)  # 60 s of real time
+    runner = SshRunner(
+        "pve1",
+        "127.0.0.1",
+        int(lab.info["hosts"]["pve1"]["port"]),
+        key_file=lab.dir / "id_ed25519",
+        known_hosts=lab.dir / "known_hosts",
+        connect_timeout=5.0,
+    )
+    started = time.monotonic()
+    with runner as r, contextlib.suppress(MoxflowError):
+        r.run(["apt-get", "-y", "dist-upgrade"], timeout=0.5, check=False)
+    wait_until(lambda: bool(_apt(lab, "pve1")["half_configured"]), 10)
+    assert time.monotonic() - started < 30  # stopped, not run to its end
+    assert "only half configured" in _ssh(lab, "pve1", "dpkg", "--audit")[1]
+    assert "dpkg --configure -a" in _ssh(lab, "pve1", "apt-get", "-y", "dist-upgrade")[2]
+    assert _ssh(lab, "pve1", "dpkg", "--force-confold", "--configure", "-a")[0] == 0
     assert _apt(lab, "pve1")["half_configured"] == []
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from datetime import datetime
 from typing import Any
@@ -11,6 +11,7 @@ from zoneinfo import ZoneInfo
 from prefect import flow
 from prefect.client.schemas.objects import State
 from prefect.logging import get_run_logger
+from prefect.runtime import flow_run
 from prefect.states import Completed, Failed
 from prefect.task_runners import ThreadPoolTaskRunner
 
@@ -26,6 +27,7 @@ from moxflow.pveupdate import (
     SNAPSHOT_LABEL,
     NodeFacts,
     NodePlan,
+    RollJournal,
     RollPlan,
     failure_next_steps,
     parse_cluster_status,
@@ -35,6 +37,7 @@ from moxflow.pveupdate import (
 from moxflow.report import Outcome, ReportRow, RunReport
 from moxflow.snapshots import utc_now
 from tasks._retry import tuned
+from tasks._runs import flow_run_alive
 from tasks.pveupdate import (
     ClusterFacts,
     NodeRun,
@@ -81,7 +84,10 @@ def update_node(node: str, run: NodeRun, wait: float) -> ReportRow | State[Repor
     it is away, shut down, or on a node that reboots. Failed when the node did not end up
     updated: failed (the roll stops) or busy (another run holds the node or one of its
     guests longer than ``wait`` seconds)."""
-    targets = [node_target(node), *(guest_target(g.vmid) for g in run.state.facts.guests)]
+    mine = {g.vmid for g in run.state.facts.guests}
+    if run.plan.recover is not None:  # and those the interrupted run left away
+        mine |= {g.vmid for g in run.plan.recover.guests}
+    targets = [node_target(node), *(guest_target(v) for v in sorted(mine))]
     try:
         with hold(targets, wait=wait):
             row = _chain(run)
@@ -109,6 +115,12 @@ def _chain(run: NodeRun) -> ReportRow:
     why = f"; {plan.reboot.reason}" if plan.reboot is not None else ""
     notes = f"; {'; '.join(run.notes)}" if run.notes else ""
     text = f"{len(plan.packages)} packages upgraded{why}{notes}"
+    if plan.recover is not None:
+        back = ", ".join(s.label for s in plan.returns if s.reason.startswith("recover")) or "none"
+        text = (
+            f"recovered the interrupted update of run {plan.recover.flow_run_id} "
+            f"(phase {plan.recover.phase}; guests brought back: {back}); {text}"
+        )
     return ReportRow(plan.node, Outcome.OK, detail=text, cells=_cells(plan, run.snapshot))
 
 
@@ -192,6 +204,7 @@ def _update(
     facts = cluster_facts(client, nodes)
     online = {n.name for n in facts.cluster.nodes if n.online}
     states: dict[str, NodeState] = {}
+    busy: set[str] = set()
     refused: list[str] = []
     policy = p.guests or settings.guests
     for node in nodes:
@@ -206,6 +219,12 @@ def _update(
         except MoxflowError as exc:
             refused.append(f"{node}: {exc}")
             report.add(ReportRow(node, Outcome.FAILED, detail=f"pre-flight: {exc}"))
+            continue
+        journal = states[node].facts.journal
+        if journal is not None and flow_run_alive(journal.flow_run_id):
+            del states[node]
+            busy.add(node)
+            report.add(ReportRow(node, Outcome.BUSY, detail=busy_node(node, journal)))
     # the nodes --only leaves out still take guests (the planner checks their versions)
     bystanders: list[NodeFacts] = []
     for other in sorted(online - set(nodes)) if policy == "migrate" and not refused else ():
@@ -213,7 +232,7 @@ def _update(
             bystanders.append(tuned(bystander_facts, inv)(client, other, facts.guests))
         except MoxflowError as exc:
             logger.warning("%s: not a migration target (%s)", other, exc)
-    plan = _plan(facts, states, inv, now, p, bystanders)
+    plan = _plan(facts, states, inv, now, p, bystanders, busy=busy)
     for line in plan.describe():
         logger.info("%s", line)
     report.notes.extend(plan.describe())
@@ -233,9 +252,19 @@ def _update(
         return
 
     def replan(actual: Mapping[str, Mapping[str, str]]) -> RollPlan:
-        return _plan(facts, states, inv, now, p, bystanders, actual)
+        return _plan(facts, states, inv, now, p, bystanders, actual, busy)
 
     _roll(report, inv, client, plan, states, now, tz, p.lock_timeout, p.no_snapshot, replan)
+
+
+def busy_node(node: str, journal: RollJournal) -> str:
+    """Why a node whose journal names a run still alive is left alone."""
+    return (
+        f"another run (flow run {journal.flow_run_id}) is updating {node} (its journal, phase "
+        f"{journal.phase}); not updated this time: if that run is gone (no worker runs it any "
+        "more), cancel it (`prefect flow-run cancel ID`) and the next run recovers the node; "
+        "see docs/operating.md"
+    )
 
 
 def _plan(
@@ -246,20 +275,26 @@ def _plan(
     p: ProxmoxUpdateParams,
     bystanders: Sequence[NodeFacts] = (),
     actual: Mapping[str, Mapping[str, str]] | None = None,
+    busy: Collection[str] = (),
 ) -> RollPlan:
     """The pre-flight verdict and the roll's plan from the facts (pure); ``actual``: the
-    installed versions of the nodes this roll updated so far."""
+    installed versions of the nodes this roll updated so far; ``busy``: the nodes another
+    run is updating (their HA maintenance is that run's)."""
     settings = inv.proxmox_update
+    # a node recovering an interrupted update: its dpkg is finished and its HA maintenance
+    # ended by this run, not refused
+    fresh = {n: s for n, s in states.items() if s.facts.journal is None}
     verdict = preflight(
         facts.cluster,
         facts.ha,
         facts.tasks,
         qdevice=facts.qdevice,
         two_node=settings.two_node_without_qdevice,
-        dpkg={n: s.audit for n, s in states.items()},
+        dpkg={n: s.audit for n, s in fresh.items()},
         held={n: s.facts.held for n, s in states.items()},
-        broken={n: s.installed.broken for n, s in states.items()},
+        broken={n: s.installed.broken for n, s in fresh.items()},
         roots={n: s.root_problem for n, s in states.items()},
+        recovering={*busy, *(set(states) - set(fresh))},
     )
     online = [n for n in facts.cluster.nodes if n.online]
     # HA maintenance needs another node to move the HA services to
@@ -306,6 +341,7 @@ def _roll(
             report.add(ReportRow(n.node, Outcome.SKIPPED, detail=n.skip, cells=_cells(n)))
             continue
         run = NodeRun(inv, client, n, states[n.node], now, tz, no_snapshot)
+        run.flow_run_id = str(flow_run.id or "")
         state = update_node(n.node, run, wait, return_state=True)
         row = state.result(raise_on_failure=False)
         if not isinstance(row, ReportRow):

@@ -80,6 +80,7 @@ def core_controls(lab: LabCore) -> list[ControlOp]:
             _argv(msg),
             msg.get("stdin"),
             cwd if isinstance(cwd, str) else None,
+            gone=msg.get("_gone") if callable(msg.get("_gone")) else None,
         )
         return {"ok": True, "rc": rc, "stdout": out, "stderr": err}
 

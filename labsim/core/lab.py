@@ -329,12 +329,19 @@ class LabCore:
             return any(s.ssh_refused(host) for s in self.systems)
 
     def exec(
-        self, host: str, argv: list[str], stdin: str | None = None, cwd: str | None = None
+        self,
+        host: str,
+        argv: list[str],
+        stdin: str | None = None,
+        cwd: str | None = None,
+        gone: Callable[[], bool] | None = None,
     ) -> Result:
         """Run one simulated command on a host; (exit code, stdout, stderr).
 
         A command that takes time (a build) sleeps here without the lab's lock, so that
-        commands on other hosts (and other builds) go on meanwhile."""
+        commands on other hosts (and other builds) go on meanwhile. ``gone`` tells whether
+        the client went away (its SSH session closed): a command with a ``hangup`` then
+        stops there, as a process does on SIGHUP."""
         if not argv:
             return 2, "", "labsim: empty command\n"
         with self.lock:
@@ -351,7 +358,11 @@ class LabCore:
                 return 127, "", f"sh: 1: {prog}: not found\n"
             epoch, interrupt = self.epoch, self.interrupt
         while isinstance(result, Deferred):
-            interrupted = interrupt.wait(result.delay)
+            interrupted = _sleep(interrupt, result.delay, gone if result.hangup else None)
+            if interrupted is None and result.hangup is not None:
+                with self.lock:
+                    self.tick()
+                    return result.hangup()
             with self.lock:
                 self.tick()
                 if interrupted or epoch != self.epoch:
@@ -384,6 +395,22 @@ class LabCore:
             out.update(dict.fromkeys(s.host_fields()))
             out.update(s.host_json(name, mono))
         return out
+
+
+def _sleep(
+    interrupt: threading.Event, delay: float, gone: Callable[[], bool] | None
+) -> bool | None:
+    """Wait ``delay`` seconds: True when ``interrupt`` was set, None when ``gone()`` came
+    true first (the client went away), False when the time ran out."""
+    if gone is None:
+        return interrupt.wait(delay)
+    end = time.monotonic() + delay
+    while (left := end - time.monotonic()) > 0:
+        if interrupt.wait(min(left, 0.1)):
+            return True
+        if gone():
+            return None
+    return False
 
 
 def _apply_task_fault(task: Task, fault: dict[str, Any]) -> None:

@@ -28,6 +28,9 @@ class Deferred:
 
     delay: float
     finish: Callable[[], Result | Deferred]
+    hangup: Callable[[], Result] | None = None
+    """What is left when the client goes away meanwhile (its SSH session closed: the
+    command dies by SIGHUP); None: it runs on to ``finish`` regardless."""
 
 
 # what a command returns: None when the host does not have it (``sh: 1: X: not found``)

@@ -116,6 +116,14 @@ class ProxmoxUpdateSettings(Section):
             "upgraded; {node} stands for the node's name."
         ),
     )
+    journal: NodePath = Field(
+        default="/var/lib/moxflow/proxmox-update.json",
+        description=(
+            "The journal of a node's update on each node, written before its first change and "
+            "removed once its guests are back: a run killed half-way leaves it, and the next "
+            "run recovers the node from it; {node} stands for the node's name."
+        ),
+    )
     reboot_timeout: Seconds = Field(
         default=900.0,
         description=(
@@ -164,6 +172,10 @@ class ProxmoxUpdateSettings(Section):
     def dpkg_log_of(self, node: str) -> str:
         """Where dpkg's log is on ``node``."""
         return self.dpkg_log.replace("{node}", node)
+
+    def journal_of(self, node: str) -> str:
+        """Where the journal of ``node``'s update is on ``node``."""
+        return self.journal.replace("{node}", node)
 
     def fallback_for(self, vmid: int, name: str = "") -> FallbackPolicy:
         """The fallback of guest ``vmid`` (called ``name``): its VMID's entry, else its

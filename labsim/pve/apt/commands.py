@@ -108,7 +108,8 @@ def apt_get(system: AptSystem, node: Node, argv: list[str]) -> Result | Deferred
 
 def _upgrade(system: AptSystem, node: Node, plan: list[str], summary: str) -> Deferred:
     """A dist-upgrade: takes the ``upgrade`` duration, then unpacks and sets up every package
-    (a broken one sets up half of them and fails)."""
+    (a broken one sets up half of them and fails). Killed with its SSH session meanwhile,
+    it leaves every package unpacked and unconfigured (``dpkg --configure -a`` finishes)."""
     run = system.run[node.name]
     run.upgrading = True
     versions = {p: node.pending[p] for p in plan}
@@ -144,11 +145,21 @@ def _upgrade(system: AptSystem, node: Node, plan: list[str], summary: str) -> De
             return 100, text, err
         return 0, text, ""
 
-    return Deferred(system.lab.duration("upgrade"), finish)
+    def hangup() -> Result:
+        """Its SSH session closed half-way (the client killed): apt-get dies by SIGHUP,
+        every package unpacked, none configured; dpkg --audit names them."""
+        run.upgrading = False
+        system.upgraded(node, versions, 0)
+        return 129, "", ""
+
+    delay = system.lab.duration("upgrade")
+    if run.upgrade_seconds is not None:
+        delay, run.upgrade_seconds = run.upgrade_seconds * system.lab.time_scale, None
+    return Deferred(delay, finish, hangup)
 
 
 def dpkg(system: AptSystem, node: Node, argv: list[str]) -> Result:
-    args = argv[1:]
+    args = [a for a in argv[1:] if not a.startswith("--force-")]
     if args[:1] in (["--audit"], ["-C"]):
         return 0, packages.audit(node), ""
     if args[:2] == ["--configure", "-a"] or args[:2] == ["--configure", "--pending"]:

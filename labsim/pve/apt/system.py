@@ -46,6 +46,7 @@ class NodeRun:
     enterprise_repo: bool = False  # apt-get update fails (401, exit code 100)
     break_upgrade: bool = False  # the next dist-upgrade fails half-way
     never_back: bool = False  # a reboot never ends
+    upgrade_seconds: float | None = None  # the next dist-upgrade takes this long (scaled)
     linger: float = 0.0  # extra seconds (before the time scale) it answers after reboot
     restart: tuple[int, ...] = ()  # HA guests (frozen) to start again when it is back
     upgrading: bool = False  # dpkg's lock is taken
@@ -75,6 +76,7 @@ class AptSystem(System):
             log = self.dpkg_log(name)
             if log is not None:  # its history: everything installed, days ago
                 log.parent.mkdir(parents=True, exist_ok=True)
+                (log.parent / "proxmox-update.json").unlink(missing_ok=True)  # a journal
                 when = now - (packages.HISTORY_DAYS + i) * 86400
                 changes = [(p, None, v) for p, v in sorted(node.installed.items())]
                 log.write_text(packages.dpkg_log_lines(when, changes, len(changes)))
@@ -88,7 +90,13 @@ class AptSystem(System):
         if log is None:
             return []
         path = str(log).replace("/NODE/", "/{node}/")
-        return ["", "[proxmox_update]", f"dpkg_log = {json.dumps(path)}"]
+        journal = path.replace("/dpkg.log", "/proxmox-update.json")
+        return [
+            "",
+            "[proxmox_update]",
+            f"dpkg_log = {json.dumps(path)}",
+            f"journal = {json.dumps(journal)}",
+        ]
 
     def durations(self) -> dict[str, float]:
         return dict(DURATIONS)
@@ -282,6 +290,8 @@ class AptSystem(System):
                         setattr(run, key, msg[key] == "on")
                 if msg.get("linger") is not None:
                     run.linger = float(msg["linger"])
+                if msg.get("upgrade_seconds") is not None:
+                    run.upgrade_seconds = float(msg["upgrade_seconds"])
                 if msg.get("late_unit") is not None:
                     unit = str(msg["late_unit"]).removesuffix(".service")
                     if unit and unit not in commands.UNITS:
@@ -338,6 +348,7 @@ class AptSystem(System):
                     Arg("break_upgrade", "the next dist-upgrade fails half-way", choices=onoff),
                     Arg("never_back", "a reboot never ends", choices=onoff),
                     Arg("linger", "seconds it still answers after reboot", type="float"),
+                    Arg("upgrade_seconds", "the next dist-upgrade takes this long", type="float"),
                     Arg(
                         "late_unit",
                         "this unit stays activating after the next boot or restart ('' clears)",
