@@ -54,6 +54,7 @@ from moxflow.windows import (
     InstallOutcome,
     InstallRun,
     OsInfo,
+    PendingUpdate,
     RebootState,
     RoundPlan,
     UpdateScan,
@@ -337,6 +338,8 @@ class VmFacts:
 
     @property
     def os_text(self) -> str:
+        if self.os.build is None:
+            return "not known: its agent did not answer"
         return f"{self.os.version}, build {self.os.build}"
 
 
@@ -346,7 +349,9 @@ def preflight(inv: Inventory, client: ProxmoxClient, guest: Guest, run: str = ""
     get-osinfo says Windows; then whether a reboot is pending and which updates Windows
     Update offers (``list-updates.ps1``). A VM that fails any of these is refused. An
     agent that does not answer on a VM an interrupted run left (``run``: this flow run) is
-    waited for, bounded by [windows] agent_timeout: that run's reboot may be under way."""
+    waited for, bounded by [windows] agent_timeout: that run's reboot may be under way;
+    when it still does not answer, the facts say nothing of Windows (no build, no updates)
+    and the update goes on to adopt that run's snapshot and roll back to it."""
     settings = inv.windows
     step_name = "pre-flight"
     if not guest.running:
@@ -388,7 +393,22 @@ def preflight(inv: Inventory, client: ProxmoxClient, guest: Guest, run: str = ""
             interrupted.describe(),
         )
         started = time.monotonic()
-        wait_agent(client, guest, settings, what=step_name)
+        try:
+            wait_agent(client, guest, settings, what=step_name)
+        except WindowsStepFailed as lost:  # the update is rolled back (holding the VM)
+            _log().warning("%s: %s", guest.label, lost.message)
+            return VmFacts(
+                guest,
+                config,
+                OsInfo("", "", None, ""),
+                RebootState(False, (), ""),
+                UpdateScan(False, ()),
+                interrupted,
+                (
+                    f"the agent stayed silent for {time.monotonic() - started:.0f} s after "
+                    f"the interrupted run {interrupted.run}: its update is rolled back",
+                ),
+            )
         recovery.append(
             f"recovered: waited {time.monotonic() - started:.0f} s for the agent, silent "
             f"after the interrupted run {interrupted.run} (its reboot, most likely)"
@@ -532,18 +552,22 @@ def snapshot(run: VmRun) -> str:
 def _adopt(run: VmRun, left: Interrupted) -> str:
     """Take ``left``'s snapshot as this run's rollback point; wait for what that run may
     have left under way: its reboot task, then the agent (and Windows' boot time, which the
-    first reboot's proof compares with)."""
+    first reboot's proof compares with). A VM that does not come back fails the step with
+    the rollback point set: the caller rolls back to it."""
     client, guest = run.client, run.guest
     if flow_run_alive(left.run):
         _log().warning(
             "%s: run %s still shows as running, but holds no slot: it died", run.label, left.run
         )
+    if run.adopted_from is None:  # once, whatever happens next: the rollback point is set
+        run.snapshot = left.snapshot
+        run.snapshot_kind = "ram" if left.vmstate else "disk-live"
+        run.adopted_from = left.run
+        run.recover(
+            f"recovered: adopted {left.describe()} ({left.age()}) as this run's rollback point"
+        )
     wait_for_earlier_task(client, guest, "reboot")  # its reboot task, if one still runs
     run.last_boot = wait_agent(client, guest, run.settings, what="snapshot").last_boot
-    run.snapshot = left.snapshot
-    run.snapshot_kind = "ram" if left.vmstate else "disk-live"
-    run.adopted_from = left.run
-    run.recover(f"recovered: adopted {left.describe()} ({left.age()}) as this run's rollback point")
     return left.snapshot
 
 
@@ -614,7 +638,7 @@ def install_round(run: VmRun, n: int, upstream: object) -> RoundResult:
         return RoundResult(n, plan, None, reboot=False)
     for u in plan.install:
         _log().info("%s: round %d installs %s", run.label, n, describe_update(u))
-    status, result = _install(run, [u.id for u in plan.install])
+    status, result = _install(run, plan.install)
     if status.exitcode == 3:  # a reboot came first after all
         run.note(f"round {n}: Windows wants a reboot before it installs anything")
         return RoundResult(n, plan, None, reboot=True)
@@ -639,11 +663,13 @@ def install_round(run: VmRun, n: int, upstream: object) -> RoundResult:
     return RoundResult(n, plan, result, reboot=reboot_needed)
 
 
-def _install(run: VmRun, ids: list[str]) -> tuple[ExecStatus, InstallRun]:
-    """``install-updates.ps1`` with ``ids``; while the installer is busy (exit 5: Windows is
-    installing by itself, or finishing what a reboot started; the script then changed
-    nothing) it is asked again, with backoff, within [windows] install_timeout."""
+def _install(run: VmRun, updates: Sequence[PendingUpdate]) -> tuple[ExecStatus, InstallRun]:
+    """``install-updates.ps1`` with ``updates``; while the installer is busy (exit 5: Windows
+    is installing by itself, or finishing what a reboot started, or an interrupted run's
+    install is still at work; the script then changed nothing) it is asked again, with
+    backoff, within [windows] install_timeout."""
     client, guest, settings = run.client, run.guest, run.settings
+    ids = [u.id for u in updates]
     started = time.monotonic()
     deadline = started + settings.install_timeout
     busy = False
@@ -652,10 +678,11 @@ def _install(run: VmRun, ids: list[str]) -> tuple[ExecStatus, InstallRun]:
         status, out = run_script(client, guest, "install-updates.ps1", {"ids": ids}, timeout=left)
         if status.exitcode != 5:
             if busy and run.adopted_from is not None:
+                waited = time.monotonic() - started
                 run.recover(
-                    f"recovered: waited {time.monotonic() - started:.0f} s for the install "
-                    f"still at work in the guest (the interrupted run {run.adopted_from}'s) "
-                    "to end; it was not started again"
+                    f"recovered: waited {waited:.0f} s for the install still at work in the "
+                    f"guest (the interrupted run {run.adopted_from}'s) to end; it was not "
+                    "started again" + _finished_by_it(run, updates, status)
                 )
             return status, parse_install(out)
         busy = True
@@ -671,6 +698,23 @@ def _install(run: VmRun, ids: list[str]) -> tuple[ExecStatus, InstallRun]:
         _log().info("%s: the Windows Update installer is busy; asking again", run.label)
         delay = poll_delay(now - started, None, floor=POLL_FLOOR, cap=60.0)
         time.sleep(min(delay, max(0.0, deadline - now)))
+
+
+def _finished_by_it(run: VmRun, updates: Sequence[PendingUpdate], status: ExecStatus) -> str:
+    """When this run's install did nothing (a reboot comes first, or nothing is left): the
+    planned updates Windows Update no longer offers, which the install waited for took."""
+    if status.exitcode not in (3, 4):
+        return ""
+    _, out = run_script(
+        run.client,
+        run.guest,
+        "list-updates.ps1",
+        {"drivers": run.settings.drivers},
+        timeout=run.settings.scan_timeout,
+    )
+    offered = {u.id for u in parse_update_scan(out).updates}
+    gone = [u.kb for u in updates if u.id not in offered]
+    return f"; no longer offered since: {', '.join(gone)}" if gone else ""
 
 
 @step("windows-reboot", "{run.label}: reboot {n}", retries=0)  # a retry would reboot twice

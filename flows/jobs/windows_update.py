@@ -89,6 +89,8 @@ def _chain(run: VmRun) -> ReportRow:
     try:
         done: object = tuned(snapshot, inv)(run)
     except MoxflowError as exc:
+        if run.adopted_from is not None:  # an interrupted run's VM that did not come back
+            return _rollback(run, exc)
         return _row(run, Outcome.FAILED, f"snapshot failed, nothing installed: {exc}")
     try:
         done = _rounds(run, done)

@@ -67,12 +67,12 @@ def _answers(lab: LabClient) -> bool:
     return True
 
 
-def _inventory(lab: LabClient, name: str) -> Path:
+def _inventory(lab: LabClient, name: str, agent_timeout: float = 30.0) -> Path:
     """The lab's inventory with VM 103 in [windows.vms]; fast retries, bounded waits."""
     text = (lab.dir / "inventory.toml").read_text()
     text += (
         "\n[retries]\nattempts = 1\ndelays = [0.1]\n"
-        "\n[windows]\nagent_timeout = 30.0\nverify_grace = 0.5\n"
+        f"\n[windows]\nagent_timeout = {agent_timeout}\nverify_grace = 0.5\n"
         "\n[windows.vms.win11-gaming]\n"
     )
     dst = lab.dir / f"{name}-windows.toml"
@@ -128,6 +128,7 @@ def _next_run(inv: Path) -> tuple[bool, ReportRow]:
         report, ok = exc.report, False
     (row,) = report.rows
     assert row.target == VM
+    print(report.to_text())  # what a user reads (pytest -s, or -rP)
     return ok, row
 
 
@@ -237,6 +238,7 @@ def test_killed_during_an_install_round(win: LabClient, tmp_path: Path) -> None:
     assert ok and row.outcome is Outcome.OK, row
     assert f"recovered: adopted snapshot {adopted} of the interrupted run {dead}" in row.detail
     assert f"the interrupted run {dead}'s) to end; it was not started again" in row.detail
+    assert "no longer offered since: KB5001, KB5002" in row.detail
     assert set(_pre_update(lab)) == {adopted}
     after = _windows(lab)
     assert after["installed"] == ["KB5001", "KB5002"] and after["pending"] == []
@@ -281,4 +283,29 @@ def test_killed_after_its_reboot_request(
     assert _windows(lab)["installed"] == installed and _windows(lab)["pending"] == []
     assert len(_tasks(lab, "qmreboot")) == 1  # not rebooted again
     _assert_once(lab)
+    _assert_settled(lab)
+
+
+def test_killed_after_its_reboot_request_and_the_vm_never_comes_back(
+    win: LabClient, tmp_path: Path
+) -> None:
+    """Windows does not come back from the killed run's reboot: the next run waits for it
+    (bounded), then rolls back to the killed run's snapshot: the VM runs again as it was
+    before that run."""
+    lab = win
+    lab.control("windows", vmid=VMID, clear=True, never_back="on",
+                pending="KB5001:Security Updates:reboot")  # fmt: skip
+    inv = _inventory(lab, tmp_path.name, agent_timeout=3.0)
+    dead = _kill_when(lab, inv, tmp_path / "killed.log", lambda: bool(_tasks(lab, "qmreboot")))
+    (adopted,) = _pre_update(lab)
+
+    ok, row = _next_run(inv)
+
+    assert not ok and row.outcome is Outcome.ROLLED_BACK, row
+    assert "snapshot: the VM did not come back within 3 s" in row.detail
+    assert f"rolled back to {adopted}" in row.detail
+    assert f"recovered: adopted snapshot {adopted} of the interrupted run {dead}" in row.detail
+    assert set(_pre_update(lab)) == {adopted}
+    after = _windows(lab)
+    assert after["installed"] == [] and [u["kb"] for u in after["pending"]] == ["KB5001"]
     _assert_settled(lab)
