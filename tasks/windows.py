@@ -42,7 +42,13 @@ from moxflow.errors import (
 )
 from moxflow.guests import Guest
 from moxflow.inventory import Inventory, WindowsSettings, WindowsVm
-from moxflow.naming import description_run, owned_by_moxflow, snapshot_description, snapshot_name
+from moxflow.naming import (
+    description_run,
+    owned_by_moxflow,
+    parse_snapshot_name,
+    snapshot_description,
+    snapshot_name,
+)
 from moxflow.pacing import poll_delay
 from moxflow.proxmox import GuestSnapshot, ProxmoxClient
 from moxflow.report import format_age
@@ -463,7 +469,7 @@ class VmRun:
     reboots: int = 0
     last_boot: str = ""
     notes: list[str] = field(default_factory=list)
-    adopted_from: str | None = None  # the interrupted run whose snapshot this run adopted
+    adopted: Interrupted | None = None  # the interrupted run's snapshot this run adopted
     recovered: list[str] = field(default_factory=list)  # what it recovered, for the report
 
     def __post_init__(self) -> None:
@@ -486,6 +492,11 @@ class VmRun:
     @property
     def vm(self) -> WindowsVm:
         return self.settings.vms[self.key]
+
+    @property
+    def adopted_from(self) -> str | None:
+        """The interrupted run whose snapshot this run adopted as its rollback point."""
+        return None if self.adopted is None else self.adopted.run
 
     @property
     def installed(self) -> list[InstallOutcome]:
@@ -517,6 +528,8 @@ def snapshot(run: VmRun) -> str:
     never committed nor rolled back to, is adopted as this run's rollback point: the VM may
     be half-updated now, and that snapshot is how it was before (:func:`_adopt`)."""
     client, guest, choice = run.client, run.guest, run.plan.snapshot
+    if run.adopted is not None:  # an earlier attempt adopted one (and claimed it)
+        return _adopt(run, run.adopted)
     snaps = client.list_snapshots(guest)
     mine = [s for s in snaps if owned_by_moxflow(s.name, SNAPSHOT_LABEL)]
     if mine and not mine[-1].complete and wait_for_earlier_task(client, guest, "snapshot"):
@@ -550,22 +563,30 @@ def snapshot(run: VmRun) -> str:
 
 
 def _adopt(run: VmRun, left: Interrupted) -> str:
-    """Take ``left``'s snapshot as this run's rollback point; wait for what that run may
-    have left under way: its reboot task, then the agent (and Windows' boot time, which the
-    first reboot's proof compares with). A VM that does not come back fails the step with
-    the rollback point set: the caller rolls back to it."""
+    """Take ``left``'s snapshot as this run's rollback point, and claim it: its description
+    names this run from now on (and the interrupted one), so that the run after this one
+    judges it by how this run ends (committed, rolled back, or interrupted in turn). Then
+    wait for what the interrupted run may have left under way: its reboot task, then the
+    agent (and Windows' boot time, which the first reboot's proof compares with). A VM that
+    does not come back fails the step with the rollback point set: the caller rolls back."""
     client, guest = run.client, run.guest
-    if flow_run_alive(left.run):
-        _log().warning(
-            "%s: run %s still shows as running, but holds no slot: it died", run.label, left.run
-        )
-    if run.adopted_from is None:  # once, whatever happens next: the rollback point is set
+    if run.adopted is None:  # once, whatever happens next: the rollback point is set
+        if flow_run_alive(left.run):
+            _log().warning(
+                "%s: run %s still shows as running, but holds no slot: it died",
+                run.label,
+                left.run,
+            )
         run.snapshot = left.snapshot
         run.snapshot_kind = "ram" if left.vmstate else "disk-live"
-        run.adopted_from = left.run
+        run.adopted = left
         run.recover(
             f"recovered: adopted {left.describe()} ({left.age()}) as this run's rollback point"
         )
+    parsed = parse_snapshot_name(left.snapshot)
+    created = parsed.created if parsed else left.taken or datetime.now(UTC)
+    claim = snapshot_description(SNAPSHOT_LABEL, created, run.run_id, adopted_from=left.run)
+    client.set_snapshot_description(guest, left.snapshot, claim)
     wait_for_earlier_task(client, guest, "reboot")  # its reboot task, if one still runs
     run.last_boot = wait_agent(client, guest, run.settings, what="snapshot").last_boot
     return left.snapshot

@@ -42,6 +42,7 @@ from moxflow.naming import description_run
 from moxflow.report import Outcome, ReportRow
 from tasks.targets import guest_target
 from tests.flows.conftest import guest_snapshots
+from tests.flows.test_conformance import check_requests
 from tests.flows.test_crash_recovery import _free_slots
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -175,6 +176,18 @@ def test_killed_right_after_its_snapshot(win: LabClient, tmp_path: Path) -> None
     assert _windows(lab)["installed"] == ["KB5001", "KB5002"]
     _assert_once(lab)
     _assert_settled(lab)
+    # the snapshot now names the run that adopted it and committed: done with, not adopted
+    # again by the run after
+    claim = _pre_update(lab)[adopted]["description"]
+    assert f"by the interrupted run {dead}, adopted by run " in claim
+    assert description_run(claim) not in (None, dead)
+    puts = [r for r in lab.api_requests() if r["method"] == "PUT"]
+    assert [r["path"] for r in puts] == [f"/nodes/{NODE}/qemu/{VMID}/snapshot/{adopted}/config"]
+    assert check_requests(lab.api_requests()) == []  # every request is PVE's
+    lab.control("windows", vmid=VMID, pending="KB5003:Updates")
+    ok, row = _next_run(inv)
+    assert ok and "recovered" not in row.detail and "adopted" not in row.cell("snapshot")
+    assert len(_pre_update(lab)) == 2
 
 
 def test_killed_right_after_its_snapshot_then_verification_fails(
