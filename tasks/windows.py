@@ -566,8 +566,8 @@ def _adopt(run: VmRun, left: Interrupted) -> str:
     """Take ``left``'s snapshot as this run's rollback point, and claim it: its description
     names this run from now on (and the interrupted one), so that the run after this one
     judges it by how this run ends (committed, rolled back, or interrupted in turn). Then
-    wait for what the interrupted run may have left under way: its reboot task, then the
-    agent (and Windows' boot time, which the first reboot's proof compares with). A VM that
+    wait for what the interrupted run may have left under way: its reboot or rollback task,
+    then the agent (and Windows' boot time, which the first reboot's proof compares with). A VM that
     does not come back fails the step with the rollback point set: the caller rolls back."""
     client, guest = run.client, run.guest
     if run.adopted is None:  # once, whatever happens next: the rollback point is set
@@ -587,7 +587,8 @@ def _adopt(run: VmRun, left: Interrupted) -> str:
     created = parsed.created if parsed else left.taken or datetime.now(UTC)
     claim = snapshot_description(SNAPSHOT_LABEL, created, run.run_id, adopted_from=left.run)
     client.set_snapshot_description(guest, left.snapshot, claim)
-    wait_for_earlier_task(client, guest, "reboot")  # its reboot task, if one still runs
+    for op in ("reboot", "rollback"):  # its reboot or rollback task, if one still runs
+        wait_for_earlier_task(client, guest, op)
     run.last_boot = wait_agent(client, guest, run.settings, what="snapshot").last_boot
     return left.snapshot
 
