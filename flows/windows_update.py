@@ -26,6 +26,14 @@ Then, one VM at a time (a subflow run per VM, named after it, holding the VM):
                    started, its agent answering again; the run is Failed with each failed
                    update's KB and result code
 
+A run that was killed half-way is finished by the next one: its pre-update snapshot (whose
+description names it, and which it never committed nor rolled back to) is adopted as the
+next run's rollback point instead of a new snapshot of a VM that may be half-updated; an
+agent still silent from its reboot is waited for (bounded by agent_timeout), and so is an
+install still at work in the guest (the installer answers busy: it is not started twice);
+then the update is verified and committed, or rolled back to that snapshot. The report says
+"recovered: adopted snapshot X of the interrupted run Y" and what else it waited for.
+
 Every script is one of moxflow/windows_scripts/*.ps1, sent unchanged; its values travel as
 JSON on its stdin. Its stdout and stderr are in the run's log (the last 16384 characters of
 each). A VM another moxflow run holds (waited for up to --lock-timeout seconds) is busy.

@@ -167,13 +167,18 @@ _RUN_ID_RE = re.compile(r"[0-9A-Za-z-]{1,64}", re.ASCII)
 _BY_RUN_RE = re.compile(r" by run ([0-9A-Za-z-]{1,64})(?=[ ;(]|$)", re.ASCII)
 
 
-def snapshot_description(label: str, created: datetime, run: str = "") -> str:
+def snapshot_description(
+    label: str, created: datetime, run: str = "", adopted_from: str = ""
+) -> str:
     """The description moxflow writes on a guest snapshot, starting with the marker; with
     ``run``, the flow run that takes it (so that a run racing another one for the same name
-    can tell its snapshot from the other's: :func:`description_run`)."""
+    can tell its snapshot from the other's: :func:`description_run`), or that adopted it
+    from the interrupted run ``adopted_from`` (which took it) and is now responsible for it."""
     validate_label(label)
     stamp = _utc(created).strftime("%Y-%m-%dT%H:%M:%SZ")
     by = f" by run {run}" if run and _RUN_ID_RE.fullmatch(run) else ""
+    if by and adopted_from and _RUN_ID_RE.fullmatch(adopted_from):
+        by = f" by the interrupted run {adopted_from}, adopted{by}"
     return f"{MOXFLOW_MARKER} {label} snapshot taken {stamp}{by} (do not rename; pruned by moxflow)"
 
 

@@ -514,6 +514,11 @@ class ProxmoxClient:
         path = f"{_snapshot_path(guest)}/{validate_guest_snapname(name)}"
         return self._expect_upid("DELETE", path, self.delete(path))
 
+    def set_snapshot_description(self, guest: Guest, name: str, description: str) -> None:
+        """``PUT .../snapshot/{name}/config``: replace a snapshot's description (no task)."""
+        path = f"{_snapshot_path(guest)}/{validate_guest_snapname(name)}/config"
+        self.put(path, description=description)
+
     def rollback_snapshot(self, guest: Guest, name: str, start: bool = False) -> str:
         """Start rolling the guest back to a snapshot; returns its UPID."""
         path = f"{_snapshot_path(guest)}/{validate_guest_snapname(name)}/rollback"

@@ -20,11 +20,15 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from functools import cache
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from moxflow.errors import ConfigError, ParseError
 from moxflow.guests import Guest
+from moxflow.naming import description_run, owned_by_moxflow
 from moxflow.report import format_size
+
+if TYPE_CHECKING:
+    from moxflow.proxmox import GuestSnapshot
 
 __all__ = [
     "EXIT_CODES",
@@ -68,6 +72,7 @@ __all__ = [
     "script_text",
     "select_vms",
     "trim",
+    "unfinished_candidate",
     "verdict",
 ]
 
@@ -710,6 +715,22 @@ def plan_vm(
     return VmPlan(
         label, os, scan, first, snapshot, reboot_first, max_rounds, tuple(categories), skip
     )
+
+
+def unfinished_candidate(
+    snapshots: Sequence[GuestSnapshot], label: str, this_run: str
+) -> GuestSnapshot | None:
+    """The snapshot an earlier run may have left unfinished: the VM's newest whole moxflow
+    snapshot of ``label`` (``snapshots`` oldest first, as listed), when its description
+    names a run other than ``this_run``. Whether that run finished with it (committed or
+    rolled back) is the Prefect server's to say. None when there is no such snapshot, or the
+    newest one names no run (taken by hand, or by a moxflow that did not write it)."""
+    ours = [s for s in snapshots if s.complete and owned_by_moxflow(s.name, label)]
+    if not ours:
+        return None
+    newest = ours[-1]
+    owner = description_run(newest.description)
+    return newest if owner and owner != this_run else None
 
 
 # --- verdict ----------------------------------------------------------------------------------

@@ -58,7 +58,7 @@ for _t in ("qemu", "lxc"):
         f"/nodes/{{node}}/{_t}/{{vmid}}/status/reboot": ("POST",),
         f"/nodes/{{node}}/{_t}/{{vmid}}/snapshot": ("GET", "POST"),
         f"/nodes/{{node}}/{_t}/{{vmid}}/snapshot/{{snapname}}": ("DELETE", "GET"),
-        f"/nodes/{{node}}/{_t}/{{vmid}}/snapshot/{{snapname}}/config": ("GET",),
+        f"/nodes/{{node}}/{_t}/{{vmid}}/snapshot/{{snapname}}/config": ("GET", "PUT"),
         f"/nodes/{{node}}/{_t}/{{vmid}}/snapshot/{{snapname}}/rollback": ("POST",),
     }
 # Plus every method of every path under these prefixes (the QEMU guest agent commands).

@@ -3,9 +3,11 @@
 Starts a simulated lab (its clock sped up, so an iteration takes seconds) and a Prefect server
 (`prefect server start`, which sweeps expired leases), then for each iteration, from the seed:
 guest snapshots, backups with their offsite copy, a restore test, NixOS updates and now and
-then the Proxmox host update, each on a random part of the lab, with random faults injected:
-API errors and hangs, SSH drops, slow and failing Proxmox tasks, failed builds, unhealthy
-switches, corrupted offsite copies, and kills (one job of the iteration runs as
+then the Proxmox host update and the Windows VM's update, each on a random part of the lab,
+with random faults injected: API errors and hangs, SSH drops, slow and failing Proxmox
+tasks, failed builds, unhealthy switches, corrupted offsite copies, a failing Windows update,
+a busy installer, a Windows VM that does not come back from its reboot, and kills (one job of
+the iteration runs as
 ``python -m flows.<job>`` and is SIGKILLed at a random moment; the soak then marks its flow
 run Crashed, as a process worker does when its child dies). After each job and each
 iteration it checks the invariants of docs/reliability.md against the lab's state.
@@ -37,6 +39,7 @@ import sys
 import tempfile
 import time
 import traceback
+import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -56,7 +59,25 @@ BACKUP_GUESTS = (100, 101, 102, 103, 104, 105)  # not the template
 NIXOS_HOSTS = ("dns", "media", "builder")
 NODES = ("pve1", "pve2")
 SCRATCH = range(9900, 10000)  # [restore_test] scratch_vmids by default
-JOBS = ("guest_snapshot", "vzdump_backup", "restore_test", "nixos_update", "proxmox_update")
+JOBS = (
+    "guest_snapshot",
+    "vzdump_backup",
+    "restore_test",
+    "nixos_update",
+    "proxmox_update",
+    "windows_update",
+)
+WINDOWS_VM, WINDOWS_NAME = 103, "win11-gaming"  # the lab's Windows VM (GPU passed through)
+WINDOWS_RATE = 0.35
+"""The share of iterations with the Windows update (its own RNG: the other draws of an
+iteration are those of a soak without it)."""
+WINDOWS_KILL_POINTS = ("after its snapshot", "during an install", "after its reboot request")
+"""Where a killed Windows run is killed (the iteration's kill_after picks one): the soak
+watches the lab for it, as tests/flows/test_crash_recovery_windows.py does."""
+WINDOWS_FAULTS = ("update-fails", "installer-busy", "never-back")
+"""Faults of the Windows VM (lab controls, not counted as hits): an update of the iteration
+fails (the run rolls back), the installer is busy once or twice (the run waits), the VM does
+not come back from its reboot (the run rolls back once its agent_timeout is over)."""
 
 FAULT_KINDS = (
     "api-error",
@@ -70,7 +91,7 @@ FAULT_KINDS = (
     "corrupted-copy",
 )
 KILL = "kill"
-UNCOUNTED = (KILL, "build-fails", "unhealthy-switch")  # not lab faults: no count of hits
+UNCOUNTED = (KILL, "build-fails", "unhealthy-switch", *WINDOWS_FAULTS)  # no count of hits
 
 RECOVERY_MARKS = {
     "found an interrupted run": "NixOS: an interrupted run found and cleaned up",
@@ -78,6 +99,9 @@ RECOVERY_MARKS = {
     "leftover scratch guest": "restore test: a leftover scratch guest destroyed",
     "earlier run": "an earlier run's task adopted",
     "arrived corrupted": "offsite: a corrupted copy detected and redone",
+    "recovered: adopted snapshot": "Windows: an interrupted run's snapshot adopted",
+    "it was not started again": "Windows: an interrupted run's install waited for",
+    "for the agent, silent after": "Windows: the agent waited for after an interrupted run",
 }
 
 
@@ -94,6 +118,8 @@ class Plan:
     proxmox: str | None
     faults: list[tuple[str, dict[str, Any]]]  # (kind, lab fault spec)
     nixos_faults: dict[str, dict[str, Any]]  # host -> lab.nixos fields
+    windows: str | None  # the updates offered to the Windows VM (the lab's spec), or no run
+    windows_fault: tuple[str, dict[str, Any]] | None  # (kind, fields of the windows control)
     kill: str | None  # the job run in a subprocess and killed
     kill_after: float  # as a share of the job's usual duration
     rng: random.Random
@@ -118,13 +144,49 @@ def plan_iteration(seed: int, i: int, kill_rate: float) -> Plan:
             nixos_faults.setdefault(rng.choice(nixos), {}).update(how)
         else:
             faults.append((kind, _fault_spec(kind, rng, nixos)))
+    windows, windows_fault = _plan_windows(seed, i)
     jobs = ["guest_snapshot", "vzdump_backup", "restore_test", "nixos_update"]
     if proxmox:
         jobs.append("proxmox_update")
+    if windows:
+        jobs.append("windows_update")
     kill = rng.choice(jobs) if rng.random() < kill_rate else None
     return Plan(
-        snapshot, backup, nixos, proxmox, faults, nixos_faults, kill, rng.uniform(0.1, 1.0), rng
+        snapshot,
+        backup,
+        nixos,
+        proxmox,
+        faults,
+        nixos_faults,
+        windows,
+        windows_fault,
+        kill,
+        rng.uniform(0.1, 1.0),
+        rng,
     )
+
+
+def _plan_windows(seed: int, i: int) -> tuple[str | None, tuple[str, dict[str, Any]] | None]:
+    """Whether iteration ``i`` updates the Windows VM: the updates it is offered (new KBs
+    each time: a cumulative one asking for a reboot, maybe a second one that shows only
+    after it) and at most one fault."""
+    rng = random.Random(f"moxflow-soak/{seed}/{i}/windows")
+    if rng.random() >= WINDOWS_RATE:
+        return None, None
+    first, second = f"KB{6000000 + 10 * i}", f"KB{6000000 + 10 * i + 1}"
+    pending = f"{first}:Security Updates:reboot"
+    if rng.random() < 0.5:
+        pending += f",{second}:Updates:after={first}"
+    fault: tuple[str, dict[str, Any]] | None = None
+    if rng.random() < 0.5:
+        kind = rng.choice(WINDOWS_FAULTS)
+        fields: dict[str, Any] = {
+            "update-fails": {"fail": f"{first}=0x80240022"},
+            "installer-busy": {"busy": rng.randint(1, 2)},
+            "never-back": {"never_back": "on"},
+        }[kind]
+        fault = (kind, fields)
+    return pending, fault
 
 
 def _fault_spec(kind: str, rng: random.Random, hosts: list[str]) -> dict[str, Any]:
@@ -236,6 +298,12 @@ def soak_inventory(lab_dir: Path) -> Path:
         (r"(?m)^command_timeout = .*$", "command_timeout = 60.0"),
     ):
         text = re.sub(pattern, new, text)
+    # the Windows VM: bounded waits (a boot takes 0.125 s of the lab's clock; one that never
+    # comes back is given up after 5 s, then rolled back)
+    text += (
+        f"\n[windows]\nagent_timeout = 5.0\nverify_grace = 0.5\nscript_timeout = 30.0\n"
+        f"\n[windows.vms.{WINDOWS_NAME}]\n"
+    )
     dst = lab_dir / "soak-inventory.toml"
     dst.write_text(text)
     return dst
@@ -263,6 +331,7 @@ class Soak:
         self.say = say
         self.summary = Summary(seed)
         self.durations: dict[str, list[float]] = {j: [] for j in JOBS}
+        lab.set_guest(WINDOWS_VM, status="running")  # stopped in a fresh lab
         state = lab.state()
         # what moxflow did not make, at the start: it must stay as it is
         self.foreign_guest_snaps = {
@@ -295,6 +364,11 @@ class Soak:
                 self.good[a["vmid"]] = a
         self.killed_last: str | None = None
         self.interrupted_hosts: set[str] = set()  # a killed NixOS run's, not run on since
+        # the Windows VM: the pre-update snapshot a killed run left (the next run must adopt
+        # it), the KBs installed at the next run's rollback point, the snapshots before a run
+        self.windows_left: str | None = None
+        self.windows_base: list[str] = list(state["windows"][str(WINDOWS_VM)]["installed"])
+        self.windows_snaps: set[str] = set()
 
     # -- helpers ----------------------------------------------------------------------------
 
@@ -323,6 +397,8 @@ class Soak:
             return {"select": _ids(with_backup[:1])}
         if job == "nixos_update":
             return {"only": plan.nixos}
+        if job == "windows_update":
+            return {}  # the soak's inventory lists the one Windows VM
         return {"only": [plan.proxmox]}
 
     # -- one iteration ----------------------------------------------------------------------
@@ -347,21 +423,35 @@ class Soak:
                 packages=f"pve-manager=9.1.{i + 3},openssl=3.5.{i + 2}-1",
                 refresh=True,
             )
+        if plan.windows:
+            lab.control("windows", vmid=WINDOWS_VM, pending=plan.windows)
+        if plan.windows_fault:
+            kind, fields = plan.windows_fault
+            lab.control("windows", vmid=WINDOWS_VM, **fields)
+            self.summary.faults[kind] += 1
         ids: dict[int, str] = {}
         for kind, spec in plan.faults:
             ids[lab.fault(**spec)] = kind
             self.summary.faults[kind] += 1
         if plan.kill:
             self.summary.faults[KILL] += 1
-        jobs = [j for j in JOBS if j != "proxmox_update" or plan.proxmox]
+        jobs = [
+            j
+            for j in JOBS
+            if (j != "proxmox_update" or plan.proxmox) and (j != "windows_update" or plan.windows)
+        ]
+        windows_faults = [plan.windows_fault[0]] if plan.windows_fault else []
         self.say(
             f"[{i}] snap {_ids(plan.snapshot)} backup {_ids(plan.backup)} nixos "
-            f"{','.join(plan.nixos)}{' pve ' + plan.proxmox if plan.proxmox else ''}; faults "
-            f"{[k for k, _ in plan.faults] + sorted(_nixos_kinds(plan))}"
+            f"{','.join(plan.nixos)}{' pve ' + plan.proxmox if plan.proxmox else ''}"
+            f"{' win ' + plan.windows if plan.windows else ''}; faults "
+            f"{[k for k, _ in plan.faults] + sorted(_nixos_kinds(plan)) + windows_faults}"
             + (f"; kill {plan.kill}" if plan.kill else "")
         )
         reports: dict[str, Any] = {}
         for job in jobs:
+            if job == "windows_update":
+                self._before_windows()
             if job == plan.kill:
                 self._run_killed(i, job, plan)
                 continue
@@ -378,11 +468,14 @@ class Soak:
             if fid not in left or (left[fid] is not None and left[fid] < times):
                 self.summary.fired[kind] += 1
         lab.clear_faults()
+        lab.control("windows", vmid=WINDOWS_VM, reset_faults=True)
         for host in NIXOS_HOSTS:
             lab.nixos(host, healthy=True)
         if plan.kill:
             self._after_kill(i)
         self._settle()
+        if plan.kill == "windows_update":  # killed, or it ended first: no report seen
+            self._after_windows_subprocess()
         self._check_iteration(i, plan, reports)
         self.killed_last = plan.kill
         self.summary.iterations += 1
@@ -426,11 +519,13 @@ class Soak:
         if isinstance(report, RunReport):
             self.summary.runs[f"{job} {'ok' if report.ok else 'not ok'}"] += 1
             self._note(f"[{i}] {job} {params} ({took:.1f} s)\n{report.to_text()}")
-            text = " ".join([r.detail for r in report.rows] + list(report.notes))
-            for mark, what in RECOVERY_MARKS.items():
-                if mark in text:
-                    self.summary.recoveries[what] += text.count(mark)
+            self._count_recoveries(" ".join([r.detail for r in report.rows] + list(report.notes)))
         return report
+
+    def _count_recoveries(self, text: str) -> None:
+        for mark, what in RECOVERY_MARKS.items():
+            if mark in text:
+                self.summary.recoveries[what] += text.count(mark)
 
     def _child_argv(self, job: str, params: dict[str, Any]) -> list[str]:
         argv = [sys.executable, "-m", f"flows.{job}"]
@@ -445,8 +540,9 @@ class Soak:
                 argv += [f"--{key.replace('_', '-')}", str(value)]
         return argv
 
-    def _run_killed(self, i: int, job: str, plan: Plan) -> None:
-        """Run a job as ``python -m flows.<job>`` and SIGKILL it at a random moment."""
+    def _run_killed(self, i: int, job: str, plan: Plan) -> bool:
+        """Run a job as ``python -m flows.<job>`` and SIGKILL it at a random moment; whether
+        it was killed (it may end first)."""
         usual = statistics.median(self.durations[job]) if self.durations[job] else 6.0
         after = 1.0 + plan.kill_after * usual
         env = {
@@ -457,17 +553,55 @@ class Soak:
         }
         argv = self._child_argv(job, self._params(job, plan))
         out = self.log.with_suffix(f".{i}.{job}.out") if self.log else Path(os.devnull)
+        point = ""
+        if job == "windows_update":  # at one of its dangerous points, not at a random time
+            point = WINDOWS_KILL_POINTS[min(int(plan.kill_after * 3), 2)]
+            after = 60.0 + 3 * usual  # a bound: the point comes well before
+            # installs and boots slow enough to be seen (reset with the iteration's faults)
+            self.lab.control("windows", vmid=WINDOWS_VM, install_seconds=40, boot_seconds=40)
         with out.open("wb") as sink:
             proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=sink, stderr=sink)
+        started = time.monotonic()
         try:
-            proc.wait(timeout=after)
+            if point:
+                self._wait_windows_point(proc, point, started + after)
+            proc.wait(timeout=max(0.0, started + after - time.monotonic()))
             self._note(f"[{i}] {job}: ended (status {proc.returncode}) before its kill")
             self.summary.runs[f"{job} ended before its kill"] += 1
+            if self.log is not None:  # its report, as the command line printed it
+                self._count_recoveries(out.read_text(errors="replace"))
+            return False
         except subprocess.TimeoutExpired:
             proc.send_signal(signal.SIGKILL)
             proc.wait()
-            self._note(f"[{i}] {job}: SIGKILLed after {after:.1f} s")
+            took = time.monotonic() - started
+            self._note(f"[{i}] {job}: SIGKILLed after {took:.1f} s{' ' + point if point else ''}")
             self.summary.runs[f"{job} killed"] += 1
+            return True
+
+    def _wait_windows_point(self, proc: subprocess.Popen[bytes], point: str, until: float) -> None:
+        """Return once the Windows run is at ``point`` (raising TimeoutExpired: kill it now),
+        or once it ended or ``until`` passed (then the caller waits for it)."""
+        before = {t["upid"] for t in self.lab.state()["tasks"] if t["type"] == "qmreboot"}
+        while proc.poll() is None and time.monotonic() < until:
+            state = self.lab.state()
+            win = state["windows"][str(WINDOWS_VM)]
+            snaps = state["guests"][str(WINDOWS_VM)]["snapshots"]
+            at = {
+                "after its snapshot": any(
+                    n.startswith("moxflow-pre-update-")
+                    and n not in self.windows_snaps
+                    and not s.get("snapstate")
+                    for n, s in snaps.items()
+                ),
+                "during an install": bool(win["installing"]),
+                "after its reboot request": any(
+                    t["type"] == "qmreboot" and t["upid"] not in before for t in state["tasks"]
+                ),
+            }[point]
+            if at:
+                raise subprocess.TimeoutExpired(proc.args, 0)
+            time.sleep(0.05)
 
     def _after_kill(self, i: int) -> None:
         """What a process worker does when its child dies: the run goes Crashed. Then the
@@ -569,6 +703,8 @@ class Soak:
                         "nothing half-written counts as done",
                         f"nixos OK for {host} but {why or 'its lock is still there'}",
                     )
+        if job == "windows_update":
+            self._check_windows(i, report)
         if job == "restore_test":
             left = [g for g in state["guests"] if int(g) in SCRATCH]
             if left:
@@ -577,6 +713,100 @@ class Soak:
                     "no lock outlives its holder",
                     f"scratch guest(s) {left} after a restore test",
                 )
+
+    # -- the Windows VM ---------------------------------------------------------------------
+
+    def _windows_pre_update(self) -> dict[str, dict[str, Any]]:
+        snaps = self.lab.state()["guests"][str(WINDOWS_VM)]["snapshots"]
+        return {n: s for n, s in snaps.items() if n.startswith("moxflow-pre-update-")}
+
+    def _before_windows(self) -> None:
+        """Before a Windows run: its snapshots, and (unless a killed run's snapshot is to be
+        adopted: that one is the rollback point) what is installed now."""
+        self.windows_snaps = set(self._windows_pre_update())
+        if self.windows_left is None:
+            self.windows_base = list(self.lab.state()["windows"][str(WINDOWS_VM)]["installed"])
+
+    def _after_windows_subprocess(self) -> None:
+        """After the Windows run the soak ran as a process (killed, or it ended first): the
+        VM's newest pre-update snapshot, whole (once its task ended), when the run its
+        description names (that took it, or adopted it) had not finished with the VM (its
+        subflow for it had not ended by itself when the kill came: the soak then marked it
+        Crashed) is the one the next Windows run must adopt."""
+        from prefect.client.orchestration import get_client
+        from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterParentFlowRunId
+        from prefect.client.schemas.objects import StateType
+        from prefect.settings import PREFECT_API_URL, temporary_settings
+
+        from moxflow.naming import description_run
+
+        whole = {n: s for n, s in self._windows_pre_update().items() if not s.get("snapstate")}
+        self.windows_left = None
+        if not whole:
+            return
+        name = max(whole)
+        run = description_run(whole[name].get("description"))
+        if run is None:  # not a run's: no run adopts it
+            return
+        with (
+            temporary_settings(updates={PREFECT_API_URL: self.api_url}),
+            get_client(sync_client=True) as client,
+        ):
+            subflows = client.read_flow_runs(
+                flow_run_filter=FlowRunFilter(
+                    parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[uuid.UUID(run)])
+                )
+            )
+        ended = (StateType.COMPLETED, StateType.FAILED)
+        vm = [r for r in subflows if r.name.startswith(f"{WINDOWS_VM} ")]
+        if not vm or vm[0].state is None or vm[0].state.type not in ended:
+            self.windows_left = name
+
+    def _check_windows(self, i: int, report: Any) -> None:
+        """The Windows VM after its run: a killed run's snapshot is this run's rollback point
+        (never a new snapshot of a VM it may have half-updated); an OK row leaves the VM
+        running, nothing installing, no reboot pending, its snapshot whole; a rolled-back row
+        leaves it as it was at the rollback point."""
+        from moxflow.report import Outcome
+
+        state = self.lab.state()
+        vm = state["guests"][str(WINDOWS_VM)]
+        win = state["windows"][str(WINDOWS_VM)]
+        snaps = self._windows_pre_update()
+        for row in report.rows:
+            cell = row.cell("snapshot")
+            name = cell.split(" ")[0] if cell else ""
+            chain = row.outcome in (Outcome.OK, Outcome.ROLLED_BACK, Outcome.NEEDS_ATTENTION)
+            if chain and self.windows_left and (name != self.windows_left or "adopted" not in cell):
+                self._violate(
+                    i,
+                    "a killed run's snapshot is the next run's rollback point",
+                    f"windows_update {row.outcome.value} with snapshot {cell or 'none'}; the "
+                    f"killed run's {self.windows_left} was not adopted",
+                )
+            whole = name in snaps and not snaps[name].get("snapstate")
+            problems: list[str] = []
+            if row.outcome in (Outcome.OK, Outcome.ROLLED_BACK):
+                if vm["status"] != "running":
+                    problems.append(f"the VM is {vm['status']}")
+                if win["installing"]:
+                    problems.append(f"still installing {win['installing']}")
+                if not whole:
+                    problems.append(f"its snapshot {name or '(none)'} is not there whole")
+            if row.outcome is Outcome.OK and win["reboot_pending"]:
+                problems.append("a reboot is pending")
+            if row.outcome is Outcome.ROLLED_BACK and win["installed"] != self.windows_base:
+                problems.append(
+                    f"rolled back, but installed {win['installed']}, not {self.windows_base}"
+                )
+            if problems:
+                self._violate(
+                    i,
+                    "nothing half-written counts as done",
+                    f"windows_update {row.outcome.value}: " + "; ".join(problems),
+                )
+            if chain:
+                self.windows_left = None
 
     def _offsite_dir(self) -> Path:
         return Path(self.lab.dir) / "hosts" / "offsite" / "backups"
@@ -648,6 +878,20 @@ class Soak:
         for host in NIXOS_HOSTS:
             if self._lock_dir(host).exists() and host not in self.interrupted_hosts:
                 self._violate(i, "no lock outlives its holder", f"NixOS lock on {host}")
+        # no Windows VM left half-updated (reboot pending, an install at work) unless a killed
+        # run left it so (its next run finishes it) or a report says it needs attention
+        windows = reports.get("windows_update")
+        if plan.windows and plan.kill != "windows_update" and self.windows_left is None:
+            win = state["windows"][str(WINDOWS_VM)]
+            attention = windows is not None and any(
+                r.outcome is Outcome.NEEDS_ATTENTION for r in windows.rows
+            )
+            if (win["reboot_pending"] or win["installing"]) and not attention:
+                self._violate(
+                    i,
+                    "no Windows VM half-updated without a needs-attention row",
+                    f"reboot pending {win['reboot_pending']}, installing {win['installing']}",
+                )
         scratch = [g for g in state["guests"] if int(g) in SCRATCH]
         if scratch and plan.kill != "restore_test":
             self._violate(i, "no lock outlives its holder", f"scratch guest(s) {scratch}")

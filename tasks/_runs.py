@@ -30,3 +30,34 @@ def flow_run_alive(flow_run_id: str | None) -> bool:
         return True
     state = run.state
     return state is not None and not state.is_final() and not state.is_cancelling()
+
+
+def subflow_ended(flow_run_id: str, name: str) -> bool | None:
+    """Whether the subflow run ``name`` of flow run ``flow_run_id`` ran its course: True when
+    it ended by itself (*Completed* or *Failed*: its steps went to their end, whatever the
+    outcome); False when it did not (still *Running* or *Pending* as a killed run's stays,
+    *Crashed*, *Cancelling*, *Cancelled*: stopped half-way); None when the Prefect server
+    knows no such run (it cannot tell). Raises when the server does not answer."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (
+        FlowRunFilter,
+        FlowRunFilterName,
+        FlowRunFilterParentFlowRunId,
+    )
+    from prefect.client.schemas.objects import StateType
+
+    try:
+        parent = uuid.UUID(flow_run_id)
+    except (ValueError, TypeError):
+        return None
+    with get_client(sync_client=True) as client:
+        runs = client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(
+                parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[parent]),
+                name=FlowRunFilterName(any_=[name]),
+            )
+        )
+    if not runs:
+        return None
+    state = runs[0].state
+    return state is not None and state.type in (StateType.COMPLETED, StateType.FAILED)

@@ -18,6 +18,16 @@ The facts, the snapshot, the verification and the commit are idempotent and retr
 transient errors. An install round, a reboot and a rollback are not (a second install while
 the first still runs meets a busy installer; a second reboot request reboots twice): each
 waits, bounded, and checks what happened instead.
+
+A run killed half-way (its process gone, its VM's slot free again) leaves its pre-update
+snapshot, whose description names the run, and maybe an install still at work in the guest
+or a reboot under way. The next run recognises it (:func:`find_interrupted`: the newest
+pre-update snapshot names another run, whose subflow for the VM never ended by itself) and
+finishes the update: it adopts that snapshot as its own rollback point (the VM as it was
+before anything changed; never a new snapshot of a half-updated VM), waits for the agent
+and for the install still running (the installer answers busy: it is not started twice),
+then verifies, and commits or rolls back to that snapshot. The report says what was
+recovered.
 """
 
 from __future__ import annotations
@@ -25,7 +35,7 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, tzinfo
+from datetime import UTC, datetime, tzinfo
 from typing import Any
 
 from moxflow.errors import (
@@ -37,9 +47,16 @@ from moxflow.errors import (
 )
 from moxflow.guests import Guest
 from moxflow.inventory import Inventory, WindowsSettings, WindowsVm
-from moxflow.naming import snapshot_description, snapshot_name
+from moxflow.naming import (
+    description_run,
+    owned_by_moxflow,
+    parse_snapshot_name,
+    snapshot_description,
+    snapshot_name,
+)
 from moxflow.pacing import poll_delay
-from moxflow.proxmox import ProxmoxClient
+from moxflow.proxmox import GuestSnapshot, ProxmoxClient
+from moxflow.report import format_age
 from moxflow.snapshots import plan_guest_prune
 from moxflow.windows import (
     EXIT_CODES,
@@ -48,6 +65,7 @@ from moxflow.windows import (
     InstallOutcome,
     InstallRun,
     OsInfo,
+    PendingUpdate,
     RebootState,
     RoundPlan,
     SnapshotChoice,
@@ -67,10 +85,12 @@ from moxflow.windows import (
     readable_stderr,
     script_output,
     trim,
+    unfinished_candidate,
     verdict,
 )
 from tasks._logging import LoggerLike, run_logger
 from tasks._retry import step
+from tasks._runs import flow_run_alive, subflow_ended
 from tasks.proxmox import wait_for_earlier_task
 
 SNAPSHOT_LABEL = "pre-update"
@@ -250,21 +270,88 @@ def wait_agent(
         time.sleep(min(delay, max(0.0, deadline - now)))
 
 
+# --- an interrupted run ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Interrupted:
+    """A pre-update snapshot an earlier run took and never finished with: that run's
+    update of the VM never reached its commit or its rollback (its process died half-way).
+    The snapshot is the VM as it was before that run changed anything."""
+
+    snapshot: str
+    vmstate: bool
+    run: str  # the flow run that took it (its description says)
+    taken: datetime | None = None
+
+    def describe(self) -> str:
+        return f"snapshot {self.snapshot} of the interrupted run {self.run}"
+
+    def age(self) -> str:
+        """How long ago it was taken: what a rollback to it undoes is that old."""
+        return f"taken {format_age(datetime.now(UTC), self.taken)}"
+
+
+def find_interrupted(
+    client: ProxmoxClient,
+    guest: Guest,
+    this_run: str,
+    snapshots: Sequence[GuestSnapshot] | None = None,
+) -> Interrupted | None:
+    """What an interrupted run left on ``guest``: its newest pre-update snapshot names
+    another run, and that run's subflow for the VM (``windows-update-vm``, named after it)
+    never ended by itself. None when there is none, or when the Prefect server does not know
+    that run (nothing then says it was interrupted: a new snapshot is taken, as always)."""
+    found = unfinished_candidate(
+        client.list_snapshots(guest) if snapshots is None else snapshots,
+        SNAPSHOT_LABEL,
+        this_run,
+    )
+    owner = description_run(found.description) if found is not None else None
+    if found is None or owner is None:
+        return None
+    try:
+        ended = subflow_ended(owner, guest.label)
+    except Exception as exc:  # the Prefect server did not answer: judge nothing
+        raise WindowsStepFailed(
+            guest.label,
+            "recover",
+            f"the Prefect server could not say whether run {owner}, which took "
+            f"{found.name}, finished: {exc}",
+            hint="nothing was changed; run again once the Prefect server answers",
+        ) from exc
+    if ended is None:
+        _log().warning(
+            "%s: %s names run %s, which the Prefect server does not know: not adopted",
+            guest.label,
+            found.name,
+            owner,
+        )
+        return None
+    return None if ended else Interrupted(found.name, found.vmstate, owner, found.snaptime)
+
+
 # --- pre-flight --------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
 class VmFacts:
-    """A Windows VM before any change: its config, the OS, its reboot state, the updates."""
+    """A Windows VM before any change: its config, the OS, its reboot state, the updates;
+    what an interrupted run left on it (``interrupted``) and what pre-flight did about it
+    (``recovery``: lines for the report)."""
 
     guest: Guest
     config: dict[str, Any]
     os: OsInfo
     reboot: RebootState
     scan: UpdateScan
+    interrupted: Interrupted | None = None
+    recovery: tuple[str, ...] = ()
 
     @property
     def os_text(self) -> str:
+        if self.os.build is None:
+            return "not known: its agent did not answer"
         return f"{self.os.version}, build {self.os.build}"
 
 
@@ -312,13 +399,83 @@ def require_windows(
 
 
 @step("windows-preflight", "{guest.label}: pre-flight")
-def preflight(inv: Inventory, client: ProxmoxClient, guest: Guest) -> VmFacts:
+def preflight(inv: Inventory, client: ProxmoxClient, guest: Guest, run: str = "") -> VmFacts:
     """Read-only, before any change: the VM runs, its agent is configured and answers,
-    get-osinfo says Windows (:func:`require_windows`); then whether a reboot is pending and
-    which updates Windows Update offers (``list-updates.ps1``). A VM that fails any of these
-    is refused."""
+    get-osinfo says Windows; then whether a reboot is pending and which updates Windows
+    Update offers (``list-updates.ps1``). A VM that fails any of these is refused. An
+    agent that does not answer on a VM an interrupted run left (``run``: this flow run) is
+    waited for, bounded by [windows] agent_timeout: that run's reboot may be under way;
+    when it still does not answer, the facts say nothing of Windows (no build, no updates)
+    and the update goes on to adopt that run's snapshot and roll back to it."""
     settings = inv.windows
-    config, os = require_windows(client, guest)
+    step_name = "pre-flight"
+    if not guest.running:
+        left = find_interrupted(client, guest, run)
+        raise WindowsStepFailed(
+            guest.label,
+            step_name,
+            f"the VM is {guest.status}; moxflow updates a running Windows VM only",
+            hint="start it, or leave it out with --only"
+            if left is None
+            else f"{left.describe()} is on it (that run may have shut it down for a "
+            "consistent snapshot): start it, and the next run finishes that update",
+        )
+    config = client.guest_config(guest.node, "qemu", guest.vmid)
+    if not agent_enabled(config):
+        raise WindowsStepFailed(
+            guest.label,
+            step_name,
+            "No QEMU guest agent configured",
+            hint="enable it (VM → Options → QEMU Guest Agent, or qm set VMID --agent "
+            "enabled=1) and install the agent in Windows (virtio-win)",
+        )
+    interrupted = find_interrupted(client, guest, run)
+    recovery: list[str] = []
+    try:
+        client.agent_ping(guest.node, guest.vmid)
+    except ProxmoxError as exc:
+        if interrupted is None:
+            raise WindowsStepFailed(
+                guest.label,
+                step_name,
+                f"the guest agent does not answer: {exc.message}",
+                hint="check that the QEMU-GA service runs in Windows",
+            ) from exc
+        _log().info(
+            "%s: the agent does not answer (%s); %s: waiting for it",
+            guest.label,
+            exc.message,
+            interrupted.describe(),
+        )
+        started = time.monotonic()
+        try:
+            wait_agent(client, guest, settings, what=step_name)
+        except WindowsStepFailed as lost:  # the update is rolled back (holding the VM)
+            _log().warning("%s: %s", guest.label, lost.message)
+            return VmFacts(
+                guest,
+                config,
+                OsInfo("", "", None, ""),
+                RebootState(False, (), ""),
+                UpdateScan(False, ()),
+                interrupted,
+                (
+                    f"the agent stayed silent for {time.monotonic() - started:.0f} s after "
+                    f"the interrupted run {interrupted.run}: its update is rolled back",
+                ),
+            )
+        recovery.append(
+            f"recovered: waited {time.monotonic() - started:.0f} s for the agent, silent "
+            f"after the interrupted run {interrupted.run} (its reboot, most likely)"
+        )
+    os = parse_osinfo(client.agent_get_osinfo(guest.node, guest.vmid))
+    if not os.is_windows:
+        raise WindowsStepFailed(
+            guest.label,
+            step_name,
+            f"get-osinfo says {os.pretty_name or os.id or 'nothing'}, not Windows",
+            hint="list only Windows VMs in [windows.vms]",
+        )
     _, out = run_script(client, guest, "reboot-pending.ps1", {}, timeout=settings.script_timeout)
     reboot = parse_reboot_pending(out)
     _, out = run_script(
@@ -336,7 +493,7 @@ def preflight(inv: Inventory, client: ProxmoxClient, guest: Guest) -> VmFacts:
         len(scan.updates),
         ", a reboot pending" if reboot.pending or scan.reboot_required else "",
     )
-    return VmFacts(guest, config, os, reboot, scan)
+    return VmFacts(guest, config, os, reboot, scan, interrupted, tuple(recovery))
 
 
 # --- one VM's update ---------------------------------------------------------------------------
@@ -361,9 +518,13 @@ class VmRun:
     reboots: int = 0
     last_boot: str = ""
     notes: list[str] = field(default_factory=list)
+    adopted: Interrupted | None = None  # the interrupted run's snapshot this run adopted
+    recovered: list[str] = field(default_factory=list)  # what it recovered, for the report
 
     def __post_init__(self) -> None:
         self.last_boot = self.facts.reboot.last_boot
+        for line in self.facts.recovery:
+            self.recover(line)
 
     @property
     def guest(self) -> Guest:
@@ -382,6 +543,11 @@ class VmRun:
         return self.settings.vms[self.key]
 
     @property
+    def adopted_from(self) -> str | None:
+        """The interrupted run whose snapshot this run adopted as its rollback point."""
+        return None if self.adopted is None else self.adopted.run
+
+    @property
     def installed(self) -> list[InstallOutcome]:
         return [u for r in self.rounds for u in r.updates if not u.failed]
 
@@ -392,6 +558,11 @@ class VmRun:
     def note(self, text: str) -> None:
         self.notes.append(text)
         _log().info("%s: %s", self.label, text)
+
+    def recover(self, text: str) -> None:
+        """A note of what this run recovered from an interrupted one (``recovered: ...``)."""
+        self.recovered.append(text)
+        self.note(text)
 
 
 @dataclass(frozen=True, slots=True)
@@ -442,16 +613,62 @@ def take_snapshot(
 
 @step("windows-snapshot", "{run.label}: snapshot")
 def snapshot(run: VmRun) -> str:
-    """The pre-update snapshot, of the kind the plan chose (:func:`take_snapshot`)."""
-    choice = run.plan.snapshot
-    taken = take_snapshot(
-        run.client, run.guest, run.settings, choice, SNAPSHOT_LABEL, run.now, run.run_id
-    )
+    """The pre-update snapshot, of the kind the plan chose: with RAM state, disk only (the
+    agent freezing the file systems), or disk only with the VM shut down cleanly first and
+    started again after (then its agent is waited for). Idempotent: the name carries the
+    run's time; a whole snapshot of that name is an earlier attempt's.
+
+    First what an interrupted run left (the caller holds the VM's slot: no other run is at
+    work on it). Its snapshot task still running is waited for. Its pre-update snapshot,
+    never committed nor rolled back to, is adopted as this run's rollback point: the VM may
+    be half-updated now, and that snapshot is how it was before (:func:`_adopt`)."""
+    client, guest, choice = run.client, run.guest, run.plan.snapshot
+    if run.adopted is not None:  # an earlier attempt adopted one (and claimed it)
+        return _adopt(run, run.adopted)
+    snaps = client.list_snapshots(guest)
+    mine = [s for s in snaps if owned_by_moxflow(s.name, SNAPSHOT_LABEL)]
+    if mine and not mine[-1].complete and wait_for_earlier_task(client, guest, "snapshot"):
+        snaps = client.list_snapshots(guest)  # the earlier run's snapshot task has ended
+    left = find_interrupted(client, guest, run.run_id, snaps)
+    if left is not None:
+        return _adopt(run, left)
+    taken = take_snapshot(client, guest, run.settings, choice, SNAPSHOT_LABEL, run.now, run.run_id)
     if taken.booted is not None:
         run.last_boot = taken.booted
     run.snapshot, run.snapshot_kind = taken.name, choice.kind
     run.note(f"took snapshot {taken.name}: {choice.reason}")
     return taken.name
+
+
+def _adopt(run: VmRun, left: Interrupted) -> str:
+    """Take ``left``'s snapshot as this run's rollback point, and claim it: its description
+    names this run from now on (and the interrupted one), so that the run after this one
+    judges it by how this run ends (committed, rolled back, or interrupted in turn). Then
+    wait for what the interrupted run may have left under way: its reboot or rollback task,
+    then the agent (and Windows' boot time, which the first reboot's proof compares with). A VM that
+    does not come back fails the step with the rollback point set: the caller rolls back."""
+    client, guest = run.client, run.guest
+    if run.adopted is None:  # once, whatever happens next: the rollback point is set
+        if flow_run_alive(left.run):
+            _log().warning(
+                "%s: run %s still shows as running, but holds no slot: it died",
+                run.label,
+                left.run,
+            )
+        run.snapshot = left.snapshot
+        run.snapshot_kind = "ram" if left.vmstate else "disk-live"
+        run.adopted = left
+        run.recover(
+            f"recovered: adopted {left.describe()} ({left.age()}) as this run's rollback point"
+        )
+    parsed = parse_snapshot_name(left.snapshot)
+    created = parsed.created if parsed else left.taken or datetime.now(UTC)
+    claim = snapshot_description(SNAPSHOT_LABEL, created, run.run_id, adopted_from=left.run)
+    client.set_snapshot_description(guest, left.snapshot, claim)
+    for op in ("reboot", "rollback"):  # its reboot or rollback task, if one still runs
+        wait_for_earlier_task(client, guest, op)
+    run.last_boot = wait_agent(client, guest, run.settings, what="snapshot").last_boot
+    return left.snapshot
 
 
 def _create_snapshot(
@@ -522,7 +739,7 @@ def install_round(run: VmRun, n: int, upstream: object) -> RoundResult:
         return RoundResult(n, plan, None, reboot=False)
     for u in plan.install:
         _log().info("%s: round %d installs %s", run.label, n, describe_update(u))
-    status, result = _install(run, [u.id for u in plan.install])
+    status, result = _install(run, plan.install)
     if status.exitcode == 3:  # a reboot came first after all
         run.note(f"round {n}: Windows wants a reboot before it installs anything")
         return RoundResult(n, plan, None, reboot=True)
@@ -547,18 +764,29 @@ def install_round(run: VmRun, n: int, upstream: object) -> RoundResult:
     return RoundResult(n, plan, result, reboot=reboot_needed)
 
 
-def _install(run: VmRun, ids: list[str]) -> tuple[ExecStatus, InstallRun]:
-    """``install-updates.ps1`` with ``ids``; while the installer is busy (exit 5: Windows is
-    installing by itself, or finishing what a reboot started; the script then changed
-    nothing) it is asked again, with backoff, within [windows] install_timeout."""
+def _install(run: VmRun, updates: Sequence[PendingUpdate]) -> tuple[ExecStatus, InstallRun]:
+    """``install-updates.ps1`` with ``updates``; while the installer is busy (exit 5: Windows
+    is installing by itself, or finishing what a reboot started, or an interrupted run's
+    install is still at work; the script then changed nothing) it is asked again, with
+    backoff, within [windows] install_timeout."""
     client, guest, settings = run.client, run.guest, run.settings
+    ids = [u.id for u in updates]
     started = time.monotonic()
     deadline = started + settings.install_timeout
+    busy = False
     while True:
         left = max(1.0, deadline - time.monotonic())
         status, out = run_script(client, guest, "install-updates.ps1", {"ids": ids}, timeout=left)
         if status.exitcode != 5:
+            if busy and run.adopted_from is not None:
+                waited = time.monotonic() - started
+                run.recover(
+                    f"recovered: waited {waited:.0f} s for the install still at work in the "
+                    f"guest (the interrupted run {run.adopted_from}'s) to end; it was not "
+                    "started again" + _finished_by_it(run, updates, status)
+                )
             return status, parse_install(out)
+        busy = True
         now = time.monotonic()
         if now >= deadline:
             raise WindowsScriptError(
@@ -571,6 +799,23 @@ def _install(run: VmRun, ids: list[str]) -> tuple[ExecStatus, InstallRun]:
         _log().info("%s: the Windows Update installer is busy; asking again", run.label)
         delay = poll_delay(now - started, None, floor=POLL_FLOOR, cap=60.0)
         time.sleep(min(delay, max(0.0, deadline - now)))
+
+
+def _finished_by_it(run: VmRun, updates: Sequence[PendingUpdate], status: ExecStatus) -> str:
+    """When this run's install did nothing (a reboot comes first, or nothing is left): the
+    planned updates Windows Update no longer offers, which the install waited for took."""
+    if status.exitcode not in (3, 4):
+        return ""
+    _, out = run_script(
+        run.client,
+        run.guest,
+        "list-updates.ps1",
+        {"drivers": run.settings.drivers},
+        timeout=run.settings.scan_timeout,
+    )
+    offered = {u.id for u in parse_update_scan(out).updates}
+    gone = [u.kb for u in updates if u.id not in offered]
+    return f"; no longer offered since: {', '.join(gone)}" if gone else ""
 
 
 @step("windows-reboot", "{run.label}: reboot {n}", retries=0)  # a retry would reboot twice

@@ -128,6 +128,38 @@ def test_never_back_after_reboot_until_rollback(win: ProxmoxClient, fresh_lab: L
     wait_until(lambda: _answers(win), 20)
 
 
+def test_an_install_nobody_waits_for_goes_on_and_keeps_the_installer_busy(
+    win: ProxmoxClient, fresh_lab: LabClient
+) -> None:
+    """The program that started an install is gone (nobody asks for its end): Windows goes
+    on installing; a second install meanwhile finds the installer busy and changes nothing;
+    the first one's updates are installed once."""
+    fresh_lab.control("windows", vmid=VMID, install_seconds=40)  # 1 s each, scaled
+    status, _ = _run(win, "list-updates.ps1", {})
+    ids = [u.id for u in windows.parse_update_scan(windows.script_output(status, "x")).updates]
+    req = windows.exec_request("install-updates.ps1", {"ids": ids})
+    first = win.agent_exec(NODE, VMID, req.command, req.input_data)  # never asked again
+    assert _windows(fresh_lab)["installing"] == ["KB5048685", "KB890830", "KB2267602"]
+    status, _ = _run(win, "install-updates.ps1", {"ids": ids})
+    assert status.exitcode == 5
+    assert windows.parse_install(windows.script_output(status, "x")).error == "installer-busy"
+    wait_until(lambda: _windows(fresh_lab)["installing"] == [], 20)
+    state = _windows(fresh_lab)
+    assert state["installed"] == ["KB5048685", "KB890830", "KB2267602"]
+    assert state["reboot_pending"] is True
+    ends = {e["pid"]: e["exitcode"] for e in state["execs"] if e["script"] == "install-updates.ps1"}
+    assert ends[first] == 0 and sorted(ends.values()) == [0, 5]
+
+
+def test_a_slow_boot(win: ProxmoxClient, fresh_lab: LabClient) -> None:
+    fresh_lab.control("windows", vmid=VMID, boot_seconds=40)  # 1 s, scaled
+    win.wait_task(win.reboot_vm(NODE, VMID), timeout=20)
+    assert not _answers(win)
+    time.sleep(0.5)
+    assert not _answers(win)
+    wait_until(lambda: _answers(win), 20)
+
+
 def test_agent_faults_and_a_stopped_vm(win: ProxmoxClient, fresh_lab: LabClient) -> None:
     fresh_lab.control("windows", vmid=VMID, hang="on")
     with pytest.raises(ProxmoxError, match="qga command 'guest-ping' failed - got timeout"):

@@ -282,6 +282,19 @@ def test_a_snapshot_description_names_the_run_that_took_it() -> None:
     )
 
 
+def test_an_adopted_snapshots_description_names_the_run_that_adopted_it() -> None:
+    when = datetime(2026, 11, 26, 1, 2, 3, tzinfo=UTC)
+    text = snapshot_description("pre-update", when, "new-run", adopted_from="old-run")
+    assert text == (
+        "moxflow: pre-update snapshot taken 2026-11-26T01:02:03Z by the interrupted run "
+        "old-run, adopted by run new-run (do not rename; pruned by moxflow)"
+    )
+    assert description_run(text) == "new-run"  # whose it is now
+    assert snapshot_description("pre-update", when, adopted_from="old-run") == (
+        snapshot_description("pre-update", when)
+    )
+
+
 @pytest.mark.parametrize("desc", [None, "", "before the upgrade", "made by moxflow", "moxflow"])
 def test_foreign_descriptions(desc: str | None) -> None:
     assert not is_moxflow_description(desc)

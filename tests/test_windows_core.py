@@ -291,6 +291,30 @@ def test_plan_vm_skips_when_nothing_applies_and_reboots_first_when_pending() -> 
     assert pending.snapshot.kind == "ram"
 
 
+def test_the_snapshot_an_earlier_run_may_have_left_unfinished() -> None:
+    from datetime import UTC, datetime
+
+    from moxflow.naming import snapshot_description, snapshot_name
+    from moxflow.proxmox import GuestSnapshot
+
+    def snap(day: int, run: str, **kw: object) -> GuestSnapshot:
+        when = datetime(2025, 1, day, tzinfo=UTC)
+        name = snapshot_name("pre-update", when)
+        return GuestSnapshot(name, snapshot_description("pre-update", when, run), when, **kw)  # type: ignore[arg-type]
+
+    old, dead = snap(1, "run-a"), snap(2, "run-b")
+    pick = windows.unfinished_candidate
+    assert pick([old, dead], "pre-update", "run-c") == dead  # the newest, another run's
+    assert pick([old, dead], "pre-update", "run-b") is None  # this run's own
+    assert pick([old, snap(3, "run-b", snapstate="prepare")], "pre-update", "x") == old
+    by_hand = GuestSnapshot("moxflow-pre-update-20250104-000000", "taken by hand")
+    assert pick([old, by_hand], "pre-update", "run-c") is None  # names no run
+    assert pick([snap(5, "run-d")], "daily", "run-c") is None  # another label
+    foreign = GuestSnapshot("before-gpu-driver", "moxflow: by run x")
+    assert pick([foreign], "pre-update", "y") is None
+    assert pick([], "pre-update", "run-c") is None
+
+
 def test_readable_stderr_of_powershell_clixml() -> None:
     clixml = (
         '#< CLIXML\r\n<Objs Version="1.1.0.1" xmlns="http://schemas.microsoft.com/powershell/2004/04">'

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 from prefect import flow
@@ -53,7 +54,8 @@ def _cells(run: VmRun) -> dict[str, str]:
     """The report cells of a VM the run worked on: updates, reboots, snapshot."""
     ok, bad = len(run.installed), len(run.failed)
     updates = f"{ok} installed" + (f", {bad} failed" if bad else "") if run.rounds else ""
-    snap = f"{run.snapshot} ({SNAPSHOT_KINDS[run.snapshot_kind]})" if run.snapshot else ""
+    kind = SNAPSHOT_KINDS[run.snapshot_kind] + (", adopted" if run.adopted_from else "")
+    snap = f"{run.snapshot} ({kind})" if run.snapshot else ""
     return {"updates": updates, "reboots": str(run.reboots) if run.reboots else "",
             "snapshot": snap}  # fmt: skip
 
@@ -68,6 +70,8 @@ def _row(run: VmRun, outcome: Outcome, detail: str) -> ReportRow:
 def update_vm(vm: str, run: VmRun, wait: float) -> ReportRow | State[ReportRow]:
     """One VM, step by step: snapshot → install round 1 → reboot 1 → install round 2 → ...
     → verify → commit, or → rollback after a failure, holding the VM's slot the whole time.
+    The snapshot step adopts the snapshot of an interrupted run instead of taking one (the
+    run that follows a kill finishes that update: ``tasks.windows``).
     Failed when the VM did not end up updated: failed, rolled back, needing attention, or
     busy (another run holds it longer than ``wait`` seconds)."""
     try:
@@ -85,6 +89,8 @@ def _chain(run: VmRun) -> ReportRow:
     try:
         done: object = tuned(snapshot, inv)(run)
     except MoxflowError as exc:
+        if run.adopted_from is not None:  # an interrupted run's VM that did not come back
+            return _rollback(run, exc)
         return _row(run, Outcome.FAILED, f"snapshot failed, nothing installed: {exc}")
     try:
         done = _rounds(run, done)
@@ -100,6 +106,8 @@ def _chain(run: VmRun) -> ReportRow:
     text += f" in {len(run.rounds)} round(s), {run.reboots} reboot(s); verified"
     if run.installed:
         text += ": " + ", ".join(u.kb for u in run.installed)
+    if run.recovered:
+        text += "; " + "; ".join(run.recovered)
     return ReportRow(run.label, Outcome.OK, detail=text, cells=_cells(run))
 
 
@@ -191,13 +199,23 @@ def windows_update(
     now = utc_now()
     with proxmox_client(inv) as client:
         planned: list[tuple[str, VmFacts, VmPlan]] = []
+        this = run_id()
         for key, guest in _vms(inv, client, p.only):
             try:
-                facts = tuned(preflight, inv)(inv, client, guest)
+                facts = tuned(preflight, inv)(inv, client, guest, this)
             except MoxflowError as exc:
                 report.add(ReportRow(guest.label, Outcome.FAILED, detail=f"refused: {exc}"))
                 continue
             plan = _plan(inv, key, facts, p)
+            if facts.interrupted is not None:  # its update is finished, never skipped
+                plan = replace(plan, skip=None)
+                line = (
+                    f"{guest.label}: {facts.interrupted.describe()} is adopted as the "
+                    "rollback point (no new snapshot); the update is finished, verified, "
+                    "and committed or rolled back to it"
+                )
+                logger.info("%s", line)
+                report.notes.append(line)
             for line in plan.describe():
                 logger.info("%s", line)
             report.notes.extend(plan.describe())
@@ -211,7 +229,7 @@ def windows_update(
             else:
                 planned.append((key, facts, plan))
         for key, facts, plan in planned:
-            run = VmRun(inv, client, key, facts, plan, now, inv.tz, run_id())
+            run = VmRun(inv, client, key, facts, plan, now, inv.tz, this)
             state = update_vm(run.label, run, p.lock_timeout, return_state=True)
             row = state.result(raise_on_failure=False)
             if not isinstance(row, ReportRow):

@@ -3,8 +3,12 @@
 It takes over ``agent/ping`` and serves ``get-osinfo``, ``exec``, ``exec-status`` and
 ``status/reboot`` (a ``qmreboot`` task). An exec runs one of moxflow's scripts against the
 guest's ``WindowsState`` for a while (``win_exec``, ``win_install`` per update); its final
-status is answered once, then forgotten. A reboot takes the agent away (``win_boot``) and
-empties the process table. The Windows state joins ``PveSystem.images``.
+status is answered once, then forgotten. A process goes on whether anyone asks for it or not
+(the program that started it may be gone): an install left running finishes and installs.
+While one install runs, another finds the Windows Update installer busy (exit 5) and changes
+nothing, as ``IUpdateInstaller.IsBusy`` makes ``install-updates.ps1`` do. A reboot takes the
+agent away (``win_boot``) and empties the process table. The Windows state joins
+``PveSystem.images``.
 """
 
 from __future__ import annotations
@@ -40,6 +44,8 @@ class Proc:
     data: dict[str, Any]
     done_at: float
     result: tuple[int, str, str] | None = None  # set when it ends
+    busy: bool = False  # an install started while another ran: it finds the installer busy
+    record: dict[str, Any] | None = None  # its entry in AgentRun.execs (gets its exit code)
 
 
 @dataclass
@@ -54,7 +60,17 @@ class AgentRun:
     hang: bool = False
     truncate: int = OUTPUT_MAX
     busy: int = 0  # the next N install-updates.ps1 find the installer busy (exit 5)
+    install_seconds: float | None = None  # per update, before the time scale (win_install)
+    boot_seconds: float | None = None  # a boot after a reboot, before the scale (win_boot)
     execs: list[dict[str, Any]] = field(default_factory=list)
+
+    def installing(self) -> list[Proc]:
+        """The install-updates.ps1 processes at work (not ended, not finding it busy)."""
+        return [
+            p
+            for p in self.procs.values()
+            if p.script == "install-updates.ps1" and p.result is None and not p.busy
+        ]
 
 
 class AgentSystem(System):
@@ -153,20 +169,28 @@ class AgentSystem(System):
             "data": _redacted(data),
             "rejected": why or None,
             "input_sha256": hashlib.sha256((input_data or "").encode()).hexdigest(),
+            "exitcode": None,  # when it ends
         }
         run.execs.append(record)
         mono = time.monotonic()
         if name is None or why:
-            run.procs[pid] = Proc(pid, None, data, mono, (1, "", why + "\r\n"))
+            record["exitcode"] = 1
+            run.procs[pid] = Proc(pid, None, data, mono, (1, "", why + "\r\n"), record=record)
             return pid
         seconds = self.lab.duration("win_exec")
         win = self.windows.get(vmid)
+        busy = False
         if name == "install-updates.ps1" and win is not None:
+            busy = bool(run.installing())  # IsBusy: it answers at once, installs nothing
             ids = set(map(str, data.get("ids") or []))
-            seconds += self.lab.duration("win_install") * sum(
-                1 for u in win.visible() if u.id in ids
+            per = (
+                self.lab.duration("win_install")
+                if run.install_seconds is None
+                else run.install_seconds * self.lab.time_scale
             )
-        run.procs[pid] = Proc(pid, name, data, mono + seconds)
+            if not busy:
+                seconds += per * sum(1 for u in win.visible() if u.id in ids)
+        run.procs[pid] = Proc(pid, name, data, mono + seconds, busy=busy, record=record)
         return pid
 
     def _finish(self, vmid: int, proc: Proc) -> None:
@@ -175,17 +199,23 @@ class AgentSystem(System):
             proc.result = proc.result or (1, "", "labsim: not a Windows guest\r\n")
             return
         run = self.agent_run(vmid)
-        if proc.script == "install-updates.ps1" and run.busy > 0 and not win.reboot_pending:
-            run.busy -= 1  # Windows installs by itself: the script changes nothing
+        if proc.script == "install-updates.ps1" and (
+            proc.busy or (run.busy > 0 and not win.reboot_pending)
+        ):
+            if not proc.busy:
+                run.busy -= 1  # Windows installs by itself: the script changes nothing
             proc.result = (5, '{"error":"installer-busy","updates":[]}\r\n', "")
             return
         proc.result = scripts.run(proc.script, proc.data, win, run.fails)
 
     def after_tasks(self, mono: float) -> None:
         for vmid, run in self.run.items():
-            for proc in run.procs.values():
+            # in the order they end: an install ending frees the installer for a later one
+            for proc in sorted(run.procs.values(), key=lambda p: (p.done_at, p.pid)):
                 if proc.result is None and proc.done_at <= mono:
                     self._finish(vmid, proc)
+                    if proc.record is not None and proc.result is not None:
+                        proc.record["exitcode"] = proc.result[0]
 
     def status(self, vmid: int, pid: int) -> dict[str, Any]:
         """``guest-exec-status``: running, or the end once (then the pid is forgotten)."""
@@ -255,6 +285,8 @@ class AgentSystem(System):
         run.procs.clear()
         g.started_at = time.time()
         boot = self.lab.duration("win_boot" if g.vmid in self.windows else "agent")
+        if g.vmid in self.windows and run.boot_seconds is not None:
+            boot = run.boot_seconds * self.lab.time_scale
         g.agent_ready_at = math.inf if run.never_back else time.monotonic() + boot
         win = self.windows.get(g.vmid)
         if win is not None and not run.never_back:
@@ -303,11 +335,18 @@ class AgentSystem(System):
                     run.truncate = int(msg["truncate"])
                 if msg.get("busy") is not None:
                     run.busy = int(msg["busy"])
+                for key in ("install_seconds", "boot_seconds"):
+                    if msg.get(key) is not None:
+                        seconds = float(msg[key])
+                        if not seconds >= 0:
+                            raise ValueError(f"{key} must be a number >= 0")
+                        setattr(run, key, seconds)
                 if msg.get("reset_faults"):
                     run.fails.clear()
                     run.never_back = run.agent_off = run.hang = False
                     run.truncate = OUTPUT_MAX
                     run.busy = 0
+                    run.install_seconds = run.boot_seconds = None
                 return self.vm_json(vmid)
 
         onoff = ("on", "off")
@@ -330,6 +369,16 @@ class AgentSystem(System):
                     Arg("hang", "every agent command times out", choices=onoff),
                     Arg("truncate", "cut exec output past this many bytes", type="int"),
                     Arg("busy", "the next N installs find the installer busy", type="int"),
+                    Arg(
+                        "install_seconds",
+                        "how long installing one update takes, before the time scale",
+                        type="float",
+                    ),
+                    Arg(
+                        "boot_seconds",
+                        "how long a boot after a reboot takes, before the time scale",
+                        type="float",
+                    ),
                     Arg("reset_faults", "clear every fault", flag=True),
                 ),
                 Cli(
@@ -337,7 +386,8 @@ class AgentSystem(System):
                     "set a Windows VM's updates and agent faults",
                     "Set what Windows Update offers a Windows VM, make an update (or a Steam "
                     "app, a toolchain) fail, a reboot never come back, the agent be off or "
-                    "hang, exec output be truncated, the update installer be busy.",
+                    "hang, exec output be truncated, the update installer be busy, installs "
+                    "and boots take longer.",
                 ),
             )
         ]
@@ -345,9 +395,11 @@ class AgentSystem(System):
     def vm_json(self, vmid: int) -> dict[str, Any]:
         run = self.agent_run(vmid)
         win = self.windows[vmid]
+        ids = {str(i) for p in run.installing() for i in p.data.get("ids") or []}
         return win.to_json() | {
             "execs": list(run.execs),
             "running": sorted(p.pid for p in run.procs.values() if p.result is None),
+            "installing": [u.kb for u in win.visible() if u.id in ids],
             "faults": {
                 "fail": {k: f"0x{v & 0xFFFFFFFF:08X}" for k, v in run.fails.items()},
                 "never_back": run.never_back,
@@ -355,6 +407,8 @@ class AgentSystem(System):
                 "hang": run.hang,
                 "truncate": run.truncate,
                 "busy": run.busy,
+                "install_seconds": run.install_seconds,
+                "boot_seconds": run.boot_seconds,
             },
         }
 

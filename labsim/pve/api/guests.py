@@ -205,6 +205,20 @@ def get_snapshot_config(req: Request) -> Any:
     return conf
 
 
+@ROUTES.route("PUT", *both("/{vmid}/snapshot/{snapname}/config"))
+def update_snapshot_config(req: Request) -> Any:
+    """``Update snapshot metadata``: its description (synchronous, no task)."""
+    g = _load(req)
+    name = req.req_str("snapname")
+    snap = g.snapshots.get(name)
+    if snap is None:
+        raise PveError(500, f"snapshot '{name}' does not exist")
+    description = req.get_str("description")
+    if description is not None:
+        snap.description = description
+    return None
+
+
 @ROUTES.route("POST", *both("/{vmid}/snapshot/{snapname}/rollback"))
 def rollback_snapshot(req: Request) -> Any:
     req.pve.require_node(req.node)
