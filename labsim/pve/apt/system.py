@@ -445,8 +445,24 @@ class AptSystem(System):
                 "maintenance": sorted(self.ha.maintenance),
                 "requests": [{"node": n, "action": a} for _, n, a in self.ha.requests],
                 "moves": {str(v): m.target for v, m in self.ha.moves.items()},
-                "status": ha.manager_status(self.pve, self.ha, self.lab.time_scale),
+                "status": _without_clocks(
+                    ha.manager_status(self.pve, self.ha, self.lab.time_scale)
+                ),
                 "master": self.ha.master,
                 "crm_stopped": self.ha.crm_stopped,
             }
         }
+
+
+def _without_clocks(status: dict[str, Any]) -> dict[str, Any]:
+    """The HA status for the lab's state: its timestamps (wall clock, moving every second
+    while a CRM and the LRMs run) become whether the manager status is stale (over 30 s),
+    so that two reads of an unchanged lab compare equal."""
+    if not status:
+        return status
+    manager = dict(status["manager_status"])
+    manager["stale"] = time.time() - manager.pop("timestamp") > 30
+    lrm = {
+        n: {k: v for k, v in e.items() if k != "timestamp"} for n, e in status["lrm_status"].items()
+    }
+    return {**status, "manager_status": manager, "lrm_status": lrm}
