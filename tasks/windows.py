@@ -361,41 +361,57 @@ def require_windows(
     """Read-only, before any change: the VM runs, its agent is configured and answers,
     get-osinfo says Windows; its config and OS. ``WindowsStepFailed`` ("pre-flight") saying
     which is not so (what moxflow does to a running VM only: ``verb``)."""
-    step_name = "pre-flight"
+    config = _require_agent(client, guest, verb)
+    try:
+        client.agent_ping(guest.node, guest.vmid)
+    except ProxmoxError as exc:
+        raise _silent(guest, exc) from exc
+    return config, _require_os(client, guest)
+
+
+def _require_agent(
+    client: ProxmoxClient, guest: Guest, verb: str, stopped_hint: str | None = None
+) -> dict[str, Any]:
+    """The VM runs and has its agent configured; its config."""
     if not guest.running:
         raise WindowsStepFailed(
             guest.label,
-            step_name,
+            "pre-flight",
             f"the VM is {guest.status}; moxflow {verb} a running Windows VM only",
-            hint="start it, or leave it out with --only",
+            hint=stopped_hint or "start it, or leave it out with --only",
         )
     config = client.guest_config(guest.node, "qemu", guest.vmid)
     if not agent_enabled(config):
         raise WindowsStepFailed(
             guest.label,
-            step_name,
+            "pre-flight",
             "No QEMU guest agent configured",
             hint="enable it (VM → Options → QEMU Guest Agent, or qm set VMID --agent "
             "enabled=1) and install the agent in Windows (virtio-win)",
         )
-    try:
-        client.agent_ping(guest.node, guest.vmid)
-    except ProxmoxError as exc:
-        raise WindowsStepFailed(
-            guest.label,
-            step_name,
-            f"the guest agent does not answer: {exc.message}",
-            hint="check that the QEMU-GA service runs in Windows",
-        ) from exc
+    return config
+
+
+def _silent(guest: Guest, exc: ProxmoxError) -> WindowsStepFailed:
+    return WindowsStepFailed(
+        guest.label,
+        "pre-flight",
+        f"the guest agent does not answer: {exc.message}",
+        hint="check that the QEMU-GA service runs in Windows",
+    )
+
+
+def _require_os(client: ProxmoxClient, guest: Guest) -> OsInfo:
+    """get-osinfo says Windows; the OS."""
     os = parse_osinfo(client.agent_get_osinfo(guest.node, guest.vmid))
     if not os.is_windows:
         raise WindowsStepFailed(
             guest.label,
-            step_name,
+            "pre-flight",
             f"get-osinfo says {os.pretty_name or os.id or 'nothing'}, not Windows",
             hint="list only Windows VMs in [windows.vms]",
         )
-    return config, os
+    return os
 
 
 @step("windows-preflight", "{guest.label}: pre-flight")
@@ -409,38 +425,22 @@ def preflight(inv: Inventory, client: ProxmoxClient, guest: Guest, run: str = ""
     and the update goes on to adopt that run's snapshot and roll back to it."""
     settings = inv.windows
     step_name = "pre-flight"
+    stopped_hint = None
     if not guest.running:
         left = find_interrupted(client, guest, run)
-        raise WindowsStepFailed(
-            guest.label,
-            step_name,
-            f"the VM is {guest.status}; moxflow updates a running Windows VM only",
-            hint="start it, or leave it out with --only"
-            if left is None
-            else f"{left.describe()} is on it (that run may have shut it down for a "
-            "consistent snapshot): start it, and the next run finishes that update",
-        )
-    config = client.guest_config(guest.node, "qemu", guest.vmid)
-    if not agent_enabled(config):
-        raise WindowsStepFailed(
-            guest.label,
-            step_name,
-            "No QEMU guest agent configured",
-            hint="enable it (VM → Options → QEMU Guest Agent, or qm set VMID --agent "
-            "enabled=1) and install the agent in Windows (virtio-win)",
-        )
+        if left is not None:
+            stopped_hint = (
+                f"{left.describe()} is on it (that run may have shut it down for a "
+                "consistent snapshot): start it, and the next run finishes that update"
+            )
+    config = _require_agent(client, guest, "updates", stopped_hint)
     interrupted = find_interrupted(client, guest, run)
     recovery: list[str] = []
     try:
         client.agent_ping(guest.node, guest.vmid)
     except ProxmoxError as exc:
         if interrupted is None:
-            raise WindowsStepFailed(
-                guest.label,
-                step_name,
-                f"the guest agent does not answer: {exc.message}",
-                hint="check that the QEMU-GA service runs in Windows",
-            ) from exc
+            raise _silent(guest, exc) from exc
         _log().info(
             "%s: the agent does not answer (%s); %s: waiting for it",
             guest.label,
@@ -468,14 +468,7 @@ def preflight(inv: Inventory, client: ProxmoxClient, guest: Guest, run: str = ""
             f"recovered: waited {time.monotonic() - started:.0f} s for the agent, silent "
             f"after the interrupted run {interrupted.run} (its reboot, most likely)"
         )
-    os = parse_osinfo(client.agent_get_osinfo(guest.node, guest.vmid))
-    if not os.is_windows:
-        raise WindowsStepFailed(
-            guest.label,
-            step_name,
-            f"get-osinfo says {os.pretty_name or os.id or 'nothing'}, not Windows",
-            hint="list only Windows VMs in [windows.vms]",
-        )
+    os = _require_os(client, guest)
     _, out = run_script(client, guest, "reboot-pending.ps1", {}, timeout=settings.script_timeout)
     reboot = parse_reboot_pending(out)
     _, out = run_script(
