@@ -40,6 +40,12 @@ A node's roll holds the slots of the node and of its guests from its snapshot to
 guests' return (another run's backup of such a guest waits, then is busy). A node another
 moxflow run holds, or one of its guests (waited for up to --lock-timeout seconds), is busy,
 and stops the roll the same way.
+
+A run killed half-way leaves a journal on the node (/var/lib/moxflow/proxmox-update.json).
+While Prefect shows that run alive the node is busy and no node is rolled; once it is
+cancelled, the next run recovers that node before any other (dpkg, the upgrade, the
+reboot, maintenance, every guest back where the journal says); --only without that node is
+refused until it is recovered. See docs/operating.md, "After a crash".
 """
 
 from __future__ import annotations

@@ -1362,14 +1362,19 @@ def recovery_returns(
     """The way back to the journal's original placement from where the guests are ``now``:
     each guest away migrated back (online if it runs, a container in restart mode, else
     offline), each that ran and is stopped started; an HA-managed guest away comes back when
-    HA maintenance ends (``ha``). ``handled``: the guests this run's own steps bring back;
-    a guest gone from the cluster is left to verification."""
+    HA maintenance ends (``ha``). ``handled``: the guests this run's own steps take away
+    and bring back (a stopped one that ran is then started); a guest gone from the cluster
+    is left to verification."""
     current = {g.vmid: g for g in now}
     steps: list[GuestStep] = []
     why = f"recover run {journal.flow_run_id}"
     for g in sorted(journal.guests, key=lambda g: g.vmid):
         seen = current.get(g.vmid)
-        if g.vmid in handled or seen is None:
+        if seen is None:
+            continue
+        if g.vmid in handled:  # this run's steps take it away and back as it is now
+            if g.running and not seen.running and g.vmid not in ha_managed:
+                steps.append(GuestStep(g.vmid, g.name, g.type, "start", g.node, reason=why))
             continue
         if seen.node != g.node:
             if g.vmid in ha_managed:
@@ -1516,20 +1521,23 @@ def plan_roll(
     other nodes, not updated by this roll (``--only``) but migration targets like the rest
     when they run the same or newer versions (:data:`MIGRATION_PACKAGES`).
 
-    Order: ``settings.nodes`` when it lists them, else fewest running guests first, then by
-    name. A node with nothing to upgrade is skipped with the reason (an offline node has no
-    facts: pre-flight refuses the roll). Each node's guests go to nodes already planned
-    first: upgraded, at their :attr:`NodeFacts.new_versions`, or at ``actual`` (node →
-    installed versions read after its upgrade: the plan for the later nodes is made again
-    with what it really runs, a held package behind).
+    Order: a node with an interrupted update to recover (its ``journal``) first, its guests
+    parked on the others; then ``settings.nodes`` when it lists them, else fewest running
+    guests first, then by name. A node with nothing to upgrade is skipped with the reason
+    (an offline node has no facts: pre-flight refuses the roll). Each node's guests go to
+    nodes already planned first: upgraded, at their :attr:`NodeFacts.new_versions`, or at
+    ``actual`` (node → installed versions read after its upgrade: the plan for the later
+    nodes is made again with what it really runs, a held package behind).
     ``snapshot`` is the root snapshot's name (known at run time; the dry run passes one made
     from its own time); ``no_snapshot`` (``--no-snapshot``) plans none.
     """
     if settings.nodes:
         rank = {n: i for i, n in enumerate(settings.nodes)}
-        ordered = sorted(facts, key=lambda f: (rank.get(f.name, len(rank)), f.name))
+        ordered = sorted(
+            facts, key=lambda f: (f.journal is None, rank.get(f.name, len(rank)), f.name)
+        )
     else:
-        ordered = sorted(facts, key=lambda f: (f.running_guests, f.name))
+        ordered = sorted(facts, key=lambda f: (f.journal is None, f.running_guests, f.name))
     dataset = validate_dataset(settings.root_dataset)
     done: set[str] = set()
     plans: list[NodePlan] = []

@@ -232,15 +232,21 @@ def node_facts(
     return NodeState(facts, installed, audit, failed, status.uptime, root_problem)
 
 
-@step("pveupdate-bystander", "{node}: facts (migration target)")
-def bystander_facts(client: ProxmoxClient, node: str, guests: Sequence[Guest]) -> NodeFacts:
-    """A node this roll does not update (``--only``) but may move guests to: its installed
-    package versions (API) and its guests; nothing is refreshed or read over SSH."""
+@step("pveupdate-bystander", "{node}: facts (not updated)")
+def bystander_facts(
+    inv: Inventory, client: ProxmoxClient, node: str, guests: Sequence[Guest]
+) -> NodeFacts:
+    """A node this roll does not update (``--only``), which may take guests: its installed
+    package versions (API), its guests, and the journal an update of it left (SSH: read
+    only; an interrupted update there is recovered before any other node is rolled)."""
     installed = parse_apt_versions(client.apt_versions(node))
     status = parse_node_status(client.node_status(node))
+    with ssh_runner(inv, node) as ssh:
+        path = inv.proxmox_update.journal_of(node)
+        journal = parse_roll_journal(ssh.run(read_roll_journal_argv(path)).stdout)
     mine = tuple(g for g in guests if g.node == node)
     versions = _versions(installed, status.manager_version)
-    return NodeFacts(node, status.kernel_release, versions=versions, guests=mine)
+    return NodeFacts(node, status.kernel_release, versions=versions, guests=mine, journal=journal)
 
 
 def _versions(installed: InstalledPackages, manager: str | None) -> dict[str, str]:

@@ -147,6 +147,15 @@ def test_the_journal_commands_write_atomically_and_quote() -> None:
         ),
         # the run's own steps bring it back; a guest gone is left to verification
         ([vm(100, "pve2")], {"handled": {100}}, []),
+        # shut down by the dead run, migrated offline and back by this run's own steps:
+        # started once home
+        (
+            [vm(100, "pve1", "stopped"), ct(101, "pve1", "stopped")],
+            {"handled": {100, 101}},
+            [GuestStep(100, "vm100", "qemu", "start", "pve1", reason="recover run run-1")],
+        ),
+        # an HA-managed one comes back as HA runs it
+        ([vm(100, "pve1", "stopped")], {"handled": {100}, "ha_managed": {100}}, []),
     ],
 )
 def test_recovery_returns_every_guest_to_the_journals_placement(
@@ -175,3 +184,19 @@ def test_a_node_with_a_dead_runs_journal_is_planned_even_with_nothing_pending() 
     text = "\n".join(node.describe())
     assert "recover the interrupted update of run run-1" in text
     assert next(n for n in plan.nodes if n.node == "pve2").skip == "nothing to upgrade"
+
+
+@pytest.mark.parametrize("order", [[], ["pve2", "pve1"]])
+def test_a_node_with_a_dead_runs_journal_is_rolled_first(order: list[str]) -> None:
+    """Its guests are parked on the other nodes: a roll of one of those first would move
+    them as its own; and it may be in HA maintenance, no target for anyone."""
+    busy = NodeFacts(
+        "pve1",
+        "6.8.12-4-pve",
+        guests=(vm(103, "pve1"), vm(104, "pve1")),
+        journal=JOURNAL,
+        placement=(vm(100, "pve2"), ct(101, "pve1", "stopped")),
+    )
+    idle = NodeFacts("pve2", "6.8.12-4-pve", pending=busy.pending, guests=(vm(100, "pve2"),))
+    plan = plan_roll([idle, busy], ProxmoxUpdateSettings(nodes=order), Preflight())
+    assert plan.nodes[0].node == "pve1"

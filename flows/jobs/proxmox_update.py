@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from datetime import datetime
 from typing import Any
@@ -225,14 +225,44 @@ def _update(
             del states[node]
             busy.add(node)
             report.add(ReportRow(node, Outcome.BUSY, detail=busy_node(node, journal)))
-    # the nodes --only leaves out still take guests (the planner checks their versions)
+    # the nodes --only leaves out: an update of one left unfinished comes first; the others
+    # take guests (the planner checks their versions)
     bystanders: list[NodeFacts] = []
-    for other in sorted(online - set(nodes)) if policy == "migrate" and not refused else ():
+    for other in sorted(online - set(nodes)) if not refused else ():
         try:
-            bystanders.append(tuned(bystander_facts, inv)(client, other, facts.guests))
+            seen = tuned(bystander_facts, inv)(inv, client, other, facts.guests)
         except MoxflowError as exc:
             logger.warning("%s: not a migration target (%s)", other, exc)
-    plan = _plan(facts, states, inv, now, p, bystanders, busy=busy)
+            continue
+        if seen.journal is not None:
+            if flow_run_alive(seen.journal.flow_run_id):
+                busy.add(other)
+                report.add(ReportRow(other, Outcome.BUSY, detail=busy_node(other, seen.journal)))
+            else:
+                refused.append(unfinished_elsewhere(other, seen.journal))
+                report.add(
+                    ReportRow(
+                        other,
+                        Outcome.NEEDS_ATTENTION,
+                        detail=f"pre-flight: {unfinished_elsewhere(other, seen.journal)}",
+                    )
+                )
+        elif policy == "migrate":
+            bystanders.append(seen)
+    if busy:  # a roll takes one node at a time: never beside another run's
+        why = ", ".join(sorted(busy))
+        for node in nodes:
+            if all(r.target != node for r in report.rows):
+                report.add(
+                    ReportRow(
+                        node,
+                        Outcome.SKIPPED,
+                        detail=f"not started: another run is updating {why} (one node at a "
+                        "time across the cluster)",
+                    )
+                )
+        return
+    plan = _plan(facts, states, inv, now, p, bystanders)
     for line in plan.describe():
         logger.info("%s", line)
     report.notes.extend(plan.describe())
@@ -252,7 +282,7 @@ def _update(
         return
 
     def replan(actual: Mapping[str, Mapping[str, str]]) -> RollPlan:
-        return _plan(facts, states, inv, now, p, bystanders, actual, busy)
+        return _plan(facts, states, inv, now, p, bystanders, actual)
 
     _roll(report, inv, client, plan, states, now, tz, p.lock_timeout, p.no_snapshot, replan)
 
@@ -267,6 +297,15 @@ def busy_node(node: str, journal: RollJournal) -> str:
     )
 
 
+def unfinished_elsewhere(node: str, journal: RollJournal) -> str:
+    """Why a roll that leaves out (``--only``) a node with an interrupted update is refused."""
+    return (
+        f"{node} has the interrupted update of run {journal.flow_run_id} (phase "
+        f"{journal.phase}): recover it first (`python -m flows.proxmox_update --only {node}`, "
+        "or a run without --only, which recovers it before any other node)"
+    )
+
+
 def _plan(
     facts: ClusterFacts,
     states: dict[str, NodeState],
@@ -275,11 +314,9 @@ def _plan(
     p: ProxmoxUpdateParams,
     bystanders: Sequence[NodeFacts] = (),
     actual: Mapping[str, Mapping[str, str]] | None = None,
-    busy: Collection[str] = (),
 ) -> RollPlan:
     """The pre-flight verdict and the roll's plan from the facts (pure); ``actual``: the
-    installed versions of the nodes this roll updated so far; ``busy``: the nodes another
-    run is updating (their HA maintenance is that run's)."""
+    installed versions of the nodes this roll updated so far."""
     settings = inv.proxmox_update
     # a node recovering an interrupted update: its dpkg is finished and its HA maintenance
     # ended by this run, not refused
@@ -294,7 +331,7 @@ def _plan(
         held={n: s.facts.held for n, s in states.items()},
         broken={n: s.installed.broken for n, s in fresh.items()},
         roots={n: s.root_problem for n, s in states.items()},
-        recovering={*busy, *(set(states) - set(fresh))},
+        recovering=set(states) - set(fresh),
     )
     online = [n for n in facts.cluster.nodes if n.online]
     # HA maintenance needs another node to move the HA services to

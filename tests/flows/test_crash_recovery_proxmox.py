@@ -118,9 +118,28 @@ def test_a_proxmox_update_killed_at_a_dangerous_point_is_recovered(
     busy = _run(inv)
     assert _row(busy, NODE).outcome is Outcome.BUSY
     assert left["flow_run_id"] in _row(busy, NODE).detail
+    if point == "after guests-leave":  # the node's guests are parked on the others
+        # a roll of every node rolls none beside the dead run's (one node at a time)
+        others = {n: apt(lab.state(), n) for n in ("pve2", "pve3")}
+        every = _run(inv, only=None)
+        assert _row(every, NODE).outcome is Outcome.BUSY and not every.ok
+        for n in others:
+            assert _row(every, n).outcome is Outcome.SKIPPED
+            assert f"another run is updating {NODE}" in _row(every, n).detail
+            assert apt(lab.state(), n)["installed"] == others[n]["installed"]
+            assert pre_update(lab.state(), n) == []
     # 2. cancelled, as docs/operating.md says
     with get_client(sync_client=True) as client:
         client.set_flow_run_state(uuid.UUID(left["flow_run_id"]), Cancelling(), force=True)
+    if point == "after guests-leave":
+        # a roll of another node alone is refused: the dead run's node comes first
+        elsewhere = _run(inv, only=("pve2",))
+        assert not elsewhere.ok
+        assert _row(elsewhere, NODE).outcome is Outcome.NEEDS_ATTENTION
+        assert f"interrupted update of run {left['flow_run_id']}" in _row(elsewhere, NODE).detail
+        assert f"--only {NODE}" in _row(elsewhere, NODE).detail
+        assert _row(elsewhere, "pve2").outcome is Outcome.SKIPPED
+        assert pre_update(lab.state(), "pve2") == [] and journal(lab) == left
     # the dry run shows the recovery and changes nothing
     dry = _row(_run(inv, dry_run=True), NODE)
     assert dry.outcome is Outcome.PLANNED
@@ -141,8 +160,9 @@ def test_a_proxmox_update_killed_at_a_dangerous_point_is_recovered(
     assert journal(lab) is None
 
 
-def _run(inv: Path, **params: Any) -> RunReport:
-    state = proxmox_update(inventory=str(inv), only=[NODE], return_state=True, **params)
+def _run(inv: Path, only: tuple[str, ...] | None = (NODE,), **params: Any) -> RunReport:
+    selected = list(only) if only is not None else None
+    state = proxmox_update(inventory=str(inv), only=selected, return_state=True, **params)
     report = state.result(raise_on_failure=False)
     if not isinstance(report, RunReport):
         report = report.report
