@@ -509,10 +509,13 @@ class ProxmoxClient:
             "POST", _snapshot_path(guest), self.post(_snapshot_path(guest), **params)
         )
 
-    def delete_snapshot(self, guest: Guest, name: str) -> str:
-        """Start deleting a snapshot; returns its UPID."""
+    def delete_snapshot(self, guest: Guest, name: str, *, force: bool = False) -> str:
+        """Start deleting a snapshot; returns its UPID. ``force``: remove it from the config
+        even when removing the disk snapshots fails (PVE allows it on a guest locked
+        ``snapshot-delete`` by an earlier delete that failed)."""
         path = f"{_snapshot_path(guest)}/{validate_guest_snapname(name)}"
-        return self._expect_upid("DELETE", path, self.delete(path))
+        params = {"force": 1} if force else {}
+        return self._expect_upid("DELETE", path, self.delete(path, **params))
 
     def set_snapshot_description(self, guest: Guest, name: str, description: str) -> None:
         """``PUT .../snapshot/{name}/config``: replace a snapshot's description (no task)."""

@@ -31,7 +31,7 @@ from moxflow.errors import (
     TargetBusyError,
 )
 from moxflow.guests import Guest
-from moxflow.naming import description_run
+from moxflow.naming import description_run, is_moxflow_description
 from moxflow.proxmox import GuestSnapshot, ProxmoxClient
 from moxflow.snapshots import GuestSnapshotPlan, NodeSnapshotPlan, busy_guest, guests_text
 from tasks._retry import attempt, step
@@ -147,6 +147,33 @@ def wait_for_earlier_task(client: ProxmoxClient, guest: Guest, op: str) -> bool:
     return True
 
 
+def finish_half_deleted(client: ProxmoxClient, guest: Guest) -> bool:
+    """A guest found locked ``snapshot-delete``: an earlier delete of one of moxflow's own
+    snapshots that still runs is waited for; one that failed (PVE then leaves the snapshot
+    in state ``delete`` and the guest locked, refusing every snapshot and backup) is
+    finished with ``force`` (out of the config; a disk snapshot the storage would not
+    remove stays there, said in the log). True: try again now. False: not moxflow's."""
+    if wait_for_earlier_task(client, guest, "delsnapshot"):
+        return True
+    half = [
+        s
+        for s in client.list_snapshots(guest)
+        if s.snapstate == "delete" and is_moxflow_description(s.description)
+    ]
+    for snap in half:
+        get_run_logger().warning(
+            "%s: finishing the delete of %s that an earlier run left half done (the guest "
+            "was locked snapshot-delete); forced: a disk snapshot the storage kept stays "
+            "there (zfs list -t snapshot | grep %s)",
+            guest.label,
+            snap.name,
+            snap.name,
+        )
+        upid = client.delete_snapshot(guest, snap.name, force=True)
+        client.wait_task(upid, timeout=TASK_TIMEOUT, node=guest.node)
+    return bool(half)
+
+
 @step("guest-snapshot", "{plan.node}: snapshot {plan.size}")
 def snapshot_node(
     client: ProxmoxClient,
@@ -186,8 +213,11 @@ def snapshot_node(
             try:
                 try:
                     create()
-                except GuestLockedError:
-                    if not wait_for_earlier_task(client, guest, "snapshot"):
+                except GuestLockedError as exc:
+                    earlier = wait_for_earlier_task(client, guest, "snapshot") or (
+                        "snapshot-delete" in exc.message and finish_half_deleted(client, guest)
+                    )
+                    if not earlier:
                         raise
                     # the task waited for may have been a chain's (a NixOS update's own
                     # snapshot): never land on top of it while the chain holds the guest

@@ -149,6 +149,37 @@ def test_a_half_deleted_snapshot_never_takes_the_place_of_a_good_one(
     assert snaps[broken]["snapstate"] == "delete"  # neither kept nor touched
 
 
+def test_a_delete_an_earlier_run_left_half_done_is_finished_before_the_next_snapshot(
+    fresh_lab: LabClient, lab_inventory: Path
+) -> None:
+    """PVE leaves a snapshot whose delete task failed in state "delete" and the guest locked
+    snapshot-delete: every later snapshot and backup of it is refused. When that snapshot is
+    moxflow's own, the next guest snapshot run finishes the delete (forced) and goes on."""
+    import requests
+
+    base = f"{fresh_lab.api_url}/nodes/pve1/qemu/101/snapshot"
+    headers, ca = fresh_lab.auth_header, str(fresh_lab.ca_file)
+    broken = "moxflow-daily-20261121-000000"
+    data = {"snapname": broken, "description": "moxflow: daily snapshot taken earlier"}
+    assert requests.post(base, data=data, headers=headers, verify=ca, timeout=10).ok
+    wait_until(lambda: all(t["status"] == "stopped" for t in fresh_lab.state()["tasks"]))
+    fresh_lab.fault(target="task", type="qmdelsnapshot", id="101", action="error",
+                    exitstatus="zfs error: dataset is busy", times=1)  # fmt: skip
+    assert requests.delete(f"{base}/{broken}", headers=headers, verify=ca, timeout=10).ok
+    wait_until(lambda: all(t["status"] == "stopped" for t in fresh_lab.state()["tasks"]))
+    assert fresh_lab.state()["guests"]["101"]["lock"] == "snapshot-delete"
+
+    report = guest_snapshot(label="daily", select="101", inventory=str(lab_inventory))
+
+    (row,) = report.rows
+    assert row.outcome is Outcome.OK, row.detail
+    snaps = guest_snapshots(fresh_lab.state(), 101)
+    assert row.taken in snaps and broken not in snaps
+    assert not fresh_lab.state()["guests"]["101"]["lock"]
+    forced = [r for r in fresh_lab.api_requests() if r["method"] == "DELETE"]
+    assert [r["params"].get("force") for r in forced] == [None, "1"]  # the failed one, ours
+
+
 def test_dry_run_changes_nothing(fresh_lab: LabClient, lab_inventory: Path) -> None:
     before = fresh_lab.state()["guests"]
     report = guest_snapshot(label="daily", dry_run=True, inventory=str(lab_inventory))
