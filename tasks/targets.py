@@ -189,15 +189,17 @@ def hold(targets: Sequence[str], *, wait: float = TARGET_WAIT) -> Iterator[None]
     if not names:
         yield
         return
+    deadline = time.monotonic() + wait
     try:
         _ensure(names)
         try:
             slots = _take(names, wait)
         except ConcurrencySlotAcquisitionError:
-            # not refused: the limits are gone (deleted by hand since this process made them)
+            # not refused: the limits are gone (deleted by hand since this process made them);
+            # made again, and waited for within what is left of ``wait``
             _forget(names)
             _ensure(names)
-            slots = _take(names, wait)
+            slots = _take(names, max(0.0, deadline - time.monotonic()))
     except (ConcurrencySlotAcquisitionError, httpx.HTTPError) as exc:
         raise SlotServerError(
             f"the Prefect server could not give out {', '.join(names)}: {exc}",

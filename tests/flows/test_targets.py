@@ -5,6 +5,8 @@ tests/system/test_leases.py, against a real server.)"""
 
 from __future__ import annotations
 
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -14,6 +16,7 @@ from flows.jobs.guest_snapshot import guest_snapshot
 from flows.jobs.restore_test import restore_test
 from flows.jobs.vzdump_backup import vzdump_backup
 from labsim.client import LabClient
+from moxflow.errors import TargetBusyError
 from moxflow.report import Outcome, RunReport
 from tasks.targets import SCRATCH_TARGET, guest_target, hold
 from tests.flows.conftest import guest_snapshots
@@ -117,3 +120,45 @@ def test_the_slots_are_prefect_global_concurrency_limits(
     with get_client(sync_client=True) as client:
         limit = client.read_global_concurrency_limit_by_name(SCRATCH_TARGET)
     assert (limit.limit, limit.active_slots) == (1, 0)
+
+
+def _holder(slot: str, entered: threading.Event, release: threading.Event, log: list[str]) -> None:
+    with hold([slot], wait=0):
+        entered.set()
+        release.wait(30)
+        log.append("released")
+
+
+def test_a_slot_freed_while_waiting_is_taken_then() -> None:
+    """A run waiting for a slot another holds gets it once that one lets go, well before
+    its wait is over."""
+    slot, entered, release, log = guest_target(4242), threading.Event(), threading.Event(), []
+    other = threading.Thread(target=_holder, args=(slot, entered, release, log))
+    other.start()
+    assert entered.wait(30)
+    threading.Timer(1.0, release.set).start()
+    started = time.monotonic()
+    with hold([slot], wait=60):
+        log.append("taken")
+        waited = time.monotonic() - started
+    other.join(30)
+    assert log == ["released", "taken"]
+    assert waited < 30  # not the whole wait: taken once it was free
+
+
+def test_a_slot_held_throughout_is_busy_after_the_wait_naming_it() -> None:
+    slot, entered, release, log = guest_target(4243), threading.Event(), threading.Event(), []
+    other = threading.Thread(target=_holder, args=(slot, entered, release, log))
+    other.start()
+    try:
+        assert entered.wait(30)
+        started = time.monotonic()
+        with pytest.raises(TargetBusyError) as info, hold([slot], wait=1.5):
+            log.append("taken")
+        waited = time.monotonic() - started
+    finally:
+        release.set()
+        other.join(30)
+    assert log == ["released"]  # never taken while the other held it
+    assert f"another moxflow run holds {slot}" in str(info.value)
+    assert 1.5 <= waited < 1.5 + 10  # the wait, once (a request and its backoff over it)
