@@ -878,6 +878,7 @@ def preflight(
     broken: Mapping[str, Mapping[str, str]] | None = None,
     roots: Mapping[str, str | None] | None = None,
     recovering: Collection[str] = (),
+    locked: Iterable[Guest] = (),
 ) -> Preflight:
     """Judge the whole cluster before any change.
 
@@ -889,7 +890,10 @@ def preflight(
     resources, whose watchdog fences a node that loses quorum); a node whose dpkg is broken
     (``dpkg``: ``dpkg --audit`` per node; ``broken``: half installed packages from
     :func:`parse_apt_versions`); a node whose root dataset cannot be snapshotted (``roots``:
-    node → :func:`judge_root_dataset`; left out with ``--no-snapshot``). Held packages
+    node → :func:`judge_root_dataset`; left out with ``--no-snapshot``); a guest of the
+    roll (``locked``: on a node it updates, or away from a node it recovers) with a config
+    lock, which could neither leave nor come back (found at guests-leave instead, it left
+    the node in maintenance, its other guests away). Held packages
     (``held`` per node) are warnings. A node ``recovering`` an interrupted update may be in
     HA maintenance (that run left it there; this one ends it).
     """
@@ -940,6 +944,14 @@ def preflight(
                 f"{node}: {problem}; nothing changes without the pre-update snapshot: "
                 "correct [proxmox_update] root_dataset, or, for a node without a ZFS root, "
                 "run with --no-snapshot (then there is no snapshot to go back to)"
+            )
+    for guest in sorted(locked, key=lambda g: g.vmid):
+        if guest.lock and not guest.template:
+            unlock = "qm" if guest.type == "qemu" else "pct"
+            reasons.append(
+                f"guest {guest.label} on {guest.node} is locked ({guest.lock}): it could "
+                "neither leave its node nor come back; wait for the task holding it, or "
+                f"clear a stale lock (`{unlock} unlock {guest.vmid}` on {guest.node})"
             )
     for node, names in sorted((held or {}).items()):
         if names:

@@ -526,6 +526,24 @@ def test_a_stale_ha_status_refuses_when_ha_manages_guests() -> None:
     assert not plan.nodes[0].maintenance
 
 
+def test_a_locked_guest_of_the_roll_refuses_it() -> None:
+    locked = [
+        Guest(101, "media", "pve1", "qemu", "running", lock="snapshot-delete"),
+        Guest(102, "dns", "pve2", "lxc", "stopped", lock="backup"),
+        Guest(900, "tpl", "pve1", "qemu", "stopped", template=True, lock="disk"),
+        Guest(103, "web", "pve1", "qemu", "running"),
+    ]
+    verdict = preflight(THREE, HaStatus(), [], qdevice=None, two_node="refuse", locked=locked)
+    assert verdict.reasons == (
+        "guest 101 (media) on pve1 is locked (snapshot-delete): it could neither leave its "
+        "node nor come back; wait for the task holding it, or clear a stale lock "
+        "(`qm unlock 101` on pve1)",
+        "guest 102 (dns) on pve2 is locked (backup): it could neither leave its node nor "
+        "come back; wait for the task holding it, or clear a stale lock (`pct unlock 102` on "
+        "pve2)",
+    )
+
+
 def test_console_sessions_do_not_refuse() -> None:
     tasks = [RunningTask("pve2", "vncproxy", "100", ""), RunningTask("pve1", "qmstart", "100", "")]
     assert preflight(THREE, HaStatus(), tasks, qdevice=None, two_node="refuse").ok

@@ -19,6 +19,7 @@ from blocks.proxmox import proxmox_client
 from flows._run import finish
 from flows.params import ProxmoxUpdateParams, flow_parameters
 from moxflow.errors import ConfigError, MoxflowError, TargetBusyError
+from moxflow.guests import Guest
 from moxflow.inventory import Inventory, load_inventory
 from moxflow.inventory.proxmox_update import GuestPolicy, RebootPolicy
 from moxflow.naming import snapshot_name
@@ -306,6 +307,13 @@ def unfinished_elsewhere(node: str, journal: RollJournal) -> str:
     )
 
 
+def _roll_guests(guests: Sequence[Guest], states: Mapping[str, NodeState]) -> list[Guest]:
+    """The guests a roll of ``states`` moves: those on its nodes, and those an interrupted
+    update of one of them left elsewhere (its journal)."""
+    parked = {g.vmid for s in states.values() if s.facts.journal for g in s.facts.journal.guests}
+    return [g for g in guests if g.node in states or g.vmid in parked]
+
+
 def _plan(
     facts: ClusterFacts,
     states: dict[str, NodeState],
@@ -332,6 +340,7 @@ def _plan(
         broken={n: s.installed.broken for n, s in fresh.items()},
         roots={n: s.root_problem for n, s in states.items()},
         recovering=set(states) - set(fresh),
+        locked=_roll_guests(facts.guests, states),
     )
     online = [n for n in facts.cluster.nodes if n.online]
     # HA maintenance needs another node to move the HA services to

@@ -173,10 +173,11 @@ def test_upgrade_failing_on_node_2_stops_the_roll(pve: LabClient, tmp_path: Path
 def test_a_roll_stopped_before_the_upgrade_offers_no_kernel_pin(
     pve: LabClient, tmp_path: Path
 ) -> None:
-    """CT 102 is locked (a backup of another tool): pve1's guests-leave stops after VM 101
-    (stopped) moved. No package changed: the next steps name VM 101's way back and maintenance, and
-    offer no kernel to pin and no rollback."""
-    pve.set_guest(102, lock="backup")
+    """CT 102's way out fails (its task ends in an error): pve1's guests-leave stops after
+    VM 101 (stopped) moved. No package changed: the next steps name VM 101's way back and
+    maintenance, and offer no kernel to pin and no rollback."""
+    for task in ("vzmigrate", "vzshutdown"):
+        pve.fault(target="task", type=task, id="102", action="error", exitstatus="disk busy")
     report = run_failing(inventory(pve, tmp_path.name), only=["pve1"])
     st = pve.state()
     assert row(report, "pve1").outcome is Outcome.FAILED
@@ -192,6 +193,23 @@ def test_a_roll_stopped_before_the_upgrade_offers_no_kernel_pin(
     ) in text
     assert "VM 100 (vm-100) was moved by HA node maintenance" in text
     assert "node-maintenance disable pve1" in text
+
+
+def test_a_locked_guest_refuses_the_roll_before_any_change(pve: LabClient, tmp_path: Path) -> None:
+    """A guest of the roll with a config lock (here the one PVE leaves after a failed
+    snapshot delete) could neither leave nor come back: pre-flight refuses, nothing moves."""
+    pve.set_guest(102, lock="snapshot-delete")
+    before = pve.state()
+    report = run_failing(inventory(pve, tmp_path.name), only=["pve1"])
+    cluster = row(report, "cluster")
+    assert cluster.outcome is Outcome.FAILED
+    assert "guest 102 (ct-102) on pve1 is locked (snapshot-delete)" in cluster.detail
+    assert "`pct unlock 102` on pve1" in cluster.detail
+    assert row(report, "pve1").outcome is Outcome.SKIPPED
+    st = pve.state()
+    assert placement(st) == placement(before) and pre_update(st, "pve1") == []
+    assert not apt(st, "pve1")["maintenance"]
+    assert apt(st, "pve1")["installed"] == apt(before, "pve1")["installed"]
 
 
 def test_node_never_back_times_out_into_the_same_state(pve: LabClient, tmp_path: Path) -> None:

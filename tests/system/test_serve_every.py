@@ -47,11 +47,9 @@ SERVED_FOR = 70.0  # seconds of runs falling due
 COLLISION = re.compile(
     r"\blocked\b|held by|another run|already taken|busy|qmrestore|scratch", re.IGNORECASE
 )
-SERVED = [d for d in DEFINITIONS if d.full_name != "proxmox-update/weekly"]
-"""Every job but the Proxmox update (off by default). It now holds the restore tests'
-scratch slot for a roll and never plans for a scratch guest (tests/flows/test_targets.py);
-serving it here every 20 s, rebooting the lab's nodes under the other jobs, is not yet
-proven."""
+SERVED = list(DEFINITIONS)
+"""Every job, the Proxmox update (off by default) and the Windows jobs included: the roll
+reboots the lab's nodes and migrates their guests under the other jobs."""
 FAILED_ROWS = {"failed", "partial", "needs attention", "rolled back"}
 
 
