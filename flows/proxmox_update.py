@@ -1,12 +1,14 @@
 """Update the Proxmox VE nodes one at a time: snapshot, guests leave, upgrade, reboot, verify.
 
 Pre-flight for the whole cluster first, before any change: quorate, every node online, no
-backup, migration or other blocking task running, no guest of the roll with a config lock
-(it could neither leave nor come back), no broken dpkg, each node's root dataset
+guest of the roll with a stale config lock (it could neither leave nor come back), no
+broken dpkg, each node's root dataset
 there to snapshot ([proxmox_update] root_dataset; --no-snapshot for nodes without a ZFS
 root: no snapshot then, and the report says so first), and a two-node cluster only with a
 QDevice ([proxmox_update] two_node_without_qdevice). The package lists are
 refreshed through the API (the aptupdate task); a node with nothing to upgrade is skipped.
+Other work on the nodes (a backup, a migration, a guest locked by its task) is waited for
+up to --lock-timeout seconds; after that every node is busy, nothing changed.
 --dry-run stops there and shows per node the packages (current → new), whether it reboots
 and why, and what happens to each guest.
 

@@ -94,6 +94,7 @@ __all__ = [
     "last_upgrade",
     "maintenance_argv",
     "not_active",
+    "other_work",
     "parse_apt_updates",
     "parse_apt_versions",
     "parse_cluster_status",
@@ -852,18 +853,47 @@ def dpkg_log_argv(path: str) -> list[str]:
 
 @dataclass(frozen=True, slots=True)
 class Preflight:
-    """Whether the roll may start; ``reasons`` refuse it, ``warnings`` are only reported."""
+    """Whether the roll may start; ``reasons`` refuse it (something is wrong), ``busy``
+    holds it back (other work is going on: :func:`other_work`; the roll waits for it, then
+    is busy), ``warnings`` are only reported."""
 
     reasons: tuple[str, ...] = ()
     warnings: tuple[str, ...] = ()
+    busy: tuple[str, ...] = ()
 
     @property
     def ok(self) -> bool:
-        return not self.reasons
+        return not self.reasons and not self.busy
 
     def __str__(self) -> str:
-        head = "pre-flight passed" if self.ok else "refused: " + "; ".join(self.reasons)
+        if self.reasons:
+            head = "refused: " + "; ".join(self.reasons)
+        elif self.busy:
+            head = "not started, other work going on: " + "; ".join(self.busy)
+        else:
+            head = "pre-flight passed"
         return head + ("; warnings: " + "; ".join(self.warnings) if self.warnings else "")
+
+
+def other_work(tasks: Iterable[RunningTask], guests: Iterable[Guest]) -> list[str]:
+    """What other work holds a roll back for now: tasks of :data:`BLOCKING_TASK_TYPES`
+    running (a backup, a migration, ...), and each guest of the roll (``guests``) locked by
+    a task still running on it. A lock with no task running is no passing work (PVE leaves
+    one after a failed task): :func:`preflight` refuses it."""
+    tasks = list(tasks)
+    found: list[str] = []
+    blocking = [t for t in tasks if t.type in BLOCKING_TASK_TYPES]
+    if blocking:
+        found.append("tasks running: " + ", ".join(str(t) for t in blocking))
+    for guest in sorted(guests, key=lambda g: g.vmid):
+        if not guest.lock or guest.template:
+            continue
+        mine = [t for t in tasks if t.id == str(guest.vmid)]
+        if mine and not any(t in blocking for t in mine):
+            found.append(
+                f"guest {guest.label} on {guest.node} is locked ({guest.lock}) by {mine[0]}"
+            )
+    return found
 
 
 def preflight(
@@ -882,8 +912,7 @@ def preflight(
 ) -> Preflight:
     """Judge the whole cluster before any change.
 
-    Refuses: a cluster that is not quorate; a node offline; a backup, migration or other
-    task of :data:`BLOCKING_TASK_TYPES` running; an HA node not ``online``; HA resources
+    Refuses: a cluster that is not quorate; a node offline; an HA node not ``online``; HA resources
     with a stale manager status (``ha`` judged by :func:`judge_ha_status`: no current
     master would act on maintenance; a stale status without HA resources is an idle CRM); a two-node
     cluster without a connected QDevice (unless ``two_node`` is ``allow``, and never with HA
@@ -892,8 +921,9 @@ def preflight(
     :func:`parse_apt_versions`); a node whose root dataset cannot be snapshotted (``roots``:
     node → :func:`judge_root_dataset`; left out with ``--no-snapshot``); a guest of the
     roll (``locked``: on a node it updates, or away from a node it recovers) with a config
-    lock, which could neither leave nor come back (found at guests-leave instead, it left
-    the node in maintenance, its other guests away). Held packages
+    lock that no running task holds, which could neither leave nor come back (found at
+    guests-leave instead, it left the node in maintenance, its other guests away). Other
+    work going on (:func:`other_work` of ``tasks`` and ``locked``) is ``busy``. Held packages
     (``held`` per node) are warnings. A node ``recovering`` an interrupted update may be in
     HA maintenance (that run left it there; this one ends it).
     """
@@ -913,9 +943,6 @@ def preflight(
             continue
         if state != "online" and node not in cluster.offline:
             reasons.append(f"HA reports node {node} {state}")
-    busy = [t for t in tasks if t.type in BLOCKING_TASK_TYPES]
-    if busy:
-        reasons.append("tasks running: " + ", ".join(str(t) for t in busy))
     if len(cluster.nodes) == 2 and qdevice != "Connected":
         qd = "no QDevice" if qdevice is None else f"its QDevice is {qdevice}"
         if two_node == "refuse":
@@ -945,8 +972,10 @@ def preflight(
                 "correct [proxmox_update] root_dataset, or, for a node without a ZFS root, "
                 "run with --no-snapshot (then there is no snapshot to go back to)"
             )
+    tasks = list(tasks)
+    working = {t.id for t in tasks}
     for guest in sorted(locked, key=lambda g: g.vmid):
-        if guest.lock and not guest.template:
+        if guest.lock and not guest.template and str(guest.vmid) not in working:
             unlock = "qm" if guest.type == "qemu" else "pct"
             reasons.append(
                 f"guest {guest.label} on {guest.node} is locked ({guest.lock}): it could "
@@ -956,7 +985,7 @@ def preflight(
     for node, names in sorted((held or {}).items()):
         if names:
             warnings.append(f"{node}: held packages stay at their version: {', '.join(names)}")
-    return Preflight(tuple(reasons), tuple(warnings))
+    return Preflight(tuple(reasons), tuple(warnings), tuple(other_work(tasks, locked)))
 
 
 # --- reboot --------------------------------------------------------------------------------

@@ -42,6 +42,7 @@ from moxflow.pveupdate import (
     last_upgrade,
     maintenance_argv,
     not_active,
+    other_work,
     parse_apt_updates,
     parse_apt_versions,
     parse_cluster_status,
@@ -473,11 +474,6 @@ def test_a_healthy_cluster_passes() -> None:
             },
             "node offline: pve2",
         ),
-        (
-            {"tasks": [RunningTask("pve1", "vzdump", "105", "")]},
-            "tasks running: vzdump 105 on pve1",
-        ),
-        ({"tasks": [RunningTask("pve2", "qmigrate", "100", "")]}, "qmigrate 100 on pve2"),
         ({"cluster": TWO}, "two-node cluster with no QDevice"),
         ({"cluster": TWO, "qdevice": "Disconnected"}, "its QDevice is Disconnected"),
         (
@@ -524,6 +520,38 @@ def test_a_stale_ha_status_refuses_when_ha_manages_guests() -> None:
         [facts("pve1", [vm(100, "pve1")])], ProxmoxUpdateSettings(), Preflight(), ha=idle
     )
     assert not plan.nodes[0].maintenance
+
+
+@pytest.mark.parametrize(
+    ("tasks", "busy"),
+    [
+        ([RunningTask("pve1", "vzdump", "105", "")], "tasks running: vzdump 105 on pve1"),
+        ([RunningTask("pve2", "qmigrate", "100", "")], "tasks running: qmigrate 100 on pve2"),
+    ],
+)
+def test_other_work_holds_the_roll_back_without_refusing_it(
+    tasks: list[RunningTask], busy: str
+) -> None:
+    verdict = preflight(THREE, HaStatus(), tasks, qdevice=None, two_node="refuse")
+    assert not verdict.ok and verdict.reasons == () and verdict.busy == (busy,)
+    assert str(verdict) == f"not started, other work going on: {busy}"
+
+
+def test_a_guest_locked_by_its_running_task_is_other_work_a_stale_lock_refuses() -> None:
+    snap = RunningTask("pve1", "qmconfig", "101", "UPID:pve1:x")  # not a blocking type
+    guests = [
+        Guest(101, "media", "pve1", "qemu", "running", lock="snapshot"),
+        Guest(102, "dns", "pve1", "lxc", "running", lock="snapshot-delete"),
+    ]
+    verdict = preflight(THREE, HaStatus(), [snap], qdevice=None, two_node="refuse", locked=guests)
+    assert verdict.busy == (
+        "guest 101 (media) on pve1 is locked (snapshot) by qmconfig 101 on pve1",
+    )
+    assert [r.split(":")[0] for r in verdict.reasons] == [
+        "guest 102 (dns) on pve1 is locked (snapshot-delete)"
+    ]
+    assert other_work([snap], guests[:1]) == list(verdict.busy)
+    assert other_work([], guests) == []  # a lock without a task is no passing work
 
 
 def test_a_locked_guest_of_the_roll_refuses_it() -> None:

@@ -23,6 +23,7 @@ from moxflow.guests import Guest
 from moxflow.inventory import Inventory, load_inventory
 from moxflow.inventory.proxmox_update import GuestPolicy, RebootPolicy
 from moxflow.naming import snapshot_name
+from moxflow.pacing import poll_until
 from moxflow.proxmox import ProxmoxClient
 from moxflow.pveupdate import (
     SNAPSHOT_LABEL,
@@ -31,6 +32,7 @@ from moxflow.pveupdate import (
     RollJournal,
     RollPlan,
     failure_next_steps,
+    other_work,
     parse_cluster_status,
     plan_roll,
     preflight,
@@ -202,7 +204,10 @@ def _update(
     """Facts, pre-flight and plan; the dry run's rows, or the roll's."""
     logger = get_run_logger()
     settings = inv.proxmox_update
-    facts = cluster_facts(client, nodes)
+    facts = _quiet_cluster(client, nodes, 0.0 if p.dry_run else p.lock_timeout)
+    if not p.dry_run and (work := other_work(facts.tasks, _roll_guests(facts.guests, {}, nodes))):
+        _busy(report, nodes, work, p.lock_timeout)
+        return
     online = {n.name for n in facts.cluster.nodes if n.online}
     states: dict[str, NodeState] = {}
     busy: set[str] = set()
@@ -267,10 +272,13 @@ def _update(
     for line in plan.describe():
         logger.info("%s", line)
     report.notes.extend(plan.describe())
-    if refused or not plan.preflight.ok:
-        why = "; ".join([*refused, *plan.preflight.reasons])
-        if not plan.preflight.ok:
+    if (refused or plan.preflight.reasons) or (plan.preflight.busy and not p.dry_run):
+        if plan.preflight.reasons:
+            why = "; ".join([*refused, *plan.preflight.reasons])
             report.add(ReportRow("cluster", Outcome.FAILED, detail=f"refused: {why}"))
+        elif not refused:  # work began while the nodes were read: next time
+            _busy(report, [n.node for n in plan.nodes], plan.preflight.busy, p.lock_timeout)
+            return
         for n in plan.nodes:
             if all(r.target != n.node for r in report.rows):
                 report.add(ReportRow(n.node, Outcome.SKIPPED, detail="not started: refused"))
@@ -307,11 +315,45 @@ def unfinished_elsewhere(node: str, journal: RollJournal) -> str:
     )
 
 
-def _roll_guests(guests: Sequence[Guest], states: Mapping[str, NodeState]) -> list[Guest]:
-    """The guests a roll of ``states`` moves: those on its nodes, and those an interrupted
-    update of one of them left elsewhere (its journal)."""
+def _roll_guests(
+    guests: Sequence[Guest], states: Mapping[str, NodeState], nodes: Sequence[str] = ()
+) -> list[Guest]:
+    """The guests a roll of ``states`` (or of ``nodes``, before their facts are read) moves:
+    those on its nodes, and those an interrupted update of one of them left elsewhere (its
+    journal)."""
     parked = {g.vmid for s in states.values() if s.facts.journal for g in s.facts.journal.guests}
-    return [g for g in guests if g.node in states or g.vmid in parked]
+    return [g for g in guests if g.node in states or g.node in nodes or g.vmid in parked]
+
+
+def _quiet_cluster(client: ProxmoxClient, nodes: Sequence[str], wait: float) -> ClusterFacts:
+    """The cluster's facts once no other work holds the roll back (:func:`other_work`: a
+    backup, a migration, a guest of the roll locked by its task), waiting up to ``wait``
+    seconds for it to end; else the facts as they are then."""
+    seen: list[ClusterFacts] = []
+
+    def quiet() -> ClusterFacts | None:
+        seen.append(cluster_facts(client, nodes))
+        work = other_work(seen[-1].tasks, _roll_guests(seen[-1].guests, {}, nodes))
+        if work and len(seen) == 1 and wait > 0:
+            get_run_logger().info("waiting up to %.0f s for: %s", wait, "; ".join(work))
+        return None if work else seen[-1]
+
+    return poll_until(quiet, wait) or seen[-1]
+
+
+def _busy(report: RunReport, nodes: Sequence[str], work: Sequence[str], wait: float) -> None:
+    """Other work held the roll back longer than ``wait``: every node busy, nothing changed."""
+    why = "; ".join(work)
+    for node in nodes:
+        if all(r.target != node for r in report.rows):
+            report.add(
+                ReportRow(
+                    node,
+                    Outcome.BUSY,
+                    detail=f"not started: other work on the cluster after {wait:.0f} s "
+                    f"(--lock-timeout): {why}; the next run updates it",
+                )
+            )
 
 
 def _plan(

@@ -195,6 +195,55 @@ def test_a_roll_stopped_before_the_upgrade_offers_no_kernel_pin(
     assert "node-maintenance disable pve1" in text
 
 
+def _backup_running(pve: LabClient, seconds: float, node: str = "pve1", vmid: int = 101) -> None:
+    """A backup of ``vmid`` (another tool's, not moxflow's) running for ``seconds``."""
+    import requests
+
+    pve.fault(target="task", type="vzdump", id=str(vmid), action="slow", delay=seconds, times=1)
+    r = requests.post(
+        f"{pve.api_url}/nodes/{node}/vzdump",
+        data={"vmid": str(vmid), "storage": "nas-backup"},
+        headers=pve.auth_header,
+        verify=str(pve.ca_file),
+        timeout=10,
+    )
+    assert r.ok, r.text
+    wait_until(lambda: any(t["type"] == "vzdump" and t["status"] == "running"
+                           for t in pve.state()["tasks"]), 10)  # fmt: skip
+
+
+def test_a_backup_running_holds_the_roll_back_then_every_node_is_busy(
+    pve: LabClient, tmp_path: Path
+) -> None:
+    """Other work on the cluster (a backup) is no fault: the roll waits --lock-timeout for
+    it, then every node is busy (not failed), nothing changed."""
+    _backup_running(pve, 60.0)
+    before = pve.state()
+    report = run_failing(inventory(pve, tmp_path.name), lock_timeout=1.0)
+    for node in ("pve1", "pve2", "pve3"):
+        assert row(report, node).outcome is Outcome.BUSY
+        assert (
+            "not started: other work on the cluster after 1 s (--lock-timeout): tasks running: "
+            "vzdump 101 on pve1"
+        ) in row(report, node).detail
+        assert pre_update(pve.state(), node) == []
+    assert all(r.outcome is not Outcome.FAILED for r in report.rows)
+    st = pve.state()
+    assert placement(st) == placement(before)
+    assert not any(r["method"] == "POST" and "/apt/" in r["path"] for r in pve.api_requests())
+
+
+def test_a_roll_waits_for_a_backup_to_end_then_goes(pve: LabClient, tmp_path: Path) -> None:
+    """A backup on the node to update: the roll waits for its end, then goes."""
+    _backup_running(pve, 3.0, "pve2", 104)
+    report = run(inventory(pve, tmp_path.name), only=["pve2"], lock_timeout=60.0)
+    assert row(report, "pve2").outcome is Outcome.OK, row(report, "pve2").detail
+    [dump] = [t for t in pve.state()["tasks"] if t["type"] == "vzdump"]
+    first = min(r["time"] for r in pve.api_requests() if r["method"] == "POST"
+                and r["path"] != "/nodes/pve2/vzdump")  # fmt: skip
+    assert first >= dump["ended"]  # the roll's first change came after the backup's end
+
+
 def test_a_locked_guest_refuses_the_roll_before_any_change(pve: LabClient, tmp_path: Path) -> None:
     """A guest of the roll with a config lock (here the one PVE leaves after a failed
     snapshot delete) could neither leave nor come back: pre-flight refuses, nothing moves."""
