@@ -45,6 +45,7 @@ from tasks._logging import LoggerLike, run_logger
 from tasks._retry import step
 from tasks.windows import (
     WindowsStepFailed,
+    find_interrupted,
     prune_snapshots,
     require_windows,
     run_script,
@@ -93,10 +94,25 @@ def _facts(
 
 
 @step("windows-provision-preflight", "{guest.label}: pre-flight")
-def preflight(inv: Inventory, client: ProxmoxClient, guest: Guest, key: str) -> VmState:
-    """Read-only, before any change: the VM runs, its agent is configured and answers,
-    get-osinfo says Windows; then what ``provision-facts.ps1`` finds of what
-    [windows.vms.KEY] asks for. A VM that fails any of these is refused."""
+def preflight(
+    inv: Inventory, client: ProxmoxClient, guest: Guest, key: str, run: str = ""
+) -> VmState:
+    """Read-only, before any change: no interrupted update is on the VM (an update run
+    killed half-way, whose pre-update snapshot the next windows-update run adopts: setting
+    things up on top of it would be undone by that update's rollback, or leave its rollback
+    point behind; :func:`tasks.windows.find_interrupted`, ``run`` being this flow run); the
+    VM runs, its agent is configured and answers, get-osinfo says Windows; then what
+    ``provision-facts.ps1`` finds of what [windows.vms.KEY] asks for. A VM that fails any of
+    these is refused."""
+    left = find_interrupted(client, guest, run, inv.windows)
+    if left is not None:
+        raise WindowsStepFailed(
+            guest.label,
+            "pre-flight",
+            f"an interrupted update is on the VM: {left.describe()} ({left.age()}); nothing "
+            "was changed",
+            hint="run windows_update first to finish that update, then provision",
+        )
     config, os = require_windows(client, guest, verb="provisions")
     facts = _facts(client, guest, inv.windows, inv.windows.vms[key])
     return VmState(guest, config, os, facts)

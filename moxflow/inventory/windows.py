@@ -20,8 +20,8 @@ from pydantic import AfterValidator, Field, field_validator, model_validator
 
 from moxflow.inventory.fields import (
     POLICIES_HELP,
-    Policies,
     Hours,
+    Policies,
     Port,
     Seconds,
     Section,
