@@ -19,15 +19,21 @@ transient errors. An install round, a reboot and a rollback are not (a second in
 the first still runs meets a busy installer; a second reboot request reboots twice): each
 waits, bounded, and checks what happened instead.
 
+The description of a pre-update snapshot names the run and says how its update stands:
+``[in progress]`` from the snapshot on, ``[committed]`` once the commit kept the update,
+``[rolled back]`` once the rollback went back to it.
+
 A run killed half-way (its process gone, its VM's slot free again) leaves its pre-update
-snapshot, whose description names the run, and maybe an install still at work in the guest
-or a reboot under way. The next run recognises it (:func:`find_interrupted`: the newest
-pre-update snapshot names another run, whose subflow for the VM never ended by itself) and
-finishes the update: it adopts that snapshot as its own rollback point (the VM as it was
-before anything changed; never a new snapshot of a half-updated VM), waits for the agent
-and for the install still running (the installer answers busy: it is not started twice),
-then verifies, and commits or rolls back to that snapshot. The report says what was
-recovered.
+snapshot in progress, and maybe an install still at work in the guest, a reboot or a
+rollback under way. The next run recognises it (:func:`find_interrupted`: the newest
+pre-update snapshot names another run, still in progress, and the Prefect server says that
+run is over) and finishes the update: it adopts that snapshot as its own rollback point
+(the VM as it was before anything changed; never a new snapshot of a half-updated VM),
+waits for that run's tasks, the agent and the install still running (the installer
+answers busy: it is not started twice), then verifies, and commits or rolls back to that
+snapshot. The report says what was recovered. Where adopting is not safe (a newer snapshot
+after it, older than [windows] adopt_max_age_hours, a run the server does not know; or that
+run still runs) the VM is left as it is, nothing changed (:class:`LeftAlone`).
 """
 
 from __future__ import annotations

@@ -6,7 +6,9 @@ prune (``moxflow.windows_provision`` plans, these only act).
 Scripts run through :func:`tasks.windows.run_script` (one of moxflow's ``.ps1`` files sent
 unchanged, its values as JSON on stdin, exec-status polled with backoff and read once, its
 stdout and stderr in the log). The pre-flight checks, the snapshot and the prune are
-``tasks.windows``' own. The Steam password is read from its secret reference inside the
+``tasks.windows``' own; the pre-flight also refuses a VM on which an update run died
+half-way (``tasks.windows.find_interrupted``): the windows-update run that finishes it
+comes first. The Steam password is read from its secret reference inside the
 unit's task, at the last moment, and goes only into that exec's input: never into a task
 parameter, a command line, a log line or an error.
 

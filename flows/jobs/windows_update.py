@@ -72,7 +72,9 @@ def update_vm(vm: str, run: VmRun, wait: float) -> ReportRow | State[ReportRow]:
     """One VM, step by step: snapshot → install round 1 → reboot 1 → install round 2 → ...
     → verify → commit, or → rollback after a failure, holding the VM's slot the whole time.
     The snapshot step adopts the snapshot of an interrupted run instead of taking one (the
-    run that follows a kill finishes that update: ``tasks.windows``).
+    run that follows a kill finishes that update: ``tasks.windows``), or leaves the VM as
+    it is when that is not safe (busy, or needing attention: nothing changed). Any failure
+    after the snapshot, whatever raised it, rolls back.
     Failed when the VM did not end up updated: failed, rolled back, needing attention, or
     busy (another run holds it longer than ``wait`` seconds)."""
     try:
