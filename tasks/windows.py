@@ -358,17 +358,17 @@ def find_interrupted(
     now = datetime.now(UTC)
     taken = snapshot_taken(found)
     age = f"taken {format_age(now, taken)}"
-    if legacy and known is None:
-        _log().warning(
-            "%s: %s names run %s, which the Prefect server does not know: not adopted",
-            guest.label,
-            found.name,
-            owner,
-        )
-        return None
-    if legacy and known:  # its subflow ended by itself: committed or rolled back
-        return None
-    if not legacy and known:  # the run still runs (as far as the server knows)
+    if legacy:  # judged as before descriptions said their state: by its subflow
+        if known is None:
+            _log().warning(
+                "%s: %s names run %s, which the Prefect server does not know: not adopted",
+                guest.label,
+                found.name,
+                owner,
+            )
+        if known is not False:  # unknown, or its subflow ended by itself
+            return None
+    elif known:  # the run still runs (as far as the server knows)
         raise LeftAlone(
             guest.label,
             step,
@@ -378,7 +378,7 @@ def find_interrupted(
             hint=f"if that run is dead (its worker or machine lost), cancel it (prefect "
             f"flow-run cancel {owner}); the next run then finishes its update",
         )
-    if not legacy and known is None:
+    elif known is None:
         raise LeftAlone(
             guest.label,
             step,
