@@ -167,19 +167,44 @@ _RUN_ID_RE = re.compile(r"[0-9A-Za-z-]{1,64}", re.ASCII)
 _BY_RUN_RE = re.compile(r" by run ([0-9A-Za-z-]{1,64})(?=[ ;(]|$)", re.ASCII)
 
 
+SNAPSHOT_STATES = ("in progress", "committed", "rolled back")
+"""What a description can say of the change its snapshot guards: still under way (the run
+that took it, or adopted it, has not finished with it), kept, or undone."""
+FINISHED_STATES = frozenset({"committed", "rolled back"})
+_STATE_RE = re.compile(r" \[(in progress|committed|rolled back)\](?= \(|$)")
+
+
 def snapshot_description(
-    label: str, created: datetime, run: str = "", adopted_from: str = ""
+    label: str, created: datetime, run: str = "", adopted_from: str = "", state: str = ""
 ) -> str:
     """The description moxflow writes on a guest snapshot, starting with the marker; with
     ``run``, the flow run that takes it (so that a run racing another one for the same name
     can tell its snapshot from the other's: :func:`description_run`), or that adopted it
-    from the interrupted run ``adopted_from`` (which took it) and is now responsible for it."""
+    from the interrupted run ``adopted_from`` (which took it) and is now responsible for it;
+    with ``state`` (one of :data:`SNAPSHOT_STATES`), how the change it guards stands
+    (:func:`description_state`)."""
     validate_label(label)
+    if state and state not in SNAPSHOT_STATES:
+        raise ValueError(f"unknown snapshot state {state!r}")
     stamp = _utc(created).strftime("%Y-%m-%dT%H:%M:%SZ")
     by = f" by run {run}" if run and _RUN_ID_RE.fullmatch(run) else ""
     if by and adopted_from and _RUN_ID_RE.fullmatch(adopted_from):
         by = f" by the interrupted run {adopted_from}, adopted{by}"
-    return f"{MOXFLOW_MARKER} {label} snapshot taken {stamp}{by} (do not rename; pruned by moxflow)"
+    mark = f" [{state}]" if state else ""
+    return (
+        f"{MOXFLOW_MARKER} {label} snapshot taken {stamp}{by}{mark} "
+        "(do not rename; pruned by moxflow)"
+    )
+
+
+def description_state(description: str | None) -> str | None:
+    """How the change a snapshot guards stands, as its moxflow description says (one of
+    :data:`SNAPSHOT_STATES`); ``None`` when it does not say (not moxflow's, or written by a
+    moxflow that did not write states: judge such a snapshot some other way)."""
+    if not is_moxflow_description(description):
+        return None
+    found = _STATE_RE.search(str(description).rstrip())
+    return found.group(1) if found else None
 
 
 def description_run(description: str | None) -> str | None:

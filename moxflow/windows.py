@@ -17,15 +17,21 @@ import json
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from moxflow.errors import ConfigError, ParseError
 from moxflow.guests import Guest
-from moxflow.naming import description_run, owned_by_moxflow
-from moxflow.report import format_size
+from moxflow.naming import (
+    FINISHED_STATES,
+    description_run,
+    description_state,
+    owned_by_moxflow,
+    parse_snapshot_name,
+)
+from moxflow.report import format_age, format_size
 
 if TYPE_CHECKING:
     from moxflow.proxmox import GuestSnapshot
@@ -57,6 +63,9 @@ __all__ = [
     "encode_command",
     "exec_request",
     "has_passthrough",
+    "left_as_is",
+    "newer_snapshots",
+    "not_adopted",
     "parse_checks",
     "parse_exec_status",
     "parse_install",
@@ -71,6 +80,7 @@ __all__ = [
     "script_output",
     "script_text",
     "select_vms",
+    "snapshot_taken",
     "trim",
     "unfinished_candidate",
     "verdict",
@@ -722,15 +732,84 @@ def unfinished_candidate(
 ) -> GuestSnapshot | None:
     """The snapshot an earlier run may have left unfinished: the VM's newest whole moxflow
     snapshot of ``label`` (``snapshots`` oldest first, as listed), when its description
-    names a run other than ``this_run``. Whether that run finished with it (committed or
-    rolled back) is the Prefect server's to say. None when there is no such snapshot, or the
-    newest one names no run (taken by hand, or by a moxflow that did not write it)."""
+    names a run other than ``this_run`` and does not say that the change it guards was
+    committed or rolled back. Whether that run is over (one that says ``in progress``), or
+    finished with it (one written before descriptions said so), is the Prefect server's to
+    say. None when there is no such snapshot, or the newest one names no run (taken by hand,
+    or by a moxflow that did not write it), or says it is done with."""
     ours = [s for s in snapshots if s.complete and owned_by_moxflow(s.name, label)]
     if not ours:
         return None
     newest = ours[-1]
     owner = description_run(newest.description)
+    if description_state(newest.description) in FINISHED_STATES:
+        return None
     return newest if owner and owner != this_run else None
+
+
+def snapshot_taken(snap: GuestSnapshot) -> datetime | None:
+    """When a moxflow snapshot was taken: the time of the run its name carries (the clock
+    of the runs that judge it), else the node's ``snaptime``."""
+    parsed = parse_snapshot_name(snap.name)
+    return parsed.created if parsed is not None else snap.snaptime
+
+
+def newer_snapshots(snapshots: Sequence[GuestSnapshot], snap: GuestSnapshot) -> list[str]:
+    """The names of the snapshots (of any name, whole or not) listed after ``snap``: taken
+    after it (``snapshots`` oldest first, as listed)."""
+    names = [s.name for s in snapshots]
+    return names[names.index(snap.name) + 1 :] if snap.name in names else []
+
+
+def left_as_is(vmid: int, snapshot: str, newer: Sequence[str]) -> str:
+    """What a person does with an interrupted update's snapshot that moxflow leaves alone:
+    nothing was changed; look at the VM, then undo that update or keep the VM as it is
+    (either way the snapshot goes, so that the next run starts anew), then run again."""
+    undo = f"qm rollback {vmid} {snapshot}, then qm delsnapshot {vmid} {snapshot}"
+    if newer:
+        dels = "; ".join(f"qm delsnapshot {vmid} {n}" for n in newer)
+        undo = (
+            f"first delete the newer snapshot(s) if you can do without them ({dels}: on ZFS "
+            f"PVE rolls back only to the newest snapshot), then {undo}"
+        )
+    return (
+        "nothing was changed and the snapshot is kept. Look at the VM: to undo that run's "
+        f"update, {undo}; to keep the VM as it is, qm delsnapshot {vmid} {snapshot}; then "
+        "run again"
+    )
+
+
+def not_adopted(
+    vmid: int,
+    snapshots: Sequence[GuestSnapshot],
+    found: GuestSnapshot,
+    run: str,
+    now: datetime,
+    max_age_hours: float,
+) -> str | None:
+    """Why the interrupted run ``run``'s snapshot ``found`` must not be adopted as the next
+    run's rollback point, and what to do instead; None when it may. A rollback to it
+    undoes everything since it was taken: not when a snapshot was taken after it (the VM's
+    history since then is kept in it, and on ZFS PVE refuses that rollback), nor when it is
+    older than ``max_age_hours`` ([windows] adopt_max_age_hours)."""
+    taken = snapshot_taken(found)
+    newer = newer_snapshots(snapshots, found)
+    if newer:
+        why = (
+            f"a newer snapshot exists ({', '.join(newer)}): a rollback to it would undo "
+            "that one's state too, and on ZFS PVE refuses it"
+        )
+    elif taken is None or now - taken > timedelta(hours=max_age_hours):
+        why = (
+            f"it is older than [windows] adopt_max_age_hours ({max_age_hours:g} h): a "
+            "rollback to it would undo everything since"
+        )
+    else:
+        return None
+    return (
+        f"snapshot {found.name} of the interrupted run {run} (taken {format_age(now, taken)}) "
+        f"is not adopted: {why}; {left_as_is(vmid, found.name, newer)}"
+    )
 
 
 # --- verdict ----------------------------------------------------------------------------------

@@ -39,7 +39,6 @@ import sys
 import tempfile
 import time
 import traceback
-import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -729,44 +728,28 @@ class Soak:
 
     def _after_windows_subprocess(self) -> None:
         """After the Windows run the soak ran as a process (killed, or it ended first): the
-        VM's newest pre-update snapshot, whole (once its task ended), when the run its
-        description names (that took it, or adopted it) had not finished with the VM (its
-        subflow for it had not ended by itself when the kill came: the soak then marked it
-        Crashed) is the one the next Windows run must adopt."""
-        from prefect.client.orchestration import get_client
-        from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterParentFlowRunId
-        from prefect.client.schemas.objects import StateType
-        from prefect.settings import PREFECT_API_URL, temporary_settings
-
-        from moxflow.naming import description_run
+        VM's newest pre-update snapshot, whole (once its task ended), whose description
+        names a run and does not say that its update was committed or rolled back (it says
+        ``[in progress]`` until then) is the one the next Windows run must adopt, or leave
+        alone, changing nothing (needs attention: too old, a newer snapshot)."""
+        from moxflow.naming import FINISHED_STATES, description_run, description_state
 
         whole = {n: s for n, s in self._windows_pre_update().items() if not s.get("snapstate")}
         self.windows_left = None
         if not whole:
             return
         name = max(whole)
-        run = description_run(whole[name].get("description"))
-        if run is None:  # not a run's: no run adopts it
-            return
-        with (
-            temporary_settings(updates={PREFECT_API_URL: self.api_url}),
-            get_client(sync_client=True) as client,
-        ):
-            subflows = client.read_flow_runs(
-                flow_run_filter=FlowRunFilter(
-                    parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[uuid.UUID(run)])
-                )
-            )
-        ended = (StateType.COMPLETED, StateType.FAILED)
-        vm = [r for r in subflows if r.name.startswith(f"{WINDOWS_VM} ")]
-        if not vm or vm[0].state is None or vm[0].state.type not in ended:
+        text = whole[name].get("description")
+        if description_run(text) is not None and description_state(text) not in FINISHED_STATES:
             self.windows_left = name
 
     def _check_windows(self, i: int, report: Any) -> None:
         """The Windows VM after its run: a killed run's snapshot is this run's rollback point
-        (never a new snapshot of a VM it may have half-updated); an OK row leaves the VM
-        running, nothing installing, no reboot pending, its snapshot whole; a rolled-back row
-        leaves it as it was at the rollback point."""
+        (never a new snapshot of a VM it may have half-updated), or the run changed nothing
+        (refused in pre-flight, busy, or leaving that snapshot alone with a needs-attention
+        row naming it); an OK row leaves the VM running, nothing installing, no reboot
+        pending, its snapshot whole; a rolled-back row leaves it as it was at the rollback
+        point."""
         from moxflow.report import Outcome
 
         state = self.lab.state()
@@ -776,13 +759,24 @@ class Soak:
         for row in report.rows:
             cell = row.cell("snapshot")
             name = cell.split(" ")[0] if cell else ""
-            chain = row.outcome in (Outcome.OK, Outcome.ROLLED_BACK, Outcome.NEEDS_ATTENTION)
-            if chain and self.windows_left and (name != self.windows_left or "adopted" not in cell):
+            left = self.windows_left
+            adopted = left is not None and name == left and "adopted" in cell
+            untouched = not cell and set(snaps) == self.windows_snaps
+            left_alone = untouched and (
+                row.outcome in (Outcome.FAILED, Outcome.BUSY)
+                or (
+                    row.outcome is Outcome.NEEDS_ATTENTION
+                    and left is not None
+                    and left in row.detail
+                    and "nothing was changed" in row.detail
+                )
+            )
+            if left and not adopted and not left_alone:
                 self._violate(
                     i,
                     "a killed run's snapshot is the next run's rollback point",
                     f"windows_update {row.outcome.value} with snapshot {cell or 'none'}; the "
-                    f"killed run's {self.windows_left} was not adopted",
+                    f"killed run's {left} was neither adopted nor left alone",
                 )
             whole = name in snaps and not snaps[name].get("snapstate")
             problems: list[str] = []
@@ -805,7 +799,7 @@ class Soak:
                     "nothing half-written counts as done",
                     f"windows_update {row.outcome.value}: " + "; ".join(problems),
                 )
-            if chain:
+            if cell:  # adopted, or (a violation above) a snapshot of its own taken
                 self.windows_left = None
 
     def _offsite_dir(self) -> Path:

@@ -1,5 +1,5 @@
 """What the Prefect server says of a flow run that left a mark (a host lock, a scratch
-guest): whether it is still running."""
+guest, a snapshot): whether it is still running."""
 
 from __future__ import annotations
 
@@ -14,20 +14,31 @@ def flow_run_alive(flow_run_id: str | None) -> bool:
     instead, and a run killed outright stays *Cancelling* for ever once someone cancels it
     (``prefect flow-run cancel``, as docs/operating.md says to). *Running* (or pending,
     paused): yes, as a run on a worker that died looks, until a person cancels it."""
+    try:
+        return bool(flow_run_status(flow_run_id))
+    except Exception:  # the API is unreachable: assume the run is alive, never break a lock
+        return True
+
+
+def flow_run_status(flow_run_id: str | None) -> bool | None:
+    """What the Prefect server says of a flow run: True alive (*Running*, pending, paused),
+    False over (finished, crashed, cancelled, *Cancelling*: see :func:`flow_run_alive`),
+    None when it knows no such run (or the ID is none). Raises when the server does not
+    answer."""
     if not flow_run_id:
-        return False
+        return None
     from prefect.client.orchestration import get_client
     from prefect.exceptions import ObjectNotFound
 
     try:
-        with get_client(sync_client=True) as client:
-            run = client.read_flow_run(uuid.UUID(flow_run_id))
-    except ObjectNotFound:
-        return False
+        parsed = uuid.UUID(flow_run_id)
     except (ValueError, TypeError):
-        return False
-    except Exception:  # the API is unreachable: assume the run is alive, never break a lock
-        return True
+        return None
+    try:
+        with get_client(sync_client=True) as client:
+            run = client.read_flow_run(parsed)
+    except ObjectNotFound:
+        return None
     state = run.state
     return state is not None and not state.is_final() and not state.is_cancelling()
 

@@ -19,22 +19,28 @@ transient errors. An install round, a reboot and a rollback are not (a second in
 the first still runs meets a busy installer; a second reboot request reboots twice): each
 waits, bounded, and checks what happened instead.
 
+The description of a pre-update snapshot names the run and says how its update stands:
+``[in progress]`` from the snapshot on, ``[committed]`` once the commit kept the update,
+``[rolled back]`` once the rollback went back to it.
+
 A run killed half-way (its process gone, its VM's slot free again) leaves its pre-update
-snapshot, whose description names the run, and maybe an install still at work in the guest
-or a reboot under way. The next run recognises it (:func:`find_interrupted`: the newest
-pre-update snapshot names another run, whose subflow for the VM never ended by itself) and
-finishes the update: it adopts that snapshot as its own rollback point (the VM as it was
-before anything changed; never a new snapshot of a half-updated VM), waits for the agent
-and for the install still running (the installer answers busy: it is not started twice),
-then verifies, and commits or rolls back to that snapshot. The report says what was
-recovered.
+snapshot in progress, and maybe an install still at work in the guest, a reboot or a
+rollback under way. The next run recognises it (:func:`find_interrupted`: the newest
+pre-update snapshot names another run, still in progress, and the Prefect server says that
+run is over) and finishes the update: it adopts that snapshot as its own rollback point
+(the VM as it was before anything changed; never a new snapshot of a half-updated VM),
+waits for that run's tasks, the agent and the install still running (the installer
+answers busy: it is not started twice), then verifies, and commits or rolls back to that
+snapshot. The report says what was recovered. Where adopting is not safe (a newer snapshot
+after it, older than [windows] adopt_max_age_hours, a run the server does not know; or that
+run still runs) the VM is left as it is, nothing changed (:class:`LeftAlone`).
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, tzinfo
 from typing import Any
 
@@ -49,6 +55,7 @@ from moxflow.guests import Guest
 from moxflow.inventory import Inventory, WindowsSettings, WindowsVm
 from moxflow.naming import (
     description_run,
+    description_state,
     owned_by_moxflow,
     parse_snapshot_name,
     snapshot_description,
@@ -56,7 +63,7 @@ from moxflow.naming import (
 )
 from moxflow.pacing import poll_delay
 from moxflow.proxmox import GuestSnapshot, ProxmoxClient
-from moxflow.report import format_age
+from moxflow.report import Outcome, format_age
 from moxflow.snapshots import plan_guest_prune
 from moxflow.windows import (
     EXIT_CODES,
@@ -75,6 +82,9 @@ from moxflow.windows import (
     agent_enabled,
     describe_update,
     exec_request,
+    left_as_is,
+    newer_snapshots,
+    not_adopted,
     parse_checks,
     parse_exec_status,
     parse_install,
@@ -84,17 +94,20 @@ from moxflow.windows import (
     plan_round,
     readable_stderr,
     script_output,
+    snapshot_taken,
     trim,
     unfinished_candidate,
     verdict,
 )
 from tasks._logging import LoggerLike, run_logger
 from tasks._retry import step
-from tasks._runs import flow_run_alive, subflow_ended
+from tasks._runs import flow_run_status, subflow_ended
 from tasks.proxmox import wait_for_earlier_task
 
 SNAPSHOT_LABEL = "pre-update"
 """The label of a Windows VM's snapshot before its update (kept by [windows.policies])."""
+IN_PROGRESS = "in progress"
+"""What the description of an update's snapshot says until its commit or rollback."""
 POLL_FLOOR = 0.05
 POLL_CAP = 15.0
 """Between two looks at a running script or a VM coming back: a tenth of the time waited so
@@ -118,6 +131,18 @@ class VerificationFailed(WindowsStepFailed):
     def __init__(self, vm: str, problems: Sequence[str]) -> None:
         super().__init__(vm, "verify", "; ".join(problems))
         self.problems = tuple(problems)
+
+
+class LeftAlone(WindowsStepFailed):
+    """The VM is left as it is, before any change, for what an earlier run left on it;
+    ``outcome`` is how its row reads (busy: that run still runs; needs attention: a person
+    decides what becomes of that run's update)."""
+
+    def __init__(
+        self, vm: str, step: str, message: str, outcome: Outcome, *, hint: str | None = None
+    ) -> None:
+        super().__init__(vm, step, message, hint=hint)
+        self.outcome = outcome
 
 
 # --- running one script ----------------------------------------------------------------------
@@ -296,39 +321,87 @@ def find_interrupted(
     client: ProxmoxClient,
     guest: Guest,
     this_run: str,
+    settings: WindowsSettings,
     snapshots: Sequence[GuestSnapshot] | None = None,
+    *,
+    step: str = "pre-flight",
 ) -> Interrupted | None:
-    """What an interrupted run left on ``guest``: its newest pre-update snapshot names
-    another run, and that run's subflow for the VM (``windows-update-vm``, named after it)
-    never ended by itself. None when there is none, or when the Prefect server does not know
-    that run (nothing then says it was interrupted: a new snapshot is taken, as always)."""
-    found = unfinished_candidate(
-        client.list_snapshots(guest) if snapshots is None else snapshots,
-        SNAPSHOT_LABEL,
-        this_run,
-    )
+    """What an interrupted run left on ``guest`` for this run (``this_run``) to finish: the
+    VM's newest pre-update snapshot names another run and does not say that run committed
+    or rolled back (:func:`moxflow.windows.unfinished_candidate`); that run is over (the
+    Prefect server says so; for a description written before they said ``in progress``:
+    its subflow for the VM never ended by itself); and a rollback to the snapshot undoes
+    that run only: no snapshot was taken after it, and it is not older than [windows]
+    adopt_max_age_hours (:func:`moxflow.windows.not_adopted`).
+
+    None when there is none (a new snapshot is taken, as always), also when an old-style
+    description names a run the Prefect server does not know. ``LeftAlone`` (``step``
+    failing, nothing changed) when the VM must be left as it is: busy while that run still
+    runs; needing attention when the snapshot may not be adopted, or says ``in progress``
+    for a run the server does not know."""
+    snaps = client.list_snapshots(guest) if snapshots is None else list(snapshots)
+    found = unfinished_candidate(snaps, SNAPSHOT_LABEL, this_run)
     owner = description_run(found.description) if found is not None else None
     if found is None or owner is None:
         return None
+    legacy = description_state(found.description) is None
     try:
-        ended = subflow_ended(owner, guest.label)
+        known = subflow_ended(owner, guest.label) if legacy else flow_run_status(owner)
     except Exception as exc:  # the Prefect server did not answer: judge nothing
         raise WindowsStepFailed(
             guest.label,
-            "recover",
+            step,
             f"the Prefect server could not say whether run {owner}, which took "
             f"{found.name}, finished: {exc}",
             hint="nothing was changed; run again once the Prefect server answers",
         ) from exc
-    if ended is None:
-        _log().warning(
-            "%s: %s names run %s, which the Prefect server does not know: not adopted",
+    now = datetime.now(UTC)
+    taken = snapshot_taken(found)
+    age = f"taken {format_age(now, taken)}"
+    if legacy:  # judged as before descriptions said their state: by its subflow
+        if known is None:
+            _log().warning(
+                "%s: %s names run %s, which the Prefect server does not know: not adopted",
+                guest.label,
+                found.name,
+                owner,
+            )
+        if known is not False:  # unknown, or its subflow ended by itself
+            return None
+    elif known:  # the run still runs (as far as the server knows)
+        raise LeftAlone(
             guest.label,
-            found.name,
-            owner,
+            step,
+            f"run {owner}, which took {found.name} ({age}) and has not finished with it, "
+            "still runs as far as the Prefect server knows: left alone, nothing was changed",
+            Outcome.BUSY,
+            hint=f"if that run is dead (its worker or machine lost), cancel it (prefect "
+            f"flow-run cancel {owner}); the next run then finishes its update",
         )
-        return None
-    return None if ended else Interrupted(found.name, found.vmstate, owner, found.snaptime)
+    elif known is None:
+        raise LeftAlone(
+            guest.label,
+            step,
+            f"snapshot {found.name} ({age}) says run {owner} was updating the VM, but the "
+            "Prefect server does not know that run: whether that update finished is "
+            f"unknown; {left_as_is(guest.vmid, found.name, newer_snapshots(snaps, found))}",
+            Outcome.NEEDS_ATTENTION,
+        )
+    refused = not_adopted(guest.vmid, snaps, found, owner, now, settings.adopt_max_age_hours)
+    if refused is not None:
+        raise LeftAlone(guest.label, step, refused, Outcome.NEEDS_ATTENTION)
+    return Interrupted(found.name, found.vmstate, owner, taken)
+
+
+def wait_earlier_tasks(client: ProxmoxClient, guest: Guest) -> Guest:
+    """Wait for the snapshot, reboot or rollback task an interrupted run left running on
+    ``guest`` (the VM is locked meanwhile, or not yet back); the guest as it is after."""
+    waited = False
+    for op in ("snapshot", "reboot", "rollback"):
+        waited = wait_for_earlier_task(client, guest, op) or waited
+    if not waited:
+        return guest
+    return replace(guest, status=client.guest_status(guest.node, "qemu", guest.vmid))
 
 
 # --- pre-flight --------------------------------------------------------------------------------
@@ -418,23 +491,24 @@ def _require_os(client: ProxmoxClient, guest: Guest) -> OsInfo:
 def preflight(inv: Inventory, client: ProxmoxClient, guest: Guest, run: str = "") -> VmFacts:
     """Read-only, before any change: the VM runs, its agent is configured and answers,
     get-osinfo says Windows; then whether a reboot is pending and which updates Windows
-    Update offers (``list-updates.ps1``). A VM that fails any of these is refused. An
-    agent that does not answer on a VM an interrupted run left (``run``: this flow run) is
-    waited for, bounded by [windows] agent_timeout: that run's reboot may be under way;
-    when it still does not answer, the facts say nothing of Windows (no build, no updates)
-    and the update goes on to adopt that run's snapshot and roll back to it."""
+    Update offers (``list-updates.ps1``). A VM that fails any of these is refused. First
+    what an interrupted run left (``run``: this flow run; :func:`find_interrupted`): a VM
+    it must leave alone is (``LeftAlone``); on one whose update this run is to finish, that
+    run's snapshot, reboot or rollback task still running is waited for, and then an agent
+    that does not answer, bounded by [windows] agent_timeout: that run's reboot may be under
+    way; when it still does not answer, the facts say nothing of Windows (no build, no
+    updates) and the update goes on to adopt that run's snapshot and roll back to it."""
     settings = inv.windows
     step_name = "pre-flight"
     stopped_hint = None
-    if not guest.running:
-        left = find_interrupted(client, guest, run)
-        if left is not None:
-            stopped_hint = (
-                f"{left.describe()} is on it (that run may have shut it down for a "
-                "consistent snapshot): start it, and the next run finishes that update"
-            )
+    interrupted = find_interrupted(client, guest, run, settings)
+    if interrupted is not None:  # its snapshot, reboot or rollback task ends first
+        guest = wait_earlier_tasks(client, guest)
+        stopped_hint = (
+            f"{interrupted.describe()} is on it (that run may have shut it down for a "
+            "consistent snapshot): start it, and the next run finishes that update"
+        )
     config = _require_agent(client, guest, "updates", stopped_hint)
-    interrupted = find_interrupted(client, guest, run)
     recovery: list[str] = []
     try:
         client.agent_ping(guest.node, guest.vmid)
@@ -575,13 +649,15 @@ def take_snapshot(
     label: str,
     now: datetime,
     run_id: str,
+    state: str = "",
 ) -> Taken:
     """The ``label`` snapshot of a Windows VM, of the kind ``choice`` says: with RAM state,
     disk only (the agent freezing the file systems), or disk only with the VM shut down
-    cleanly first and started again after (then its agent is waited for). Idempotent: the
-    name carries the run's time; a whole snapshot of that name is an earlier attempt's."""
+    cleanly first and started again after (then its agent is waited for); its description
+    names the run and (``state``) how the change it guards stands. Idempotent: the name
+    carries the run's time; a whole snapshot of that name is an earlier attempt's."""
     name = snapshot_name(label, now)
-    description = snapshot_description(label, now, run_id)
+    description = snapshot_description(label, now, run_id, state=state)
     done = any(s.name == name and s.complete for s in client.list_snapshots(guest))
     stopped = False
     try:
@@ -611,10 +687,13 @@ def snapshot(run: VmRun) -> str:
     started again after (then its agent is waited for). Idempotent: the name carries the
     run's time; a whole snapshot of that name is an earlier attempt's.
 
+    Its description says ``[in progress]`` until the commit or the rollback says otherwise.
+
     First what an interrupted run left (the caller holds the VM's slot: no other run is at
     work on it). Its snapshot task still running is waited for. Its pre-update snapshot,
     never committed nor rolled back to, is adopted as this run's rollback point: the VM may
-    be half-updated now, and that snapshot is how it was before (:func:`_adopt`)."""
+    be half-updated now, and that snapshot is how it was before (:func:`_adopt`); unless
+    :func:`find_interrupted` says to leave the VM alone (``LeftAlone``: nothing changed)."""
     client, guest, choice = run.client, run.guest, run.plan.snapshot
     if run.adopted is not None:  # an earlier attempt adopted one (and claimed it)
         return _adopt(run, run.adopted)
@@ -622,10 +701,12 @@ def snapshot(run: VmRun) -> str:
     mine = [s for s in snaps if owned_by_moxflow(s.name, SNAPSHOT_LABEL)]
     if mine and not mine[-1].complete and wait_for_earlier_task(client, guest, "snapshot"):
         snaps = client.list_snapshots(guest)  # the earlier run's snapshot task has ended
-    left = find_interrupted(client, guest, run.run_id, snaps)
+    left = find_interrupted(client, guest, run.run_id, run.settings, snaps, step="snapshot")
     if left is not None:
         return _adopt(run, left)
-    taken = take_snapshot(client, guest, run.settings, choice, SNAPSHOT_LABEL, run.now, run.run_id)
+    taken = take_snapshot(
+        client, guest, run.settings, choice, SNAPSHOT_LABEL, run.now, run.run_id, IN_PROGRESS
+    )
     if taken.booted is not None:
         run.last_boot = taken.booted
     run.snapshot, run.snapshot_kind = taken.name, choice.kind
@@ -634,34 +715,39 @@ def snapshot(run: VmRun) -> str:
 
 
 def _adopt(run: VmRun, left: Interrupted) -> str:
-    """Take ``left``'s snapshot as this run's rollback point, and claim it: its description
-    names this run from now on (and the interrupted one), so that the run after this one
-    judges it by how this run ends (committed, rolled back, or interrupted in turn). Then
-    wait for what the interrupted run may have left under way: its reboot or rollback task,
-    then the agent (and Windows' boot time, which the first reboot's proof compares with). A VM that
-    does not come back fails the step with the rollback point set: the caller rolls back."""
+    """Take ``left``'s snapshot as this run's rollback point. Wait first for what the
+    interrupted run may have left under way: its snapshot, reboot or rollback task (the VM
+    is locked meanwhile, and PVE refuses to change a snapshot's description while it is).
+    Then claim the snapshot: its description names this run from now on (and the
+    interrupted one), ``[in progress]``, so that the run after this one judges it by how
+    this run ends (committed, rolled back, or interrupted in turn). Then wait for the agent
+    (and Windows' boot time, which the first reboot's proof compares with). A VM that does
+    not come back fails the step with the rollback point set: the caller rolls back."""
     client, guest = run.client, run.guest
     if run.adopted is None:  # once, whatever happens next: the rollback point is set
-        if flow_run_alive(left.run):
-            _log().warning(
-                "%s: run %s still shows as running, but holds no slot: it died",
-                run.label,
-                left.run,
-            )
         run.snapshot = left.snapshot
         run.snapshot_kind = "ram" if left.vmstate else "disk-live"
         run.adopted = left
         run.recover(
             f"recovered: adopted {left.describe()} ({left.age()}) as this run's rollback point"
         )
-    parsed = parse_snapshot_name(left.snapshot)
-    created = parsed.created if parsed else left.taken or datetime.now(UTC)
-    claim = snapshot_description(SNAPSHOT_LABEL, created, run.run_id, adopted_from=left.run)
-    client.set_snapshot_description(guest, left.snapshot, claim)
-    for op in ("reboot", "rollback"):  # its reboot or rollback task, if one still runs
-        wait_for_earlier_task(client, guest, op)
+    wait_earlier_tasks(client, guest)
+    mark_snapshot(run, IN_PROGRESS)
     run.last_boot = wait_agent(client, guest, run.settings, what="snapshot").last_boot
     return left.snapshot
+
+
+def mark_snapshot(run: VmRun, state: str) -> None:
+    """Write into the run's snapshot's description how its update stands (``in progress``,
+    ``committed``, ``rolled back``): what the run after this one goes by."""
+    if run.snapshot is None:
+        return
+    parsed = parse_snapshot_name(run.snapshot)
+    created = parsed.created if parsed else run.now
+    text = snapshot_description(
+        SNAPSHOT_LABEL, created, run.run_id, adopted_from=run.adopted_from or "", state=state
+    )
+    run.client.set_snapshot_description(run.guest, run.snapshot, text)
 
 
 def _create_snapshot(
@@ -924,8 +1010,10 @@ def prune_snapshots(
 
 @step("windows-commit", "{run.label}: commit")
 def commit(run: VmRun, upstream: object) -> list[str]:
-    """Keep the update: the new snapshot stays, the VM's older ``pre-update`` snapshots go by
-    [windows.policies] (:func:`prune_snapshots`)."""
+    """Keep the update: the snapshot stays, its description says ``[committed]`` (the run
+    after this one does not adopt it), and the VM's older ``pre-update`` snapshots go by
+    [windows.policies] (:func:`prune_snapshots`). Safe to retry."""
+    mark_snapshot(run, "committed")
     removed = prune_snapshots(run.client, run.guest, run.inv, SNAPSHOT_LABEL, run.tz,
                               run.snapshot)  # fmt: skip
     if removed:
@@ -937,12 +1025,19 @@ def commit(run: VmRun, upstream: object) -> list[str]:
 def rollback(run: VmRun, upstream: object) -> RebootState:
     """Back to the pre-update snapshot: roll back (the VM started again: a disk-only
     snapshot leaves it stopped otherwise), then wait, bounded, until its agent answers. Not
-    retried; a rollback that fails leaves the snapshot for a person to use."""
+    retried; a rollback that fails leaves the snapshot for a person to use. Once the
+    rollback task ended well, the snapshot's description says ``[rolled back]`` (the run
+    after this one does not adopt it; should that fail, it does: the VM is as it was
+    then)."""
     client, guest = run.client, run.guest
     if run.snapshot is None:
         raise WindowsStepFailed(run.label, "rollback", "no snapshot to roll back to")
     upid = client.rollback_snapshot(guest, run.snapshot, start=True)
     client.wait_task(upid, timeout=TASK_TIMEOUT, node=guest.node)
+    try:
+        mark_snapshot(run, "rolled back")
+    except MoxflowError as exc:
+        run.note(f"could not mark {run.snapshot} rolled back ({exc}): the next run adopts it")
     status = client.guest_status(guest.node, "qemu", guest.vmid)
     if status != "running":
         raise WindowsStepFailed(run.label, "rollback", f"the VM is {status} after the rollback")

@@ -6,7 +6,9 @@ prune (``moxflow.windows_provision`` plans, these only act).
 Scripts run through :func:`tasks.windows.run_script` (one of moxflow's ``.ps1`` files sent
 unchanged, its values as JSON on stdin, exec-status polled with backoff and read once, its
 stdout and stderr in the log). The pre-flight checks, the snapshot and the prune are
-``tasks.windows``' own. The Steam password is read from its secret reference inside the
+``tasks.windows``' own; the pre-flight also refuses a VM on which an update run died
+half-way (``tasks.windows.find_interrupted``): the windows-update run that finishes it
+comes first. The Steam password is read from its secret reference inside the
 unit's task, at the last moment, and goes only into that exec's input: never into a task
 parameter, a command line, a log line or an error.
 
@@ -45,6 +47,7 @@ from tasks._logging import LoggerLike, run_logger
 from tasks._retry import step
 from tasks.windows import (
     WindowsStepFailed,
+    find_interrupted,
     prune_snapshots,
     require_windows,
     run_script,
@@ -93,10 +96,25 @@ def _facts(
 
 
 @step("windows-provision-preflight", "{guest.label}: pre-flight")
-def preflight(inv: Inventory, client: ProxmoxClient, guest: Guest, key: str) -> VmState:
-    """Read-only, before any change: the VM runs, its agent is configured and answers,
-    get-osinfo says Windows; then what ``provision-facts.ps1`` finds of what
-    [windows.vms.KEY] asks for. A VM that fails any of these is refused."""
+def preflight(
+    inv: Inventory, client: ProxmoxClient, guest: Guest, key: str, run: str = ""
+) -> VmState:
+    """Read-only, before any change: no interrupted update is on the VM (an update run
+    killed half-way, whose pre-update snapshot the next windows-update run adopts: setting
+    things up on top of it would be undone by that update's rollback, or leave its rollback
+    point behind; :func:`tasks.windows.find_interrupted`, ``run`` being this flow run); the
+    VM runs, its agent is configured and answers, get-osinfo says Windows; then what
+    ``provision-facts.ps1`` finds of what [windows.vms.KEY] asks for. A VM that fails any of
+    these is refused."""
+    left = find_interrupted(client, guest, run, inv.windows)
+    if left is not None:
+        raise WindowsStepFailed(
+            guest.label,
+            "pre-flight",
+            f"an interrupted update is on the VM: {left.describe()} ({left.age()}); nothing "
+            "was changed",
+            hint="run windows_update first to finish that update, then provision",
+        )
     config, os = require_windows(client, guest, verb="provisions")
     facts = _facts(client, guest, inv.windows, inv.windows.vms[key])
     return VmState(guest, config, os, facts)

@@ -37,6 +37,7 @@ def test_defaults(tmp_path: Path) -> None:
     assert (win.vms, win.categories, win.drivers, win.max_rounds) == ({}, [], False, 3)
     assert (win.snapshot_ram, win.snapshot_consistent) == (True, False)
     assert (win.agent_timeout, win.install_timeout) == (900.0, 14400.0)
+    assert win.adopt_max_age_hours == 6.0
 
 
 def test_a_full_section_loads_and_a_vm_overrides_the_section(tmp_path: Path) -> None:
@@ -105,6 +106,8 @@ def test_pre_update_snapshots_have_a_default_policy(tmp_path: Path) -> None:
         ('[windows.vms.103]\ncategories = ["A\\u0007"]\n', "windows.vms.103.categories[0]"),
         ("[windows]\nagent_timeout = 0\n", "windows.agent_timeout"),
         ("[windows]\ninstall_timeout = -5\n", "windows.install_timeout"),
+        ("[windows]\nadopt_max_age_hours = 0\n", "windows.adopt_max_age_hours"),
+        ("[windows]\nadopt_max_age_hours = 9000\n", "windows.adopt_max_age_hours"),
         ('[windows]\nsnapshot_ram = "maybe"\n', "windows.snapshot_ram"),
         ('[windows.policies]\npre-update = "keep-lots=3"\n', "windows.policies.pre-update"),
         ("[windows]\ncolour = 1\n", "windows.colour"),

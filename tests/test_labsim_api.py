@@ -339,6 +339,27 @@ def test_running_snapshot_locks_the_guest(fresh_lab: LabClient, api: Api) -> Non
     assert "slow1" not in fresh_lab.guest(101)["snapshots"]
 
 
+def test_a_snapshots_description_is_not_updated_while_the_guest_is_locked(
+    fresh_lab: LabClient, api: Api
+) -> None:
+    # qemu-server's update_snapshot_config: check_lock inside lock_config, then the snapshot
+    path = "/nodes/pve1/qemu/101/snapshot/before-upgrade/config"
+    fresh_lab.set_time_scale(1000.0)  # a rollback now takes 2000 s
+    api.data(api.post("/nodes/pve1/qemu/101/snapshot/before-upgrade/rollback"))
+    assert fresh_lab.guest(101)["lock"] == "rollback"
+    resp = api.session.put(api.base + path, data={"description": "x"}, timeout=10)
+    assert (resp.status_code, resp.reason) == (500, "VM is locked (rollback)")
+    resp = api.session.put(
+        api.base + path.replace("before-upgrade", "nope"), data={"description": "x"}, timeout=10
+    )
+    assert (resp.status_code, resp.reason) == (500, "VM is locked (rollback)")
+    assert fresh_lab.guest(101)["snapshots"]["before-upgrade"]["description"] != "x"
+    fresh_lab.reset()
+    resp = api.session.put(api.base + path, data={"description": "x"}, timeout=10)
+    assert resp.status_code == 200
+    assert fresh_lab.guest(101)["snapshots"]["before-upgrade"]["description"] == "x"
+
+
 def test_time_scale_shortens_tasks(fresh_lab: LabClient, api: Api) -> None:
     fresh_lab.set_time_scale(0.001)  # 2 ms
     upid = api.data(api.post("/nodes/pve1/qemu/101/snapshot", snapname="quick"))

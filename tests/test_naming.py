@@ -14,6 +14,7 @@ from moxflow.naming import (
     MOXFLOW_MARKER,
     ParsedName,
     description_run,
+    description_state,
     is_moxflow_description,
     owned_by_moxflow,
     parse_snapshot_name,
@@ -293,6 +294,26 @@ def test_an_adopted_snapshots_description_names_the_run_that_adopted_it() -> Non
     assert snapshot_description("pre-update", when, adopted_from="old-run") == (
         snapshot_description("pre-update", when)
     )
+
+
+def test_a_snapshots_description_says_how_its_change_stands() -> None:
+    when = datetime(2026, 11, 26, 1, 2, 3, tzinfo=UTC)
+    text = snapshot_description("pre-update", when, "new-run", "old-run", state="in progress")
+    assert text == (
+        "moxflow: pre-update snapshot taken 2026-11-26T01:02:03Z by the interrupted run "
+        "old-run, adopted by run new-run [in progress] (do not rename; pruned by moxflow)"
+    )
+    assert (description_run(text), description_state(text)) == ("new-run", "in progress")
+    for state in ("committed", "rolled back"):
+        text = snapshot_description("pre-update", when, "run-1", state=state)
+        assert (description_run(text), description_state(text)) == ("run-1", state)
+        assert description_state(text + "\n") == state
+    # written before states were: no state, the run still read
+    legacy = snapshot_description("pre-update", when, "run-1")
+    assert (description_run(legacy), description_state(legacy)) == ("run-1", None)
+    assert description_state("by hand [committed] (x)") is None  # not moxflow's
+    with pytest.raises(ValueError, match="unknown snapshot state"):
+        snapshot_description("pre-update", when, "run-1", state="done")
 
 
 @pytest.mark.parametrize("desc", [None, "", "before the upgrade", "made by moxflow", "moxflow"])

@@ -315,6 +315,49 @@ def test_the_snapshot_an_earlier_run_may_have_left_unfinished() -> None:
     assert pick([], "pre-update", "run-c") is None
 
 
+def test_a_snapshot_that_says_its_update_is_done_is_not_unfinished() -> None:
+    from datetime import UTC, datetime
+
+    from moxflow.naming import snapshot_description, snapshot_name
+    from moxflow.proxmox import GuestSnapshot
+
+    when = datetime(2025, 1, 2, tzinfo=UTC)
+
+    def snap(state: str) -> GuestSnapshot:
+        text = snapshot_description("pre-update", when, "run-b", state=state)
+        return GuestSnapshot(snapshot_name("pre-update", when), text, when)
+
+    pick = windows.unfinished_candidate
+    assert pick([snap("in progress")], "pre-update", "run-c") == snap("in progress")
+    assert pick([snap("")], "pre-update", "run-c") == snap("")  # the Prefect server judges
+    assert pick([snap("committed")], "pre-update", "run-c") is None
+    assert pick([snap("rolled back")], "pre-update", "run-c") is None
+
+
+def test_an_interrupted_snapshot_is_adopted_only_when_newest_and_young() -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from moxflow.naming import snapshot_name
+    from moxflow.proxmox import GuestSnapshot
+
+    now = datetime(2025, 1, 2, 12, tzinfo=UTC)
+    taken = now - timedelta(hours=5)
+    left = GuestSnapshot(snapshot_name("pre-update", taken), "", taken)
+    later = GuestSnapshot("before-driver", "", taken + timedelta(minutes=1))
+    refuse = windows.not_adopted
+    assert refuse(103, [left], left, "run-b", now, 6.0) is None
+    too_old = refuse(103, [left], left, "run-b", now, 4.0)
+    assert too_old is not None and "older than [windows] adopt_max_age_hours (4 h)" in too_old
+    assert "of the interrupted run run-b (taken 5h ago)" in too_old
+    assert f"qm rollback 103 {left.name}, then qm delsnapshot 103 {left.name}" in too_old
+    newer = refuse(103, [left, later], left, "run-b", now, 6.0)
+    assert newer is not None and "a newer snapshot exists (before-driver)" in newer
+    assert "qm delsnapshot 103 before-driver" in newer
+    # the age is the name's (the run's clock), not the node's snaptime
+    skewed = GuestSnapshot(left.name, "", now)
+    assert refuse(103, [skewed], skewed, "run-b", now, 4.0) is not None
+
+
 def test_readable_stderr_of_powershell_clixml() -> None:
     clixml = (
         '#< CLIXML\r\n<Objs Version="1.1.0.1" xmlns="http://schemas.microsoft.com/powershell/2004/04">'

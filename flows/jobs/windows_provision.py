@@ -27,6 +27,7 @@ from moxflow.windows_provision import (
 )
 from tasks._retry import tuned
 from tasks.targets import guest_target, hold
+from tasks.windows import LeftAlone
 from tasks.windows_provision import (
     ItemsFailed,
     ProvisionRun,
@@ -203,10 +204,14 @@ def windows_provision(
     now = utc_now()
     with proxmox_client(inv) as client:
         planned: list[ProvisionRun] = []
+        this = run_id()
         for key, guest in _vms(inv, client, p.only):
             try:
                 xml = _task_xml(inv, key)
-                state = tuned(preflight, inv)(inv, client, guest, key)
+                state = tuned(preflight, inv)(inv, client, guest, key, this)
+            except LeftAlone as exc:  # an earlier update run's leftovers: nothing changed
+                report.add(ReportRow(guest.label, exc.outcome, detail=f"refused: {exc}"))
+                continue
             except MoxflowError as exc:
                 report.add(ReportRow(guest.label, Outcome.FAILED, detail=f"refused: {exc}"))
                 continue
@@ -217,9 +222,7 @@ def windows_provision(
             if plan.skip or p.dry_run:
                 report.extend(_plan_rows(plan, p.dry_run))
             else:
-                planned.append(
-                    ProvisionRun(inv, client, key, state, plan, xml, now, inv.tz, run_id())
-                )
+                planned.append(ProvisionRun(inv, client, key, state, plan, xml, now, inv.tz, this))
         for run in planned:
             ended = provision_vm(run.label, run, p.lock_timeout, return_state=True)
             rows = ended.result(raise_on_failure=False)

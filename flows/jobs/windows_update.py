@@ -23,6 +23,7 @@ from moxflow.windows import VmPlan, plan_vm, require_vms, select_vms
 from tasks._retry import tuned
 from tasks.targets import guest_target, hold
 from tasks.windows import (
+    LeftAlone,
     VmFacts,
     VmRun,
     commit,
@@ -71,7 +72,9 @@ def update_vm(vm: str, run: VmRun, wait: float) -> ReportRow | State[ReportRow]:
     """One VM, step by step: snapshot → install round 1 → reboot 1 → install round 2 → ...
     → verify → commit, or → rollback after a failure, holding the VM's slot the whole time.
     The snapshot step adopts the snapshot of an interrupted run instead of taking one (the
-    run that follows a kill finishes that update: ``tasks.windows``).
+    run that follows a kill finishes that update: ``tasks.windows``), or leaves the VM as
+    it is when that is not safe (busy, or needing attention: nothing changed). Any failure
+    after the snapshot, whatever raised it, rolls back.
     Failed when the VM did not end up updated: failed, rolled back, needing attention, or
     busy (another run holds it longer than ``wait`` seconds)."""
     try:
@@ -85,22 +88,30 @@ def update_vm(vm: str, run: VmRun, wait: float) -> ReportRow | State[ReportRow]:
 
 
 def _chain(run: VmRun) -> ReportRow:
+    """The steps; any failure after the snapshot (whatever raised it) rolls back."""
     inv = run.inv
     try:
         done: object = tuned(snapshot, inv)(run)
-    except MoxflowError as exc:
+    except LeftAlone as exc:  # what an earlier run left: nothing was changed
+        return _row(run, exc.outcome, f"not updated: {exc}")
+    except Exception as exc:
         if run.adopted_from is not None:  # an interrupted run's VM that did not come back
             return _rollback(run, exc)
-        return _row(run, Outcome.FAILED, f"snapshot failed, nothing installed: {exc}")
+        return _row(run, Outcome.FAILED, f"snapshot failed, nothing installed: {_why(exc)}")
     try:
         done = _rounds(run, done)
         done = tuned(verify, inv)(run, done)
-    except MoxflowError as exc:
+    except Exception as exc:
         return _rollback(run, exc)
+    outcome = Outcome.OK
     try:
         tuned(commit, inv)(run, done)
-    except MoxflowError as exc:
-        run.note(f"could not prune older snapshots: {exc}")
+    except Exception as exc:
+        outcome = Outcome.PARTIAL
+        run.note(
+            f"the commit failed: {_why(exc)}; the update stays, but unless {run.snapshot}'s "
+            "description says [committed] the next run takes it for an interrupted update"
+        )
     ok = len(run.installed)
     text = f"{ok} update(s) installed" if ok else "nothing was installed"
     text += f" in {len(run.rounds)} round(s), {run.reboots} reboot(s); verified"
@@ -108,7 +119,14 @@ def _chain(run: VmRun) -> ReportRow:
         text += ": " + ", ".join(u.kb for u in run.installed)
     if run.recovered:
         text += "; " + "; ".join(run.recovered)
-    return ReportRow(run.label, Outcome.OK, detail=text, cells=_cells(run))
+    if outcome is not Outcome.OK:
+        return _row(run, outcome, text)
+    return ReportRow(run.label, outcome, detail=text, cells=_cells(run))
+
+
+def _why(exc: Exception) -> str:
+    """An error in words: moxflow's own say what they are; anything else names its type."""
+    return str(exc) if isinstance(exc, MoxflowError) else f"{type(exc).__name__}: {exc}"
 
 
 def _rounds(run: VmRun, upstream: object) -> object:
@@ -128,18 +146,18 @@ def _rounds(run: VmRun, upstream: object) -> object:
     return done
 
 
-def _rollback(run: VmRun, cause: MoxflowError) -> ReportRow:
+def _rollback(run: VmRun, cause: Exception) -> ReportRow:
     """Back to the snapshot after a failure: rolled back (the VM runs, its agent answers),
     or needing attention with the snapshot named."""
-    why = str(cause)
+    why = _why(cause)
     try:
         rollback(run, cause)
-    except MoxflowError as exc:
+    except Exception as exc:
         return _row(
             run,
             Outcome.NEEDS_ATTENTION,
-            f"{why}; the rollback to {run.snapshot} failed: {exc}; the snapshot is kept: roll "
-            "back to it by hand (VM → Snapshots) and start the VM",
+            f"{why}; the rollback to {run.snapshot} failed: {_why(exc)}; the snapshot is kept: "
+            "roll back to it by hand (VM → Snapshots) and start the VM",
         )
     return _row(run, Outcome.ROLLED_BACK, f"{why}; rolled back to {run.snapshot}")
 
@@ -203,6 +221,9 @@ def windows_update(
         for key, guest in _vms(inv, client, p.only):
             try:
                 facts = tuned(preflight, inv)(inv, client, guest, this)
+            except LeftAlone as exc:  # what an earlier run left: nothing was changed
+                report.add(ReportRow(guest.label, exc.outcome, detail=f"not updated: {exc}"))
+                continue
             except MoxflowError as exc:
                 report.add(ReportRow(guest.label, Outcome.FAILED, detail=f"refused: {exc}"))
                 continue

@@ -3,7 +3,8 @@ QEMU guest agent.
 
 Which VMs (KEY is a VMID or a guest name), which update categories, how many install rounds,
 how each VM is snapshotted first (with RAM state where configured and possible; a VM with
-PCI passthrough cannot save it), how long each bounded wait may last, and the
+PCI passthrough cannot save it), how long each bounded wait may last, how old an interrupted
+update's snapshot may be for the next run to finish that update, and the
 ``[[windows.vms.KEY.checks]]`` that must pass after the update (a service running, a TCP
 port listening inside the guest, a command's exit code). A VM's own setting replaces the
 section's; unset, the section's applies. What provisioning sets up in a VM (its ``steam``,
@@ -19,6 +20,7 @@ from pydantic import AfterValidator, Field, field_validator, model_validator
 
 from moxflow.inventory.fields import (
     POLICIES_HELP,
+    Hours,
     Policies,
     Port,
     Seconds,
@@ -338,6 +340,15 @@ class WindowsSettings(Section):
         description=(
             "Seconds the checks get to pass after the last reboot (services may start late) "
             "before the update is rolled back."
+        ),
+    )
+    adopt_max_age_hours: Hours = Field(
+        default=6.0,
+        description=(
+            "Hours old at most an interrupted update's pre-update snapshot may be for the next "
+            "run to adopt it as its rollback point and finish that update (a rollback to it "
+            "undoes everything since it was taken); an older one, or one with a newer "
+            "snapshot after it, leaves the VM as it is, needing attention."
         ),
     )
 

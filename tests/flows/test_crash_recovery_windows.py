@@ -10,14 +10,17 @@ The killed run is ``python -m flows.windows_update`` in its own process. What it
   and a reboot pending;
 - after its reboot request: the snapshot, the VM booting, its agent silent for a while.
 
-Its flow runs stay *Running* on the Prefect server (nobody told it otherwise) and its slot on
-the VM stays taken until its lease runs out; each test frees it as the server's lease sweep
-would (``tests/system/test_leases.py`` proves the sweep does). The next run then holds the VM:
-it recognises the dead run's snapshot (never committed: its subflow for the VM never ended),
-adopts it as its own rollback point instead of snapshotting a VM that may be half-updated,
-waits for what is under way (the agent, the install still at work: never started twice),
-and finishes the update: verified and committed, or rolled back to that snapshot. Its
-report row says what it recovered.
+Its slot on the VM stays taken until its lease runs out; each test frees it as the server's
+lease sweep would (``tests/system/test_leases.py`` proves the sweep does), and marks its
+flow run Crashed, as a process worker does when its child dies. The next run then holds the
+VM: it recognises the dead run's snapshot (its description still says ``[in progress]``:
+never committed nor rolled back), adopts it as its own rollback point instead of
+snapshotting a VM that may be half-updated, waits for what is under way (its rollback task,
+the agent, the install still at work: never started twice), and finishes the update:
+verified and committed, or rolled back to that snapshot. Its report row says what it
+recovered. A snapshot it must not adopt (too old, a newer snapshot after it, a run the
+Prefect server does not know, or one that still runs) leaves the VM as it is
+(``tests/flows/test_windows_update.py``).
 """
 
 from __future__ import annotations
@@ -26,19 +29,22 @@ import os
 import signal
 import subprocess
 import sys
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
+from prefect.client.orchestration import get_client
 from prefect.settings import PREFECT_API_URL
+from prefect.states import Crashed
 
 from blocks.proxmox import proxmox_client
 from flows.jobs.windows_update import windows_update
 from labsim.client import LabClient, wait_until
 from moxflow.errors import ProxmoxError, RunFailed
 from moxflow.inventory import load_inventory
-from moxflow.naming import description_run
+from moxflow.naming import description_run, description_state
 from moxflow.report import Outcome, ReportRow
 from tasks.targets import guest_target
 from tests.flows.conftest import guest_snapshots
@@ -117,7 +123,16 @@ def _kill_when(lab: LabClient, inv: Path, log: Path, ready: Callable[[], bool]) 
     (snap,) = _pre_update(lab).values()
     dead = description_run(snap["description"])
     assert dead, snap
+    _crashed(dead)
     return dead
+
+
+def _crashed(run: str) -> None:
+    """What a process worker does when its child dies: the flow run goes Crashed (a run
+    killed outright with nobody to say so stays Running: the next one leaves the VM alone,
+    busy, until a person cancels it: ``test_a_run_that_still_runs_leaves_the_vm_busy``)."""
+    with get_client(sync_client=True) as client:
+        client.set_flow_run_state(uuid.UUID(run), Crashed(message="killed"), force=True)
 
 
 def _next_run(inv: Path) -> tuple[bool, ReportRow]:
@@ -176,13 +191,15 @@ def test_killed_right_after_its_snapshot(win: LabClient, tmp_path: Path) -> None
     assert _windows(lab)["installed"] == ["KB5001", "KB5002"]
     _assert_once(lab)
     _assert_settled(lab)
-    # the snapshot now names the run that adopted it and committed: done with, not adopted
-    # again by the run after
+    # the snapshot now names the run that adopted it, and says it committed: done with,
+    # not adopted again by the run after
     claim = _pre_update(lab)[adopted]["description"]
     assert f"by the interrupted run {dead}, adopted by run " in claim
     assert description_run(claim) not in (None, dead)
+    assert description_state(claim) == "committed"
     puts = [r for r in lab.api_requests() if r["method"] == "PUT"]
-    assert [r["path"] for r in puts] == [f"/nodes/{NODE}/qemu/{VMID}/snapshot/{adopted}/config"]
+    path = f"/nodes/{NODE}/qemu/{VMID}/snapshot/{adopted}/config"
+    assert [r["path"] for r in puts] == [path, path]  # the claim, then the commit's mark
     assert check_requests(lab.api_requests()) == []  # every request is PVE's
     lab.control("windows", vmid=VMID, pending="KB5003:Updates")
     ok, row = _next_run(inv)
@@ -322,3 +339,32 @@ def test_killed_after_its_reboot_request_and_the_vm_never_comes_back(
     after = _windows(lab)
     assert after["installed"] == [] and [u["kb"] for u in after["pending"]] == ["KB5001"]
     _assert_settled(lab)
+
+
+def test_killed_during_its_rollback(win: LabClient, tmp_path: Path) -> None:
+    """Its update failed and it died rolling back: the rollback task still runs when the
+    next run starts (the VM stopped and locked). The next run waits for that task before it
+    claims the snapshot (PVE refuses to change a snapshot of a locked VM) and before it
+    judges the VM, then finishes the update from where the rollback left it: the snapshot's
+    state, which is adopted (no new snapshot)."""
+    lab = win
+    lab.control("windows", vmid=VMID, clear=True, pending="KB5001:Security Updates:reboot",
+                fail="KB5001=0x80240022")  # fmt: skip
+    inv = _inventory(lab, tmp_path.name)
+    lab.fault(target="task", type="qmrollback", action="slow", delay=8.0, times=1)
+    dead = _kill_when(lab, inv, tmp_path / "killed.log", lambda: bool(_tasks(lab, "qmrollback")))
+    (adopted,) = _pre_update(lab)
+    assert lab.guest(VMID)["lock"] == "rollback"  # the rollback task still runs
+    lab.control("windows", vmid=VMID, reset_faults=True)  # KB5001 installs this time
+
+    ok, row = _next_run(inv)
+
+    assert ok and row.outcome is Outcome.OK, row
+    assert f"recovered: adopted snapshot {adopted} of the interrupted run {dead}" in row.detail
+    assert row.cell("snapshot") == f"{adopted} (disk only, adopted)"
+    assert set(_pre_update(lab)) == {adopted}
+    assert _windows(lab)["installed"] == ["KB5001"]
+    assert len(_tasks(lab, "qmrollback")) == 1  # its rollback, not a second one
+    _assert_settled(lab)
+    assert description_state(_pre_update(lab)[adopted]["description"]) == "committed"
+    assert check_requests(lab.api_requests()) == []

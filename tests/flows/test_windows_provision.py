@@ -333,6 +333,30 @@ def test_a_stopped_vm_is_refused_before_any_change(win: LabClient, tmp_path: Pat
     assert pre_provision(win) == {} and windows_state(win)["execs"] == []
 
 
+def test_a_vm_with_an_interrupted_update_is_refused_before_any_change(
+    win: LabClient, tmp_path: Path
+) -> None:
+    """A windows-update run died half-way (its pre-update snapshot says in progress, its run
+    is over): setting things up on top of that update would be lost to its rollback, or
+    would leave its rollback point behind. Run windows_update first, the row says."""
+    from tests.flows.test_windows_update import _a_run, _left
+
+    dead = _a_run()
+    left = _left(win, dead, hours=1)
+    before = lab_view(win)
+    win.clear_api_requests()
+    with pytest.raises(RunFailed) as info:
+        windows_provision(inventory=str(inventory(win, tmp_path.name)))
+    (row,) = info.value.report.rows
+    assert row.outcome is Outcome.FAILED and row.target == VM, row
+    assert f"an interrupted update is on the VM: snapshot {left} of the interrupted run {dead}" in (
+        row.detail
+    )
+    assert "run windows_update first to finish that update" in row.detail
+    assert lab_view(win) == before and windows_state(win)["execs"] == []
+    assert [r for r in win.api_requests() if r["method"] in ("POST", "PUT", "DELETE")] == []
+
+
 def test_a_vm_another_run_holds_is_busy(win: LabClient, tmp_path: Path) -> None:
     inv = inventory(win, tmp_path.name)
     with hold([guest_target(VMID)], wait=0), pytest.raises(RunFailed) as info:

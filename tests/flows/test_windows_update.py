@@ -6,10 +6,14 @@ run's task runs read back from the Prefect server."""
 
 from __future__ import annotations
 
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
+from prefect import flow
 
 from blocks.proxmox import proxmox_client
 from flows.jobs.health_report import health_report
@@ -17,6 +21,12 @@ from flows.jobs.windows_update import windows_update
 from labsim.client import LabClient, wait_until
 from moxflow.errors import ProxmoxError, RunFailed
 from moxflow.inventory import load_inventory
+from moxflow.naming import (
+    description_state,
+    parse_snapshot_name,
+    snapshot_description,
+    snapshot_name,
+)
 from moxflow.report import Outcome, RunReport
 from tasks.targets import guest_target, hold
 from tasks.windows import run_script
@@ -331,3 +341,199 @@ def test_a_reboot_pending_before_the_run_comes_first(win: LabClient, tmp_path: P
     assert state.is_completed()
     assert windows(win)["installed"] == ["KB5048685", "KB890830", "KB2267602", "KB5049624"]
     assert chain(state)[:3] == ["snapshot", "reboot 1", "install round 1"]
+
+
+def test_commit_and_rollback_say_so_in_the_snapshots_description(
+    win: LabClient, tmp_path: Path
+) -> None:
+    """The run after judges a snapshot by what its description says: never adopted once
+    committed or rolled back to, whatever the Prefect server remembers."""
+    inv = inventory(win, tmp_path.name)
+    win.control("windows", vmid=VMID, clear=True, pending="KB5001:Updates")
+    windows_update(inventory=str(inv))
+    (committed,) = pre_update(win).values()
+    assert description_state(committed["description"]) == "committed"
+    win.control("windows", vmid=VMID, pending="KB5002:Updates", fail="KB5002=0x80240022")
+    run_failing(inv)
+    states = {n: description_state(s["description"]) for n, s in pre_update(win).items()}
+    assert sorted(states.values()) == ["committed", "rolled back"]
+
+
+def test_an_unexpected_error_after_the_snapshot_rolls_back(
+    win: LabClient, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Not only moxflow's own errors: any exception after the snapshot (a bug, here in the
+    parse of the install's answer, once the updates are installed) rolls the VM back, and
+    the row says what happened."""
+    import tasks.windows
+
+    def broken(out: Any) -> Any:
+        raise KeyError("updates")
+
+    monkeypatch.setattr(tasks.windows, "parse_install", broken)
+    win.control("windows", vmid=VMID, clear=True, pending="KB5001:Updates")
+    report = run_failing(inventory(win, tmp_path.name))
+    (row,) = report.rows
+    assert row.outcome is Outcome.ROLLED_BACK, row
+    assert (
+        "KeyError: 'updates'" in row.detail and "rolled back to moxflow-pre-update-" in row.detail
+    )
+    assert windows(win)["installed"] == [] and agent_answers(win)
+    (snap,) = pre_update(win).values()
+    assert description_state(snap["description"]) == "rolled back"
+
+
+# --- what an earlier run left: adopted, or the VM left as it is ---------------------------------
+
+
+@flow
+def _a_run() -> str:
+    """A flow run the Prefect server knows, over once it returns its ID."""
+    from prefect.runtime import flow_run
+
+    return str(flow_run.id)
+
+
+def _running_run() -> str:
+    """A flow run the Prefect server shows Running (as a live one, or one killed with
+    nobody to say so, looks)."""
+    from prefect.client.orchestration import get_client
+    from prefect.states import Running
+
+    with get_client(sync_client=True) as client:
+        return str(client.create_flow_run(_a_run, state=Running()).id)
+
+
+def _left(lab: LabClient, run: str, hours: float, state: str = "in progress") -> str:
+    """A pre-update snapshot an earlier run ``run`` took ``hours`` ago (its name says when)
+    and never finished with; its name."""
+    when = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=hours)
+    name = snapshot_name("pre-update", when)
+    description = snapshot_description("pre-update", when, run, state=state)
+    _snapshot(lab, name, description)
+    return name
+
+
+def _snapshot(lab: LabClient, name: str, description: str = "") -> None:
+    client = proxmox_client(load_inventory(lab.dir / "inventory.toml"))
+    (guest,) = [g for g in client.resources() if g.vmid == VMID]
+    client.wait_task(client.create_snapshot(guest, name, description), timeout=10)
+
+
+def _left_alone(lab: LabClient, inv: Path, outcome: Outcome) -> str:
+    """The next run leaves the VM as it is: its row (``outcome``), nothing changed (no
+    snapshot taken, changed or removed, nothing installed; only the agent's read-only
+    pre-flight reached the VM); its detail."""
+    snaps, before = pre_update(lab), windows(lab)
+    lab.clear_api_requests()
+    report = run_failing(inv)
+    (row,) = report.rows
+    assert row.outcome is outcome, row
+    assert pre_update(lab) == snaps
+    assert windows(lab)["installed"] == before["installed"]
+    changes = [r for r in lab.api_requests() if r["method"] in ("POST", "PUT", "DELETE")]
+    assert {r["path"].rsplit("/", 1)[-1] for r in changes} <= {"ping", "exec"}
+    assert {e["script"] for e in windows(lab)["execs"]} <= {
+        "list-updates.ps1",
+        "reboot-pending.ps1",
+    }
+    return row.detail
+
+
+def test_an_unfinished_snapshot_of_a_run_that_is_over_is_adopted(
+    win: LabClient, tmp_path: Path
+) -> None:
+    """Its description still says in progress: that run never committed nor rolled back,
+    whatever its flow run's state (here Completed: a run whose VM chain broke off)."""
+    win.control("windows", vmid=VMID, clear=True, pending="KB5001:Updates")
+    dead = _a_run()
+    left = _left(win, dead, hours=1)
+    report = windows_update(inventory=str(inventory(win, tmp_path.name)))
+    (row,) = report.rows
+    assert row.outcome is Outcome.OK, row
+    assert f"recovered: adopted snapshot {left} of the interrupted run {dead}" in row.detail
+    assert set(pre_update(win)) == {left} and windows(win)["installed"] == ["KB5001"]
+    assert description_state(pre_update(win)[left]["description"]) == "committed"
+
+
+def test_an_interrupted_snapshot_older_than_the_limit_leaves_the_vm_as_it_is(
+    win: LabClient, tmp_path: Path
+) -> None:
+    """A rollback to it would undo everything since it was taken: the VM is not updated,
+    the row needs attention and says what to do; with a higher limit it is adopted."""
+    win.control("windows", vmid=VMID, clear=True, pending="KB5001:Updates")
+    dead = _a_run()
+    left = _left(win, dead, hours=7)
+    detail = _left_alone(win, inventory(win, tmp_path.name), Outcome.NEEDS_ATTENTION)
+    assert f"snapshot {left} of the interrupted run {dead} (taken 7h" in detail
+    assert "older than [windows] adopt_max_age_hours (6 h)" in detail
+    assert "nothing was changed and the snapshot is kept" in detail
+    assert f"qm rollback {VMID} {left}, then qm delsnapshot {VMID} {left}" in detail
+    assert f"to keep the VM as it is, qm delsnapshot {VMID} {left}; then run again" in detail
+    assert "newer snapshot" not in detail
+    patched = inventory(win, tmp_path.name + "-8h")
+    text = patched.read_text().replace("\n[windows]\n", "\n[windows]\nadopt_max_age_hours = 8\n")
+    patched.write_text(text)
+    report = windows_update(inventory=str(patched))
+    assert f"recovered: adopted snapshot {left}" in report.rows[0].detail
+
+
+def test_an_interrupted_snapshot_with_a_newer_one_after_it_leaves_the_vm_as_it_is(
+    win: LabClient, tmp_path: Path
+) -> None:
+    """A snapshot taken after it (by hand, here): a rollback to it would undo that one's
+    state too, and PVE on ZFS refuses it."""
+    win.control("windows", vmid=VMID, clear=True, pending="KB5001:Updates")
+    dead = _a_run()
+    left = _left(win, dead, hours=1)
+    time.sleep(1.1)  # the snapshot list is ordered by snaptime (seconds)
+    _snapshot(win, "before-gpu-driver", "by hand")
+    detail = _left_alone(win, inventory(win, tmp_path.name), Outcome.NEEDS_ATTENTION)
+    assert f"snapshot {left} of the interrupted run {dead} (taken 60m ago)" in detail
+    assert "a newer snapshot exists (before-gpu-driver)" in detail
+    assert (
+        "first delete the newer snapshot(s) if you can do without them "
+        f"(qm delsnapshot {VMID} before-gpu-driver" in detail
+    )
+    assert "before-gpu-driver" in guest_snapshots(win.state(), VMID)
+
+
+def test_an_in_progress_snapshot_of_a_run_the_server_does_not_know_needs_attention(
+    win: LabClient, tmp_path: Path
+) -> None:
+    """Whether that update finished cannot be told: a person decides. A description
+    written before they said their state (and a Prefect database reset since) is not
+    adopted either, but does not block the VM: a new snapshot is taken, as before."""
+    win.control("windows", vmid=VMID, clear=True, pending="KB5001:Updates")
+    stranger = str(uuid.uuid4())
+    left = _left(win, stranger, hours=1)
+    inv = inventory(win, tmp_path.name)
+    detail = _left_alone(win, inv, Outcome.NEEDS_ATTENTION)
+    assert f"snapshot {left} (taken 60m ago)" in detail
+    assert (
+        f"says run {stranger} was updating the VM, but the Prefect server does not know" in detail
+    )
+    assert f"qm rollback {VMID} {left}" in detail and "nothing was changed" in detail
+    # the same snapshot as a moxflow before this change wrote it
+    client = proxmox_client(load_inventory(win.dir / "inventory.toml"))
+    (guest,) = [g for g in client.resources() if g.vmid == VMID]
+    parsed = parse_snapshot_name(left)
+    assert parsed is not None
+    client.set_snapshot_description(
+        guest, left, snapshot_description("pre-update", parsed.created, stranger)
+    )
+    report = windows_update(inventory=str(inv))
+    (row,) = report.rows
+    assert row.outcome is Outcome.OK and "adopted" not in row.cell("snapshot")
+    assert len(pre_update(win)) == 2
+
+
+def test_a_run_that_still_runs_leaves_the_vm_busy(win: LabClient, tmp_path: Path) -> None:
+    """Its snapshot says in progress and the Prefect server shows the run Running: it may
+    still be at work (or died with nobody to say so: cancel it, the row says)."""
+    win.control("windows", vmid=VMID, clear=True, pending="KB5001:Updates")
+    alive = _running_run()
+    left = _left(win, alive, hours=1)
+    detail = _left_alone(win, inventory(win, tmp_path.name), Outcome.BUSY)
+    assert f"run {alive}, which took {left}" in detail
+    assert f"prefect flow-run cancel {alive}" in detail

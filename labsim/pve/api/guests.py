@@ -207,8 +207,13 @@ def get_snapshot_config(req: Request) -> Any:
 
 @ROUTES.route("PUT", *both("/{vmid}/snapshot/{snapname}/config"))
 def update_snapshot_config(req: Request) -> Any:
-    """``Update snapshot metadata``: its description (synchronous, no task)."""
+    """``Update snapshot metadata``: its description (synchronous, no task). Refused while
+    the guest is locked (a snapshot, rollback, backup under way), as qemu-server's
+    ``update_snapshot_config`` does (``check_lock`` inside ``lock_config``, before it looks
+    for the snapshot)."""
     g = _load(req)
+    if g.lock:
+        raise PveError(500, f"{g.kind} is locked ({g.lock})")
     name = req.req_str("snapname")
     snap = g.snapshots.get(name)
     if snap is None:
