@@ -368,6 +368,11 @@ class Soak:
         self.windows_left: str | None = None
         self.windows_base: list[str] = list(state["windows"][str(WINDOWS_VM)]["installed"])
         self.windows_snaps: set[str] = set()
+        # the Proxmox nodes: where the guests were before the update of a node (its
+        # journal's placement when an interrupted update is on it), and the nodes an update
+        # left unfinished (killed, or its row not OK) and no update has finished since
+        self.pve_expected: dict[str, tuple[str, str]] = {}
+        self.pve_open: set[str] = set()
 
     # -- helpers ----------------------------------------------------------------------------
 
@@ -451,6 +456,8 @@ class Soak:
         for job in jobs:
             if job == "windows_update":
                 self._before_windows()
+            if job == "proxmox_update" and plan.proxmox:
+                self._before_proxmox(plan.proxmox)
             if job == plan.kill:
                 self._run_killed(i, job, plan)
                 continue
@@ -704,6 +711,8 @@ class Soak:
                     )
         if job == "windows_update":
             self._check_windows(i, report)
+        if job == "proxmox_update":
+            self._check_proxmox(i, report)
         if job == "restore_test":
             left = [g for g in state["guests"] if int(g) in SCRATCH]
             if left:
@@ -711,6 +720,67 @@ class Soak:
                     i,
                     "no lock outlives its holder",
                     f"scratch guest(s) {left} after a restore test",
+                )
+
+    # -- the Proxmox nodes -------------------------------------------------------------------
+
+    def _journal(self, node: str) -> dict[str, Any] | None:
+        """The journal an update left on ``node`` (the lab's file), None when there is none."""
+        path = self.lab.dir / "apt" / node / "proxmox-update.json"
+        try:
+            found: dict[str, Any] = json.loads(path.read_text())
+        except (OSError, ValueError):
+            return None
+        return found
+
+    def _before_proxmox(self, node: str) -> None:
+        """Where the node's guests must be once its update is OK: as they are now, or as the
+        journal of an interrupted update says they were before it."""
+        guests = self.lab.state()["guests"]
+        journal = self._journal(node)
+        if journal is not None:
+            self.pve_expected = {
+                str(g["vmid"]): (g["node"], g["status"]) for g in journal["guests"]
+            }
+        else:
+            self.pve_expected = {
+                v: (g["node"], g["status"]) for v, g in guests.items() if g["node"] == node
+            }
+
+    def _check_proxmox(self, i: int, report: Any) -> None:
+        """A node's update OK leaves it updated (nothing pending, nothing half configured),
+        online, out of HA maintenance, without a journal, and every guest of it where it was
+        before (before the interrupted update it recovered), running as it was."""
+        from moxflow.report import Outcome
+
+        state = self.lab.state()
+        for row in report.rows:
+            node = row.target
+            if node not in state["hosts"] or "apt" not in state["hosts"][node]:
+                continue  # the cluster's row
+            if row.outcome is not Outcome.OK:
+                self.pve_open.add(node)
+                continue
+            self.pve_open.discard(node)
+            a = state["hosts"][node]["apt"]
+            problems = [
+                *(["packages pending"] if a["pending"] else []),
+                *([f"half configured {a['half_configured']}"] if a["half_configured"] else []),
+                *(["in HA maintenance"] if a["maintenance"] else []),
+                *([f"status {a['status']}"] if a["status"] != "online" else []),
+                *(["its journal is still there"] if self._journal(node) is not None else []),
+            ]
+            for vmid, want in sorted(self.pve_expected.items()):
+                g = state["guests"].get(vmid)
+                now = (g["node"], g["status"]) if g else ("gone", "")
+                onboot = g is not None and str((g["config"] or {}).get("onboot")) == "1"
+                if now != want and not (onboot and now == (want[0], "running")):
+                    problems.append(f"guest {vmid} {now}, was {want}")
+            if problems:
+                self._violate(
+                    i,
+                    "a node's update OK leaves it updated, its guests back",
+                    f"proxmox_update OK for {node} but {'; '.join(problems)}",
                 )
 
     # -- the Windows VM ---------------------------------------------------------------------
@@ -885,6 +955,22 @@ class Soak:
                     i,
                     "no Windows VM half-updated without a needs-attention row",
                     f"reboot pending {win['reboot_pending']}, installing {win['installing']}",
+                )
+        # no node left mid-update (its journal, HA maintenance) unless a killed update left
+        # it or a report says its update did not end well
+        if plan.kill == "proxmox_update" and plan.proxmox:
+            self.pve_open.add(plan.proxmox)
+        for node in NODES:
+            a = state["hosts"][node]["apt"]
+            left = [
+                *(["a journal"] if self._journal(node) is not None else []),
+                *(["HA maintenance"] if a["maintenance"] else []),
+            ]
+            if left and node not in self.pve_open:
+                self._violate(
+                    i,
+                    "no node left mid-update without a report saying so",
+                    f"{node}: {' and '.join(left)}",
                 )
         scratch = [g for g in state["guests"] if int(g) in SCRATCH]
         if scratch and plan.kill != "restore_test":

@@ -42,3 +42,34 @@ def test_the_short_soak_ends_without_a_violation(fresh_lab: LabClient) -> None:
     state = fresh_lab.state()
     assert all(not h["nixos"]["failed_units"] for h in state["hosts"].values() if h["nixos"])
     assert "violations: 0" in summary.text()
+
+
+def test_the_proxmox_checks_see_a_node_left_mid_update(fresh_lab: LabClient) -> None:
+    """The soak's Proxmox invariants can fail: an update reported OK whose node still has
+    work pending and a guest away from home is a violation, and so is a node with an
+    update's journal between iterations that no report owns."""
+    from moxflow.report import Outcome, ReportRow, RunReport
+
+    url = get_current_settings().api.url
+    assert url is not None
+    soak = Soak(fresh_lab, url, SEED, kill_rate=0.0, say=lambda _: None)
+    soak._before_proxmox("pve1")
+    fresh_lab.set_guest(101, node="pve2")  # not brought home
+    report = RunReport(job="proxmox-update", label="update")
+    report.add(ReportRow("pve1", Outcome.OK))
+    soak._check_proxmox(0, report)
+    [v] = soak.summary.violations
+    assert "proxmox_update OK for pve1 but" in v.detail
+    assert "guest 101 ('pve2', 'running'), was ('pve1', 'running')" in v.detail
+
+    journal = fresh_lab.dir / "apt" / "pve2" / "proxmox-update.json"
+    journal.write_text('{"node": "pve2", "guests": []}')  # as an update killed there leaves
+    try:
+        soak._check_iteration(0, plan_iteration(SEED, 0, 0.0), {})
+    finally:
+        journal.unlink()
+    assert any(
+        w.invariant == "no node left mid-update without a report saying so"
+        and w.detail == "pve2: a journal"
+        for w in soak.summary.violations
+    ), soak.summary.text()
