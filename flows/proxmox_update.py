@@ -41,8 +41,8 @@ from a rescue system; how to leave maintenance).
 
 A node's roll holds the slots of the node and of its guests from its snapshot to its
 guests' return (another run's backup of such a guest waits, then is busy). A node another
-moxflow run holds, or one of its guests (waited for up to --lock-timeout seconds), is busy,
-and stops the roll the same way.
+moxflow run holds, or one of its guests, or where other work began since pre-flight (a
+backup: waited for up to --lock-timeout seconds), is busy, and stops the roll the same way.
 
 A run killed half-way leaves a journal on the node (/var/lib/moxflow/proxmox-update.json).
 While Prefect shows that run alive the node is busy and no node is rolled; once it is

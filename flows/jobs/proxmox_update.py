@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from datetime import datetime
 from typing import Any
@@ -93,7 +93,19 @@ def update_node(node: str, run: NodeRun, wait: float) -> ReportRow | State[Repor
     targets = [node_target(node), *(guest_target(v) for v in sorted(mine))]
     try:
         with hold(targets, wait=wait):
-            row = _chain(run)
+            # work begun on the node since pre-flight (a backup another tool or job started)
+            # is waited for: a guest it locks could not leave
+            _, work = _quiet(run.client, [node], wait, mine)
+            if work:
+                row = ReportRow(
+                    node,
+                    Outcome.BUSY,
+                    detail=f"not started: other work on {node} after {wait:.0f} s "
+                    f"(--lock-timeout): {'; '.join(work)}; the next run updates it",
+                    cells=_cells(run.plan),
+                )
+            else:
+                row = _chain(run)
     except TargetBusyError as exc:
         row = ReportRow(node, Outcome.BUSY, detail=str(exc), cells=_cells(run.plan))
     if not row.ok:
@@ -204,8 +216,8 @@ def _update(
     """Facts, pre-flight and plan; the dry run's rows, or the roll's."""
     logger = get_run_logger()
     settings = inv.proxmox_update
-    facts = _quiet_cluster(client, nodes, 0.0 if p.dry_run else p.lock_timeout)
-    if not p.dry_run and (work := other_work(facts.tasks, _roll_guests(facts.guests, {}, nodes))):
+    facts, work = _quiet(client, nodes, 0.0 if p.dry_run else p.lock_timeout)
+    if work and not p.dry_run:
         _busy(report, nodes, work, p.lock_timeout)
         return
     online = {n.name for n in facts.cluster.nodes if n.online}
@@ -316,29 +328,38 @@ def unfinished_elsewhere(node: str, journal: RollJournal) -> str:
 
 
 def _roll_guests(
-    guests: Sequence[Guest], states: Mapping[str, NodeState], nodes: Sequence[str] = ()
+    guests: Sequence[Guest],
+    states: Mapping[str, NodeState],
+    nodes: Sequence[str] = (),
+    vmids: Collection[int] = (),
 ) -> list[Guest]:
     """The guests a roll of ``states`` (or of ``nodes``, before their facts are read) moves:
     those on its nodes, and those an interrupted update of one of them left elsewhere (its
-    journal)."""
+    journal; ``vmids`` when it is known already)."""
     parked = {g.vmid for s in states.values() if s.facts.journal for g in s.facts.journal.guests}
+    parked |= set(vmids)
     return [g for g in guests if g.node in states or g.node in nodes or g.vmid in parked]
 
 
-def _quiet_cluster(client: ProxmoxClient, nodes: Sequence[str], wait: float) -> ClusterFacts:
-    """The cluster's facts once no other work holds the roll back (:func:`other_work`: a
-    backup, a migration, a guest of the roll locked by its task), waiting up to ``wait``
-    seconds for it to end; else the facts as they are then."""
-    seen: list[ClusterFacts] = []
+def _quiet(
+    client: ProxmoxClient, nodes: Sequence[str], wait: float, vmids: Collection[int] = ()
+) -> tuple[ClusterFacts, list[str]]:
+    """The cluster's facts once no other work holds back a roll of ``nodes`` (and of the
+    guests ``vmids``) (:func:`other_work`: a backup, a migration, a guest of the roll locked
+    by its task), waiting up to ``wait`` seconds for it to end; and that work (empty: none
+    is left)."""
+    seen: list[tuple[ClusterFacts, list[str]]] = []
 
-    def quiet() -> ClusterFacts | None:
-        seen.append(cluster_facts(client, nodes))
-        work = other_work(seen[-1].tasks, _roll_guests(seen[-1].guests, {}, nodes))
-        if work and len(seen) == 1 and wait > 0:
+    def quiet() -> bool | None:
+        facts = cluster_facts(client, nodes)
+        work = other_work(facts.tasks, _roll_guests(facts.guests, {}, nodes, vmids))
+        if work and not seen and wait > 0:
             get_run_logger().info("waiting up to %.0f s for: %s", wait, "; ".join(work))
-        return None if work else seen[-1]
+        seen.append((facts, work))
+        return None if work else True
 
-    return poll_until(quiet, wait) or seen[-1]
+    poll_until(quiet, wait)
+    return seen[-1]
 
 
 def _busy(report: RunReport, nodes: Sequence[str], work: Sequence[str], wait: float) -> None:

@@ -244,6 +244,41 @@ def test_a_roll_waits_for_a_backup_to_end_then_goes(pve: LabClient, tmp_path: Pa
     assert first >= dump["ended"]  # the roll's first change came after the backup's end
 
 
+def test_a_backup_begun_during_the_roll_leaves_its_node_busy(
+    pve: LabClient, tmp_path: Path
+) -> None:
+    """A backup of VM 104 starts on pve2 while pve1 is being updated: pve2's turn waits for
+    it (--lock-timeout), then pve2 is busy and untouched; pve1's update stands."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    pve.control("apt_node", node="pve1", linger=160.0)  # 160 × 0.025 = 4 s after its reboot
+    inv = inventory(pve, tmp_path.name, reboot_timeout=20.0)
+    before = pve.state()
+    with ThreadPoolExecutor(1) as lane:
+        roll = lane.submit(
+            proxmox_update,
+            inventory=str(inv),
+            only=["pve1", "pve2"],
+            lock_timeout=1.0,
+            return_state=True,
+        )
+        wait_until(lambda: apt(pve.state(), "pve1")["rebooting"] or roll.done(), timeout=60)
+        assert not roll.done(), roll.result()
+        _backup_running(pve, 60.0, "pve2", 104)
+        state = roll.result(timeout=120)
+    assert state.is_failed()
+    report = state.result(raise_on_failure=False).report
+    assert row(report, "pve1").outcome is Outcome.OK, row(report, "pve1").detail
+    busy = row(report, "pve2")
+    assert busy.outcome is Outcome.BUSY
+    assert "not started: other work on pve2 after 1 s (--lock-timeout): tasks running: vzdump" in (
+        busy.detail
+    )
+    st = pve.state()
+    assert pre_update(st, "pve2") == [] and not apt(st, "pve2")["maintenance"]
+    assert apt(st, "pve2")["installed"] == apt(before, "pve2")["installed"]
+
+
 def test_a_locked_guest_refuses_the_roll_before_any_change(pve: LabClient, tmp_path: Path) -> None:
     """A guest of the roll with a config lock (here the one PVE leaves after a failed
     snapshot delete) could neither leave nor come back: pre-flight refuses, nothing moves."""
