@@ -7,8 +7,9 @@ there to snapshot ([proxmox_update] root_dataset; --no-snapshot for nodes withou
 root: no snapshot then, and the report says so first), and a two-node cluster only with a
 QDevice ([proxmox_update] two_node_without_qdevice). The package lists are
 refreshed through the API (the aptupdate task); a node with nothing to upgrade is skipped.
-Other work on the nodes (a backup, a migration, a guest locked by its task) is waited for
-up to --lock-timeout seconds; after that every node is busy, nothing changed.
+Before each node's turn, other work on it (a backup, a restore, a migration anywhere, a
+guest locked by its task) is waited for up to --lock-timeout seconds (its "other work"
+step); after that the node is busy and the roll stops there, nothing changed on it.
 --dry-run stops there and shows per node the packages (current → new), whether it reboots
 and why, and what happens to each guest.
 

@@ -853,9 +853,9 @@ def dpkg_log_argv(path: str) -> list[str]:
 
 @dataclass(frozen=True, slots=True)
 class Preflight:
-    """Whether the roll may start; ``reasons`` refuse it (something is wrong), ``busy``
-    holds it back (other work is going on: :func:`other_work`; the roll waits for it, then
-    is busy), ``warnings`` are only reported."""
+    """Whether the roll may start; ``reasons`` refuse it (something is wrong), ``busy`` is
+    other work going on now (:func:`other_work`: each node's turn waits for its own, then
+    the node is busy), ``warnings`` are only reported."""
 
     reasons: tuple[str, ...] = ()
     warnings: tuple[str, ...] = ()
@@ -863,35 +863,74 @@ class Preflight:
 
     @property
     def ok(self) -> bool:
-        return not self.reasons and not self.busy
+        return not self.reasons
 
     def __str__(self) -> str:
-        if self.reasons:
-            head = "refused: " + "; ".join(self.reasons)
-        elif self.busy:
-            head = "not started, other work going on: " + "; ".join(self.busy)
-        else:
-            head = "pre-flight passed"
+        head = "pre-flight passed" if self.ok else "refused: " + "; ".join(self.reasons)
+        if self.busy:
+            head += "; other work now (each node waits for its own): " + "; ".join(self.busy)
         return head + ("; warnings: " + "; ".join(self.warnings) if self.warnings else "")
 
 
-def other_work(tasks: Iterable[RunningTask], guests: Iterable[Guest]) -> list[str]:
-    """What other work holds a roll back for now: tasks of :data:`BLOCKING_TASK_TYPES`
-    running (a backup, a migration, ...), and each guest of the roll (``guests``) locked by
-    a task still running on it. A lock with no task running is no passing work (PVE leaves
-    one after a failed task): :func:`preflight` refuses it."""
+LOCK_TASKS: Mapping[str, frozenset[str]] = {
+    "backup": frozenset({"vzdump"}),
+    "migrate": frozenset({"qmigrate", "vzmigrate", "hamigrate", "migrateall"}),
+    "snapshot": frozenset({"qmsnapshot", "vzsnapshot"}),
+    "snapshot-delete": frozenset({"qmdelsnapshot", "vzdelsnapshot"}),
+    "rollback": frozenset({"qmrollback", "vzrollback"}),
+    "clone": frozenset({"qmclone", "vzclone"}),
+    "create": frozenset({"qmcreate", "vzcreate", "qmrestore", "vzrestore"}),
+    "disk": frozenset({"qmmove", "move_volume", "qmresize", "vzresize"}),
+    "suspending": frozenset({"qmsuspend"}),
+}
+"""The tasks that hold each config lock while they run (a lock with none of them running
+is left over; ``suspended``, a hibernated VM, is no task's)."""
+
+MIGRATION_TASK_TYPES = frozenset({"qmigrate", "vzmigrate", "hamigrate", "migrateall"})
+CONSOLE_TASK_TYPES = frozenset({"vncproxy", "vncshell", "termproxy", "spiceproxy", "spiceshell"})
+
+
+def lock_holder(guest: Guest, tasks: Iterable[RunningTask]) -> RunningTask | None:
+    """The running task that holds ``guest``'s config lock: one on the guest of a type that
+    sets that lock (:data:`LOCK_TASKS`; a lock not listed there: any task on the guest but
+    a console). None: the lock is left over (or a hibernated VM's ``suspended``)."""
+    if not guest.lock or guest.lock == "suspended":
+        return None
+    types = LOCK_TASKS.get(guest.lock)
+    for t in tasks:
+        if t.id != str(guest.vmid) or t.type in CONSOLE_TASK_TYPES:
+            continue
+        if types is None or t.type in types:
+            return t
+    return None
+
+
+def other_work(
+    tasks: Iterable[RunningTask], guests: Iterable[Guest], nodes: Collection[str]
+) -> list[str]:
+    """What other work holds back a roll of ``nodes`` (its guests: ``guests``, wherever they
+    are) for now: tasks of :data:`BLOCKING_TASK_TYPES` running on those nodes or on one of
+    the guests (a backup, a restore, ...), a migration anywhere (it may be coming to one of
+    the nodes), and each guest locked by a task still running on it (:func:`lock_holder`).
+    ``tasks``: the running tasks of every node. A lock no task holds is no passing work
+    (PVE leaves one after a failed task): :func:`preflight` refuses it."""
     tasks = list(tasks)
+    guests = sorted(guests, key=lambda g: g.vmid)
+    vmids = {str(g.vmid) for g in guests}
     found: list[str] = []
-    blocking = [t for t in tasks if t.type in BLOCKING_TASK_TYPES]
+    blocking = [
+        t
+        for t in tasks
+        if t.type in BLOCKING_TASK_TYPES
+        and (t.node in nodes or t.id in vmids or t.type in MIGRATION_TASK_TYPES)
+    ]
     if blocking:
         found.append("tasks running: " + ", ".join(str(t) for t in blocking))
-    for guest in sorted(guests, key=lambda g: g.vmid):
-        if not guest.lock or guest.template:
-            continue
-        mine = [t for t in tasks if t.id == str(guest.vmid)]
-        if mine and not any(t in blocking for t in mine):
+    for guest in guests:
+        holder = lock_holder(guest, tasks) if not guest.template else None
+        if holder is not None and holder not in blocking:
             found.append(
-                f"guest {guest.label} on {guest.node} is locked ({guest.lock}) by {mine[0]}"
+                f"guest {guest.label} on {guest.node} is locked ({guest.lock}) by {holder}"
             )
     return found
 
@@ -909,6 +948,7 @@ def preflight(
     roots: Mapping[str, str | None] | None = None,
     recovering: Collection[str] = (),
     locked: Iterable[Guest] = (),
+    nodes: Collection[str] = (),
 ) -> Preflight:
     """Judge the whole cluster before any change.
 
@@ -972,20 +1012,27 @@ def preflight(
                 "correct [proxmox_update] root_dataset, or, for a node without a ZFS root, "
                 "run with --no-snapshot (then there is no snapshot to go back to)"
             )
-    tasks = list(tasks)
-    working = {t.id for t in tasks}
+    tasks, locked = list(tasks), list(locked)
     for guest in sorted(locked, key=lambda g: g.vmid):
-        if guest.lock and not guest.template and str(guest.vmid) not in working:
-            unlock = "qm" if guest.type == "qemu" else "pct"
+        if not guest.lock or guest.template or lock_holder(guest, tasks) is not None:
+            continue
+        if guest.lock == "suspended":
             reasons.append(
-                f"guest {guest.label} on {guest.node} is locked ({guest.lock}): it could "
-                "neither leave its node nor come back; wait for the task holding it, or "
-                f"clear a stale lock (`{unlock} unlock {guest.vmid}` on {guest.node})"
+                f"guest {guest.label} on {guest.node} is hibernated (lock suspended): it "
+                f"could neither leave its node nor come back; resume it (`qm start "
+                f"{guest.vmid}` on {guest.node}) or shut it down first"
             )
+            continue
+        unlock = "qm" if guest.type == "qemu" else "pct"
+        reasons.append(
+            f"guest {guest.label} on {guest.node} is locked ({guest.lock}) and no task "
+            "holds it: it could neither leave its node nor come back; once you know nothing "
+            f"is at work on it, clear it (`{unlock} unlock {guest.vmid}` on {guest.node})"
+        )
     for node, names in sorted((held or {}).items()):
         if names:
             warnings.append(f"{node}: held packages stay at their version: {', '.join(names)}")
-    return Preflight(tuple(reasons), tuple(warnings), tuple(other_work(tasks, locked)))
+    return Preflight(tuple(reasons), tuple(warnings), tuple(other_work(tasks, locked, nodes)))
 
 
 # --- reboot --------------------------------------------------------------------------------

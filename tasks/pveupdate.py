@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, tzinfo
 from typing import Any, TypeVar
@@ -62,6 +62,7 @@ from moxflow.pveupdate import (
     kernel_list_argv,
     maintenance_argv,
     not_active,
+    other_work,
     parse_apt_updates,
     parse_apt_versions,
     parse_cluster_status,
@@ -124,16 +125,42 @@ class NodeState:
 
 
 @step("pveupdate-cluster", "cluster: facts")
-def cluster_facts(client: ProxmoxClient, nodes: Sequence[str]) -> ClusterFacts:
+def cluster_facts(client: ProxmoxClient) -> ClusterFacts:
     """Quorum, nodes, QDevice, HA (judged: a status not from a current master is marked
-    stale), the running tasks of ``nodes`` and every guest; read-only."""
+    stale), the running tasks of every node online and every guest; read-only."""
+    return _cluster_facts(client)
+
+
+@step("pveupdate-other-work", "{node}: other work")
+def wait_other_work(
+    client: ProxmoxClient, node: str, vmids: Collection[int], wait: float
+) -> list[str]:
+    """Wait up to ``wait`` seconds until no other work holds back the update of ``node`` and
+    of its guests ``vmids`` (:func:`other_work`: a backup, a migration, a guest locked by
+    its task; begun since pre-flight, by another job or tool); read-only. The work left
+    then (empty: none: the node's turn goes on)."""
+    seen: list[list[str]] = []
+
+    def quiet() -> bool | None:
+        facts = _cluster_facts(client)
+        guests = [g for g in facts.guests if g.node == node or g.vmid in vmids]
+        work = other_work(facts.tasks, guests, [node])
+        if work and not seen and wait > 0:
+            get_run_logger().info("%s: waiting up to %.0f s for: %s", node, wait, "; ".join(work))
+        seen.append(work)
+        return None if work else True
+
+    poll_until(quiet, wait)
+    return seen[-1]
+
+
+def _cluster_facts(client: ProxmoxClient) -> ClusterFacts:
     cluster = parse_cluster_status(client.cluster_status())
-    online = {n.name for n in cluster.nodes if n.online}
+    online = sorted(n.name for n in cluster.nodes if n.online)
     tasks: list[RunningTask] = []
-    for node in nodes:
-        if node in online:
-            for t in parse_running_tasks(client.active_tasks(node)):
-                tasks.append(RunningTask(t.node or node, t.type, t.id, t.upid))
+    for node in online:
+        for t in parse_running_tasks(client.active_tasks(node)):
+            tasks.append(RunningTask(t.node or node, t.type, t.id, t.upid))
     return ClusterFacts(
         cluster=cluster,
         ha=judge_ha_status(parse_ha_status(client.ha_manager_status()), cluster, time.time()),
@@ -187,12 +214,13 @@ def node_facts(
     guests: Sequence[Guest],
     migrate: bool,
     root: str | None,
+    journal: RollJournal | None = None,
 ) -> NodeState:
     """A node's facts, read-only: pending upgrades, installed versions and the running kernel
     (API); the kernel list, failed units, ``dpkg --audit``, held packages and whether the
     root dataset ``root`` exists (SSH; None: not looked for, ``--no-snapshot``); with
-    ``migrate``, each guest's migration pre-check; the journal an interrupted update left
-    there (``[proxmox_update] journal``), with where its guests are now."""
+    ``migrate``, each guest's migration pre-check; with the ``journal`` an interrupted
+    update left there (:func:`node_journal`), where its guests are now."""
     pending = parse_apt_updates(client.pending_updates(node))
     installed = parse_apt_versions(client.apt_versions(node))
     status = parse_node_status(client.node_status(node))
@@ -201,8 +229,6 @@ def node_facts(
         failed = parse_failed_units(ssh.run(failed_units_argv()).stdout)
         audit = parse_dpkg_audit(ssh.run(dpkg_audit_argv()).stdout)
         held = parse_held_packages(ssh.run(held_packages_argv()).stdout)
-        journal_path = inv.proxmox_update.journal_of(node)
-        journal = parse_roll_journal(ssh.run(read_roll_journal_argv(journal_path)).stdout)
         root_problem = None
         if root is not None:
             found = ssh.run(root_dataset_argv(root), check=False)
@@ -232,21 +258,25 @@ def node_facts(
     return NodeState(facts, installed, audit, failed, status.uptime, root_problem)
 
 
-@step("pveupdate-bystander", "{node}: facts (not updated)")
-def bystander_facts(
-    inv: Inventory, client: ProxmoxClient, node: str, guests: Sequence[Guest]
-) -> NodeFacts:
-    """A node this roll does not update (``--only``), which may take guests: its installed
-    package versions (API), its guests, and the journal an update of it left (SSH: read
-    only; an interrupted update there is recovered before any other node is rolled)."""
+@step("pveupdate-bystander", "{node}: facts (migration target)")
+def bystander_facts(client: ProxmoxClient, node: str, guests: Sequence[Guest]) -> NodeFacts:
+    """A node this roll does not update (``--only``) but may move guests to: its installed
+    package versions (API) and its guests; nothing is refreshed or read over SSH."""
     installed = parse_apt_versions(client.apt_versions(node))
     status = parse_node_status(client.node_status(node))
-    with ssh_runner(inv, node) as ssh:
-        path = inv.proxmox_update.journal_of(node)
-        journal = parse_roll_journal(ssh.run(read_roll_journal_argv(path)).stdout)
     mine = tuple(g for g in guests if g.node == node)
     versions = _versions(installed, status.manager_version)
-    return NodeFacts(node, status.kernel_release, versions=versions, guests=mine, journal=journal)
+    return NodeFacts(node, status.kernel_release, versions=versions, guests=mine)
+
+
+@step("pveupdate-journal", "{node}: journal")
+def node_journal(inv: Inventory, node: str) -> RollJournal | None:
+    """The journal an update of ``node`` left there (``[proxmox_update] journal``, read over
+    SSH): an update that did not finish, or None. Read first, before anything is asked of
+    the node (a live run may be upgrading it)."""
+    with ssh_runner(inv, node) as ssh:
+        path = inv.proxmox_update.journal_of(node)
+        return parse_roll_journal(ssh.run(read_roll_journal_argv(path)).stdout)
 
 
 def _versions(installed: InstalledPackages, manager: str | None) -> dict[str, str]:

@@ -529,29 +529,48 @@ def test_a_stale_ha_status_refuses_when_ha_manages_guests() -> None:
         ([RunningTask("pve2", "qmigrate", "100", "")], "tasks running: qmigrate 100 on pve2"),
     ],
 )
-def test_other_work_holds_the_roll_back_without_refusing_it(
-    tasks: list[RunningTask], busy: str
-) -> None:
-    verdict = preflight(THREE, HaStatus(), tasks, qdevice=None, two_node="refuse")
-    assert not verdict.ok and verdict.reasons == () and verdict.busy == (busy,)
-    assert str(verdict) == f"not started, other work going on: {busy}"
+def test_other_work_is_reported_not_refused(tasks: list[RunningTask], busy: str) -> None:
+    """Other work now does not refuse the roll: each node's turn waits for its own."""
+    verdict = preflight(
+        THREE, HaStatus(), tasks, qdevice=None, two_node="refuse", nodes=["pve1", "pve2"]
+    )
+    assert verdict.ok and verdict.reasons == () and verdict.busy == (busy,)
+    assert (
+        str(verdict) == f"pre-flight passed; other work now (each node waits for its own): {busy}"
+    )
 
 
-def test_a_guest_locked_by_its_running_task_is_other_work_a_stale_lock_refuses() -> None:
-    snap = RunningTask("pve1", "qmconfig", "101", "UPID:pve1:x")  # not a blocking type
+def test_other_work_of_a_roll() -> None:
+    """What holds back a roll of pve1: a blocking task on it or on one of its guests
+    wherever that runs, a migration anywhere, a guest locked by the task that sets its lock;
+    not a backup elsewhere, not a console, not a lock no task holds."""
     guests = [
-        Guest(101, "media", "pve1", "qemu", "running", lock="snapshot"),
+        Guest(101, "media", "pve1", "qemu", "running", lock="backup"),
         Guest(102, "dns", "pve1", "lxc", "running", lock="snapshot-delete"),
+        Guest(103, "gpu", "pve1", "qemu", "stopped", lock="suspended"),
+        Guest(104, "web", "pve3", "lxc", "running", lock="mounted"),
     ]
-    verdict = preflight(THREE, HaStatus(), [snap], qdevice=None, two_node="refuse", locked=guests)
-    assert verdict.busy == (
-        "guest 101 (media) on pve1 is locked (snapshot) by qmconfig 101 on pve1",
+    tasks = [
+        RunningTask("pve1", "vzdump", "101", ""),
+        RunningTask("pve1", "vncproxy", "102", ""),  # a console holds no lock
+        RunningTask("pve3", "vzmount", "104", ""),  # a lock LOCK_TASKS does not list
+        RunningTask("pve3", "vzdump", "300", ""),  # another node's backup of another guest
+        RunningTask("pve2", "qmigrate", "200", ""),  # may be coming to pve1
+    ]
+    assert other_work(tasks, guests, ["pve1"]) == [
+        "tasks running: vzdump 101 on pve1, qmigrate 200 on pve2",
+        "guest 104 (web) on pve3 is locked (mounted) by vzmount 104 on pve3",
+    ]
+    assert other_work(tasks[2:], guests[1:3], ["pve1"]) == ["tasks running: qmigrate 200 on pve2"]
+    verdict = preflight(
+        THREE, HaStatus(), tasks, qdevice=None, two_node="refuse", locked=guests, nodes=["pve1"]
     )
     assert [r.split(":")[0] for r in verdict.reasons] == [
-        "guest 102 (dns) on pve1 is locked (snapshot-delete)"
+        "guest 102 (dns) on pve1 is locked (snapshot-delete) and no task holds it",
+        "guest 103 (gpu) on pve1 is hibernated (lock suspended)",
     ]
-    assert other_work([snap], guests[:1]) == list(verdict.busy)
-    assert other_work([], guests) == []  # a lock without a task is no passing work
+    assert "`qm start 103` on pve1" in verdict.reasons[1]
+    assert verdict.busy == tuple(other_work(tasks, guests, ["pve1"]))
 
 
 def test_a_locked_guest_of_the_roll_refuses_it() -> None:
@@ -563,12 +582,12 @@ def test_a_locked_guest_of_the_roll_refuses_it() -> None:
     ]
     verdict = preflight(THREE, HaStatus(), [], qdevice=None, two_node="refuse", locked=locked)
     assert verdict.reasons == (
-        "guest 101 (media) on pve1 is locked (snapshot-delete): it could neither leave its "
-        "node nor come back; wait for the task holding it, or clear a stale lock "
-        "(`qm unlock 101` on pve1)",
-        "guest 102 (dns) on pve2 is locked (backup): it could neither leave its node nor "
-        "come back; wait for the task holding it, or clear a stale lock (`pct unlock 102` on "
-        "pve2)",
+        "guest 101 (media) on pve1 is locked (snapshot-delete) and no task holds it: it could "
+        "neither leave its node nor come back; once you know nothing is at work on it, clear "
+        "it (`qm unlock 101` on pve1)",
+        "guest 102 (dns) on pve2 is locked (backup) and no task holds it: it could neither "
+        "leave its node nor come back; once you know nothing is at work on it, clear it "
+        "(`pct unlock 102` on pve2)",
     )
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from datetime import datetime
 from typing import Any
@@ -23,7 +23,6 @@ from moxflow.guests import Guest
 from moxflow.inventory import Inventory, load_inventory
 from moxflow.inventory.proxmox_update import GuestPolicy, RebootPolicy
 from moxflow.naming import snapshot_name
-from moxflow.pacing import poll_until
 from moxflow.proxmox import ProxmoxClient
 from moxflow.pveupdate import (
     SNAPSHOT_LABEL,
@@ -32,7 +31,6 @@ from moxflow.pveupdate import (
     RollJournal,
     RollPlan,
     failure_next_steps,
-    other_work,
     parse_cluster_status,
     plan_roll,
     preflight,
@@ -50,12 +48,14 @@ from tasks.pveupdate import (
     guests_leave,
     guests_return,
     node_facts,
+    node_journal,
     node_versions,
     reboot,
     refresh_lists,
     snapshot,
     upgrade,
     verify,
+    wait_other_work,
 )
 from tasks.targets import SCRATCH_TARGET, guest_target, hold, node_target
 
@@ -95,7 +95,7 @@ def update_node(node: str, run: NodeRun, wait: float) -> ReportRow | State[Repor
         with hold(targets, wait=wait):
             # work begun on the node since pre-flight (a backup another tool or job started)
             # is waited for: a guest it locks could not leave
-            _, work = _quiet(run.client, [node], wait, mine)
+            work = tuned(wait_other_work, run.inv)(run.client, node, mine, wait)
             if work:
                 row = ReportRow(
                     node,
@@ -216,57 +216,36 @@ def _update(
     """Facts, pre-flight and plan; the dry run's rows, or the roll's."""
     logger = get_run_logger()
     settings = inv.proxmox_update
-    facts, work = _quiet(client, nodes, 0.0 if p.dry_run else p.lock_timeout)
-    if work and not p.dry_run:
-        _busy(report, nodes, work, p.lock_timeout)
-        return
+    facts = cluster_facts(client)
     online = {n.name for n in facts.cluster.nodes if n.online}
     states: dict[str, NodeState] = {}
     busy: set[str] = set()
     refused: list[str] = []
     policy = p.guests or settings.guests
-    for node in nodes:
-        if node not in online:
+    # every node's journal first (before anything is asked of a node a live run may be
+    # upgrading); the nodes --only leaves out too: an update left unfinished there comes
+    # first, and a live one there means no node is rolled beside it
+    journals: dict[str, RollJournal | None] = {}
+    for node in sorted(online):
+        if node not in nodes and node not in inv.hosts:
+            logger.warning("%s: its update journal is not read (no [hosts] entry)", node)
             continue
         try:
-            tuned(refresh_lists, inv)(client, node)
-            root = None if p.no_snapshot else settings.root_dataset
-            states[node] = tuned(node_facts, inv)(
-                inv, client, node, facts.guests, policy == "migrate", root
-            )
+            journals[node] = tuned(node_journal, inv)(inv, node)
         except MoxflowError as exc:
-            refused.append(f"{node}: {exc}")
-            report.add(ReportRow(node, Outcome.FAILED, detail=f"pre-flight: {exc}"))
+            refused.append(f"{node}: its update journal could not be read: {exc}")
+            report.add(ReportRow(node, Outcome.FAILED, detail=f"pre-flight: {refused[-1]}"))
+    for node, journal in journals.items():
+        if journal is None:
             continue
-        journal = states[node].facts.journal
-        if journal is not None and flow_run_alive(journal.flow_run_id):
-            del states[node]
+        if flow_run_alive(journal.flow_run_id):
             busy.add(node)
             report.add(ReportRow(node, Outcome.BUSY, detail=busy_node(node, journal)))
-    # the nodes --only leaves out: an update of one left unfinished comes first; the others
-    # take guests (the planner checks their versions)
-    bystanders: list[NodeFacts] = []
-    for other in sorted(online - set(nodes)) if not refused else ():
-        try:
-            seen = tuned(bystander_facts, inv)(inv, client, other, facts.guests)
-        except MoxflowError as exc:
-            logger.warning("%s: not a migration target (%s)", other, exc)
-            continue
-        if seen.journal is not None:
-            if flow_run_alive(seen.journal.flow_run_id):
-                busy.add(other)
-                report.add(ReportRow(other, Outcome.BUSY, detail=busy_node(other, seen.journal)))
-            else:
-                refused.append(unfinished_elsewhere(other, seen.journal))
-                report.add(
-                    ReportRow(
-                        other,
-                        Outcome.NEEDS_ATTENTION,
-                        detail=f"pre-flight: {unfinished_elsewhere(other, seen.journal)}",
-                    )
-                )
-        elif policy == "migrate":
-            bystanders.append(seen)
+        elif node not in nodes:
+            refused.append(unfinished_elsewhere(node, journal))
+            report.add(
+                ReportRow(node, Outcome.NEEDS_ATTENTION, detail=f"pre-flight: {refused[-1]}")
+            )
     if busy:  # a roll takes one node at a time: never beside another run's
         why = ", ".join(sorted(busy))
         for node in nodes:
@@ -274,26 +253,42 @@ def _update(
                 report.add(
                     ReportRow(
                         node,
-                        Outcome.SKIPPED,
+                        Outcome.BUSY,
                         detail=f"not started: another run is updating {why} (one node at a "
                         "time across the cluster)",
                     )
                 )
         return
+    for node in nodes:
+        if node not in online or node not in journals:
+            continue
+        try:
+            tuned(refresh_lists, inv)(client, node)
+            root = None if p.no_snapshot else settings.root_dataset
+            states[node] = tuned(node_facts, inv)(
+                inv, client, node, facts.guests, policy == "migrate", root, journals.get(node)
+            )
+        except MoxflowError as exc:
+            refused.append(f"{node}: {exc}")
+            report.add(ReportRow(node, Outcome.FAILED, detail=f"pre-flight: {exc}"))
+    # the nodes --only leaves out take guests (the planner checks their versions)
+    bystanders: list[NodeFacts] = []
+    for other in sorted(online - set(nodes)) if policy == "migrate" and not refused else ():
+        try:
+            bystanders.append(tuned(bystander_facts, inv)(client, other, facts.guests))
+        except MoxflowError as exc:
+            logger.warning("%s: not a migration target (%s)", other, exc)
     plan = _plan(facts, states, inv, now, p, bystanders)
     for line in plan.describe():
         logger.info("%s", line)
     report.notes.extend(plan.describe())
-    if (refused or plan.preflight.reasons) or (plan.preflight.busy and not p.dry_run):
-        if plan.preflight.reasons:
-            why = "; ".join([*refused, *plan.preflight.reasons])
+    if refused or not plan.preflight.ok:
+        why = "; ".join([*refused, *plan.preflight.reasons])
+        if not plan.preflight.ok:
             report.add(ReportRow("cluster", Outcome.FAILED, detail=f"refused: {why}"))
-        elif not refused:  # work began while the nodes were read: next time
-            _busy(report, [n.node for n in plan.nodes], plan.preflight.busy, p.lock_timeout)
-            return
-        for n in plan.nodes:
-            if all(r.target != n.node for r in report.rows):
-                report.add(ReportRow(n.node, Outcome.SKIPPED, detail="not started: refused"))
+        for node in [*(n.node for n in plan.nodes), *nodes]:
+            if all(r.target != node for r in report.rows):
+                report.add(ReportRow(node, Outcome.SKIPPED, detail="not started: refused"))
         return
     if p.dry_run:
         for n in plan.nodes:
@@ -327,54 +322,11 @@ def unfinished_elsewhere(node: str, journal: RollJournal) -> str:
     )
 
 
-def _roll_guests(
-    guests: Sequence[Guest],
-    states: Mapping[str, NodeState],
-    nodes: Sequence[str] = (),
-    vmids: Collection[int] = (),
-) -> list[Guest]:
-    """The guests a roll of ``states`` (or of ``nodes``, before their facts are read) moves:
-    those on its nodes, and those an interrupted update of one of them left elsewhere (its
-    journal; ``vmids`` when it is known already)."""
+def _roll_guests(guests: Sequence[Guest], states: Mapping[str, NodeState]) -> list[Guest]:
+    """The guests a roll of ``states`` moves: those on its nodes, and those an interrupted
+    update of one of them left elsewhere (its journal)."""
     parked = {g.vmid for s in states.values() if s.facts.journal for g in s.facts.journal.guests}
-    parked |= set(vmids)
-    return [g for g in guests if g.node in states or g.node in nodes or g.vmid in parked]
-
-
-def _quiet(
-    client: ProxmoxClient, nodes: Sequence[str], wait: float, vmids: Collection[int] = ()
-) -> tuple[ClusterFacts, list[str]]:
-    """The cluster's facts once no other work holds back a roll of ``nodes`` (and of the
-    guests ``vmids``) (:func:`other_work`: a backup, a migration, a guest of the roll locked
-    by its task), waiting up to ``wait`` seconds for it to end; and that work (empty: none
-    is left)."""
-    seen: list[tuple[ClusterFacts, list[str]]] = []
-
-    def quiet() -> bool | None:
-        facts = cluster_facts(client, nodes)
-        work = other_work(facts.tasks, _roll_guests(facts.guests, {}, nodes, vmids))
-        if work and not seen and wait > 0:
-            get_run_logger().info("waiting up to %.0f s for: %s", wait, "; ".join(work))
-        seen.append((facts, work))
-        return None if work else True
-
-    poll_until(quiet, wait)
-    return seen[-1]
-
-
-def _busy(report: RunReport, nodes: Sequence[str], work: Sequence[str], wait: float) -> None:
-    """Other work held the roll back longer than ``wait``: every node busy, nothing changed."""
-    why = "; ".join(work)
-    for node in nodes:
-        if all(r.target != node for r in report.rows):
-            report.add(
-                ReportRow(
-                    node,
-                    Outcome.BUSY,
-                    detail=f"not started: other work on the cluster after {wait:.0f} s "
-                    f"(--lock-timeout): {why}; the next run updates it",
-                )
-            )
+    return [g for g in guests if g.node in states or g.vmid in parked]
 
 
 def _plan(
@@ -404,6 +356,7 @@ def _plan(
         roots={n: s.root_problem for n, s in states.items()},
         recovering=set(states) - set(fresh),
         locked=_roll_guests(facts.guests, states),
+        nodes=list(states),
     )
     online = [n for n in facts.cluster.nodes if n.online]
     # HA maintenance needs another node to move the HA services to
