@@ -33,6 +33,7 @@ from moxflow.errors import (
 from moxflow.guests import Guest
 from moxflow.naming import description_run, is_moxflow_description
 from moxflow.proxmox import GuestSnapshot, ProxmoxClient
+from moxflow.pveupdate import parse_running_tasks
 from moxflow.snapshots import GuestSnapshotPlan, NodeSnapshotPlan, busy_guest, guests_text
 from tasks._retry import attempt, step
 from tasks.targets import free_check, guest_target
@@ -148,13 +149,18 @@ def wait_for_earlier_task(client: ProxmoxClient, guest: Guest, op: str) -> bool:
 
 
 def finish_half_deleted(client: ProxmoxClient, guest: Guest) -> bool:
-    """A guest found locked ``snapshot-delete``: an earlier delete of one of moxflow's own
-    snapshots that still runs is waited for; one that failed (PVE then leaves the snapshot
-    in state ``delete`` and the guest locked, refusing every snapshot and backup) is
-    finished with ``force`` (out of the config; a disk snapshot the storage would not
-    remove stays there, said in the log). True: try again now. False: not moxflow's."""
-    if wait_for_earlier_task(client, guest, "delsnapshot"):
-        return True
+    """A guest found locked ``snapshot-delete``: an earlier delete of this token's that still
+    runs is waited for; one that failed (PVE then leaves the snapshot in state ``delete``
+    and the guest locked, refusing every snapshot and backup) is finished with ``force``
+    when the snapshot is moxflow's own and no delete by anyone runs on the guest now (out of
+    the config; a disk snapshot the storage would not remove stays there, said in the log).
+    True: try again now. False: not moxflow's to finish (someone's delete is at work, or the
+    half-deleted snapshot is not moxflow's)."""
+    waited = wait_for_earlier_task(client, guest, "delsnapshot")
+    task_type = ("qm" if guest.type == "qemu" else "vz") + "delsnapshot"
+    running = parse_running_tasks(client.active_tasks(guest.node))
+    if any(t.type == task_type and t.id == str(guest.vmid) for t in running):
+        return False
     half = [
         s
         for s in client.list_snapshots(guest)
@@ -171,7 +177,7 @@ def finish_half_deleted(client: ProxmoxClient, guest: Guest) -> bool:
         )
         upid = client.delete_snapshot(guest, snap.name, force=True)
         client.wait_task(upid, timeout=TASK_TIMEOUT, node=guest.node)
-    return bool(half)
+    return waited or bool(half)
 
 
 @step("guest-snapshot", "{plan.node}: snapshot {plan.size}")

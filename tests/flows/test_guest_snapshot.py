@@ -180,6 +180,33 @@ def test_a_delete_an_earlier_run_left_half_done_is_finished_before_the_next_snap
     assert [r["params"].get("force") for r in forced] == [None, "1"]  # the failed one, ours
 
 
+def test_a_delete_someone_else_runs_is_not_forced(
+    fresh_lab: LabClient, lab_inventory: Path
+) -> None:
+    """A moxflow snapshot being deleted by someone else (another user's task, from the GUI)
+    is theirs to finish: the guest stays busy, nothing is forced."""
+    import requests
+
+    base = f"{fresh_lab.api_url}/nodes/pve1/qemu/101/snapshot"
+    headers, ca = fresh_lab.auth_header, str(fresh_lab.ca_file)
+    name = "moxflow-daily-20261121-000000"
+    data = {"snapname": name, "description": "moxflow: daily snapshot taken earlier"}
+    assert requests.post(base, data=data, headers=headers, verify=ca, timeout=10).ok
+    wait_until(lambda: all(t["status"] == "stopped" for t in fresh_lab.state()["tasks"]))
+    fresh_lab.fault(target="task", type="qmdelsnapshot", id="101", action="slow", delay=30.0)
+    other = {**headers, "X-Lab-User": "root@pam"}
+    assert requests.delete(f"{base}/{name}", headers=other, verify=ca, timeout=10).ok
+
+    with pytest.raises(RunFailed) as info:
+        guest_snapshot(label="daily", select="101", lock_timeout=1.0, inventory=str(lab_inventory))
+
+    (row,) = info.value.report.rows
+    assert row.outcome is Outcome.BUSY
+    assert not any(
+        r["method"] == "DELETE" and r["params"].get("force") for r in fresh_lab.api_requests()
+    )
+
+
 def test_dry_run_changes_nothing(fresh_lab: LabClient, lab_inventory: Path) -> None:
     before = fresh_lab.state()["guests"]
     report = guest_snapshot(label="daily", dry_run=True, inventory=str(lab_inventory))

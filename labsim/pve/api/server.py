@@ -380,7 +380,9 @@ class ApiHandler(BaseHTTPRequestHandler):
             errors = schema.validate(method, found.template, all_params) if validate else {}
             if errors:
                 raise PveError(400, "Parameter verification failed.", errors)
-            req = Request(lab, method, rel, found.template, all_params, self.server.token_id)
+            # a test acting as another user (root@pam in the GUI, say): that user's tasks
+            user = self.headers.get("X-Lab-User") or self.server.token_id
+            req = Request(lab, method, rel, found.template, all_params, user)
             with lab.lock:
                 lab.tick()
                 data = handler(req)
