@@ -161,10 +161,11 @@ RETRY_MAX = 5.0
 """Between two requests for a held slot: 0.5 s, doubling up to 5 s."""
 
 
-def _take(names: list[str], wait: float) -> ExitStack[bool | None]:
+def _take(names: list[str], wait: float, deadline: float | None = None) -> ExitStack[bool | None]:
     """The slots, entered; ``TargetBusyError`` when another run still holds one of them
-    after ``wait`` seconds (0: one request)."""
-    deadline = time.monotonic() + wait
+    after ``wait`` seconds (0: one request), or at ``deadline`` (``time.monotonic``) when
+    given (a wait that began earlier)."""
+    deadline = time.monotonic() + wait if deadline is None else deadline
     delay = RETRY_FIRST
     while True:
         stack = ExitStack()
@@ -199,7 +200,7 @@ def hold(targets: Sequence[str], *, wait: float = TARGET_WAIT) -> Iterator[None]
             # made again, and waited for within what is left of ``wait``
             _forget(names)
             _ensure(names)
-            slots = _take(names, max(0.0, deadline - time.monotonic()))
+            slots = _take(names, wait, deadline)
     except (ConcurrencySlotAcquisitionError, httpx.HTTPError) as exc:
         raise SlotServerError(
             f"the Prefect server could not give out {', '.join(names)}: {exc}",

@@ -162,3 +162,17 @@ def test_a_slot_held_throughout_is_busy_after_the_wait_naming_it() -> None:
     assert log == ["released"]  # never taken while the other held it
     assert f"another moxflow run holds {slot}" in str(info.value)
     assert 1.5 <= waited < 1.5 + 10  # the wait, once (a request and its backoff over it)
+
+
+def test_a_slot_whose_limit_was_deleted_by_hand_is_made_again() -> None:
+    """A limit deleted on the server (by hand, in the UI) after this process made it: the
+    next hold makes it again instead of failing."""
+    slot = guest_target(4244)
+    with hold([slot], wait=0):
+        pass
+    with get_client(sync_client=True) as client:
+        client.delete_global_concurrency_limit_by_name(slot)
+    with hold([slot], wait=5):
+        with get_client(sync_client=True) as client:
+            limit = client.read_global_concurrency_limit_by_name(slot)
+        assert (limit.limit, limit.active_slots) == (1, 1)
