@@ -73,6 +73,9 @@ iteration are those of a soak without it)."""
 WINDOWS_KILL_POINTS = ("after its snapshot", "during an install", "after its reboot request")
 """Where a killed Windows run is killed (the iteration's kill_after picks one): the soak
 watches the lab for it, as tests/flows/test_crash_recovery_windows.py does."""
+WINDOWS_PASS_LIMIT = 3
+"""Windows runs in a row that may fail or be busy before adopting a killed run's snapshot
+(a fault of the iteration, the VM not back yet); one more is a violation."""
 WINDOWS_FAULTS = ("update-fails", "installer-busy", "never-back")
 """Faults of the Windows VM (lab controls, not counted as hits): an update of the iteration
 fails (the run rolls back), the installer is busy once or twice (the run waits), the VM does
@@ -368,6 +371,7 @@ class Soak:
         self.windows_left: str | None = None
         self.windows_base: list[str] = list(state["windows"][str(WINDOWS_VM)]["installed"])
         self.windows_snaps: set[str] = set()
+        self.windows_passed_by = 0  # Windows runs in a row that left a killed run's alone
         # the Proxmox nodes: where the guests were before the update of a node (its
         # journal's placement when an interrupted update is on it), and the nodes an update
         # left unfinished (killed, or its row not OK) and no update has finished since
@@ -751,15 +755,16 @@ class Soak:
         """A node's update OK leaves it updated (nothing pending, nothing half configured),
         online, out of HA maintenance, without a journal, and every guest of it where it was
         before (before the interrupted update it recovered), running as it was."""
-        from moxflow.report import Outcome
+        from moxflow.report import NOT_OK, Outcome
 
         state = self.lab.state()
         for row in report.rows:
             node = row.target
             if node not in state["hosts"] or "apt" not in state["hosts"][node]:
                 continue  # the cluster's row
-            if row.outcome is not Outcome.OK:
+            if row.outcome in NOT_OK:
                 self.pve_open.add(node)
+            if row.outcome is not Outcome.OK:
                 continue
             self.pve_open.discard(node)
             a = state["hosts"][node]["apt"]
@@ -820,14 +825,14 @@ class Soak:
         row naming it); an OK row leaves the VM running, nothing installing, no reboot
         pending, its snapshot whole; a rolled-back row leaves it as it was at the rollback
         point."""
-        from moxflow.report import Outcome
+        from moxflow.report import EMPTY, Outcome
 
         state = self.lab.state()
         vm = state["guests"][str(WINDOWS_VM)]
         win = state["windows"][str(WINDOWS_VM)]
         snaps = self._windows_pre_update()
         for row in report.rows:
-            cell = row.cell("snapshot")
+            cell = "" if row.cell("snapshot") == EMPTY else row.cell("snapshot")
             name = cell.split(" ")[0] if cell else ""
             left = self.windows_left
             adopted = left is not None and name == left and "adopted" in cell
@@ -847,6 +852,19 @@ class Soak:
                     "a killed run's snapshot is the next run's rollback point",
                     f"windows_update {row.outcome.value} with snapshot {cell or 'none'}; the "
                     f"killed run's {left} was neither adopted nor left alone",
+                )
+            # failed or busy before its snapshot step: the next run adopts it; not for ever
+            passed_by = (
+                left is not None and left_alone and row.outcome is not Outcome.NEEDS_ATTENTION
+            )
+            self.windows_passed_by = self.windows_passed_by + 1 if passed_by else 0
+            if self.windows_passed_by >= WINDOWS_PASS_LIMIT:
+                self._violate(
+                    i,
+                    "a killed run's snapshot is the next run's rollback point",
+                    f"the killed run's {left} left alone by {self.windows_passed_by} runs in a "
+                    f"row (failed or busy, never a needs-attention row naming it): "
+                    f"{row.outcome.value}: {row.detail}",
                 )
             whole = name in snaps and not snaps[name].get("snapstate")
             problems: list[str] = []

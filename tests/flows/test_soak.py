@@ -73,3 +73,31 @@ def test_the_proxmox_checks_see_a_node_left_mid_update(fresh_lab: LabClient) -> 
         and w.detail == "pve2: a journal"
         for w in soak.summary.violations
     ), soak.summary.text()
+
+
+def test_a_killed_windows_runs_snapshot_passed_by_for_ever_is_a_violation(
+    fresh_lab: LabClient,
+) -> None:
+    """A Windows run may fail or be busy before it adopts the killed run's snapshot (a fault
+    of its iteration); three in a row, never naming it in a needs-attention row, is a
+    recovery that never comes."""
+    from moxflow.report import Outcome, ReportRow, RunReport
+
+    url = get_current_settings().api.url
+    assert url is not None
+    soak = Soak(fresh_lab, url, SEED, kill_rate=0.0, say=lambda _: None)
+    soak._before_windows()
+    soak.windows_left = "moxflow-pre-update-20261207-040000"
+    for n in range(3):
+        report = RunReport(job="windows-update", label="update")
+        report.add(
+            ReportRow(
+                "103 (win11-gaming)",
+                Outcome.FAILED,
+                detail="pre-flight: the agent does not answer",
+                cells={"snapshot": ""},  # none taken, none adopted
+            )
+        )
+        soak._check_windows(n, report)
+        assert len(soak.summary.violations) == (1 if n == 2 else 0), soak.summary.text()
+    assert "left alone by 3 runs in a row" in soak.summary.violations[0].detail
