@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -149,23 +150,32 @@ def test_a_half_deleted_snapshot_never_takes_the_place_of_a_good_one(
     assert snaps[broken]["snapstate"] == "delete"  # neither kept nor touched
 
 
+def _delete_moxflow_snapshot(lab: LabClient, fault: dict[str, Any], user: str = "") -> str:
+    """Snapshot moxflow-daily-20261121-000000 of VM 101 (moxflow's: its description says
+    so), then its delete with ``fault`` on the delete task, sent as ``user`` (a GUI user's;
+    default: the token's)."""
+    import requests
+
+    base = f"{lab.api_url}/nodes/pve1/qemu/101/snapshot"
+    headers, ca = lab.auth_header, str(lab.ca_file)
+    name = "moxflow-daily-20261121-000000"
+    data = {"snapname": name, "description": "moxflow: daily snapshot taken earlier"}
+    assert requests.post(base, data=data, headers=headers, verify=ca, timeout=10).ok
+    wait_until(lambda: all(t["status"] == "stopped" for t in lab.state()["tasks"]))
+    lab.fault(target="task", type="qmdelsnapshot", id="101", **fault)
+    as_user = {**headers, "X-Lab-User": user} if user else headers
+    assert requests.delete(f"{base}/{name}", headers=as_user, verify=ca, timeout=10).ok
+    return name
+
+
 def test_a_delete_an_earlier_run_left_half_done_is_finished_before_the_next_snapshot(
     fresh_lab: LabClient, lab_inventory: Path
 ) -> None:
     """PVE leaves a snapshot whose delete task failed in state "delete" and the guest locked
     snapshot-delete: every later snapshot and backup of it is refused. When that snapshot is
     moxflow's own, the next guest snapshot run finishes the delete (forced) and goes on."""
-    import requests
-
-    base = f"{fresh_lab.api_url}/nodes/pve1/qemu/101/snapshot"
-    headers, ca = fresh_lab.auth_header, str(fresh_lab.ca_file)
-    broken = "moxflow-daily-20261121-000000"
-    data = {"snapname": broken, "description": "moxflow: daily snapshot taken earlier"}
-    assert requests.post(base, data=data, headers=headers, verify=ca, timeout=10).ok
-    wait_until(lambda: all(t["status"] == "stopped" for t in fresh_lab.state()["tasks"]))
-    fresh_lab.fault(target="task", type="qmdelsnapshot", id="101", action="error",
-                    exitstatus="zfs error: dataset is busy", times=1)  # fmt: skip
-    assert requests.delete(f"{base}/{broken}", headers=headers, verify=ca, timeout=10).ok
+    fault = {"action": "error", "exitstatus": "zfs error: dataset is busy", "times": 1}
+    broken = _delete_moxflow_snapshot(fresh_lab, fault)
     wait_until(lambda: all(t["status"] == "stopped" for t in fresh_lab.state()["tasks"]))
     assert fresh_lab.state()["guests"]["101"]["lock"] == "snapshot-delete"
 
@@ -185,17 +195,7 @@ def test_a_delete_someone_else_runs_is_not_forced(
 ) -> None:
     """A moxflow snapshot being deleted by someone else (another user's task, from the GUI)
     is theirs to finish: the guest stays busy, nothing is forced."""
-    import requests
-
-    base = f"{fresh_lab.api_url}/nodes/pve1/qemu/101/snapshot"
-    headers, ca = fresh_lab.auth_header, str(fresh_lab.ca_file)
-    name = "moxflow-daily-20261121-000000"
-    data = {"snapname": name, "description": "moxflow: daily snapshot taken earlier"}
-    assert requests.post(base, data=data, headers=headers, verify=ca, timeout=10).ok
-    wait_until(lambda: all(t["status"] == "stopped" for t in fresh_lab.state()["tasks"]))
-    fresh_lab.fault(target="task", type="qmdelsnapshot", id="101", action="slow", delay=30.0)
-    other = {**headers, "X-Lab-User": "root@pam"}
-    assert requests.delete(f"{base}/{name}", headers=other, verify=ca, timeout=10).ok
+    _delete_moxflow_snapshot(fresh_lab, {"action": "slow", "delay": 30.0}, user="root@pam")
 
     with pytest.raises(RunFailed) as info:
         guest_snapshot(label="daily", select="101", lock_timeout=1.0, inventory=str(lab_inventory))
