@@ -145,7 +145,8 @@ def test_a_backup_killed_during_its_vzdump_is_finished_by_the_next_run(
     takes its archive (one archive, one vzdump), and copies it offsite."""
     lab = fresh_lab
     lab.set_storage("nas-backup", bandwidth=10**13)
-    lab.fault(target="task", type="vzdump", id="101", action="slow", delay=4.0, times=1)
+    # long enough to outlive the kill, the slots freed and the next run's pre-flight under load
+    lab.fault(target="task", type="vzdump", id="101", action="slow", delay=15.0, times=1)
     before = {a["filename"] for a in lab.state()["storages"]["nas-backup"]["archives"]}
     args = ["flows.vzdump_backup", "--inventory", str(lab_inventory), "--select", "101"]
     _kill_when(args, lambda: any(t.get("type") == "vzdump" for t in _tasks(lab)))
