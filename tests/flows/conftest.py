@@ -7,7 +7,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.actions import GlobalConcurrencyLimitUpdate
 from prefect.testing.utilities import prefect_test_harness
+
+from tasks.targets import PREFIX
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -15,6 +19,27 @@ def prefect_server() -> Iterator[None]:
     """One temporary Prefect server (SQLite) for every flow test."""
     with prefect_test_harness(server_startup_timeout=60):
         yield
+
+
+@pytest.fixture(autouse=True)
+def no_slot_outlives_its_test(prefect_server: None) -> Iterator[None]:
+    """Every target slot is free when a test ends. The test server has no lease sweep, so a
+    slot a test leaves taken (a run it killed, a failure before it freed the dead run's slots
+    by hand) would stay taken for the session: every later test on that target would wait,
+    then find it busy, and one failure would fail the rest of the suite. Such a slot is freed
+    here (what the sweep does) and the test errors, naming it."""
+    yield
+    with get_client(sync_client=True) as client:
+        limits, page = [], client.read_global_concurrency_limits(limit=200)
+        while page:
+            limits += page
+            page = client.read_global_concurrency_limits(limit=200, offset=len(limits))
+        held = sorted(g.name for g in limits if g.name.startswith(PREFIX) and g.active_slots)
+        for name in held:
+            client.update_global_concurrency_limit(
+                name, GlobalConcurrencyLimitUpdate(active_slots=0)
+            )
+    assert not held, f"the test left these target slots taken: {', '.join(held)}"
 
 
 def zfs_snapshots(state: dict[str, Any], host: str) -> dict[str, dict[str, Any]]:

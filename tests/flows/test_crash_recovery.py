@@ -79,20 +79,8 @@ def test_a_nixos_update_killed_at_a_dangerous_point_is_recovered(
     inv = inventory_with(lab, tmp_path.name, confirm_timeout=200.0)
     lab.nixos("media", upstream=NEW_REV, build_seconds=120.0)  # 3 s of real time
     old = current(lab.state(), "media")
-    child = subprocess.Popen(
-        [sys.executable, "-m", "flows.nixos_update", "--inventory", str(inv), "--only", "media"],
-        cwd=ROOT,
-        env={**os.environ, "PREFECT_API_URL": str(PREFECT_API_URL.value())},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        wait_until(lambda: POINTS[point](lab, old) or child.poll() is not None, 60)
-        assert child.poll() is None, f"the run ended before {point}"
-        child.send_signal(signal.SIGKILL)
-        child.wait(10)
-    finally:
-        child.kill()
+    args = ["flows.nixos_update", "--inventory", str(inv), "--only", "media"]
+    kill_when(args, lambda: POINTS[point](lab, old), tmp_path / "killed.log", within=60)
     lab.nixos("media", build_seconds=0.0)
     for slot in (host_target("media"), guest_target(101)):
         _free_slots(slot)
@@ -119,27 +107,35 @@ def test_a_nixos_update_killed_at_a_dangerous_point_is_recovered(
     assert not lock_dir(lab, "media").exists()
 
 
-def _kill_when(args: list[str], ready: Callable[[], bool]) -> None:
-    """Run ``python -m ARGS`` (an ad-hoc run on the test server) and SIGKILL it once
-    ``ready()``."""
-    child = subprocess.Popen(
-        [sys.executable, "-m", *args],
-        cwd=ROOT,
-        env={**os.environ, "PREFECT_API_URL": str(PREFECT_API_URL.value())},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+def kill_when(args: list[str], ready: Callable[[], bool], log: Path, within: float = 90) -> None:
+    """Run ``python -m ARGS`` (an ad-hoc run on the test server), its output in ``log``, and
+    SIGKILL it once ``ready()``; a run that ends first, or never gets there within
+    ``within`` seconds, fails the test with the end of that output."""
+    env = {**os.environ, "PREFECT_API_URL": str(PREFECT_API_URL.value())}
+    with log.open("wb") as out:
+        child = subprocess.Popen(
+            [sys.executable, "-m", *args], cwd=ROOT, env=env, stdout=out, stderr=out
+        )
     try:
-        wait_until(lambda: ready() or child.poll() is not None, 60)
-        assert child.poll() is None, "the run ended before the point to kill it at"
+        try:
+            wait_until(lambda: ready() or child.poll() is not None, within)
+        except TimeoutError:
+            pytest.fail(f"the run never got to the point to kill it at:\n{_tail(log)}")
+        if child.poll() is not None:
+            pytest.fail(f"the run ended before the point to kill it at:\n{_tail(log)}")
         child.send_signal(signal.SIGKILL)
         child.wait(10)
     finally:
         child.kill()
+        child.wait(10)
+
+
+def _tail(log: Path, chars: int = 6000) -> str:
+    return log.read_text(errors="replace")[-chars:]
 
 
 def test_a_backup_killed_during_its_vzdump_is_finished_by_the_next_run(
-    fresh_lab: LabClient, lab_inventory: Path
+    fresh_lab: LabClient, lab_inventory: Path, tmp_path: Path
 ) -> None:
     """The killed run's vzdump goes on in Proxmox: the next run waits for that task and
     takes its archive (one archive, one vzdump), and copies it offsite."""
@@ -149,7 +145,7 @@ def test_a_backup_killed_during_its_vzdump_is_finished_by_the_next_run(
     lab.fault(target="task", type="vzdump", id="101", action="slow", delay=15.0, times=1)
     before = {a["filename"] for a in lab.state()["storages"]["nas-backup"]["archives"]}
     args = ["flows.vzdump_backup", "--inventory", str(lab_inventory), "--select", "101"]
-    _kill_when(args, lambda: any(t.get("type") == "vzdump" for t in _tasks(lab)))
+    kill_when(args, lambda: any(t.get("type") == "vzdump" for t in _tasks(lab)), tmp_path / "k.log")
     _free_slots(guest_target(101))
     report = vzdump_backup(select="101", inventory=str(lab_inventory))
     (row,) = [r for r in report.rows if r.target == "101 (media-vm)"]
@@ -167,14 +163,14 @@ def test_a_backup_killed_during_its_vzdump_is_finished_by_the_next_run(
 
 
 def test_a_restore_test_killed_with_its_scratch_guest_up_is_cleaned_by_the_next(
-    fresh_lab: LabClient, lab_inventory: Path
+    fresh_lab: LabClient, lab_inventory: Path, tmp_path: Path
 ) -> None:
     """Killed while the scratch guest boots: the next restore test destroys that scratch
     guest (by moxflow's mark), never an original, and tests again."""
     lab = fresh_lab
     originals = {v for v, g in lab.state()["guests"].items() if not g["name"].startswith("moxflow")}
     args = ["flows.restore_test", "--inventory", str(lab_inventory), "--select", "101"]
-    _kill_when(args, lambda: "9900" in lab.state()["guests"])
+    kill_when(args, lambda: "9900" in lab.state()["guests"], tmp_path / "killed.log")
     _free_slots(SCRATCH_TARGET)
     report = restore_test(select="101", inventory=str(lab_inventory))
     assert [r.outcome for r in report.rows] == [Outcome.OK]
@@ -198,7 +194,9 @@ def test_an_offsite_copy_killed_half_way_is_redone_whole_by_the_next(
     )
     folder = Path(lab.info["offsite"]["path"])
     args = ["flows.offsite_copy", "--inventory", str(inv), "--select", "104"]
-    _kill_when(args, lambda: any(p.name.endswith(".part") for p in folder.iterdir()))
+    kill_when(
+        args, lambda: any(p.name.endswith(".part") for p in folder.iterdir()), tmp_path / "k.log"
+    )
     assert any(p.name.endswith(".part") for p in folder.iterdir())  # killed half-way
     report = offsite_copy(select="104", inventory=str(inv))
     [row] = [r for r in report.rows if r.target.endswith("offsite")]

@@ -13,10 +13,6 @@ says; then it recovers the node.
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -24,7 +20,6 @@ from typing import Any
 
 import pytest
 from prefect.client.orchestration import get_client
-from prefect.settings import PREFECT_API_URL
 from prefect.states import Cancelling
 
 from flows.jobs.proxmox_update import proxmox_update
@@ -32,7 +27,7 @@ from labsim.client import LabClient, start_lab, wait_until
 from moxflow.report import Outcome, RunReport
 from tasks.targets import SCRATCH_TARGET, guest_target, node_target
 from tests.conftest import LAB_TIME_SCALE
-from tests.flows.test_crash_recovery import _free_slots
+from tests.flows.test_crash_recovery import _free_slots, kill_when
 from tests.flows.test_proxmox_update import NEW_KERNEL, apt, inventory, placement, pre_update
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -102,12 +97,12 @@ def test_a_proxmox_update_killed_at_a_dangerous_point_is_recovered(
     elif point == "during the upgrade":
         lab.control("apt_node", node=NODE, upgrade_seconds=2400.0)  # 60 s of real time
     args = ["flows.proxmox_update", "--inventory", str(inv), "--only", NODE]
-    _kill_when(args, lambda: POINTS[point](lab, before))
+    kill_when(args, lambda: POINTS[point](lab, before), tmp_path / "killed.log")
     lab.clear_faults()
     left = journal(lab)
     assert left is not None, "no journal on the node"
     if point == "during the upgrade":
-        wait_until(lambda: bool(apt(lab.state(), NODE)["half_configured"]), 10)
+        wait_until(lambda: bool(apt(lab.state(), NODE)["half_configured"]), 30)
     # the user finds the node back (a reboot requested goes on without the run)
     wait_until(lambda: apt(lab.state(), NODE)["status"] == "online", 30)
     guests = [guest_target(int(v)) for v, (node, _) in before.items() if node == NODE]
@@ -172,20 +167,3 @@ def _run(inv: Path, only: tuple[str, ...] | None = (NODE,), **params: Any) -> Ru
 
 def _row(report: RunReport, target: str) -> Any:
     return next(r for r in report.rows if r.target == target)
-
-
-def _kill_when(args: list[str], ready: Callable[[], bool]) -> None:
-    child = subprocess.Popen(
-        [sys.executable, "-m", *args],
-        cwd=ROOT,
-        env={**os.environ, "PREFECT_API_URL": str(PREFECT_API_URL.value())},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        wait_until(lambda: ready() or child.poll() is not None, 90)
-        assert child.poll() is None, "the run ended before the point to kill it at"
-        child.send_signal(signal.SIGKILL)
-        child.wait(10)
-    finally:
-        child.kill()

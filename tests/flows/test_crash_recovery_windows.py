@@ -25,10 +25,6 @@ Prefect server does not know, or one that still runs) leaves the VM as it is
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -36,7 +32,6 @@ from typing import Any
 
 import pytest
 from prefect.client.orchestration import get_client
-from prefect.settings import PREFECT_API_URL
 from prefect.states import Crashed
 
 from blocks.proxmox import proxmox_client
@@ -49,7 +44,7 @@ from moxflow.report import Outcome, ReportRow
 from tasks.targets import guest_target
 from tests.flows.conftest import guest_snapshots
 from tests.flows.test_conformance import check_requests
-from tests.flows.test_crash_recovery import _free_slots
+from tests.flows.test_crash_recovery import _free_slots, kill_when
 
 ROOT = Path(__file__).resolve().parents[2]
 VMID, NODE = 103, "pve2"
@@ -108,17 +103,7 @@ def _kill_when(lab: LabClient, inv: Path, log: Path, ready: Callable[[], bool]) 
     """Run ``python -m flows.windows_update`` (an ad-hoc run on the test server), SIGKILL it
     once ``ready()``, and free its slot as the lease sweep would; the killed run's flow run
     ID, as its snapshot's description names it."""
-    argv = [sys.executable, "-m", "flows.windows_update", "--inventory", str(inv)]
-    env = {**os.environ, "PREFECT_API_URL": str(PREFECT_API_URL.value())}
-    with log.open("wb") as out:
-        child = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=out, stderr=out)
-    try:
-        wait_until(lambda: ready() or child.poll() is not None, 90)
-        assert child.poll() is None, f"the run ended before the point:\n{log.read_text()}"
-        child.send_signal(signal.SIGKILL)
-        child.wait(10)
-    finally:
-        child.kill()
+    kill_when(["flows.windows_update", "--inventory", str(inv)], ready, log)
     _free_slots(guest_target(VMID))
     (snap,) = _pre_update(lab).values()
     dead = description_run(snap["description"])
