@@ -48,9 +48,10 @@ def main() -> None:
         os.environ.update({k: v for k, v in env.items() if k.startswith("PREFECT_")})
         print(f"starting a Prefect server and a lab of {args.hosts} NixOS hosts ...", flush=True)
         server = start_server(work / "prefect", env)
-        os.environ["PREFECT_API_URL"] = env["PREFECT_API_URL"]
         lab = start_lab(work / "lab", nixos_hosts=args.hosts, time_scale=args.time_scale)
         try:
+            from prefect.settings import PREFECT_API_URL, temporary_settings
+
             from flows.jobs.nixos_update import nixos_update
             from moxflow.inventory import load_inventory
             from moxflow.nixos import plan_update
@@ -65,11 +66,15 @@ def main() -> None:
             ideal = sum(max(build[h] for h in wave) for wave in plan.waves)
             sequential = sum(build.values())
 
-            t0 = time.perf_counter()
-            report = nixos_update(
-                only=hosts, max_parallel=args.max_parallel, inventory=str(inv_path)
-            )
-            makespan = time.perf_counter() - t0
+            # Prefect is imported by now (scripts.prefect_server): a changed environment no
+            # longer reaches its settings, and the flow would run on a temporary server of its
+            # own while its subflows went to this one
+            with temporary_settings(updates={PREFECT_API_URL: env["PREFECT_API_URL"]}):
+                t0 = time.perf_counter()
+                report = nixos_update(
+                    only=hosts, max_parallel=args.max_parallel, inventory=str(inv_path)
+                )
+                makespan = time.perf_counter() - t0
 
             ok = sum(1 for r in report.rows if r.outcome.value == "ok")
             waves = " ".join(f"[{len(w)}]" for w in plan.waves)
