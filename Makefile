@@ -59,8 +59,10 @@ demo: $(STAMP)
 demo-stop: $(STAMP)
 	@$(BIN)/python -m scripts.demo --stop
 
+# two processes (each with its own Prefect test server and labs), a test file's tests in one
+TEST_WORKERS ?= 2
 test: $(STAMP)
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile
 
 # the tests that wait on real time (a killed run's lease running out: over a minute)
 test-slow: $(STAMP)
