@@ -260,8 +260,8 @@ def _update(
                 )
         return
     for node in nodes:
-        if node not in online or node not in journals:
-            continue
+        if node not in online or node not in journals or refused:
+            continue  # an unreadable journal refuses the roll: no node is asked for more
         try:
             tuned(refresh_lists, inv)(client, node)
             root = None if p.no_snapshot else settings.root_dataset
@@ -271,9 +271,14 @@ def _update(
         except MoxflowError as exc:
             refused.append(f"{node}: {exc}")
             report.add(ReportRow(node, Outcome.FAILED, detail=f"pre-flight: {exc}"))
+    if refused:  # a node's journal or facts could not be read: no plan, no change
+        for node in nodes:
+            if all(r.target != node for r in report.rows):
+                report.add(ReportRow(node, Outcome.SKIPPED, detail="not started: refused"))
+        return
     # the nodes --only leaves out take guests (the planner checks their versions)
     bystanders: list[NodeFacts] = []
-    for other in sorted(online - set(nodes)) if policy == "migrate" and not refused else ():
+    for other in sorted(online - set(nodes)) if policy == "migrate" else ():
         try:
             bystanders.append(tuned(bystander_facts, inv)(client, other, facts.guests))
         except MoxflowError as exc:
@@ -282,10 +287,9 @@ def _update(
     for line in plan.describe():
         logger.info("%s", line)
     report.notes.extend(plan.describe())
-    if refused or not plan.preflight.ok:
-        why = "; ".join([*refused, *plan.preflight.reasons])
-        if not plan.preflight.ok:
-            report.add(ReportRow("cluster", Outcome.FAILED, detail=f"refused: {why}"))
+    if not plan.preflight.ok:
+        why = "; ".join(plan.preflight.reasons)
+        report.add(ReportRow("cluster", Outcome.FAILED, detail=f"refused: {why}"))
         for node in [*(n.node for n in plan.nodes), *nodes]:
             if all(r.target != node for r in report.rows):
                 report.add(ReportRow(node, Outcome.SKIPPED, detail="not started: refused"))

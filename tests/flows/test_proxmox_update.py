@@ -413,6 +413,29 @@ def test_only_one_node_its_guests_go_to_the_others_and_a_local_disk_follows_its_
         assert apt(st, node)["reboots"] == 0 and pre_update(st, node) == []
 
 
+def test_a_node_left_out_whose_journal_cannot_be_read_refuses_the_roll(
+    pve: LabClient, tmp_path: Path
+) -> None:
+    """--only pve3, and pve1's SSH drops every connection: whether an update was left
+    unfinished there (its guests parked, dpkg half-configured) cannot be known, so pve1's
+    row says its journal could not be read and nothing changes on any node."""
+    before = pve.state()
+    inv = inventory(pve, tmp_path.name)
+    pve.fault(target="connect", host="pve1", action="drop")
+    report = run_failing(inv, only=["pve3"])
+    assert row(report, "pve1").outcome is Outcome.FAILED
+    assert "its update journal could not be read" in row(report, "pve1").detail
+    assert row(report, "pve3").outcome is Outcome.SKIPPED
+    assert not [n for n in report.notes if "pre-flight passed" in n], report.notes
+    st = pve.state()
+    assert placement(st) == placement(before)
+    for node in ("pve1", "pve2", "pve3"):
+        assert apt(st, node)["installed"] == apt(before, node)["installed"]
+        assert not apt(st, node)["maintenance"] and pre_update(st, node) == []
+    posts = [r["path"] for r in pve.api_requests() if r["method"] == "POST"]
+    assert not [p for p in posts if p.endswith("/apt/update")], posts  # not even refreshed
+
+
 def test_guests_onboot_already_started_are_back_not_a_failure(
     pve: LabClient, tmp_path: Path
 ) -> None:
