@@ -24,6 +24,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")  # before Prefect is imported
 
 from labsim.client import start_lab  # noqa: E402
 from scripts.prefect_server import busy_refusals, start_server, stop_server  # noqa: E402
@@ -44,8 +45,6 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="moxflow-fleet-") as tmp:
         work = Path(tmp)
         env = dict(os.environ)
-        env["PREFECT_LOGGING_LEVEL"] = "WARNING"
-        os.environ.update({k: v for k, v in env.items() if k.startswith("PREFECT_")})
         print(f"starting a Prefect server and a lab of {args.hosts} NixOS hosts ...", flush=True)
         server = start_server(work / "prefect", env)
         lab = start_lab(work / "lab", nixos_hosts=args.hosts, time_scale=args.time_scale)

@@ -259,9 +259,10 @@ def _update(
                     )
                 )
         return
+    unread = bool(refused)  # a journal that cannot be read: no node is asked for more
     for node in nodes:
-        if node not in online or node not in journals or refused:
-            continue  # an unreadable journal refuses the roll: no node is asked for more
+        if node not in online or node not in journals or unread:
+            continue
         try:
             tuned(refresh_lists, inv)(client, node)
             root = None if p.no_snapshot else settings.root_dataset
@@ -271,7 +272,11 @@ def _update(
         except MoxflowError as exc:
             refused.append(f"{node}: {exc}")
             report.add(ReportRow(node, Outcome.FAILED, detail=f"pre-flight: {exc}"))
-    if refused:  # a node's journal or facts could not be read: no plan, no change
+    if refused:  # a node's journal or facts could not be read: no plan to run, no change
+        checks = _plan(facts, states, inv, now, p).preflight  # what else the user must fix
+        if not checks.ok:
+            why = "; ".join(checks.reasons)
+            report.add(ReportRow("cluster", Outcome.FAILED, detail=f"refused: {why}"))
         for node in nodes:
             if all(r.target != node for r in report.rows):
                 report.add(ReportRow(node, Outcome.SKIPPED, detail="not started: refused"))

@@ -27,7 +27,8 @@ def no_slot_outlives_its_test(prefect_server: None) -> Iterator[None]:
     slot a test leaves taken (a run it killed, a failure before it freed the dead run's slots
     by hand) would stay taken for the session: every later test on that target would wait,
     then find it busy, and one failure would fail the rest of the suite. Such a slot is freed
-    here (what the sweep does) and the test errors, naming it."""
+    here (what the sweep does) and the test errors, naming it. Only the count is reset: a
+    holder still alive (a thread the test leaked) would release into a later test's slot."""
     yield
     with get_client(sync_client=True) as client:
         limits, page = [], client.read_global_concurrency_limits(limit=200)

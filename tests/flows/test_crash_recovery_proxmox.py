@@ -30,7 +30,6 @@ from tests.conftest import LAB_TIME_SCALE
 from tests.flows.test_crash_recovery import _free_slots, kill_when
 from tests.flows.test_proxmox_update import NEW_KERNEL, apt, inventory, placement, pre_update
 
-ROOT = Path(__file__).resolve().parents[2]
 NODE = "pve1"
 
 

@@ -46,7 +46,6 @@ from tests.flows.conftest import guest_snapshots
 from tests.flows.test_conformance import check_requests
 from tests.flows.test_crash_recovery import _free_slots, kill_when
 
-ROOT = Path(__file__).resolve().parents[2]
 VMID, NODE = 103, "pve2"
 VM = "103 (win11-gaming)"
 INSTALL = "install-updates.ps1"

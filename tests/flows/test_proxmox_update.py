@@ -540,15 +540,22 @@ def test_a_node_another_run_holds_is_busy_and_untouched(pve: LabClient, tmp_path
 def test_enterprise_repository_fails_pre_flight_before_any_change(
     pve: LabClient, tmp_path: Path
 ) -> None:
-    pve.control("apt_node", node="pve2", enterprise_repo="on")
+    """Each node with the enterprise repository and no subscription says so, in one run,
+    and so does a problem of the whole cluster (a stale HA manager status)."""
+    for node in ("pve2", "pve3"):
+        pve.control("apt_node", node=node, enterprise_repo="on")
+    pve.control("ha_crm", state="stopped")
+    wait_until(lambda: pve.state()["ha"]["status"]["manager_status"]["stale"])
     before = pve.state()
     report = run_failing(inventory(pve, tmp_path.name))
     st = pve.state()
-    detail = row(report, "pve2").detail
-    assert row(report, "pve2").outcome is Outcome.FAILED and detail.startswith("pre-flight: ")
-    assert "apt-get update failed on the enterprise repository" in detail
-    assert "https://enterprise.proxmox.com/debian/pve" in detail
-    assert {row(report, n).outcome for n in ("pve1", "pve3")} == {Outcome.SKIPPED}
+    for node in ("pve2", "pve3"):
+        detail = row(report, node).detail
+        assert row(report, node).outcome is Outcome.FAILED and detail.startswith("pre-flight: ")
+        assert "apt-get update failed on the enterprise repository" in detail
+        assert "https://enterprise.proxmox.com/debian/pve" in detail
+    assert row(report, "pve1").outcome is Outcome.SKIPPED
+    assert "the HA manager status is stale" in row(report, "cluster").detail
     for node in ("pve1", "pve2", "pve3"):
         assert apt(st, node)["installed"] == apt(before, node)["installed"]
         assert apt(st, node)["reboots"] == 0 and pre_update(st, node) == []
