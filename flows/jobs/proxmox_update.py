@@ -272,29 +272,24 @@ def _update(
         except MoxflowError as exc:
             refused.append(f"{node}: {exc}")
             report.add(ReportRow(node, Outcome.FAILED, detail=f"pre-flight: {exc}"))
-    if refused:  # a node's journal or facts could not be read: no plan to run, no change
-        checks = _plan(facts, states, inv, now, p).preflight  # what else the user must fix
-        if not checks.ok:
-            why = "; ".join(checks.reasons)
+    if refused:  # a node's journal or facts could not be read: nothing will run; the
+        plan = _plan(facts, states, inv, now, p)  # checks still say what else to fix
+    else:
+        # the nodes --only leaves out take guests (the planner checks their versions)
+        bystanders: list[NodeFacts] = []
+        for other in sorted(online - set(nodes)) if policy == "migrate" else ():
+            try:
+                bystanders.append(tuned(bystander_facts, inv)(client, other, facts.guests))
+            except MoxflowError as exc:
+                logger.warning("%s: not a migration target (%s)", other, exc)
+        plan = _plan(facts, states, inv, now, p, bystanders)
+        for line in plan.describe():
+            logger.info("%s", line)
+        report.notes.extend(plan.describe())
+    if refused or not plan.preflight.ok:
+        if not plan.preflight.ok:
+            why = "; ".join(plan.preflight.reasons)
             report.add(ReportRow("cluster", Outcome.FAILED, detail=f"refused: {why}"))
-        for node in nodes:
-            if all(r.target != node for r in report.rows):
-                report.add(ReportRow(node, Outcome.SKIPPED, detail="not started: refused"))
-        return
-    # the nodes --only leaves out take guests (the planner checks their versions)
-    bystanders: list[NodeFacts] = []
-    for other in sorted(online - set(nodes)) if policy == "migrate" else ():
-        try:
-            bystanders.append(tuned(bystander_facts, inv)(client, other, facts.guests))
-        except MoxflowError as exc:
-            logger.warning("%s: not a migration target (%s)", other, exc)
-    plan = _plan(facts, states, inv, now, p, bystanders)
-    for line in plan.describe():
-        logger.info("%s", line)
-    report.notes.extend(plan.describe())
-    if not plan.preflight.ok:
-        why = "; ".join(plan.preflight.reasons)
-        report.add(ReportRow("cluster", Outcome.FAILED, detail=f"refused: {why}"))
         for node in [*(n.node for n in plan.nodes), *nodes]:
             if all(r.target != node for r in report.rows):
                 report.add(ReportRow(node, Outcome.SKIPPED, detail="not started: refused"))

@@ -25,7 +25,6 @@ from pathlib import Path
 
 import pytest
 from prefect.client.orchestration import get_client
-from prefect.client.schemas.actions import GlobalConcurrencyLimitUpdate
 from prefect.settings import PREFECT_API_URL
 from prefect.states import Cancelling
 
@@ -36,7 +35,7 @@ from flows.jobs.vzdump_backup import vzdump_backup
 from labsim.client import LabClient, wait_until
 from moxflow.report import Outcome, RunReport
 from tasks.targets import SCRATCH_TARGET, guest_target, host_target
-from tests.flows.conftest import edit_inventory
+from tests.flows.conftest import edit_inventory, free_slots
 from tests.flows.test_nixos_update import (
     NEW_REV,
     assert_settled,
@@ -65,12 +64,6 @@ POINTS: dict[str, Callable[[LabClient, int], bool]] = {
 }
 
 
-def _free_slots(name: str) -> None:
-    """What the server's lease sweep does once the dead run's lease has run out."""
-    with get_client(sync_client=True) as client:
-        client.update_global_concurrency_limit(name, GlobalConcurrencyLimitUpdate(active_slots=0))
-
-
 @pytest.mark.parametrize("point", list(POINTS))
 def test_a_nixos_update_killed_at_a_dangerous_point_is_recovered(
     fresh_lab: LabClient, tmp_path: Path, point: str
@@ -83,7 +76,7 @@ def test_a_nixos_update_killed_at_a_dangerous_point_is_recovered(
     kill_when(args, lambda: POINTS[point](lab, old), tmp_path / "killed.log", within=60)
     lab.nixos("media", build_seconds=0.0)
     for slot in (host_target("media"), guest_target(101)):
-        _free_slots(slot)
+        free_slots(slot)
 
     # 1. busy, naming the dead run: it is still Running as far as Prefect knows
     busy = nixos_update(inventory=str(inv), only=["media"], return_state=True)
@@ -146,7 +139,7 @@ def test_a_backup_killed_during_its_vzdump_is_finished_by_the_next_run(
     before = {a["filename"] for a in lab.state()["storages"]["nas-backup"]["archives"]}
     args = ["flows.vzdump_backup", "--inventory", str(lab_inventory), "--select", "101"]
     kill_when(args, lambda: any(t.get("type") == "vzdump" for t in _tasks(lab)), tmp_path / "k.log")
-    _free_slots(guest_target(101))
+    free_slots(guest_target(101))
     report = vzdump_backup(select="101", inventory=str(lab_inventory))
     (row,) = [r for r in report.rows if r.target == "101 (media-vm)"]
     assert row.outcome is Outcome.OK and "of an earlier run" in row.detail
@@ -171,7 +164,7 @@ def test_a_restore_test_killed_with_its_scratch_guest_up_is_cleaned_by_the_next(
     originals = {v for v, g in lab.state()["guests"].items() if not g["name"].startswith("moxflow")}
     args = ["flows.restore_test", "--inventory", str(lab_inventory), "--select", "101"]
     kill_when(args, lambda: "9900" in lab.state()["guests"], tmp_path / "killed.log")
-    _free_slots(SCRATCH_TARGET)
+    free_slots(SCRATCH_TARGET)
     report = restore_test(select="101", inventory=str(lab_inventory))
     assert [r.outcome for r in report.rows] == [Outcome.OK]
     assert any("leftover scratch guest 9900" in n and "destroyed" in n for n in report.notes)

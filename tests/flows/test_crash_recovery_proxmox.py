@@ -27,7 +27,8 @@ from labsim.client import LabClient, start_lab, wait_until
 from moxflow.report import Outcome, RunReport
 from tasks.targets import SCRATCH_TARGET, guest_target, node_target
 from tests.conftest import LAB_TIME_SCALE
-from tests.flows.test_crash_recovery import _free_slots, kill_when
+from tests.flows.conftest import free_slots
+from tests.flows.test_crash_recovery import kill_when
 from tests.flows.test_proxmox_update import NEW_KERNEL, apt, inventory, placement, pre_update
 
 NODE = "pve1"
@@ -106,7 +107,7 @@ def test_a_proxmox_update_killed_at_a_dangerous_point_is_recovered(
     wait_until(lambda: apt(lab.state(), NODE)["status"] == "online", 30)
     guests = [guest_target(int(v)) for v, (node, _) in before.items() if node == NODE]
     for slot in (node_target(NODE), SCRATCH_TARGET, *guests):
-        _free_slots(slot)
+        free_slots(slot)
 
     # 1. busy, naming the dead run: it is still Running as far as Prefect knows
     busy = _run(inv)

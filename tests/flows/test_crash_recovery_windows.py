@@ -42,9 +42,9 @@ from moxflow.inventory import load_inventory
 from moxflow.naming import description_run, description_state
 from moxflow.report import Outcome, ReportRow
 from tasks.targets import guest_target
-from tests.flows.conftest import guest_snapshots
+from tests.flows.conftest import free_slots, guest_snapshots
 from tests.flows.test_conformance import check_requests
-from tests.flows.test_crash_recovery import _free_slots, kill_when
+from tests.flows.test_crash_recovery import kill_when
 
 VMID, NODE = 103, "pve2"
 VM = "103 (win11-gaming)"
@@ -103,7 +103,7 @@ def _kill_when(lab: LabClient, inv: Path, log: Path, ready: Callable[[], bool]) 
     once ``ready()``, and free its slot as the lease sweep would; the killed run's flow run
     ID, as its snapshot's description names it."""
     kill_when(["flows.windows_update", "--inventory", str(inv)], ready, log)
-    _free_slots(guest_target(VMID))
+    free_slots(guest_target(VMID))
     (snap,) = _pre_update(lab).values()
     dead = description_run(snap["description"])
     assert dead, snap
