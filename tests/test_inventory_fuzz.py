@@ -15,6 +15,15 @@ from hypothesis import strategies as st
 from moxflow.errors import ConfigError
 from moxflow.inventory import Inventory, load_inventory
 
+# Hypothesis warns when the `random` module's state moves while it draws. These strategies
+# never use it, but under `make test` (pytest-xdist) the process also holds the background
+# threads of earlier flow tests (Prefect's services use `random` for their jitter), which
+# can move it meanwhile: a warning about someone else's thread, not about these tests.
+pytestmark = pytest.mark.filterwarnings(
+    "ignore:Do not use the `random` module inside strategies"
+    ":hypothesis.errors.HypothesisDeprecationWarning"
+)
+
 FUZZ = settings(
     max_examples=150,
     deadline=None,
