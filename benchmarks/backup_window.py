@@ -96,19 +96,22 @@ def fluid_makespan(
 
 def run_child(inventory: Path, storage: str, env: dict[str, str]) -> tuple[dict[str, Any], int]:
     """Run the flow in a fresh process; its JSON line and its peak RSS in KiB."""
-    proc = subprocess.Popen(
-        [sys.executable, "-c", CHILD, str(inventory), storage],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-    )
-    assert proc.stdout is not None
-    out = proc.stdout.read().decode()
-    _, status, usage = os.wait4(proc.pid, 0)
-    code = os.waitstatus_to_exitcode(status)
-    if code != 0 or not out.strip():
-        raise SystemExit(f"the flow failed with exit status {code}:\n{out}")
+    with tempfile.TemporaryFile() as err:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", CHILD, str(inventory), storage],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=err,
+        )
+        assert proc.stdout is not None
+        out = proc.stdout.read().decode()
+        _, status, usage = os.wait4(proc.pid, 0)
+        code = os.waitstatus_to_exitcode(status)
+        if code != 0 or not out.strip():
+            err.seek(0)
+            tail = err.read().decode(errors="replace")[-4000:]
+            raise SystemExit(f"the flow failed with exit status {code}:\n{out}\n{tail}")
     return json.loads(out.strip().splitlines()[-1]), int(usage.ru_maxrss)
 
 

@@ -61,7 +61,7 @@ from moxflow.retention import KeepPolicy
 from moxflow.ssh import SshRunner
 from tasks._logging import LoggerLike, run_logger
 from tasks._retry import step
-from tasks.targets import guest_target, hold
+from tasks.targets import Reserved, guest_target, hold
 
 __all__ = [
     "BackupJob",  # defined in moxflow.backups; imported from here by older code
@@ -185,6 +185,7 @@ def vzdump_guest(
     dump: GuestDump,
     job: BackupJob,
     storage_gate: threading.Semaphore | None = None,
+    reserved: Reserved | None = None,
 ) -> Dumped:
     """Back up one guest with vzdump on its node and wait for the task to end.
 
@@ -197,7 +198,8 @@ def vzdump_guest(
     ``job.retry_timeout`` seconds, a dump that failed is run once more. A task still running
     at ``job.task_timeout`` is stopped so that it frees the node's lock. The guest's target
     slot (:mod:`tasks.targets`) is held throughout: a run that holds it for longer than
-    ``job.retry_timeout`` leaves this guest busy (``TargetBusy``). ``storage_gate``
+    ``job.retry_timeout`` leaves this guest busy (``TargetBusy``); ``reserved``: the slot
+    taken ahead by the flow while the node's dump before this one ran. ``storage_gate``
     caps how many dumps write to the storage at once. Raises ``ProxmoxTaskTimeout`` (the
     task was stopped), ``ProxmoxTaskError`` (it failed twice) or the last other error.
     """
@@ -205,8 +207,13 @@ def vzdump_guest(
     gate: AbstractContextManager[Any] = storage_gate if storage_gate is not None else nullcontext()
     guest, storage, target = dump.guest, dump.storage, dump.target
     # the guest's slot first (another run's backup or chain on it: wait, bounded), then the
-    # storage's turn; a dump is long, so the slot's three requests cost nothing to speak of
-    with hold([guest_target(guest.vmid)], wait=job.retry_timeout), gate:
+    # storage's turn
+    slot = (
+        reserved
+        if reserved is not None
+        else hold([guest_target(guest.vmid)], wait=job.retry_timeout)
+    )
+    with slot, gate:
         t0 = time.monotonic()
         started = datetime.now(UTC)
         previous = dump.previous

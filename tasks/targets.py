@@ -9,10 +9,11 @@ targets within :data:`LEASE_SECONDS` (plus the server's lease sweep, every 15 s)
 nothing left to clean by hand. The limits show on the Prefect UI's *Concurrency* page, with
 the slots in use. A second run waits for a held target (bounded), then leaves it as busy
 (:class:`~moxflow.errors.TargetBusyError`), never as done. A step that is a single Proxmox
-task on a guest (a snapshot, a vzdump) only waits for the guest's slot to be free
+task on a guest (a snapshot) only waits for the guest's slot to be free
 (:func:`wait_free`): Proxmox's guest lock already serialises such tasks.
 
-The limits are created on first use (Prefect 3 no longer creates them implicitly). The
+The limits are created on first use (Prefect 3 no longer creates them implicitly): a take
+that finds one missing makes it and asks again. The
 server keeps leases in memory unless ``PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE`` names the
 file storage (:data:`LEASE_STORAGE`: the compose file and moxflow's own servers set it): with
 memory storage, a server restart while a target is held leaves its slot taken
@@ -22,19 +23,20 @@ memory storage, a server restart while a target is held leaves its slot taken
 
 from __future__ import annotations
 
+import contextvars
 import logging
+import random
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import AbstractContextManager, ExitStack, contextmanager, suppress
+from contextlib import AbstractContextManager, contextmanager, suppress
+from typing import Any
 
 import httpx
 from prefect.client.orchestration import SyncPrefectClient, get_client
 from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
 from prefect.client.schemas.objects import ConcurrencyLeaseHolder
-from prefect.concurrency._asyncio import ConcurrencySlotAcquisitionError
-from prefect.concurrency.sync import concurrency
 from prefect.context import FlowRunContext
 from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 
@@ -51,23 +53,6 @@ PREFIX = "moxflow-"
 LEASE_STORAGE = "prefect.server.concurrency.lease_storage.filesystem"
 """``PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE`` for a long-lived server: leases on disk (in
 PREFECT_HOME), so that a restart neither forgets who holds a slot nor strands it."""
-
-
-class _QuietRefusals(logging.Filter):
-    """Drops Prefect's ERROR line for a slot request that failed ("Service
-    'ConcurrencySlotAcquisitionWithLeaseService' failed to process item"): the same failure
-    reaches :func:`hold` as an exception, which reports it in the run's words (busy)."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        args = record.args if isinstance(record.args, tuple) else ()
-        return not (args and args[0] == "ConcurrencySlotAcquisitionWithLeaseService")
-
-
-logging.getLogger("prefect._internal.concurrency").addFilter(_QuietRefusals())
-
-_known: set[tuple[str, str]] = set()  # (API URL, limit name): made or seen by this process
-_known_lock = threading.Lock()
-
 
 SCRATCH_TARGET = f"{PREFIX}scratch-guests"
 """The slot of the restore tests' scratch guests (the scratch VMID range): one test at a time."""
@@ -88,26 +73,11 @@ def node_target(node: str) -> str:
     return f"{PREFIX}node-{node}"
 
 
-def _ensure(names: Sequence[str]) -> None:
-    """Create the limits this process has not seen yet (limit 1; one that exists stays as
-    it is)."""
-    with get_client(sync_client=True) as client:
-        url = str(client.api_url)
-        with _known_lock:
-            missing = [n for n in names if (url, n) not in _known]
-        for name in missing:
-            with suppress(ObjectAlreadyExists):
-                client.create_global_concurrency_limit(
-                    GlobalConcurrencyLimitCreate(name=name, limit=1)
-                )
-            with _known_lock:
-                _known.add((url, name))
-
-
-def _forget(names: Sequence[str]) -> None:
-    with _known_lock:
-        for key in [k for k in _known if k[1] in names]:
-            _known.discard(key)
+def _make(client: SyncPrefectClient, names: Sequence[str]) -> None:
+    """Create the limits (limit 1; one that exists stays as it is)."""
+    for name in names:
+        with suppress(ObjectAlreadyExists):
+            client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=1))
 
 
 def _holder() -> ConcurrencyLeaseHolder | None:
@@ -134,47 +104,100 @@ def _held(names: Sequence[str]) -> list[str]:
     return held
 
 
-def _refused(exc: ConcurrencySlotAcquisitionError) -> bool:
-    """The server said the slots are taken (423), as opposed to the limits not existing."""
-    cause = exc.__cause__
-    return isinstance(cause, httpx.HTTPStatusError) and cause.response.status_code == 423
+_API = "/v2/concurrency_limits"
+
+BUSY_FIRST = 0.005
+BUSY_MAX = 0.25
+BUSY_WAIT = 30.0
+"""A slot request the server could not serve (503), or whose connection broke before an
+answer: asked again after 5 ms, doubling up to 0.25 s, for up to 30 s. A SQLite server
+answers 503 when the request's transaction met another write (its read of the limits went
+stale), which under a busy run is every few requests; Prefect's client would wait 2 s, then
+4, 8 ... before asking again."""
+
+_DROPPED = (
+    httpx.ConnectError,
+    httpx.ReadError,
+    httpx.WriteError,
+    httpx.RemoteProtocolError,
+    httpx.LocalProtocolError,
+)
+"""A connection that broke (a kept-alive one the server had just closed, a restart): what
+Prefect's client sends again too. Never a timeout: a request cut short by one may still be
+granted, and a second take would then meet its own first one's slot."""
 
 
-def _slots(names: list[str]) -> AbstractContextManager[None]:
-    """Prefect's context manager for the slots: one request, however long the server takes
-    to answer it. Never with Prefect's ``timeout_seconds``: a request cut short by it may
-    still be granted on the server, and that lease, never renewed and never released, holds
-    the slot until the server's sweep (a run then finds its own leaked slot "held")."""
-    return concurrency(
-        names,
-        occupy=1,
-        max_retries=0,
-        lease_duration=LEASE_SECONDS,
-        strict=True,
-        holder=_holder(),
-        raise_on_lease_renewal_failure=False,
-    )
+def _post(client: SyncPrefectClient, path: str, body: dict[str, Any]) -> httpx.Response:
+    """POST ``body`` to the server's concurrency API, asking again soon after a 503 or a
+    dropped connection (:data:`BUSY_FIRST`). Sent past Prefect's client's own retries but
+    with its connection pool, URL and credentials; a server that wants a CSRF token (403)
+    gets the request through Prefect's client, which fetches one. Any other answer is
+    returned as it is; the last error or 503 once :data:`BUSY_WAIT` is over."""
+    http = client._client
+    delay, deadline = BUSY_FIRST, time.monotonic() + BUSY_WAIT
+    while True:
+        try:
+            response = httpx.Client.send(http, http.build_request("POST", path, json=body))
+        except _DROPPED:
+            if time.monotonic() + delay > deadline:
+                raise
+        else:
+            if response.status_code == 403 and getattr(http, "enable_csrf_support", False):
+                try:
+                    response = http.send(http.build_request("POST", path, json=body))
+                except httpx.HTTPStatusError as exc:
+                    response = exc.response
+            if response.status_code != 503 or time.monotonic() + delay > deadline:
+                return response
+        time.sleep(delay * random.uniform(0.5, 1.5))
+        delay = min(delay * 2, BUSY_MAX)
 
 
-RETRY_FIRST = 0.5
-RETRY_MAX = 5.0
-"""Between two requests for a held slot: 0.5 s, doubling up to 5 s."""
+class _Gone(Exception):
+    """A limit asked for does not exist on the server (deleted by hand since this process
+    made it)."""
 
 
-def _take(names: list[str], wait: float, deadline: float | None = None) -> ExitStack[bool | None]:
-    """The slots, entered; ``TargetBusyError`` when another run still holds one of them
-    after ``wait`` seconds (0: one request), or at ``deadline`` (``time.monotonic``) when
-    given (a wait that began earlier)."""
+def _take_once(client: SyncPrefectClient, names: list[str]) -> uuid.UUID | None:
+    """One request for every slot of ``names``, all or none: the lease, or None when another
+    run holds one of them (423)."""
+    holder = _holder()
+    body: dict[str, Any] = {
+        "names": names,
+        "slots": 1,
+        "mode": "concurrency",
+        "lease_duration": LEASE_SECONDS,
+    }
+    if holder is not None:
+        body["holder"] = holder.model_dump(mode="json")
+    response = _post(client, f"{_API}/increment-with-lease", body)
+    if response.status_code == 423:
+        return None
+    response.raise_for_status()
+    granted = response.json()
+    lease = uuid.UUID(granted["lease_id"])
+    if len(granted["limits"]) < len(names):  # granted on the limits that exist only
+        _release(client, lease)
+        raise _Gone(names)
+    return lease
+
+
+def _release(client: SyncPrefectClient, lease: uuid.UUID) -> None:
+    _post(client, f"{_API}/decrement-with-lease", {"lease_id": str(lease)}).raise_for_status()
+
+
+def _take(
+    client: SyncPrefectClient, names: list[str], wait: float, deadline: float | None = None
+) -> uuid.UUID:
+    """The slots' lease; ``TargetBusyError`` when another run still holds one of them after
+    ``wait`` seconds (0: one request), or at ``deadline`` (``time.monotonic``) when given
+    (a wait that began earlier)."""
     deadline = time.monotonic() + wait if deadline is None else deadline
     delay = RETRY_FIRST
     while True:
-        stack = ExitStack()
-        try:
-            stack.enter_context(_slots(names))
-            return stack
-        except ConcurrencySlotAcquisitionError as exc:
-            if not _refused(exc):
-                raise
+        lease = _take_once(client, names)
+        if lease is not None:
+            return lease
         left = deadline - time.monotonic()
         if left <= 0:
             raise TargetBusyError(_held(names) or names, wait, LEASE_SECONDS)
@@ -182,32 +205,160 @@ def _take(names: list[str], wait: float, deadline: float | None = None) -> ExitS
         delay = min(delay * 2, RETRY_MAX)
 
 
+RETRY_FIRST = 0.5
+RETRY_MAX = 5.0
+"""Between two requests for a held slot: 0.5 s, doubling up to 5 s."""
+
+RENEW_EVERY = LEASE_SECONDS * 0.75
+"""How often a held lease is renewed; after a failed renewal, every :data:`RENEW_RETRY` s."""
+RENEW_RETRY = 5.0
+
+
+def _renew(lease: uuid.UUID, names: list[str], stop: threading.Event) -> None:
+    """Renew ``lease`` every :data:`RENEW_EVERY` s until ``stop``. A renewal the server could
+    not make (it is restarting, its network dropped) is tried again every
+    :data:`RENEW_RETRY` s for as long as the lease may still be alive: the slot stays held
+    through a server outage shorter than the lease. One the server no longer knows (404:
+    it ran out, the sweep took it) is given up, said in the log: another run may now take
+    the target."""
+    log = logging.getLogger("moxflow.targets")
+    wait = RENEW_EVERY
+    while not stop.wait(wait):
+        try:
+            with get_client(sync_client=True) as client:
+                response = _post(
+                    client, f"{_API}/leases/{lease}/renew", {"lease_duration": LEASE_SECONDS}
+                )
+            if response.status_code == 404:
+                log.error(
+                    "the hold on %s ran out (the Prefect server forgot its lease): another "
+                    "run may now take it",
+                    ", ".join(names),
+                )
+                return
+            response.raise_for_status()
+            wait = RENEW_EVERY
+        except httpx.HTTPError as exc:
+            log.warning("could not renew the hold on %s: %s", ", ".join(names), exc)
+            wait = RENEW_RETRY
+
+
 @contextmanager
 def hold(targets: Sequence[str], *, wait: float = TARGET_WAIT) -> Iterator[None]:
     """Hold every slot of ``targets`` (all or none, taken together) for the block; wait up to
-    ``wait`` seconds (0: one try) for a run that holds one, else raise ``TargetBusyError``."""
+    ``wait`` seconds (0: one try) for a run that holds one, else raise ``TargetBusyError``.
+
+    Two requests to the Prefect server (take, release) and a renewal every
+    :data:`RENEW_EVERY` s in a thread, all through plain client calls: Prefect's own
+    ``concurrency()`` costs about 100 ms more per hold (its service thread, events and lease
+    watcher), and a vzdump step holds a guest's slot on the critical path of a node's
+    backups."""
     names = sorted(set(targets))
     if not names:
         yield
         return
     deadline = time.monotonic() + wait
     try:
-        _ensure(names)
-        try:
-            slots = _take(names, wait)
-        except ConcurrencySlotAcquisitionError:
-            # not refused: the limits are gone (deleted by hand since this process made them);
-            # made again, and waited for within what is left of ``wait``
-            _forget(names)
-            _ensure(names)
-            slots = _take(names, wait, deadline)
-    except (ConcurrencySlotAcquisitionError, httpx.HTTPError) as exc:
+        with get_client(sync_client=True) as client:
+            try:
+                lease = _take(client, names, wait)
+            except _Gone:
+                # first use of a target (Prefect 3 makes no limit by itself), or a limit
+                # deleted by hand: made, and waited for within what is left of ``wait``
+                _make(client, names)
+                lease = _take(client, names, wait, deadline)
+    except (_Gone, httpx.HTTPError) as exc:
         raise SlotServerError(
             f"the Prefect server could not give out {', '.join(names)}: {exc}",
             hint="check that the Prefect server runs (PREFECT_API_URL)",
         ) from exc
-    with slots:
+    stop = threading.Event()
+    renewal = threading.Thread(
+        target=contextvars.copy_context().run,
+        args=(_renew, lease, names, stop),
+        name=f"moxflow-renew-{names[0]}",
+        daemon=True,
+    )
+    renewal.start()
+    try:
         yield
+    finally:
+        stop.set()
+        try:
+            with get_client(sync_client=True) as client:
+                _release(client, lease)
+        except httpx.HTTPError as exc:
+            logging.getLogger("moxflow.targets").warning(
+                "could not give back %s (free again within %.0f s): %s",
+                ", ".join(names),
+                LEASE_SECONDS,
+                exc,
+            )
+
+
+class Reserved(AbstractContextManager[None]):
+    """A :func:`hold` taken ahead, in a thread of its own, for a step that starts later: the
+    take (and its wait for another run, and the server's answers) runs while the step before
+    it still works, off the critical path. Entering waits for the take to end, and raises
+    what it raised (``TargetBusyError`` ...); leaving releases the slots. One the step never
+    entered is released by :meth:`cancel` (the flow calls it for every one once its steps
+    have ended); the lease is the flow run's either way, as a hold inside its step is."""
+
+    def __init__(self, targets: Sequence[str], *, wait: float = TARGET_WAIT) -> None:
+        self._names = ", ".join(sorted(set(targets)))
+        self._hold = hold(targets, wait=wait)
+        self._lock = threading.Lock()
+        self._state = "taking"  # then: held, failed, entered, released
+        self._error: BaseException | None = None
+        self._taken = threading.Thread(
+            target=contextvars.copy_context().run,
+            args=(self._take,),
+            name=f"moxflow-reserve-{self._names}",
+            daemon=True,
+        )
+        self._taken.start()
+
+    def _take(self) -> None:
+        try:
+            self._hold.__enter__()
+        except BaseException as exc:  # handed to the step that enters
+            with self._lock:
+                self._state, self._error = "failed", exc
+            return
+        with self._lock:
+            cancelled = self._state == "cancelled"
+            self._state = "held"
+        if cancelled:
+            self._release()
+
+    def __enter__(self) -> None:
+        self._taken.join()
+        with self._lock:
+            if self._error is not None:
+                raise self._error
+            if self._state != "held":  # given back by cancel() before the step came to it
+                raise RuntimeError(f"the hold on {self._names} was given back before its step")
+            self._state = "entered"
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._release()
+
+    def _release(self) -> None:
+        with self._lock:
+            if self._state not in ("held", "entered"):
+                return
+            self._state = "released"
+        self._hold.__exit__(None, None, None)
+
+    def cancel(self) -> None:
+        """Give the slots back if the step never took them over (never ran, failed first)."""
+        with self._lock:
+            if self._state == "taking":
+                self._state = "cancelled"
+                return
+            if self._state != "held":
+                return
+        self._release()
 
 
 @contextmanager

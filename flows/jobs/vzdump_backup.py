@@ -51,6 +51,7 @@ from tasks.backups import (
     vzdump_guest,
 )
 from tasks.proxmox import list_guests
+from tasks.targets import Reserved, guest_target
 
 MAX_NODES = 64
 
@@ -238,7 +239,9 @@ def _back_up(
 ) -> tuple[dict[int, PrefectFuture[Dumped]], dict[int, PrefectFuture[Verified]]]:
     """Submit each guest's vzdump and its verify step; a node's vzdumps one after the other,
     each after the one before it (an edge of the graph). A verify step runs while the node's
-    next vzdump does.
+    next vzdump does. The guest's slot is taken meanwhile too (:class:`Reserved`): its
+    request, and the server's busy answers under a busy run (SQLite), are off the node's
+    critical path.
 
     A node has at most two guests' steps submitted at a time: the running ones, and the
     next guest's, waiting to start the moment the vzdump before ends. Submitting them all at
@@ -256,9 +259,11 @@ def _back_up(
         dump = waiting[node].pop(0)
         vmid = dump.guest.vmid
         after = [allow_failure(last[node])] if node in last else None
+        slot = Reserved([guest_target(vmid)], wait=job.retry_timeout)
         dumps[vmid] = last[node] = vzdump_guest.submit(
-            client, dump, job, gate, return_state=False, wait_for=after
+            client, dump, job, gate, slot, return_state=False, wait_for=after
         )
+        dumps[vmid].add_done_callback(lambda _f: slot.cancel())  # a step that never took it
         dumps[vmid].add_done_callback(lambda _f: ended.put(node))
         # a future as the argument: Prefect resolves it and draws the edge
         verifies[vmid] = verify.submit(client, dump, job, dumps[vmid])

@@ -18,7 +18,7 @@ from flows.jobs.vzdump_backup import vzdump_backup
 from labsim.client import LabClient
 from moxflow.errors import TargetBusyError
 from moxflow.report import Outcome, RunReport
-from tasks.targets import SCRATCH_TARGET, guest_target, hold
+from tasks.targets import SCRATCH_TARGET, Reserved, guest_target, hold
 from tests.flows.conftest import guest_snapshots
 
 
@@ -176,3 +176,50 @@ def test_a_slot_whose_limit_was_deleted_by_hand_is_made_again() -> None:
         with get_client(sync_client=True) as client:
             limit = client.read_global_concurrency_limit_by_name(slot)
         assert (limit.limit, limit.active_slots) == (1, 1)
+
+
+def _active(slot: str) -> int:
+    with get_client(sync_client=True) as client:
+        return client.read_global_concurrency_limit_by_name(slot).active_slots
+
+
+def test_a_reserved_slot_is_held_from_the_take_to_the_end_of_its_step() -> None:
+    """Taken ahead (while the node's step before runs): held before the step enters, held
+    through it, free when it leaves; a second run meanwhile finds it busy."""
+    slot = guest_target(4245)
+    reserved = Reserved([slot], wait=5)
+    with reserved:
+        assert _active(slot) == 1
+        with pytest.raises(TargetBusyError), hold([slot], wait=0):
+            pass
+    assert _active(slot) == 0
+    reserved.cancel()  # after its step: nothing left to give back
+    assert _active(slot) == 0
+
+
+def test_a_reservation_its_step_never_entered_is_given_back_by_cancel() -> None:
+    slot = guest_target(4246)
+    reserved = Reserved([slot], wait=5)
+    reserved._taken.join(30)
+    assert _active(slot) == 1
+    reserved.cancel()
+    assert _active(slot) == 0
+    with pytest.raises(RuntimeError, match="given back before its step"), reserved:
+        pass
+
+
+def test_a_reservation_of_a_slot_another_run_holds_is_busy_when_its_step_enters() -> None:
+    slot, entered, release, log = guest_target(4247), threading.Event(), threading.Event(), []
+    other = threading.Thread(target=_holder, args=(slot, entered, release, log))
+    other.start()
+    try:
+        assert entered.wait(30)
+        reserved = Reserved([slot], wait=1.0)
+        with pytest.raises(TargetBusyError, match=slot), reserved:
+            log.append("taken")
+    finally:
+        release.set()
+        other.join(30)
+    assert log == ["released"]
+    reserved.cancel()
+    assert _active(slot) == 0

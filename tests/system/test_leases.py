@@ -57,3 +57,23 @@ def test_a_holder_killed_outright_frees_its_target_by_itself(prefect_stack: Pref
             child.stdout.close()
     print(f"freed {took:.0f}s after the kill (lease {LEASE_SECONDS:g}s)")
     assert took < LEASE_SECONDS + 60
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_a_hold_longer_than_its_lease_keeps_the_target(prefect_stack: PrefectStack) -> None:
+    """A step holding a guest longer than a lease's term (a vzdump of a big disk) keeps it:
+    the lease is renewed, so neither the server's sweep nor another run takes the slot; it
+    is free the moment the step lets go."""
+    slot = guest_target(4243)
+    with temporary_settings(updates={PREFECT_API_URL: prefect_stack.api_url}):
+        with hold([slot], wait=0):
+            # past the first term and a sweep after it (every 15 s): without a renewal the
+            # lease would be gone by now
+            time.sleep(LEASE_SECONDS + 25)
+            with pytest.raises(TargetBusyError, match="moxflow-guest-4243"), hold([slot], wait=0):
+                pass
+        t0 = time.monotonic()
+        with hold([slot], wait=0):
+            pass
+        assert time.monotonic() - t0 < 5
