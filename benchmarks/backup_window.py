@@ -240,7 +240,7 @@ def main() -> None:
                 print(f"ratio             {makespan / bound:8.3f}    (goal <= 1.05)")
                 print(
                     f"Prefect busy      {busy:8d}    (requests refused with 503, SQLite busy; "
-                    "each retried after 2 s)"
+                    "moxflow's slot requests asked again after 5 ms, Prefect's own after 2 s)"
                 )
                 print(
                     f"Proxmox job shape {proxmox:8.1f} s  (one vzdump job per node, "

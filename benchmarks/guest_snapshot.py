@@ -146,7 +146,7 @@ def main() -> None:
             print("\ngoals: ratio <= 1.15, peak memory < 400 MB")
             print(
                 "busy: requests the Prefect server refused with 503 because SQLite was busy; "
-                "the client waits 2 s before each retry"
+                "Prefect's client waits 2 s before each retry (moxflow's slot requests: 5 ms)"
             )
         finally:
             lab.stop()

@@ -86,7 +86,8 @@ def main() -> None:
             busy = busy_refusals(work / "prefect")
             print(
                 f"busy       {busy:7d}     (requests the Prefect server refused with 503 "
-                "because SQLite was busy; the client waits 2 s before each retry)"
+                "because SQLite was busy; Prefect's client waits 2 s before each retry, "
+                "moxflow's slot requests 5 ms)"
             )
         finally:
             lab.stop()

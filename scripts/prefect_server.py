@@ -82,7 +82,8 @@ RETRYABLE = "Encountered retryable exception in request"
 def busy_refusals(home: Path) -> int:
     """How many requests the server in ``home`` answered 503 because its database was busy
     (SQLite: a write that met another writer). Prefect's client waits 2 s (then 4, 8, ...)
-    before it sends such a request again, so each one can add seconds to a run."""
+    before it sends such a request again, so each of its own can add seconds to a run;
+    moxflow's slot requests ask again after 5 ms (``tasks.targets``)."""
     log_path = home / "server.log"
     if not log_path.exists():
         return 0

@@ -250,9 +250,8 @@ def hold(targets: Sequence[str], *, wait: float = TARGET_WAIT) -> Iterator[None]
 
     Two requests to the Prefect server (take, release) and a renewal every
     :data:`RENEW_EVERY` s in a thread, all through plain client calls: Prefect's own
-    ``concurrency()`` costs about 100 ms more per hold (its service thread, events and lease
-    watcher), and a vzdump step holds a guest's slot on the critical path of a node's
-    backups."""
+    ``concurrency()`` costs about 55 ms more per hold in a flow (its service thread, events
+    and lease watcher), on the critical path of a node's backups (docs/internals.md)."""
     names = sorted(set(targets))
     if not names:
         yield
