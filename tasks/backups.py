@@ -198,10 +198,11 @@ def vzdump_guest(
     ``job.retry_timeout`` seconds, a dump that failed is run once more. A task still running
     at ``job.task_timeout`` is stopped so that it frees the node's lock. The guest's target
     slot (:mod:`tasks.targets`) is held throughout: a run that holds it for longer than
-    ``job.retry_timeout`` leaves this guest busy (``TargetBusy``); ``reserved``: the slot
-    taken ahead by the flow while the node's dump before this one ran. ``storage_gate``
-    caps how many dumps write to the storage at once. Raises ``ProxmoxTaskTimeout`` (the
-    task was stopped), ``ProxmoxTaskError`` (it failed twice) or the last other error.
+    ``job.retry_timeout`` from the step's start leaves this guest busy (``TargetBusy``);
+    ``reserved``: the slot the flow asked for while the node's dump before this one ran.
+    ``storage_gate`` caps how many dumps write to the storage at once. Raises
+    ``ProxmoxTaskTimeout`` (the task was stopped), ``ProxmoxTaskError`` (it failed twice) or
+    the last other error.
     """
     logger = run_logger("moxflow.backups")
     gate: AbstractContextManager[Any] = storage_gate if storage_gate is not None else nullcontext()

@@ -123,23 +123,33 @@ _DROPPED = (
     httpx.LocalProtocolError,
 )
 """A connection that broke (a kept-alive one the server had just closed, a restart): what
-Prefect's client sends again too. Never a timeout: a request cut short by one may still be
-granted, and a second take would then meet its own first one's slot."""
+Prefect's client sends again too. A take whose answer was lost this way may have been
+granted, and the second one then meets its own slot (busy until that lease runs out): the
+same risk Prefect's client takes, against failing a step on every reset. Never a timeout:
+a request cut short by one may well still be on its way."""
 
 
 def _post(client: SyncPrefectClient, path: str, body: dict[str, Any]) -> httpx.Response:
     """POST ``body`` to the server's concurrency API, asking again soon after a 503 or a
     dropped connection (:data:`BUSY_FIRST`). Sent past Prefect's client's own retries but
-    with its connection pool, URL and credentials; a server that wants a CSRF token (403)
-    gets the request through Prefect's client, which fetches one. Any other answer is
-    returned as it is; the last error or 503 once :data:`BUSY_WAIT` is over."""
+    with its connection pool, URL, credentials and CSRF token when it has one; a server that
+    wants a token the client has not fetched yet (403) gets the request through Prefect's
+    client, which fetches one. A server never reached (a wrong URL, a stopped server) fails
+    at once. Any other answer is returned as it is; the last error or 503 once
+    :data:`BUSY_WAIT` is over."""
     http = client._client
     delay, deadline = BUSY_FIRST, time.monotonic() + BUSY_WAIT
     while True:
+        request = http.build_request("POST", path, json=body)
+        token = getattr(http, "csrf_token", None)
+        if token:
+            request.headers["Prefect-Csrf-Token"] = token
+            request.headers["Prefect-Csrf-Client"] = str(getattr(http, "csrf_client_id", ""))
         try:
-            response = httpx.Client.send(http, http.build_request("POST", path, json=body))
-        except _DROPPED:
-            if time.monotonic() + delay > deadline:
+            response = httpx.Client.send(http, request)
+        except _DROPPED as exc:
+            never = isinstance(exc, httpx.ConnectError) and not getattr(http, "_has_connected", 1)
+            if never or time.monotonic() + delay > deadline:
                 raise
         else:
             if response.status_code == 403 and getattr(http, "enable_csrf_support", False):
@@ -214,22 +224,29 @@ RENEW_EVERY = LEASE_SECONDS * 0.75
 RENEW_RETRY = 5.0
 
 
-def _renew(lease: uuid.UUID, names: list[str], stop: threading.Event) -> None:
-    """Renew ``lease`` every :data:`RENEW_EVERY` s until ``stop``. A renewal the server could
-    not make (it is restarting, its network dropped) is tried again every
-    :data:`RENEW_RETRY` s for as long as the lease may still be alive: the slot stays held
-    through a server outage shorter than the lease. One the server no longer knows (404:
-    it ran out, the sweep took it) is given up, said in the log: another run may now take
-    the target."""
+def _renew(
+    lease: uuid.UUID,
+    names: list[str],
+    stop: threading.Event,
+    every: float = RENEW_EVERY,
+    retry: float = RENEW_RETRY,
+) -> None:
+    """Renew ``lease`` every ``every`` s until ``stop``. A renewal the server could not make
+    (it is restarting, its network dropped) is tried again every ``retry`` s until it
+    answers: the slot stays held through a server outage shorter than the lease. One the
+    server no longer knows (410: it ran out, the sweep took it) is given up, said in the
+    log: another run may now take the target."""
     log = logging.getLogger("moxflow.targets")
-    wait = RENEW_EVERY
+    wait = every
     while not stop.wait(wait):
         try:
             with get_client(sync_client=True) as client:
                 response = _post(
                     client, f"{_API}/leases/{lease}/renew", {"lease_duration": LEASE_SECONDS}
                 )
-            if response.status_code == 404:
+            if stop.is_set():  # released meanwhile: whatever the answer, nothing to say
+                return
+            if response.status_code in (404, 410):
                 log.error(
                     "the hold on %s ran out (the Prefect server forgot its lease): another "
                     "run may now take it",
@@ -237,10 +254,12 @@ def _renew(lease: uuid.UUID, names: list[str], stop: threading.Event) -> None:
                 )
                 return
             response.raise_for_status()
-            wait = RENEW_EVERY
-        except httpx.HTTPError as exc:
+            wait = every
+        except Exception as exc:  # the thread must go on: the lease lapses without it
+            if stop.is_set():
+                return
             log.warning("could not renew the hold on %s: %s", ", ".join(names), exc)
-            wait = RENEW_RETRY
+            wait = retry
 
 
 @contextmanager
@@ -296,33 +315,37 @@ def hold(targets: Sequence[str], *, wait: float = TARGET_WAIT) -> Iterator[None]
 
 
 class Reserved(AbstractContextManager[None]):
-    """A :func:`hold` taken ahead, in a thread of its own, for a step that starts later: the
-    take (and its wait for another run, and the server's answers) runs while the step before
-    it still works, off the critical path. Entering waits for the take to end, and raises
-    what it raised (``TargetBusyError`` ...); leaving releases the slots. One the step never
-    entered is released by :meth:`cancel` (the flow calls it for every one once its steps
-    have ended); the lease is the flow run's either way, as a hold inside its step is."""
+    """The slots of a step that starts later, asked for ahead (one request, in a thread of
+    its own) while the step before it still works: the take, and the server's busy answers
+    under a busy run, are then off the critical path. Entering uses the hold taken ahead;
+    when another run held a slot at that moment (or the server failed), the step waits for
+    them as a plain ``hold(targets, wait=wait)`` from its own start, as it would have done
+    without the reservation. Leaving releases them. The price: slots taken ahead are held
+    from then on, while the step before runs (a backup's next guest, during the dump before
+    it). One the step never entered is given back by :meth:`cancel`."""
 
     def __init__(self, targets: Sequence[str], *, wait: float = TARGET_WAIT) -> None:
-        self._names = ", ".join(sorted(set(targets)))
-        self._hold = hold(targets, wait=wait)
+        self._targets, self._wait = list(targets), wait
+        self._ahead = hold(self._targets, wait=0)
+        self._late: AbstractContextManager[None] | None = None  # the step's own hold
         self._lock = threading.Lock()
-        self._state = "taking"  # then: held, failed, entered, released
-        self._error: BaseException | None = None
+        # taking → held → entered → released; or taking → missed → entered (a late hold);
+        # or cancelled
+        self._state = "taking"
         self._taken = threading.Thread(
             target=contextvars.copy_context().run,
             args=(self._take,),
-            name=f"moxflow-reserve-{self._names}",
+            name=f"moxflow-reserve-{','.join(self._targets)}",
             daemon=True,
         )
         self._taken.start()
 
     def _take(self) -> None:
         try:
-            self._hold.__enter__()
-        except BaseException as exc:  # handed to the step that enters
+            self._ahead.__enter__()
+        except Exception:  # held by another run, or the server failed: the step asks itself
             with self._lock:
-                self._state, self._error = "failed", exc
+                self._state = "missed" if self._state == "taking" else self._state
             return
         with self._lock:
             cancelled = self._state == "cancelled"
@@ -333,13 +356,24 @@ class Reserved(AbstractContextManager[None]):
     def __enter__(self) -> None:
         self._taken.join()
         with self._lock:
-            if self._error is not None:
-                raise self._error
-            if self._state != "held":  # given back by cancel() before the step came to it
-                raise RuntimeError(f"the hold on {self._names} was given back before its step")
-            self._state = "entered"
+            state = self._state
+            if state == "held":
+                self._state = "entered"
+                return
+            if state != "missed":  # given back by cancel(), or entered twice
+                raise RuntimeError(f"the hold on {', '.join(self._targets)} is {state}")
+        late = hold(self._targets, wait=self._wait)
+        late.__enter__()  # TargetBusyError after the wait, SlotServerError ...
+        with self._lock:
+            self._late, self._state = late, "entered"
 
     def __exit__(self, *exc_info: object) -> None:
+        if self._late is not None:
+            late, self._late = self._late, None
+            with self._lock:
+                self._state = "released"
+            late.__exit__(None, None, None)
+            return
         self._release()
 
     def _release(self) -> None:
@@ -347,12 +381,13 @@ class Reserved(AbstractContextManager[None]):
             if self._state not in ("held", "entered"):
                 return
             self._state = "released"
-        self._hold.__exit__(None, None, None)
+        self._ahead.__exit__(None, None, None)
 
     def cancel(self) -> None:
-        """Give the slots back if the step never took them over (never ran, failed first)."""
+        """Give the slots back if the step never took them over (it never ran, or failed
+        before its body)."""
         with self._lock:
-            if self._state == "taking":
+            if self._state in ("taking", "missed"):
                 self._state = "cancelled"
                 return
             if self._state != "held":
@@ -373,7 +408,7 @@ def wait_free(
     """Return once no run holds ``target`` (at once when none does, or the limit was never
     made); poll up to ``wait`` seconds, else raise ``TargetBusyError``.
 
-    For a step that is one Proxmox task on a guest (a snapshot, its deletion, a vzdump):
+    For a step that is one Proxmox task on a guest (a snapshot, its deletion):
     Proxmox's own guest lock already keeps such tasks one at a time, so the step does not
     take the slot (a write on the server per guest; at 1,000 guests that was several times
     the run's ideal time); it only keeps out of a chain another run holds the guest for (a

@@ -239,9 +239,9 @@ def _back_up(
 ) -> tuple[dict[int, PrefectFuture[Dumped]], dict[int, PrefectFuture[Verified]]]:
     """Submit each guest's vzdump and its verify step; a node's vzdumps one after the other,
     each after the one before it (an edge of the graph). A verify step runs while the node's
-    next vzdump does. The guest's slot is taken meanwhile too (:class:`Reserved`): its
+    next vzdump does. The guest's slot is asked for meanwhile too (:class:`Reserved`): its
     request, and the server's busy answers under a busy run (SQLite), are off the node's
-    critical path.
+    critical path; a guest another run holds then is waited for from the step's start.
 
     A node has at most two guests' steps submitted at a time: the running ones, and the
     next guest's, waiting to start the moment the vzdump before ends. Submitting them all at
@@ -260,9 +260,13 @@ def _back_up(
         vmid = dump.guest.vmid
         after = [allow_failure(last[node])] if node in last else None
         slot = Reserved([guest_target(vmid)], wait=job.retry_timeout)
-        dumps[vmid] = last[node] = vzdump_guest.submit(
-            client, dump, job, gate, slot, return_state=False, wait_for=after
-        )
+        try:
+            dumps[vmid] = last[node] = vzdump_guest.submit(
+                client, dump, job, gate, slot, return_state=False, wait_for=after
+            )
+        except BaseException:
+            slot.cancel()
+            raise
         dumps[vmid].add_done_callback(lambda _f: slot.cancel())  # a step that never took it
         dumps[vmid].add_done_callback(lambda _f: ended.put(node))
         # a future as the argument: Prefect resolves it and draws the edge

@@ -204,22 +204,47 @@ def test_a_reservation_its_step_never_entered_is_given_back_by_cancel() -> None:
     assert _active(slot) == 1
     reserved.cancel()
     assert _active(slot) == 0
-    with pytest.raises(RuntimeError, match="given back before its step"), reserved:
+    with pytest.raises(RuntimeError, match="moxflow-guest-4246 is released"), reserved:
         pass
 
 
-def test_a_reservation_of_a_slot_another_run_holds_is_busy_when_its_step_enters() -> None:
+def test_a_reservation_of_a_slot_another_run_holds_is_busy_after_the_steps_own_wait() -> None:
+    """Held by another run when asked for ahead, and throughout: the step waits its whole
+    ``wait`` from its own start, then the guest is busy."""
     slot, entered, release, log = guest_target(4247), threading.Event(), threading.Event(), []
     other = threading.Thread(target=_holder, args=(slot, entered, release, log))
     other.start()
     try:
         assert entered.wait(30)
         reserved = Reserved([slot], wait=1.0)
+        reserved._taken.join(30)
+        started = time.monotonic()
         with pytest.raises(TargetBusyError, match=slot), reserved:
             log.append("taken")
+        waited = time.monotonic() - started
     finally:
         release.set()
         other.join(30)
     assert log == ["released"]
+    assert waited >= 1.0  # the step's own wait, not what was left of one begun ahead
     reserved.cancel()
+    assert _active(slot) == 0
+
+
+def test_a_slot_held_when_asked_for_ahead_but_freed_by_the_step_is_taken() -> None:
+    """Another run held the guest while the dump before it ran, and let go before this
+    guest's step started: the step takes it (the wait counts from the step's start, as
+    without the reservation), never busy."""
+    slot, entered, release, log = guest_target(4248), threading.Event(), threading.Event(), []
+    other = threading.Thread(target=_holder, args=(slot, entered, release, log))
+    other.start()
+    assert entered.wait(30)
+    reserved = Reserved([slot], wait=1.0)
+    reserved._taken.join(30)  # asked for ahead: held by the other run (longer than the wait)
+    release.set()
+    other.join(30)
+    with reserved:
+        log.append("taken")
+        assert _active(slot) == 1
+    assert log == ["released", "taken"]
     assert _active(slot) == 0
