@@ -26,11 +26,9 @@ time scale is chosen so that the lower bound takes --seconds of real time. Nothi
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 import statistics
-import subprocess
 import sys
 import tempfile
 from collections import defaultdict
@@ -41,6 +39,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from labsim.client import LabClient, start_lab  # noqa: E402
+from scripts.child import run_json_child  # noqa: E402
 from scripts.prefect_server import busy_refusals, start_server, stop_server  # noqa: E402
 
 MiB = 1024**2
@@ -96,23 +95,7 @@ def fluid_makespan(
 
 def run_child(inventory: Path, storage: str, env: dict[str, str]) -> tuple[dict[str, Any], int]:
     """Run the flow in a fresh process; its JSON line and its peak RSS in KiB."""
-    with tempfile.TemporaryFile() as err:
-        proc = subprocess.Popen(
-            [sys.executable, "-c", CHILD, str(inventory), storage],
-            cwd=ROOT,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=err,
-        )
-        assert proc.stdout is not None
-        out = proc.stdout.read().decode()
-        _, status, usage = os.wait4(proc.pid, 0)
-        code = os.waitstatus_to_exitcode(status)
-        if code != 0 or not out.strip():
-            err.seek(0)
-            tail = err.read().decode(errors="replace")[-4000:]
-            raise SystemExit(f"the flow failed with exit status {code}:\n{out}\n{tail}")
-    return json.loads(out.strip().splitlines()[-1]), int(usage.ru_maxrss)
+    return run_json_child(["-c", CHILD, str(inventory), storage], env)
 
 
 def poll_stats(

@@ -13,19 +13,19 @@ of the process (goal < 400 MB). Nothing is asserted.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from labsim.client import start_lab  # noqa: E402
+from scripts.child import run_json_child  # noqa: E402
 from scripts.prefect_server import busy_refusals, start_server, stop_server  # noqa: E402
 
 SNAPSHOT_SECONDS = 0.2
@@ -67,22 +67,9 @@ print(json.dumps({"seconds": elapsed, "rows": len(report.rows),
 
 def run_child(
     inventory: Path, concurrency: int, env: dict[str, str], code: str = CHILD
-) -> tuple[dict[str, float], int]:
+) -> tuple[dict[str, Any], int]:
     """Run ``code`` in a fresh process; return its JSON line and its peak RSS in KiB."""
-    proc = subprocess.Popen(
-        [sys.executable, "-c", code, str(inventory), str(concurrency)],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-    )
-    assert proc.stdout is not None
-    out = proc.stdout.read().decode()
-    _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    if proc.returncode != 0:
-        raise SystemExit(f"the flow failed with exit status {proc.returncode}:\n{out}")
-    return json.loads(out.strip().splitlines()[-1]), int(usage.ru_maxrss)
+    return run_json_child(["-c", code, str(inventory), str(concurrency)], env)
 
 
 def main() -> None:

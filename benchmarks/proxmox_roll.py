@@ -17,9 +17,7 @@ bookkeeping. Nothing is asserted.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -30,6 +28,7 @@ sys.path.insert(0, str(ROOT))
 
 from labsim.client import LabClient, start_lab  # noqa: E402
 from labsim.pve.apt.system import DURATIONS  # noqa: E402
+from scripts.child import run_json_child  # noqa: E402
 from scripts.prefect_server import start_server, stop_server  # noqa: E402
 
 CHILD = """
@@ -47,19 +46,7 @@ print(json.dumps({"seconds": elapsed, "ok": report.is_completed(),
 
 def run_child(inventory: Path, env: dict[str, str]) -> dict[str, Any]:
     """Run the roll in a fresh process; its JSON line."""
-    proc = subprocess.run(
-        [sys.executable, "-c", CHILD, str(inventory)],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        check=False,
-    )
-    out = proc.stdout.decode()
-    if proc.returncode != 0 or not out.strip():
-        raise SystemExit(f"the flow failed with exit status {proc.returncode}:\n{out}")
-    result: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
-    return result
+    return run_json_child(["-c", CHILD, str(inventory)], env)[0]
 
 
 def physical(

@@ -37,7 +37,6 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -48,6 +47,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from scripts.child import run_json_child  # noqa: E402
 from scripts.prefect_server import start_server, stop_server  # noqa: E402
 
 MODES = ("baseline", "sequential", "submitted", "subflows")
@@ -175,22 +175,7 @@ def completed_task_runs() -> int:
 def run_child(env: dict[str, str], log_path: Path) -> tuple[dict[str, Any], int]:
     """Run this file with ``--child`` and the same options in a fresh process, its logs to
     ``log_path``; return its JSON line and its peak RSS in KiB."""
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen(
-            [sys.executable, __file__, "--child", *sys.argv[1:]],
-            cwd=ROOT,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=log,
-        )
-        assert proc.stdout is not None
-        out = proc.stdout.read().decode()
-        _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    if proc.returncode != 0:
-        tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-30:])
-        raise SystemExit(f"the child failed with exit status {proc.returncode}:\n{out}{tail}")
-    return json.loads(out.strip().splitlines()[-1]), int(usage.ru_maxrss)
+    return run_json_child([__file__, "--child", *sys.argv[1:]], env, log_path)
 
 
 def main() -> None:

@@ -41,6 +41,7 @@ from prefect.context import FlowRunContext
 from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 
 from moxflow.errors import SlotServerError, TargetBusyError
+from moxflow.pacing import poll_until
 
 LEASE_SECONDS = 60.0
 """How long a held slot outlives its holder's last renewal (renewed every 45 s)."""
@@ -201,18 +202,14 @@ def _take(
 ) -> uuid.UUID:
     """The slots' lease; ``TargetBusyError`` when another run still holds one of them after
     ``wait`` seconds (0: one request), or at ``deadline`` (``time.monotonic``) when given
-    (a wait that began earlier)."""
+    (a wait that began earlier). Asked again after :data:`RETRY_FIRST` s, doubling up to
+    :data:`RETRY_MAX`."""
     deadline = time.monotonic() + wait if deadline is None else deadline
-    delay = RETRY_FIRST
-    while True:
-        lease = _take_once(client, names)
-        if lease is not None:
-            return lease
-        left = deadline - time.monotonic()
-        if left <= 0:
-            raise TargetBusyError(_held(names) or names, wait, LEASE_SECONDS)
-        time.sleep(min(delay, left))
-        delay = min(delay * 2, RETRY_MAX)
+    left = max(0.0, deadline - time.monotonic())
+    lease = poll_until(lambda: _take_once(client, names), left, first=RETRY_FIRST, cap=RETRY_MAX)
+    if lease is None:
+        raise TargetBusyError(_held(names) or names, wait, LEASE_SECONDS)
+    return lease
 
 
 RETRY_FIRST = 0.5
