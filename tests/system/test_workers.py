@@ -201,9 +201,10 @@ def test_overlapping_runs_spread_across_two_workers_and_never_share_a_guest(
         ("vzdump-backup/nightly", backup),
         (f"vzdump-backup/{COPY}", backup),
     ]
-    # the first snapshot of guest 101 takes 8 s: every other run wanting the guest meanwhile
-    # (the other snapshot run, both backups) has to wait for it (Proxmox's lock)
-    fresh_lab.fault(target="task", type="qmsnapshot", id="101", action="slow", delay=8, times=1)
+    # the first Proxmox task on guest 101 takes 8 s, whichever run gets there first (a
+    # snapshot, or a backup: which one depends on how the workers start them): every other
+    # run wanting the guest meanwhile has to wait for it (Proxmox's lock, the backup's slot)
+    fresh_lab.fault(target="task", id="101", action="slow", delay=8, times=1)
     with prefect_stack.client() as client:
         runs = {
             client.create_flow_run_from_deployment(deployments[name], parameters=params).id: name
@@ -222,7 +223,7 @@ def test_overlapping_runs_spread_across_two_workers_and_never_share_a_guest(
     # one Proxmox task at a time on each guest, across the four runs and the two workers ...
     state = fresh_lab.state()
     assert not _overlaps(state["tasks"]), _overlaps(state["tasks"])
-    # ... though every run was running while the slow snapshot held guest 101
+    # ... though every run was running while the slow task held guest 101
     [slow] = [t for t in state["tasks"] if (t["ended"] or math.inf) - t["begun"] > 5]
     for i, run in finals.items():
         assert run.start_time is not None and run.end_time is not None
