@@ -60,6 +60,7 @@ from moxflow.pveupdate import (
     judge_ha_status,
     judge_root_dataset,
     kernel_list_argv,
+    lock_holder,
     maintenance_argv,
     not_active,
     other_work,
@@ -157,17 +158,29 @@ def wait_other_work(
 def _cluster_facts(client: ProxmoxClient) -> ClusterFacts:
     cluster = parse_cluster_status(client.cluster_status())
     online = sorted(n.name for n in cluster.nodes if n.online)
-    tasks: list[RunningTask] = []
-    for node in online:
-        for t in parse_running_tasks(client.active_tasks(node)):
-            tasks.append(RunningTask(t.node or node, t.type, t.id, t.upid))
+
+    def running() -> list[RunningTask]:
+        return [
+            RunningTask(t.node or node, t.type, t.id, t.upid)
+            for node in online
+            for t in parse_running_tasks(client.active_tasks(node))
+        ]
+
+    tasks = running()
+    # a restore test's scratch guests are its own: never moved, stopped or waited for
+    guests = tuple(g for g in client.resources() if not g.scratch)
+    if any(g.lock and lock_holder(g, tasks) is None for g in guests):
+        # a task that began between the two reads (a snapshot another job just started)
+        # holds its guest's lock but was not in the first: read them once more, so that only
+        # a lock no task held at either read counts as left over
+        seen = {t.upid for t in tasks}
+        tasks += [t for t in running() if t.upid not in seen]
     return ClusterFacts(
         cluster=cluster,
         ha=judge_ha_status(parse_ha_status(client.ha_manager_status()), cluster, time.time()),
         qdevice=parse_qdevice(client.qdevice()),
         tasks=tuple(tasks),
-        # a restore test's scratch guests are its own: never moved, stopped or waited for
-        guests=tuple(g for g in client.resources() if not g.scratch),
+        guests=guests,
     )
 
 
