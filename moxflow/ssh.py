@@ -206,6 +206,11 @@ class SshRunner:
                     log.debug("%s: error while closing: %s", self.name, exc)
                 conn.client.close()
 
+    def connect(self) -> None:
+        """Open the connection now, not at the first command (raises ``SshError``)."""
+        with self._lock:
+            self._connect(())
+
     # --- running -------------------------------------------------------------------------
 
     def run(

@@ -239,6 +239,7 @@ class HostRun:
         "started",
         "state_dir",
         "steps",
+        "together",
         "tz",
     )
 
@@ -278,7 +279,9 @@ class HostRun:
         """The connection the steps up to the switch use; verification opens new ones."""
         self.started = time.monotonic()
         self.begun: Callable[[], None] = lambda: None
-        """Called when the host's subflow run begins (the flow lets the next one start)."""
+        """Called when the host's subflow run began (the flow lets the next one start)."""
+        self.together: Callable[[], object] = lambda: None
+        """Waits until every host of the wave began (the flow's; at once by default)."""
         self.steps: list[str] = []
         self.holds_lock = False
         """Set once this run made the lock folder (its journal may not be written yet)."""

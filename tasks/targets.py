@@ -29,7 +29,7 @@ import random
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, suppress
 from typing import Any
 
@@ -38,7 +38,7 @@ from prefect.client.orchestration import SyncPrefectClient, get_client
 from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
 from prefect.client.schemas.objects import ConcurrencyLeaseHolder
 from prefect.context import FlowRunContext
-from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
+from prefect.exceptions import ObjectNotFound
 
 from moxflow.errors import SlotServerError, TargetBusyError
 from moxflow.pacing import poll_until
@@ -74,11 +74,38 @@ def node_target(node: str) -> str:
     return f"{PREFIX}node-{node}"
 
 
-def _make(client: SyncPrefectClient, names: Sequence[str]) -> None:
-    """Create the limits (limit 1; one that exists stays as it is)."""
+def _make(client: SyncPrefectClient, names: Iterable[str]) -> None:
+    """Create the limits (limit 1; one that exists stays as it is: 409)."""
     for name in names:
-        with suppress(ObjectAlreadyExists):
-            client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=1))
+        body = GlobalConcurrencyLimitCreate(name=name, limit=1).model_dump(mode="json")
+        response = _post(client, f"{_API}/", body)
+        if response.status_code != 409:
+            response.raise_for_status()
+
+
+PAGE = 200
+"""Limits read per request (the most the server gives at once)."""
+
+
+def make_slots(targets: Iterable[str]) -> None:
+    """Create the slots of ``targets`` the server does not have yet, before a run's chains
+    begin. A fresh server has none: hosts starting side by side would each find theirs
+    missing, make it and ask again, their requests meeting on a SQLite server (each such
+    meeting is a 503 and another request). One read of the server's limits per
+    :data:`PAGE`, one request per missing slot; a slot made meanwhile by another run is
+    fine. A server that fails here is left to the takes, which say so."""
+    wanted = set(targets)
+    if not wanted:
+        return
+    with suppress(httpx.HTTPError), get_client(sync_client=True) as client:
+        offset = 0
+        while True:
+            page = client.read_global_concurrency_limits(limit=PAGE, offset=offset)
+            wanted.difference_update(limit.name for limit in page)
+            if len(page) < PAGE or not wanted:
+                break
+            offset += PAGE
+        _make(client, sorted(wanted))
 
 
 def _holder() -> ConcurrencyLeaseHolder | None:

@@ -19,7 +19,7 @@ import respx
 from prefect.client.orchestration import SyncPrefectClient
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
-from tasks.targets import _Gone, _renew, _take_once
+from tasks.targets import PAGE, _Gone, _renew, _take_once, make_slots
 
 API = "http://prefect.test/api"
 TAKE = f"{API}/v2/concurrency_limits/increment-with-lease"
@@ -181,3 +181,37 @@ def test_a_lease_the_server_forgot_is_said_and_no_longer_renewed(
         "the hold on moxflow-guest-101 ran out (the Prefect server forgot its lease): "
         "another run may now take it"
     ]
+
+
+@respx.mock
+def test_make_slots_reads_every_page_and_makes_only_the_missing_ones() -> None:
+    """The server's limits are read a page at a time; a slot on a later page is not made
+    again; a busy server (503) is asked again at once, one made meanwhile (409) is fine."""
+    first = [{"id": str(uuid.uuid4()), "name": f"other-{i}", "limit": 1} for i in range(PAGE)]
+    later = [{"id": str(uuid.uuid4()), "name": "moxflow-guest-1", "limit": 1}]
+
+    def page(request: httpx.Request) -> httpx.Response:
+        offset = json.loads(request.content)["offset"]
+        return httpx.Response(200, json=first if offset == 0 else later)
+
+    def limit(*created: object) -> list[dict[str, object]]:
+        return [{**f, "active": True, "active_slots": 0, "denied_slots": 0,
+                 "slot_decay_per_second": 0.0, "created": "2026-12-07T00:00:00Z",
+                 "updated": "2026-12-07T00:00:00Z"} for f in created]  # fmt: skip
+
+    first, later = limit(*first), limit(*later)
+    respx.get(url__startswith=f"{API}/csrf-token").mock(return_value=httpx.Response(404))
+    listed = respx.post(f"{API}/v2/concurrency_limits/filter").mock(side_effect=page)
+    create = respx.post(f"{API}/v2/concurrency_limits/").mock(
+        side_effect=[
+            httpx.Response(503),
+            httpx.Response(201, json={"id": str(uuid.uuid4())}),
+            httpx.Response(409),
+        ]
+    )
+    with temporary_settings(updates={PREFECT_API_URL: API}):
+        make_slots(["moxflow-guest-1", "moxflow-guest-2", "moxflow-guest-3", "moxflow-guest-1"])
+    assert listed.call_count == 2
+    made = [json.loads(c.request.content) for c in create.calls]
+    assert [m["name"] for m in made] == ["moxflow-guest-2", "moxflow-guest-2", "moxflow-guest-3"]
+    assert {m["limit"] for m in made} == {1}

@@ -97,3 +97,83 @@ def test_after_dependencies_and_canary_go_first(fleet_lab: LabClient) -> None:
     assert {r.outcome for r in report.rows} == {Outcome.OK}
     span = spans(fleet_lab, hosts)
     assert span["dns"][1] < min(span["media"][0], span["builder"][0])
+
+
+def test_a_waves_steps_begin_once_all_its_subflow_runs_exist(fleet_lab: LabClient) -> None:
+    """The subflow runs of a wave are created one at a time and no host's steps begin
+    before the last of them is: on Prefect's SQLite server a host's first writes (its slots,
+    its task runs) meeting the next host's creation made that one begin 2 s late."""
+    from tests.flows.conftest import step_runs, subflow_runs
+
+    fleet_lab.reset()
+    hosts = FLEET[:5]
+    inv_path = fleet_lab.dir / "inventory.toml"
+    plan = plan_update(load_inventory(inv_path), hosts, max_parallel=4)
+    assert [len(w) for w in plan.waves] == [1, 4]
+    for host in hosts:
+        fleet_lab.nixos(host, upstream=NEW_REV)
+
+    state = nixos_update(only=hosts, max_parallel=4, inventory=str(inv_path), return_state=True)
+
+    assert {r.outcome for r in state.result().rows} == {Outcome.OK}
+    runs = subflow_runs(state)
+    wave = [runs[h] for h in plan.waves[1]]
+    last_created = max(r.start_time for r in wave)
+    first_step = min(step_runs(r)[0].start_time for r in wave)
+    assert first_step >= last_created, (first_step, last_created)
+
+
+def test_a_host_another_run_holds_does_not_hold_up_its_wave(
+    fleet_lab: LabClient, tmp_path: Path
+) -> None:
+    """A host whose slot another run holds waits for it (``lock_wait``) while the rest of
+    its wave goes on; it is updated once the slot is given back."""
+    import threading
+
+    from tasks.targets import hold, host_target
+    from tests.flows.conftest import edit_inventory
+
+    fleet_lab.reset()
+    hosts = FLEET[:5]
+    inv_path = edit_inventory(
+        fleet_lab.dir / "inventory.toml", tmp_path, {"lock_wait = 0.0": "lock_wait = 60.0"}
+    )
+    plan = plan_update(load_inventory(inv_path), hosts, max_parallel=4)
+    held, *others = plan.waves[1]
+    for host in hosts:
+        fleet_lab.nixos(host, upstream=NEW_REV)
+    taken, give_back = threading.Event(), threading.Event()
+
+    def other_run() -> None:
+        with hold([host_target(held)]):
+            taken.set()
+            give_back.wait(120)
+
+    holder = threading.Thread(target=other_run)
+    holder.start()
+    try:
+        assert taken.wait(30)
+        seen: dict[str, Any] = {}
+
+        def watch() -> None:  # give the slot back once the rest of the wave built
+            while not give_back.is_set():
+                building = {
+                    c["host"] for c in fleet_lab.commands() if "nixos-rebuild build" in c["command"]
+                }
+                if set(others) <= building:
+                    seen["built"] = sorted(building)
+                    give_back.set()
+                give_back.wait(0.2)
+
+        watcher = threading.Thread(target=watch)
+        watcher.start()
+        report = nixos_update(only=hosts, max_parallel=4, inventory=str(inv_path))
+    finally:
+        give_back.set()
+        holder.join()
+    watcher.join()
+
+    assert {r.target: r.outcome for r in report.rows} == dict.fromkeys(hosts, Outcome.OK)
+    assert set(others) <= set(seen["built"])  # they built while the held host waited
+    span = spans(fleet_lab, hosts)
+    assert span[held][0] > max(span[o][0] for o in others)

@@ -18,7 +18,7 @@ from flows.jobs.vzdump_backup import vzdump_backup
 from labsim.client import LabClient
 from moxflow.errors import TargetBusyError
 from moxflow.report import Outcome, RunReport
-from tasks.targets import SCRATCH_TARGET, Reserved, guest_target, hold
+from tasks.targets import SCRATCH_TARGET, Reserved, guest_target, hold, make_slots
 from tests.flows.conftest import guest_snapshots
 
 
@@ -176,6 +176,20 @@ def test_a_slot_whose_limit_was_deleted_by_hand_is_made_again() -> None:
         with get_client(sync_client=True) as client:
             limit = client.read_global_concurrency_limit_by_name(slot)
         assert (limit.limit, limit.active_slots) == (1, 1)
+
+
+def test_make_slots_creates_the_missing_limits_and_leaves_the_others() -> None:
+    """The slots a run is about to take are made beforehand: a missing one with a limit of 1;
+    one that exists (a limit raised by hand) is left as it is."""
+    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+
+    made, kept = guest_target(4250), guest_target(4251)
+    with get_client(sync_client=True) as client:
+        client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=kept, limit=3))
+    make_slots([made, kept, made])
+    with get_client(sync_client=True) as client:
+        assert client.read_global_concurrency_limit_by_name(made).limit == 1
+        assert client.read_global_concurrency_limit_by_name(kept).limit == 3
 
 
 def _active(slot: str) -> int:
