@@ -666,3 +666,45 @@ def test_the_steps_that_must_not_repeat_are_never_retried() -> None:
     from tasks.pveupdate import guests_leave, guests_return, reboot, upgrade
 
     assert [t.retries for t in (guests_leave, upgrade, reboot, guests_return)] == [0, 0, 0, 0]
+
+
+def test_a_task_begun_between_the_two_reads_holds_its_guests_lock(pve: LabClient) -> None:
+    """The roll's facts read the running tasks, then the guests. A snapshot another job
+    starts between the two locks its guest with a task the first read missed: the tasks are
+    read again, and the lock is that task's (work to wait for), not one left over (which
+    refuses the roll)."""
+    import threading
+
+    from moxflow.naming import snapshot_description, snapshot_name
+    from moxflow.pveupdate import lock_holder
+    from moxflow.snapshots import utc_now
+    from tasks.pveupdate import ClusterFacts, _cluster_facts
+
+    inv = load_inventory(pve.dir / "inventory.toml")
+    with proxmox_client(inv) as reader, proxmox_client(inv) as other_job:
+        guest = next(g for g in other_job.resources() if g.type == "qemu" and not g.template)
+        # the guests' read is held 5 s; the snapshot then runs for 30 s more
+        pve.fault(target="api", method="GET", path="^/cluster/resources", action="slow",
+                  delay=5, times=1)  # fmt: skip
+        pve.fault(target="task", type="qmsnapshot", action="slow", delay=30, times=1)
+        pve.clear_api_requests()
+        nodes = {n for n, h in pve.state()["hosts"].items() if h.get("apt")}
+        out: list[ClusterFacts] = []
+        reading = threading.Thread(target=lambda: out.append(_cluster_facts(reader)))
+        reading.start()
+
+        def tasks_read() -> bool:
+            paths = {r["path"] for r in pve.api_requests() if r["method"] == "GET"}
+            return all(f"/nodes/{n}/tasks" in paths for n in nodes)
+
+        wait_until(tasks_read, timeout=10)
+        now = utc_now()
+        other_job.create_snapshot(
+            guest, snapshot_name("hourly", now), snapshot_description("hourly", now)
+        )
+        reading.join(30)
+    [facts] = out
+    [seen] = [g for g in facts.guests if g.vmid == guest.vmid]
+    assert seen.lock == "snapshot"  # the guests' read came after the snapshot began
+    holder = lock_holder(seen, facts.tasks)
+    assert holder is not None and holder.type == "qmsnapshot"
