@@ -279,7 +279,8 @@ class HostRun:
         """The connection the steps up to the switch use; verification opens new ones."""
         self.started = time.monotonic()
         self.begun: Callable[[], None] = lambda: None
-        """Called when the host's subflow run began (the flow lets the next one start)."""
+        """Called once the host's subflow run asked for its slots, or failed before (the flow
+        then lets the next host's subflow run be created)."""
         self.together: Callable[[], object] = lambda: None
         """Waits until every host of the wave began (the flow's; at once by default)."""
         self.steps: list[str] = []

@@ -13,7 +13,8 @@ task on a guest (a snapshot) only waits for the guest's slot to be free
 (:func:`wait_free`): Proxmox's guest lock already serialises such tasks.
 
 The limits are created on first use (Prefect 3 no longer creates them implicitly): a take
-that finds one missing makes it and asks again. The
+that finds one missing makes it and asks again; a run about to start several chains side by
+side makes their limits beforehand (:func:`make_slots`). The
 server keeps leases in memory unless ``PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE`` names the
 file storage (:data:`LEASE_STORAGE`: the compose file and moxflow's own servers set it): with
 memory storage, a server restart while a target is held leaves its slot taken
@@ -30,7 +31,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import AbstractContextManager, contextmanager, suppress
+from contextlib import AbstractContextManager, contextmanager
 from typing import Any
 
 import httpx
@@ -97,15 +98,18 @@ def make_slots(targets: Iterable[str]) -> None:
     wanted = set(targets)
     if not wanted:
         return
-    with suppress(httpx.HTTPError), get_client(sync_client=True) as client:
-        offset = 0
-        while True:
-            page = client.read_global_concurrency_limits(limit=PAGE, offset=offset)
-            wanted.difference_update(limit.name for limit in page)
-            if len(page) < PAGE or not wanted:
-                break
-            offset += PAGE
-        _make(client, sorted(wanted))
+    try:
+        with get_client(sync_client=True) as client:
+            offset = 0
+            while True:
+                page = client.read_global_concurrency_limits(limit=PAGE, offset=offset)
+                wanted.difference_update(limit.name for limit in page)
+                if len(page) < PAGE or not wanted:
+                    break
+                offset += PAGE
+            _make(client, sorted(wanted))
+    except Exception as exc:  # only slower: each take then makes its own
+        logging.getLogger("moxflow.targets").info("could not make the slots beforehand: %s", exc)
 
 
 def _holder() -> ConcurrencyLeaseHolder | None:

@@ -22,7 +22,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from blocks.proxmox import proxmox_client
 from flows._run import finish
 from flows.params import NixosUpdateParams, flow_parameters
-from moxflow.errors import MoxflowError, SshError, TargetBusyError
+from moxflow.errors import MoxflowError, TargetBusyError
 from moxflow.inventory import Inventory, ProxmoxSnapshotMethod, load_inventory
 from moxflow.nixos import (
     RecoveryState,
@@ -122,10 +122,12 @@ def _slots(run: HostRun) -> Iterator[None]:
             except TargetBusyError:
                 run.begun()
                 wait = run.inv.nixos.lock_wait
+                if not wait:  # one try only: that was it
+                    raise
                 held.enter_context(hold(_targets(run.inv, run.host), wait=wait))
         finally:
             run.begun()
-        with suppress(SshError):  # the lock step says why it cannot connect
+        with suppress(MoxflowError):  # the lock step says why it cannot connect
             run.ssh.connect()  # while the others are created
         run.together()
         yield
@@ -431,8 +433,8 @@ class _Starts:
 
     def turn(self) -> tuple[Callable[[], None], Callable[[], object]]:
         """For one host, in its thread: wait for its turn to be created; returns ``begun``
-        (call once its body began, or it failed to: the next one goes) and ``together``
-        (wait until every host of the wave began)."""
+        (call once its slots were asked for, or its run failed before: the next one goes)
+        and ``together`` (wait until every host of the wave began)."""
         self._gate.acquire()
         done = False
 
