@@ -103,7 +103,6 @@ def update_host(host: str, wave: int, run: HostRun) -> ReportRow | State[ReportR
     except MoxflowError as exc:
         row = run.row(Outcome.FAILED, str(exc))
     finally:
-        run.begun()  # (failed before its slots were asked for)
         run.close()
     if not row.ok:
         return Failed(message=f"{host}: {row.outcome.value}", data=row)
