@@ -2,7 +2,8 @@
 
 A lab of 3 nodes x 40 guests (disks of 8-32 GiB, archives of 15-35 % of the disk, so about
 1-11 GiB each; templates are skipped) backed up twice with the vzdump_backup flow
-(offsite copy off), each in a fresh process against a local Prefect server:
+(offsite copy off), each in a fresh process against a local Prefect server, as
+`python -m flows.vzdump_backup` runs it (``flows._run.adhoc_settings``):
 
 - to ``nas-backup``, the one shared storage (default 200 MiB/s, shared by every dump writing
   to it): bound by its bandwidth;
@@ -47,10 +48,12 @@ GiB = 1024**3
 
 CHILD = """
 import json, sys, time
+from flows._run import adhoc_settings
 from flows.jobs.vzdump_backup import vzdump_backup
 w0 = time.time()
 t0 = time.perf_counter()
-report = vzdump_backup(storage=sys.argv[2], offsite=False, inventory=sys.argv[1])
+with adhoc_settings():
+    report = vzdump_backup(storage=sys.argv[2], offsite=False, inventory=sys.argv[1])
 elapsed = time.perf_counter() - t0
 rows = [r for r in report.rows if not r.target.endswith(" coverage")]
 print(json.dumps({"seconds": elapsed, "start": w0, "end": time.time(), "rows": len(rows),

@@ -2,7 +2,8 @@
 
 A lab with 12 simulated NixOS hosts whose builds take 1-4 s times --time-scale (default 4:
 4-16 s, still far shorter than real NixOS builds, which take minutes),
-every host with an upstream change, updated with --max-parallel 4. Prints the makespan of
+every host with an upstream change, updated with --max-parallel 4 as `python -m
+flows.nixos_update` runs it (``flows._run.adhoc_settings``). Prints the makespan of
 the flow, the ideal for the plan's waves (the sum over waves of the slowest build in the
 wave), their ratio (goal <= 1.10), and the sequential makespan one host at a time (how
 deploy-rs works: the sum of all builds). Nothing is asserted.
@@ -55,6 +56,7 @@ def main() -> None:
         try:
             from prefect.settings import PREFECT_API_URL, temporary_settings
 
+            from flows._run import adhoc_settings
             from flows.jobs.nixos_update import nixos_update
             from moxflow.inventory import load_inventory
             from moxflow.nixos import plan_update
@@ -74,9 +76,10 @@ def main() -> None:
             # own while its subflows went to this one
             with temporary_settings(updates={PREFECT_API_URL: env["PREFECT_API_URL"]}):
                 t0 = time.perf_counter()
-                report = nixos_update(
-                    only=hosts, max_parallel=args.max_parallel, inventory=str(inv_path)
-                )
+                with adhoc_settings():  # as `python -m flows.nixos_update` runs it
+                    report = nixos_update(
+                        only=hosts, max_parallel=args.max_parallel, inventory=str(inv_path)
+                    )
                 makespan = time.perf_counter() - t0
 
             ok = sum(1 for r in report.rows if r.outcome.value == "ok")

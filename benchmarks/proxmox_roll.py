@@ -3,10 +3,11 @@ the roll against the sum of its physical steps.
 
 The lab (``--nodes`` nodes x ``--guests-per-node`` guests, every node with a new kernel to
 install) is rolled once by the proxmox_update flow in a fresh process against a local
-Prefect server. The physical steps are what the lab itself takes, from its durations (before
-the time scale): each node's ``aptupdate`` task, its ``dist-upgrade``, its reboot (the 2 s
-delay, then down until back), each migration (away and back, counted from the API requests)
-and each HA maintenance request the CRM applies. It prints the makespan and that sum in
+Prefect server, as `python -m flows.proxmox_update` runs it (``flows._run.adhoc_settings``).
+The physical steps are what the lab itself takes, from its durations (before the time
+scale): each node's ``aptupdate`` task, its ``dist-upgrade``, its reboot (the 2 s delay, then
+down until back), each migration (away and back, counted from the API requests) and each HA
+maintenance request the CRM applies. It prints the makespan and that sum in
 simulated seconds (real seconds / time scale), and moxflow's overhead per node: (makespan -
 physical sum) / nodes, the time spent on pre-flight, polling, verification and Prefect's
 bookkeeping. Nothing is asserted.
@@ -33,9 +34,11 @@ from scripts.prefect_server import start_server, stop_server  # noqa: E402
 
 CHILD = """
 import json, sys, time
+from flows._run import adhoc_settings
 from flows.jobs.proxmox_update import proxmox_update
 t0 = time.perf_counter()
-report = proxmox_update(guests="migrate", inventory=sys.argv[1], return_state=True)
+with adhoc_settings():
+    report = proxmox_update(guests="migrate", inventory=sys.argv[1], return_state=True)
 elapsed = time.perf_counter() - t0
 result = report.result(raise_on_failure=False)
 rows = getattr(result, "rows", None) or getattr(getattr(result, "report", None), "rows", [])

@@ -21,7 +21,16 @@ RUNS: dict[str, tuple[list[str], str]] = {
         r"hosts 3, max-parallel 2, waves \[1\] \[2\], ok 3\n",
     ),
     "guest_snapshot": (
-        ["--nodes", "2", "--guests-per-node", "3", "--concurrency", "2"],
+        [
+            "--nodes",
+            "2",
+            "--guests-per-node",
+            "3",
+            "--concurrency",
+            "2",
+            "--snapshot-seconds",
+            "0.1",
+        ],
         r"\n +2 +[\d.]+ +[\d.]+ +[\d.]+ +[\d.]+ +[\d.]+ +\d+ +6 +\d+ ",
     ),
     "backup_window": (
