@@ -2,8 +2,8 @@
 
 A lab with 12 simulated NixOS hosts whose builds take 1-4 s times --time-scale (default 4:
 4-16 s, still far shorter than real NixOS builds, which take minutes),
-every host with an upstream change, updated with --max-parallel 4 as `python -m
-flows.nixos_update` runs it (``flows._run.adhoc_settings``). Prints the makespan of
+every host with an upstream change, updated with --max-parallel 4 (the flow run as `python -m
+flows.nixos_update` runs it, ``flows._run.adhoc_settings``). Prints the makespan of
 the flow, the ideal for the plan's waves (the sum over waves of the slowest build in the
 wave), their ratio (goal <= 1.10), and the sequential makespan one host at a time (how
 deploy-rs works: the sum of all builds). Nothing is asserted.
