@@ -80,12 +80,23 @@ def edit_inventory(src: Path, dst_dir: Path, replace: dict[str, str]) -> Path:
     return dst
 
 
+def _sent() -> None:
+    """Send the events this process still has queued. Prefect 3 records task runs and their
+    states from the events the engine emits (``prefect/task_engine.py``), in a background
+    thread that may still hold some when a flow call returns (a busy machine); read before
+    they are sent, a task run would be missing or without its last state."""
+    from prefect.events.worker import EventsWorker
+
+    EventsWorker.drain_all(timeout=10)
+
+
 def task_runs(state: Any) -> dict[str, Any]:
     """The task runs of the flow run that ended in ``state`` (``flow(..., return_state=True)``),
     by name, as the Prefect server recorded them (the run graph is drawn from these)."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
+    _sent()
     flow_run_id = state.state_details.flow_run_id
     with get_client(sync_client=True) as client:
         runs = client.read_task_runs(
@@ -98,6 +109,7 @@ def state_names(task_run_id: Any) -> list[str]:
     """The names of a task run's states, oldest first (``Retrying`` when Prefect retried it)."""
     from prefect.client.orchestration import get_client
 
+    _sent()
     with get_client(sync_client=True) as client:
         states = client.read_task_run_states(task_run_id)
     return [s.name or "" for s in sorted(states, key=lambda s: s.timestamp)]
@@ -123,6 +135,7 @@ def step_runs(flow_run: Any) -> list[Any]:
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
+    _sent()
     with get_client(sync_client=True) as client:
         runs = client.read_task_runs(
             flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run.id]))
