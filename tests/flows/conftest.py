@@ -81,13 +81,14 @@ def edit_inventory(src: Path, dst_dir: Path, replace: dict[str, str]) -> Path:
 
 
 def _sent() -> None:
-    """Send the events this process still has queued. Prefect 3 records task runs and their
-    states from the events the engine emits (``prefect/task_engine.py``), in a background
-    thread that may still hold some when a flow call returns (a busy machine); read before
-    they are sent, a task run would be missing or without its last state."""
-    from prefect.events.worker import EventsWorker
+    """Send the events (and logs) this process still has queued, as the command line does
+    after a run. Prefect 3 records task runs and their states from the events the engine
+    emits (``prefect/task_engine.py``), in a background thread that may still hold some when
+    a flow call returns (a busy machine); read before they are sent, a task run would be
+    missing or without its last state."""
+    from flows._run import _drain
 
-    EventsWorker.drain_all(timeout=10)
+    _drain()
 
 
 def task_runs(state: Any) -> dict[str, Any]:
