@@ -411,6 +411,7 @@ class AptSystem(System):
             "mirror": dict(node.mirror),
             "held": list(node.held),
             "half_configured": list(node.half_configured),
+            "upgrading": run.upgrading,  # an apt-get upgrade holds dpkg's lock now
             "kernels": sorted(node.kernels, key=packages.version_key),
             "kernel_running": node.kernel_running,
             "kernel_next_boot": packages.next_boot(node),
